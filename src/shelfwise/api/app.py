@@ -1,0 +1,191 @@
+"""HTTP API (FastAPI). Routes are thin: validation and shaping here, behaviour in ``Shelfwise``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Annotated
+
+from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
+
+from shelfwise.domain import Event, Item
+from shelfwise.pipeline import RecRequest
+from shelfwise.service import Shelfwise
+from shelfwise.settings import Settings, load_settings
+
+
+def _errors(exc: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(event)"
+        item: dict[str, Any] = {"field": field, "reason": e["msg"]}
+        if index is not None:
+            item = {"index": index, **item}
+        out.append(item)
+    return out
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter("shelfwise_events_total", "ingested events by outcome", ["outcome"],
+                              registry=self.registry)
+        self.latency = Histogram("shelfwise_recommendation_seconds", "recommendation latency", ["placement"],
+                                 registry=self.registry,
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+
+
+def create_app(settings: Settings | None = None, engine: Shelfwise | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    state: dict[str, Shelfwise] = {}
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["engine"] = engine or Shelfwise(settings)
+        yield
+        if engine is None:
+            state["engine"].close()
+
+    app = FastAPI(title="Shelfwise", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
+
+    def sw() -> Shelfwise:
+        return state["engine"]
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+        return ORJSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        engine = state.get("engine")
+        if engine is None:
+            return ORJSONResponse({"status": "starting"}, status_code=503)
+        return ORJSONResponse({"status": "ready", "model_version": engine.pipeline.version,
+                               "trained": engine.trained})
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ---- events --------------------------------------------------------------------------------------
+    @app.post("/v1/events", status_code=202)
+    def post_events(payload: Annotated[Any, Body()]) -> Response:
+        raw = payload if isinstance(payload, list) else [payload]
+        limit = settings.api.max_batch
+        if len(raw) > limit:
+            return ORJSONResponse({"detail": f"batch of {len(raw)} events exceeds the limit of {limit}; "
+                                             "nothing was stored",
+                                   "errors": [{"field": "body", "reason": f"at most {limit} events per batch"}]},
+                                  status_code=422)
+        if not raw:
+            return ORJSONResponse({"detail": "empty batch", "errors": [{"field": "body",
+                                                                        "reason": "send at least one event"}]},
+                                  status_code=422)
+        valid: list[Event] = []
+        errors: list[dict[str, Any]] = []
+        for i, obj in enumerate(raw):
+            try:
+                valid.append(Event.model_validate(obj))
+            except ValidationError as exc:
+                errors.extend(_errors(exc, i))
+        result = sw().ingest(valid) if valid else None
+        stored = len(result.stored) if result else 0
+        duplicates = result.duplicates if result else []
+        metrics.events.labels("stored").inc(stored)
+        metrics.events.labels("duplicate").inc(len(duplicates))
+        metrics.events.labels("invalid").inc(len({e["index"] for e in errors}))
+        body = {"stored": stored, "duplicates": len(duplicates), "duplicate_ids": duplicates,
+                "unknown_items": result.unknown_items if result else [], "invalid": len({e["index"] for e in errors})}
+        if errors:
+            body["detail"] = (f"{body['invalid']} invalid event(s) rejected; the {stored} valid event(s) of the "
+                              "batch were stored")
+            body["errors"] = errors
+            return ORJSONResponse(body, status_code=422)
+        return ORJSONResponse(body, status_code=202)
+
+    # ---- catalog -------------------------------------------------------------------------------------
+    @app.put("/v1/items")
+    def put_items(payload: Annotated[Any, Body()]) -> Response:
+        raw = payload.get("items") if isinstance(payload, dict) and "items" in payload else payload
+        raw = raw if isinstance(raw, list) else [raw]
+        items: list[Item] = []
+        errors: list[dict[str, Any]] = []
+        for i, obj in enumerate(raw):
+            try:
+                items.append(Item.model_validate(obj))
+            except ValidationError as exc:
+                errors.extend(_errors(exc, i))
+        if errors:
+            return ORJSONResponse({"detail": "invalid items; nothing was changed", "errors": errors},
+                                  status_code=422)
+        return ORJSONResponse({"upserted": sw().upsert_items(items)})
+
+    @app.get("/v1/items/{item_id}")
+    def get_item(item_id: str) -> Response:
+        item = sw().get_item(item_id)
+        if item is None:
+            raise HTTPException(404, f"no item {item_id!r}")
+        return ORJSONResponse(item.model_dump(mode="json") | {"margin": item.margin})
+
+    @app.delete("/v1/items/{item_id}")
+    def delete_item(item_id: str) -> Response:
+        if not sw().delete_item(item_id):
+            raise HTTPException(404, f"no item {item_id!r}")
+        return Response(status_code=204)
+
+    @app.delete("/v1/shoppers/{shopper}")
+    def forget_shopper(shopper: str) -> Response:
+        return ORJSONResponse({"deleted_events": sw().forget_shopper(shopper)})
+
+    # ---- recommendations -----------------------------------------------------------------------------
+    @app.get("/v1/recommendations/{placement}")
+    def recommendations(
+        placement: str,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        item_id: str | None = None,
+        cart: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI query list
+        k: Annotated[int | None, Query(ge=1)] = None,
+        exclude: Annotated[list[str], Query()] = [],  # noqa: B006
+        category: str | None = None,
+    ) -> Response:
+        t0 = time.perf_counter()
+        engine = sw()
+        if placement not in engine.settings.models.placements:
+            raise HTTPException(404, f"unknown placement {placement!r}; known: "
+                                     f"{sorted(engine.settings.models.placements)}")
+        k = k or settings.api.default_k
+        if k > settings.api.max_k:
+            return ORJSONResponse({"detail": "invalid request", "errors": [
+                {"field": "k", "reason": f"at most {settings.api.max_k}"}]}, status_code=422)
+        if placement in ("pdp_similar", "pdp_fbt") and not item_id:
+            return ORJSONResponse({"detail": "invalid request", "errors": [
+                {"field": "item_id", "reason": f"{placement} needs the product page's item_id"}]}, status_code=422)
+        cart_ids = [c for part in cart for c in part.split(",") if c]
+        excl = [c for part in exclude for c in part.split(",") if c]
+        shopper = user_id if user_id is not None else (f"session:{session_id}" if session_id else None)
+        req = RecRequest(placement=placement, shopper=shopper, item_id=item_id, cart=cart_ids, k=k, exclude=excl,
+                         category=category)
+        answer = engine.recommend(req)
+        metrics.latency.labels(placement).observe(time.perf_counter() - t0)
+        return ORJSONResponse({
+            "request_id": uuid.uuid4().hex,
+            "placement": placement,
+            "model_version": engine.pipeline.version,
+            "fallback": answer.fallback,
+            "items": [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
+                      for r in answer.items],
+        })
+
+    return app

@@ -1,0 +1,237 @@
+"""Command line: ``shelfwise run | serve | generate | import | train | recommend | evaluate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shelfwise.settings import Settings, load_settings
+
+app = typer.Typer(help="Shelfwise: real-time personalization for online retail.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console(stderr=True)
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as a message, never as a traceback."""
+
+
+@contextmanager
+def friendly() -> Iterator[None]:
+    try:
+        yield
+    except CLIError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    except ValidationError as e:
+        lines = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        console.print(f"[red]invalid settings:[/red] {lines}")
+        raise typer.Exit(2) from None
+    except (FileNotFoundError, PermissionError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _engine(settings: Settings):
+    from shelfwise.service import Shelfwise
+
+    return Shelfwise(settings)
+
+
+@app.command()
+def generate(
+    items: int = typer.Option(12_000, min=10, help="number of SKUs"),
+    shoppers: int = typer.Option(20_000, min=10, help="number of shoppers"),
+    events: int = typer.Option(500_000, min=100, help="approximate number of events"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default: settings.seed)"),
+) -> None:
+    """Generate the deterministic synthetic storefront into the event store and catalog."""
+    with friendly():
+        settings = _settings()
+        engine = _engine(settings)
+        load_storefront(engine, items, shoppers, events, settings.seed if seed is None else seed)
+        engine.close()
+
+
+def load_storefront(engine, n_items: int, n_shoppers: int, n_events: int, seed: int) -> None:
+    from shelfwise.synthetic import generate_storefront
+
+    shop = generate_storefront(n_items=n_items, n_shoppers=n_shoppers, n_events=n_events, seed=seed)
+    engine.upsert_items(shop.items)
+    stored = dupes = 0
+    with progress() as bar:
+        task = bar.add_task("events", total=n_events)
+        batch = []
+        for ev in shop.events():
+            batch.append(ev)
+            if len(batch) == 5000:
+                r = engine.ingest(batch)
+                stored, dupes = stored + len(r.stored), dupes + len(r.duplicates)
+                bar.advance(task, len(batch))
+                batch = []
+        if batch:
+            r = engine.ingest(batch)
+            stored, dupes = stored + len(r.stored), dupes + len(r.duplicates)
+            bar.advance(task, len(batch))
+        bar.update(task, total=bar.tasks[task].completed)
+    console.print(f"catalog: {len(shop.items)} items; events: {stored} stored, {dupes} already present")
+
+
+@app.command()
+def train() -> None:
+    """Train the default pipeline on everything in the event store and publish a new model version."""
+    with friendly():
+        settings = _settings()
+        engine = _engine(settings)
+        report = run_training(engine)
+        engine.close()
+        typer.echo(report.version)
+
+
+def run_training(engine):
+    from shelfwise.training import train as train_models
+
+    with progress() as bar:
+        task = bar.add_task("training", total=None)
+
+        def step(name: str) -> None:
+            bar.update(task, description=f"training {name}")
+
+        report = train_models(engine.store, engine.catalog, engine.models, engine.settings.models, progress=step)
+        bar.update(task, description="trained", total=1, completed=1)
+    table = Table(title=f"model {report.version}")
+    for col in ("events", "shoppers", "items", "fit seconds"):
+        table.add_column(col)
+    table.add_row(str(report.events), str(report.shoppers), str(report.items),
+                  ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
+    console.print(table)
+    return report
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="bind address (default: settings.api.host)"),
+    port: Optional[int] = typer.Option(None, help="port (default: settings.api.port)"),
+) -> None:
+    """Start the HTTP API."""
+    import uvicorn
+
+    from shelfwise.api.app import create_app
+
+    with friendly():
+        settings = _settings()
+        uvicorn.run(create_app(settings), host=host or settings.api.host, port=port or settings.api.port,
+                    log_level="warning")
+
+
+@app.command()
+def run(
+    host: Optional[str] = typer.Option(None),
+    port: Optional[int] = typer.Option(None),
+    no_serve: bool = typer.Option(False, "--no-serve", help="set up and print example rails, then exit"),
+) -> None:
+    """Set everything up on the embedded default (demo storefront, training) and start the API."""
+    with friendly():
+        settings = _settings()
+        console.print(f"data directory: [bold]{settings.data_dir.resolve()}[/bold]  event store: "
+                      f"{settings.events_dsn}")
+        engine = _engine(settings)
+        if engine.store.count() == 0:
+            console.print("generating the demo storefront (first run only)…")
+            load_storefront(engine, 12_000, 20_000, 500_000, settings.seed)
+        if not engine.trained:
+            run_training(engine)
+        engine.close()
+        engine = _engine(settings)
+        show_examples(engine)
+        engine.close()
+        h, p = host or settings.api.host, port or settings.api.port
+        console.print(f"\nAPI: http://{h}:{p}   docs: http://{h}:{p}/docs   health: http://{h}:{p}/readyz")
+        console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id=u00042&k=5'")
+        if no_serve:
+            return
+    serve(host=h, port=p)
+
+
+def show_examples(engine) -> None:
+    from shelfwise.pipeline import RecRequest
+
+    shopper = next(iter(engine.pipeline.shopper_index), None)
+    item = str(engine.pipeline.items.ids[int(engine.pipeline.retrievers["trending"].global_score.argmax())])
+    examples = [
+        RecRequest("homepage", shopper=shopper, k=5),
+        RecRequest("pdp_similar", item_id=item, k=5),
+        RecRequest("pdp_fbt", item_id=item, k=5),
+        RecRequest("cart_upsell", shopper=shopper, cart=[item], k=5),
+    ]
+    titles = {it.id: it.title for it in engine.catalog.get(
+        [item] + [r.item_id for ex in examples for r in engine.recommend(ex).items]).values()}
+    for ex in examples:
+        ans = engine.recommend(ex)
+        who = f"shopper {ex.shopper}" if ex.placement == "homepage" else f"item {ex.item_id} ({titles.get(item, '')})"
+        table = Table(title=f"{ex.placement} for {who}")
+        table.add_column("item")
+        table.add_column("title")
+        table.add_column("score")
+        table.add_column("sources")
+        for r in ans.items:
+            table.add_row(r.item_id, titles.get(r.item_id, ""), f"{r.score:.3f}", ",".join(r.sources))
+        console.print(table)
+
+
+@app.command()
+def recommend(
+    users: Path = typer.Option(..., exists=False, help="file with one shopper id a line"),
+    k: int = typer.Option(20, min=1, max=1000),
+    out: Path = typer.Option(Path("recs.jsonl"), help="JSON lines output"),
+    placement: str = typer.Option("homepage"),
+) -> None:
+    """Batch export: the placement's top-k for every shopper in a file, one JSON object a line."""
+    from shelfwise.pipeline import RecRequest
+
+    with friendly():
+        if not users.is_file():
+            raise CLIError(f"users file not found: {users}")
+        settings = _settings()
+        engine = _engine(settings)
+        if not engine.trained:
+            raise CLIError("no trained model yet: run `shelfwise train` first")
+        ids = [line.strip() for line in users.read_text().splitlines() if line.strip()]
+        pipe = engine.pipeline
+        with progress() as bar, out.open("w") as fh:
+            task = bar.add_task("recommending", total=len(ids))
+            for start in range(0, len(ids), 1024):
+                chunk = ids[start:start + 1024]
+                states = engine.store.history(chunk, settings.models.history_length)
+                reqs = [RecRequest(placement, shopper=u, k=k, state=states[u]) for u in chunk]
+                for u, ans in zip(chunk, pipe.recommend(reqs)):
+                    fh.write(json.dumps({"user": u, "items": [r.item_id for r in ans.items]}) + "\n")
+                bar.advance(task, len(chunk))
+        engine.close()
+        console.print(f"wrote {len(ids)} lists to {out}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

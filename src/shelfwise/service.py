@@ -1,0 +1,122 @@
+"""The running engine: stores, online state and the current pipeline behind a few plain methods.
+
+The HTTP API and the CLI both talk to a ``Shelfwise`` instance; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Sequence
+
+from shelfwise.domain import Event, EventType, Item
+from shelfwise.pipeline import Answer, Pipeline, RecRequest
+from shelfwise.settings import Settings
+from shelfwise.stores import open_catalog, open_event_store, open_online_state
+from shelfwise.stores.models import DirectoryModelStore
+from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+from shelfwise.training import fit_pipeline
+
+
+class Shelfwise:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_event_store(settings.events_dsn)
+        self.catalog = open_catalog(self.store)
+        self.online = open_online_state(settings.stores.online, settings.models.history_length)
+        self.models = DirectoryModelStore(settings.models_dir)
+        self._catalog_ids = self.catalog.ids()
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self.pipeline = self._load_pipeline()
+
+    # ---- models --------------------------------------------------------------------------------------
+    def _load_pipeline(self) -> Pipeline:
+        version = self.models.current()
+        if version is not None:
+            return Pipeline.load(self.models.path(version), self.settings.models)
+        # Not trained yet: serve the catalog by (empty) popularity so no rail is ever empty.
+        return fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).pipeline
+
+    @property
+    def trained(self) -> bool:
+        return self.pipeline.version != "untrained"
+
+    def refresh_model(self, min_interval_s: float = 2.0) -> bool:
+        """Swap in a newly published model version (checked at most every ``min_interval_s``)."""
+        now = time.monotonic()
+        if now - self._checked_at < min_interval_s:
+            return False
+        self._checked_at = now
+        version = self.models.current()
+        if version is None or version == self.pipeline.version:
+            return False
+        self.pipeline = Pipeline.load(self.models.path(version), self.settings.models)
+        return True
+
+    # ---- events --------------------------------------------------------------------------------------
+    def ingest(self, events: Sequence[Event]) -> AppendResult:
+        """Durably append events, then update the online state of their shoppers."""
+        result = self.store.append(events, known_items=self._catalog_ids)
+        stored = set(result.stored)
+        for ev in events:
+            if ev.event_id not in stored:
+                continue
+            kind = int(EventType[ev.type])
+            ts = ev.timestamp.timestamp()
+            lines = ev.lines()
+            self.online.record(
+                ev.shopper,
+                [Interaction(item, kind, ts) for item, _, _ in lines],
+                [item for item, _, _ in lines] if kind == EventType.purchase_completed else [],
+            )
+        return result
+
+    def shopper_state(self, shopper: str) -> ShopperState:
+        """Recent events of a shopper: online state, read through to the event store on a miss."""
+        cached = self.online.get([shopper])[shopper]
+        if cached is not None:
+            return cached
+        state = self.store.history([shopper], self.settings.models.history_length)[shopper]
+        self.online.put({shopper: state})
+        return state
+
+    def forget_shopper(self, shopper: str) -> int:
+        """Erase a shopper's data (events and online state)."""
+        removed = self.store.delete_shopper(shopper)
+        self.online.forget(shopper)
+        return removed
+
+    # ---- catalog -------------------------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        n = self.catalog.upsert(items)
+        with self._lock:
+            new = {it.id for it in items} - self._catalog_ids
+            self._catalog_ids |= new
+        if new and not self.trained:
+            self.pipeline = self._load_pipeline()
+        for it in items:
+            self.pipeline.items.update(it)
+        return n
+
+    def delete_item(self, item_id: str) -> bool:
+        ok = self.catalog.delete(item_id)
+        with self._lock:
+            self._catalog_ids.discard(item_id)
+        self.pipeline.items.remove(item_id)
+        return ok
+
+    def get_item(self, item_id: str) -> Item | None:
+        return self.catalog.get([item_id]).get(item_id)
+
+    # ---- recommendations -----------------------------------------------------------------------------
+    def recommend(self, req: RecRequest) -> Answer:
+        self.refresh_model()
+        if req.shopper is not None and req.state is None:
+            req.state = self.shopper_state(req.shopper)
+        if not req.now:
+            req.now = time.time()
+        return self.pipeline.recommend([req])[0]
+
+    def close(self) -> None:
+        self.store.close()

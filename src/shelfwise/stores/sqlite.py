@@ -1,0 +1,226 @@
+"""Embedded default: event store and catalog in one SQLite file (WAL, synchronous=FULL)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import orjson
+
+from shelfwise.domain import Event, EventType, Item
+from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY,
+    event_id   TEXT NOT NULL UNIQUE,
+    type       INTEGER NOT NULL,
+    shopper    TEXT NOT NULL,
+    user_id    TEXT,
+    session_id TEXT,
+    item_id    TEXT,
+    order_id   TEXT,
+    ts         REAL NOT NULL,
+    payload    BLOB NOT NULL,
+    unknown    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_shopper ON events (shopper, ts);
+CREATE TABLE IF NOT EXISTS lines (
+    seq      INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    item_id  TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    price    REAL
+);
+CREATE INDEX IF NOT EXISTS lines_seq ON lines (seq);
+CREATE TABLE IF NOT EXISTS items (
+    id      TEXT PRIMARY KEY,
+    doc     BLOB NOT NULL,
+    updated REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0))
+);
+"""
+
+# Every item interaction, purchases expanded to one row per line. Single-item events keep item_id in `events`.
+_INTERACTIONS = """
+SELECT e.seq, e.shopper, coalesce(e.session_id, ''), e.item_id, e.type, e.ts, coalesce(e.order_id, ''), 1, NULL
+  FROM events e WHERE e.item_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lines l WHERE l.seq = e.seq) {where}
+UNION ALL
+SELECT e.seq, e.shopper, coalesce(e.session_id, ''), l.item_id, e.type, e.ts, coalesce(e.order_id, ''),
+       l.quantity, l.price
+  FROM lines l JOIN events e ON e.seq = l.seq {where_join}
+"""
+
+
+def path_from_dsn(dsn: str) -> Path:
+    if not dsn.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite DSN: {dsn!r} (expected sqlite:///path/to/file.db)")
+    return Path(dsn.removeprefix("sqlite:///"))
+
+
+class SQLiteStore:
+    """EventStore + Catalog on one SQLite database. Thread-safe; writes are serialised."""
+
+    def __init__(self, dsn: str) -> None:
+        self.path = path_from_dsn(dsn)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)
+
+    # ---- event store -------------------------------------------------------------------------------
+    def append(self, events: Sequence[Event], known_items: set[str] | None = None) -> AppendResult:
+        stored: list[str] = []
+        duplicates: list[str] = []
+        unknown: set[str] = set()
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                seen_in_batch: set[str] = set()
+                for ev in events:
+                    if ev.event_id in seen_in_batch:
+                        duplicates.append(ev.event_id)
+                        continue
+                    seen_in_batch.add(ev.event_id)
+                    lines = ev.lines()
+                    flagged = known_items is not None and any(i not in known_items for i, _, _ in lines)
+                    if flagged:
+                        unknown.update(i for i, _, _ in lines if i not in known_items)  # type: ignore[operator]
+                    order_id = ev.order_id or (ev.event_id if ev.type == "purchase_completed" else None)
+                    payload = orjson.dumps(
+                        {"context": ev.context.model_dump(exclude_none=True), "properties": ev.properties}
+                    )
+                    cur.execute(
+                        "INSERT INTO events (event_id, type, shopper, user_id, session_id, item_id, order_id, ts,"
+                        " payload, unknown) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING",
+                        (ev.event_id, int(EventType[ev.type]), ev.shopper, ev.user_id, ev.session_id,
+                         ev.item_id if not ev.items else None, order_id, ev.timestamp.timestamp(), payload,
+                         int(flagged)),
+                    )
+                    if cur.rowcount == 0:
+                        duplicates.append(ev.event_id)
+                        continue
+                    stored.append(ev.event_id)
+                    if ev.items:
+                        seq = cur.lastrowid
+                        cur.executemany(
+                            "INSERT INTO lines (seq, item_id, quantity, price) VALUES (?,?,?,?)",
+                            [(seq, i, q, p) for i, q, p in lines],
+                        )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return AppendResult(stored=stored, duplicates=duplicates, unknown_items=sorted(unknown))
+
+    def scan(self, since: float | None = None, until: float | None = None) -> EventLog:
+        conds, params = [], []
+        if since is not None:
+            conds.append("e.ts >= ?")
+            params.append(since)
+        if until is not None:
+            conds.append("e.ts < ?")
+            params.append(until)
+        where = "".join(f" AND {c}" for c in conds)
+        where_join = (" WHERE " + " AND ".join(conds)) if conds else ""
+        sql = _INTERACTIONS.format(where=where, where_join=where_join) + " ORDER BY 2, 6, 1"
+        with self._lock:
+            rows = self._db.execute(sql, params * 2).fetchall()
+        if not rows:
+            return EventLog.empty()
+        cols = list(zip(*rows))
+        return EventLog(
+            shopper=np.array(cols[1], dtype=object),
+            session=np.array(cols[2], dtype=object),
+            item=np.array(cols[3], dtype=object),
+            kind=np.array(cols[4], dtype=np.int8),
+            ts=np.array(cols[5], dtype=np.float64),
+            order=np.array(cols[6], dtype=object),
+            quantity=np.array(cols[7], dtype=np.int32),
+            price=np.array([np.nan if p is None else p for p in cols[8]], dtype=np.float64),
+        )
+
+    def history(self, shoppers: Sequence[str], limit: int) -> dict[str, ShopperState]:
+        out = {s: ShopperState(recent=[], purchased=set()) for s in shoppers}
+        if not shoppers:
+            return out
+        with self._lock:
+            for start in range(0, len(shoppers), 500):
+                chunk = list(shoppers[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                sql = _INTERACTIONS.format(where=f" AND e.shopper IN ({marks})",
+                                           where_join=f" WHERE e.shopper IN ({marks})")
+                rows = self._db.execute(sql + " ORDER BY 2, 6, 1", chunk * 2).fetchall()
+                recent: dict[str, list[Interaction]] = defaultdict(list)
+                for _, shopper, _, item, kind, ts, _, _, _ in rows:
+                    recent[shopper].append(Interaction(item, kind, ts))
+                    if kind == EventType.purchase_completed:
+                        out[shopper].purchased.add(item)
+                for shopper, lst in recent.items():
+                    out[shopper].recent = lst[-limit:]
+        return out
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def unknown_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM events WHERE unknown = 1").fetchone()[0]
+
+    def delete_shopper(self, shopper: str) -> int:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM events WHERE shopper = ?", (shopper,))
+            return cur.rowcount
+
+    # ---- catalog -----------------------------------------------------------------------------------
+    def upsert(self, items: Sequence[Item]) -> int:
+        rows = [(it.id, orjson.dumps(it.model_dump(mode="json"))) for it in items]
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany(
+                    "INSERT INTO items (id, doc) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc,"
+                    " updated = ((julianday('now') - 2440587.5) * 86400.0)",
+                    rows,
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def get(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        out: dict[str, Item] = {}
+        with self._lock:
+            for start in range(0, len(item_ids), 500):
+                chunk = list(item_ids[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                for _id, doc in self._db.execute(f"SELECT id, doc FROM items WHERE id IN ({marks})", chunk):
+                    out[_id] = Item.model_validate(orjson.loads(doc))
+        return out
+
+    def delete(self, item_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM items WHERE id = ?", (item_id,)).rowcount > 0
+
+    def all(self) -> list[Item]:
+        with self._lock:
+            docs = self._db.execute("SELECT doc FROM items ORDER BY id").fetchall()
+        return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT id FROM items")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

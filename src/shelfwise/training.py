@@ -1,0 +1,61 @@
+"""Train every candidate source from the event store and publish a new model version."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from shelfwise.pipeline import Pipeline
+from shelfwise.retrieval import SOURCES, TrainData, build_retrievers
+from shelfwise.settings import ModelSettings
+from shelfwise.stores.models import DirectoryModelStore
+from shelfwise.stores.protocols import Catalog, EventLog, EventStore
+
+
+@dataclass
+class TrainReport:
+    version: str
+    events: int
+    shoppers: int
+    items: int
+    seconds: dict[str, float]
+
+
+@dataclass
+class Fitted:
+    pipeline: Pipeline
+    data: TrainData
+    seconds: dict[str, float]
+
+
+def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
+                 progress: Callable[[str], None] | None = None) -> Fitted:
+    """Fit the named sources on an event log; the pipeline is ready to answer (not saved)."""
+    items = {it.id: it for it in catalog.all()}
+    data = TrainData.from_log(log, items, settings.event_weights,
+                              session_gap_s=settings.covisit.session_gap_minutes * 60)
+    retrievers = build_retrievers(settings, sources)
+    timings: dict[str, float] = {}
+    for name, r in retrievers.items():
+        if progress:
+            progress(name)
+        t0 = time.perf_counter()
+        r.fit(data)
+        timings[name] = time.perf_counter() - t0
+    pipe = Pipeline(settings, data.items, retrievers, data.shopper_index, trained_until=data.now)
+    return Fitted(pipe, data, timings)
+
+
+def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
+          progress: Callable[[str], None] | None = None) -> TrainReport:
+    log = store.scan()
+    if len(log) == 0:
+        raise ValueError("the event store has no item interactions to train on; import or send events first")
+    fitted = fit_pipeline(log, catalog, settings, progress=progress)
+    version, path = models.new_version()
+    fitted.pipeline.version = version
+    fitted.pipeline.save(path)
+    models.publish(version)
+    models.prune()
+    return TrainReport(version, len(log), fitted.data.n_users, fitted.data.n_items, fitted.seconds)
