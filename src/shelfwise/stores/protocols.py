@@ -107,3 +107,16 @@ class OnlineState(Protocol):
     def forget(self, shopper: str) -> None: ...
 
     def clear(self) -> None: ...
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Approximate nearest neighbours by inner product over integer-keyed vectors (e.g. item embeddings)."""
+
+    def build(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the whole contents (keys int64, vectors float32 of shape (n, dim))."""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (keys, scores) per query row, best first; keys -1 / scores -inf pad short answers."""
+
+    def __len__(self) -> int: ...
