@@ -9,7 +9,8 @@ from typing import Any, Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse, Response
+import orjson
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
@@ -38,6 +39,13 @@ class Metrics:
         self.latency = Histogram("shelfwise_recommendation_seconds", "recommendation latency", ["placement"],
                                  registry=self.registry,
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON rendered by orjson (fast, and numpy-aware)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def create_app(settings: Settings | None = None, engine: Shelfwise | None = None) -> FastAPI:

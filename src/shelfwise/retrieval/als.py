@@ -25,9 +25,10 @@ class ALSRetriever(Retriever):
         from implicit.cpu.als import AlternatingLeastSquares
 
         s = self.settings
-        model = AlternatingLeastSquares(factors=s.factors, iterations=s.iterations, regularization=s.regularization,
-                                        alpha=s.alpha, random_state=s.random_state, calculate_training_loss=False)
         with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads only slow it
+            model = AlternatingLeastSquares(factors=s.factors, iterations=s.iterations,
+                                            regularization=s.regularization, alpha=s.alpha,
+                                            random_state=s.random_state, calculate_training_loss=False)
             model.fit(data.user_item_matrix(), show_progress=False)
         self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)

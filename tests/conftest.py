@@ -1,0 +1,65 @@
+"""Shared fixtures: isolated settings on a temporary data dir and a tiny hand-made storefront."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from shelfwise.domain import Event, Item
+from shelfwise.settings import Settings, load_settings
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in list(__import__("os").environ):
+        if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return load_settings(data_dir=tmp_path / "data")
+
+
+def view(eid: str, shopper: str, item: str, minute: float, session: str | None = None) -> Event:
+    return Event(event_id=eid, type="product_viewed", user_id=shopper, session_id=session or f"{shopper}-s",
+                 item_id=item, timestamp=T0 + timedelta(minutes=minute))
+
+
+def buy(eid: str, shopper: str, items: list[str], minute: float, session: str | None = None) -> Event:
+    return Event(event_id=eid, type="purchase_completed", user_id=shopper, session_id=session or f"{shopper}-s",
+                 items=[{"item_id": i, "quantity": 1, "price": 10.0} for i in items],
+                 timestamp=T0 + timedelta(minutes=minute))
+
+
+def tiny_catalog() -> list[Item]:
+    """Phones p0..p3, cases c0..c3 (case ci fits phone pi), chargers h0..h1."""
+    items = []
+    for i in range(4):
+        items.append(Item(id=f"p{i}", title=f"Phone {i}", category=["Phones", "Smartphones"], brand="Nova",
+                          price=500 + i, cost=450, stock=10))
+        items.append(Item(id=f"c{i}", title=f"Case for phone {i}", category=["Accessories", "Phone Cases"],
+                          brand="Shield", price=20, cost=6, stock=50))
+    for i in range(2):
+        items.append(Item(id=f"h{i}", title=f"Charger {i}", category=["Accessories", "Chargers"], brand="Volt",
+                          price=30, cost=10, stock=40))
+    return items
+
+
+def tiny_events() -> list[Event]:
+    """Shoppers browse phone i then its case; some buy both; everybody views p0 a lot (popular)."""
+    out: list[Event] = []
+    n = 0
+    for s in range(40):
+        shopper = f"u{s}"
+        phone = s % 4
+        base = s * 120.0
+        for step, item in enumerate([f"p{phone}", f"c{phone}", f"p{(phone + 1) % 4}", "p0"]):
+            n += 1
+            out.append(view(f"e{n}", shopper, item, base + step))
+        if s % 2 == 0:
+            n += 1
+            out.append(buy(f"e{n}", shopper, [f"p{phone}", f"c{phone}"], base + 10))
+    return out
