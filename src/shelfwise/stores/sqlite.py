@@ -79,13 +79,18 @@ class SQLiteStore:
         stored: list[str] = []
         duplicates: list[str] = []
         unknown: set[str] = set()
+        insert_event = ("INSERT INTO events (event_id, type, shopper, user_id, session_id, item_id, order_id, ts,"
+                        " payload, unknown) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING")
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the write transaction nobody else can insert, so ids found here are the duplicates.
+                existing = self._existing_ids([ev.event_id for ev in events])
                 seen_in_batch: set[str] = set()
+                run: list[tuple] = []  # consecutive single-item events, inserted with one executemany
                 for ev in events:
-                    if ev.event_id in seen_in_batch:
+                    if ev.event_id in seen_in_batch or ev.event_id in existing:
                         duplicates.append(ev.event_id)
                         continue
                     seen_in_batch.add(ev.event_id)
@@ -97,28 +102,38 @@ class SQLiteStore:
                     payload = orjson.dumps(
                         {"context": ev.context.model_dump(exclude_none=True), "properties": ev.properties}
                     )
-                    cur.execute(
-                        "INSERT INTO events (event_id, type, shopper, user_id, session_id, item_id, order_id, ts,"
-                        " payload, unknown) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING",
-                        (ev.event_id, int(EventType[ev.type]), ev.shopper, ev.user_id, ev.session_id,
-                         ev.item_id if not ev.items else None, order_id, ev.timestamp.timestamp(), payload,
-                         int(flagged)),
-                    )
-                    if cur.rowcount == 0:
-                        duplicates.append(ev.event_id)
-                        continue
+                    row = (ev.event_id, int(EventType[ev.type]), ev.shopper, ev.user_id, ev.session_id,
+                           ev.item_id if not ev.items else None, order_id, ev.timestamp.timestamp(), payload,
+                           int(flagged))
                     stored.append(ev.event_id)
-                    if ev.items:
-                        seq = cur.lastrowid
-                        cur.executemany(
-                            "INSERT INTO lines (seq, item_id, quantity, price) VALUES (?,?,?,?)",
-                            [(seq, i, q, p) for i, q, p in lines],
-                        )
+                    if not ev.items:
+                        run.append(row)
+                        continue
+                    if run:  # keep arrival order (seq) exactly: flush earlier events first
+                        cur.executemany(insert_event, run)
+                        run = []
+                    cur.execute(insert_event, row)
+                    seq = cur.lastrowid
+                    cur.executemany(
+                        "INSERT INTO lines (seq, item_id, quantity, price) VALUES (?,?,?,?)",
+                        [(seq, i, q, p) for i, q, p in lines],
+                    )
+                if run:
+                    cur.executemany(insert_event, run)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
         return AppendResult(stored=stored, duplicates=duplicates, unknown_items=sorted(unknown))
+
+    def _existing_ids(self, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._db.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})",
+                                                        chunk))
+        return found
 
     def scan(self, since: float | None = None, until: float | None = None) -> EventLog:
         conds, params = [], []
