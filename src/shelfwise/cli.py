@@ -161,20 +161,21 @@ def run(
             run_training(engine)
         engine.close()
         engine = _engine(settings)
-        show_examples(engine)
+        example_user = show_examples(engine)
         engine.close()
         h, p = host or settings.api.host, port or settings.api.port
         console.print(f"\nAPI: http://{h}:{p}   docs: http://{h}:{p}/docs   health: http://{h}:{p}/readyz")
-        console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id=u00042&k=5'")
+        console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
         if no_serve:
             return
     serve(host=h, port=p)
 
 
-def show_examples(engine) -> None:
+def show_examples(engine) -> str:
+    """Print a few example rails; returns the example shopper id."""
     from shelfwise.pipeline import RecRequest
 
-    shopper = next(iter(engine.pipeline.shopper_index), None)
+    shopper = next((s for s in engine.pipeline.shopper_index if not s.startswith("session:")), None)
     item = str(engine.pipeline.items.ids[int(engine.pipeline.retrievers["trending"].global_score.argmax())])
     examples = [
         RecRequest("homepage", shopper=shopper, k=5),
@@ -186,7 +187,8 @@ def show_examples(engine) -> None:
         [item] + [r.item_id for ex in examples for r in engine.recommend(ex).items]).values()}
     for ex in examples:
         ans = engine.recommend(ex)
-        who = f"shopper {ex.shopper}" if ex.placement == "homepage" else f"item {ex.item_id} ({titles.get(item, '')})"
+        who = {"homepage": f"shopper {ex.shopper}", "cart_upsell": f"a cart with {item} ({titles.get(item, '')})"}.get(
+            ex.placement, f"item {ex.item_id} ({titles.get(item, '')})")
         table = Table(title=f"{ex.placement} for {who}")
         table.add_column("item")
         table.add_column("title")
@@ -195,6 +197,7 @@ def show_examples(engine) -> None:
         for r in ans.items:
             table.add_row(r.item_id, titles.get(r.item_id, ""), f"{r.score:.3f}", ",".join(r.sources))
         console.print(table)
+    return shopper or "u00001"
 
 
 @app.command()
@@ -227,6 +230,82 @@ def recommend(
                 bar.advance(task, len(chunk))
         engine.close()
         console.print(f"wrote {len(ids)} lists to {out}")
+
+
+import_app = typer.Typer(help="Import a public dataset into the event store and catalog (resumable).",
+                         no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+class _ImportBar:
+    """Adapter from the importers' progress protocol to a rich progress bar (bytes of the file read)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.task = bar, None
+
+    def stage(self, description: str, total: int | None) -> None:
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, done: int) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, done)
+
+
+def run_import(fmt: str, path: Path, **options) -> None:
+    from shelfwise.importers import FORMATS
+    from shelfwise.importers.base import resolve_path
+
+    with friendly():
+        settings = _settings()
+        path = resolve_path(path, settings.datasets_dir)
+        for key in ("attributes",):
+            if options.get(key) is not None:
+                options[key] = resolve_path(options[key], settings.datasets_dir)
+        engine = _engine(settings)
+        try:
+            from rich.progress import DownloadColumn
+
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                          TimeElapsedColumn(), console=console) as bar:
+                stats = FORMATS[fmt](engine, path, progress=_ImportBar(bar), **options)
+        finally:
+            engine.close()
+        console.print(stats.summary())
+        for note in stats.notes:
+            console.print(f"note: {note}")
+
+
+@import_app.command("s3rec")
+def import_s3rec_cmd(
+    sequences: Path = typer.Argument(..., help="SEQ.txt[.gz]: '<user> <item> <item> ...' a line, oldest first"),
+    attributes: Optional[Path] = typer.Option(None, help="ITEM2ATTR.json[.gz]: {item: [attribute ids]}"),
+) -> None:
+    """S3-Rec sequence files (Amazon Beauty/Sports/Toys ...): reviews as purchases, order kept."""
+    run_import("s3rec", sequences, attributes=attributes)
+
+
+@import_app.command("movielens")
+def import_movielens_cmd(directory: Path = typer.Argument(..., help="folder with u.data and u.item (or .gz)")) -> None:
+    """MovieLens 100K: ratings >= 4 as purchases, the rest as views; genres as categories."""
+    run_import("movielens", directory)
+
+
+@import_app.command("completejourney")
+def import_completejourney_cmd(
+    directory: Path = typer.Argument(..., help="folder with transactions_sample.csv and products.csv (or .gz)"),
+    all_products: bool = typer.Option(False, "--all-products", help="catalog every product, not only those sold"),
+) -> None:
+    """The Complete Journey: baskets as orders, real prices, departments and brands."""
+    run_import("completejourney", directory, all_products=all_products)
+
+
+@import_app.command("diginetica")
+def import_diginetica_cmd(
+    directory: Path = typer.Argument(..., help="folder with train-purchases.csv and product-categories.csv"),
+    all_products: bool = typer.Option(False, "--all-products", help="catalog every product, not only those bought"),
+) -> None:
+    """DIGINETICA / CIKM Cup 2016: purchases and product categories."""
+    run_import("diginetica", directory, all_products=all_products)
 
 
 def main() -> None:  # pragma: no cover
