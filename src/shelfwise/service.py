@@ -9,12 +9,13 @@ import threading
 import time
 from typing import Sequence
 
-from shelfwise.domain import Event, EventType, Item
+from shelfwise.domain import Event, Item
 from shelfwise.pipeline import Answer, Pipeline, RecRequest
 from shelfwise.settings import Settings
-from shelfwise.stores import open_catalog, open_event_store, open_online_state
+from shelfwise.stores import open_catalog, open_event_bus, open_event_store, open_online_state
+from shelfwise.stores.bus import EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+from shelfwise.stores.protocols import AppendResult, EventLog, ShopperState
 from shelfwise.training import fit_pipeline
 
 
@@ -26,6 +27,9 @@ class Shelfwise:
         self.online = open_online_state(settings.stores.online, settings.models.history_length)
         self.models = DirectoryModelStore(settings.models_dir)
         self._catalog_ids = self.catalog.ids()
+        self.processor = EventProcessor(self.store, self.online, known_items=lambda: self._catalog_ids)
+        self.bus = open_event_bus(settings.stores.bus, self.processor, ack=settings.stores.ack,
+                                  ack_timeout_s=settings.stores.ack_timeout_s, known_items=lambda: self._catalog_ids)
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self.pipeline = self._load_pipeline()
@@ -56,29 +60,22 @@ class Shelfwise:
 
     # ---- events --------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> AppendResult:
-        """Durably append events, then update the online state of their shoppers."""
-        result = self.store.append(events, known_items=self._catalog_ids)
-        stored = set(result.stored)
-        for ev in events:
-            if ev.event_id not in stored:
-                continue
-            kind = int(EventType[ev.type])
-            ts = ev.timestamp.timestamp()
-            lines = ev.lines()
-            self.online.record(
-                ev.shopper,
-                [Interaction(item, kind, ts) for item, _, _ in lines],
-                [item for item, _, _ in lines] if kind == EventType.purchase_completed else [],
-            )
-        return result
+        """Hand events to the bus; returns once they are durable.
+
+        In-process (the default): durably appended to the event store, then the online state of their shoppers is
+        updated. On a stream bus: appended to the stream (``stored`` lists the accepted events), and a worker does
+        the rest — or, with ``stores.ack = "commit"``, once a worker committed them."""
+        return self.bus.publish(events)
 
     def shopper_state(self, shopper: str) -> ShopperState:
         """Recent events of a shopper: online state, read through to the event store on a miss."""
         cached = self.online.get([shopper])[shopper]
         if cached is not None:
             return cached
+        # Stamp before reading: if an event of this shopper is recorded meanwhile, the snapshot is not cached.
+        token = self.online.stamp([shopper])
         state = self.store.history([shopper], self.settings.models.history_length)[shopper]
-        self.online.put({shopper: state})
+        self.online.put({shopper: state}, if_unchanged=token)
         return state
 
     def forget_shopper(self, shopper: str) -> int:
@@ -119,4 +116,8 @@ class Shelfwise:
         return self.pipeline.recommend([req])[0]
 
     def close(self) -> None:
+        self.bus.close()
         self.store.close()
+        close_online = getattr(self.online, "close", None)
+        if close_online is not None:
+            close_online()

@@ -32,7 +32,12 @@ class StoreSettings(_Section):
     online: str = Field("memory://", description="online state (session last-N, counters): memory:// or redis://")
     vectors: str = Field("hnsw://", description="vector index: hnsw:// (in-process) or pgvector://")
     bus: str = Field("inprocess://", description="event bus: inprocess:// or redis-stream:// or kafka://")
-    models: str = Field("", description="model store: a directory (file:///path)")
+    models: str = Field("", description="model store: a directory (file:///path), shared by every replica")
+    ack: Literal["stream", "commit"] = Field(
+        "stream", description="when POST /v1/events answers on a stream bus: after the durable append to the stream "
+                              "(durable as far as Redis persists: use appendonly yes), or after a worker committed "
+                              "the events to the event store")
+    ack_timeout_s: float = Field(10.0, gt=0, description="ack=commit: how long the API waits for the worker")
 
 
 class EventWeights(_Section):

@@ -1,8 +1,23 @@
-"""Storage roles, each a protocol (``protocols``) with backends chosen by DSN scheme."""
+"""Storage roles, each a protocol (``protocols``) with backends chosen by DSN scheme.
+
+| role                     | embedded default     | scale-out                          |
+| ------------------------ | -------------------- | ---------------------------------- |
+| event store + catalog    | ``sqlite:///path``   | ``postgresql://`` (``postgres://``) |
+| online state             | ``memory://``        | ``redis://`` (``rediss://``)        |
+| vector index             | ``hnsw://``/``exact://`` (in-process) | ``pgvector://``   |
+| event bus                | ``inprocess://``     | ``redis-stream://``, ``kafka://``   |
+
+Backends are imported lazily, so the embedded default never imports a database driver.
+"""
 
 from __future__ import annotations
 
-from shelfwise.stores.protocols import Catalog, EventStore, OnlineState
+from typing import TYPE_CHECKING, Callable
+
+from shelfwise.stores.protocols import Catalog, EventBus, EventStore, OnlineState, VectorIndex
+
+if TYPE_CHECKING:
+    from shelfwise.stores.bus import EventProcessor
 
 
 class UnsupportedDSN(ValueError):
@@ -20,7 +35,11 @@ def open_event_store(dsn: str) -> EventStore:
         from shelfwise.stores.sqlite import SQLiteStore
 
         return SQLiteStore(dsn)
-    raise UnsupportedDSN(f"no event store backend for {dsn!r} (supported: sqlite:///path)")
+    if scheme in ("postgresql", "postgres"):
+        from shelfwise.stores.postgres import PostgresStore
+
+        return PostgresStore(dsn)
+    raise UnsupportedDSN(f"no event store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
 
 
 def open_catalog(store: EventStore) -> Catalog:
@@ -35,4 +54,50 @@ def open_online_state(dsn: str, history_length: int) -> OnlineState:
         from shelfwise.stores.memory import MemoryOnlineState
 
         return MemoryOnlineState(history_length=history_length)
-    raise UnsupportedDSN(f"no online state backend for {dsn!r} (supported: memory://)")
+    if scheme in ("redis", "rediss"):
+        from shelfwise.stores.redis_state import RedisOnlineState
+
+        return RedisOnlineState(dsn, history_length=history_length)
+    raise UnsupportedDSN(f"no online state backend for {dsn!r} (supported: memory://, redis://…)")
+
+
+def open_vector_index(dsn: str) -> VectorIndex:
+    """An empty (or, for pgvector, the last built) vector index. ``hnsw://?m=16&ef_construction=128``."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    scheme = _scheme(dsn)
+    opts = {k: int(v) for k, v in parse_qsl(urlsplit(dsn).query)}
+    if scheme == "hnsw":
+        from shelfwise.stores.vectors import HNSWIndex
+
+        return HNSWIndex(**opts)
+    if scheme == "exact":
+        from shelfwise.stores.vectors import ExactIndex
+
+        return ExactIndex()
+    if scheme == "pgvector":
+        from shelfwise.stores.pgvector import PgVectorIndex
+
+        return PgVectorIndex(dsn)
+    raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+
+
+def open_event_bus(dsn: str, processor: "EventProcessor", ack: str = "stream", ack_timeout_s: float = 10.0,
+                   known_items: Callable[[], set[str] | None] = lambda: None) -> EventBus:
+    """The bus the API publishes to. ``processor`` is what the in-process bus runs on publish."""
+    scheme = _scheme(dsn)
+    if scheme == "inprocess":
+        from shelfwise.stores.bus import InProcessBus
+
+        return InProcessBus(processor)
+    if scheme in ("redis-stream", "rediss-stream"):
+        from shelfwise.stores.bus import RedisStreamBus
+
+        if scheme == "rediss-stream":
+            dsn = "rediss" + dsn[len("rediss-stream"):]
+        return RedisStreamBus(dsn, ack=ack, ack_timeout_s=ack_timeout_s, known_items=known_items)
+    if scheme == "kafka":
+        from shelfwise.stores.kafka_bus import KafkaBus
+
+        return KafkaBus(dsn, ack=ack, ack_timeout_s=ack_timeout_s, known_items=known_items)
+    raise UnsupportedDSN(f"no event bus backend for {dsn!r} (supported: inprocess://, redis-stream://…, kafka://…)")

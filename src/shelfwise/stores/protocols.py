@@ -99,10 +99,25 @@ class OnlineState(Protocol):
 
     def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]: ...
 
-    def put(self, states: dict[str, ShopperState]) -> None: ...
+    def put(self, states: dict[str, ShopperState], if_unchanged: dict[str, str] | None = None) -> set[str]:
+        """Cache states; returns the shoppers installed.
+
+        With ``if_unchanged`` (tokens from ``stamp``) a state is installed only when nothing was recorded for,
+        forgotten of, or installed for that shopper since its stamp: a read-through load that raced an ingest is
+        dropped instead of caching a snapshot that misses the racing event (the next read loads again)."""
+
+    def stamp(self, shoppers: Sequence[str]) -> dict[str, str]:
+        """Begin a read-through load: a token per shopper for ``put(..., if_unchanged=...)``. Take it *before*
+        reading the event store."""
 
     def record(self, shopper: str, interactions: Iterable[Interaction], purchased: Iterable[str]) -> None:
-        """Append to a cached shopper (no-op when the shopper is not cached)."""
+        """Append to a cached shopper (no-op when the shopper is not cached; invalidates a pending stamp).
+
+        An interaction equal (item, kind, ts) to one already cached is not added twice: a load may already hold
+        an event whose record() arrives after it."""
+
+    def record_many(self, updates: dict[str, tuple[list[Interaction], list[str]]]) -> None:
+        """``record`` for many shoppers at once: {shopper: (interactions, purchased items)}."""
 
     def forget(self, shopper: str) -> None: ...
 
@@ -120,3 +135,32 @@ class VectorIndex(Protocol):
         """Top-k (keys, scores) per query row, best first; keys -1 / scores -inf pad short answers."""
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class EventProcessor(Protocol):
+    """What consumes the bus: durable append to the event store, then online state (see ``stores.bus``)."""
+
+    def process(self, events: Sequence[Event]) -> AppendResult: ...
+
+
+@runtime_checkable
+class BusConsumer(Protocol):
+    def poll(self, timeout_s: float = 1.0) -> int:
+        """Process at most one batch: deliveries are acknowledged only after the processor returned. Returns how
+        many entries were handled (processed, dead-lettered or recovered), 0 when idle."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventBus(Protocol):
+    """Carries validated events from the API to the processing path (at-least-once; processing is idempotent by
+    event_id). ``publish`` returns once the events are durable: in-process, committed to the event store; on a
+    stream, appended to it (or committed by a worker when the bus acknowledges after the commit)."""
+
+    def publish(self, events: Sequence[Event]) -> AppendResult: ...
+
+    def consumer(self, processor: EventProcessor, name: str | None = None) -> BusConsumer: ...
+
+    def close(self) -> None: ...

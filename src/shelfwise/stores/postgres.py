@@ -1,0 +1,284 @@
+"""Scale-out event store + catalog on PostgreSQL (psycopg 3, a connection pool, versioned migrations).
+
+Same semantics as ``SQLiteStore``: idempotent appends by ``event_id`` (``ON CONFLICT DO NOTHING``; concurrent
+writers of one id wait for each other, one wins), purchases expanded to one row per line, the ``unknown`` flag
+for events naming items absent from the catalog, ``scan``/``history`` ordered per shopper by (time, arrival).
+
+Every append goes through ``COPY`` into per-connection temporary staging tables, then one ``INSERT … SELECT …
+ON CONFLICT DO NOTHING RETURNING`` moves the new rows in arrival order, so a bulk import of 5,000 events is one
+COPY and two statements. Migrations are numbered, recorded in ``shelfwise_migrations`` and applied on start
+under an advisory lock (several replicas starting at once apply each exactly once).
+
+DSN: ``postgresql://user:password@host:5432/db?pool_min=1&pool_max=8`` (``postgres://`` also accepted; any
+libpq parameter may follow, e.g. ``options=-csearch_path%3Dshop1`` to keep several shops in one database).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import orjson
+from psycopg import Connection, sql
+from psycopg_pool import ConnectionPool
+
+from shelfwise.domain import Event, EventType, Item
+from shelfwise.stores._dsn import split_options, with_scheme
+from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "events, lines, items", """
+CREATE TABLE events (
+    seq        bigserial PRIMARY KEY,
+    event_id   text COLLATE "C" NOT NULL UNIQUE,
+    type       smallint NOT NULL,
+    shopper    text COLLATE "C" NOT NULL,
+    user_id    text,
+    session_id text,
+    item_id    text COLLATE "C",
+    order_id   text,
+    ts         double precision NOT NULL,
+    payload    jsonb NOT NULL,
+    unknown    boolean NOT NULL DEFAULT false
+);
+CREATE INDEX events_shopper ON events (shopper, ts);
+CREATE INDEX events_ts ON events (ts);
+CREATE TABLE lines (
+    seq      bigint NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+    item_id  text COLLATE "C" NOT NULL,
+    quantity integer NOT NULL,
+    price    double precision,
+    pos      integer NOT NULL DEFAULT 0
+);
+CREATE INDEX lines_seq ON lines (seq);
+CREATE TABLE items (
+    id      text COLLATE "C" PRIMARY KEY,
+    doc     jsonb NOT NULL,
+    updated timestamptz NOT NULL DEFAULT now()
+);
+"""),
+]
+_LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS _sw_events (
+    ord int, event_id text COLLATE "C", type smallint, shopper text COLLATE "C", user_id text, session_id text,
+    item_id text COLLATE "C", order_id text, ts double precision, payload jsonb, unknown boolean
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS _sw_lines (
+    ord int, event_id text COLLATE "C", item_id text COLLATE "C", quantity integer, price double precision, pos int
+) ON COMMIT DELETE ROWS;
+"""
+
+_MOVE = """
+WITH ins AS (
+    INSERT INTO events (event_id, type, shopper, user_id, session_id, item_id, order_id, ts, payload, unknown)
+    SELECT event_id, type, shopper, user_id, session_id, item_id, order_id, ts, payload, unknown
+      FROM _sw_events ORDER BY ord
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING seq, event_id
+), ln AS (
+    INSERT INTO lines (seq, item_id, quantity, price, pos)
+    SELECT ins.seq, l.item_id, l.quantity, l.price, l.pos FROM _sw_lines l JOIN ins USING (event_id)
+     ORDER BY l.ord, l.pos
+)
+SELECT event_id FROM ins
+"""
+
+_INTERACTIONS = """
+SELECT e.seq, e.shopper, coalesce(e.session_id, ''), e.item_id, e.type, e.ts, coalesce(e.order_id, ''), 1, NULL, 0
+  FROM events e WHERE e.item_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lines l WHERE l.seq = e.seq) {where}
+UNION ALL
+SELECT e.seq, e.shopper, coalesce(e.session_id, ''), l.item_id, e.type, e.ts, coalesce(e.order_id, ''),
+       l.quantity, l.price, l.pos
+  FROM lines l JOIN events e ON e.seq = l.seq {where_join}
+"""
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Apply pending migrations (idempotent, safe to run from several processes at once)."""
+    applied_now: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute("CREATE TABLE IF NOT EXISTS shelfwise_migrations (version int PRIMARY KEY, name text NOT NULL,"
+                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {r[0] for r in conn.execute("SELECT version FROM shelfwise_migrations")}
+        known = {v for v, _, _ in MIGRATIONS}
+        if done - known:
+            raise RuntimeError(f"database schema version {max(done)} is newer than this Shelfwise "
+                               f"({max(known)}): upgrade Shelfwise")
+        for version, name, ddl in MIGRATIONS:
+            if version not in done:
+                conn.execute(ddl)
+                conn.execute("INSERT INTO shelfwise_migrations (version, name) VALUES (%s, %s)", (version, name))
+                applied_now.append(version)
+    return applied_now
+
+
+class PostgresStore:
+    """EventStore + Catalog on PostgreSQL. Thread-safe (a pool of connections); many processes may share it."""
+
+    def __init__(self, dsn: str) -> None:
+        if dsn.startswith("postgres://"):
+            dsn = with_scheme(dsn, "postgresql")
+        conninfo, opts = split_options(dsn, {"pool_min", "pool_max"})
+        self.dsn = conninfo
+        self.pool = ConnectionPool(conninfo, min_size=int(opts.get("pool_min", 1)),
+                                   max_size=int(opts.get("pool_max", 8)), open=True, configure=self._configure,
+                                   name="shelfwise-events")
+        self._closed = threading.Event()
+        with self.pool.connection() as conn:
+            self.applied_migrations = migrate(conn)
+
+    @staticmethod
+    def _configure(conn: Connection) -> None:
+        conn.autocommit = True
+        conn.execute(_STAGING)
+        conn.autocommit = False
+
+    # ---- event store -------------------------------------------------------------------------------
+    def append(self, events: Sequence[Event], known_items: set[str] | None = None) -> AppendResult:
+        duplicates: list[str] = []
+        unknown: set[str] = set()
+        seen: set[str] = set()
+        rows: list[tuple] = []
+        line_rows: list[tuple] = []
+        order: list[str] = []
+        for ev in events:
+            if ev.event_id in seen:
+                duplicates.append(ev.event_id)
+                continue
+            seen.add(ev.event_id)
+            lines = ev.lines()
+            flagged = known_items is not None and any(i not in known_items for i, _, _ in lines)
+            if flagged:
+                unknown.update(i for i, _, _ in lines if i not in known_items)  # type: ignore[operator]
+            order_id = ev.order_id or (ev.event_id if ev.type == "purchase_completed" else None)
+            payload = orjson.dumps({"context": ev.context.model_dump(exclude_none=True),
+                                    "properties": ev.properties}).decode()
+            ordinal = len(rows)
+            rows.append((ordinal, ev.event_id, int(EventType[ev.type]), ev.shopper, ev.user_id, ev.session_id,
+                         ev.item_id if not ev.items else None, order_id, ev.timestamp.timestamp(), payload, flagged))
+            if ev.items:
+                line_rows.extend((ordinal, ev.event_id, i, q, p, pos) for pos, (i, q, p) in enumerate(lines))
+            order.append(ev.event_id)
+        if not rows:
+            return AppendResult(stored=[], duplicates=duplicates, unknown_items=[])
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            with cur.copy("COPY _sw_events (ord, event_id, type, shopper, user_id, session_id, item_id, order_id,"
+                          " ts, payload, unknown) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+            if line_rows:
+                with cur.copy("COPY _sw_lines (ord, event_id, item_id, quantity, price, pos) FROM STDIN") as cp:
+                    for r in line_rows:
+                        cp.write_row(r)
+            inserted = {r[0] for r in cur.execute(_MOVE).fetchall()}
+        stored = [e for e in order if e in inserted]
+        duplicates.extend(e for e in order if e not in inserted)
+        return AppendResult(stored=stored, duplicates=duplicates, unknown_items=sorted(unknown))
+
+    def _interactions(self, where: str, where_join: str, params: list, order: str = " ORDER BY 2, 6, 1, 10"):
+        query = _INTERACTIONS.format(where=where, where_join=where_join) + order
+        with self.pool.connection() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def scan(self, since: float | None = None, until: float | None = None) -> EventLog:
+        conds, params = [], []
+        if since is not None:
+            conds.append("e.ts >= %s")
+            params.append(since)
+        if until is not None:
+            conds.append("e.ts < %s")
+            params.append(until)
+        where = "".join(f" AND {c}" for c in conds)
+        where_join = (" WHERE " + " AND ".join(conds)) if conds else ""
+        rows = self._interactions(where, where_join, params * 2)
+        if not rows:
+            return EventLog.empty()
+        cols = list(zip(*rows))
+        return EventLog(
+            shopper=np.array(cols[1], dtype=object),
+            session=np.array(cols[2], dtype=object),
+            item=np.array(cols[3], dtype=object),
+            kind=np.array(cols[4], dtype=np.int8),
+            ts=np.array(cols[5], dtype=np.float64),
+            order=np.array(cols[6], dtype=object),
+            quantity=np.array(cols[7], dtype=np.int32),
+            price=np.array([np.nan if p is None else p for p in cols[8]], dtype=np.float64),
+        )
+
+    def history(self, shoppers: Sequence[str], limit: int) -> dict[str, ShopperState]:
+        out = {s: ShopperState(recent=[], purchased=set()) for s in shoppers}
+        if not shoppers:
+            return out
+        for start in range(0, len(shoppers), 1000):
+            chunk = list(shoppers[start:start + 1000])
+            rows = self._interactions(" AND e.shopper = ANY(%s)", " WHERE e.shopper = ANY(%s)", [chunk, chunk])
+            recent: dict[str, list[Interaction]] = defaultdict(list)
+            for _, shopper, _, item, kind, ts, *_ in rows:
+                recent[shopper].append(Interaction(item, kind, ts))
+                if kind == EventType.purchase_completed:
+                    out[shopper].purchased.add(item)
+            for shopper, lst in recent.items():
+                out[shopper].recent = lst[-limit:]
+        return out
+
+    def count(self) -> int:
+        with self.pool.connection() as conn:
+            return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def unknown_count(self) -> int:
+        with self.pool.connection() as conn:
+            return conn.execute("SELECT count(*) FROM events WHERE unknown").fetchone()[0]
+
+    def delete_shopper(self, shopper: str) -> int:
+        with self.pool.connection() as conn:
+            return conn.execute("DELETE FROM events WHERE shopper = %s", (shopper,)).rowcount
+
+    # ---- catalog -----------------------------------------------------------------------------------
+    def upsert(self, items: Sequence[Item]) -> int:
+        latest = {it.id: orjson.dumps(it.model_dump(mode="json")).decode() for it in items}  # last one wins
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            cur.executemany("INSERT INTO items (id, doc) VALUES (%s, %s::jsonb) ON CONFLICT (id) DO UPDATE"
+                            " SET doc = excluded.doc, updated = now()", list(latest.items()))
+        return len(items)
+
+    def get(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        if not item_ids:
+            return {}
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id, doc FROM items WHERE id = ANY(%s)", (list(item_ids),)).fetchall()
+        return {i: Item.model_validate(doc) for i, doc in rows}
+
+    def delete(self, item_id: str) -> bool:
+        with self.pool.connection() as conn:
+            return conn.execute("DELETE FROM items WHERE id = %s", (item_id,)).rowcount > 0
+
+    def all(self) -> list[Item]:
+        with self.pool.connection() as conn:
+            docs = conn.execute("SELECT doc FROM items ORDER BY id").fetchall()
+        return [Item.model_validate(d) for (d,) in docs]
+
+    def ids(self) -> set[str]:
+        with self.pool.connection() as conn:
+            return {r[0] for r in conn.execute("SELECT id FROM items")}
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self.pool.close()
+
+
+def drop_schema(dsn: str) -> None:
+    """Remove every Shelfwise table from a database (tests and ``shelfwise`` admin use only)."""
+    import psycopg
+
+    conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max"})
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for table in ("lines", "events", "items", "shelfwise_migrations"):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))

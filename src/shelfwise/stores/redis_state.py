@@ -1,0 +1,184 @@
+"""Scale-out online state on Redis: one key per cached shopper, updated atomically by Lua, read with pipelines.
+
+Layout (``prefix`` defaults to ``shelfwise:``; the shopper is a hash tag so both keys share a Cluster slot):
+
+- ``{prefix}{<shopper>}:s`` — the cached state, JSON ``{"v": version, "r": [[item, kind, "ts"], …], "p": [item, …]}``
+  with a TTL (``ttl``, default 7 days) renewed by every write: a shopper idle that long is reloaded from the event
+  store on the next request (read-through), so eviction is always safe.
+- ``{prefix}{<shopper>}:l`` — a read-through load in flight (a token, 60 s TTL); see ``stamp``/``put``.
+
+Memory per shopper is bounded: at most ``history_length`` interactions and ``max_purchased`` (default 200)
+purchased items, so a state is about ``history_length × (len(item_id) + 30) + max_purchased × (len(item_id) + 3)
++ 100`` bytes (≈ 2.5 KB for 50 events and 12-character ids, plus Redis' ~70 bytes per key). Bound the total with
+``maxmemory`` and ``maxmemory-policy volatile-lru`` (every key here has a TTL): an evicted shopper is reloaded.
+
+Races: ``record`` (from ingestion) runs in Lua and appends only to a cached state; a shopper not cached is left
+alone, but a pending read-through load of that shopper is invalidated, so ``put(..., if_unchanged=tokens)`` never
+caches a snapshot that misses an event ingested while it was read. Appending an interaction equal to one already
+held (same item, kind and timestamp) is a no-op, so a record that lands after a load that already saw the
+event does not double it.
+
+DSN: ``redis://[:password@]host:6379/0?prefix=shelfwise:&ttl=604800&max_purchased=200`` (``rediss://`` for TLS).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Iterable, Sequence
+
+import orjson
+import redis
+
+from shelfwise.stores._dsn import split_options
+from shelfwise.stores.protocols import Interaction, ShopperState
+
+_RECORD = """
+local raw = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[2])
+if not raw then return 0 end
+local st = cjson.decode(raw)
+local recent = st['r']
+if type(recent) ~= 'table' then recent = {} end
+local held = {}
+for _, e in ipairs(recent) do held[e[1] .. '\\0' .. e[2] .. '\\0' .. e[3]] = true end
+for _, it in ipairs(cjson.decode(ARGV[1])) do
+  if not held[it[1] .. '\\0' .. it[2] .. '\\0' .. it[3]] then
+    local t = tonumber(it[3])
+    local pos = #recent + 1
+    while pos > 1 and tonumber(recent[pos - 1][3]) > t do pos = pos - 1 end
+    table.insert(recent, pos, it)
+  end
+end
+local limit = tonumber(ARGV[3])
+if #recent > limit then
+  local kept = {}
+  for i = #recent - limit + 1, #recent do kept[#kept + 1] = recent[i] end
+  recent = kept
+end
+local bought = st['p']
+if type(bought) ~= 'table' then bought = {} end
+local newp = cjson.decode(ARGV[2])
+if #newp > 0 then
+  local fresh = {}
+  for _, item in ipairs(newp) do fresh[item] = true end
+  local kept = {}
+  for _, item in ipairs(bought) do if not fresh[item] then kept[#kept + 1] = item end end
+  for _, item in ipairs(newp) do if fresh[item] then kept[#kept + 1] = item; fresh[item] = nil end end
+  local cap = tonumber(ARGV[4])
+  bought = {}
+  for i = math.max(1, #kept - cap + 1), #kept do bought[#bought + 1] = kept[i] end
+end
+st['r'] = recent
+st['p'] = bought
+st['v'] = (tonumber(st['v']) or 0) + 1
+redis.call('SET', KEYS[1], cjson.encode(st), 'PX', ARGV[5])
+return 1
+"""
+
+_PUT_IF_UNCHANGED = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_OPTIONS = {"prefix", "ttl", "max_purchased"}
+
+
+def _ts(value: float) -> str:
+    return repr(float(value))
+
+
+class RedisOnlineState:
+    def __init__(self, dsn: str, history_length: int = 50) -> None:
+        url, opts = split_options(dsn, _OPTIONS)
+        self.prefix = opts.get("prefix", "shelfwise:")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the redis key prefix must not contain braces")
+        self.ttl_ms = int(float(opts.get("ttl", 7 * 86400)) * 1000)
+        self.max_purchased = int(opts.get("max_purchased", 200))
+        self.history_length = history_length
+        self.redis = redis.Redis.from_url(url, health_check_interval=30)
+        self._record = self.redis.register_script(_RECORD)
+        self._put_if = self.redis.register_script(_PUT_IF_UNCHANGED)
+        self.redis.ping()
+
+    def _keys(self, shopper: str) -> tuple[str, str]:
+        base = f"{self.prefix}{{{shopper}}}"
+        return base + ":s", base + ":l"
+
+    def _encode(self, st: ShopperState) -> bytes:
+        recent = sorted(st.recent, key=lambda x: x.ts)[-self.history_length:]
+        return orjson.dumps({"v": st.version, "r": [[i.item_id, int(i.kind), _ts(i.ts)] for i in recent],
+                             "p": sorted(st.purchased)[-self.max_purchased:]})
+
+    @staticmethod
+    def _decode(raw: bytes) -> ShopperState:
+        doc = orjson.loads(raw)
+        recent = doc.get("r") or []  # Lua's cjson writes an empty list as {}
+        bought = doc.get("p") or []
+        return ShopperState(recent=[Interaction(str(i), int(k), float(t)) for i, k, t in recent],
+                            purchased={str(p) for p in bought}, version=int(doc.get("v", 0)))
+
+    def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]:
+        if not shoppers:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for s in shoppers:
+            pipe.get(self._keys(s)[0])
+        return {s: None if raw is None else self._decode(raw) for s, raw in zip(shoppers, pipe.execute())}
+
+    def stamp(self, shoppers: Sequence[str]) -> dict[str, str]:
+        tokens = {s: uuid.uuid4().hex for s in shoppers}
+        pipe = self.redis.pipeline(transaction=False)
+        for s, token in tokens.items():
+            pipe.set(self._keys(s)[1], token, px=60_000)
+        pipe.execute()
+        return tokens
+
+    def put(self, states: dict[str, ShopperState], if_unchanged: dict[str, str] | None = None) -> set[str]:
+        if not states:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        names = list(states)
+        for s in names:
+            key, loading = self._keys(s)
+            payload = self._encode(states[s])
+            if if_unchanged is None:
+                pipe.set(key, payload, px=self.ttl_ms)
+            else:
+                self._put_if(keys=[key, loading], args=[payload, self.ttl_ms, if_unchanged.get(s, "")],
+                             client=pipe)
+        return {s for s, ok in zip(names, pipe.execute()) if ok}
+
+    def record(self, shopper: str, interactions: Iterable[Interaction], purchased: Iterable[str]) -> None:
+        self.record_many({shopper: (list(interactions), list(purchased))})
+
+    def record_many(self, updates: dict[str, tuple[list[Interaction], list[str]]]) -> None:
+        if not updates:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for shopper, (interactions, purchased) in updates.items():
+            new = orjson.dumps([[i.item_id, int(i.kind), _ts(i.ts)] for i in interactions])
+            self._record(keys=list(self._keys(shopper)),
+                         args=[new, orjson.dumps(list(purchased)), self.history_length, self.max_purchased,
+                               self.ttl_ms], client=pipe)
+        pipe.execute()
+
+    def forget(self, shopper: str) -> None:
+        self.redis.delete(*self._keys(shopper))
+
+    def clear(self) -> None:
+        """Remove every key under this prefix (SCAN, so it never blocks the server)."""
+        batch = []
+        for key in self.redis.scan_iter(match=self.prefix.replace("*", r"\*") + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            self.redis.unlink(*batch)
+
+    def close(self) -> None:
+        self.redis.close()
