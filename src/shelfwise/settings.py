@@ -81,6 +81,13 @@ class ALSSettings(_Section):
     random_state: int = 0
 
 
+class EASESettings(_Section):
+    """EASE item-item model (``retrieval/ease.py``): an n_items² dense matrix, so for catalogs up to max_items."""
+
+    l2: float = Field(500.0, gt=0, description="L2 regularisation λ added to the Gram diagonal")
+    max_items: int = Field(40_000, ge=1, description="refuse to fit above this many items (memory grows as n²)")
+
+
 class PlacementSettings(_Section):
     """Blend weights of each candidate source for one placement (a learned ranker replaces this later)."""
 
@@ -102,6 +109,7 @@ class ModelSettings(_Section):
     trending: TrendingSettings = TrendingSettings()
     covisit: CovisitSettings = CovisitSettings()
     als: ALSSettings = ALSSettings()
+    ease: EASESettings = EASESettings()
     placements: dict[str, PlacementSettings] = Field(default_factory=_default_placements)
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
 

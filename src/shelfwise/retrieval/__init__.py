@@ -7,6 +7,7 @@ from pathlib import Path
 from shelfwise.retrieval.als import ALSRetriever
 from shelfwise.retrieval.base import ItemTable, Query, Retriever, TrainData
 from shelfwise.retrieval.covisit import CovisitRetriever
+from shelfwise.retrieval.ease import EASERetriever
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import ModelSettings
 
@@ -20,6 +21,7 @@ def build_retrievers(settings: ModelSettings, names: tuple[str, ...] = SOURCES) 
         "covisit": lambda: CovisitRetriever(settings.covisit, mode="view"),
         "copurchase": lambda: CovisitRetriever(settings.covisit, mode="purchase"),
         "als": lambda: ALSRetriever(settings.als),
+        "ease": lambda: EASERetriever(settings.ease),  # optional source, not in SOURCES (n_items² memory)
     }
     unknown = set(names) - set(make)
     if unknown:
@@ -36,6 +38,8 @@ def load_retriever(name: str, path: Path) -> Retriever:
         return CovisitRetriever.load(path, mode="purchase")
     if name == "als":
         return ALSRetriever.load(path)
+    if name == "ease":
+        return EASERetriever.load(path)
     raise ValueError(f"unknown source {name!r} in model artefacts")
 
 

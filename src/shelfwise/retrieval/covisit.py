@@ -85,25 +85,21 @@ class CovisitRetriever(Retriever):
         self.matrix = prune_rows(m, s.top_per_item).astype(np.float32)
         return self
 
-    def _query_matrix(self, queries: Sequence[Query]) -> sp.csr_matrix:
-        rows, cols, vals = [], [], []
-        s = self.settings
-        for r, q in enumerate(queries):
-            if len(q.anchors):
-                items, w = q.anchors, np.ones(len(q.anchors), np.float32)
-            else:
-                items = _last_distinct(q.history, s.last_n)
-                w = recency_weights(len(items), s.recency_decay)
-            rows.append(np.full(len(items), r))
-            cols.append(items)
-            vals.append(w)
-        if not rows:
-            return sp.csr_matrix((len(queries), self.matrix.shape[0]), dtype=np.float32)
-        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=(len(queries), self.matrix.shape[0]), dtype=np.float32)
+    def anchors(self, q: Query) -> tuple[np.ndarray, np.ndarray]:
+        """The items a query is scored from, with their weights: page/cart items, else the last N viewed."""
+        if len(q.anchors):
+            return q.anchors, np.ones(len(q.anchors), np.float32)
+        items = _last_distinct(q.history, self.settings.last_n)
+        return items, recency_weights(len(items), self.settings.recency_decay)
 
     def score(self, queries: Sequence[Query]) -> np.ndarray:
-        return np.asarray((self._query_matrix(queries) @ self.matrix).toarray(), dtype=np.float32)
+        m = self.matrix
+        out = np.zeros((len(queries), m.shape[0]), np.float32)
+        for r, q in enumerate(queries):  # a few row slices per query: cheaper than building a sparse product
+            for item, w in zip(*self.anchors(q)):
+                lo, hi = m.indptr[item], m.indptr[item + 1]
+                out[r, m.indices[lo:hi]] += w * m.data[lo:hi]
+        return out
 
     def save(self, path: Path) -> None:
         sp.save_npz(path / f"{self.name}.npz", self.matrix)

@@ -26,6 +26,7 @@ class TrendingRetriever(Retriever):
         pop = np.bincount(data.item, weights=decay * np.maximum(data.weight, 0), minlength=data.n_items)
         self.global_score = (pop / pop.max() if pop.max(initial=0) > 0 else pop).astype(np.float32)
         self.category = data.items.category.copy()
+        self._members = None
         cat_max = np.zeros(max(self.category.max(initial=-1) + 2, 1))
         np.maximum.at(cat_max, self.category + 1, pop)
         denom = cat_max[self.category + 1]
@@ -36,12 +37,20 @@ class TrendingRetriever(Retriever):
         out = np.tile(self.global_score, (len(queries), 1))
         for r, q in enumerate(queries):
             focus = q.anchors if len(q.anchors) else q.history[-3:]
-            cats = np.unique(self.category[focus]) if len(focus) else np.array([], np.int32)
-            cats = cats[cats >= 0]
-            if len(cats):
-                in_cat = np.isin(self.category, cats)
-                out[r, in_cat] = 0.5 * out[r, in_cat] + 0.5 + 0.5 * self.category_score[in_cat]
+            for c in np.unique(self.category[focus]) if len(focus) else ():
+                if c >= 0:  # items of the categories in focus rank above the rest, by in-category popularity
+                    idx = self.members[c]
+                    out[r, idx] = 0.5 * self.global_score[idx] + 0.5 + 0.5 * self.category_score[idx]
         return out
+
+    @property
+    def members(self) -> list[np.ndarray]:
+        """Item indices of each category code."""
+        if getattr(self, "_members", None) is None:
+            order = np.argsort(self.category, kind="stable")
+            bounds = np.searchsorted(self.category[order], np.arange(self.category.max(initial=-1) + 2))
+            self._members = [order[bounds[c]:bounds[c + 1]] for c in range(len(bounds) - 1)]
+        return self._members
 
     def top_in_category(self, category: int, k: int) -> np.ndarray:
         idx = np.flatnonzero(self.category == category)
@@ -56,4 +65,5 @@ class TrendingRetriever(Retriever):
         z = np.load(path / "trending.npz")
         obj = cls(TrendingSettings(half_life_days=float(z["half_life_days"])))
         obj.global_score, obj.category_score, obj.category = z["global_score"], z["category_score"], z["category"]
+        obj._members = None
         return obj
