@@ -308,6 +308,82 @@ def import_diginetica_cmd(
     run_import("diginetica", directory, all_products=all_products)
 
 
+import_app = typer.Typer(help="Import a public dataset into the event store and catalog (resumable).",
+                         no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+class _ImportBar:
+    """Adapter from the importers' progress protocol to a rich progress bar (bytes of the file read)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.task = bar, None
+
+    def stage(self, description: str, total: int | None) -> None:
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, done: int) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, done)
+
+
+def run_import(fmt: str, path: Path, **options) -> None:
+    from shelfwise.importers import FORMATS
+    from shelfwise.importers.base import resolve_path
+
+    with friendly():
+        settings = _settings()
+        path = resolve_path(path, settings.datasets_dir)
+        for key in ("attributes",):
+            if options.get(key) is not None:
+                options[key] = resolve_path(options[key], settings.datasets_dir)
+        engine = _engine(settings)
+        try:
+            from rich.progress import DownloadColumn
+
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                          TimeElapsedColumn(), console=console) as bar:
+                stats = FORMATS[fmt](engine, path, progress=_ImportBar(bar), **options)
+        finally:
+            engine.close()
+        console.print(stats.summary())
+        for note in stats.notes:
+            console.print(f"note: {note}")
+
+
+@import_app.command("s3rec")
+def import_s3rec_cmd(
+    sequences: Path = typer.Argument(..., help="SEQ.txt[.gz]: '<user> <item> <item> ...' a line, oldest first"),
+    attributes: Optional[Path] = typer.Option(None, help="ITEM2ATTR.json[.gz]: {item: [attribute ids]}"),
+) -> None:
+    """S3-Rec sequence files (Amazon Beauty/Sports/Toys ...): reviews as purchases, order kept."""
+    run_import("s3rec", sequences, attributes=attributes)
+
+
+@import_app.command("movielens")
+def import_movielens_cmd(directory: Path = typer.Argument(..., help="folder with u.data and u.item (or .gz)")) -> None:
+    """MovieLens 100K: ratings >= 4 as purchases, the rest as views; genres as categories."""
+    run_import("movielens", directory)
+
+
+@import_app.command("completejourney")
+def import_completejourney_cmd(
+    directory: Path = typer.Argument(..., help="folder with transactions_sample.csv and products.csv (or .gz)"),
+    all_products: bool = typer.Option(False, "--all-products", help="catalog every product, not only those sold"),
+) -> None:
+    """The Complete Journey: baskets as orders, real prices, departments and brands."""
+    run_import("completejourney", directory, all_products=all_products)
+
+
+@import_app.command("diginetica")
+def import_diginetica_cmd(
+    directory: Path = typer.Argument(..., help="folder with train-purchases.csv and product-categories.csv"),
+    all_products: bool = typer.Option(False, "--all-products", help="catalog every product, not only those bought"),
+) -> None:
+    """DIGINETICA / CIKM Cup 2016: purchases and product categories."""
+    run_import("diginetica", directory, all_products=all_products)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
