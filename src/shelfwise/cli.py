@@ -1,4 +1,4 @@
-"""Command line: ``shelfwise run | serve | generate | import | train | recommend | evaluate``."""
+"""Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate``."""
 
 from __future__ import annotations
 
@@ -130,6 +130,8 @@ def run_training(engine):
 def serve(
     host: Optional[str] = typer.Option(None, help="bind address (default: settings.api.host)"),
     port: Optional[int] = typer.Option(None, help="port (default: settings.api.port)"),
+    workers: int = typer.Option(1, min=1, help="API processes sharing the port (scale-out: needs redis:// online "
+                                              "state so that every process sees every event)"),
 ) -> None:
     """Start the HTTP API."""
     import uvicorn
@@ -138,8 +140,33 @@ def serve(
 
     with friendly():
         settings = _settings()
-        uvicorn.run(create_app(settings), host=host or settings.api.host, port=port or settings.api.port,
+        h, p = host or settings.api.host, port or settings.api.port
+        if workers == 1:
+            uvicorn.run(create_app(settings), host=h, port=p, log_level="warning")
+            return
+        if settings.stores.online.startswith("memory:"):
+            raise CLIError("--workers > 1 needs shared online state: set SHELFWISE_STORES__ONLINE=redis://… "
+                           "(with memory:// each process would only see the events it ingested itself)")
+        # Each process builds its own app from the same settings (file + environment).
+        uvicorn.run("shelfwise.api.app:create_app", factory=True, host=h, port=p, workers=workers,
                     log_level="warning")
+
+
+@app.command()
+def worker(
+    consumers: int = typer.Option(1, min=1, help="consumer processes"),
+) -> None:
+    """Consume the event bus (stores.bus = redis-stream://… or kafka://…) into the event store and online state."""
+    from shelfwise.worker import run_workers
+
+    with friendly():
+        settings = _settings()
+        if settings.stores.bus.startswith("inprocess:"):
+            raise CLIError("the in-process bus needs no worker: the API processes events itself; set "
+                           "SHELFWISE_STORES__BUS=redis-stream://… or kafka://… to run workers")
+        console.print(f"worker: {consumers} consumer(s) on {settings.stores.bus.split('?')[0]} → "
+                      f"{settings.events_dsn.split('?')[0].split('@')[-1]}")
+        run_workers(settings, consumers)
 
 
 @app.command()
@@ -168,7 +195,7 @@ def run(
         console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
         if no_serve:
             return
-    serve(host=h, port=p)
+    serve(host=h, port=p, workers=1)
 
 
 def show_examples(engine) -> str:

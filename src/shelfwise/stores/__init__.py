@@ -66,11 +66,10 @@ def open_vector_index(dsn: str) -> VectorIndex:
     from urllib.parse import parse_qsl, urlsplit
 
     scheme = _scheme(dsn)
-    opts = {k: int(v) for k, v in parse_qsl(urlsplit(dsn).query)}
     if scheme == "hnsw":
         from shelfwise.stores.vectors import HNSWIndex
 
-        return HNSWIndex(**opts)
+        return HNSWIndex(**{k: int(v) for k, v in parse_qsl(urlsplit(dsn).query)})
     if scheme == "exact":
         from shelfwise.stores.vectors import ExactIndex
 

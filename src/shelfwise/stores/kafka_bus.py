@@ -8,7 +8,8 @@ returned (at-least-once; processing is idempotent by ``event_id``). A batch that
 offsets; invalid events go to the dead-letter topic ``<topic>.dead`` with the reason in a header.
 
 DSN: ``kafka://broker1:9092,broker2:9092/shelfwise-events?group=shelfwise&batch=500`` — any other query parameter
-is passed to librdkafka as is (e.g. ``security.protocol=SASL_SSL``). ``ack="commit"`` is not offered on Kafka.
+is passed to librdkafka as is (e.g. ``security.protocol=SASL_SSL``, or ``group.protocol=consumer`` for the KIP-848
+consumer groups of Kafka 4, which rebalance in well under a second). ``ack="commit"`` is not offered on Kafka.
 """
 
 from __future__ import annotations
@@ -112,10 +113,11 @@ class KafkaConsumer:
     def __init__(self, bus: KafkaBus, processor: EventProcessor, name: str) -> None:
         self.bus = bus
         self.processor = processor
-        self.consumer = Consumer({**bus._base(), "group.id": bus.group, "client.id": name,
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                  "enable.partition.eof": False, "session.timeout.ms": 10_000,
-                                  "heartbeat.interval.ms": 1_000})
+        conf = {**bus._base(), "group.id": bus.group, "client.id": name, "enable.auto.commit": False,
+                "auto.offset.reset": "earliest", "enable.partition.eof": False}
+        if conf.get("group.protocol", "classic") == "classic":  # KIP-848 groups set these on the broker
+            conf.update({"session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000})
+        self.consumer = Consumer(conf)
         self.consumer.subscribe([bus.topic])
         self._dead: Producer | None = None
 

@@ -1,0 +1,168 @@
+"""EventStore + Catalog contract: written once, run against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from shelfwise.domain import Event, EventType, Item
+from shelfwise.stores.protocols import Interaction
+from tests.conftest import T0, buy, tiny_catalog, tiny_events, view
+
+
+def search(eid: str, shopper: str, minute: float) -> Event:
+    return Event(event_id=eid, type="search", user_id=shopper, timestamp=T0 + timedelta(minutes=minute),
+                 properties={"query": "phone"})
+
+
+def test_append_is_idempotent_by_event_id(open_store):
+    store = open_store()
+    r = store.append([view("e1", "u1", "p0", 0), view("e2", "u1", "p1", 1), view("e1", "u1", "p0", 0)])
+    assert r.stored == ["e1", "e2"] and r.duplicates == ["e1"]
+    r2 = store.append([view("e2", "u1", "p1", 1), view("e3", "u1", "p2", 2), view("e1", "u1", "p0", 0)])
+    assert r2.stored == ["e3"] and r2.duplicates == ["e2", "e1"]
+    assert store.count() == 3
+    r3 = store.append([view("e3", "u1", "p2", 2)])
+    assert r3.stored == [] and r3.duplicates == ["e3"] and store.count() == 3
+    assert store.append([]).stored == []
+
+
+def test_batch_result_keeps_arrival_order_and_flags_unknown_items(open_store):
+    store = open_store()
+    events = [view(f"e{i:04d}", f"u{i % 7}", f"p{i % 3}", i) for i in range(2000)]
+    events.insert(5, buy("b1", "u1", ["p0", "zz", "yy"], 3))
+    r = store.append(events, known_items={"p0", "p1", "p2"})
+    assert r.stored == [ev.event_id for ev in events]
+    assert r.unknown_items == ["yy", "zz"] and store.unknown_count() == 1
+    assert store.count() == 2001
+    # unknown_items reports only what this batch named; known_items=None disables the check
+    assert store.append([view("x", "u1", "qq", 1)]).unknown_items == []
+
+
+def test_scan_orders_each_shopper_by_time_then_arrival_and_expands_purchases(open_store):
+    store = open_store()
+    store.append([
+        view("a3", "u2", "p3", 30), view("a1", "u1", "p1", 10), buy("a2", "u1", ["c1", "p1", "h0"], 20),
+        view("a0", "u1", "p0", 5), view("same1", "u1", "h1", 20), search("s", "u1", 21),
+    ])
+    log = store.scan()
+    assert list(log.shopper) == ["u1"] * 6 + ["u2"]
+    assert list(log.item) == ["p0", "p1", "c1", "p1", "h0", "h1", "p3"]
+    assert list(log.kind[:6]) == [0, 0, 3, 3, 3, 0]
+    assert list(log.order[2:5]) == ["a2"] * 3 and log.order[0] == ""
+    assert list(log.quantity[:3]) == [1, 1, 1] and log.price[2] == 10.0 and np.isnan(log.price[0])
+    assert np.all(np.diff(log.ts[:6]) >= 0)
+    t20 = (T0 + timedelta(minutes=20)).timestamp()
+    window = store.scan(since=t20, until=t20 + 60)
+    assert list(window.item) == ["c1", "p1", "h0", "h1"]
+    assert len(store.scan(since=t20 + 10_000)) == 0
+
+
+def test_history_returns_last_n_and_every_purchase(open_store):
+    store = open_store()
+    store.append(tiny_events())
+    states = store.history(["u0", "u1", "nobody"], limit=3)
+    assert states["nobody"].recent == [] and states["nobody"].purchased == set()
+    assert [i.item_id for i in states["u0"].recent] == ["p0", "p0", "c0"]
+    assert states["u0"].purchased == {"p0", "c0"} and states["u1"].purchased == set()
+    assert all(isinstance(i, Interaction) for i in states["u0"].recent)
+    assert states["u0"].recent[-1].kind == EventType.purchase_completed
+    full = store.history(["u0"], limit=100)["u0"].recent
+    assert len(full) == 6 and [i.ts for i in full] == sorted(i.ts for i in full)
+    many = store.history([f"u{i}" for i in range(40)] * 1, limit=2)
+    assert len(many) == 40 and all(len(s.recent) == 2 for s in many.values())
+
+
+def test_delete_shopper_removes_events_and_lines(open_store):
+    store = open_store()
+    store.append(tiny_events())
+    before = store.count()
+    assert store.delete_shopper("u0") == 5
+    assert store.delete_shopper("u0") == 0
+    assert store.count() == before - 5
+    assert "u0" not in set(store.scan().shopper)
+    assert store.history(["u0"], 5)["u0"].recent == []
+
+
+def test_catalog_upsert_get_delete(open_store):
+    store = open_store()
+    assert store.upsert(tiny_catalog()) == 10
+    assert store.ids() == {it.id for it in tiny_catalog()}
+    changed = Item(id="p0", title="Phone zero", price=499, cost=400, stock=0)
+    store.upsert([Item(id="p0", title="first"), changed])  # the last one in a batch wins
+    got = store.get(["p0", "c1", "missing"])
+    assert set(got) == {"p0", "c1"} and got["p0"] == changed
+    assert [it.id for it in store.all()] == sorted(it.id for it in tiny_catalog())
+    assert store.delete("p0") is True and store.delete("p0") is False
+    assert "p0" not in store.ids() and store.get([]) == {}
+
+
+def test_concurrent_writers_store_each_event_once(open_store):
+    store = open_store()
+    events = [view(f"c{i}", f"u{i % 13}", f"p{i % 4}", i) for i in range(1200)]
+    results: list = []
+    errors: list = []
+
+    def writer(offset: int) -> None:
+        try:
+            for start in range(offset, 1200, 150):  # overlapping batches: every event is sent by two writers
+                results.append(store.append(events[start:start + 300]))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(o,)) for o in (0, 0, 75, 150)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    stored = [e for r in results for e in r.stored]
+    assert len(stored) == len(set(stored)) == 1200
+    assert store.count() == 1200
+
+
+def test_restart_keeps_everything(open_store):
+    store = open_store()
+    store.upsert(tiny_catalog())
+    store.append(tiny_events())
+    log_before = store.scan()
+    store.close()
+    again = open_store()
+    assert again.count() == len(tiny_events())
+    assert again.append(tiny_events()[:5]).duplicates == [e.event_id for e in tiny_events()[:5]]
+    log_after = again.scan()
+    assert list(log_after.item) == list(log_before.item) and list(log_after.shopper) == list(log_before.shopper)
+    assert len(again.all()) == 10
+    if open_store.backend == "postgresql":
+        assert again.applied_migrations == []  # versioned migrations ran once, on first start
+
+
+def test_backends_agree_on_the_storefront(open_store, tmp_path):
+    """Same input, same scan and history as the SQLite reference."""
+    from shelfwise.stores.sqlite import SQLiteStore
+
+    ref = SQLiteStore(f"sqlite:///{tmp_path / 'ref.db'}")
+    store = open_store()
+    events = tiny_events() + [buy("bb", "u3", ["h0", "h1"], 5000), view("vv", "session:x", "c2", 7)]
+    known = {it.id for it in tiny_catalog()} - {"h1"}
+    for s in (ref, store):
+        s.append(events, known_items=known)
+    a, b = store.scan(), ref.scan()
+    for col in ("shopper", "session", "item", "kind", "ts", "order", "quantity"):
+        assert list(getattr(a, col)) == list(getattr(b, col)), col
+    assert np.array_equal(np.isnan(a.price), np.isnan(b.price))
+    shoppers = sorted(set(b.shopper))
+    assert store.history(shoppers, 4) == ref.history(shoppers, 4)
+    assert store.unknown_count() == ref.unknown_count() == 1
+    ref.close()
+
+
+@pytest.mark.parametrize("n", [1, 5000])
+def test_bulk_append_in_one_call(open_store, n):
+    store = open_store()
+    events = [view(f"bulk{i}", f"u{i % 97}", f"p{i % 4}", i / 10) for i in range(n)]
+    assert len(store.append(events).stored) == n
+    assert len(store.scan()) == n
