@@ -411,6 +411,119 @@ def import_diginetica_cmd(
     run_import("diginetica", directory, all_products=all_products)
 
 
+@app.command()
+def evaluate(
+    fmt: str = typer.Argument(..., metavar="FORMAT",
+                              help="s3rec | movielens | completejourney | diginetica, or 'store' (the event store)"),
+    path: Optional[Path] = typer.Argument(None, help="dataset file or folder (also relative to settings.datasets_dir)"),
+    attributes: Optional[str] = typer.Option(None, help="s3rec ITEM2ATTR.json[.gz]; default: the "
+                                                        "<name>_item2attributes.json[.gz] beside the file, 'none' for none"),
+    protocol: str = typer.Option("auto", help="loo, temporal or loo,temporal; auto = loo, plus temporal when the "
+                                              "data have real timestamps"),
+    targets: str = typer.Option("valid,test", help="leave-one-out targets: valid (second-to-last), test (last)"),
+    models: str = typer.Option("popularity,covisit,als,ease,default",
+                               help="baselines (popularity, covisit, als, ease, any source) and 'default' (the "
+                                    "configured homepage blend)"),
+    k: str = typer.Option("5,10,20", help="cut-offs"),
+    report: Optional[Path] = typer.Option(None, help="folder for report.md, results.json and plots"),
+    export_recs: Optional[Path] = typer.Option(None, help="folder for the test-time top-k lists of every model "
+                                                         "(JSON lines, as `recommend` writes), for outside scorers"),
+    split_time: Optional[str] = typer.Option(None, help="temporal split time T (ISO date/time or unix seconds)"),
+    test_fraction: float = typer.Option(0.2, min=0.01, max=0.99, help="temporal: share of interactions after T "
+                                                                     "when --split-time is not given"),
+    batch_size: int = typer.Option(1024, min=1, help="requests per Pipeline.recommend call"),
+    fresh: bool = typer.Option(False, "--fresh", help="re-import the dataset instead of reusing the cached import"),
+) -> None:
+    """Offline evaluation (leave-one-out full ranking, temporal split) of the baselines and the default pipeline."""
+    import time
+
+    with friendly():
+        from shelfwise.evaluation import evaluate_dataset, load_dataset
+        from shelfwise.evaluation.report import write_report
+        from shelfwise.importers.base import resolve_path
+
+        t0 = time.perf_counter()
+        settings = _settings()
+        try:
+            ks = sorted({int(x) for x in k.split(",") if x.strip()})
+        except ValueError:
+            raise CLIError(f"--k must be comma-separated integers, got {k!r}") from None
+        if not ks or ks[0] < 1:
+            raise CLIError("--k needs at least one cut-off >= 1")
+        when = None
+        if split_time is not None:
+            when = _parse_time(split_time)
+        attr: Optional[Path] = None
+        if fmt == "s3rec" and path is not None and attributes != "none":
+            if attributes is not None:
+                attr = Path(attributes)
+            else:
+                seq = resolve_path(path, settings.datasets_dir)
+                stem = seq.name.removesuffix(".gz").removesuffix(".txt")
+                for cand in (seq.with_name(f"{stem}_item2attributes.json"),
+                             seq.with_name(f"{stem}_item2attributes.json.gz")):
+                    if cand.is_file():
+                        attr = cand
+                        console.print(f"attributes: {cand} (pass --attributes none to skip)")
+                        break
+        elif attributes not in (None, "none"):
+            raise CLIError("--attributes is only for s3rec")
+        from rich.progress import DownloadColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            dataset = load_dataset(fmt, path, settings, attributes=attr, progress=_ImportBar(bar), fresh=fresh)
+        import_s = time.perf_counter() - t0
+        console.print(f"{dataset.name}: {len(dataset.log)} interactions, {len(dataset.items)} catalog items "
+                      f"(loaded in {import_s:.1f} s)")
+        with progress() as bar:
+            task = bar.add_task("evaluating", total=None)
+
+            def step(stage: str, done: int, total: Optional[int]) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            result = evaluate_dataset(
+                dataset, settings.models, protocols=[p.strip() for p in protocol.split(",") if p.strip()],
+                targets=[t.strip() for t in targets.split(",") if t.strip()],
+                models=[m.strip() for m in models.split(",") if m.strip()], ks=ks, batch_size=batch_size,
+                export_dir=export_recs, split_time=when, test_fraction=test_fraction, report=step,
+                command="shelfwise evaluate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None)
+        result["import_s"] = round(import_s, 1)
+        result["wall_s"] = round(time.perf_counter() - t0, 1)
+        for split in result["splits"]:
+            table = Table(title=f"{dataset.name} · {split['name']} · {split['users']} shoppers")
+            cols = [f"{m}@{x}" for x in ks[-2:] for m in ("HR", "NDCG")] + ["MRR", "fit s", "rec s"]
+            table.add_column("model")
+            for c in cols:
+                table.add_column(c, justify="right")
+            for name, m in split["models"].items():
+                table.add_row(name, *[f"{m['metrics'][c]:.4f}" for c in cols[:-2]], f"{m['fit_s']:.1f}",
+                              f"{m['recommend_s']:.1f}")
+            console.print(table)
+        if report is not None:
+            path_md = write_report([result], report)
+            console.print(f"report: {path_md}  (raw numbers: {report / 'results.json'})")
+        if export_recs is not None:
+            console.print(f"test-time lists: {export_recs}/ (score with e.g. seqbench.py DATA --recs FILE)")
+        console.print(f"wall time {result['wall_s']:.0f} s")
+
+
+def _parse_time(value: str) -> float:
+    from datetime import datetime, timezone
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CLIError(f"--split-time must be an ISO date/time or unix seconds, got {value!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,258 @@
+"""Run models on evaluation splits through the production pipeline.
+
+Every model, baseline or not, is a ``Pipeline`` fitted with ``training.fit_pipeline`` on the split's training
+log and asked for the homepage rail with ``Pipeline.recommend`` in batches, each request carrying the shopper's
+state as online state would hold it (their last ``history_length`` training events). The protocol's "exclude
+the shopper's history" is passed as the request's ``exclude`` list, as a storefront would. There is no separate
+scoring path: the lists scored here are the lists the API would serve.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from shelfwise.domain import EventType
+from shelfwise.evaluation import metrics as M
+from shelfwise.evaluation.data import Dataset
+from shelfwise.evaluation.splits import Split, positive_mask, shopper_bounds
+from shelfwise.pipeline import RecRequest
+from shelfwise.retrieval import SOURCES
+from shelfwise.settings import ModelSettings, PlacementSettings
+from shelfwise.stores.protocols import Interaction, ShopperState
+from shelfwise.training import fit_pipeline
+
+BASELINES = ("popularity", "covisit", "als", "ease")
+DEFAULT_MODELS = BASELINES + ("default",)
+PLACEMENT = "homepage"
+
+Report = Callable[[str, int, int | None], None]  # (stage, done, total)
+
+
+@dataclass
+class ModelSpec:
+    """A pipeline to evaluate: the sources to fit and the homepage blend weights."""
+
+    name: str
+    sources: tuple[str, ...]
+    weights: dict[str, float]
+
+    def settings(self, base: ModelSettings) -> ModelSettings:
+        placements = dict(base.placements)
+        home = placements[PLACEMENT]
+        placements[PLACEMENT] = PlacementSettings(weights=dict(self.weights), exclude_history=home.exclude_history)
+        return base.model_copy(update={"placements": placements})
+
+
+def model_spec(name: str, settings: ModelSettings) -> ModelSpec:
+    """``default`` = the homepage pipeline as configured; a baseline or source name = a pipeline of that source."""
+    if name == "default":
+        weights = {s: w for s, w in settings.placements[PLACEMENT].weights.items() if w > 0}
+        return ModelSpec("default", tuple(weights), weights)
+    source = {"popularity": "trending", "pop": "trending", "itemknn": "covisit"}.get(name, name)
+    return ModelSpec(name, (source,), {source: 1.0})
+
+
+@dataclass
+class ModelResult:
+    name: str
+    sources: list[str]
+    metrics: dict[str, float]
+    coverage: dict[str, float]
+    long_tail: dict[str, float]
+    segments: dict[str, dict[str, float]]
+    fit_s: float
+    recommend_s: float
+    fit_detail: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class SplitResult:
+    name: str
+    protocol: str
+    target: str
+    users: int
+    train_events: int
+    notes: dict
+    segment_threshold: int
+    models: dict[str, ModelResult] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "models"}
+        d["models"] = {k: m.as_dict() for k, m in self.models.items()}
+        return d
+
+
+@dataclass
+class ShopperViews:
+    """Per evaluated shopper: request state, items to exclude, and training history length."""
+
+    states: list[ShopperState]
+    exclude: list[list[str]]
+    history_len: np.ndarray
+
+
+def shopper_views(split: Split, history_length: int) -> ShopperViews:
+    """What the API would know about each evaluated shopper at request time, from the training log only."""
+    log = split.train
+    bounds = shopper_bounds(log)
+    where = {str(log.shopper[bounds[b]]): (bounds[b], bounds[b + 1]) for b in range(len(bounds) - 1)}
+    pos = positive_mask(log)
+    states, exclude, lengths = [], [], []
+    items, kinds, ts = log.item, log.kind, log.ts
+    for u in split.users:
+        lo, hi = where.get(u, (0, 0))
+        recent = [Interaction(str(items[i]), int(kinds[i]), float(ts[i])) for i in range(max(lo, hi - history_length),
+                                                                                         hi)]
+        purchased = {str(items[i]) for i in range(lo, hi) if kinds[i] == EventType.purchase_completed}
+        states.append(ShopperState(recent=recent, purchased=purchased))
+        hist = [str(x) for x in items[lo:hi][pos[lo:hi]]]
+        exclude.append(list(dict.fromkeys(hist)))
+        lengths.append(len(hist))
+    return ShopperViews(states, exclude, np.array(lengths, np.int64))
+
+
+def recommend_lists(pipeline, split: Split, views: ShopperViews, k: int, batch_size: int = 1024,
+                    report: Report | None = None, stage: str = "") -> list[list[str]]:
+    lists: list[list[str]] = []
+    n = len(split.users)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        reqs = [RecRequest(PLACEMENT, shopper=split.users[i], k=k, exclude=views.exclude[i], state=views.states[i],
+                           now=split.now) for i in range(start, stop)]
+        lists += [[r.item_id for r in ans.items] for ans in pipeline.recommend(reqs)]
+        if report:
+            report(stage, stop, n)
+    return lists
+
+
+def evaluate_model(spec: ModelSpec, split: Split, dataset: Dataset, settings: ModelSettings, views: ShopperViews,
+                   ks: Sequence[int] = M.KS, batch_size: int = 1024, tail: set[str] | None = None,
+                   segment_threshold: int = 0, export: Path | None = None,
+                   report: Report | None = None) -> ModelResult:
+    model_settings = spec.settings(settings)
+    stage = f"{split.name} · {spec.name}"
+    if report:
+        report(f"{stage}: fitting", 0, None)
+    t0 = time.perf_counter()
+    fitted = fit_pipeline(split.train, dataset, model_settings, sources=spec.sources)
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    lists = recommend_lists(fitted.pipeline, split, views, max(ks), batch_size, report, stage)
+    rec_s = time.perf_counter() - t1
+    values = M.per_user(lists, split.targets, ks)
+    n_items = len(fitted.pipeline.items)
+    short = views.history_len <= segment_threshold
+    segments = {"short": M.summarise(values, short), "long": M.summarise(values, ~short)}
+    segments["short"]["users"] = float(short.sum())
+    segments["long"]["users"] = float((~short).sum())
+    result = ModelResult(
+        name=spec.name, sources=list(spec.sources), metrics=M.summarise(values),
+        coverage={f"@{k}": M.coverage(lists, n_items, k) for k in ks},
+        long_tail={f"@{k}": M.long_tail_share(lists, tail or set(), k) for k in ks},
+        segments=segments, fit_s=round(fit_s, 2), recommend_s=round(rec_s, 2),
+        fit_detail={k: round(v, 2) for k, v in fitted.seconds.items()})
+    if export is not None:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        with export.open("w") as fh:
+            for u, lst in zip(split.users, lists):
+                fh.write(json.dumps({"user": u, "items": lst}) + "\n")
+    return result
+
+
+def evaluate_split(split: Split, dataset: Dataset, settings: ModelSettings, models: Sequence[str],
+                   ks: Sequence[int] = M.KS, batch_size: int = 1024, export_dir: Path | None = None,
+                   report: Report | None = None) -> SplitResult:
+    views = shopper_views(split, settings.history_length)
+    threshold = int(np.median(views.history_len)) if len(views.history_len) else 0
+    pos = positive_mask(split.train)
+    counts: dict[str, int] = {}
+    for it in split.train.item[pos].tolist():
+        counts[it] = counts.get(it, 0) + 1
+    vocab = sorted({it.id for it in dataset.items} | set(map(str, split.train.item.tolist())))
+    tail = M.long_tail_items(counts, vocab)
+    out = SplitResult(split.name, split.protocol, split.target, len(split.users), len(split.train),
+                      dict(split.notes), threshold)
+    for name in models:
+        spec = model_spec(name, settings)
+        export = (export_dir / f"{dataset.name}.{split.name}.{name}.jsonl"
+                  if export_dir is not None and split.target == "test" else None)
+        out.models[name] = evaluate_model(spec, split, dataset, settings, views, ks, batch_size, tail, threshold,
+                                          export, report)
+    return out
+
+
+def known_models(settings: ModelSettings) -> list[str]:
+    from shelfwise.retrieval import build_retrievers
+
+    names = list(DEFAULT_MODELS)
+    for source in ("copurchase", *SOURCES):
+        if source not in names and source != "trending":
+            try:
+                build_retrievers(settings, (source,))
+            except ValueError:
+                continue
+            names.append(source)
+    return names
+
+
+def evaluate_dataset(dataset: Dataset, settings: ModelSettings, protocols: Sequence[str] = ("auto",),
+                     targets: Sequence[str] = ("valid", "test"), models: Sequence[str] = DEFAULT_MODELS,
+                     ks: Sequence[int] = M.KS, batch_size: int = 1024, export_dir: Path | None = None,
+                     split_time: float | None = None, test_fraction: float = 0.2,
+                     report: Report | None = None, command: str | None = None) -> dict:
+    """Every requested protocol × target × model on one dataset; a JSON-ready dict (see ``report``)."""
+    from shelfwise.evaluation.report import machine
+    from shelfwise.evaluation.splits import leave_one_out, temporal
+
+    t0 = time.perf_counter()
+    wanted = set(protocols)
+    if "auto" in wanted:
+        wanted.discard("auto")
+        wanted.add("loo")
+        if dataset.real_time:
+            wanted.add("temporal")
+    unknown = wanted - {"loo", "temporal"}
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {sorted(unknown)}; known: loo, temporal, auto")
+    if "temporal" in wanted and not dataset.real_time:
+        raise ValueError(f"{dataset.fmt} data have synthetic timestamps (order only): no temporal split")
+    bad_targets = set(targets) - {"valid", "test"}
+    if bad_targets or not targets:
+        raise ValueError(f"targets must be among valid, test (got {', '.join(targets) or 'none'})")
+    known = known_models(settings)
+    bad_models = [m for m in models if m not in known and m not in ("pop", "itemknn")]
+    if bad_models:
+        raise ValueError(f"unknown model(s) {', '.join(bad_models)}; known: {', '.join(known)}")
+    if len(dataset.log) == 0:
+        raise ValueError("the dataset has no item interactions")
+    splits: list[Split] = []
+    if "loo" in wanted:
+        splits += [leave_one_out(dataset.log, t, settings.event_weights) for t in ("valid", "test") if t in targets]
+    if "temporal" in wanted:
+        splits.append(temporal(dataset.log, split_time, test_fraction, settings.event_weights))
+    results = []
+    for split in splits:
+        if not split.users:
+            raise ValueError(f"{split.name}: no shopper has enough interactions to be evaluated")
+        results.append(evaluate_split(split, dataset, settings, models, ks, batch_size, export_dir, report).as_dict())
+    log = dataset.log
+    return {
+        "dataset": {"name": dataset.name, "format": dataset.fmt, "source": dataset.source, "events": len(log),
+                    "shoppers": int(len(set(log.shopper.tolist()))), "items": len({it.id for it in dataset.items} |
+                                                                                   set(log.item.tolist()))},
+        "command": command,
+        "machine": machine(),
+        "settings": settings.model_dump(mode="json"),
+        "ks": list(ks),
+        "splits": results,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
