@@ -181,9 +181,11 @@ class PostgresStore:
         duplicates.extend(e for e in order if e not in inserted)
         return AppendResult(stored=stored, duplicates=duplicates, unknown_items=sorted(unknown))
 
-    def _interactions(self, where: str, where_join: str, params: list, order: str = " ORDER BY 2, 6, 1, 10"):
-        query = _INTERACTIONS.format(where=where, where_join=where_join) + order
+    def _interactions(self, where: str, where_join: str, params: list, point: bool = False):
+        query = _INTERACTIONS.format(where=where, where_join=where_join) + " ORDER BY 2, 6, 1, 10"
         with self.pool.connection() as conn:
+            if point:  # a few shoppers, on the request path: starting parallel workers costs more than it saves
+                conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             return conn.execute(query, params).fetchall()
 
     def scan(self, since: float | None = None, until: float | None = None) -> EventLog:
@@ -217,7 +219,8 @@ class PostgresStore:
             return out
         for start in range(0, len(shoppers), 1000):
             chunk = list(shoppers[start:start + 1000])
-            rows = self._interactions(" AND e.shopper = ANY(%s)", " WHERE e.shopper = ANY(%s)", [chunk, chunk])
+            rows = self._interactions(" AND e.shopper = ANY(%s)", " WHERE e.shopper = ANY(%s)", [chunk, chunk],
+                                      point=len(chunk) <= 50)
             recent: dict[str, list[Interaction]] = defaultdict(list)
             for _, shopper, _, item, kind, ts, *_ in rows:
                 recent[shopper].append(Interaction(item, kind, ts))
