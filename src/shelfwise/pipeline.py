@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class RecRequest:
     category: str | None = None
     state: ShopperState | None = None  # the shopper's recent events (from online state)
     now: float = 0.0
+    device: str | None = None  # desktop / mobile / tablet / app (a ranker feature)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Pipeline:
     shopper_index: dict[str, int]
     version: str = "untrained"
     trained_until: float = float("inf")  # newest event the models were trained on
+    ranker: Any = None  # ranking.Ranker: re-scores the blend's top N for its placements (None = blend order)
 
     # ---- request resolution --------------------------------------------------------------------------
     def query(self, req: RecRequest) -> Query:
@@ -148,7 +150,10 @@ class Pipeline:
                 banned = self.exclusion_mask(req, q, conf)
                 total[r, banned] = -np.inf
             kmax = max(r.k for r in reqs)
-            top, scores = top_k(total, kmax)
+            if self.ranker is not None and self.ranker.applies(placement):
+                top, scores = self.ranker.rerank(self, reqs, queries, total, parts, placement, kmax)
+            else:
+                top, scores = top_k(total, kmax)
             for r, i in enumerate(rows):
                 recs: list[Recommendation] = []
                 fallback = False
@@ -172,6 +177,8 @@ class Pipeline:
         (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for r in self.retrievers.values():
             r.save(path)
+        if self.ranker is not None:
+            self.ranker.save(path)
 
     @classmethod
     def load(cls, path: Path, settings: ModelSettings | None = None) -> "Pipeline":
@@ -184,5 +191,8 @@ class Pipeline:
         shoppers = json.loads((path / "shoppers.json").read_text())
         retrievers = {name: load_retriever(name, path) for name in manifest["retrievers"]}
         model_settings = settings or ModelSettings.model_validate(manifest["settings"])
+        from shelfwise.ranking.model import Ranker
+
+        ranker = Ranker.load(path, model_settings.ranker) if Ranker.exists(path) else None
         return cls(model_settings, items, retrievers, {s: i for i, s in enumerate(shoppers)}, manifest["version"],
-                   manifest["trained_until"])
+                   manifest["trained_until"], ranker)

@@ -104,6 +104,51 @@ def _default_placements() -> dict[str, PlacementSettings]:
     }
 
 
+class RankerSettings(_Section):
+    """Learning-to-rank stage (``ranking/``): LightGBM LambdaMART re-scores the blend's top-N candidates.
+
+    Trained by ``shelfwise train`` when enabled: the sources are refit on the events before a cut, requests after
+    it are labelled by what the shopper did next (purchase 3 > add to cart 2 > view 1), see ``ranking/labels.py``.
+    """
+
+    enabled: bool = Field(False, description="train the ranker with the pipeline and use it for `placements`")
+    placements: list[str] = Field(default_factory=lambda: ["homepage"],
+                                  description="placements re-ranked (training requests are history-based, "
+                                              "like the homepage); the first one's sources become features")
+    candidates: int = Field(120, ge=1, description="top-N blended candidates re-scored per request")
+    margin_weight: float = Field(0.0, ge=0, description="final = minmax(ranker score) + margin_weight · "
+                                                        "price×margin / max over the candidates; 0 = relevance "
+                                                        "only (see BENCHMARKS.md, Learning to rank)")
+    # training data
+    split: Literal["time", "last"] = Field("time", description="time: label the interactions after a global "
+                                                               "time cut; last: each shopper's last one "
+                                                               "(leave-one-out data without real time)")
+    holdout_fraction: float = Field(0.1, gt=0, lt=1, description="split=time: share of interactions after the cut")
+    label_horizon: int = Field(5, ge=1, description="the next N interactions of the session are labelled")
+    max_requests: int = Field(30_000, ge=1, description="at most this many labelled requests (sampled)")
+    valid_fraction: float = Field(0.2, ge=0, lt=1, description="latest requests (or shoppers) for early stopping")
+    ipw_eta: float = Field(1.0, ge=0, description="logged impressions: propensity (1/(position+1))**eta")
+    ipw_max_weight: float = Field(20.0, ge=1, description="clip of inverse-propensity weights")
+    # LightGBM
+    objective: Literal["lambdarank", "rank_xendcg"] = "lambdarank"
+    learning_rate: float = Field(0.05, gt=0)
+    num_boost_round: int = Field(400, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(100, ge=1)
+    feature_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_freq: int = Field(1, ge=0)
+    lambda_l2: float = Field(1.0, ge=0)
+    max_bin: int = Field(255, ge=2)
+    truncation_level: int = Field(20, ge=1, description="lambdarank_truncation_level")
+    label_gain: list[float] = Field(default_factory=lambda: [0.0, 1.0, 3.0, 7.0],
+                                    description="gain of relevance grades 0 (nothing), 1 view, 2 cart, 3 purchase")
+    threads: int = Field(1, ge=0, description="LightGBM training threads (0 = every core). 1 by default: OpenMP "
+                                             "threads spin, and on a busy 2-core machine 2 threads ran 15x slower")
+    seed: int = 0
+
+
 class ModelSettings(_Section):
     event_weights: EventWeights = EventWeights()
     trending: TrendingSettings = TrendingSettings()
@@ -112,6 +157,7 @@ class ModelSettings(_Section):
     ease: EASESettings = EASESettings()
     placements: dict[str, PlacementSettings] = Field(default_factory=_default_placements)
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
+    ranker: RankerSettings = RankerSettings()
 
 
 class APISettings(_Section):

@@ -44,6 +44,12 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
         r.fit(data)
         timings[name] = time.perf_counter() - t0
     pipe = Pipeline(settings, data.items, retrievers, data.shopper_index, trained_until=data.now)
+    if settings.ranker.enabled and len(log):  # learning to rank over the sources' candidates (ranking/)
+        from shelfwise.ranking.train import fit_ranker
+
+        t0 = time.perf_counter()
+        pipe.ranker = fit_ranker(log, items, settings, data, tuple(retrievers), progress=progress)
+        timings["ranker"] = time.perf_counter() - t0
     return Fitted(pipe, data, timings)
 
 

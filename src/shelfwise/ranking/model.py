@@ -1,0 +1,181 @@
+"""The ranker: a LightGBM LambdaMART booster over the shared features, plus the business (margin) blend.
+
+Serving (``rerank``) takes the pipeline's masked blend, keeps its top N candidates, computes their features in one
+batched call and re-orders them by
+
+    final = minmax(ranker score over the request's candidates) + margin_weight · expected margin / max over them
+
+where expected margin = price × margin rate of the candidate (0 when unknown). ``margin_weight = 0`` (default) is
+pure relevance; raising it trades relevance for margin (``benchmarks/rank_margin.py`` draws the curve).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from shelfwise.ranking.candidates import Candidates, candidates_from_scores
+from shelfwise.ranking.features import FeatureSpec, ItemStats, compute_features, feature_names
+from shelfwise.ranking.labels import RankRows
+from shelfwise.retrieval.base import Query, top_k
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shelfwise.pipeline import Pipeline, RecRequest
+    from shelfwise.settings import RankerSettings
+
+MODEL_FILE, META_FILE, STATS = "ranker.txt", "ranker.json", "ranker_stats"
+
+
+def lgb_params(s: "RankerSettings") -> dict[str, Any]:
+    return {"objective": s.objective, "metric": "ndcg", "eval_at": [10], "learning_rate": s.learning_rate,
+            "num_leaves": s.num_leaves, "min_data_in_leaf": s.min_data_in_leaf,
+            "feature_fraction": s.feature_fraction, "bagging_fraction": s.bagging_fraction,
+            "bagging_freq": s.bagging_freq, "lambda_l2": s.lambda_l2, "max_bin": s.max_bin,
+            "lambdarank_truncation_level": s.truncation_level, "label_gain": list(s.label_gain),
+            "num_threads": s.threads, "seed": s.seed, "deterministic": True, "force_row_wise": True,
+            "verbosity": -1}
+
+
+class Ranker:
+    def __init__(self, settings: "RankerSettings", spec: FeatureSpec, stats: ItemStats | None = None,
+                 booster: Any = None, report: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.stats = stats
+        self.booster = booster
+        self.report: dict[str, Any] = report or {}
+        self.feature_names = feature_names(spec)
+
+    # ---- training -------------------------------------------------------------------------------------
+    def fit(self, train: RankRows, valid: RankRows | None = None) -> "Ranker":
+        import lightgbm as lgb
+
+        s = self.settings
+        t0 = time.perf_counter()
+        dtrain = lgb.Dataset(train.X, train.y, group=train.group, weight=train.weight,
+                             feature_name=self.feature_names, free_raw_data=True)
+        sets, callbacks = [], []
+        if valid is not None and len(valid.group):
+            sets = [lgb.Dataset(valid.X, valid.y, group=valid.group, weight=valid.weight, reference=dtrain)]
+            callbacks = [lgb.early_stopping(s.early_stopping_rounds, verbose=False)]
+        evals: dict[str, Any] = {}
+        callbacks.append(lgb.record_evaluation(evals))
+        self.booster = lgb.train(lgb_params(s), dtrain, num_boost_round=s.num_boost_round, valid_sets=sets,
+                                 valid_names=["valid"][:len(sets)], callbacks=callbacks)
+        best = self.booster.best_iteration or self.booster.current_iteration()
+        if best and best < self.booster.current_iteration():
+            self.booster = lgb.Booster(model_str=self.booster.model_to_string(num_iteration=best))
+        curve = evals.get("valid", {}).get("ndcg@10", [])
+        self.report.update(train_groups=int(len(train.group)), train_rows=int(len(train.y)),
+                           valid_groups=int(len(valid.group)) if valid is not None else 0,
+                           best_iteration=int(best), valid_ndcg10=round(float(max(curve)), 5) if curve else None,
+                           fit_seconds=round(time.perf_counter() - t0, 1))
+        return self
+
+    def importances(self, kind: str = "gain") -> dict[str, float]:
+        """Feature importances (``gain`` or ``split``), largest first, normalised to sum 1."""
+        if self.booster is None:
+            return {}
+        imp = np.asarray(self.booster.feature_importance(importance_type=kind), np.float64)
+        total = imp.sum() or 1.0
+        pairs = sorted(zip(self.feature_names, imp / total), key=lambda x: -x[1])
+        return {k: round(float(v), 5) for k, v in pairs}
+
+    # ---- scoring --------------------------------------------------------------------------------------
+    def applies(self, placement: str) -> bool:
+        return self.booster is not None and self.settings.enabled and placement in self.settings.placements
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Ranker scores of a (B, N, F) tensor → (B, N)."""
+        b, n, f = X.shape
+        if b * n == 0:
+            return np.zeros((b, n))
+        out = self.booster.predict(X.reshape(b * n, f), num_threads=1)
+        return np.asarray(out).reshape(b, n)
+
+    def features(self, pipe: "Pipeline", requests: Sequence["RecRequest"], queries: Sequence[Query],
+                 cand: Candidates) -> np.ndarray:
+        assert self.stats is not None
+        return compute_features(pipe, self.stats, self.spec, requests, queries, cand)
+
+    def score(self, pipe: "Pipeline", requests: Sequence["RecRequest"], queries: Sequence[Query],
+              cand: Candidates, margin_weight: float | None = None) -> np.ndarray:
+        """Final scores (B, N) of the candidates (``-inf`` on pads): relevance + margin_weight · margin."""
+        rel = self.predict(self.features(pipe, requests, queries, cand))
+        w = self.settings.margin_weight if margin_weight is None else margin_weight
+        return combine(rel, cand, pipe, w)
+
+    def rerank(self, pipe: "Pipeline", requests: Sequence["RecRequest"], queries: Sequence[Query],
+               total: np.ndarray, parts: dict[str, np.ndarray], placement: str,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, scores) after re-scoring the blend's top N; beyond N the blend order follows."""
+        n = self.settings.candidates
+        cand = candidates_from_scores(total, parts, pipe.placement(placement).weights, n)
+        final = self.score(pipe, requests, queries, cand)
+        order = np.argsort(-final, axis=1, kind="stable")
+        top = np.take_along_axis(cand.items, order, axis=1)
+        scores = np.take_along_axis(final, order, axis=1)
+        if k > n:  # the rest in blend order, below every re-ranked candidate
+            rest, rest_scores = top_k(total, k)
+            rest, rest_scores = rest[:, n:], rest_scores[:, n:]
+            floor = np.where(np.isfinite(scores), scores, np.inf).min(axis=1, initial=np.inf)
+            floor = np.where(np.isfinite(floor), floor, 0.0)
+            tail = floor[:, None] - 1.0 - 1e-3 * np.arange(rest.shape[1])
+            top = np.concatenate([top, rest], axis=1)
+            scores = np.concatenate([scores, np.where(np.isfinite(rest_scores), tail, -np.inf)], axis=1)
+        top = np.where(np.isfinite(scores), top, 0)
+        return top[:, :k], scores[:, :k]
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        assert self.booster is not None and self.stats is not None
+        self.booster.save_model(str(path / MODEL_FILE))
+        meta = {"feature_names": self.feature_names, "spec": {"sources": self.spec.sources,
+                "embeddings": self.spec.embeddings, "session_gap_s": self.spec.session_gap_s},
+                "settings": self.settings.model_dump(mode="json"), "report": self.report,
+                "importance_gain": self.importances("gain")}
+        (path / META_FILE).write_text(json.dumps(meta, indent=1))
+        self.stats.save(path, STATS)
+
+    @classmethod
+    def load(cls, path: Path, settings: "RankerSettings | None" = None) -> "Ranker":
+        import lightgbm as lgb
+
+        from shelfwise.settings import RankerSettings
+
+        meta = json.loads((path / META_FILE).read_text())
+        spec = FeatureSpec(**meta["spec"])
+        obj = cls(settings or RankerSettings.model_validate(meta["settings"]), spec, ItemStats.load(path, STATS),
+                  lgb.Booster(model_file=str(path / MODEL_FILE)), meta.get("report"))
+        if obj.feature_names != meta["feature_names"]:
+            raise ValueError("saved ranker's feature list does not match this code's features")
+        return obj
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (path / META_FILE).exists() and (path / MODEL_FILE).exists()
+
+
+def expected_margin(pipe: "Pipeline", cand: Candidates) -> np.ndarray:
+    """price × margin rate of each candidate (0 when unknown or on pads)."""
+    c = np.where(cand.valid, cand.items, 0)
+    m = pipe.items.price[c] * pipe.items.margin[c]
+    return np.where(cand.valid & np.isfinite(m), np.maximum(m, 0.0), 0.0)
+
+
+def combine(rel: np.ndarray, cand: Candidates, pipe: "Pipeline", margin_weight: float) -> np.ndarray:
+    """minmax(relevance) + w · expected margin / row max; ``-inf`` on pads."""
+    valid = cand.valid
+    lo = np.where(valid, rel, np.inf).min(axis=1, keepdims=True, initial=np.inf)
+    hi = np.where(valid, rel, -np.inf).max(axis=1, keepdims=True, initial=-np.inf)
+    span = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
+    final = np.where(valid, (rel - np.where(np.isfinite(lo), lo, 0.0)) / span, -np.inf)
+    if margin_weight:
+        m = expected_margin(pipe, cand)
+        mmax = m.max(axis=1, keepdims=True)
+        final = final + margin_weight * np.divide(m, mmax, out=np.zeros_like(m), where=mmax > 0)
+    return final

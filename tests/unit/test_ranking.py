@@ -1,0 +1,260 @@
+"""Learning to rank: labels and time split, IPW, train/serve feature equality, persistence, a planted signal."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from shelfwise.domain import EventType
+from shelfwise.pipeline import Pipeline, RecRequest
+from shelfwise.ranking.features import FeatureSpec, feature_names
+from shelfwise.ranking.labels import RankRows, ipw_weights, point_at, request_features, split_history
+from shelfwise.ranking.model import Ranker
+from shelfwise.ranking.train import without_ranker
+from shelfwise.settings import RankerSettings, load_settings
+from shelfwise.stores.protocols import EventLog
+from shelfwise.training import fit_pipeline, train
+
+V, C, P = int(EventType.product_viewed), int(EventType.add_to_cart), int(EventType.purchase_completed)
+FAST = {"enabled": True, "num_boost_round": 40, "early_stopping_rounds": 10, "min_data_in_leaf": 20,
+        "max_requests": 3000, "holdout_fraction": 0.15, "candidates": 40}
+
+
+def make_log(rows: list[tuple[str, str, str, int, float]]) -> EventLog:
+    """(shopper, session, item, kind, minute) rows, grouped by shopper and time-ordered as scan() returns them."""
+    rows = sorted(rows, key=lambda r: (r[0], r[4]))
+    n = len(rows)
+    obj = lambda i: np.array([r[i] for r in rows], dtype=object)  # noqa: E731
+    return EventLog(obj(0), obj(1), obj(2), np.array([r[3] for r in rows], np.int8),
+                    np.array([r[4] * 60.0 for r in rows]), np.full(n, "", dtype=object), np.ones(n, np.int32),
+                    np.full(n, np.nan))
+
+
+# ---- labels and the time split ---------------------------------------------------------------------------
+def hand_made() -> EventLog:
+    return make_log([
+        # shopper a: a first session before the cut, then a second one straddling it
+        ("a", "a1", "x", V, 0), ("a", "a1", "y", V, 1),
+        ("a", "a2", "z", V, 100), ("a", "a2", "w", V, 101), ("a", "a2", "w", C, 102), ("a", "a2", "w", P, 103),
+        ("a", "a2", "v", V, 104),
+        ("a", "a3", "q", V, 500),  # a later session: never a label of the a2 points
+        # shopper b: everything before the cut
+        ("b", "b1", "x", V, 2), ("b", "b1", "z", V, 3),
+        # shopper c: only after the cut, a single event (no history: not a training point)
+        ("c", "c1", "y", V, 200),
+    ])
+
+
+def test_time_split_labels_grades_and_no_leakage():
+    log = hand_made()
+    split = split_history(log, RankerSettings(split="time", holdout_fraction=0.5, label_horizon=3),
+                          session_gap_s=1800)
+    assert split.cut == 101 * 60  # the time leaving half of the interactions at or after it
+    assert (split.prefix.ts < split.cut).all()  # the sources never see a held-out event
+    assert len(split.prefix) == int((log.ts < split.cut).sum())
+    got = {(p.shopper, p.ts / 60): p for p in split.points}
+    # every held-out interaction with an earlier one of its shopper (c has none), labelled by what came next in
+    # the same session (next 3 interactions), best grade per item: purchase 3 > cart 2 > view 1
+    assert {k: p.labels for k, p in got.items()} == {
+        ("a", 101): {"w": 3}, ("a", 102): {"w": 3, "v": 1}, ("a", 103): {"w": 3, "v": 1},  # 103: a3 not reached
+        ("a", 104): {"v": 1}, ("a", 500): {"q": 1}}
+    for p in split.points:
+        assert all(h.ts < p.ts for h in p.history)  # history strictly before the request
+    assert [h.item_id for h in got[("a", 101)].history] == ["x", "y", "z"]
+    assert got[("a", 104)].purchased == {"w"} and got[("a", 101)].purchased == set()
+
+
+def test_last_split_holds_out_each_shoppers_last_item():
+    log = make_log([(u, u, f"i{j}", P, j) for u, n in (("a", 4), ("b", 3), ("c", 1)) for j in range(n)])
+    split = split_history(log, RankerSettings(split="last"))
+    got = {p.shopper: (p.labels, [h.item_id for h in p.history]) for p in split.points}
+    assert got == {"a": ({"i3": 3}, ["i0", "i1", "i2"]), "b": ({"i2": 3}, ["i0", "i1"])}
+    prefix = set(zip(split.prefix.shopper, split.prefix.item))
+    assert ("a", "i3") not in prefix and ("b", "i2") not in prefix and ("c", "i0") in prefix
+
+
+# ---- IPW -------------------------------------------------------------------------------------------------
+def test_ipw_weights_by_position():
+    pos = np.array([0, 1, 4, 100, -1])
+    np.testing.assert_allclose(ipw_weights(pos), [1, 2, 5, 20, 1])
+    np.testing.assert_allclose(ipw_weights(pos, eta=0.5, max_weight=100), [1, 2 ** .5, 5 ** .5, 101 ** .5, 1],
+                               rtol=1e-6)
+    np.testing.assert_allclose(ipw_weights(pos, clicked=np.array([1, 0, 1, 0, 1], bool)), [1, 1, 5, 1, 1])
+    np.testing.assert_allclose(ipw_weights(pos, eta=0.0), 1.0)
+    w = ipw_weights(np.arange(10))
+    assert (np.diff(w) > 0).all()  # lower positions are examined less: clicks there count more
+
+
+# ---- a planted signal ------------------------------------------------------------------------------------
+def planted(rng, groups: int, n: int, names: list[str], signal: str) -> RankRows:
+    X = rng.normal(size=(groups * n, len(names))).astype(np.float32)
+    j = names.index(signal)
+    best = X[:, j].reshape(groups, n).argmax(axis=1)
+    y = np.zeros((groups, n), np.int8)
+    y[np.arange(groups), best] = 1
+    return RankRows(X, y.ravel(), np.full(groups, n), np.ones(groups * n, np.float32), np.arange(groups, dtype=float),
+                    np.array([str(g) for g in range(groups)], dtype=object), groups, groups)
+
+
+def test_ranker_learns_a_planted_signal():
+    rng = np.random.default_rng(0)
+    spec = FeatureSpec(["covisit", "als"], ["als"])
+    names = feature_names(spec)
+    assert len(names) >= 25
+    s = RankerSettings(num_boost_round=60, min_data_in_leaf=10, early_stopping_rounds=20)
+    ranker = Ranker(s, spec).fit(planted(rng, 400, 20, names, "margin_rate"), planted(rng, 100, 20, names,
+                                                                                         "margin_rate"))
+    test = planted(rng, 200, 20, names, "margin_rate")
+    scores = ranker.predict(test.X.reshape(200, 20, -1))
+    acc = (scores.argmax(axis=1) == test.y.reshape(200, 20).argmax(axis=1)).mean()
+    assert acc > 0.7  # chance: 1 in 20
+    assert next(iter(ranker.importances())) == "margin_rate"
+
+
+# ---- on a small synthetic storefront ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    from shelfwise.service import Shelfwise
+    from shelfwise.synthetic import generate_storefront
+
+    mp = pytest.MonkeyPatch()
+    for key in list(os.environ):
+        if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
+            mp.delenv(key, raising=False)
+    data = tmp_path_factory.mktemp("rank")
+    settings = load_settings(data_dir=data)
+    settings = settings.model_copy(update={"models": settings.models.model_copy(
+        update={"ranker": RankerSettings(**FAST)})})
+    eng = Shelfwise(settings)
+    store = generate_storefront(n_items=400, n_shoppers=400, n_events=12_000, seed=3)
+    eng.upsert_items(store.items)
+    events = list(store.events())
+    for i in range(0, len(events), 5000):
+        eng.ingest(events[i:i + 5000])
+    train(eng.store, eng.catalog, eng.models, settings.models)
+    eng.close()
+    eng = Shelfwise(settings)
+    yield eng
+    eng.close()
+    mp.undo()
+
+
+def sample_shoppers(log: EventLog, k: int = 12) -> list[tuple[str, int, int]]:
+    change = np.flatnonzero(log.shopper[1:] != log.shopper[:-1]) + 1
+    bounds = np.r_[0, change, len(log)]
+    out = [(str(log.shopper[lo]), lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi - lo >= 3]
+    return out[:: max(1, len(out) // k)][:k]
+
+
+def test_trained_model_has_a_ranker_that_reorders(shop):
+    ranker = shop.pipeline.ranker
+    assert ranker is not None and ranker.applies("homepage") and not ranker.applies("pdp_fbt")
+    assert len(ranker.feature_names) >= 25
+    assert ranker.report["points_with_positive"] > 0
+    assert sum(ranker.importances().values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_features_equal_between_training_and_serving(shop, monkeypatch):
+    """The training path (history rebuilt from the event log) and the serving path (online state through
+    ``Shelfwise.recommend``) give the same candidates and bit-identical features for the same requests."""
+    pipe: Pipeline = shop.pipeline
+    ranker: Ranker = pipe.ranker
+    log = shop.store.scan()
+    now = float(log.ts.max()) + 600.0
+    hl = shop.settings.models.history_length
+    picks = sample_shoppers(log)
+    points = [point_at(log, lo, hi, hl, ts=now) for _, lo, hi in picks]
+    n = ranker.settings.candidates
+    cand_t, X_t = request_features(pipe, ranker.stats, ranker.spec, points, "homepage", n)  # one batch
+    singles = [request_features(pipe, ranker.stats, ranker.spec, [p], "homepage", n) for p in points]
+
+    seen = []
+    original = Ranker.features
+
+    def spy(self, pipe_, requests, queries, cand):
+        X = original(self, pipe_, requests, queries, cand)
+        seen.append((cand.items.copy(), X.copy()))
+        return X
+
+    monkeypatch.setattr(Ranker, "features", spy)
+    for r, (shopper, _, _) in enumerate(picks):
+        shop.recommend(RecRequest("homepage", shopper=shopper, k=10, now=now))
+        items, X = seen[-1]
+        # bit-identical to the training path on the same request (batch of one, as served)
+        np.testing.assert_array_equal(items, singles[r][0].items)
+        np.testing.assert_array_equal(X, singles[r][1])  # NaNs compare equal here
+        # and to the batched training rows up to float rounding of the sources' batched matrix products
+        np.testing.assert_array_equal(items[0], cand_t.items[r])
+        np.testing.assert_allclose(X[0], X_t[r], rtol=1e-5, atol=1e-6)
+    assert len(seen) == len(picks)
+    assert np.isfinite(X_t).mean() > 0.5
+
+
+def test_save_load_round_trip_gives_identical_scores(shop, tmp_path):
+    pipe: Pipeline = shop.pipeline
+    log = shop.store.scan()
+    reqs = [RecRequest("homepage", shopper=s, k=20, now=float(log.ts.max()), state=shop.shopper_state(s))
+            for s, _, _ in sample_shoppers(log, 8)]
+    before = pipe.recommend(reqs)
+    pipe.save(tmp_path)
+    loaded = Pipeline.load(tmp_path, pipe.settings)
+    assert loaded.ranker is not None and loaded.ranker.feature_names == pipe.ranker.feature_names
+    after = loaded.recommend(reqs)
+    for a, b in zip(before, after):
+        assert [x.item_id for x in a.items] == [x.item_id for x in b.items]
+        assert [x.score for x in a.items] == [x.score for x in b.items]
+
+
+def test_ranker_changes_the_order_and_k_beyond_n_keeps_blend_tail(shop):
+    pipe: Pipeline = shop.pipeline
+    log = shop.store.scan()
+    n = pipe.ranker.settings.candidates
+    changed = 0
+    for s, _, _ in sample_shoppers(log, 8):
+        req = lambda: RecRequest("homepage", shopper=s, k=n + 15, now=float(log.ts.max()),  # noqa: E731
+                                 state=shop.shopper_state(s))
+        ranked = pipe.recommend([req()])[0]
+        kept = pipe.ranker
+        pipe.ranker = None
+        try:
+            blend = pipe.recommend([req()])[0]
+        finally:
+            pipe.ranker = kept
+        a, b = [x.item_id for x in ranked.items], [x.item_id for x in blend.items]
+        assert len(a) == len(b) == n + 15 and len(set(a)) == len(a)
+        assert set(a[:n]) == set(b[:n])  # the ranker re-orders the blend's top N ...
+        assert a[n:] == b[n:]  # ... and the rest follows in blend order
+        scores = [x.score for x in ranked.items]
+        assert scores == sorted(scores, reverse=True) and np.isfinite(scores).all()
+        changed += a[:10] != b[:10]
+    assert changed > 0
+
+
+def test_margin_weight_trades_relevance_for_margin(shop):
+    pipe: Pipeline = shop.pipeline
+    log = shop.store.scan()
+    reqs = [RecRequest("homepage", shopper=s, k=10, now=float(log.ts.max()), state=shop.shopper_state(s))
+            for s, _, _ in sample_shoppers(log, 10)]
+
+    def shown_margin(w: float) -> float:
+        pipe.ranker.settings = pipe.ranker.settings.model_copy(update={"margin_weight": w})
+        idx = pipe.items.index
+        got = [idx[x.item_id] for a in pipe.recommend(reqs) for x in a.items]
+        return float(np.nanmean(pipe.items.price[got] * pipe.items.margin[got]))
+
+    try:
+        m0, m1, m5 = shown_margin(0.0), shown_margin(1.0), shown_margin(5.0)
+    finally:
+        pipe.ranker.settings = pipe.ranker.settings.model_copy(update={"margin_weight": 0.0})
+    assert m5 >= m1 >= m0 and m5 > m0
+
+
+def test_prefix_sources_never_see_labelled_events(shop):
+    log = shop.store.scan()
+    s = shop.settings.models
+    split = split_history(log, s.ranker, s.history_length)
+    prefix = fit_pipeline(split.prefix, shop.catalog, without_ranker(s), ("trending", "covisit"))
+    assert prefix.pipeline.trained_until < min(p.ts for p in split.points)
+    assert prefix.pipeline.ranker is None
