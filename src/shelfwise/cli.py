@@ -524,6 +524,12 @@ def _parse_time(value: str) -> float:
     return t.timestamp()
 
 
+from shelfwise.rules.cli import reports_app, rules_app  # noqa: E402 - merchandising commands
+
+app.add_typer(rules_app, name="rules")
+app.add_typer(reports_app, name="reports")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,13 +1,16 @@
-"""One pipeline for the API and offline evaluation: candidates → blend → filters → slots.
+"""One pipeline for the API and offline evaluation: candidates → blend → filters → rerank (business score,
+merchandising rules, diversity) → slots.
 
 Every source scores the whole catalog for a batch of queries (dense rows); scores are normalised per row to
 [0, 1], blended with the placement's weights, and masked by availability, stock, exclusions and filters.
+The reranker (``shelfwise.rerank``) then applies the placement's business score weights, the live rules of
+``rules`` (a ``shelfwise.rules.RulesStage``, when attached) and MMR diversity while filling the slots.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +38,9 @@ class RecRequest:
     state: ShopperState | None = None  # the shopper's recent events (from online state)
     now: float = 0.0
     device: str | None = None  # desktop / mobile / tablet / app (a ranker feature)
+    segments: Sequence[str] = ()  # shopper segments the storefront knows (e.g. "vip"), for rule conditions
+    request_id: str | None = None  # exposure log and shadow sampling key
+    explain: bool = False  # attach why each item is where it is (score parts, rules, diversity)
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Recommendation:
     item_id: str
     score: float
     sources: list[str]
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Answer:
     items: list[Recommendation]
     placement: str
     fallback: bool = False  # some slots were filled without any source evidence
+    explanation: dict[str, Any] | None = None  # request-level part of explain (conflicts, weights, rule sets)
 
 
 @dataclass
@@ -60,6 +68,16 @@ class Pipeline:
     version: str = "untrained"
     trained_until: float = float("inf")  # newest event the models were trained on
     ranker: Any = None  # ranking.Ranker: re-scores the blend's top N for its placements (None = blend order)
+    rules: Any = None  # rules.RulesStage: live merchandising rules and shadow drafts (None = no rules)
+    _reranker: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def reranker(self):
+        if self._reranker is None:
+            from shelfwise.rerank import Reranker
+
+            self._reranker = Reranker(self.items, self.retrievers, self.settings)
+        return self._reranker
 
     # ---- request resolution --------------------------------------------------------------------------
     def query(self, req: RecRequest) -> Query:
@@ -151,9 +169,11 @@ class Pipeline:
                 total[r, banned] = -np.inf
             kmax = max(r.k for r in reqs)
             if self.ranker is not None and self.ranker.applies(placement):
-                top, scores = self.ranker.rerank(self, reqs, queries, total, parts, placement, kmax)
-            else:
-                top, scores = top_k(total, kmax)
+                from shelfwise.rerank.reranker import ranked_rows
+
+                total = ranked_rows(self, reqs, queries, total, parts, placement)
+            # business score → rules → diversity and slot filling; exactly top_k when none is configured
+            top, scores, notes = self.reranker.rank(reqs, total, parts, placement, kmax, self.rules)
             for r, i in enumerate(rows):
                 recs: list[Recommendation] = []
                 fallback = False
@@ -163,8 +183,10 @@ class Pipeline:
                     contrib = sorted(((p[r, j], n) for n, p in parts.items() if p[r, j] > 0), reverse=True)
                     sources = [n for _, n in contrib] or ["fallback"]
                     fallback |= not contrib
-                    recs.append(Recommendation(str(self.items.ids[j]), float(s), sources))
-                answers[i] = Answer(recs, placement, fallback)
+                    why = notes[r]["items"][len(recs)] if notes[r] else None
+                    recs.append(Recommendation(str(self.items.ids[j]), float(s), sources, why))
+                answers[i] = Answer(recs, placement, fallback,
+                                    {k: v for k, v in notes[r].items() if k != "items"} if notes[r] else None)
         return answers  # type: ignore[return-value]
 
     # ---- persistence ---------------------------------------------------------------------------------

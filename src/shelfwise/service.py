@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Sequence
 
 from shelfwise.domain import Event, Item
 from shelfwise.pipeline import Answer, Pipeline, RecRequest
+from shelfwise.rules.engine import Merchandising
 from shelfwise.settings import Settings
 from shelfwise.stores import open_catalog, open_event_bus, open_event_store, open_online_state
 from shelfwise.stores.bus import EventProcessor
@@ -32,15 +34,17 @@ class Shelfwise:
                                   ack_timeout_s=settings.stores.ack_timeout_s, known_items=lambda: self._catalog_ids)
         self._lock = threading.Lock()
         self._checked_at = 0.0
+        self.merch = Merchandising(settings, self.catalog)  # rule store, exposure log, rules stage
         self.pipeline = self._load_pipeline()
 
     # ---- models --------------------------------------------------------------------------------------
     def _load_pipeline(self) -> Pipeline:
         version = self.models.current()
         if version is not None:
-            return Pipeline.load(self.models.path(version), self.settings.models)
+            return self.merch.attach(Pipeline.load(self.models.path(version), self.settings.models))
         # Not trained yet: serve the catalog by (empty) popularity so no rail is ever empty.
-        return fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).pipeline
+        return self.merch.attach(
+            fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).pipeline)
 
     @property
     def trained(self) -> bool:
@@ -55,7 +59,7 @@ class Shelfwise:
         version = self.models.current()
         if version is None or version == self.pipeline.version:
             return False
-        self.pipeline = Pipeline.load(self.models.path(version), self.settings.models)
+        self.pipeline = self.merch.attach(Pipeline.load(self.models.path(version), self.settings.models))
         return True
 
     # ---- events --------------------------------------------------------------------------------------
@@ -94,6 +98,7 @@ class Shelfwise:
             self.pipeline = self._load_pipeline()
         for it in items:
             self.pipeline.items.update(it)
+        self.merch.catalog_changed(self.pipeline, items)
         return n
 
     def delete_item(self, item_id: str) -> bool:
@@ -101,6 +106,7 @@ class Shelfwise:
         with self._lock:
             self._catalog_ids.discard(item_id)
         self.pipeline.items.remove(item_id)
+        self.merch.catalog_changed(self.pipeline)
         return ok
 
     def get_item(self, item_id: str) -> Item | None:
@@ -113,10 +119,16 @@ class Shelfwise:
             req.state = self.shopper_state(req.shopper)
         if not req.now:
             req.now = time.time()
-        return self.pipeline.recommend([req])[0]
+        if req.request_id is None:
+            req.request_id = uuid.uuid4().hex
+        pipeline = self.pipeline
+        answer = pipeline.recommend([req])[0]
+        self.merch.record(req, answer, pipeline.version)  # exposure log (queued, off the hot path)
+        return answer
 
     def close(self) -> None:
         self.bus.close()
+        self.merch.close()
         self.store.close()
         close_online = getattr(self.online, "close", None)
         if close_online is not None:

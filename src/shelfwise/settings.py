@@ -88,11 +88,60 @@ class EASESettings(_Section):
     max_items: int = Field(40_000, ge=1, description="refuse to fit above this many items (memory grows as n²)")
 
 
+class ScoreWeights(_Section):
+    """Weights of the final business score of a placement: ``relevance`` (the blended sources, normalised so the
+    request's best item is 1) plus business signals, each in [0, 1] (``rerank/business.py``). Relevance-only:
+    set every other weight to 0 (answers are then exactly the blend's ranking)."""
+
+    relevance: float = Field(1.0, ge=0, description="the blended candidate sources, row-normalised to [0, 1]")
+    trend: float = Field(0.0, ge=0, description="time-decayed popularity (the trending source, max 1)")
+    stock: float = Field(0.0, ge=0, description="log stock relative to business.stock_reference (untracked = 1)")
+    margin: float = Field(0.0, ge=0, description="gross margin (price - cost) / price (unknown = catalog median)")
+    freshness: float = Field(0.0, ge=0, description="0.5 ** (age / business.freshness_half_life_days)")
+    seasonality: float = Field(0.0, ge=0, description="1 while one of business.seasons covers the item")
+
+    @property
+    def relevance_only(self) -> bool:
+        return not (self.trend or self.stock or self.margin or self.freshness or self.seasonality)
+
+
+class DiversitySettings(_Section):
+    """MMR re-ranking of a placement (``rerank/mmr.py``): each slot takes the item maximising
+    ``mmr_lambda * score - (1 - mmr_lambda) * max similarity to the items already placed``."""
+
+    mmr_lambda: float = Field(1.0, ge=0, le=1, description="1 = relevance only (off); lower = more diverse")
+    category: float = Field(0.5, ge=0, description="similarity weight of the same leaf category")
+    price_band: float = Field(0.2, ge=0, description="similarity weight of the same price band")
+    embedding: float = Field(0.3, ge=0, description="similarity weight of ALS item-factor cosine (when trained)")
+    pool: int = Field(100, ge=1, description="candidates considered (the best by score)")
+
+
+class Season(_Section):
+    """A yearly window (``MM-DD`` to ``MM-DD``, inclusive, UTC; may wrap the new year) when items are in season."""
+
+    name: str = ""
+    start: str = Field(pattern=r"^\d{2}-\d{2}$")
+    end: str = Field(pattern=r"^\d{2}-\d{2}$")
+    categories: list[str] = Field(default_factory=list, description="category path prefixes, e.g. 'TVs'")
+    tags: list[str] = Field(default_factory=list, description="item tags (any of)")
+
+
+class BusinessSignals(_Section):
+    """How the business signals of ``ScoreWeights`` are computed from the catalog."""
+
+    freshness_half_life_days: float = Field(30.0, gt=0)
+    stock_reference: float = Field(50.0, gt=0, description="stock at which the stock signal reaches 1")
+    price_band_ratio: float = Field(1.6, gt=1, description="diversity price bands: prices within this ratio")
+    seasons: list[Season] = Field(default_factory=list)
+
+
 class PlacementSettings(_Section):
     """Blend weights of each candidate source for one placement (a learned ranker replaces this later)."""
 
     weights: dict[str, float]
     exclude_history: Literal["purchased", "all", "none"] = "purchased"
+    score: ScoreWeights = ScoreWeights()
+    diversity: DiversitySettings = DiversitySettings()
 
 
 def _default_placements() -> dict[str, PlacementSettings]:
@@ -157,6 +206,7 @@ class ModelSettings(_Section):
     ease: EASESettings = EASESettings()
     placements: dict[str, PlacementSettings] = Field(default_factory=_default_placements)
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
+    business: BusinessSignals = BusinessSignals()
     ranker: RankerSettings = RankerSettings()
 
 
@@ -166,6 +216,19 @@ class APISettings(_Section):
     max_batch: int = Field(1000, ge=1)
     default_k: int = Field(12, ge=1, le=200)
     max_k: int = Field(200, ge=1)
+
+
+class RulesSettings(_Section):
+    """Merchandising rules (``rules/``): shadow traffic, exposure log, reload."""
+
+    shadow_share: float = Field(0.05, ge=0, le=1, description="share of requests a draft rule set shadows "
+                                                               "(unless the rule set sets its own)")
+    exposure_log: bool = Field(True, description="log what every served rail showed (request, items, positions)")
+    exposure_retention_days: float = Field(30.0, gt=0)
+    zero_impression_hours: float = Field(72.0, gt=0, description="default window of the zero-impression report")
+    reload_interval_s: float = Field(0.0, ge=0, description="how often a replica checks the store for rule "
+                                                             "changes (0 = every request; a check is a PRAGMA)")
+    dsn: str = Field("", description="rule store + exposure log; empty = the event store's SQLite file")
 
 
 class Settings(BaseSettings):
@@ -179,6 +242,7 @@ class Settings(BaseSettings):
     stores: StoreSettings = StoreSettings()
     models: ModelSettings = ModelSettings()
     api: APISettings = APISettings()
+    rules: RulesSettings = RulesSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
+from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import Event, Item
 from shelfwise.pipeline import RecRequest
 from shelfwise.service import Shelfwise
@@ -172,6 +173,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         k: Annotated[int | None, Query(ge=1)] = None,
         exclude: Annotated[list[str], Query()] = [],  # noqa: B006
         category: str | None = None,
+        device: str | None = None,
+        segment: Annotated[list[str], Query()] = [],  # noqa: B006
+        explain: bool = False,
     ) -> Response:
         t0 = time.perf_counter()
         engine = sw()
@@ -188,17 +192,23 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         cart_ids = [c for part in cart for c in part.split(",") if c]
         excl = [c for part in exclude for c in part.split(",") if c]
         shopper = user_id if user_id is not None else (f"session:{session_id}" if session_id else None)
+        segments = [c for part in segment for c in part.split(",") if c]
         req = RecRequest(placement=placement, shopper=shopper, item_id=item_id, cart=cart_ids, k=k, exclude=excl,
-                         category=category)
+                         category=category, device=device, segments=segments, request_id=uuid.uuid4().hex,
+                         explain=explain)
         answer = engine.recommend(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
-        return ORJSONResponse({
-            "request_id": uuid.uuid4().hex,
+        body = {
+            "request_id": req.request_id,
             "placement": placement,
             "model_version": engine.pipeline.version,
             "fallback": answer.fallback,
             "items": [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
-                      for r in answer.items],
-        })
+                      | ({"explanation": r.explanation} if explain else {}) for r in answer.items],
+        }
+        if explain:
+            body["explanation"] = answer.explanation
+        return ORJSONResponse(body)
 
+    app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
     return app

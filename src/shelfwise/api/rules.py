@@ -1,0 +1,183 @@
+"""Merchandising routes: rule sets (versioned, publish, roll back, shadow), the shadow report and the
+zero-impression report. Included by ``api/app.py``; behaviour lives in ``shelfwise.rules``.
+
+Writes are recorded with an author (``author`` query parameter, else the ``X-Author`` header, else "api").
+An invalid document gets ``422`` with ``errors: [{"path": "rules[2].action.slot", "reason": ...}]`` and nothing
+is saved. Changes apply to the next request (no restart).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+
+from fastapi import APIRouter, Body, Header, Query
+from fastapi.responses import JSONResponse, Response
+import orjson
+
+from shelfwise.rules import admin
+from shelfwise.rules.reports import build_shadow_report, zero_impressions
+from shelfwise.rules.schema import RuleSetInvalid
+from shelfwise.rules.store import NotFound
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _error(status: int, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+    body: dict[str, Any] = {"detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    return _JSON(body, status_code=status)
+
+
+def _guard(fn: Callable[[], Any], status: int = 200) -> Response:
+    try:
+        return _JSON(fn(), status_code=status)
+    except RuleSetInvalid as e:
+        return _error(422, "invalid rule set; nothing was saved", e.errors)
+    except NotFound as e:
+        return _error(404, str(e))
+    except admin.Conflict as e:
+        return _error(409, str(e))
+
+
+def build_router(engine: Callable[[], Any]) -> APIRouter:
+    """``engine()`` returns the running ``Shelfwise``."""
+    r = APIRouter(tags=["merchandising"])
+
+    def store():
+        return engine().merch.store
+
+    def share() -> float:
+        return engine().settings.rules.shadow_share
+
+    def changed() -> None:
+        engine().merch.rules_changed()
+
+    def who(author: str | None, x_author: str | None) -> str:
+        return author or x_author or "api"
+
+    @r.get("/v1/rulesets")
+    def list_rulesets() -> Response:
+        return _guard(lambda: {"rulesets": admin.list_rulesets(store(), share())})
+
+    def _put(ruleset_id: str, document: Any, author: str, comment: str, publish: bool, shadow: bool,
+             dry_run: bool) -> Response:
+        eng = engine()
+        placements = eng.settings.models.placements
+        facts = admin.catalog_facts(eng.catalog.all())
+        if dry_run:
+            def check() -> dict[str, Any]:
+                rs, warnings = admin.validate(document, ruleset_id, placements, facts)
+                return {"valid": True, "rules": len(rs.rules), "warnings": warnings}
+            return _guard(check)
+
+        def save() -> dict[str, Any]:
+            out = admin.put_ruleset(store(), ruleset_id, document, author, comment, placements, publish=publish,
+                                    shadow=shadow, catalog=facts)
+            changed()
+            return out
+        return _guard(save, 201)
+
+    @r.put("/v1/rulesets")
+    def put_ruleset_body(
+        document: Annotated[Any, Body()],
+        author: str | None = None, comment: str = "", publish: bool = False, shadow: bool = True,
+        dry_run: bool = False, x_author: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Save a new version of the rule set named by the document's ``id``."""
+        rid = document.get("id") if isinstance(document, dict) else None
+        if not isinstance(rid, str) or not rid:
+            return _error(422, "invalid rule set; nothing was saved",
+                          [{"path": "id", "reason": "PUT /v1/rulesets needs the rule set id in the document "
+                                                    "(or use PUT /v1/rulesets/{id})"}])
+        return _put(rid, document, who(author, x_author), comment, publish, shadow, dry_run)
+
+    @r.put("/v1/rulesets/{ruleset_id}")
+    def put_ruleset(
+        ruleset_id: str,
+        document: Annotated[Any, Body()],
+        author: str | None = None, comment: str = "", publish: bool = False, shadow: bool = True,
+        dry_run: bool = False, x_author: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Save a new version (a draft, shadowed unless ``shadow=false``; live at once with ``publish=true``)."""
+        try:
+            admin.validate({"id": ruleset_id, "rules": []}, None, [])  # the id's pattern
+        except RuleSetInvalid as e:
+            return _error(422, "invalid rule set id", [{"path": "(url) ruleset_id", "reason": e.errors[0]["reason"]}])
+        return _put(ruleset_id, document, who(author, x_author), comment, publish, shadow, dry_run)
+
+    @r.get("/v1/rulesets/{ruleset_id}")
+    def get_ruleset(ruleset_id: str, version: Annotated[int | None, Query(ge=1)] = None) -> Response:
+        return _guard(lambda: admin.get_ruleset(store(), ruleset_id, version))
+
+    @r.get("/v1/rulesets/{ruleset_id}/versions")
+    def list_versions(ruleset_id: str) -> Response:
+        return _guard(lambda: {"id": ruleset_id, "versions": admin.versions(store(), ruleset_id),
+                               "audit": [a.__dict__ for a in store().audit(ruleset_id)]})
+
+    @r.post("/v1/rulesets/{ruleset_id}/publish")
+    def publish(ruleset_id: str, version: Annotated[int | None, Query(ge=1)] = None, author: str | None = None,
+                comment: str = "", x_author: Annotated[str | None, Header()] = None) -> Response:
+        """Make a version live (the latest when no version is given)."""
+        def go() -> dict[str, Any]:
+            out = admin.publish(store(), ruleset_id, version, who(author, x_author), comment)
+            changed()
+            return out
+        return _guard(go)
+
+    @r.post("/v1/rulesets/{ruleset_id}/rollback")
+    def rollback(ruleset_id: str, version: Annotated[int, Query(ge=1)], author: str | None = None,
+                 comment: str = "", x_author: Annotated[str | None, Header()] = None) -> Response:
+        """Publish a copy of an earlier version as a new version."""
+        def go() -> dict[str, Any]:
+            out = admin.rollback(store(), ruleset_id, version, who(author, x_author), comment)
+            changed()
+            return out
+        return _guard(go)
+
+    @r.put("/v1/rulesets/{ruleset_id}/shadow")
+    def start_shadow(ruleset_id: str, version: Annotated[int | None, Query(ge=1)] = None,
+                     share: Annotated[float | None, Query(ge=0, le=1)] = None, author: str | None = None,
+                     x_author: Annotated[str | None, Header()] = None) -> Response:
+        """Run a draft (the latest when no version is given) in shadow on ``share`` of traffic."""
+        def go() -> dict[str, Any]:
+            out = admin.set_shadow(store(), ruleset_id, version, share, who(author, x_author))
+            changed()
+            return out
+        return _guard(go)
+
+    @r.delete("/v1/rulesets/{ruleset_id}/shadow")
+    def stop_shadow(ruleset_id: str, author: str | None = None,
+                    x_author: Annotated[str | None, Header()] = None) -> Response:
+        def go() -> dict[str, Any]:
+            out = admin.set_shadow(store(), ruleset_id, None, None, who(author, x_author), stop=True)
+            changed()
+            return out
+        return _guard(go)
+
+    @r.get("/v1/rulesets/{ruleset_id}/shadow-report")
+    def get_shadow_report(ruleset_id: str, version: Annotated[int | None, Query(ge=1)] = None,
+                          hours: Annotated[float | None, Query(gt=0)] = None) -> Response:
+        """Live vs shadow answers of the sampled requests (the current shadow version unless one is given)."""
+        def go() -> dict[str, Any]:
+            eng = engine()
+            items = eng.pipeline.items
+            return build_shadow_report(eng.merch.store, eng.merch.log, ruleset_id, version, hours, items,
+                                       eng.merch.stage.facts(items))
+        return _guard(go)
+
+    @r.get("/v1/reports/zero-impressions")
+    def zero_impression_report(hours: Annotated[float | None, Query(gt=0)] = None,
+                               include_unservable: bool = False,
+                               limit: Annotated[int, Query(ge=0, le=100_000)] = 1000) -> Response:
+        """Catalog SKUs shown in no rail during the last ``hours`` (default 72), from the exposure log."""
+        eng = engine()
+        eng.merch.log.flush()
+        return _JSON(zero_impressions(eng.catalog.all(), eng.merch.log,
+                                      hours or eng.settings.rules.zero_impression_hours,
+                                      servable_only=not include_unservable, limit=limit))
+
+    return r

@@ -1,0 +1,63 @@
+"""MMR diversity (Carbonell & Goldstein 1998): similarity of items by leaf category, price band and embedding.
+
+A slot takes the item maximising ``lam * score - (1 - lam) * max sim(item, items above)`` (scores min-max
+normalised over the request's candidates); ``lam = 1`` is plain ranking. Similarity is a weighted sum, in [0, 1],
+of the same leaf category, the same price band (log-price buckets of ``price_band_ratio``) and the cosine of ALS
+item factors (when the pipeline has an ``als`` source; its weight is dropped otherwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shelfwise.retrieval.base import ItemTable
+from shelfwise.settings import BusinessSignals, DiversitySettings
+
+
+def price_bands(price: np.ndarray, ratio: float) -> np.ndarray:
+    """Log-price bucket of each item (-1 when the price is unknown)."""
+    out = np.full(len(price), -1, np.int32)
+    ok = np.isfinite(price) & (price > 0)
+    out[ok] = np.floor(np.log(price[ok]) / np.log(ratio)).astype(np.int32) + 1000
+    return out
+
+
+def unit_vectors(factors: np.ndarray | None) -> np.ndarray | None:
+    if factors is None or len(factors) == 0:
+        return None
+    norms = np.linalg.norm(factors, axis=1, keepdims=True)
+    return (factors / np.maximum(norms, 1e-9)).astype(np.float32)
+
+
+class Similarity:
+    """sim(i, j) in [0, 1]: weighted same-leaf-category, same-price-band and item-embedding cosine."""
+
+    def __init__(self, category: np.ndarray, band: np.ndarray, vectors: np.ndarray | None,
+                 w_category: float, w_band: float, w_embedding: float):
+        if vectors is None:
+            w_embedding = 0.0
+        total = w_category + w_band + w_embedding
+        self.w = (w_category / total, w_band / total, w_embedding / total) if total > 0 else (0.0, 0.0, 0.0)
+        self.category, self.band, self.vectors = category, band, vectors
+
+    def between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(len(a), len(b)) similarities."""
+        wc, wb, we = self.w
+        out = np.zeros((len(a), len(b)), np.float32)
+        if wc:
+            ca, cb = self.category[a], self.category[b]
+            out += wc * ((ca[:, None] == cb[None, :]) & (ca[:, None] >= 0))
+        if wb:
+            ba, bb = self.band[a], self.band[b]
+            out += wb * ((ba[:, None] == bb[None, :]) & (ba[:, None] >= 0))
+        if we:
+            out += we * np.maximum(self.vectors[a] @ self.vectors[b].T, 0.0)
+        return out
+
+
+    @classmethod
+    def build(cls, items: ItemTable, diversity: DiversitySettings, signals: BusinessSignals,
+              factors: np.ndarray | None) -> "Similarity":
+        vectors = unit_vectors(factors) if factors is not None and len(factors) == len(items) else None
+        return cls(items.category, price_bands(items.price, signals.price_band_ratio), vectors,
+                   diversity.category, diversity.price_band, diversity.embedding)

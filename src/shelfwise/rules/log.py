@@ -1,0 +1,279 @@
+"""Exposure log (what every served rail showed) and shadow log (live vs draft answers), written off the hot path.
+
+``record``/``record_shadow`` only enqueue; a writer thread commits batches (every 200 ms or 2,000 rows), so
+serving never waits on the disk. A full queue drops rows and counts them (``dropped``) rather than slow
+requests down. One row per shown slot (request_id, time, shopper, placement, position, item, score, model and
+rule versions), plus a per-item summary (last shown, impressions) that the zero-impression report reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exposures (
+    request_id    TEXT NOT NULL,
+    ts            REAL NOT NULL,
+    shopper       TEXT,
+    placement     TEXT NOT NULL,
+    position      INTEGER NOT NULL,
+    item_id       TEXT NOT NULL,
+    score         REAL,
+    model_version TEXT,
+    rules         TEXT
+);
+CREATE INDEX IF NOT EXISTS exposures_ts ON exposures (ts);
+CREATE INDEX IF NOT EXISTS exposures_request ON exposures (request_id);
+CREATE TABLE IF NOT EXISTS item_impressions (
+    item_id     TEXT PRIMARY KEY,
+    first_ts    REAL NOT NULL,
+    last_ts     REAL NOT NULL,
+    impressions INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shadow_log (
+    seq            INTEGER PRIMARY KEY,
+    ts             REAL NOT NULL,
+    request_id     TEXT,
+    shopper        TEXT,
+    placement      TEXT NOT NULL,
+    ruleset_id     TEXT NOT NULL,
+    live_version   INTEGER,
+    shadow_version INTEGER NOT NULL,
+    record         BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_log_ruleset ON shadow_log (ruleset_id, shadow_version, ts);
+CREATE TABLE IF NOT EXISTS exposure_meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+
+@dataclass
+class Exposure:
+    request_id: str
+    ts: float
+    shopper: str | None
+    placement: str
+    items: list[str]
+    scores: list[float]
+    model_version: str = ""
+    rules: str = ""  # live rule set versions, e.g. "default@3,black-friday@2"
+
+
+@dataclass
+class ShadowRecord:
+    """One sampled request: the live and the shadow answer, each as [item_id, relevance, price, margin] rows."""
+
+    ts: float
+    request_id: str | None
+    shopper: str | None
+    placement: str
+    ruleset_id: str
+    live_version: int | None
+    shadow_version: int
+    live: list[list[Any]]
+    shadow: list[list[Any]]
+    pinned: list[str] = field(default_factory=list)  # shown by a pin of the shadow rule set
+    blocked: list[str] = field(default_factory=list)  # live items the shadow rule set removed
+
+    def payload(self) -> bytes:
+        return orjson.dumps({"live": self.live, "shadow": self.shadow, "pinned": self.pinned,
+                             "blocked": self.blocked})
+
+
+@runtime_checkable
+class ExposureLog(Protocol):
+    def record(self, exposures: Sequence[Exposure]) -> None:
+        """Enqueue; never blocks the caller."""
+
+    def record_shadow(self, records: Sequence[ShadowRecord]) -> None: ...
+
+    def last_shown(self, since: float) -> dict[str, float]:
+        """item id → last time shown, for items shown at or after ``since``."""
+
+    def started_at(self) -> float | None:
+        """When the log recorded its first exposure (None: never)."""
+
+    def shadow_records(self, ruleset_id: str, version: int | None = None, since: float | None = None,
+                       limit: int = 100_000) -> list[ShadowRecord]: ...
+
+    def request(self, request_id: str) -> list[tuple[int, str]]:
+        """(position, item id) of what one request showed."""
+
+    def flush(self) -> None:
+        """Wait until everything enqueued so far is committed."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteExposureLog:
+    def __init__(self, path: Path | str, retention_days: float = 30.0, max_queue: int = 200_000,
+                 batch: int = 2000, interval_s: float = 0.2) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_days * 86400.0
+        self.batch, self.interval_s = batch, interval_s
+        self.dropped = 0
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._read_lock = threading.Lock()
+        self._read = self._connect()
+        self._read.executescript(SCHEMA)
+        self._pruned_at = 0.0
+        self._closed = False
+        self._writer = threading.Thread(target=self._run, name="shelfwise-exposure-log", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    # ---- writing -------------------------------------------------------------------------------------
+    def _put(self, item: tuple) -> None:
+        if self._closed:
+            return
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def record(self, exposures: Sequence[Exposure]) -> None:
+        for e in exposures:
+            self._put(("exposure", e))
+
+    def record_shadow(self, records: Sequence[ShadowRecord]) -> None:
+        for r in records:
+            self._put(("shadow", r))
+
+    def flush(self) -> None:
+        if self._closed or not self._writer.is_alive():
+            return
+        done = threading.Event()
+        self._q.put(("flush", done))
+        done.wait(30)
+
+    def _run(self) -> None:
+        db = self._connect()
+        stop = False
+        while not stop:
+            try:
+                first = self._q.get(timeout=self.interval_s)
+            except queue.Empty:
+                continue
+            items = [first]
+            while len(items) < self.batch:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            waiters = [x[1] for x in items if x[0] == "flush"]
+            stop = any(x[0] == "stop" for x in items)
+            rows = [x for x in items if x[0] in ("exposure", "shadow")]
+            try:
+                self._write(db, rows)
+            except Exception:  # disk full, a bad row...: the writer must survive; count the loss
+                log.exception("exposure log: %d rows could not be written", len(rows))
+                self.dropped += len(rows)
+            for w in waiters:
+                w.set()
+        db.close()
+
+    def _write(self, db: sqlite3.Connection, items: list[tuple]) -> None:
+        if not items:
+            return
+        exp_rows, shadow_rows, seen = [], [], {}
+        for kind, x in items:
+            if kind == "exposure":
+                for pos, (iid, sc) in enumerate(zip(x.items, x.scores)):
+                    exp_rows.append((x.request_id, x.ts, x.shopper, x.placement, pos, iid, sc, x.model_version,
+                                     x.rules))
+                    first, last, n = seen.get(iid, (x.ts, x.ts, 0))
+                    seen[iid] = (min(first, x.ts), max(last, x.ts), n + 1)
+            else:
+                shadow_rows.append((x.ts, x.request_id, x.shopper, x.placement, x.ruleset_id, x.live_version,
+                                    x.shadow_version, x.payload()))
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO exposures VALUES (?,?,?,?,?,?,?,?,?)", exp_rows)
+            db.executemany(
+                "INSERT INTO item_impressions (item_id, first_ts, last_ts, impressions) VALUES (?,?,?,?) "
+                "ON CONFLICT(item_id) DO UPDATE SET last_ts = max(last_ts, excluded.last_ts), "
+                "first_ts = min(first_ts, excluded.first_ts), impressions = impressions + excluded.impressions",
+                [(k, *v) for k, v in seen.items()])
+            if exp_rows:
+                db.execute("INSERT OR IGNORE INTO exposure_meta (key, value) VALUES ('started', ?)",
+                           (min(r[1] for r in exp_rows),))
+            db.executemany("INSERT INTO shadow_log (ts, request_id, shopper, placement, ruleset_id, live_version, "
+                           "shadow_version, record) VALUES (?,?,?,?,?,?,?,?)", shadow_rows)
+            if now - self._pruned_at > 600:
+                self._pruned_at = now
+                db.execute("DELETE FROM exposures WHERE ts < ?", (now - self.retention_s,))
+                db.execute("DELETE FROM shadow_log WHERE ts < ?", (now - self.retention_s,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def last_shown(self, since: float) -> dict[str, float]:
+        with self._read_lock:
+            rows = self._read.execute("SELECT item_id, last_ts FROM item_impressions WHERE last_ts >= ?",
+                                      (since,)).fetchall()
+        return dict(rows)
+
+    def started_at(self) -> float | None:
+        with self._read_lock:
+            row = self._read.execute("SELECT value FROM exposure_meta WHERE key = 'started'").fetchone()
+        return row[0] if row else None
+
+    def request(self, request_id: str) -> list[tuple[int, str]]:
+        with self._read_lock:
+            return self._read.execute("SELECT position, item_id FROM exposures WHERE request_id = ? ORDER BY position",
+                                      (request_id,)).fetchall()
+
+    def shadow_records(self, ruleset_id: str, version: int | None = None, since: float | None = None,
+                       limit: int = 100_000) -> list[ShadowRecord]:
+        sql = ("SELECT ts, request_id, shopper, placement, ruleset_id, live_version, shadow_version, record "
+               "FROM shadow_log WHERE ruleset_id = ?")
+        params: list[Any] = [ruleset_id]
+        if version is not None:
+            sql += " AND shadow_version = ?"
+            params.append(version)
+        if since is not None:
+            sql += " AND ts >= ?"
+            params.append(since)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        with self._read_lock:
+            rows = self._read.execute(sql, params).fetchall()
+        out = []
+        for *head, blob in rows:
+            rec = orjson.loads(blob)
+            out.append(ShadowRecord(*head, live=rec["live"], shadow=rec["shadow"], pinned=rec["pinned"],
+                                    blocked=rec["blocked"]))
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._writer.is_alive():
+            done = threading.Event()
+            self._q.put(("flush", done))
+            self._q.put(("stop", None))
+            done.wait(30)
+            self._writer.join(30)
+        self._closed = True
+        with self._read_lock:
+            self._read.close()

@@ -1,0 +1,162 @@
+"""Re-ranking after the blend: weighted business score, MMR diversity, slot filling and the learned ranker glue."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from shelfwise.pipeline import RecRequest
+from shelfwise.rerank.business import BusinessScorer
+from shelfwise.rerank.mmr import Similarity, price_bands
+from shelfwise.rerank.reranker import ranked_rows
+from shelfwise.rerank.slots import CapSpec, Constraints, PinSpec, fill
+from shelfwise.retrieval.base import top_k
+from shelfwise.settings import BusinessSignals, DiversitySettings, ModelSettings, ScoreWeights, Season
+from tests.unit.test_rules_fixtures import NOW, ask, build_pipeline, ids
+
+BASE = ["p0", "p2", "c2", "c0", "p3", "p1", "c3", "c1", "h0", "h1"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_pipeline(tmp_path_factory.mktemp("rerank"))
+
+
+def configure(pipe, **placement_updates):
+    """Change every placement's settings of a pipeline (and drop its cached reranker)."""
+    for conf in pipe.settings.placements.values():
+        for k, v in placement_updates.items():
+            setattr(conf, k, v)
+    pipe._reranker = None
+
+
+@pytest.fixture
+def pipe(built):
+    p = built[0]
+    yield p
+    configure(p, score=ScoreWeights(), diversity=DiversitySettings())
+    p.settings.business = BusinessSignals()
+
+
+def test_defaults_are_exactly_the_blend_ranking(pipe):
+    reqs = [RecRequest(pl, shopper=s, item_id="p1", cart=["p2"], k=8, now=NOW)
+            for pl in ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell") for s in (None, "u3", "u8")]
+    got = pipe.recommend(reqs)
+    for req, ans in zip(reqs, got):
+        q = pipe.query(req)
+        total, _ = pipe.blend([q], req.placement)
+        total[0, pipe.exclusion_mask(req, q, pipe.placement(req.placement))] = -np.inf
+        t, s = top_k(total, 8)
+        want = [str(pipe.items.ids[j]) for j, x in zip(t[0], s[0]) if np.isfinite(x)]
+        assert ids(ans) == want
+        assert [r.score for r in ans.items] == pytest.approx([float(x) for x in s[0][: len(want)]])
+
+
+def test_margin_weight_promotes_high_margin_items_and_relevance_only_restores(pipe):
+    configure(pipe, score=ScoreWeights(relevance=1.0, margin=0.5))
+    got = ids(ask(pipe))
+    assert got[:3] == ["p0", "c2", "c0"]  # cases (70% margin) overtake the phones p2, p3, p1 (10%)
+    assert got.index("c3") < got.index("p3") and got.index("h0") < got.index("p1")
+    a = ask(pipe, explain=True, k=3)
+    parts = a.items[1].explanation["components"]  # c2: 70% margin
+    assert parts["margin"] == pytest.approx(0.35) and set(parts) == {"relevance", "margin"}
+    assert a.items[1].score == pytest.approx(sum(parts.values()), abs=1e-5)
+    configure(pipe, score=ScoreWeights(relevance=1.0))
+    assert ids(ask(pipe)) == BASE
+
+
+def test_relevance_stays_dominant_with_small_business_weights(pipe):
+    configure(pipe, score=ScoreWeights(relevance=1.0, trend=0.02, margin=0.02, stock=0.01, freshness=0.01))
+    got = ids(ask(pipe, shopper="u1"))
+    configure(pipe, score=ScoreWeights())
+    base = ids(ask(pipe, shopper="u1"))
+    assert got[:2] == base[:2] and set(got[:4]) == set(base[:4])  # strong evidence keeps its place; near-ties move
+
+
+def test_business_signals(built):
+    pipe, _ = built
+    items = pipe.items
+    b = BusinessScorer(items, BusinessSignals(stock_reference=50, freshness_half_life_days=10), trend=None)
+    i = items.index
+    assert b.margin()[i["c0"]] == pytest.approx(0.7)
+    assert b.margin()[i["h1"]] == pytest.approx(np.nanmedian(items.margin))  # unknown → median
+    assert b.stock()[i["c0"]] == pytest.approx(1.0) and b.stock()[i["p0"]] == pytest.approx(np.log1p(10) / np.log1p(50))
+    fresh = b.freshness(NOW)
+    assert fresh[i["c0"]] == pytest.approx(0.5 ** 0.3, abs=0.03) and fresh[i["p0"]] < 0.01
+    seasons = BusinessSignals(seasons=[Season(name="xmas", start="12-01", end="01-06", categories=["Accessories"]),
+                                       Season(start="06-01", end="06-30", tags=["rugged"])])
+    b = BusinessScorer(items, seasons, tags=lambda: [frozenset(["rugged"]) if x in ("c0", "c3") else frozenset()
+                                                        for x in items.ids])
+    dec = datetime(2026, 12, 24, tzinfo=timezone.utc).timestamp()
+    jan = datetime(2027, 1, 3, tzinfo=timezone.utc).timestamp()
+    june = datetime(2026, 6, 10, tzinfo=timezone.utc).timestamp()
+    acc = np.array([str(x)[0] in "ch" for x in items.ids])
+    assert (b.seasonality(dec) == acc).all() and (b.seasonality(jan) == acc).all()
+    assert sorted(str(x) for x in items.ids[b.seasonality(june) > 0]) == ["c0", "c3"]
+    assert b.seasonality(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp()).sum() == 0
+
+
+def test_similarity_and_price_bands():
+    bands = price_bands(np.array([11.0, 12.0, 30.0, np.nan]), 1.6)
+    assert bands[0] == bands[1] != bands[2] and bands[3] == -1
+    vec = np.array([[1, 0], [1, 0], [0, 1], [1, 1]], np.float32)
+    sim = Similarity(np.array([0, 0, 1, 1]), np.array([5, 6, 5, -1]), vec / np.linalg.norm(vec, axis=1)[:, None],
+                     w_category=0.5, w_band=0.2, w_embedding=0.3)
+    m = sim.between(np.arange(4), np.arange(4))
+    assert m[0, 1] == pytest.approx(0.5 + 0.3) and m[0, 2] == pytest.approx(0.2)
+    assert m[0, 0] == pytest.approx(1.0) and m[3, 3] == pytest.approx(0.5 + 0.3)  # unknown band never matches
+    no_vec = Similarity(np.array([0, 0]), np.array([1, 1]), None, 0.5, 0.2, 0.3)
+    assert no_vec.between(np.array([0]), np.array([1]))[0, 0] == pytest.approx(1.0)  # weights renormalised
+
+
+def test_mmr_diversifies_and_explains_the_penalty(pipe):
+    base = ids(ask(pipe, shopper="u1", k=6))
+    configure(pipe, diversity=DiversitySettings(mmr_lambda=0.3, category=1.0, price_band=0.0, embedding=0.0))
+    a = ask(pipe, shopper="u1", k=6, explain=True)
+    got = ids(a)
+    assert got[0] == base[0] and got != base
+    cats = [g[0] for g in got]
+    assert cats[:2] == ["p", "c"]  # the second slot goes to another category
+    pen = [r.explanation["diversity_penalty"] for r in a.items]
+    assert pen[0] == 0 and all(p >= 0 for p in pen)
+    assert a.explanation["mmr_lambda"] == 0.3 and "diversity" in a.items[1].explanation["reason"]
+    configure(pipe, diversity=DiversitySettings(mmr_lambda=1.0))
+    assert ids(ask(pipe, shopper="u1", k=6)) == base
+
+
+def test_fill_with_pins_caps_and_diversity_on_a_plain_row():
+    row = np.array([9, 8, 7, 6, 5, 4], np.float32)
+    cat = np.array([0, 0, 0, 1, 1, 2], np.int32)
+    c = Constraints(pins=[PinSpec("r/pin", np.array([5]), 0, 0, 0)], caps=[CapSpec("r/cap", cat, 1, None, True)])
+    placed, notes = fill(row, 4, c)
+    assert [p.item for p in placed] == [5, 0, 3]  # pinned 5 (cat 2), then one of cat 0 and one of cat 1; strict
+    assert [p.reason for p in placed] == ["pinned", "ranked", "ranked"]
+    sim = Similarity(cat, np.full(6, -1), None, 1.0, 0.0, 0.0)
+    placed, _ = fill(row, 3, None, sim=sim, lam=0.5)
+    assert [p.item for p in placed] == [0, 3, 5]
+    placed, _ = fill(np.array([1, -np.inf, 2], np.float32), 5)
+    assert [p.item for p in placed] == [2, 0]  # a short rail, never an excluded item
+
+
+class FakeRanker:
+    """Stands in for ranking.Ranker: re-scores the blend's top N (here: reverses it)."""
+
+    class settings:  # noqa: N801
+        candidates = 4
+
+    def applies(self, placement):
+        return True
+
+    def rerank(self, pipe, reqs, queries, total, parts, placement, k):
+        top, scores = top_k(total, k)
+        return top[:, ::-1].copy(), np.sort(scores, axis=1)[:, ::-1].copy() * 0 + np.arange(k, 0, -1)
+
+
+def test_ranked_rows_keep_the_rankers_order_then_the_blend(pipe):
+    total = np.array([[5, 4, 3, 2, 1, 0.5, -np.inf]], np.float32)
+    pipe_like = type("P", (), {"ranker": FakeRanker()})()
+    rows = ranked_rows(pipe_like, [None], [None], total.copy(), {}, "homepage")
+    order = [int(j) for j in np.argsort(-rows[0], kind="stable") if np.isfinite(rows[0][j])]
+    assert order == [3, 2, 1, 0, 4, 5] and not np.isfinite(rows[0][6])
