@@ -8,7 +8,8 @@ pipeline once, then serves it in three setups, one after the other:
 
 - ``embedded``: SQLite event store + in-process online state, 1 API process (the default);
 - ``redis``: SQLite event store + Redis online state, 1 API process;
-- ``scale-out``: PostgreSQL event store + Redis online state, ``shelfwise serve --workers 2``.
+- ``scale-out``: PostgreSQL event store + Redis online state, ``shelfwise serve --workers N`` for N in
+  ``--api-processes`` (default 1 and 2).
 
 Load comes from a second process on loopback (``--loadgen``): ``--concurrency`` keep-alive connections asking
 for the homepage rail of shoppers drawn from a Zipf-like distribution (so most requests hit the online state and
@@ -138,7 +139,7 @@ def main() -> None:
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--only", default="embedded,redis,scale-out")
-    ap.add_argument("--api-processes", type=int, default=2, help="API processes of the scale-out setup")
+    ap.add_argument("--api-processes", default="1,2", help="API process counts of the scale-out setup")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.loadgen:
@@ -181,8 +182,11 @@ def main() -> None:
             scale = {**redis_env, "SHELFWISE_STORES__EVENTS": pg, "SHELFWISE_STORES__MODELS": str(data / "models")}
             print("loading the same storefront into PostgreSQL …", flush=True)
             run(CLI + ["generate", *size], scale, log)
-            results.append(serve_and_measure(f"PostgreSQL + Redis, {args.api_processes} API processes", scale,
-                                             args.api_processes, args, shoppers, log))
+            for n in (int(x) for x in args.api_processes.split(",")):
+                results.append(serve_and_measure(f"PostgreSQL + Redis, {n} API process{'es' if n > 1 else ''}",
+                                                 scale, n, args, shoppers, log))
+                for key in rc.scan_iter(match=prefix + "*", count=1000):  # each setup starts cold
+                    rc.delete(key)
     finally:
         keys = list(rc.scan_iter(match=prefix + "*", count=1000))
         if keys:
