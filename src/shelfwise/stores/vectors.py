@@ -1,0 +1,141 @@
+"""Vector indexes behind the ``VectorIndex`` protocol: in-process HNSW (hnswlib) and exact brute force.
+
+Both rank by inner product and answer ``search(queries, k) -> (keys, scores)`` with keys -1 / scores -inf
+padding short answers. ``ExactIndex`` is the reference the ANN is measured against (benchmarks/ann_recall.py).
+hnswlib is imported lazily, so nothing pays for it unless an index is built or loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pad(keys: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if keys.shape[1] >= k:
+        return keys, scores
+    n = len(keys)
+    out_k = np.full((n, k), -1, np.int64)
+    out_s = np.full((n, k), -np.inf, np.float32)
+    out_k[:, : keys.shape[1]] = keys
+    out_s[:, : keys.shape[1]] = scores
+    return out_k, out_s
+
+
+def _as_queries(queries: np.ndarray) -> np.ndarray:
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    return q[None, :] if q.ndim == 1 else q
+
+
+class ExactIndex:
+    """Brute-force inner-product search (numpy matmul + partial sort): exact, O(n·dim) per query."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.vectors = np.zeros((0, 0), np.float32)
+
+    def build(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.keys = np.asarray(keys, np.int64).copy()
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _as_queries(queries)
+        n = len(self.keys)
+        kk = min(k, n)
+        if kk == 0:
+            return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
+        scores = q @ self.vectors.T
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (len(q), 1))
+        ps = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, axis=1)
+        return _pad(self.keys[idx], np.take_along_axis(scores, idx, axis=1).astype(np.float32), k)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, keys=self.keys, vectors=self.vectors)
+
+    @classmethod
+    def load(cls, path: Path) -> "ExactIndex":
+        z = np.load(path)
+        obj = cls()
+        obj.keys, obj.vectors = z["keys"], z["vectors"]
+        return obj
+
+
+class HNSWIndex:
+    """hnswlib HNSW graph in inner-product space, in process.
+
+    ``m`` (graph degree) and ``ef_construction`` set build quality; ``ef_search`` the breadth of a query
+    (raised to ``k`` when a query asks for more). Scores are inner products (hnswlib's ``1 - distance``).
+    """
+
+    def __init__(self, m: int = 16, ef_construction: int = 200, ef_search: int = 200, threads: int = 1,
+                 seed: int = 0) -> None:
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.threads = threads  # query threads; builds use every core
+        self.seed = seed
+        self._index = None
+        self._n = 0
+        self._dim = 0
+        self._ef = 0
+
+    def build(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        import hnswlib
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        keys = np.asarray(keys, np.int64)
+        if vectors.ndim != 2 or len(vectors) != len(keys):
+            raise ValueError("vectors must be (n, dim) with one key per row")
+        if len(keys) and keys.min() < 0:
+            raise ValueError("keys must be non-negative")
+        self._dim = vectors.shape[1]
+        index = hnswlib.Index(space="ip", dim=self._dim)
+        index.init_index(max_elements=max(len(keys), 1), M=self.m, ef_construction=self.ef_construction,
+                         random_seed=self.seed)
+        if len(keys):
+            index.add_items(vectors, keys, num_threads=-1)
+        self._index = index
+        self._n = len(keys)
+        self._set_ef(self.ef_search)
+
+    def _set_ef(self, ef: int) -> None:
+        if self._index is not None and ef != self._ef:
+            self._index.set_ef(ef)
+            self._ef = ef
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _as_queries(queries)
+        kk = min(k, self._n)
+        if kk == 0 or self._index is None:
+            return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
+        self._set_ef(max(self.ef_search, kk))
+        labels, dist = self._index.knn_query(q, k=kk, num_threads=self.threads)
+        return _pad(labels.astype(np.int64), (1.0 - dist).astype(np.float32), k)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def save(self, path: Path) -> None:
+        if self._index is None:
+            raise ValueError("nothing to save: the index was never built")
+        self._index.save_index(str(path))
+
+    @classmethod
+    def load(cls, path: Path, dim: int, m: int = 16, ef_construction: int = 200, ef_search: int = 200,
+             threads: int = 1) -> "HNSWIndex":
+        import hnswlib
+
+        obj = cls(m=m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
+        index = hnswlib.Index(space="ip", dim=dim)
+        index.load_index(str(path))
+        obj._index = index
+        obj._n = index.get_current_count()
+        obj._dim = dim
+        obj._set_ef(ef_search)
+        return obj

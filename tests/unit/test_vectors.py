@@ -1,0 +1,83 @@
+"""Vector indexes: the exact reference, HNSW recall against it, the protocol, persistence."""
+
+import numpy as np
+import pytest
+
+from shelfwise.stores.protocols import VectorIndex
+from shelfwise.stores.vectors import ExactIndex, HNSWIndex
+
+
+def vectors(n=5000, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    # clustered, unequal norms: like trained item embeddings, harder than isotropic noise for inner product
+    centers = rng.normal(size=(50, dim))
+    x = centers[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, dim))
+    x *= rng.uniform(0.5, 1.5, size=(n, 1))
+    return x.astype(np.float32), rng.normal(size=(200, dim)).astype(np.float32)
+
+
+def recall(approx_keys, exact_keys):
+    return np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx_keys, exact_keys)])
+
+
+def test_both_indexes_follow_the_protocol():
+    assert isinstance(ExactIndex(), VectorIndex)
+    assert isinstance(HNSWIndex(), VectorIndex)
+
+
+def test_exact_index_is_brute_force_inner_product():
+    x, q = vectors(500, 8)
+    keys = np.arange(1000, 1500)
+    idx = ExactIndex()
+    idx.build(keys, x)
+    k, s = idx.search(q, 10)
+    full = q @ x.T
+    assert np.array_equal(k, keys[np.argsort(-full, axis=1, kind="stable")[:, :10]])
+    assert np.allclose(s, np.sort(full, axis=1)[:, ::-1][:, :10], rtol=1e-5)
+    assert len(idx) == 500
+
+
+def test_hnsw_recall_against_exact_on_random_vectors():
+    x, q = vectors()
+    keys = np.arange(len(x)) * 3  # arbitrary integer keys
+    exact, hnsw = ExactIndex(), HNSWIndex(m=32, ef_construction=200, ef_search=400)
+    exact.build(keys, x)
+    hnsw.build(keys, x)
+    for k in (10, 100):
+        ek, es = exact.search(q, k)
+        hk, hs = hnsw.search(q, k)
+        assert recall(hk, ek) >= 0.98
+        assert np.all(np.diff(hs, axis=1) <= 1e-5)  # best first
+        # scores are inner products of the returned keys
+        assert np.allclose(hs, np.einsum("qd,qkd->qk", q, x[hk // 3]), atol=1e-4)
+
+
+def test_short_answers_are_padded_and_empty_index_answers():
+    x, q = vectors(5, 4)
+    for idx in (ExactIndex(), HNSWIndex()):
+        idx.build(np.arange(5), x)
+        k, s = idx.search(q[:2], 8)
+        assert k.shape == (2, 8) and (k[:, 5:] == -1).all() and np.isneginf(s[:, 5:]).all()
+        assert sorted(k[0, :5]) == [0, 1, 2, 3, 4]
+        empty = type(idx)()
+        empty.build(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+        k, s = empty.search(q[:1], 3)
+        assert len(empty) == 0 and (k == -1).all()
+
+
+def test_hnsw_save_load_gives_identical_answers(tmp_path):
+    x, q = vectors(2000, 16)
+    idx = HNSWIndex(m=8, ef_construction=100, ef_search=50)
+    idx.build(np.arange(2000), x)
+    idx.save(tmp_path / "i.bin")
+    back = HNSWIndex.load(tmp_path / "i.bin", dim=16, m=8, ef_construction=100, ef_search=50)
+    a, b = idx.search(q, 20), back.search(q, 20)
+    assert len(back) == 2000
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_hnsw_rejects_bad_input():
+    with pytest.raises(ValueError):
+        HNSWIndex().build(np.array([-1, 2]), np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        HNSWIndex().build(np.array([1, 2, 3]), np.zeros((2, 4), np.float32))
