@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
-    from shelfwise.stores.bus import EventProcessor, RedisStreamBus
+    from shelfwise.stores.bus import EventProcessor
+    from shelfwise.stores.redis_stream import RedisStreamBus
     from shelfwise.stores.memory import MemoryOnlineState
     from shelfwise.stores.postgres import PostgresStore
     from shelfwise.synthetic import generate_storefront

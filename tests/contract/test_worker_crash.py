@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psycopg
 
-from shelfwise.stores.bus import EventProcessor, RedisStreamBus
+from shelfwise.stores.bus import EventProcessor
+from shelfwise.stores.redis_stream import RedisStreamBus
 from shelfwise.stores.memory import MemoryOnlineState
 from shelfwise.stores.postgres import PostgresStore
 from tests.conftest import view

@@ -90,7 +90,7 @@ def open_event_bus(dsn: str, processor: "EventProcessor", ack: str = "stream", a
 
         return InProcessBus(processor)
     if scheme in ("redis-stream", "rediss-stream"):
-        from shelfwise.stores.bus import RedisStreamBus
+        from shelfwise.stores.redis_stream import RedisStreamBus
 
         if scheme == "rediss-stream":
             dsn = "rediss" + dsn[len("rediss-stream"):]
