@@ -88,6 +88,35 @@ class EASESettings(_Section):
     max_items: int = Field(40_000, ge=1, description="refuse to fit above this many items (memory grows as n²)")
 
 
+class SequenceSettings(_Section):
+    """SASRec-style causal transformer over a shopper's recent events (``retrieval/sequence.py``), served by ANN."""
+
+    dim: int = Field(64, ge=8, description="embedding / hidden size (item embeddings are tied in and out)")
+    layers: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1, description="attention heads; must divide dim")
+    dropout: float = Field(0.5, ge=0, lt=1, description="embedding, attention and residual dropout")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1, description="sequences per training step")
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1, description="stop after this many validations without a better NDCG@10")
+    max_len: int = Field(50, ge=2, description="the last max_len events of a shopper are encoded")
+    finetune_epochs: int = Field(0, ge=0,
+                                 description="epochs on the full sequences (held-out items included) after "
+                                             "early stopping")
+    max_train_minutes: float = Field(15.0, gt=0, description="wall-time cap of one fit")
+    val_users: int = Field(10_000, ge=0, description="at most this many shoppers' last items validate an epoch")
+    threads: int = Field(0, ge=0, description="torch threads for training and big batches; 0 = every core")
+    seed: int = 0
+    progress: bool = Field(True, description="show a progress bar while training")
+    candidates: int = Field(200, ge=1, description="top-N items per query scattered into the dense score row")
+    ann_max_batch: int = Field(64, ge=0, description="batches up to this size use the ANN index; larger ones "
+                                                     "exact matmul over the same embeddings")
+    hnsw_m: int = Field(16, ge=2, description="HNSW graph degree")
+    hnsw_ef_construction: int = Field(200, ge=1)
+    hnsw_ef_search: int = Field(300, ge=1, description="HNSW query breadth (at least the requested k)")
+
+
 class ScoreWeights(_Section):
     """Weights of the final business score of a placement: ``relevance`` (the blended sources, normalised so the
     request's best item is 1) plus business signals, each in [0, 1] (``rerank/business.py``). Relevance-only:
@@ -204,6 +233,7 @@ class ModelSettings(_Section):
     covisit: CovisitSettings = CovisitSettings()
     als: ALSSettings = ALSSettings()
     ease: EASESettings = EASESettings()
+    sequence: SequenceSettings = SequenceSettings()
     placements: dict[str, PlacementSettings] = Field(default_factory=_default_placements)
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
     business: BusinessSignals = BusinessSignals()

@@ -8,6 +8,7 @@ from shelfwise.retrieval.als import ALSRetriever
 from shelfwise.retrieval.base import ItemTable, Query, Retriever, TrainData
 from shelfwise.retrieval.covisit import CovisitRetriever
 from shelfwise.retrieval.ease import EASERetriever
+from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import ModelSettings
 
@@ -22,6 +23,7 @@ def build_retrievers(settings: ModelSettings, names: tuple[str, ...] = SOURCES) 
         "copurchase": lambda: CovisitRetriever(settings.covisit, mode="purchase"),
         "als": lambda: ALSRetriever(settings.als),
         "ease": lambda: EASERetriever(settings.ease),  # optional source, not in SOURCES (n_items² memory)
+        "sequence": lambda: SequenceRetriever(settings.sequence),
     }
     unknown = set(names) - set(make)
     if unknown:
@@ -40,6 +42,8 @@ def load_retriever(name: str, path: Path) -> Retriever:
         return ALSRetriever.load(path)
     if name == "ease":
         return EASERetriever.load(path)
+    if name == "sequence":
+        return SequenceRetriever.load(path)
     raise ValueError(f"unknown source {name!r} in model artefacts")
 
 

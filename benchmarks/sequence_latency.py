@@ -1,0 +1,104 @@
+"""Request-path latency of the sequence model at a 100k-item catalog, on one core.
+
+Measures, per single-shopper request: encoding the shopper's last events (one torch forward pass, 1 thread)
+plus the HNSW query for the top ``candidates`` items (1 thread), and the whole ``score()`` call (which also
+scatters the candidates into the dense 100k-wide row the pipeline blends). The process is pinned to one core.
+The model has the default architecture with seeded random weights (latency does not depend on the values);
+the item vectors are the model's item embeddings. Recall of the same index against exact search at the
+serving k is measured on the same queries. Writes JSON to benchmarks/results/.
+
+    .venv/bin/python benchmarks/sequence_latency.py [--items 100000] [--requests 2000] [--set hnsw_ef_search=300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shelfwise.retrieval import Query
+from shelfwise.retrieval.sequence import SequenceRetriever
+from shelfwise.settings import SequenceSettings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--set", action="append", default=[], help="SequenceSettings override key=value")
+    ap.add_argument("--json", default=str(RESULTS / "sequence_latency.json"))
+    a = ap.parse_args()
+    over = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in a.set)}
+    settings = SequenceSettings(**(over | {"progress": False}))
+
+    import torch
+
+    torch.manual_seed(0)
+    model = SequenceRetriever(settings)
+    model.n_items = a.items
+    model.model = model._new_model()
+    model.model.eval()
+    with torch.no_grad():
+        model.item_vectors = model.model.item_weights().numpy().astype(np.float32, copy=True)
+    t0 = time.perf_counter()
+    model._build_index()
+    build_s = time.perf_counter() - t0
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core from here on
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, settings.max_len + 1, a.requests)
+    queries = [Query(history=rng.integers(0, a.items, n).astype(np.int32),
+                     history_kind=rng.choice([0, 0, 0, 1, 3], n).astype(np.int8)) for n in lengths]
+    for q in queries[:50]:  # warm-up
+        model.score([q])
+    enc_ms, ann_ms, score_ms = [], [], []
+    vecs = []
+    for q in queries:
+        t0 = time.perf_counter()
+        _, v = model.encode([q])
+        t1 = time.perf_counter()
+        model.candidates(v, settings.candidates, exact=False)
+        t2 = time.perf_counter()
+        enc_ms.append((t1 - t0) * 1e3)
+        ann_ms.append((t2 - t1) * 1e3)
+        vecs.append(v[0])
+    for q in queries:
+        t0 = time.perf_counter()
+        model.score([q])
+        score_ms.append((time.perf_counter() - t0) * 1e3)
+    total = np.array(enc_ms) + np.array(ann_ms)
+    V = np.array(vecs)
+    hk, _ = model.candidates(V, settings.candidates, exact=False)
+    ek, _ = model.candidates(V, settings.candidates, exact=True)
+    recall = float(np.mean([len(set(h) & set(e)) / len(e) for h, e in zip(hk, ek)]))
+
+    def pct(x):
+        x = np.asarray(x)
+        return {"p50": round(float(np.percentile(x, 50)), 3), "p99": round(float(np.percentile(x, 99)), 3),
+                "mean": round(float(x.mean()), 3)}
+
+    out = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (pinned to 1), "
+                   f"load average {os.getloadavg()[0]:.1f} at the end",
+        "items": a.items, "requests": a.requests, "dim": settings.dim, "layers": settings.layers,
+        "max_len": settings.max_len, "candidates": settings.candidates,
+        "hnsw": {"M": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction,
+                 "ef_search": settings.hnsw_ef_search, "build_s": round(build_s, 1)},
+        "encode_ms": pct(enc_ms), "ann_ms": pct(ann_ms), "encode_plus_ann_ms": pct(total),
+        "score_call_ms": pct(score_ms), f"recall@{settings.candidates}": round(recall, 4),
+    }
+    print(json.dumps(out, indent=1))
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""Session-aware retrieval: a SASRec-style causal transformer over a shopper's last events (the user tower).
+
+Input: the last ``max_len`` item events of a shopper, oldest first; each position is the item embedding plus
+an event-type embedding (view / cart / remove / purchase / click) plus a learned position embedding.
+Consecutive events on the same item are collapsed into one (keeping the latest event type), so
+view → cart → purchase of one item is one step, identically in training and at request time.
+The output at the last position is the shopper vector; an item's score is its dot product with the item
+embedding (input and output embeddings are tied). Training is next-item prediction at every position with
+full-softmax cross-entropy over the catalog (logits only at real, non-padded positions), Adam, dropout and
+early stopping on each shopper's held-out last item (NDCG@10, full ranking, history excluded).
+
+Serving (``score``): one forward pass encodes the whole batch; the top ``candidates`` items per query are
+found through the ANN index (``HNSWIndex``, inner product) for small batches (the API path, up to
+``ann_max_batch`` queries), and by exact matmul over the same item embeddings for large offline batches —
+the same model either way, the ANN only approximates the exact top-N (recall measured in
+benchmarks/ann_recall.py). The candidates' scores are ``exp(s - s_max)`` (their softmax probability relative
+to the best item), scattered into the dense row; every other item gets 0 (no evidence).
+
+torch and hnswlib are imported lazily, so the API and CLI start fast when this source is unused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from shelfwise.domain import EventType
+from shelfwise.retrieval.base import Query, Retriever, TrainData
+from shelfwise.settings import SequenceSettings
+from shelfwise.stores.vectors import ExactIndex, HNSWIndex
+
+# OpenMP threads that spin while waiting make torch 5-10x slower when the (2-core) machine is shared with other
+# busy processes; passive waiting costs little when it is not. Set before torch (and its libgomp) loads; an
+# explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+N_KINDS = len(EventType)
+PAD = 0  # item index 0 of the model is padding; catalog item i is model item i + 1
+
+
+# ---- sequences -----------------------------------------------------------------------------------------
+def collapse(items: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge consecutive events on the same item into one, keeping the latest event type."""
+    items = np.asarray(items)
+    kinds = np.asarray(kinds)
+    if len(items) < 2:
+        return items, kinds
+    last = np.ones(len(items), bool)
+    last[:-1] = items[1:] != items[:-1]
+    return items[last], kinds[last]
+
+
+def user_sequences(data: TrainData) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(items, kinds) of every shopper, oldest first, consecutive repeats collapsed."""
+    order = np.lexsort((np.arange(len(data.user)), data.user))  # stable by shopper, keeps time order
+    user, item, kind = data.user[order], data.item[order], data.kind[order]
+    bounds = np.searchsorted(user, np.arange(data.n_users + 1))
+    return [collapse(item[bounds[u]:bounds[u + 1]], kind[bounds[u]:bounds[u + 1]]) for u in range(data.n_users)]
+
+
+def query_sequence(q: Query, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the encoder sees for a request: the history, then the anchors (as views), the last max_len."""
+    items, kinds = np.asarray(q.history, np.int64), np.asarray(q.history_kind, np.int64)
+    if len(kinds) != len(items):
+        kinds = np.zeros(len(items), np.int64)
+    if len(q.anchors):
+        items = np.concatenate([items, np.asarray(q.anchors, np.int64)])
+        kinds = np.concatenate([kinds, np.full(len(q.anchors), int(EventType.product_viewed), np.int64)])
+    items, kinds = collapse(items, kinds)
+    return items[-max_len:], np.clip(kinds[-max_len:], 0, N_KINDS - 1)
+
+
+def _training_windows(seqs: list[tuple[np.ndarray, np.ndarray]], max_len: int
+                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(input items, input kinds, target items) windows; long sequences are cut into windows from the end."""
+    out = []
+    for items, kinds in seqs:
+        end = len(items)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            it, kd = items[start:end], kinds[start:end]
+            out.append((it[:-1] + 1, kd[:-1], it[1:]))
+            end = start + 1 if start > 0 else 0
+    return out
+
+
+# ---- the torch module (defined lazily) -----------------------------------------------------------------
+_MODULE: Any = None
+
+
+def _module_class() -> Any:
+    global _MODULE
+    if _MODULE is not None:
+        return _MODULE
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        """Pre-LN transformer block: causal self-attention and a position-wise feed-forward layer."""
+
+        def __init__(self, dim: int, heads: int, dropout: float) -> None:
+            super().__init__()
+            self.heads = heads
+            self.p = dropout
+            self.ln1 = nn.LayerNorm(dim)
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+            self.ln2 = nn.LayerNorm(dim)
+            self.ff1 = nn.Linear(dim, dim)
+            self.ff2 = nn.Linear(dim, dim)
+            self.drop = nn.Dropout(dropout)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, d = x.shape
+            qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True,
+                                               dropout_p=self.p if self.training else 0.0)
+            x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+            return x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
+
+    class SASRec(nn.Module):
+        """Right-padded, causal: position t attends to positions <= t only, so padding never leaks in."""
+
+        def __init__(self, n_items: int, dim: int, layers: int, heads: int, dropout: float, max_len: int) -> None:
+            super().__init__()
+            self.item = nn.Embedding(n_items + 1, dim, padding_idx=PAD)
+            self.kind = nn.Embedding(N_KINDS, dim)
+            self.pos = nn.Embedding(max_len, dim)
+            self.drop = nn.Dropout(dropout)
+            self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+            self.ln = nn.LayerNorm(dim)
+            for emb in (self.item, self.kind, self.pos):
+                nn.init.normal_(emb.weight, std=dim ** -0.5)
+            with torch.no_grad():
+                self.item.weight[PAD].zero_()
+
+        def forward(self, items: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+            """Hidden states (B, L, dim) of right-padded item (model index) / kind sequences."""
+            n = items.shape[1]
+            x = self.item(items) + self.kind(kinds) + self.pos.weight[:n]
+            x = self.drop(x)
+            for blk in self.blocks:
+                x = blk(x)
+            return self.ln(x)
+
+        def item_weights(self) -> torch.Tensor:
+            return self.item.weight[1:]
+
+    class FullSoftmaxCE(torch.autograd.Function):
+        """Mean cross-entropy of ``h @ W.T`` against targets, over every item, computed in row chunks.
+
+        The logits of a chunk (rows × n_items) stay in cache: forward computes the loss and both gradients in
+        one pass (softmax − one-hot, then two matmuls), so the full logit matrix is never materialised. About
+        2× faster than ``F.cross_entropy(h @ W.T)`` on CPU and exactly the same objective.
+        """
+
+        @staticmethod
+        def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+            n = len(h)
+            grad_h = torch.empty_like(h)
+            grad_w = torch.zeros_like(w)
+            loss = h.new_zeros(())
+            rows = torch.arange(min(chunk, n))
+            for s in range(0, n, chunk):
+                hc, tc = h[s:s + chunk], target[s:s + chunk]
+                logits = hc @ w.T
+                lse = torch.logsumexp(logits, 1)
+                loss += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+                logits.sub_(lse[:, None]).exp_()
+                logits[rows[: len(tc)], tc] -= 1.0
+                grad_h[s:s + chunk] = logits @ w
+                grad_w.addmm_(logits.T, hc)
+            ctx.save_for_backward(grad_h / n, grad_w / n)
+            return loss / n
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+            grad_h, grad_w = ctx.saved_tensors
+            return grad_h * grad, grad_w * grad, None, None
+
+    SASRec.full_softmax_ce = staticmethod(FullSoftmaxCE.apply)
+    _MODULE = SASRec
+    return SASRec
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _pad(rows: Sequence[np.ndarray], fill: int = 0) -> np.ndarray:
+    out = np.full((len(rows), max((len(r) for r in rows), default=1) or 1), fill, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+# ---- progress ------------------------------------------------------------------------------------------
+class _Progress:
+    """A rich progress bar over epochs (nested under the CLI's own bar when one is live), or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar = None
+        self.lines = False
+        self.done = 0
+        self.total = total
+        if not enabled:
+            return
+        if not getattr(sys.stderr, "isatty", lambda: False)():
+            self.lines = True  # a log file: one line per epoch
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = getattr(sys.stderr, "_FileProxy__console", None)  # a live rich display owns stderr
+        if console is None:
+            console = Console(stderr=True)
+        self.bar = Progress(TextColumn("[bold]sequence[/bold] epoch"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                            transient=True)
+        self.task = self.bar.add_task("epochs", total=total, info="")
+        self.bar.start()
+
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        self.done += advance
+        info = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        if self.bar is not None:
+            self.bar.update(self.task, advance=advance, info=info)
+        elif self.lines:
+            print(f"sequence epoch {self.done}/{self.total}  {info}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---- the retriever -------------------------------------------------------------------------------------
+class SequenceRetriever(Retriever):
+    name = "sequence"
+
+    def __init__(self, settings: SequenceSettings | None = None) -> None:
+        self.settings = settings or SequenceSettings()
+        if self.settings.dim % self.settings.heads:
+            raise ValueError(f"sequence.dim ({self.settings.dim}) must be a multiple of heads "
+                             f"({self.settings.heads})")
+        self.n_items = 0
+        self.model: Any = None
+        self.item_vectors = np.zeros((0, self.settings.dim), np.float32)
+        self.index: HNSWIndex | None = None
+        self.report: dict[str, Any] = {}
+
+    # ---- training --------------------------------------------------------------------------------------
+    def _new_model(self) -> Any:
+        s = self.settings
+        return _module_class()(self.n_items, s.dim, s.layers, s.heads, s.dropout, s.max_len)
+
+    def fit(self, data: TrainData) -> "SequenceRetriever":
+        import torch
+
+        s = self.settings
+        t_start = time.perf_counter()
+        deadline = t_start + s.max_train_minutes * 60.0
+        torch.manual_seed(s.seed)
+        rng = np.random.default_rng(s.seed)
+        self.n_items = data.n_items
+        seqs = user_sequences(data)
+        # leave-one-out inside fit: each shopper's last item validates (shoppers with >= 3 items)
+        val_users = np.array([u for u, (it, _) in enumerate(seqs) if len(it) >= 3], np.int64)
+        if len(val_users) > s.val_users:
+            val_users = np.sort(rng.choice(val_users, s.val_users, replace=False))
+        validate = len(val_users) >= 1 and s.val_users > 0
+        held = set(val_users.tolist()) if validate else set()
+        train_seqs = [(it[:-1], kd[:-1]) if u in held else (it, kd) for u, (it, kd) in enumerate(seqs)]
+        windows = _training_windows(train_seqs, s.max_len)
+        full_windows = _training_windows(seqs, s.max_len) if validate and s.finetune_epochs else windows
+        val = [(train_seqs[u][0], train_seqs[u][1], int(seqs[u][0][-1])) for u in val_users] if validate else []
+        val.sort(key=lambda v: min(len(v[0]), s.max_len))  # similar lengths batch together: little padding
+
+        threads = s.threads or _cores()
+        self.model = self._new_model()
+        report: dict[str, Any] = {"windows": len(windows), "val_users": len(val), "epochs": 0, "best_epoch": 0,
+                                  "val_ndcg10": None, "val_hr10": None, "stopped": "max_epochs"}
+        if not windows:
+            self._finish(report, t_start)
+            return self
+        opt = (torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
+               if s.weight_decay else torch.optim.Adam(self.model.parameters(), lr=s.lr, betas=(0.9, 0.98)))
+        best, best_ce, best_state, bad = -1.0, math.inf, None, 0
+        bar = _Progress(s.progress, s.max_epochs + s.finetune_epochs)
+        try:
+            with _torch_threads(threads):
+                for epoch in range(1, s.max_epochs + 1):
+                    loss = self._epoch(windows, opt, rng)
+                    report["epochs"] = epoch
+                    if validate:
+                        hr, ndcg, ce = self._validate(val)
+                        # better NDCG@10, or as good with a lower held-out cross-entropy (tiny tasks saturate)
+                        if ndcg > best + 1e-9 or (ndcg >= best - 1e-9 and ce < best_ce):
+                            best, best_ce, bad = max(ndcg, best), ce, 0
+                            best_state = copy.deepcopy(self.model.state_dict())
+                            report.update(best_epoch=epoch, val_ndcg10=round(ndcg, 5), val_hr10=round(hr, 5),
+                                          val_ce=round(ce, 4))
+                        else:
+                            bad += 1
+                        bar.update(loss=loss, ndcg10=ndcg, best=best)
+                        if bad >= s.patience:
+                            report["stopped"] = "early"
+                            break
+                    else:
+                        bar.update(loss=loss)
+                    if time.perf_counter() > deadline:
+                        report["stopped"] = "time"
+                        break
+                if best_state is not None:
+                    self.model.load_state_dict(best_state)
+                report["train_seconds"] = round(time.perf_counter() - t_start, 1)
+                done = 0
+                for _ in range(s.finetune_epochs if validate else 0):
+                    if time.perf_counter() > deadline:
+                        break
+                    loss = self._epoch(full_windows, opt, rng)
+                    done += 1
+                    bar.update(loss=loss, finetune=done)
+                report["finetune_epochs"] = done
+        finally:
+            bar.close()
+        self._finish(report, t_start)
+        return self
+
+    def _finish(self, report: dict[str, Any], t_start: float) -> None:
+        import torch
+
+        if self.model is None:
+            self.model = self._new_model()
+        self.model.eval()
+        with torch.no_grad():
+            self.item_vectors = self.model.item_weights().detach().numpy().astype(np.float32, copy=True)
+        t0 = time.perf_counter()
+        self._build_index()
+        report["index_seconds"] = round(time.perf_counter() - t0, 1)
+        report["seconds"] = round(time.perf_counter() - t_start, 1)
+        self.report = report
+
+    def _build_index(self) -> None:
+        s = self.settings
+        self.index = HNSWIndex(m=s.hnsw_m, ef_construction=s.hnsw_ef_construction, ef_search=s.hnsw_ef_search,
+                               seed=s.seed)
+        self.index.build(np.arange(self.n_items, dtype=np.int64), self.item_vectors)
+
+    def _batches(self, windows: list, rng: np.random.Generator) -> Iterator[list]:
+        """Shuffled batches of windows of similar length (little padding), in shuffled order."""
+        bs = self.settings.batch_size
+        perm = rng.permutation(len(windows))
+        chunk = bs * 50
+        batches = []
+        for c in range(0, len(perm), chunk):
+            part = perm[c:c + chunk]
+            part = part[np.argsort([len(windows[i][0]) for i in part], kind="stable")]
+            batches += [part[b:b + bs] for b in range(0, len(part), bs)]
+        for b in rng.permutation(len(batches)):
+            yield [windows[i] for i in batches[b]]
+
+    def _epoch(self, windows: list, opt: Any, rng: np.random.Generator) -> float:
+        import torch
+
+        model = self.model
+        model.train()
+        total, count = 0.0, 0
+        for batch in self._batches(windows, rng):
+            items = torch.from_numpy(_pad([w[0] for w in batch]))
+            kinds = torch.from_numpy(_pad([w[1] for w in batch]))
+            target = torch.from_numpy(_pad([w[2] for w in batch], fill=-1))
+            valid = target >= 0
+            h = model(items, kinds)[valid]
+            loss = model.full_softmax_ce(h, model.item_weights(), target[valid])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(h)
+            count += len(h)
+        return total / max(count, 1)
+
+    def _validate(self, val: list[tuple[np.ndarray, np.ndarray, int]], batch: int = 1024
+                  ) -> tuple[float, float, float]:
+        """HR@10, NDCG@10 (full ranking, the shopper's history excluded) and cross-entropy of the held-out items."""
+        import torch
+
+        model = self.model
+        model.eval()
+        hits, ndcg, ce = 0.0, 0.0, 0.0
+        with torch.inference_mode():
+            weights = model.item_weights()
+            for start in range(0, len(val), batch):
+                part = val[start:start + batch]
+                vecs = self._encode_torch([p[0][-self.settings.max_len:] for p in part],
+                                          [p[1][-self.settings.max_len:] for p in part])
+                scores = vecs @ weights.T
+                target = torch.tensor([p[2] for p in part])
+                ce += float((torch.logsumexp(scores, 1) - scores[torch.arange(len(part)), target]).sum())
+                rows = np.concatenate([np.full(len(p[0]), r) for r, p in enumerate(part)])
+                cols = np.concatenate([p[0] for p in part])
+                scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = -torch.inf
+                t = scores[torch.arange(len(part)), target]
+                rank = torch.count_nonzero(scores > t[:, None], dim=1).double()
+                rank[torch.isinf(t)] = 1e9  # a held-out item already in the history cannot be recommended
+                hit = rank < 10
+                hits += float(hit.sum())
+                ndcg += float(torch.where(hit, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank)).sum())
+        return hits / len(val), ndcg / len(val), ce / len(val)
+
+    # ---- encoding and scoring --------------------------------------------------------------------------
+    def _encode_torch(self, items: Sequence[np.ndarray], kinds: Sequence[np.ndarray]) -> Any:
+        """Shopper vectors (B, dim) of non-empty catalog-index sequences (oldest first, at most max_len)."""
+        import torch
+
+        lengths = torch.tensor([len(x) for x in items])
+        it = torch.from_numpy(_pad([np.asarray(x, np.int64) + 1 for x in items]))
+        kd = torch.from_numpy(_pad([np.asarray(x, np.int64) for x in kinds]))
+        h = self.model(it, kd)
+        return h[torch.arange(len(items)), lengths - 1]
+
+    def encode(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with a non-empty sequence, their shopper vectors) — one forward pass for the batch."""
+        import torch
+
+        s = self.settings
+        seqs = [query_sequence(q, s.max_len) for q in queries]
+        rows = np.array([r for r, (it, _) in enumerate(seqs) if len(it)], np.int64)
+        if self.model is None or not len(rows):
+            return rows, np.zeros((len(rows), s.dim), np.float32)
+        small = len(rows) <= max(s.ann_max_batch, 1)
+        out = np.empty((len(rows), s.dim), np.float32)
+        with _torch_threads(1 if small else (s.threads or _cores())), torch.inference_mode():
+            self.model.eval()
+            if small:  # the request path: one forward pass for the batch
+                vecs = self._encode_torch([seqs[r][0] for r in rows], [seqs[r][1] for r in rows])
+                out[:] = vecs.numpy()
+            else:  # big offline batches: forward passes over shoppers of similar history length
+                by_len = np.argsort([len(seqs[r][0]) for r in rows], kind="stable")
+                for c in range(0, len(by_len), 512):
+                    part = by_len[c:c + 512]
+                    vecs = self._encode_torch([seqs[rows[i]][0] for i in part], [seqs[rows[i]][1] for i in part])
+                    out[part] = vecs.numpy()
+        return rows, out
+
+    def candidates(self, vectors: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, inner products) per shopper vector: HNSW for small batches, else exact."""
+        if exact is None:
+            exact = len(vectors) > self.settings.ann_max_batch or self.index is None
+        if exact:
+            idx = ExactIndex()
+            idx.keys, idx.vectors = np.arange(self.n_items, dtype=np.int64), self.item_vectors
+            return idx.search(vectors, k)
+        assert self.index is not None
+        return self.index.search(vectors, k)
+
+    def score(self, queries: Sequence[Query]) -> np.ndarray:
+        out = np.zeros((len(queries), self.n_items), np.float32)
+        rows, vecs = self.encode(queries)
+        if not len(rows) or not self.n_items:
+            return out
+        keys, scores = self.candidates(vecs, self.settings.candidates)
+        ok = keys >= 0
+        rel = np.exp(np.where(ok, scores - scores[:, :1], -np.inf)).astype(np.float32)
+        r = np.broadcast_to(rows[:, None], keys.shape)
+        out[r[ok], keys[ok]] = rel[ok]
+        return out
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        import torch
+
+        torch.save(self.model.state_dict(), path / "sequence.pt")
+        meta = {"settings": self.settings.model_dump(mode="json"), "n_items": self.n_items, "report": self.report}
+        (path / "sequence.json").write_text(json.dumps(meta, indent=1))
+        if self.index is not None:
+            self.index.save(path / "sequence_hnsw.bin")
+
+    @classmethod
+    def load(cls, path: Path) -> "SequenceRetriever":
+        import torch
+
+        meta = json.loads((path / "sequence.json").read_text())
+        obj = cls(SequenceSettings.model_validate(meta["settings"]))
+        obj.n_items = int(meta["n_items"])
+        obj.report = meta.get("report", {})
+        obj.model = obj._new_model()
+        obj.model.load_state_dict(torch.load(path / "sequence.pt", weights_only=True))
+        obj.model.eval()
+        with torch.no_grad():
+            obj.item_vectors = obj.model.item_weights().detach().numpy().astype(np.float32, copy=True)
+        s = obj.settings
+        if (path / "sequence_hnsw.bin").exists():
+            obj.index = HNSWIndex.load(path / "sequence_hnsw.bin", dim=s.dim, m=s.hnsw_m,
+                                       ef_construction=s.hnsw_ef_construction, ef_search=s.hnsw_ef_search)
+        else:
+            obj._build_index()
+        return obj
+
+
+__all__ = ["SequenceRetriever", "collapse", "query_sequence", "user_sequences"]

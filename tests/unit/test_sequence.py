@@ -1,0 +1,147 @@
+"""The sequence model (SASRec-style transformer): learns a known sequential rule, persists exactly, serves live."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from shelfwise.domain import EventType
+from shelfwise.retrieval import Query, TrainData, build_retrievers, load_retriever
+from shelfwise.retrieval.base import ItemTable
+from shelfwise.retrieval.sequence import SequenceRetriever, collapse, query_sequence
+from shelfwise.settings import ModelSettings, PlacementSettings, SequenceSettings
+
+TINY = dict(dim=32, layers=1, heads=2, dropout=0.1, lr=5e-3, batch_size=64, max_len=12, patience=4,
+            progress=False, hnsw_m=16, hnsw_ef_construction=100, hnsw_ef_search=50, candidates=20)
+
+
+def chain_data(n_items=30, n_users=300, seed=0) -> TrainData:
+    """Every shopper walks the catalog in order: item i is always followed by item i+1 (mod n_items)."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        start, length = rng.integers(0, n_items), rng.integers(5, 12)
+        users += [u] * length
+        items += [(start + j) % n_items for j in range(length)]
+    user = np.array(users, np.int32)
+    n = len(user)
+    table = ItemTable.build([f"i{j:02d}" for j in range(n_items)], {})
+    return TrainData(table, np.array([f"u{u}" for u in range(n_users)], dtype=object), user,
+                     np.array(items, np.int32), np.zeros(n, np.int8), np.arange(n, dtype=np.float64),
+                     user.astype(np.int64), np.full(n, -1, np.int64), np.ones(n, np.float32))
+
+
+def hq(items, kinds=None) -> Query:
+    items = np.array(items, np.int32)
+    kinds = np.zeros(len(items), np.int8) if kinds is None else np.array(kinds, np.int8)
+    return Query(history=items, history_kind=kinds, history_ts=np.arange(len(items), dtype=np.float64))
+
+
+@pytest.fixture(scope="module")
+def chain_model():
+    data = chain_data()
+    model = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40)).fit(data)
+    return data, model
+
+
+def test_learns_item_i_is_followed_by_i_plus_1(chain_model):
+    data, model = chain_model
+    rng = np.random.default_rng(1)
+    starts = rng.integers(0, 30, 200)
+    queries = [hq([(s + j) % 30 for j in range(rng.integers(1, 6))]) for s in starts]
+    scores = model.score(queries)
+    predicted = scores.argmax(axis=1)
+    expected = np.array([(q.history[-1] + 1) % 30 for q in queries])
+    assert (predicted == expected).mean() >= 0.95
+    assert model.report["val_hr10"] >= 0.95 and model.report["best_epoch"] >= 1
+    assert scores.max(axis=1) == pytest.approx(1.0)  # exp(s - s_max): the best candidate scores 1
+    assert ((scores > 0).sum(axis=1) <= TINY["candidates"]).all()
+
+
+def test_ann_and_exact_paths_agree(chain_model):
+    data, model = chain_model
+    queries = [hq([i, (i + 1) % 30]) for i in range(30)]
+    vecs = model.encode(queries)[1]
+    ak, as_ = model.candidates(vecs, 10, exact=False)
+    ek, es = model.candidates(vecs, 10, exact=True)
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ak, ek)]) >= 0.98
+    assert np.allclose(as_[:, 0], es[:, 0], atol=1e-4)
+
+
+def test_batch_equals_single_requests_and_empty_history_has_no_evidence(chain_model):
+    data, model = chain_model
+    queries = [hq([3, 4, 5]), hq([]), hq([10]), Query(anchors=np.array([7], np.int32))]
+    batch = model.score(queries)
+    assert not batch[1].any()
+    for r, q in enumerate(queries):
+        assert np.allclose(model.score([q])[0], batch[r], atol=1e-5)
+    assert batch[3].argmax() == 8  # a product page: what follows the anchor item
+
+
+def test_save_load_round_trip_gives_identical_scores(tmp_path):
+    data = chain_data(n_users=120)
+    model = SequenceRetriever(SequenceSettings(**(TINY | {"ann_max_batch": 8}), max_epochs=3)).fit(data)
+    model.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"sequence.pt", "sequence.json", "sequence_hnsw.bin"}
+    back = load_retriever("sequence", tmp_path)
+    small = [hq([1, 2]), hq([5, 6, 7], [0, 1, 3])]  # ANN path
+    big = [hq([i % 30, (i + 1) % 30]) for i in range(40)]  # exact path (more than ann_max_batch)
+    for qs in (small, big):
+        assert np.array_equal(model.score(qs), back.score(qs))
+    assert back.report == model.report
+
+
+def test_collapse_and_query_sequence():
+    items, kinds = collapse(np.array([4, 4, 4, 7, 4]), np.array([0, 1, 3, 0, 0]))
+    assert items.tolist() == [4, 7, 4] and kinds.tolist() == [3, 0, 0]
+    q = Query(history=np.arange(60, dtype=np.int32), history_kind=np.zeros(60, np.int8),
+              anchors=np.array([99], np.int32))
+    items, kinds = query_sequence(q, max_len=50)
+    assert len(items) == 50 and items[-1] == 99 and items[-2] == 59 and kinds[-1] == EventType.product_viewed
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError):
+        SequenceRetriever(SequenceSettings(dim=30, heads=4))
+    assert "sequence" in build_retrievers(ModelSettings(), ("sequence",))
+
+
+def test_torch_is_not_imported_by_the_api_and_cli():
+    code = ("import sys, shelfwise.api.app, shelfwise.cli, shelfwise.retrieval, shelfwise.training; "
+            "assert 'torch' not in sys.modules and 'hnswlib' not in sys.modules, 'eager import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_api_answer_moves_after_new_views(settings):
+    from shelfwise.api.app import create_app
+    from shelfwise.service import Shelfwise
+    from shelfwise.training import fit_pipeline
+    from tests.conftest import tiny_catalog, tiny_events
+
+    settings.models.sequence = SequenceSettings(**TINY, max_epochs=15)
+    settings.models.placements["homepage"] = PlacementSettings(weights={"sequence": 1.0})
+    eng = Shelfwise(settings)
+    eng.upsert_items(tiny_catalog())
+    eng.ingest(tiny_events())
+    fitted = fit_pipeline(eng.store.scan(), eng.catalog, settings.models, sources=("trending", "sequence"))
+    version, path = eng.models.new_version()
+    fitted.pipeline.version = version
+    fitted.pipeline.save(path)
+    eng.models.publish(version)
+    eng.close()
+    with TestClient(create_app(settings)) as client:
+        def rail():
+            r = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 4})
+            assert r.status_code == 200 and r.json()["model_version"] == version
+            return r.json()["items"]
+
+        before = rail()
+        assert before and all(x["sources"] == ["sequence"] for x in before)
+        events = [{"event_id": f"seq-{i}", "type": "product_viewed", "user_id": "u1", "session_id": "new",
+                   "item_id": item, "timestamp": f"2026-11-30T10:0{i}:00Z"} for i, item in enumerate(["p3", "c3"])]
+        assert client.post("/v1/events", json=events).status_code == 202
+        after = rail()
+        assert [x["item_id"] for x in after] != [x["item_id"] for x in before]
+        assert all(x["sources"] == ["sequence"] for x in after)
