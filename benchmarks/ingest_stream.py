@@ -132,7 +132,7 @@ def main() -> None:
             "publish_s": round(published["done"], 2),
             "end_to_end_s": round(total, 2), "events_per_s": round(n / total),
             "publish_events_per_s": round(len(events) / published["done"]) if published["done"] else None,
-            "cpu_count": os.cpu_count(),
+            "cpu_count": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 1),
         }
         print(json.dumps(res, indent=2))
         if args.json:

@@ -89,6 +89,30 @@ def loadgen(args: argparse.Namespace) -> None:
                       "p99_ms": round(float(np.percentile(lat, 99)), 2)}))
 
 
+def state_latency(redis_url: str, prefix: str, n: int = 20_000) -> list[dict]:
+    """The online-state read of a request in isolation: get() of one cached shopper (50 recent events)."""
+    from shelfwise.stores import open_online_state
+    from shelfwise.stores.protocols import Interaction, ShopperState
+
+    out = []
+    for name, dsn in (("memory://", "memory://"), ("redis://", f"{redis_url}?prefix={prefix}lat:")):
+        online = open_online_state(dsn, 50)
+        shoppers = [f"u{i:05d}" for i in range(1000)]
+        recent = [Interaction(f"i{j:06d}", j % 3, 1.79e9 + j) for j in range(50)]
+        online.put({s: ShopperState(recent=recent, purchased={"i000001"}) for s in shoppers})
+        lat = []
+        for i in range(n):
+            t = time.perf_counter()
+            online.get([shoppers[i % 1000]])
+            lat.append(time.perf_counter() - t)
+        online.clear()
+        ms = np.array(lat) * 1000
+        out.append({"online_state": name, "get_p50_ms": round(float(np.percentile(ms, 50)), 4),
+                    "get_p99_ms": round(float(np.percentile(ms, 99)), 4)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def run(cmd: list[str], env: dict[str, str], log: Path) -> None:
     with log.open("ab") as fh:
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
@@ -160,6 +184,7 @@ def main() -> None:
     size = ["--items", "3000", "--shoppers", "5000", "--events", "150000", "--seed", "7"]
     results = []
     rc = redis.Redis.from_url(args.redis)
+    state: list[dict] = []
     try:
         print("generating and training (embedded) …", flush=True)
         run(CLI + ["generate", *size], base, log)
@@ -169,6 +194,7 @@ def main() -> None:
         shoppers = data / "shoppers.txt"
         shoppers.write_text("\n".join(np.random.default_rng(1).permutation(users).tolist()))
         only = set(args.only.split(","))
+        state = state_latency(args.redis, prefix)
         if "embedded" in only:
             results.append(serve_and_measure("embedded (SQLite + in-process state)", base, 1, args, shoppers, log))
         redis_env = {**base, "SHELFWISE_STORES__ONLINE": f"{args.redis}?prefix={prefix}"}
@@ -193,7 +219,8 @@ def main() -> None:
             rc.delete(*keys)
         with psycopg.connect(args.postgres, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    doc = {"concurrency": args.concurrency, "seconds": args.seconds, "cpu_count": os.cpu_count(), "results": results}
+    doc = {"concurrency": args.concurrency, "seconds": args.seconds, "cpu_count": os.cpu_count(),
+           "load_average_1m_at_end": round(os.getloadavg()[0], 1), "online_state_get": state, "results": results}
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
