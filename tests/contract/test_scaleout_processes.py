@@ -1,0 +1,94 @@
+"""The multi-process deployment end to end: `shelfwise serve --workers 2` and `shelfwise worker --consumers 2`
+against PostgreSQL, Redis online state and a Redis stream; plus the CLI's guard rails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from shelfwise.cli import app
+from shelfwise.stores.postgres import PostgresStore
+from shelfwise.stores.redis_state import RedisOnlineState
+from tests.conftest import tiny_catalog, tiny_events, view
+
+from conftest import redis_prefix
+
+CLI = [sys.executable, "-m", "shelfwise.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_refuses_what_cannot_work(settings, monkeypatch):
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "--workers", "2"])
+    assert r.exit_code == 2 and "redis://" in r.output  # in-process state is not shared between processes
+    r = runner.invoke(app, ["worker"])
+    assert r.exit_code == 2 and "needs no worker" in r.output
+
+
+def test_api_replicas_and_workers_share_one_state(pg_dsn, redis_url, tmp_path: Path):
+    prefix = redis_prefix(redis_url)
+    bus = f"redis-stream{redis_url.split('?')[0][len('redis'):]}?stream={prefix}events&claim_idle_ms=1000"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
+    env.update({"SHELFWISE_DATA_DIR": str(tmp_path / "data"), "SHELFWISE_STORES__EVENTS": pg_dsn,
+                "SHELFWISE_STORES__ONLINE": redis_url, "SHELFWISE_STORES__BUS": bus})
+    port = free_port()
+    log = tmp_path / "processes.log"
+    procs = [subprocess.Popen(CLI + ["worker", "--consumers", "2"], env=env, stdout=log.open("ab"),
+                              stderr=subprocess.STDOUT),
+             subprocess.Popen(CLI + ["serve", "--port", str(port), "--workers", "2"], env=env,
+                              stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)]
+    store = PostgresStore(pg_dsn)
+    online = RedisOnlineState(redis_url, history_length=50)
+    try:
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, log.read_text()
+            try:
+                if http.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert http.put("/v1/items", json=[it.model_dump(mode="json") for it in tiny_catalog()]).status_code == 200
+        events = tiny_events()
+        r = http.post("/v1/events", json=[ev.model_dump(mode="json") for ev in events])
+        assert r.status_code == 202 and r.json()["stored"] == len(events)  # accepted: appended to the stream
+        while store.count() < len(events):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        # Whichever API process answers, it reads the shopper through to PostgreSQL and caches it in Redis …
+        assert http.get("/v1/recommendations/homepage", params={"user_id": "u1"}).status_code == 200
+        assert [i.item_id for i in online.get(["u1"])["u1"].recent] == ["p1", "c1", "p2", "p0"]
+        # … and a new event of that shopper, processed by a worker, lands in the shared online state.
+        late = view("late-1", "u1", "h1", 10_000)
+        assert http.post("/v1/events", json=[late.model_dump(mode="json")]).json()["stored"] == 1
+        while (online.get(["u1"])["u1"].recent or [None])[-1] is None or \
+                online.get(["u1"])["u1"].recent[-1].item_id != "h1":
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert store.count() == len(events) + 1
+    finally:
+        procs[0].send_signal(signal.SIGTERM)
+        os.killpg(procs[1].pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        store.close()
+        online.close()
+    assert procs[0].returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
