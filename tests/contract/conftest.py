@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from contract_helpers import tag as _tag
 from shelfwise.stores._dsn import with_scheme
 
 DEFAULTS = {
@@ -41,10 +42,6 @@ def backend_setting(var: str) -> str:
     if value == "":
         pytest.skip(f"{var} is set to the empty string: backend disabled by the user")
     return value
-
-
-def _tag() -> str:
-    return f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------------------
@@ -87,10 +84,6 @@ def redis_url() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
-
-
-def redis_prefix(url: str) -> str:
-    return url.rsplit("prefix=", 1)[1]
 
 
 # ---- pgvector (embedded PostgreSQL 18) ---------------------------------------------------------------------------
@@ -138,11 +131,6 @@ def kafka_bootstrap() -> Iterator[str]:
     md = holder.list_topics(timeout=10)
     yield ",".join(f"{b.host}:{b.port}" for b in md.brokers.values())
     holder.flush(1)
-
-
-def kafka_dsn(bootstrap: str, **opts: str) -> str:
-    extra = "".join(f"&{k}={v}" for k, v in opts.items())
-    return f"kafka://{bootstrap}/swtest-{_tag()}?group=g{_tag()}&group.protocol=consumer&log_level=2{extra}"
 
 
 # ---- factories shared by the suites ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from shelfwise.stores.memory import MemoryOnlineState
 from shelfwise.stores.sqlite import SQLiteStore
 from tests.conftest import buy, view
 
-from conftest import kafka_dsn, redis_prefix
+from contract_helpers import kafka_dsn, redis_prefix
 
 
 class Recorder(EventProcessor):

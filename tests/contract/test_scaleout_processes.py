@@ -19,7 +19,7 @@ from shelfwise.stores.postgres import PostgresStore
 from shelfwise.stores.redis_state import RedisOnlineState
 from tests.conftest import tiny_catalog, tiny_events, view
 
-from conftest import redis_prefix
+from contract_helpers import redis_prefix
 
 CLI = [sys.executable, "-m", "shelfwise.cli"]
 

@@ -18,7 +18,7 @@ from shelfwise.stores.memory import MemoryOnlineState
 from shelfwise.stores.postgres import PostgresStore
 from tests.conftest import view
 
-from conftest import redis_prefix
+from contract_helpers import redis_prefix
 
 N = 12_000
 
