@@ -276,3 +276,17 @@ def test_ack_after_commit_reports_real_outcomes(harness):
     with pytest.raises(BusTimeout):
         slow.publish(events(3, prefix="late"))  # no worker running: queued, not committed in time
     harness.drain(28)
+
+
+@pytest.mark.parametrize("harness", ["redis-stream"], indirect=True)  # Kafka: the recovery test above
+def test_a_restarted_consumer_resumes_its_own_pending_entries_at_once(harness):
+    """A worker restarted under the same name (same host and pid slot) first re-reads what it held, without
+    waiting for claim_idle_ms."""
+    harness.bus.publish(events(30))
+    b = harness.bus
+    taken = b.redis.xreadgroup(b.group, "same-name", {b.stream: ">"}, count=30)  # then the process dies
+    assert len(taken[0][1]) == 30 and b.pending_count() == 30
+    b.claim_idle_ms = 3_600_000  # nobody else may take them over
+    restarted = harness.consumer("same-name")
+    assert restarted.poll(timeout_s=0.1) == 30
+    assert harness.store.count() == 30 and b.pending_count() == 0
