@@ -125,8 +125,14 @@ def shop(tmp_path_factory):
             mp.delenv(key, raising=False)
     data = tmp_path_factory.mktemp("rank")
     settings = load_settings(data_dir=data)
-    settings = settings.model_copy(update={"models": settings.models.model_copy(
-        update={"ranker": RankerSettings(**FAST)})})
+    models = settings.models
+    home = models.placements["homepage"]
+    if hasattr(home, "score"):  # relevance only after ranking (no business terms), so orders compare exactly
+        home = home.model_copy(update={"score": type(home.score)(trend=0, stock=0, margin=0, freshness=0,
+                                                                 seasonality=0)})
+    models = models.model_copy(update={"ranker": RankerSettings(**FAST),
+                                       "placements": {**models.placements, "homepage": home}})
+    settings = settings.model_copy(update={"models": models})
     eng = Shelfwise(settings)
     store = generate_storefront(n_items=400, n_shoppers=400, n_events=12_000, seed=3)
     eng.upsert_items(store.items)
@@ -258,3 +264,46 @@ def test_prefix_sources_never_see_labelled_events(shop):
     prefix = fit_pipeline(split.prefix, shop.catalog, without_ranker(s), ("trending", "covisit"))
     assert prefix.pipeline.trained_until < min(p.ts for p in split.points)
     assert prefix.pipeline.ranker is None
+
+
+# ---- the exposure log ------------------------------------------------------------------------------------
+def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
+    from shelfwise.ranking.exposures import exposure_points, read_exposures
+    from shelfwise.ranking.features import ItemStats
+    from shelfwise.ranking.labels import build_rows
+    from shelfwise.rules.log import Exposure, SQLiteExposureLog
+
+    log = hand_made()
+    xlog = SQLiteExposureLog(tmp_path / "x.db", retention_days=100_000)
+    # a's request at minute 100.5 showed [v, q, w]: a then carted and bought w (shown at position 2)
+    xlog.record([Exposure("r1", 100.5 * 60, "a", "homepage", ["v", "q", "w"], [3.0, 2.0, 1.0]),
+                 Exposure("r2", 100.5 * 60, "zz", "homepage", ["v"], [1.0]),  # unknown shopper: skipped
+                 Exposure("r3", 100.5 * 60, "a", "pdp_fbt", ["v"], [1.0])])  # another placement
+    xlog.flush()
+    xlog.close()
+    rows = read_exposures(tmp_path / "x.db", "homepage")
+    assert sorted(rows.request_id.tolist()) == ["r1", "r1", "r1", "r2"]
+    assert read_exposures(tmp_path / "missing.db", "homepage").item.shape == (0,)
+    points = exposure_points(rows, log, label_horizon=3)
+    assert len(points) == 1
+    p = points[0]
+    assert p.positions == {"v": 0, "q": 1, "w": 2}
+    assert p.labels == {"w": 3}  # the next 3 interactions: w viewed, carted, bought
+    assert [h.item_id for h in p.history] == ["x", "y", "z"] and all(h.ts < p.ts for h in p.history)
+    # in the training rows the bought w (shown at position 2) weighs 3 = 1 / P(examined at position 2)
+    catalog_items = sorted(set(log.item.tolist()))
+    from shelfwise.domain import Item
+
+    cat = [Item(id=i) for i in catalog_items]
+    s = settings.models
+
+    class Cat:
+        def all(self):
+            return cat
+
+    fitted = fit_pipeline(log, Cat(), without_ranker(s), ("trending", "covisit"))
+    spec = FeatureSpec.from_pipeline(fitted.pipeline, "homepage")
+    rows_ = build_rows(fitted.pipeline, ItemStats.fit(fitted.data), spec, points, "homepage", 10)
+    assert rows_.with_positive == 1
+    assert rows_.weight[rows_.y == 3].tolist() == [3.0]
+    assert set(rows_.weight[rows_.y == 0].tolist()) == {1.0}

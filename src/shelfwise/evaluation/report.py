@@ -136,6 +136,18 @@ def plot_split(split: dict, out: Path, prefix: str) -> list[str]:
     return files
 
 
+def importance_table(split: dict, top: int = 15) -> list[str]:
+    """The learned ranker's feature importances (share of total gain), for models that have one."""
+    lines: list[str] = []
+    for name, m in split["models"].items():
+        imp = m.get("importances") or {}
+        if imp:
+            lines += [f"Feature importances of `{name}` (share of total split gain, top {top} of {len(imp)}):", "",
+                      "| feature | gain |", "|---|---:|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in list(imp.items())[:top]] + [""]
+    return lines
+
+
 def dataset_section(result: dict, out: Path, plots: bool = True) -> list[str]:
     d = result["dataset"]
     lines = [f"## {d['name']} ({d['format']})", "",
@@ -148,6 +160,7 @@ def dataset_section(result: dict, out: Path, plots: bool = True) -> list[str]:
                   f"{split['users']} shoppers evaluated; {split['train_events']} training events.", ""]
         lines += metric_table(split) + [""]
         lines += segment_table(split) + [""]
+        lines += importance_table(split)
         if plots:
             for f in plot_split(split, out, d["name"]):
                 lines.append(f"![{f}]({f})")

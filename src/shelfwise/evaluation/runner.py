@@ -41,19 +41,21 @@ class ModelSpec:
     name: str
     sources: tuple[str, ...]
     weights: dict[str, float]
+    ranker: bool = False  # the learned ranker (ranking/) re-scores the blend's top N
 
     def settings(self, base: ModelSettings) -> ModelSettings:
         placements = dict(base.placements)
         home = placements[PLACEMENT]
         placements[PLACEMENT] = PlacementSettings(weights=dict(self.weights), exclude_history=home.exclude_history)
-        return base.model_copy(update={"placements": placements})
+        ranker = base.ranker.model_copy(update={"enabled": self.ranker})
+        return base.model_copy(update={"placements": placements, "ranker": ranker})
 
 
 def model_spec(name: str, settings: ModelSettings) -> ModelSpec:
     """``default`` = the homepage pipeline as configured; a baseline or source name = a pipeline of that source."""
-    if name == "default":
+    if name in ("default", "ranker"):  # ranker: the configured blend + the learned ranker over its top N
         weights = {s: w for s, w in settings.placements[PLACEMENT].weights.items() if w > 0}
-        return ModelSpec("default", tuple(weights), weights)
+        return ModelSpec(name, tuple(weights), weights, ranker=name == "ranker")
     source = {"popularity": "trending", "pop": "trending", "itemknn": "covisit"}.get(name, name)
     return ModelSpec(name, (source,), {source: 1.0})
 
@@ -69,6 +71,7 @@ class ModelResult:
     fit_s: float
     recommend_s: float
     fit_detail: dict[str, float] = field(default_factory=dict)
+    importances: dict[str, float] = field(default_factory=dict)  # the ranker's feature importances (gain)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -139,6 +142,8 @@ def evaluate_model(spec: ModelSpec, split: Split, dataset: Dataset, settings: Mo
                    segment_threshold: int = 0, export: Path | None = None,
                    report: Report | None = None) -> ModelResult:
     model_settings = spec.settings(settings)
+    if spec.ranker:  # leave-one-out: rows labelled by each shopper's last training item; temporal: a time cut
+        model_settings.ranker.split = "last" if split.protocol == "loo" else "time"
     stage = f"{split.name} · {spec.name}"
     if report:
         report(f"{stage}: fitting", 0, None)
@@ -159,7 +164,8 @@ def evaluate_model(spec: ModelSpec, split: Split, dataset: Dataset, settings: Mo
         coverage={f"@{k}": M.coverage(lists, n_items, k) for k in ks},
         long_tail={f"@{k}": M.long_tail_share(lists, tail or set(), k) for k in ks},
         segments=segments, fit_s=round(fit_s, 2), recommend_s=round(rec_s, 2),
-        fit_detail={k: round(v, 2) for k, v in fitted.seconds.items()})
+        fit_detail={k: round(v, 2) for k, v in fitted.seconds.items()},
+        importances=fitted.pipeline.ranker.importances() if fitted.pipeline.ranker is not None else {})
     if export is not None:
         export.parent.mkdir(parents=True, exist_ok=True)
         with export.open("w") as fh:
@@ -193,7 +199,7 @@ def evaluate_split(split: Split, dataset: Dataset, settings: ModelSettings, mode
 def known_models(settings: ModelSettings) -> list[str]:
     from shelfwise.retrieval import build_retrievers
 
-    names = list(DEFAULT_MODELS)
+    names = list(DEFAULT_MODELS) + ["ranker"]
     for source in ("copurchase", *SOURCES):
         if source not in names and source != "trending":
             try:

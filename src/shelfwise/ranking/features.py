@@ -184,14 +184,35 @@ def _hours_since(eq: np.ndarray, ts: np.ndarray, now: np.ndarray) -> np.ndarray:
 
 
 def _cos_rows(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    return v / np.maximum(np.sqrt((v * v).sum(axis=-1, keepdims=True)), 1e-12)
 
 
-def _sparse_dot(rows_m: sp.csr_matrix, dense: np.ndarray, group: int) -> np.ndarray:
-    """Row r of ``rows_m`` dotted with ``dense[r // group]`` (vectorised over the non-zeros)."""
-    nnz_row = np.repeat(np.arange(rows_m.shape[0]), np.diff(rows_m.indptr))
-    vals = rows_m.data * dense[nnz_row // group, rows_m.indices]
-    return np.bincount(nnz_row, weights=vals, minlength=rows_m.shape[0])
+def _gather(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-zeros of the given CSR rows (flattened): (position in ``rows``, column, value) — plain numpy, no
+    scipy object construction (this runs per request)."""
+    rows = rows.ravel()
+    start, count = m.indptr[rows], m.indptr[rows + 1] - m.indptr[rows]
+    total = int(count.sum())
+    owner = np.repeat(np.arange(len(rows)), count)
+    at = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+    return owner, m.indices[at], m.data[at]
+
+
+def _tag_profiles(m: sp.csr_matrix, rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B, n_tags) L2-normalised sum of the tag rows of each request's (valid) items."""
+    b, h = rows.shape
+    owner, col, val = _gather(m, np.where(valid, rows, 0))
+    keep = valid.ravel()[owner]
+    prof = np.zeros((b, m.shape[1]), np.float32)
+    np.add.at(prof, (owner[keep] // h, col[keep]), val[keep])
+    return _cos_rows(prof)
+
+
+def _tag_dot(m: sp.csr_matrix, cand: np.ndarray, prof: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate's tags (B, N) with its request's profile (B, n_tags)."""
+    b, n = cand.shape
+    owner, col, val = _gather(m, cand)
+    return np.bincount(owner, weights=val * prof[owner // n, col], minlength=b * n).reshape(b, n)
 
 
 def device_code(device: Any) -> int:
@@ -288,14 +309,8 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
     put(np.log(price) - hp_mean[:, None])
     tags = stats.tags
     if tags.shape[1] and tags.shape[0] == len(items):
-        recent = hi[:, -PROFILE:]
-        rr, cc = np.nonzero(recent >= 0)
-        prof = sp.csr_matrix((np.ones(len(rr), np.float32), (rr, recent[rr, cc])), shape=(b, len(items)))
-        prof = _cos_rows((prof @ tags).toarray())
-        ctags = tags[c.ravel()]
-        put(_sparse_dot(ctags, prof, n).reshape(b, n))
-        lastp = tags[last].toarray() * has[:, None]
-        put(_sparse_dot(ctags, lastp, n).reshape(b, n))
+        put(_tag_dot(tags, c, _tag_profiles(tags, hs[:, -PROFILE:], hv[:, -PROFILE:])))
+        put(_tag_dot(tags, c, _tag_profiles(tags, last[:, None], has[:, None])))
     else:
         put(np.nan)
         put(np.nan)
@@ -309,10 +324,10 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
             continue
         ec = _cos_rows(e[c])
         el = _cos_rows(e[last])
-        put(np.where(has[:, None], np.einsum("bnd,bd->bn", ec, el), np.nan))
+        put(np.where(has[:, None], np.matmul(ec, el[:, :, None])[:, :, 0], np.nan))
         recent = hs[:, -EMB_HISTORY:]
         eh = (_cos_rows(e[recent]) * hv[:, -EMB_HISTORY:, None]).sum(axis=1)
-        put(np.where(has[:, None], np.einsum("bnd,bd->bn", ec, _cos_rows(eh)), np.nan))
+        put(np.where(has[:, None], np.matmul(ec, _cos_rows(eh)[:, :, None])[:, :, 0], np.nan))
 
     # ---- session --------------------------------------------------------------------------------------
     put(np.log1p(hl)[:, None])

@@ -69,6 +69,14 @@ def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings",
     seconds: dict[str, float] = {}
     gap = settings.covisit.session_gap_minutes * 60.0
     split = split_history(log, rs, settings.history_length, gap)
+    exposure_points = 0
+    if rs.exposure_log and rs.split == "time" and np.isfinite(split.cut):  # logged impressions, IPW by position
+        from shelfwise.ranking.exposures import exposure_points as to_points, read_exposures
+
+        logged = to_points(read_exposures(rs.exposure_log, rs.placements[0], since=split.cut), log,
+                           settings.history_length, gap, rs.label_horizon)
+        split.points += logged
+        exposure_points = len(logged)
     seconds["split"] = time.perf_counter() - t0
     if prefix is None:
         if progress:
@@ -95,6 +103,7 @@ def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings",
     ranker.stats = ItemStats.fit(final_data, items)
     seconds["total"] = time.perf_counter() - t0
     report: dict[str, Any] = {"split": rs.split, "cut": split.cut, "points": len(split.points),
+                              "exposure_points": exposure_points,
                               "points_with_positive": rows.with_positive,
                               "candidate_recall": round(rows.with_positive / max(len(split.points), 1), 4),
                               "prefix_events": len(split.prefix), "placement": placement,
