@@ -74,8 +74,8 @@ class Reranker:
         conflicts: list[list[str]] = [[] for _ in range(n_req)]
         plain = [r for r in range(n_req) if lam >= 1 and (plans is None or plans[r].eff.constraints.empty)]
         if plain:
-            t, s = top_k(total[plain], kmax)
-            top[plain], scores[plain] = t, s
+            t, s = top_k(total[plain], kmax)  # at most n_items columns
+            top[plain, : t.shape[1]], scores[plain, : t.shape[1]] = t, s
             for r, tr, sr in zip(plain, t, s):
                 slates[r] = [Placed(int(j), float(x), "ranked") for j, x in zip(tr, sr) if np.isfinite(x)]
         for r in sorted(set(range(n_req)) - set(plain)):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shelfwise.rerank.mmr import Similarity
-from shelfwise.retrieval.base import top_k
 
 
 @dataclass
@@ -70,29 +69,116 @@ class Placed:
     penalty: float = 0.0  # (1 - lam) * max similarity to the items above, when diversity is on
 
 
-class _Pool:
-    """The best ``size`` candidates of a row (optionally within a mask), in score order."""
+def _top(values: np.ndarray, size: int) -> np.ndarray:
+    """Positions of the ``size`` largest finite values, best first (ties: lower position first)."""
+    n = len(values)
+    if size < n:
+        part = np.argpartition(-values, size - 1)[:size]
+    else:
+        part = np.arange(n)
+    part = part[np.isfinite(values[part])]
+    return part[np.lexsort((part, -values[part]))]
 
-    def __init__(self, row: np.ndarray, size: int, mask: np.ndarray | None = None):
-        self.row, self.mask, self.size = row, mask, size
-        self.build(size)
+
+class _Pool:
+    """The best ``size`` candidates of a row (optionally among ``members``), in score order."""
+
+    def __init__(self, row: np.ndarray, size: int, members: np.ndarray | None = None,
+                 start: np.ndarray | None = None):
+        self.row, self.members = row, members
+        if start is None:
+            self.build(size)
+        else:  # the matching part of a bigger pool: its best items are the best overall (no rebuild needed)
+            self._set(start, size, complete=False)
+            self.size = 0
+
+    def _set(self, idx: np.ndarray, size: int, complete: bool) -> None:
+        self.idx, self.score = idx, self.row[idx]
+        self.ids = idx.tolist()
+        self.size = size
+        self.complete = complete
+        self.cursor = 0  # plain ranking: every candidate before it is taken or capped (caps only tighten)
+        self.capped = np.zeros(len(idx), bool)
+        self.maxsim = np.zeros(len(idx), np.float32)
+        self.cap_groups: list[list[int]] | None = None
 
     def build(self, size: int) -> None:
-        src = self.row if self.mask is None else np.where(self.mask, self.row, -np.inf)
-        idx, s = top_k(src[None, :], size)
-        keep = np.isfinite(s[0])
-        self.idx, self.score = idx[0][keep], s[0][keep]
-        self.size = size
-        self.complete = size >= len(self.row) or len(self.idx) < size
-        self.maxsim = np.zeros(len(self.idx), np.float32)
+        if self.members is None:
+            idx = _top(self.row, size)
+            total = len(self.row)
+        else:
+            idx = self.members[_top(self.row[self.members], size)]
+            total = len(self.members)
+        self._set(idx, size, size >= total)
 
-    def grow(self, placed: list[int], sim: Similarity | None) -> bool:
+    def grow(self, placed: list[int], sim: Similarity | None, caps: "_Caps") -> bool:
         if self.complete:
             return False
-        self.build(self.size * 4)
+        self.build(max(self.size * 4, len(self.idx) + 1, 64))
         if sim is not None and placed:
             self.maxsim = sim.between(self.idx, np.array(placed)).max(axis=1)
+        caps.mark(self)
         return True
+
+
+class _Caps:
+    """Cap counters. Each cap's groups are folded with its scope (-1 = not counted) and read per pool as Python
+    lists, so checking a candidate costs a few list lookups; ``mark`` flags a pool's capped candidates at once."""
+
+    def __init__(self, caps: list[CapSpec]):
+        self.caps = caps
+        self.groups = [_scoped_groups(cap) for cap in caps]
+        self.counts: list[dict[int, int]] = [dict() for _ in caps]
+        self.relaxed = False
+        self.active = list(range(len(caps)))
+
+    def relax(self) -> None:
+        self.relaxed = True
+        self.active = [i for i, cap in enumerate(self.caps) if cap.strict]
+
+    def lists(self, p: "_Pool") -> list[list[int]]:
+        got = p.cap_groups
+        if got is None:
+            got = p.cap_groups = [g[p.idx].tolist() for g in self.groups]
+        return got
+
+    def ok_at(self, p: "_Pool", b: int) -> bool:
+        lists = self.lists(p)
+        for i in self.active:
+            g = lists[i][b]
+            if g >= 0 and self.counts[i].get(g, 0) >= self.caps[i].max:
+                return False
+        return True
+
+    def add(self, j: int) -> list[tuple[int, int]]:
+        """Count a placed item; returns the (cap, group) pairs that just became full."""
+        full = []
+        for i, cap in enumerate(self.caps):
+            g = int(self.groups[i][j])
+            if g >= 0:
+                n = self.counts[i].get(g, 0) + 1
+                self.counts[i][g] = n
+                if n == cap.max:
+                    full.append((i, g))
+        return full
+
+    def mark(self, p: "_Pool", which: list[tuple[int, int]] | None = None) -> None:
+        active = set(self.active)
+        pairs = which if which is not None else [(i, g) for i in active for g, n in self.counts[i].items()
+                                                 if n >= self.caps[i].max]
+        if which is None:
+            p.capped[:] = False
+        for i, g in pairs:
+            if i in active:
+                p.capped |= self.groups[i][p.idx] == g
+
+
+def _scoped_groups(cap: CapSpec) -> np.ndarray:
+    got = getattr(cap, "_scoped", None)
+    if got is None:
+        got = cap.group if cap.scope is None else np.where(cap.scope, cap.group, -1).astype(np.int32)
+        cap._scoped = got  # cached with the (cached) effects of a signature
+    return got
 
 
 def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray | None = None,
@@ -103,78 +189,81 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
     notes: list[str] = []
     diverse = sim is not None and lam < 1.0
     claims = _claims(row, k, c, pre, notes)
-    pinned = {v[1] for v in claims.values() if v[0] == "pin"}
     taken = np.zeros(len(row), bool)
-    if pinned:
-        taken[list(pinned)] = True
-    organic = _Pool(row, max(pool, 4 * k))
+    for v in claims.values():
+        if v[0] == "pin":
+            taken[v[1]] = True
+    caps = _Caps(c.caps)
+    size = max(pool, 4 * k)
+    organic = _Pool(row, size)
+    pools = [organic]
     slot_pools: dict[int, _Pool] = {}
-    finite = organic.score
-    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    lo, hi = (float(organic.score.min()), float(organic.score.max())) if len(organic.idx) else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
-    counts = [np.zeros(int(cap.group.max(initial=-1)) + 1, np.int32) for cap in c.caps]
     placed: list[Placed] = []
     chosen: list[int] = []
 
-    relaxed = [False]
-
-    def cap_ok(idx: np.ndarray) -> np.ndarray:
-        ok = np.ones(len(idx), bool)
-        for cap, cnt in zip(c.caps, counts):
-            if relaxed[0] and not cap.strict:
-                continue
-            g = cap.group[idx]
-            full = (g >= 0) & (cnt[np.maximum(g, 0)] >= cap.max)
-            if cap.scope is not None:
-                full &= cap.scope[idx]
-            ok &= ~full
-        return ok
-
     def pick(p: _Pool) -> tuple[int, float] | None:
         while True:
-            elig = ~taken[p.idx] & cap_ok(p.idx)
-            if elig.any():
-                if diverse and chosen:
-                    value = lam * (p.score - lo) / span - (1 - lam) * p.maxsim
-                    value = np.where(elig, value, -np.inf)
-                    b = int(np.argmax(value))
-                    return b, float((1 - lam) * p.maxsim[b])
-                return int(np.argmax(elig)), 0.0
-            if not p.grow(chosen, sim if diverse else None):
+            if diverse:
+                elig = ~(taken[p.idx] | p.capped)
+                if elig.any():
+                    if chosen:
+                        value = np.where(elig, lam * (p.score - lo) / span - (1 - lam) * p.maxsim, -np.inf)
+                        b = int(np.argmax(value))
+                        return b, float((1 - lam) * p.maxsim[b])
+                    return int(np.argmax(elig)), 0.0
+            else:
+                ids, n = p.ids, len(p.ids)
+                while p.cursor < n:
+                    if not taken[ids[p.cursor]] and (not c.caps or caps.ok_at(p, p.cursor)):
+                        return p.cursor, 0.0
+                    p.cursor += 1
+            if not p.grow(chosen, sim if diverse else None, caps):
                 return None
 
     def place(j: int, score: float, reason: str, rule: str | None, penalty: float) -> None:
         placed.append(Placed(j, score, reason, rule, penalty))
         chosen.append(j)
         taken[j] = True
-        for cap, cnt in zip(c.caps, counts):
-            g = cap.group[j]
-            if g >= 0 and (cap.scope is None or cap.scope[j]):
-                cnt[g] += 1
+        if c.caps:
+            full = caps.add(j)
+            if full and diverse:
+                for p in pools:
+                    caps.mark(p, full)
         if diverse:
-            for p in [organic, *slot_pools.values()]:
+            for p in pools:
                 if len(p.idx):
                     p.maxsim = np.maximum(p.maxsim, sim.between(p.idx, np.array([j]))[:, 0])
+
+    def relax() -> None:
+        caps.relax()
+        for p in pools:
+            p.cursor = 0
+            caps.mark(p)
+
+    def pin_score(j: int) -> float:
+        return float(row[j]) if np.isfinite(row[j]) else float(pre[j])
 
     pos = 0
     while len(placed) < k:
         claim = claims.pop(pos, None) if pos < k else None
         pos += 1
         if claim is not None and claim[0] == "pin":
-            j = claim[1]
-            place(j, float(row[j]) if np.isfinite(row[j]) else float(pre[j]), "pinned", claim[2], 0.0)
+            place(claim[1], pin_score(claim[1]), "pinned", claim[2], 0.0)
             continue
         got = None
         if claim is not None:  # a reserved slot
             spec: SlotSpec = claim[1]
-            key = id(spec)
-            if key not in slot_pools:
-                slot_pools[key] = _Pool(row, max(pool, 4 * k), spec.mask)
-                if diverse and chosen:
-                    sp_ = slot_pools[key]
-                    if len(sp_.idx):
-                        sp_.maxsim = sim.between(sp_.idx, np.array(chosen)).max(axis=1)
-            sp = slot_pools[key]
+            sp = slot_pools.get(id(spec))
+            if sp is None:
+                start = organic.idx[spec.mask[organic.idx]]
+                sp = slot_pools[id(spec)] = _Pool(row, size, _members(spec), start if len(start) else None)
+                pools.append(sp)
+                if diverse and chosen and len(sp.idx):
+                    sp.maxsim = sim.between(sp.idx, np.array(chosen)).max(axis=1)
+                if c.caps:
+                    caps.mark(sp)
             got = pick(sp)
             if got is not None:
                 b, pen = got
@@ -182,8 +271,8 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
                 continue
             notes.append(f"slot {spec.rule}: no eligible matching item left for position {pos}; filled by rank")
         got = pick(organic)
-        if got is None and not relaxed[0] and any(not cap.strict for cap in c.caps):
-            relaxed[0] = True  # nothing left within the caps: they give way so the rail stays full
+        if got is None and not caps.relaxed and any(not cap.strict for cap in c.caps):
+            relax()  # nothing left within the caps: they give way so the rail stays full
             got = pick(organic)
             if got is not None:
                 notes.append(f"caps {', '.join(cap.rule for cap in c.caps if not cap.strict)} relaxed from "
@@ -198,9 +287,16 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
             break
         p, v = later[0]
         del claims[p]
-        j = v[1]
-        place(j, float(row[j]) if np.isfinite(row[j]) else float(pre[j]), "pinned", v[2], 0.0)
+        place(v[1], pin_score(v[1]), "pinned", v[2], 0.0)
     return placed, notes
+
+
+def _members(spec: SlotSpec) -> np.ndarray:
+    got = getattr(spec, "_members", None)
+    if got is None:
+        got = np.flatnonzero(spec.mask)
+        spec._members = got  # cached with the (cached) effects of a signature
+    return got
 
 
 def _claims(row: np.ndarray, k: int, c: Constraints, pre: np.ndarray | None,
