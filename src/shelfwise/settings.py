@@ -204,6 +204,8 @@ class RankerSettings(_Section):
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="split=time: share of interactions after the cut")
     label_horizon: int = Field(5, ge=1, description="the next N interactions of the session are labelled")
     max_requests: int = Field(30_000, ge=1, description="at most this many labelled requests (sampled)")
+    min_requests: int = Field(50, ge=1, description="train no ranker (serve the blend order) with fewer labelled "
+                                                    "requests whose next item is among the candidates")
     valid_fraction: float = Field(0.2, ge=0, lt=1, description="latest requests (or shoppers) for early stopping")
     ipw_eta: float = Field(1.0, ge=0, description="logged impressions: propensity (1/(position+1))**eta")
     ipw_max_weight: float = Field(20.0, ge=1, description="clip of inverse-propensity weights")

@@ -307,3 +307,30 @@ def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
     assert rows_.with_positive == 1
     assert rows_.weight[rows_.y == 3].tolist() == [3.0]
     assert set(rows_.weight[rows_.y == 0].tolist()) == {1.0}
+
+
+def test_fast_predict_matches_lightgbm_predict():
+    rng = np.random.default_rng(1)
+    spec = FeatureSpec(["covisit"], [])
+    names = feature_names(spec)
+    ranker = Ranker(RankerSettings(num_boost_round=20, min_data_in_leaf=5), spec)
+    ranker.fit(planted(rng, 100, 20, names, "pop_log"))
+    X = rng.normal(size=(3, 20, len(names))).astype(np.float32)
+    X[0, 0, 5] = np.nan
+    np.testing.assert_array_equal(ranker.predict(X), ranker.booster.predict(X.reshape(60, -1)).reshape(3, 20))
+
+
+def test_too_little_history_trains_no_ranker_and_serves_the_blend(settings):
+    from shelfwise.domain import Item
+
+    cat = [Item(id=i) for i in sorted(set(hand_made().item.tolist()))]
+
+    class Cat:
+        def all(self):
+            return cat
+
+    ms = settings.models.model_copy(update={"ranker": RankerSettings(enabled=True, holdout_fraction=0.5)})
+    fitted = fit_pipeline(hand_made(), Cat(), ms, ("trending", "covisit"))
+    assert fitted.pipeline.ranker is None and "ranker" in fitted.seconds
+    ans = fitted.pipeline.recommend([RecRequest("homepage", shopper="a", k=3)])[0]
+    assert len(ans.items) == 3

@@ -226,11 +226,11 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
     """The (B, N, F) feature tensor, columns in ``feature_names(spec)`` order."""
     names = feature_names(spec)
     b, n = cand.shape
-    X = np.empty((b, n, len(names)), np.float32)
+    X = np.empty((len(names), b, n), np.float32)  # one contiguous (B, N) plane per feature; transposed at the end
     col = iter(range(len(names)))
 
     def put(value: Any) -> None:
-        X[:, :, next(col)] = value
+        X[next(col)] = value
 
     items = pipe.items
     c = np.where(cand.valid, cand.items, 0)
@@ -340,4 +340,4 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
     put(np.where(has, np.log1p(np.maximum(since, 0.0)), np.nan)[:, None])
     put(dev[:, None])
     assert next(col, None) is None, "feature columns out of sync with feature_names"
-    return X
+    return np.ascontiguousarray(X.transpose(1, 2, 0))

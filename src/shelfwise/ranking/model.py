@@ -90,11 +90,15 @@ class Ranker:
         return self.booster is not None and self.settings.enabled and placement in self.settings.placements
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Ranker scores of a (B, N, F) tensor → (B, N)."""
+        """Ranker scores of a (B, N, F) tensor → (B, N), one thread."""
         b, n, f = X.shape
         if b * n == 0:
             return np.zeros((b, n))
-        out = self.booster.predict(X.reshape(b * n, f), num_threads=1)
+        flat = np.ascontiguousarray(X.reshape(b * n, f), dtype=np.float32)
+        try:
+            out = _predict_fast(self.booster, flat)
+        except (AttributeError, ImportError, TypeError):  # LightGBM internals moved: the public (slower) call
+            out = self.booster.predict(flat, num_threads=1)
         return np.asarray(out).reshape(b, n)
 
     def features(self, pipe: "Pipeline", requests: Sequence["RecRequest"], queries: Sequence[Query],
@@ -158,6 +162,27 @@ class Ranker:
     @staticmethod
     def exists(path: Path) -> bool:
         return (path / META_FILE).exists() and (path / MODEL_FILE).exists()
+
+
+def _predict_fast(booster: Any, flat: np.ndarray) -> np.ndarray:
+    """``LGBM_BoosterPredictForMat`` on a C-contiguous float32 matrix, skipping the Python wrapper's per-call
+    predictor construction and parameter parsing (about half of the predict time for 120 rows). Same C call and
+    result as ``booster.predict(flat, num_threads=1)`` (a test checks)."""
+    import ctypes
+
+    from lightgbm.basic import _C_API_DTYPE_FLOAT32, _C_API_IS_ROW_MAJOR, _C_API_PREDICT_NORMAL, _LIB, _safe_call
+
+    rows, cols = flat.shape
+    out = np.empty(rows, np.float64)
+    got = ctypes.c_int64(0)
+    _safe_call(_LIB.LGBM_BoosterPredictForMat(
+        booster._handle, flat.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(_C_API_DTYPE_FLOAT32),
+        ctypes.c_int32(rows), ctypes.c_int32(cols), ctypes.c_int(_C_API_IS_ROW_MAJOR),
+        ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_char_p(b"num_threads=1"),
+        ctypes.byref(got), out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+    if got.value != rows:
+        raise TypeError("unexpected prediction length")
+    return out
 
 
 def expected_margin(pipe: "Pipeline", cand: Candidates) -> np.ndarray:

@@ -5,6 +5,7 @@ See ``labels.py`` for the time-split scheme. Used by ``training.fit_pipeline`` w
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -16,6 +17,8 @@ from shelfwise.ranking.features import FeatureSpec, ItemStats
 from shelfwise.ranking.labels import RankRows, build_rows, split_history
 from shelfwise.ranking.model import Ranker
 from shelfwise.stores.protocols import EventLog
+
+log_ = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from shelfwise.pipeline import Pipeline
@@ -56,11 +59,12 @@ def split_rows(rows: RankRows, valid_fraction: float, by: str, seed: int = 0) ->
 
 def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings", final_data: "TrainData",
                sources: tuple[str, ...], prefix: "Fitted | None" = None,
-               progress: Callable[[str], None] | None = None) -> Ranker:
+               progress: Callable[[str], None] | None = None) -> Ranker | None:
     """Train the ranker for a pipeline fit on ``log`` (whose training data is ``final_data``).
 
     ``prefix``: sources already fit on the ranker's prefix (saves a refit when the caller has them, e.g. the
-    leave-one-out benchmark which tunes blend weights on the same validation stage).
+    leave-one-out benchmark which tunes blend weights on the same validation stage). Returns None (the pipeline
+    serves the blend order) when fewer than ``min_requests`` labelled requests have a positive candidate.
     """
     from shelfwise.training import fit_pipeline
 
@@ -93,8 +97,10 @@ def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings",
                       rs.candidates, ipw_eta=rs.ipw_eta, ipw_max=rs.ipw_max_weight)
     seconds["rows"] = time.perf_counter() - t
     ranker = Ranker(rs, spec)
-    if len(rows.group) == 0:
-        raise ValueError("no training request has its next item among the candidates; cannot train a ranker")
+    if len(rows.group) < rs.min_requests:  # too little history to learn from: serve the blend order
+        log_.warning("ranker not trained: %d labelled requests with a positive candidate (< %d)",
+                     len(rows.group), rs.min_requests)
+        return None
     train_rows, valid_rows = split_rows(rows, rs.valid_fraction, "time" if rs.split == "time" else "shopper",
                                         rs.seed)
     if progress:
