@@ -63,6 +63,15 @@ CONFIGS = {
     "business score + diversity + margin slot rule": dict(diversity=DIVERSITY, rules=MARGIN_SLOT, score=BUSINESS),
 }
 
+SWEEP = {f"MMR λ={lam}": dict(diversity=DiversitySettings(mmr_lambda=lam), score=None) for lam in (0.5, 0.7, 0.9)}
+SWEEP |= {
+    "trend 0.05 alone": dict(diversity=None, score=ScoreWeights(trend=0.05)),
+    "margin 0.03 alone": dict(diversity=None, score=ScoreWeights(margin=0.03)),
+    "margin 0.05 alone": dict(diversity=None, score=ScoreWeights(margin=0.05)),
+    "stock 0.02 alone": dict(diversity=None, score=ScoreWeights(stock=0.02)),
+    "freshness 0.02 alone": dict(diversity=None, score=ScoreWeights(freshness=0.02)),
+}
+
 
 def load(store: SQLiteStore, shop) -> None:
     store.upsert(shop.items)
@@ -176,6 +185,15 @@ def main() -> None:
         }
         print(f"{name}: {results[name]}", file=sys.stderr)
 
+    sweep = {}  # NDCG only: how the diversity and business weights were chosen
+    for label, conf in SWEEP.items():
+        configure(pipe, catalog, rules=None, **conf)
+        ndcg = per_user(serve(pipe, ndcg_reqs)[0], targets, ks=(K,))[f"NDCG@{K}"]
+        diff = ndcg - base_ndcg
+        sweep[label] = {"ndcg@12": round(float(ndcg.mean()), 4), "vs_baseline": round(float(diff.mean()), 4),
+                        "se": round(float(diff.std(ddof=1) / math.sqrt(len(diff))), 4)}
+        print(f"sweep {label}: {sweep[label]}", file=sys.stderr)
+
     report = {
         "storefront": {"items": args.items, "shoppers": args.shoppers, "events_requested": args.events,
                        "interactions": len(log), "seed": args.seed, "holdout_days": args.holdout_days,
@@ -185,6 +203,7 @@ def main() -> None:
         "rules": {"margin_slot": MARGIN_SLOT, "parts_slot": PARTS_SLOT}, "diversity": DIVERSITY.model_dump(),
         "business": BUSINESS.model_dump(),
         "results": results,
+        "sweep": sweep,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu": platform.processor() or platform.machine()},
     }

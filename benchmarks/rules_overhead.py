@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from shelfwise.pipeline import RecRequest
 from shelfwise.rules import CompiledRules, ItemFacts, RulesStage, StaticRules, parse_ruleset
-from shelfwise.settings import ModelSettings
+from shelfwise.settings import DiversitySettings, ModelSettings
 from shelfwise.stores.sqlite import SQLiteStore
 from shelfwise.synthetic import generate_storefront
 from shelfwise.training import fit_pipeline
@@ -155,8 +155,13 @@ def main() -> None:
                          segments=rng.sample(SEGMENTS, rng.randint(0, 2)),
                          item_id=item if placement == "pdp_similar" else None, request_id=f"r{i}"))
 
-    def timed(rules, kw) -> tuple[float, float]:
+    confs = list(pipe.settings.placements.values())
+    plain, diverse = DiversitySettings(), DiversitySettings(mmr_lambda=0.8)
+
+    def timed(rules, kw, mmr: bool = False) -> tuple[float, float]:
         pipe.rules = rules
+        for conf in confs:
+            conf.diversity = diverse if mmr else plain
         req = RecRequest(**kw)
         c, t = time.thread_time(), time.perf_counter()
         pipe.recommend([req])
@@ -174,7 +179,9 @@ def main() -> None:
             pipe.recommend([RecRequest(**kw)])
             pipe.rules = None
             pipe.recommend([RecRequest(**kw)])
-        base, rules_t = [], []
+        for kw in reqs[:300]:
+            timed(stage, kw, True)
+        base, rules_t, mmr_t, both_t = [], [], [], []
         gc.disable()
         for i, kw in enumerate(reqs):
             if i % 2:
@@ -183,7 +190,11 @@ def main() -> None:
             else:
                 base.append(timed(None, kw))
                 rules_t.append(timed(stage, kw))
+            if i % 4 == 0:  # diversity, for information (a quarter of the requests)
+                mmr_t.append(timed(None, kw, True))
+                both_t.append(timed(stage, kw, True))
         gc.enable()
+        timed(None, reqs[0])
         pipe.rules = stage
         active = [len(stage.live(pipe.items).signature(RecRequest(**kw), kw["placement"])[0]) for kw in reqs]
         pipe.rules = None
@@ -208,6 +219,10 @@ def main() -> None:
                                      "max": int(max(active))},
         "wall": summary(base_a[:, 0], rules_a[:, 0]),
         "cpu": summary(base_a[:, 1], rules_a[:, 1]),
+        "mmr_0.8_cpu": {"no_rules_ms": {q: round(pct(np.array(mmr_t)[:, 1] * 1000, v), 3)
+                                        for q, v in (("p50", 50), ("p99", 99))},
+                        "50_rules_ms": {q: round(pct(np.array(both_t)[:, 1] * 1000, v), 3)
+                                        for q, v in (("p50", 50), ("p99", 99))}},
         "load_average": load,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu": platform.processor() or platform.machine()},

@@ -278,3 +278,19 @@ def test_compiled_rules_are_vectors_and_cached_per_signature(built):
     shield = np.array([str(x).startswith("c") for x in p.items.ids])
     assert np.allclose(e1.mult, np.where(shield, 2.0, 1.0)) and e1.drop is None
     assert [str(p.items.ids[j]) for j in e2.drop] == ["p0"]
+
+
+def test_catalog_changes_recompile_in_the_background(built):
+    p, cat = built
+    with_rules(p, cat, {"rules": [rule("low-stock", {"type": "block"}, {"stock": {"max": 45}})]})
+    c1 = p.items.index["c1"]
+    try:
+        assert sorted(ids(ask(p))) == ["c0", "c1", "c2", "c3"]  # phones (10) and chargers (40) blocked
+        p.items.stock[c1] = 5
+        p.rules.catalog_changed(p.items, [cat["c1"].model_copy(update={"stock": 5})])
+        ask(p)  # answered at once with the previous compilation while the rules recompile
+        p.rules.wait()
+        assert sorted(ids(ask(p))) == ["c0", "c2", "c3"]
+    finally:
+        p.items.stock[c1] = 50
+        p.rules = None

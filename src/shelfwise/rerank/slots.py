@@ -101,6 +101,19 @@ class _Pool:
         self.capped = np.zeros(len(idx), bool)
         self.maxsim = np.zeros(len(idx), np.float32)
         self.cap_groups: list[list[int]] | None = None
+        self.sim_matrix: np.ndarray | None = None  # pool × pool similarities (diversity), built on first use
+        self.position: dict[int, int] | None = None
+
+    def note_placed(self, j: int, sim: Similarity) -> None:
+        """Raise every candidate's max similarity to the items placed so far by item j."""
+        if not len(self.idx):
+            return
+        if self.sim_matrix is None and len(self.idx) <= 200:  # a grown pool computes columns on demand
+            self.sim_matrix = sim.between(self.idx, self.idx)
+            self.position = {x: b for b, x in enumerate(self.ids)}
+        b = self.position.get(j) if self.position is not None else None
+        col = self.sim_matrix[:, b] if b is not None else sim.between(self.idx, np.array([j]))[:, 0]
+        np.maximum(self.maxsim, col, out=self.maxsim)
 
     def build(self, size: int) -> None:
         if self.members is None:
@@ -232,9 +245,7 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
                 for p in pools:
                     caps.mark(p, full)
         if diverse:
-            for p in pools:
-                if len(p.idx):
-                    p.maxsim = np.maximum(p.maxsim, sim.between(p.idx, np.array([j]))[:, 0])
+            organic.note_placed(j, sim)  # slot pools are only used at their positions: updated there
 
     def relax() -> None:
         caps.relax()
@@ -260,10 +271,10 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
                 start = organic.idx[spec.mask[organic.idx]]
                 sp = slot_pools[id(spec)] = _Pool(row, size, _members(spec), start if len(start) else None)
                 pools.append(sp)
-                if diverse and chosen and len(sp.idx):
-                    sp.maxsim = sim.between(sp.idx, np.array(chosen)).max(axis=1)
                 if c.caps:
                     caps.mark(sp)
+            if diverse and chosen and len(sp.idx):
+                sp.maxsim = sim.between(sp.idx, np.array(chosen)).max(axis=1)
             got = pick(sp)
             if got is not None:
                 b, pen = got

@@ -18,6 +18,7 @@ Deterministic conflict resolution (also in the README):
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -226,6 +227,7 @@ class CompiledRules:
                       for order, (_, rs_id, _, rule) in enumerate(rows)]
         self._by_placement: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._cache: OrderedDict[tuple, Effects] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._cache_size = cache_size
 
     def __len__(self) -> int:
@@ -271,14 +273,16 @@ class CompiledRules:
         return got
 
     def effects(self, sig: tuple) -> Effects:
-        got = self._cache.get(sig)
-        if got is not None:
-            self._cache.move_to_end(sig)
-            return got
+        with self._cache_lock:
+            got = self._cache.get(sig)
+            if got is not None:
+                self._cache.move_to_end(sig)
+                return got
         got = self._combine(sig)
-        self._cache[sig] = got
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[sig] = got
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return got
 
     def _combine(self, sig: tuple) -> Effects:

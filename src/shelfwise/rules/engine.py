@@ -3,6 +3,8 @@ and the rules stage it attaches to every pipeline it loads."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any, Sequence
 
@@ -13,26 +15,56 @@ from shelfwise.rules.stage import RulesStage, StoreRules
 from shelfwise.settings import Settings
 from shelfwise.stores.protocols import Catalog
 
+log = logging.getLogger(__name__)
+
 
 class Merchandising:
-    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+    """Also keeps the compiled rules warm: after a model load or a rule change through this process, and every
+    second for changes made elsewhere (another replica, the CLI), so shoppers rarely pay for a compilation."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, warm_interval_s: float = 1.0) -> None:
         self.settings = settings
         self.store = open_rule_store(settings)
         self.log = open_exposure_log(settings)
         self.source = StoreRules(self.store, settings.rules.shadow_share, settings.rules.reload_interval_s)
         self.stage = RulesStage(self.source, catalog.all, self.log)
+        self._pipeline: Any = None
+        self._stop = threading.Event()
+        self._warmer = threading.Thread(target=self._keep_warm, args=(warm_interval_s,), name="shelfwise-rules-warm",
+                                        daemon=True)
+        self._warmer.start()
 
     def attach(self, pipeline: Any) -> Any:
         pipeline.rules = self.stage
+        self._pipeline = pipeline
         return pipeline
+
+    def prepare(self) -> None:
+        """Compile the live rules and the shadow drafts for the current pipeline (no-op when up to date)."""
+        pipe = self._pipeline
+        if pipe is None:
+            return
+        snap = self.source.snapshot()
+        self.stage.live(pipe.items, snap)
+        for rid, *_ in snap.shadows:
+            self.stage.shadow(pipe.items, snap, rid)
+
+    def _keep_warm(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.prepare()
+            except Exception:  # pragma: no cover - the request path compiles (and reports) on its own
+                log.exception("warming the compiled rules failed")
+            self._stop.wait(interval)
 
     def catalog_changed(self, pipeline: Any, items: Sequence[Item] = ()) -> None:
         self.stage.catalog_changed(pipeline.items, items)
         pipeline.reranker.invalidate()
 
     def rules_changed(self) -> None:
-        """Called after a change through this process: the next request sees it without waiting for a poll."""
+        """Called after a change through this process: compiled here, so the next request finds it ready."""
         self.source.invalidate()
+        self.prepare()
 
     def record(self, req: Any, answer: Any, model_version: str) -> None:
         if not self.settings.rules.exposure_log or not answer.items:
@@ -43,5 +75,8 @@ class Merchandising:
                                   rules=self.stage.label())])
 
     def close(self) -> None:
+        self._stop.set()
+        self._warmer.join(5)
+        self.stage.wait()
         self.log.close()
         self.store.close()

@@ -149,13 +149,15 @@ class RulesStage:
         self.source, self.log = source, log
         self._catalog = catalog
         self._facts: tuple[int, ItemFacts] | None = None
-        self._worlds: dict[tuple, CompiledRules] = {}
+        self._worlds: dict[tuple, tuple[int, CompiledRules]] = {}
         self._gen = 0
+        self._pending: set[tuple] = set()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     # ---- catalog -------------------------------------------------------------------------------------
     def catalog_changed(self, items: ItemTable | None = None, changed: Sequence[Item] = ()) -> None:
-        """The catalog changed (stock, price, attributes...): recompile on the next request."""
+        """The catalog changed (stock, price, attributes...): the rules are recompiled in the background."""
         if self._facts is not None and items is not None and self._facts[0] == id(items) and changed:
             self._facts[1].update(items, changed)
         self._gen += 1
@@ -173,19 +175,56 @@ class RulesStage:
 
     # ---- compilation ---------------------------------------------------------------------------------
     def _world(self, items: ItemTable, snap: Snapshot, rulesets: tuple[tuple[str, RuleSet], ...], tag: Any) -> CompiledRules:
-        key = (snap.token, id(items), self._gen, tag)
-        got = self._worlds.get(key)
-        if got is None:
-            with self._lock:
-                got = self._worlds.get(key)
-                if got is None:
-                    stale = [k for k in self._worlds if k[:3] != key[:3]]
-                    for k in stale:
-                        del self._worlds[k]
-                    facts = self.facts(items) if _needs_facts(rs for _, rs in rulesets) else None
-                    got = CompiledRules(rulesets, items, facts)
-                    self._worlds[key] = got
-        return got
+        """The compiled rules for a snapshot over an item table. A new rule version or model compiles at once (the
+        next request must see it); a catalog change recompiles in the background while requests keep the
+        previous compilation (stock/price conditions lag by one compile; unservable items are excluded anyway)."""
+        key = (snap.token, id(items), tag)
+        entry = self._worlds.get(key)
+        if entry is not None:
+            if entry[0] != self._gen:
+                self._recompile_later(key, items, rulesets)
+            return entry[1]
+        with self._lock:
+            entry = self._worlds.get(key)
+            if entry is None:
+                for k in [k for k in self._worlds if k[:2] != key[:2]]:
+                    del self._worlds[k]
+                gen = self._gen
+                entry = (gen, self._compile(items, rulesets))
+                self._worlds[key] = entry
+        return entry[1]
+
+    def _compile(self, items: ItemTable, rulesets: tuple[tuple[str, RuleSet], ...]) -> CompiledRules:
+        facts = self.facts(items) if _needs_facts(rs for _, rs in rulesets) else None
+        return CompiledRules(rulesets, items, facts)
+
+    def _recompile_later(self, key: tuple, items: ItemTable, rulesets: tuple[tuple[str, RuleSet], ...]) -> None:
+        with self._lock:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+
+        def run() -> None:
+            try:
+                gen = self._gen
+                world = self._compile(items, rulesets)
+                with self._lock:
+                    if key in self._worlds:
+                        self._worlds[key] = (gen, world)
+            except Exception:  # pragma: no cover - keep serving the previous compilation
+                log.exception("recompiling rules after a catalog change failed")
+            finally:
+                with self._lock:
+                    self._pending.discard(key)
+
+        t = threading.Thread(target=run, name="shelfwise-rules-compile", daemon=True)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    def wait(self) -> None:
+        """Wait for background recompilations (tests, benchmarks)."""
+        for t in list(self._threads):
+            t.join()
 
     def live(self, items: ItemTable, snap: Snapshot | None = None) -> CompiledRules:
         snap = snap or self.source.snapshot()
