@@ -1,7 +1,7 @@
 """Exposure log (what every served rail showed) and shadow log (live vs draft answers), written off the hot path.
 
-``record``/``record_shadow`` only enqueue; a writer thread commits batches (every 200 ms or 2,000 rows), so
-serving never waits on the disk. A full queue drops rows and counts them (``dropped``) rather than slow
+``record``/``record_shadow`` only enqueue; a writer thread commits what queued while it was writing as one
+batch (up to 2,000 rows), so serving never waits on the disk. A full queue drops rows and counts them (``dropped``) rather than slow
 requests down. One row per shown slot (request_id, time, shopper, placement, position, item, score, model and
 rule versions), plus a per-item summary (last shown, impressions) that the zero-impression report reads.
 """
@@ -117,11 +117,11 @@ class ExposureLog(Protocol):
 
 class SQLiteExposureLog:
     def __init__(self, path: Path | str, retention_days: float = 30.0, max_queue: int = 200_000,
-                 batch: int = 2000, interval_s: float = 0.2) -> None:
+                 batch: int = 2000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400.0
-        self.batch, self.interval_s = batch, interval_s
+        self.batch = batch
         self.dropped = 0
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._read_lock = threading.Lock()
@@ -167,11 +167,7 @@ class SQLiteExposureLog:
         db = self._connect()
         stop = False
         while not stop:
-            try:
-                first = self._q.get(timeout=self.interval_s)
-            except queue.Empty:
-                continue
-            items = [first]
+            items = [self._q.get()]  # blocks until there is work; what queued meanwhile is one batch
             while len(items) < self.batch:
                 try:
                     items.append(self._q.get_nowait())
