@@ -51,7 +51,8 @@ def test_defaults_are_exactly_the_blend_ranking(pipe):
         t, s = top_k(total, 8)
         want = [str(pipe.items.ids[j]) for j, x in zip(t[0], s[0]) if np.isfinite(x)]
         assert ids(ans) == want
-        assert [r.score for r in ans.items] == pytest.approx([float(x) for x in s[0][: len(want)]])
+        # float32 sums of a batch and of a single query may differ in the last bits
+        assert [r.score for r in ans.items] == pytest.approx([float(x) for x in s[0][: len(want)]], abs=1e-6)
 
 
 def test_margin_weight_promotes_high_margin_items_and_relevance_only_restores(pipe):
