@@ -3,8 +3,10 @@
 Measures, per single-shopper request: encoding the shopper's last events (one torch forward pass, 1 thread)
 plus the HNSW query for the top ``candidates`` items (1 thread), and the whole ``score()`` call (which also
 scatters the candidates into the dense 100k-wide row the pipeline blends). The process is pinned to one core.
-The model has the default architecture with seeded random weights (latency does not depend on the values);
-the item vectors are the model's item embeddings. Recall of the same index against exact search at the
+The model has the default architecture with seeded random weights (latency does not depend on the values;
+random 64-d item vectors are the hardest case for HNSW), or, with ``--vectors-from``, a trained model whose
+catalog is grown to ``--items`` by noisy copies of its trained item embeddings (the structure real embeddings
+have). Recall of the same index against exact search at the
 serving k is measured on the same queries. Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/sequence_latency.py [--items 100000] [--requests 2000] [--set hnsw_ef_search=300]
@@ -34,6 +36,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], help="SequenceSettings override key=value")
+    ap.add_argument("--vectors-from", default="", help="a model saved by sequence_quality.py --save: its trained "
+                                                       "encoder, and its item embeddings (plus noisy copies up to "
+                                                       "--items) as the catalog")
     ap.add_argument("--json", default=str(RESULTS / "sequence_latency.json"))
     a = ap.parse_args()
     over = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in a.set)}
@@ -42,9 +47,21 @@ def main() -> None:
     import torch
 
     torch.manual_seed(0)
-    model = SequenceRetriever(settings)
-    model.n_items = a.items
-    model.model = model._new_model()
+    rng = np.random.default_rng(0)
+    if a.vectors_from:  # a trained model, its catalog grown to --items around its own item embeddings
+        model = SequenceRetriever.load(Path(a.vectors_from))
+        model.settings = model.settings.model_copy(update=over)
+        settings = model.settings
+        trained = model.model.item.weight.detach().numpy()[1:]
+        pick = rng.integers(0, len(trained), a.items - len(trained))
+        noise = rng.normal(size=(len(pick), trained.shape[1])) * trained.std(axis=0) * 0.3
+        grown = np.vstack([model.model.item.weight.detach().numpy(), trained[pick] + noise]).astype(np.float32)
+        model.model.item = torch.nn.Embedding.from_pretrained(torch.from_numpy(grown), freeze=True, padding_idx=0)
+        model.n_items = a.items
+    else:  # the default architecture with seeded random weights
+        model = SequenceRetriever(settings)
+        model.n_items = a.items
+        model.model = model._new_model()
     model.model.eval()
     with torch.no_grad():
         model.item_vectors = model.model.item_weights().numpy().astype(np.float32, copy=True)
@@ -53,7 +70,6 @@ def main() -> None:
     build_s = time.perf_counter() - t0
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core from here on
-    rng = np.random.default_rng(0)
     lengths = rng.integers(1, settings.max_len + 1, a.requests)
     queries = [Query(history=rng.integers(0, a.items, n).astype(np.int32),
                      history_kind=rng.choice([0, 0, 0, 1, 3], n).astype(np.int8)) for n in lengths]
@@ -88,6 +104,7 @@ def main() -> None:
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (pinned to 1), "
                    f"load average {os.getloadavg()[0]:.1f} at the end",
+        "vectors": f"trained ({a.vectors_from}) + noisy copies" if a.vectors_from else "random init",
         "items": a.items, "requests": a.requests, "dim": settings.dim, "layers": settings.layers,
         "max_len": settings.max_len, "candidates": settings.candidates,
         "hnsw": {"M": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction,

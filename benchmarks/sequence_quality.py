@@ -29,7 +29,7 @@ import numpy as np
 
 from shelfwise.domain import EventType
 from shelfwise.pipeline import Pipeline
-from shelfwise.retrieval import Query, TrainData, build_retrievers
+from shelfwise.retrieval import Query, TrainData, build_retrievers, load_retriever
 from shelfwise.retrieval.base import ItemTable
 from shelfwise.settings import ModelSettings, SequenceSettings
 
@@ -75,13 +75,20 @@ def queries_of(hist: list[np.ndarray]) -> list[Query]:
 
 def fast_ranks(scores: np.ndarray, hist: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
     """0-based rank of each target with the history excluded (count of strictly better items)."""
-    s = scores.copy()
-    rows = np.repeat(np.arange(len(hist)), [len(h) for h in hist])
-    s[rows, np.concatenate(hist)] = -np.inf
-    t = s[np.arange(len(s)), targets]
-    rank = (s > t[:, None]).sum(1).astype(float)
-    rank[~np.isfinite(t)] = np.inf
-    return rank
+    r = np.arange(len(scores))
+    t = scores[r, targets]
+    rows = np.repeat(r, [len(h) for h in hist])
+    cols = np.concatenate(hist)
+    better_in_hist = np.bincount(rows, weights=scores[rows, cols] > t[rows], minlength=len(scores))
+    rank = (scores > t[:, None]).sum(1) - better_in_hist
+    in_hist = np.zeros(len(scores), bool)
+    in_hist[rows[cols == targets[rows]]] = True
+    return np.where(in_hist, np.inf, rank.astype(float))
+
+
+def seqbench_ranks(sb, scores: np.ndarray, hist: list[np.ndarray], targets: np.ndarray) -> list:
+    """seqbench.topk_ranks on our 0-based vocabulary (seqbench masks column 0: its item ids start at 1)."""
+    return list(sb.topk_ranks(np.pad(scores, ((0, 0), (1, 0))), [h + 1 for h in hist], targets + 1))
 
 
 def metrics(ranks: np.ndarray) -> dict[str, float]:
@@ -99,9 +106,13 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="search homepage blend weights (use with --target valid)")
     ap.add_argument("--weights", default="", help="homepage weights, e.g. sequence=1,covisit=0.3")
     ap.add_argument("--target", choices=("test", "valid"), default="test")
+    ap.add_argument("--split-users", action="store_true",
+                    help="with --grid: choose weights on even-numbered shoppers, report on odd-numbered ones")
     ap.add_argument("--set", action="append", default=[], help="SequenceSettings override key=value")
     ap.add_argument("--json", default="")
     ap.add_argument("--save", default="", help="directory to save the fitted sequence model in (for ann_recall.py)")
+    ap.add_argument("--load", default="", help="directory of a sequence model saved by --save on the same data "
+                                               "and target: reused instead of fitting again")
     a = ap.parse_args()
 
     sb = seqbench()
@@ -129,13 +140,19 @@ def main() -> None:
     retrievers = build_retrievers(settings, names)
     out: dict = {"dataset": path.name, "target": a.target, "machine": f"{platform.machine()} {os.cpu_count()} cores",
                  "settings": {"sequence": settings.sequence.model_dump()}, "sources": {}}
-    for name, r in retrievers.items():
+    for name, r in list(retrievers.items()):
         t0 = time.perf_counter()
-        r.fit(data)
+        if name == "sequence" and a.load:
+            saved = json.loads((Path(a.load) / "histories.json").read_text())
+            if saved != [h.tolist() for h in hist]:
+                raise SystemExit(f"{a.load} was fitted on other data or another target")
+            r = retrievers[name] = load_retriever("sequence", Path(a.load))
+        else:
+            r.fit(data)
         out["sources"][name] = {"fit_s": round(time.perf_counter() - t0, 1)}
         if name == "sequence":
             out["sources"][name]["report"] = r.report
-            if a.save:
+            if a.save and not a.load:
                 Path(a.save).mkdir(parents=True, exist_ok=True)
                 r.save(Path(a.save))
                 (Path(a.save) / "histories.json").write_text(json.dumps([h.tolist() for h in hist]))
@@ -147,8 +164,8 @@ def main() -> None:
     blend_ranks: list = []
     grid_w = None
     if a.grid:
-        steps = {"sequence": [1.0], "covisit": [0, 0.1, 0.2, 0.3, 0.5, 0.8], "als": [0, 0.05, 0.1, 0.2, 0.4],
-                 "trending": [0, 0.01, 0.03, 0.1], "copurchase": [0, 0.1, 0.3]}
+        steps = {"sequence": [0, 1.0], "covisit": [0, 0.1, 0.2, 0.4, 1.0], "als": [0, 0.05, 0.1, 0.3],
+                 "trending": [0, 0.02, 0.05], "copurchase": [0, 0.1, 0.3]}
         combos = list(itertools.product(*[steps.get(n, [0, 0.3, 1.0]) for n in names]))
         grid_w = {c: [] for c in combos}
     t0 = time.perf_counter()
@@ -158,12 +175,12 @@ def main() -> None:
         parts = {}
         for name, r in retrievers.items():
             s = r.score(qs)
-            ranks[name] += list(sb.topk_ranks(s, hs, ts))
+            ranks[name] += seqbench_ranks(sb, s, hs, ts)
             m = s.max(axis=1, keepdims=True)
             parts[name] = np.divide(s, m, out=np.zeros_like(s), where=m > 0)
         if a.blend:
             total, _ = pipe.blend(qs, "homepage")
-            blend_ranks += list(sb.topk_ranks(total, hs, ts))
+            blend_ranks += seqbench_ranks(sb, total, hs, ts)
         if grid_w is not None:
             for c in grid_w:
                 total = sum(w * parts[n] for n, w in zip(names, c) if w)
@@ -178,11 +195,24 @@ def main() -> None:
         out["blend"] = {"weights": settings.placements["homepage"].weights, **metrics(blend_ranks)}
         print("blend", out["blend"], file=sys.stderr)
     if grid_w is not None:
-        table_g = sorted(((metrics(r)["NDCG@10"], metrics(r)["HR@10"], dict(zip(names, c)))
-                          for c, r in grid_w.items() if r), key=lambda x: -x[0])
-        out["grid_top"] = [{"NDCG@10": n, "HR@10": h, "weights": w} for n, h, w in table_g[:15]]
+        # --split-users: weights chosen on the even-numbered shoppers, reported on the odd-numbered ones (the
+        # test items of the shoppers a setting is reported on never chose it)
+        even = np.arange(len(targets)) % 2 == 0
+        pick = even if a.split_users else np.ones(len(targets), bool)
+        table_g = sorted(((metrics(np.array(r)[pick])["NDCG@10"], metrics(np.array(r)[pick])["HR@10"],
+                           dict(zip(names, c)), c) for c, r in grid_w.items() if r), key=lambda x: -x[0])
+        out["grid_top"] = [{"NDCG@10": n, "HR@10": h, "weights": w} for n, h, w, _ in table_g[:15]]
         for row in table_g[:15]:
-            print("grid", row, file=sys.stderr)
+            print("grid", row[:3], file=sys.stderr)
+        if a.split_users:
+            odd = ~even
+            best = table_g[0]
+            out["split_users"] = {
+                "chosen_on_even": best[2],
+                "odd_shoppers": {"blend": metrics(np.array(grid_w[best[3]])[odd]),
+                                 **{n: metrics(np.array(ranks[n])[odd]) for n in names}},
+            }
+            print("split_users", out["split_users"], file=sys.stderr)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(out, indent=1))

@@ -63,14 +63,16 @@ class TrendingSettings(_Section):
 
 class CovisitSettings(_Section):
     session_gap_minutes: float = Field(30.0, gt=0, description="a gap longer than this starts a new session")
+    # Defaults tuned on leave-one-out validation targets (Beauty, Sports, MovieLens 100K; see BENCHMARKS.md).
     window: int = Field(5, ge=1, description="pairs are counted between events at most this many steps apart")
     half_life_days: float = Field(60.0, gt=0, description="time decay of co-visitation pairs")
-    top_per_item: int = Field(100, ge=1, description="neighbours kept per item")
-    last_n: int = Field(3, ge=1, description="a shopper is scored from their last N items")
-    recency_decay: float = Field(0.5, gt=0, le=1, description="weight of the j-th most recent item is decay**j")
+    top_per_item: int = Field(200, ge=1, description="neighbours kept per item")
+    last_n: int = Field(5, ge=1, description="a shopper is scored from their last N items")
+    recency_decay: float = Field(0.35, gt=0, le=1, description="weight of the j-th most recent item is decay**j")
     forward_weight: float = Field(1.0, ge=0, description="weight of pairs where the neighbour came later")
-    backward_weight: float = Field(0.5, ge=0, description="weight of pairs where the neighbour came earlier")
-    normalize: Literal["cosine", "none"] = "cosine"
+    backward_weight: float = Field(0.25, ge=0, description="weight of pairs where the neighbour came earlier")
+    normalize: Literal["cosine", "none"] = Field(
+        "none", description="none: raw (decayed) pair counts; cosine: divided by sqrt of both items' occurrences")
 
 
 class ALSSettings(_Section):
@@ -175,7 +177,7 @@ class PlacementSettings(_Section):
 
 def _default_placements() -> dict[str, PlacementSettings]:
     return {
-        "homepage": PlacementSettings(weights={"covisit": 1.0, "als": 0.3, "trending": 0.05}),
+        "homepage": PlacementSettings(weights={"covisit": 1.0, "als": 0.3, "trending": 0.02}),  # BENCHMARKS.md
         "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "trending": 0.02}),
         "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "trending": 0.02}),
         "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "trending": 0.02}),

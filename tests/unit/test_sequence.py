@@ -42,7 +42,7 @@ def hq(items, kinds=None) -> Query:
 @pytest.fixture(scope="module")
 def chain_model():
     data = chain_data()
-    model = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40)).fit(data)
+    model = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40, finetune_epochs=2)).fit(data)
     return data, model
 
 
@@ -56,6 +56,7 @@ def test_learns_item_i_is_followed_by_i_plus_1(chain_model):
     expected = np.array([(q.history[-1] + 1) % 30 for q in queries])
     assert (predicted == expected).mean() >= 0.95
     assert model.report["val_hr10"] >= 0.95 and model.report["best_epoch"] >= 1
+    assert model.report["finetune_epochs"] == 2
     assert scores.max(axis=1) == pytest.approx(1.0)  # exp(s - s_max): the best candidate scores 1
     assert ((scores > 0).sum(axis=1) <= TINY["candidates"]).all()
 

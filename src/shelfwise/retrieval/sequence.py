@@ -285,6 +285,7 @@ class SequenceRetriever(Retriever):
 
         s = self.settings
         t_start = time.perf_counter()
+        self._cpu_start = time.process_time()
         deadline = t_start + s.max_train_minutes * 60.0
         torch.manual_seed(s.seed)
         rng = np.random.default_rng(s.seed)
@@ -315,7 +316,9 @@ class SequenceRetriever(Retriever):
         bar = _Progress(s.progress, s.max_epochs + s.finetune_epochs)
         try:
             with _torch_threads(threads):
+                ft = s.finetune_epochs if validate else 0
                 for epoch in range(1, s.max_epochs + 1):
+                    t_epoch = time.perf_counter()
                     loss = self._epoch(windows, opt, rng)
                     report["epochs"] = epoch
                     if validate:
@@ -334,15 +337,17 @@ class SequenceRetriever(Retriever):
                             break
                     else:
                         bar.update(loss=loss)
-                    if time.perf_counter() > deadline:
+                    # the time cap covers the fine-tuning epochs too: stop early enough to leave time for them
+                    per_epoch = time.perf_counter() - t_epoch
+                    if time.perf_counter() + (ft + 1) * per_epoch > deadline:
                         report["stopped"] = "time"
                         break
                 if best_state is not None:
                     self.model.load_state_dict(best_state)
                 report["train_seconds"] = round(time.perf_counter() - t_start, 1)
                 done = 0
-                for _ in range(s.finetune_epochs if validate else 0):
-                    if time.perf_counter() > deadline:
+                for _ in range(ft):
+                    if time.perf_counter() > deadline + 60.0:
                         break
                     loss = self._epoch(full_windows, opt, rng)
                     done += 1
@@ -365,6 +370,7 @@ class SequenceRetriever(Retriever):
         self._build_index()
         report["index_seconds"] = round(time.perf_counter() - t0, 1)
         report["seconds"] = round(time.perf_counter() - t_start, 1)
+        report["cpu_seconds"] = round(time.process_time() - self._cpu_start, 1)
         self.report = report
 
     def _build_index(self) -> None:
@@ -456,7 +462,10 @@ class SequenceRetriever(Retriever):
             return rows, np.zeros((len(rows), s.dim), np.float32)
         small = len(rows) <= max(s.ann_max_batch, 1)
         out = np.empty((len(rows), s.dim), np.float32)
-        with _torch_threads(1 if small else (s.threads or _cores())), torch.inference_mode():
+        # small batches are too small for intra-op threads to matter, so the request path leaves torch's
+        # (process-wide) thread setting alone; big offline batches use settings.threads
+        threads = torch.get_num_threads() if small else (s.threads or _cores())
+        with _torch_threads(threads), torch.inference_mode():
             self.model.eval()
             if small:  # the request path: one forward pass for the batch
                 vecs = self._encode_torch([seqs[r][0] for r in rows], [seqs[r][1] for r in rows])

