@@ -96,13 +96,17 @@ def test_outsider_check_import_train_recommend_matches_evaluate(cli, tmp_path, m
     """What an outsider would run: import every sequence but its last item, train with no options, export the
     homepage lists with `recommend`, score them against the last items. Same lists as `evaluate` exports."""
     data = write_sequences(tmp_path / "Toy.txt", users=120)
+    # the whole catalog, as the shipped attribute files list it (an item seen only as a last item stays known)
+    attributes = tmp_path / "Toy_item2attributes.json"
+    attributes.write_text(json.dumps({str(i): [i % 3] for i in range(1, 41)}))
     r = cli("evaluate", "s3rec", data, "--models", "default", "--targets", "test", "--export-recs", tmp_path / "ev")
+    assert r.exit_code == 0 and "attributes:" in r.output  # found beside the sequences
     assert r.exit_code == 0, r.output
     truncated = tmp_path / "outsider" / "Toy.txt"
     truncated.parent.mkdir()
     truncated.write_text("".join(" ".join(line.split()[:-1]) + "\n" for line in data.read_text().splitlines()))
     monkeypatch.setenv("SHELFWISE_DATA_DIR", str(tmp_path / "outsider-data"))
-    assert cli("import", "s3rec", truncated).exit_code == 0
+    assert cli("import", "s3rec", truncated, "--attributes", attributes).exit_code == 0
     assert cli("train").exit_code == 0
     users = tmp_path / "users.txt"
     users.write_text("".join(line.split()[0] + "\n" for line in data.read_text().splitlines()))

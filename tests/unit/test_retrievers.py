@@ -57,7 +57,9 @@ def test_trending_prefers_recent_popularity(tmp_path):
 
 def test_covisit_learns_session_neighbours(tmp_path):
     data = data_from(tmp_path, tiny_events())
-    cv = build_retrievers(ModelSettings(), ("covisit",))["covisit"].fit(data)
+    # cosine normalisation (not the default, which keeps raw counts): popular p0 must not outrank the neighbours
+    settings = ModelSettings(covisit={"normalize": "cosine"})
+    cv = build_retrievers(settings, ("covisit",))["covisit"].fit(data)
     # p2 is browsed next to c2 (its case) and p3 in every session that starts with p2
     top = ranked(data, cv.score([q(data, anchors=["p2"])])[0], 3)
     assert "c2" in top

@@ -41,21 +41,24 @@ class ModelSpec:
     name: str
     sources: tuple[str, ...]
     weights: dict[str, float]
-    ranker: bool = False  # the learned ranker (ranking/) re-scores the blend's top N
+    ranker: bool | None = False  # the learned ranker (ranking/) re-scores the blend's top N; None: as configured
 
     def settings(self, base: ModelSettings) -> ModelSettings:
         placements = dict(base.placements)
         home = placements[PLACEMENT]
         placements[PLACEMENT] = PlacementSettings(weights=dict(self.weights), exclude_history=home.exclude_history)
-        ranker = base.ranker.model_copy(update={"enabled": self.ranker})
+        enabled = base.ranker.enabled if self.ranker is None else self.ranker
+        ranker = base.ranker.model_copy(update={"enabled": enabled})
         return base.model_copy(update={"placements": placements, "ranker": ranker})
 
 
 def model_spec(name: str, settings: ModelSettings) -> ModelSpec:
-    """``default`` = the homepage pipeline as configured; a baseline or source name = a pipeline of that source."""
-    if name in ("default", "ranker"):  # ranker: the configured blend + the learned ranker over its top N
+    """``default`` = the homepage pipeline exactly as configured (what ``shelfwise train`` builds: the blend, and
+    the learned ranker when ``ranker.enabled``); ``blend`` = the configured blend alone; ``ranker`` = the blend
+    plus the ranker, its labels taken the protocol's way; a baseline or source name = a pipeline of that source."""
+    if name in ("default", "blend", "ranker"):
         weights = {s: w for s, w in settings.placements[PLACEMENT].weights.items() if w > 0}
-        return ModelSpec(name, tuple(weights), weights, ranker=name == "ranker")
+        return ModelSpec(name, tuple(weights), weights, ranker={"default": None, "blend": False}.get(name, True))
     source = {"popularity": "trending", "pop": "trending", "itemknn": "covisit"}.get(name, name)
     return ModelSpec(name, (source,), {source: 1.0})
 
@@ -142,7 +145,7 @@ def evaluate_model(spec: ModelSpec, split: Split, dataset: Dataset, settings: Mo
                    segment_threshold: int = 0, export: Path | None = None,
                    report: Report | None = None) -> ModelResult:
     model_settings = spec.settings(settings)
-    if spec.ranker:  # leave-one-out: rows labelled by each shopper's last training item; temporal: a time cut
+    if spec.ranker is True:  # leave-one-out: rows labelled by each shopper's last training item; temporal: a time cut
         model_settings.ranker.split = "last" if split.protocol == "loo" else "time"
     stage = f"{split.name} · {spec.name}"
     if report:
@@ -199,7 +202,7 @@ def evaluate_split(split: Split, dataset: Dataset, settings: ModelSettings, mode
 def known_models(settings: ModelSettings) -> list[str]:
     from shelfwise.retrieval import build_retrievers
 
-    names = list(DEFAULT_MODELS) + ["ranker"]
+    names = list(DEFAULT_MODELS) + ["blend", "ranker"]
     for source in ("copurchase", *SOURCES):
         if source not in names and source != "trending":
             try:
