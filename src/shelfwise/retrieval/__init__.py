@@ -12,7 +12,7 @@ from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import ModelSettings
 
-SOURCES = ("trending", "covisit", "copurchase", "als")
+SOURCES = ("trending", "covisit", "copurchase", "als", "sequence")
 
 
 def build_retrievers(settings: ModelSettings, names: tuple[str, ...] = SOURCES) -> dict[str, Retriever]:
