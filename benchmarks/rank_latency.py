@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--candidates", type=int, default=120)
     ap.add_argument("--data-dir", default="/tmp/shelfwise-rank-bench")
+    ap.add_argument("--sources", default="trending,covisit,copurchase,als",
+                    help="sources fit (pinned, so the run does not depend on the default source set)")
     ap.add_argument("--retrain", action="store_true", help="retrain even if a saved model exists")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
@@ -62,7 +64,7 @@ def main() -> None:
         pipe = Pipeline.load(model_dir, ms)
         train_s = float("nan")
     else:
-        fitted = fit_pipeline(log, engine.catalog, ms)
+        fitted = fit_pipeline(log, engine.catalog, ms, tuple(a.sources.split(",")))
         train_s = time.perf_counter() - t0
         pipe, fit_seconds = fitted.pipeline, fitted.seconds
         model_dir.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--requests", type=int, default=6000)
     ap.add_argument("--data-dir", default="/tmp/shelfwise-rank-bench")
+    ap.add_argument("--sources", default="trending,covisit,copurchase,als",
+                    help="sources fit (pinned, so the run does not depend on the default source set)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -68,7 +70,7 @@ def main() -> None:
     ms = ms.model_copy(update={"ranker": RankerSettings(enabled=True, max_requests=10_000)})
     test = split_history(log, RankerSettings(split="time", holdout_fraction=0.1, max_requests=a.requests, seed=1),
                          ms.history_length, ms.covisit.session_gap_minutes * 60)
-    fitted = fit_pipeline(test.prefix, engine.catalog, ms)
+    fitted = fit_pipeline(test.prefix, engine.catalog, ms, tuple(a.sources.split(",")))
     pipe, ranker = fitted.pipeline, fitted.pipeline.ranker
     points = [p for p in test.points if p.labels]
     print(f"{len(points)} test requests; fit {fitted.seconds}", file=sys.stderr)

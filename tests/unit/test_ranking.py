@@ -15,9 +15,10 @@ from shelfwise.ranking.model import Ranker
 from shelfwise.ranking.train import without_ranker
 from shelfwise.settings import RankerSettings, load_settings
 from shelfwise.stores.protocols import EventLog
-from shelfwise.training import fit_pipeline, train
+from shelfwise.training import fit_pipeline
 
 V, C, P = int(EventType.product_viewed), int(EventType.add_to_cart), int(EventType.purchase_completed)
+SOURCES = ("trending", "covisit", "copurchase", "als")
 FAST = {"enabled": True, "num_boost_round": 40, "early_stopping_rounds": 10, "min_data_in_leaf": 20,
         "max_requests": 3000, "holdout_fraction": 0.15, "candidates": 40}
 
@@ -139,7 +140,12 @@ def shop(tmp_path_factory):
     events = list(store.events())
     for i in range(0, len(events), 5000):
         eng.ingest(events[i:i + 5000])
-    train(eng.store, eng.catalog, eng.models, settings.models)
+    # the sources pinned (not the default set, which may grow slow sources): what `train` does, step by step
+    fitted = fit_pipeline(eng.store.scan(), eng.catalog, settings.models, SOURCES)
+    version, path = eng.models.new_version()
+    fitted.pipeline.version = version
+    fitted.pipeline.save(path)
+    eng.models.publish(version)
     eng.close()
     eng = Shelfwise(settings)
     yield eng
@@ -261,7 +267,7 @@ def test_prefix_sources_never_see_labelled_events(shop):
     log = shop.store.scan()
     s = shop.settings.models
     split = split_history(log, s.ranker, s.history_length)
-    prefix = fit_pipeline(split.prefix, shop.catalog, without_ranker(s), ("trending", "covisit"))
+    prefix = fit_pipeline(split.prefix, shop.catalog, without_ranker(s), ("trending", "covisit"))  # fast subset
     assert prefix.pipeline.trained_until < min(p.ts for p in split.points)
     assert prefix.pipeline.ranker is None
 

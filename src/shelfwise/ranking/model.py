@@ -32,7 +32,7 @@ MODEL_FILE, META_FILE, STATS = "ranker.txt", "ranker.json", "ranker_stats"
 
 def lgb_params(s: "RankerSettings") -> dict[str, Any]:
     return {"objective": s.objective, "metric": "ndcg", "eval_at": [10], "learning_rate": s.learning_rate,
-            "num_leaves": s.num_leaves, "min_data_in_leaf": s.min_data_in_leaf,
+            "num_leaves": s.num_leaves, "max_depth": s.max_depth, "min_data_in_leaf": s.min_data_in_leaf,
             "feature_fraction": s.feature_fraction, "bagging_fraction": s.bagging_fraction,
             "bagging_freq": s.bagging_freq, "lambda_l2": s.lambda_l2, "max_bin": s.max_bin,
             "lambdarank_truncation_level": s.truncation_level, "label_gain": list(s.label_gain),

@@ -21,7 +21,6 @@ from shelfwise.stores.protocols import EventLog
 log_ = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shelfwise.pipeline import Pipeline
     from shelfwise.retrieval.base import TrainData
     from shelfwise.settings import ModelSettings
     from shelfwise.training import Fitted
@@ -69,7 +68,7 @@ def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings",
     from shelfwise.training import fit_pipeline
 
     rs = settings.ranker
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     seconds: dict[str, float] = {}
     gap = settings.covisit.session_gap_minutes * 60.0
     split = split_history(log, rs, settings.history_length, gap)
@@ -108,6 +107,7 @@ def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings",
     ranker.fit(train_rows, valid_rows)
     ranker.stats = ItemStats.fit(final_data, items)
     seconds["total"] = time.perf_counter() - t0
+    seconds["total_cpu"] = time.process_time() - cpu0  # all threads of the process
     report: dict[str, Any] = {"split": rs.split, "cut": split.cut, "points": len(split.points),
                               "exposure_points": exposure_points,
                               "points_with_positive": rows.with_positive,
