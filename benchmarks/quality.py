@@ -69,10 +69,21 @@ def run(names: list[str], keep: bool, models: str, protocol: str) -> None:
         wall = time.perf_counter() - t0
         result = json.loads((out / "results.json").read_text())[0]
         record = {"dataset": name, "command": shown, "wall_s": round(wall, 1), "cold_import": not keep,
+                  "code": code_version(),
                   "machine": result["machine"], "published": PUBLISHED.get(name, []),
                   "seqbench": SEQBENCH.get(name, []), "result": result}
         (RESULTS / f"quality-{name}.json").write_text(json.dumps(record, indent=1))
         print(markdown_rows(record))
+
+
+def code_version() -> str:
+    """The commit measured: SHELFWISE_BENCH_COMMIT (set when running an exported tree via PYTHONPATH), else HEAD
+    of this work tree, marked "+local changes" when src/ differs from it."""
+    if os.environ.get("SHELFWISE_BENCH_COMMIT"):
+        return os.environ["SHELFWISE_BENCH_COMMIT"]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=ROOT).returncode != 0
+    return head.strip() + (" +local changes" if dirty else "")
 
 
 def markdown_rows(record: dict) -> str:
@@ -111,7 +122,7 @@ def markdown_section(names: list[str]) -> str:
                 f"{test['users']:,} shoppers evaluated.", "",
                 f"Command (from the repository root, `SHELFWISE_DATASETS_DIR` = `../shared/datasets`, the "
                 f"default): `{rec['command']}` — wall time **{rec['wall_s']:.0f} s** including the import "
-                f"({res.get('import_s', 0):.0f} s), {m['cores']} cores ({m['cpu']}), {m.get('memory_gb')} GB.", "",
+                f"({res.get('import_s', 0):.0f} s), commit {rec.get('code', '?')}, {m['cores']} cores ({m['cpu']}), {m.get('memory_gb')} GB.", "",
                 "| model | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR@20 | Cov@20 | fit s | rec s "
                 "| valid NDCG@10 |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -137,8 +148,18 @@ def markdown_section(names: list[str]) -> str:
             s_, l_ = dm["segments"]["short"], dm["segments"]["long"]
             out += [f"Default pipeline by history length: ≤ {seg} training interactions ({int(s_['users']):,} "
                     f"shoppers) NDCG@10 {s_['NDCG@10']:.4f}, longer ({int(l_['users']):,}) {l_['NDCG@10']:.4f}. "
-                    f"Full report with plots: `benchmarks/results/quality-{name}/report.md` (regenerated, not "
-                    "committed).", ""]
+                    f"Full report with plots: `benchmarks/results/quality-{name}/report.md`.", ""]
+        tmp = splits.get("temporal-test")
+        if tmp:
+            t = tmp["notes"].get("split_time")
+            out += [f"Global temporal split (train before T = the time leaving 20% of interactions after it, "
+                    f"{t:.0f} unix s; targets = each known shopper's new items after T; {tmp['users']} shoppers):",
+                    "", "| model | HR@10 | NDCG@10 | Recall@20 | MRR@20 |", "|---|---:|---:|---:|---:|"]
+            for model, r in tmp["models"].items():
+                v = r["metrics"]
+                out.append(f"| {model} | {v['HR@10']:.4f} | {v['NDCG@10']:.4f} | {v['Recall@20']:.4f} | "
+                           f"{v['MRR']:.4f} |")
+            out.append("")
     return "\n".join(out)
 
 
