@@ -166,10 +166,8 @@ def _tag_matrix(ids: np.ndarray, catalog: dict[str, Item]) -> sp.csr_matrix:
 
 def _ranks(s: np.ndarray) -> np.ndarray:
     """0-based rank of each candidate by a source's score among the request's candidates; N without evidence."""
-    b, n = s.shape
-    order = np.argsort(-s, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n), (b, n)), axis=1)
+    n = s.shape[1]
+    rank = np.argsort(np.argsort(-s, axis=1, kind="stable"), axis=1)  # the inverse permutation of the order
     return np.where(s > 0, rank, n).astype(np.float32)
 
 
@@ -198,21 +196,26 @@ def _gather(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return owner, m.indices[at], m.data[at]
 
 
-def _tag_profiles(m: sp.csr_matrix, rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(B, n_tags) L2-normalised sum of the tag rows of each request's (valid) items."""
+def _tag_profiles(m: sp.csr_matrix, rows: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, n_tags) L2-normalised tag profiles of each request: of its (valid) items, and of its last item only
+    (column -1 of ``rows``), from one gather."""
     b, h = rows.shape
     owner, col, val = _gather(m, np.where(valid, rows, 0))
     keep = valid.ravel()[owner]
     prof = np.zeros((b, m.shape[1]), np.float32)
     np.add.at(prof, (owner[keep] // h, col[keep]), val[keep])
-    return _cos_rows(prof)
+    last = keep & (owner % h == h - 1)
+    prof_last = np.zeros((b, m.shape[1]), np.float32)
+    np.add.at(prof_last, (owner[last] // h, col[last]), val[last])
+    return _cos_rows(prof), _cos_rows(prof_last)
 
 
-def _tag_dot(m: sp.csr_matrix, cand: np.ndarray, prof: np.ndarray) -> np.ndarray:
-    """Cosine of each candidate's tags (B, N) with its request's profile (B, n_tags)."""
+def _tag_dots(m: sp.csr_matrix, cand: np.ndarray, *profiles: np.ndarray) -> list[np.ndarray]:
+    """Dot of each candidate's tags (B, N) with its request's profiles (B, n_tags each), from one gather."""
     b, n = cand.shape
     owner, col, val = _gather(m, cand)
-    return np.bincount(owner, weights=val * prof[owner // n, col], minlength=b * n).reshape(b, n)
+    req = owner // n
+    return [np.bincount(owner, weights=val * p[req, col], minlength=b * n).reshape(b, n) for p in profiles]
 
 
 def device_code(device: Any) -> int:
@@ -309,8 +312,9 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
     put(np.log(price) - hp_mean[:, None])
     tags = stats.tags
     if tags.shape[1] and tags.shape[0] == len(items):
-        put(_tag_dot(tags, c, _tag_profiles(tags, hs[:, -PROFILE:], hv[:, -PROFILE:])))
-        put(_tag_dot(tags, c, _tag_profiles(tags, last[:, None], has[:, None])))
+        prof, prof_last = _tag_profiles(tags, hs[:, -PROFILE:], hv[:, -PROFILE:])
+        for v in _tag_dots(tags, c, prof, prof_last):
+            put(v)
     else:
         put(np.nan)
         put(np.nan)
