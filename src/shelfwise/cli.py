@@ -174,6 +174,8 @@ def run(
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
     no_serve: bool = typer.Option(False, "--no-serve", help="set up and print example rails, then exit"),
+    train_minutes: float = typer.Option(3.0, min=0.1, help="cap on the sequence model's training time for the "
+                                                           "demo (`shelfwise train` uses the settings' cap)"),
 ) -> None:
     """Set everything up on the embedded default (demo storefront, training) and start the API."""
     with friendly():
@@ -185,6 +187,11 @@ def run(
             console.print("generating the demo storefront (first run only)…")
             load_storefront(engine, 12_000, 20_000, 500_000, settings.seed)
         if not engine.trained:
+            seq = settings.models.sequence
+            if seq.max_train_minutes > train_minutes:
+                console.print(f"demo: the sequence model trains for at most {train_minutes:g} min "
+                              "(the best epoch so far is kept); `shelfwise train` trains to convergence")
+                seq.max_train_minutes = train_minutes
             run_training(engine)
         engine.close()
         engine = _engine(settings)
