@@ -137,7 +137,7 @@ def markdown_section(names: list[str]) -> str:
                        + f" | {r['coverage']['@20']:.3f} | {r['fit_s']:.1f} | {r['recommend_s']:.1f} | "
                        + (f"{vv:.4f} |" if vv is not None else "– |"))
         for who, hr, ndcg in rec.get("seqbench", []):
-            out.append(f"| seqbench.py {who} (reference scorer's own baseline) | – | {hr:.4f} | – | – | {ndcg:.4f} "
+            out.append(f"| seqbench.py: {who} | – | {hr:.4f} | – | – | {ndcg:.4f} "
                        "| – | – | – | – | – | – |")
         for who, hr, ndcg in rec.get("published", []):
             out.append(f"| {who} (published) | – | {hr:.4f} | – | – | {ndcg:.4f} | – | – | – | – | – | – |")
