@@ -194,7 +194,7 @@ class RankerSettings(_Section):
     """
 
     enabled: bool = Field(False, description="train the ranker with the pipeline (shelfwise train) and use it for "
-                                             "`placements` (+36% NDCG@10 on the synthetic storefront, +11% on Amazon "
+                                             "`placements` (+40% NDCG@10 on the synthetic storefront, +13% on Amazon "
                                              "Beauty/Sports: BENCHMARKS.md, Learning to rank)")
     placements: list[str] = Field(default_factory=lambda: ["homepage"],
                                   description="placements re-ranked (training requests are history-based, "
