@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         # processes (`shelfwise serve --workers N`), not threads.
         app.state.blas_limit = threadpool_limits(limits=1)
         state["engine"] = engine or Shelfwise(settings)
+        if "torch" in sys.modules:  # the sequence model is loaded: same reasoning for torch's intra-op threads
+            sys.modules["torch"].set_num_threads(1)
         yield
         if engine is None:
             state["engine"].close()
