@@ -63,3 +63,17 @@ def tiny_events() -> list[Event]:
             n += 1
             out.append(buy(f"e{n}", shopper, [f"p{phone}", f"c{phone}"], base + 10))
     return out
+
+
+@pytest.fixture
+def trained_settings(settings: Settings) -> Settings:
+    """Settings whose data dir holds the tiny storefront and a trained default model."""
+    from shelfwise.service import Shelfwise
+    from shelfwise.training import train
+
+    eng = Shelfwise(settings)
+    eng.upsert_items(tiny_catalog())
+    eng.ingest(tiny_events())
+    train(eng.store, eng.catalog, eng.models, settings.models)
+    eng.close()
+    return settings

@@ -4,9 +4,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shelfwise.api.app import create_app
-from shelfwise.service import Shelfwise
-from shelfwise.training import train
-from tests.conftest import tiny_catalog, tiny_events
 
 
 def event(i, **kw):
@@ -15,13 +12,8 @@ def event(i, **kw):
 
 
 @pytest.fixture
-def client(settings):
-    eng = Shelfwise(settings)
-    eng.upsert_items(tiny_catalog())
-    eng.ingest(tiny_events())
-    train(eng.store, eng.catalog, eng.models, settings.models)
-    eng.close()
-    with TestClient(create_app(settings)) as c:
+def client(trained_settings):
+    with TestClient(create_app(trained_settings)) as c:
         yield c
 
 

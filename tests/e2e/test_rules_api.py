@@ -17,13 +17,8 @@ PIN_H1 = {"rules": [{"id": "hero", "priority": 10, "action": {"type": "pin", "it
 
 
 @pytest.fixture
-def client(settings):
-    eng = Shelfwise(settings)
-    eng.upsert_items(tiny_catalog())
-    eng.ingest(tiny_events())
-    train(eng.store, eng.catalog, eng.models, settings.models)
-    eng.close()
-    with TestClient(create_app(settings)) as c:
+def client(trained_settings):
+    with TestClient(create_app(trained_settings)) as c:
         yield c
 
 

@@ -6,18 +6,12 @@ import pytest
 from shelfwise.pipeline import RecRequest
 from shelfwise.service import Shelfwise
 from shelfwise.stores.protocols import Interaction, ShopperState
-from shelfwise.training import train
-from tests.conftest import tiny_catalog, tiny_events
+from tests.conftest import tiny_catalog
 
 
 @pytest.fixture
-def engine(settings):
-    eng = Shelfwise(settings)
-    eng.upsert_items(tiny_catalog())
-    eng.ingest(tiny_events())
-    train(eng.store, eng.catalog, eng.models, settings.models)
-    eng.close()
-    eng = Shelfwise(settings)
+def engine(trained_settings):
+    eng = Shelfwise(trained_settings)
     yield eng
     eng.close()
 
