@@ -240,8 +240,13 @@ def recommend(
     k: int = typer.Option(20, min=1, max=1000),
     out: Path = typer.Option(Path("recs.jsonl"), help="JSON lines output"),
     placement: str = typer.Option("homepage"),
+    at: str = typer.Option("trained", help="time the requests are made at: 'trained' (the newest event the model "
+                                           "was trained on, as `evaluate` asks), 'now', or ISO date/time or unix "
+                                           "seconds"),
 ) -> None:
     """Batch export: the placement's top-k for every shopper in a file, one JSON object a line."""
+    import time
+
     from shelfwise.pipeline import RecRequest
 
     with friendly():
@@ -253,12 +258,16 @@ def recommend(
             raise CLIError("no trained model yet: run `shelfwise train` first")
         ids = [line.strip() for line in users.read_text().splitlines() if line.strip()]
         pipe = engine.pipeline
+        now = (pipe.trained_until if at == "trained" else time.time() if at == "now"
+               else _parse_time(at, "--at"))
+        if now == float("inf"):  # a model saved without its training time
+            now = time.time()
         with progress() as bar, out.open("w") as fh:
             task = bar.add_task("recommending", total=len(ids))
             for start in range(0, len(ids), 1024):
                 chunk = ids[start:start + 1024]
                 states = engine.store.history(chunk, settings.models.history_length)
-                reqs = [RecRequest(placement, shopper=u, k=k, state=states[u]) for u in chunk]
+                reqs = [RecRequest(placement, shopper=u, k=k, state=states[u], now=now) for u in chunk]
                 for u, ans in zip(chunk, pipe.recommend(reqs)):
                     fh.write(json.dumps({"user": u, "items": [r.item_id for r in ans.items]}) + "\n")
                 bar.advance(task, len(chunk))
@@ -351,7 +360,8 @@ def evaluate(
                                                         "<name>_item2attributes.json[.gz] beside the file, 'none' for none"),
     protocol: str = typer.Option("auto", help="loo, temporal or loo,temporal; auto = loo, plus temporal when the "
                                               "data have real timestamps"),
-    targets: str = typer.Option("valid,test", help="leave-one-out targets: valid (second-to-last), test (last)"),
+    targets: str = typer.Option("test", help="leave-one-out targets: test (last item; the published protocol), "
+                                             "valid (second-to-last: for tuning), or valid,test"),
     models: str = typer.Option("popularity,covisit,als,ease,default",
                                help="baselines (popularity, covisit, als, ease, any source) and 'default' (the "
                                     "configured homepage blend)"),
@@ -439,7 +449,7 @@ def evaluate(
         console.print(f"wall time {result['wall_s']:.0f} s")
 
 
-def _parse_time(value: str) -> float:
+def _parse_time(value: str, option: str = "--split-time") -> float:
     from datetime import datetime, timezone
 
     try:
@@ -449,7 +459,7 @@ def _parse_time(value: str) -> float:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise CLIError(f"--split-time must be an ISO date/time or unix seconds, got {value!r}") from None
+        raise CLIError(f"{option} must be an ISO date/time or unix seconds, got {value!r}") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t.timestamp()

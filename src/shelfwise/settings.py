@@ -101,6 +101,9 @@ class SequenceSettings(_Section):
                                               "epochs of 1e-3 (BENCHMARKS.md)")
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1, description="sequences per training step")
+    negatives: int = Field(0, ge=0, description="0 = full-softmax cross-entropy over the catalog; N = sampled "
+                                                "softmax over N uniform negatives per batch (faster on big "
+                                                "catalogs; logQ-corrected)")
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(6, ge=1, description="stop after this many validations without a better NDCG@10")
     max_len: int = Field(50, ge=2, description="the last max_len events of a shopper are encoded")
@@ -193,9 +196,9 @@ class RankerSettings(_Section):
     it are labelled by what the shopper did next (purchase 3 > add to cart 2 > view 1), see ``ranking/labels.py``.
     """
 
-    enabled: bool = Field(False, description="train the ranker with the pipeline (shelfwise train) and use it for "
-                                             "`placements` (+40% NDCG@10 on the synthetic storefront, +13% on Amazon "
-                                             "Beauty/Sports: BENCHMARKS.md, Learning to rank)")
+    enabled: bool = Field(True, description="train the ranker with the pipeline (shelfwise train) and use it for "
+                                            "`placements` (+40% NDCG@10 on the synthetic storefront, +13% on Amazon "
+                                            "Beauty/Sports: BENCHMARKS.md, Learning to rank)")
     placements: list[str] = Field(default_factory=lambda: ["homepage"],
                                   description="placements re-ranked (training requests are history-based, "
                                               "like the homepage); the first one's sources become features")
@@ -204,9 +207,11 @@ class RankerSettings(_Section):
                                                         "price×margin / max over the candidates; 0 = relevance "
                                                         "only (see BENCHMARKS.md, Learning to rank)")
     # training data
-    split: Literal["time", "last"] = Field("time", description="time: label the interactions after a global "
-                                                               "time cut; last: each shopper's last one "
-                                                               "(leave-one-out data without real time)")
+    split: Literal["auto", "time", "last"] = Field("auto", description="time: label the interactions after a "
+                                                                       "global time cut; last: each shopper's "
+                                                                       "last one (leave-one-out data without real "
+                                                                       "time); auto: last when the log's times are "
+                                                                       "order-only (imported sequences), else time")
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="split=time: share of interactions after the cut")
     label_horizon: int = Field(5, ge=1, description="the next N interactions of the session are labelled")
     max_requests: int = Field(10_000, ge=1, description="at most this many labelled requests (sampled): bounds "

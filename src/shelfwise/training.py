@@ -31,25 +31,43 @@ class Fitted:
 
 def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
                  progress: Callable[[str], None] | None = None) -> Fitted:
-    """Fit the named sources on an event log; the pipeline is ready to answer (not saved)."""
+    """Fit the named sources on an event log; the pipeline is ready to answer (not saved).
+
+    With the learned ranker enabled, the sources are first fit on the ranker's prefix (the log before its label
+    cut, see ``ranking/labels.py``), the ranker learns from their candidates, and then each source is fit on the
+    whole log, starting from its prefix fit where it can (``Retriever.warm_start``: the sequence model then
+    needs a few epochs instead of a full training).
+    """
     items = {it.id: it for it in catalog.all()}
     data = TrainData.from_log(log, items, settings.event_weights,
                               session_gap_s=settings.covisit.session_gap_minutes * 60)
     retrievers = build_retrievers(settings, sources)
     timings: dict[str, float] = {}
+    ranker, prefix = None, None
+    if settings.ranker.enabled and len(log):  # learning to rank over the sources' candidates (ranking/)
+        from shelfwise.ranking.labels import split_history
+        from shelfwise.ranking.train import fit_ranker, resolve_split, without_ranker
+
+        t0 = time.perf_counter()
+        settings = resolve_split(settings, log)
+        split = split_history(log, settings.ranker, settings.history_length,
+                              settings.covisit.session_gap_minutes * 60.0)
+        if progress:
+            progress("ranker sources (prefix)")
+        prefix = fit_pipeline(split.prefix, catalog, without_ranker(settings), tuple(retrievers))
+        ranker = fit_ranker(log, items, settings, data, tuple(retrievers), prefix=prefix, progress=progress,
+                            split=split)
+        timings["ranker"] = time.perf_counter() - t0
     for name, r in retrievers.items():
         if progress:
             progress(name)
         t0 = time.perf_counter()
+        if prefix is not None:
+            r.warm_start(prefix.pipeline.retrievers[name], prefix.data.items)
         r.fit(data)
         timings[name] = time.perf_counter() - t0
     pipe = Pipeline(settings, data.items, retrievers, data.shopper_index, trained_until=data.now)
-    if settings.ranker.enabled and len(log):  # learning to rank over the sources' candidates (ranking/)
-        from shelfwise.ranking.train import fit_ranker
-
-        t0 = time.perf_counter()
-        pipe.ranker = fit_ranker(log, items, settings, data, tuple(retrievers), progress=progress)
-        timings["ranker"] = time.perf_counter() - t0
+    pipe.ranker = ranker
     return Fitted(pipe, data, timings)
 
 

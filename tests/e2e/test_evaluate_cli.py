@@ -47,7 +47,7 @@ def cli(settings, monkeypatch):
 def test_evaluate_writes_report_json_plots_and_lists(cli, tmp_path):
     data = write_sequences(tmp_path / "Toy.txt")
     r = cli("evaluate", "s3rec", data, "--models", "popularity,covisit,als,ease,default", "--report", tmp_path / "rep",
-            "--export-recs", tmp_path / "recs")
+            "--export-recs", tmp_path / "recs", "--targets", "valid,test")
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "rep" / "results.json").read_text())[0]
     assert [s["name"] for s in res["splits"]] == ["loo-valid", "loo-test"]
@@ -131,7 +131,8 @@ def test_evaluate_on_a_beauty_slice(cli, tmp_path):
             "--export-recs", tmp_path / "recs")
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "rep" / "results.json").read_text())[0]
-    test = res["splits"][1]
+    assert [s["name"] for s in res["splits"]] == ["loo-test"]  # the default target: the published protocol's
+    test = res["splits"][0]
     assert test["users"] == 300
     if SEQBENCH.is_file():  # the reference scorer reads the same lists the same way
         spec = importlib.util.spec_from_file_location("seqbench", SEQBENCH)

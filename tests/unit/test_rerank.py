@@ -41,6 +41,7 @@ def pipe(built):
 
 
 def test_defaults_are_exactly_the_blend_ranking(pipe):
+    assert pipe.ranker is None  # the tiny log has too few labelled requests (ranker.min_requests) to train one
     reqs = [RecRequest(pl, shopper=s, item_id="p1", cart=["p2"], k=8, now=NOW)
             for pl in ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell") for s in (None, "u3", "u8")]
     got = pipe.recommend(reqs)

@@ -81,6 +81,51 @@ def test_batch_equals_single_requests_and_empty_history_has_no_evidence(chain_mo
     assert batch[3].argmax() == 8  # a product page: what follows the anchor item
 
 
+def chain_accuracy(model, n_items=30, seed=1) -> float:
+    rng = np.random.default_rng(seed)
+    queries = [hq([(s + j) % n_items for j in range(rng.integers(1, 6))]) for s in rng.integers(0, n_items, 200)]
+    expected = np.array([(q.history[-1] + 1) % n_items for q in queries])
+    return float((model.score(queries).argmax(axis=1) == expected).mean())
+
+
+def test_warm_start_continues_the_prefix_fit_with_a_few_epochs(chain_model):
+    data, prefix_model = chain_model
+    warm = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40, finetune_epochs=1))
+    warm.warm_start(prefix_model, data.items)
+    warm.fit(chain_data(seed=5))  # the "whole log": other walks of the same chain
+    assert warm.report["warm_start"] and warm.report["same_vocabulary"] and warm.report["epochs"] == 1
+    assert chain_accuracy(warm) >= 0.95  # one epoch from scratch learns nothing of the kind
+    cold = SequenceRetriever(SequenceSettings(**TINY, max_epochs=1, finetune_epochs=0)).fit(chain_data(seed=5))
+    assert chain_accuracy(cold) < 0.5
+
+
+def test_warm_start_maps_items_by_id_when_the_vocabulary_changed(chain_model):
+    data, prefix_model = chain_model
+    later = chain_data(seed=5)
+    ids = ["a-new-item"] + [str(x) for x in later.items.ids]  # one new item first: every index moves by one
+    later.items = ItemTable.build(ids, {})
+    later.item = later.item + 1
+    warm = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40, finetune_epochs=1))
+    warm.warm_start(prefix_model, data.items)
+    warm.fit(later)
+    assert warm.report["warm_start"] and not warm.report["same_vocabulary"]
+    old, new = prefix_model.item_vectors, warm.item_vectors
+    assert new.shape == (31, old.shape[1])
+    # item "i05" kept its learned embedding (moved one row down), up to one epoch of updates
+    cos = new[6] @ old[5] / np.linalg.norm(new[6]) / np.linalg.norm(old[5])
+    assert cos > 0.8
+    rng = np.random.default_rng(2)
+    queries = [hq([1 + (s + j) % 30 for j in range(3)]) for s in rng.integers(0, 30, 100)]
+    expected = np.array([1 + (q.history[-1]) % 30 for q in queries])  # model index i+1 is old item i
+    assert (warm.score(queries).argmax(axis=1) == expected).mean() >= 0.9
+
+
+def test_sampled_softmax_learns_the_chain_too():
+    model = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40, finetune_epochs=0, negatives=8)).fit(
+        chain_data())
+    assert chain_accuracy(model) >= 0.9
+
+
 def test_save_load_round_trip_gives_identical_scores(tmp_path):
     data = chain_data(n_users=120)
     model = SequenceRetriever(SequenceSettings(**(TINY | {"ann_max_batch": 8}), max_epochs=3)).fit(data)

@@ -214,7 +214,7 @@ def known_models(settings: ModelSettings) -> list[str]:
 
 
 def evaluate_dataset(dataset: Dataset, settings: ModelSettings, protocols: Sequence[str] = ("auto",),
-                     targets: Sequence[str] = ("valid", "test"), models: Sequence[str] = DEFAULT_MODELS,
+                     targets: Sequence[str] = ("test",), models: Sequence[str] = DEFAULT_MODELS,
                      ks: Sequence[int] = M.KS, batch_size: int = 1024, export_dir: Path | None = None,
                      split_time: float | None = None, test_fraction: float = 0.2,
                      report: Report | None = None, command: str | None = None) -> dict:

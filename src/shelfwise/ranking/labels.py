@@ -4,7 +4,8 @@ The scheme (``split_history``), for a log of events up to now:
 
 1. Pick a cut. ``split="time"``: the time leaving ``holdout_fraction`` of the interactions after it.
    ``split="last"`` (leave-one-out data without real time, e.g. the S3-Rec Amazon files): every shopper's last
-   interaction is held out, the cut is per shopper.
+   interaction is held out, the cut is per shopper. ``split="auto"`` (the default): "last" for such order-only
+   logs (``auto_split``), "time" otherwise.
 2. The candidate sources are fit on the events BEFORE the cut only (``prefix``). They never see a labelled event.
 3. Training points are the held-out interactions (after the cut): a request made just before the event, by its
    shopper, whose history is everything the shopper did before it — exactly what online state would hold
@@ -17,7 +18,8 @@ The scheme (``split_history``), for a log of events up to now:
 5. The ranker's early-stopping validation split is the latest ``valid_fraction`` of the points by time
    (``split="last"``: a random share of the shoppers), so validation is also "future" relative to training rows.
 
-At serving time the sources are refit on everything and the ranker (trained on prefix-fit sources) is applied to
+At serving time the sources are refit on everything (``training.fit_pipeline``: the sequence model continues
+from its prefix fit for a few epochs) and the ranker (trained on prefix-fit sources) is applied to
 them — the one shift in this scheme: the sources have seen slightly more data than during ranker training. Source
 scores enter as row-normalised values and ranks, which keeps that shift small.
 
@@ -116,6 +118,17 @@ def _positive(log: EventLog) -> np.ndarray:
     return grade_of(log.kind) > 0
 
 
+def auto_split(log: EventLog) -> str:
+    """``split="auto"``: "last" when most shoppers' first event is at the importers' synthetic epoch (sequences
+    imported with order-only times, e.g. the S3-Rec files), else "time"."""
+    from shelfwise.importers.base import SYNTHETIC_EPOCH
+
+    if not len(log):
+        return "time"
+    first = np.r_[True, log.shopper[1:] != log.shopper[:-1]]  # the log is grouped by shopper, in time order
+    return "last" if np.mean(log.ts[first] == SYNTHETIC_EPOCH.timestamp()) >= 0.5 else "time"
+
+
 def split_history(log: EventLog, settings: "RankerSettings", history_length: int = 50,
                   session_gap_s: float = 1800.0) -> HistorySplit:
     """The prefix the sources are fit on and the labelled points after it (see the module docstring)."""
@@ -127,7 +140,8 @@ def split_history(log: EventLog, settings: "RankerSettings", history_length: int
     change = np.flatnonzero(log.shopper[1:] != log.shopper[:-1]) + 1
     bounds = np.r_[0, change, n]
     block = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
-    if settings.split == "time":
+    how = auto_split(log) if settings.split == "auto" else settings.split
+    if how == "time":
         cut = float(np.quantile(log.ts[pos], 1.0 - settings.holdout_fraction, method="higher"))
         held = log.ts >= cut
     else:
@@ -146,7 +160,7 @@ def split_history(log: EventLog, settings: "RankerSettings", history_length: int
     cum = np.cumsum(pos) - pos  # positives strictly before each row (global)
     seen_before = (cum - cum[bounds[block]]) > 0
     cand = np.flatnonzero(held & pos & seen_before)
-    if settings.split == "last":
+    if how == "last":
         cand = cand[np.r_[True, block[cand][1:] != block[cand][:-1]]] if len(cand) else cand  # one per shopper
     if len(cand) > settings.max_requests:
         cand = np.sort(rng.choice(cand, settings.max_requests, replace=False))

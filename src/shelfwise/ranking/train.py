@@ -14,7 +14,7 @@ import numpy as np
 
 from shelfwise.domain import Item
 from shelfwise.ranking.features import FeatureSpec, ItemStats
-from shelfwise.ranking.labels import RankRows, build_rows, split_history
+from shelfwise.ranking.labels import HistorySplit, RankRows, auto_split, build_rows, split_history
 from shelfwise.ranking.model import Ranker
 from shelfwise.stores.protocols import EventLog
 
@@ -38,6 +38,14 @@ def without_ranker(settings: "ModelSettings") -> "ModelSettings":
     return settings.model_copy(update={"ranker": settings.ranker.model_copy(update={"enabled": False})})
 
 
+def resolve_split(settings: "ModelSettings", log: EventLog) -> "ModelSettings":
+    """``settings`` with ``ranker.split="auto"`` made concrete for this log (``labels.auto_split``)."""
+    if settings.ranker.split != "auto":
+        return settings
+    split = auto_split(log)
+    return settings.model_copy(update={"ranker": settings.ranker.model_copy(update={"split": split})})
+
+
 def split_rows(rows: RankRows, valid_fraction: float, by: str, seed: int = 0) -> tuple[RankRows, RankRows]:
     """Early-stopping split: the latest requests by time (``by="time"``) or a random share of shoppers."""
     g = len(rows.group)
@@ -58,20 +66,24 @@ def split_rows(rows: RankRows, valid_fraction: float, by: str, seed: int = 0) ->
 
 def fit_ranker(log: EventLog, items: dict[str, Item], settings: "ModelSettings", final_data: "TrainData",
                sources: tuple[str, ...], prefix: "Fitted | None" = None,
-               progress: Callable[[str], None] | None = None) -> Ranker | None:
+               progress: Callable[[str], None] | None = None, split: HistorySplit | None = None
+               ) -> Ranker | None:
     """Train the ranker for a pipeline fit on ``log`` (whose training data is ``final_data``).
 
     ``prefix``: sources already fit on the ranker's prefix (saves a refit when the caller has them, e.g. the
-    leave-one-out benchmark which tunes blend weights on the same validation stage). Returns None (the pipeline
+    leave-one-out benchmark which tunes blend weights on the same validation stage); ``split``: the
+    ``split_history`` of ``log`` the prefix was cut by, when the caller made it. Returns None (the pipeline
     serves the blend order) when fewer than ``min_requests`` labelled requests have a positive candidate.
     """
     from shelfwise.training import fit_pipeline
 
+    settings = resolve_split(settings, log)
     rs = settings.ranker
     t0, cpu0 = time.perf_counter(), time.process_time()
     seconds: dict[str, float] = {}
     gap = settings.covisit.session_gap_minutes * 60.0
-    split = split_history(log, rs, settings.history_length, gap)
+    if split is None:
+        split = split_history(log, rs, settings.history_length, gap)
     exposure_points = 0
     if rs.exposure_log and rs.split == "time" and np.isfinite(split.cut):  # logged impressions, IPW by position
         from shelfwise.ranking.exposures import exposure_points as to_points, read_exposures

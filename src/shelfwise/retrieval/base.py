@@ -194,6 +194,10 @@ class Retriever(ABC):
     @abstractmethod
     def fit(self, data: TrainData) -> "Retriever": ...
 
+    def warm_start(self, earlier: "Retriever", earlier_items: ItemTable) -> None:
+        """Start the next ``fit`` from ``earlier``, a fit of this source on a prefix of the same log whose
+        vocabulary is ``earlier_items``. By default nothing: sources that fit in seconds fit from scratch."""
+
     @abstractmethod
     def score(self, queries: Sequence[Query]) -> np.ndarray:
         """Dense ``(len(queries), n_items)`` float32 scores; 0 means no evidence; higher is better."""

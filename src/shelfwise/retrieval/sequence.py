@@ -165,23 +165,27 @@ def _module_class() -> Any:
         """
 
         @staticmethod
-        def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int = 64) -> torch.Tensor:
             n = len(h)
             grad_h = torch.empty_like(h)
             grad_w = torch.zeros_like(w)
-            loss = h.new_zeros(())
+            loss = h.new_zeros((), dtype=torch.float64)
             rows = torch.arange(min(chunk, n))
             for s in range(0, n, chunk):
                 hc, tc = h[s:s + chunk], target[s:s + chunk]
+                r = rows[: len(tc)]
                 logits = hc @ w.T
-                lse = torch.logsumexp(logits, 1)
-                loss += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
-                logits.sub_(lse[:, None]).exp_()
-                logits[rows[: len(tc)], tc] -= 1.0
+                top = logits.amax(1, keepdim=True)
+                picked = logits[r, tc]
+                logits.sub_(top).exp_()  # one exp pass: softmax = exp(l - max) / sum
+                z = logits.sum(1, keepdim=True)
+                loss += (z.log()[:, 0] + top[:, 0] - picked).sum(dtype=torch.float64)
+                logits.div_(z)
+                logits[r, tc] -= 1.0
                 grad_h[s:s + chunk] = logits @ w
                 grad_w.addmm_(logits.T, hc)
             ctx.save_for_backward(grad_h / n, grad_w / n)
-            return loss / n
+            return (loss / n).to(h.dtype)
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> tuple:
@@ -274,6 +278,19 @@ class SequenceRetriever(Retriever):
         self.item_vectors = np.zeros((0, self.settings.dim), np.float32)
         self.index: HNSWIndex | None = None
         self.report: dict[str, Any] = {}
+        self._optimizer_state: dict | None = None  # after fit, for a later warm start (not saved)
+        self._warm: tuple[Any, list[str], dict | None] | None = None
+
+    def warm_start(self, earlier: Retriever, earlier_items: Any) -> None:
+        """The next fit continues ``earlier`` (fit on a prefix of the same log) for ``finetune_epochs`` epochs
+        on the whole log, instead of training from scratch with early stopping. Items new since the prefix
+        start from a fresh embedding; the optimizer state carries over when the vocabulary is unchanged."""
+        if not isinstance(earlier, SequenceRetriever) or earlier.model is None:
+            return
+        same = {k: v for k, v in self.settings.model_dump().items() if k in ("dim", "layers", "heads", "max_len")}
+        if same != {k: getattr(earlier.settings, k) for k in same}:
+            return  # another architecture: nothing to continue
+        self._warm = (earlier.model.state_dict(), [str(x) for x in earlier_items.ids], earlier._optimizer_state)
 
     # ---- training --------------------------------------------------------------------------------------
     def _new_model(self) -> Any:
@@ -304,6 +321,8 @@ class SequenceRetriever(Retriever):
         val.sort(key=lambda v: min(len(v[0]), s.max_len))  # similar lengths batch together: little padding
 
         threads = s.threads or _cores()
+        if self._warm is not None:
+            return self._fit_warm(data, seqs, threads, t_start, deadline)
         self.model = self._new_model()
         report: dict[str, Any] = {"windows": len(windows), "val_users": len(val), "epochs": 0, "best_epoch": 0,
                                   "val_ndcg10": None, "val_hr10": None, "stopped": "max_epochs"}
@@ -355,6 +374,51 @@ class SequenceRetriever(Retriever):
                 report["finetune_epochs"] = done
         finally:
             bar.close()
+        self._optimizer_state = opt.state_dict()
+        self._finish(report, t_start)
+        return self
+
+    def _fit_warm(self, data: TrainData, seqs: list, threads: int, t_start: float, deadline: float
+                  ) -> "SequenceRetriever":
+        import torch
+
+        s = self.settings
+        state, earlier_ids, opt_state = self._warm  # type: ignore[misc]
+        self._warm = None
+        self.model = self._new_model()
+        ids = [str(x) for x in data.items.ids]
+        same_vocab = ids == earlier_ids
+        emb = state["item.weight"]
+        if not same_vocab:  # rows of the earlier vocabulary move to the new positions; new items keep their init
+            fresh = self.model.item.weight.detach().clone()
+            where = {iid: j for j, iid in enumerate(earlier_ids)}
+            new_rows = [j for j, iid in enumerate(ids) if iid in where]
+            fresh[1 + torch.tensor(new_rows, dtype=torch.long)] = emb[1 + torch.tensor(
+                [where[ids[j]] for j in new_rows], dtype=torch.long)]
+            state = dict(state, **{"item.weight": fresh})
+        self.model.load_state_dict(state)
+        opt = torch.optim.Adam(self.model.parameters(), lr=s.lr, betas=(0.9, 0.98)) if not s.weight_decay else \
+            torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
+        if same_vocab and opt_state is not None:
+            opt.load_state_dict(opt_state)
+        windows = _training_windows(seqs, s.max_len)
+        rng = np.random.default_rng(s.seed + 1)
+        report: dict[str, Any] = {"windows": len(windows), "warm_start": True, "same_vocabulary": same_vocab,
+                                  "epochs": 0, "stopped": "max_epochs"}
+        bar = _Progress(s.progress, max(s.finetune_epochs, 1))
+        try:
+            with _torch_threads(threads):
+                for epoch in range(1, max(s.finetune_epochs, 1) + 1):
+                    loss = self._epoch(windows, opt, rng) if windows else 0.0
+                    report["epochs"] = epoch
+                    bar.update(loss=loss, finetune=epoch)
+                    if time.perf_counter() > deadline:
+                        report["stopped"] = "time"
+                        break
+        finally:
+            bar.close()
+        report["train_seconds"] = round(time.perf_counter() - t_start, 1)
+        self._optimizer_state = opt.state_dict()
         self._finish(report, t_start)
         return self
 
@@ -404,13 +468,31 @@ class SequenceRetriever(Retriever):
             target = torch.from_numpy(_pad([w[2] for w in batch], fill=-1))
             valid = target >= 0
             h = model(items, kinds)[valid]
-            loss = model.full_softmax_ce(h, model.item_weights(), target[valid])
+            loss = self._loss(h, target[valid])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(h)
             count += len(h)
         return total / max(count, 1)
+
+    def _loss(self, h: Any, target: Any) -> Any:
+        """Cross-entropy of next-item prediction: full softmax over the catalog, or (``negatives`` < catalog)
+        sampled softmax over ``negatives`` uniformly drawn items shared by the batch, each negative's logit
+        raised by log(n_items / negatives) so the sample estimates the full partition function."""
+        import torch
+        import torch.nn.functional as F
+
+        weights = self.model.item_weights()
+        k = self.settings.negatives
+        if not k or k >= self.n_items:
+            return self.model.full_softmax_ce(h, weights, target)
+        neg = torch.randint(0, self.n_items, (k,))
+        pos = (h * weights[target]).sum(1, keepdim=True)
+        other = h @ weights[neg].T + math.log(self.n_items / k)
+        other = other.masked_fill(neg[None, :] == target[:, None], -torch.inf)  # a sampled target is no negative
+        logits = torch.cat([pos, other], 1)
+        return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long))
 
     def _validate(self, val: list[tuple[np.ndarray, np.ndarray, int]], batch: int = 1024
                   ) -> tuple[float, float, float]:
