@@ -11,10 +11,13 @@ pipeline once, then serves it in three setups, one after the other:
 - ``scale-out``: PostgreSQL event store + Redis online state, ``shelfwise serve --workers N`` for N in
   ``--api-processes`` (default 1 and 2).
 
-Load comes from a second process on loopback (``--loadgen``): ``--concurrency`` keep-alive connections asking
-for the homepage rail of shoppers drawn from a Zipf-like distribution (so most requests hit the online state and
-some read through to the event store), for ``--seconds`` after a warm-up, at most ``--max-requests``. Reports
-p50/p99 latency seen by the client and requests/s. Nothing leaves the machine.
+Load comes from a second process on loopback: ``--concurrency`` keep-alive connections asking for the homepage
+rail of shoppers drawn from a Zipf-like distribution (so most requests hit the online state and some read through
+to the event store), for ``--seconds`` after a warm-up. ``--client wrk`` (the default when ``wrk`` is installed:
+``apt-get install wrk``) is a C load generator that needs little CPU, which matters on a 2-core machine where the
+client shares the cores with the server; ``--client python`` is a threaded httpx client (heavier: its own CPU
+use lowers the server's throughput), bounded by ``--max-requests``. Reports p50/p99 latency seen by the client and
+requests/s. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -89,6 +92,41 @@ def loadgen(args: argparse.Namespace) -> None:
                       "p99_ms": round(float(np.percentile(lat, 99)), 2)}))
 
 
+WRK_SCRIPT = """
+local users = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/v1/recommendations/homepage?k=12&user_id=" .. users[(i %% #users) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %%d, "errors": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, '
+    .. '"p99_us": %%d}\\n', summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
+    summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
+"""
+
+
+def wrk_load(args: argparse.Namespace, url: str, shoppers: Path) -> dict:
+    """Closed-loop load with wrk (one client thread): a warm-up run, then the measured one."""
+    users = shoppers.read_text().split()
+    rng = np.random.default_rng(0)
+    weights = 1.0 / np.arange(1, len(users) + 1) ** 0.8
+    picks = rng.choice(len(users), size=50_000, p=weights / weights.sum())
+    script = shoppers.with_name("wrk.lua")
+    script.write_text(WRK_SCRIPT % ",".join(f'"{users[i]}"' for i in picks))
+    base = ["wrk", "-t1", f"-c{args.concurrency}", "--timeout", "10s", "-s", str(script), url]
+    subprocess.run(base[:1] + [f"-d{max(1, int(args.warmup))}s"] + base[1:], capture_output=True, check=True)
+    out = subprocess.run(base[:1] + [f"-d{int(args.seconds)}s"] + base[1:], capture_output=True, text=True,
+                         check=True).stdout
+    r = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    secs = r["duration_us"] / 1e6
+    return {"client": "wrk", "requests": r["requests"], "errors": r["errors"], "seconds": round(secs, 1),
+            "requests_per_s": round(r["requests"] / secs, 1), "p50_ms": round(r["p50_us"] / 1000, 2),
+            "p90_ms": round(r["p90_us"] / 1000, 2), "p99_ms": round(r["p99_us"] / 1000, 2)}
+
+
 def state_latency(redis_url: str, prefix: str, n: int = 20_000) -> list[dict]:
     """The online-state read of a request in isolation: get() of one cached shopper (50 recent events)."""
     from shelfwise.stores import open_online_state
@@ -134,11 +172,14 @@ def serve_and_measure(name: str, env: dict[str, str], workers: int, args, shoppe
             except (httpx.TransportError, ValueError):
                 pass
             time.sleep(0.3)
-        out = subprocess.run([sys.executable, __file__, "--loadgen", "--url", f"http://127.0.0.1:{port}",
-                              "--shoppers", str(shoppers), "--seconds", str(args.seconds), "--warmup",
-                              str(args.warmup), "--concurrency", str(args.concurrency), "--max-requests",
-                              str(args.max_requests)], capture_output=True, text=True, check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        if args.client == "wrk":
+            res = wrk_load(args, f"http://127.0.0.1:{port}", shoppers)
+        else:
+            out = subprocess.run([sys.executable, __file__, "--loadgen", "--url", f"http://127.0.0.1:{port}",
+                                  "--shoppers", str(shoppers), "--seconds", str(args.seconds), "--warmup",
+                                  str(args.warmup), "--concurrency", str(args.concurrency), "--max-requests",
+                                  str(args.max_requests)], capture_output=True, text=True, check=True)
+            res = {"client": "python", **json.loads(out.stdout.strip().splitlines()[-1])}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -164,11 +205,17 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--only", default="embedded,redis,scale-out")
     ap.add_argument("--api-processes", default="1,2", help="API process counts of the scale-out setup")
+    ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                    help="load generator: wrk when installed (auto), else the Python client")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.loadgen:
         loadgen(args)
         return
+    if args.client == "auto":
+        import shutil
+
+        args.client = "wrk" if shutil.which("wrk") else "python"
 
     import psycopg
     import redis
@@ -219,7 +266,8 @@ def main() -> None:
             rc.delete(*keys)
         with psycopg.connect(args.postgres, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    doc = {"concurrency": args.concurrency, "seconds": args.seconds, "cpu_count": os.cpu_count(),
+    doc = {"command": " ".join(["python", *sys.argv]), "client": args.client, "concurrency": args.concurrency,
+           "seconds": args.seconds, "cpu_count": os.cpu_count(),
            "load_average_1m_at_end": round(os.getloadavg()[0], 1), "online_state_get": state, "results": results}
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

@@ -73,14 +73,19 @@ class Shelfwise:
 
     def shopper_state(self, shopper: str) -> ShopperState:
         """Recent events of a shopper: online state, read through to the event store on a miss."""
-        cached = self.online.get([shopper])[shopper]
-        if cached is not None:
-            return cached
-        # Stamp before reading: if an event of this shopper is recorded meanwhile, the snapshot is not cached.
-        token = self.online.stamp([shopper])
-        state = self.store.history([shopper], self.settings.models.history_length)[shopper]
-        self.online.put({shopper: state}, if_unchanged=token)
-        return state
+        return self.shopper_states([shopper])[shopper]
+
+    def shopper_states(self, shoppers: Sequence[str]) -> dict[str, ShopperState]:
+        """Recent events of shoppers: one online-state read, one event-store read for the misses."""
+        got = self.online.get(list(shoppers))
+        missing = [s for s in shoppers if got.get(s) is None]
+        if missing:
+            # Stamp before reading: if an event of a shopper is recorded meanwhile, its snapshot is not cached.
+            token = self.online.stamp(missing)
+            fresh = self.store.history(missing, self.settings.models.history_length)
+            self.online.put(fresh, if_unchanged=token)
+            got.update(fresh)
+        return {s: got[s] for s in shoppers}
 
     def forget_shopper(self, shopper: str) -> int:
         """Erase a shopper's data (events and online state)."""
@@ -114,17 +119,26 @@ class Shelfwise:
 
     # ---- recommendations -----------------------------------------------------------------------------
     def recommend(self, req: RecRequest) -> Answer:
+        return self.recommend_many([req])[0]
+
+    def recommend_many(self, reqs: Sequence[RecRequest]) -> list[Answer]:
+        """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
         self.refresh_model()
-        if req.shopper is not None and req.state is None:
-            req.state = self.shopper_state(req.shopper)
-        if not req.now:
-            req.now = time.time()
-        if req.request_id is None:
-            req.request_id = uuid.uuid4().hex
+        need = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None and r.state is None))
+        states = self.shopper_states(need) if need else {}
+        now = time.time()
+        for req in reqs:
+            if req.shopper is not None and req.state is None:
+                req.state = states[req.shopper]
+            if not req.now:
+                req.now = now
+            if req.request_id is None:
+                req.request_id = uuid.uuid4().hex
         pipeline = self.pipeline
-        answer = pipeline.recommend([req])[0]
-        self.merch.record(req, answer, pipeline.version)  # exposure log (queued, off the hot path)
-        return answer
+        answers = pipeline.recommend(list(reqs))
+        for req, answer in zip(reqs, answers):
+            self.merch.record(req, answer, pipeline.version)  # exposure log (queued, off the hot path)
+        return answers
 
     def close(self) -> None:
         self.bus.close()

@@ -96,7 +96,9 @@ class SequenceSettings(_Section):
     dim: int = Field(64, ge=8, description="embedding / hidden size (item embeddings are tied in and out)")
     layers: int = Field(2, ge=1)
     heads: int = Field(1, ge=1, description="attention heads; must divide dim")
-    dropout: float = Field(0.5, ge=0, lt=1, description="embedding, attention and residual dropout")
+    dropout: float = Field(0.3, ge=0, lt=1, description="embedding, attention and residual dropout; 0.3 reaches "
+                                                        "Sports' best validation score in half the epochs of 0.5 "
+                                                        "(BENCHMARKS.md, Sequence model)")
     lr: float = Field(5e-3, gt=0, description="Adam; 5e-3 reached the best validation score in half the "
                                               "epochs of 1e-3 (BENCHMARKS.md)")
     weight_decay: float = Field(0.0, ge=0)
@@ -265,6 +267,8 @@ class APISettings(_Section):
     max_batch: int = Field(1000, ge=1)
     default_k: int = Field(12, ge=1, le=200)
     max_k: int = Field(200, ge=1)
+    recommend_batch: int = Field(32, ge=1, description="concurrent recommendation requests answered by one "
+                                                       "pipeline call (api/batcher.py); 1 = one at a time")
 
 
 class RulesSettings(_Section):

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
+from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import Event, Item
 from shelfwise.pipeline import RecRequest
@@ -53,7 +54,7 @@ class ORJSONResponse(JSONResponse):
 
 def create_app(settings: Settings | None = None, engine: Shelfwise | None = None) -> FastAPI:
     settings = settings or load_settings()
-    state: dict[str, Shelfwise] = {}
+    state: dict[str, Any] = {}
     metrics = Metrics()
 
     @asynccontextmanager
@@ -63,9 +64,12 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         # processes (`shelfwise serve --workers N`), not threads.
         app.state.blas_limit = threadpool_limits(limits=1)
         state["engine"] = engine or Shelfwise(settings)
+        # concurrent recommendation requests share one pipeline call (api/batcher.py)
+        state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch)
         if "torch" in sys.modules:  # the sequence model is loaded: same reasoning for torch's intra-op threads
             sys.modules["torch"].set_num_threads(1)
         yield
+        state["batcher"].close()
         if engine is None:
             state["engine"].close()
 
@@ -167,7 +171,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
 
     # ---- recommendations -----------------------------------------------------------------------------
     @app.get("/v1/recommendations/{placement}")
-    def recommendations(
+    async def recommendations(
         placement: str,
         user_id: str | None = None,
         session_id: str | None = None,
@@ -199,7 +203,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         req = RecRequest(placement=placement, shopper=shopper, item_id=item_id, cart=cart_ids, k=k, exclude=excl,
                          category=category, device=device, segments=segments, request_id=uuid.uuid4().hex,
                          explain=explain)
-        answer = engine.recommend(req)
+        answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
         body = {
             "request_id": req.request_id,
