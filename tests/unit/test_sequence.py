@@ -191,3 +191,18 @@ def test_api_answer_moves_after_new_views(settings):
         after = rail()
         assert [x["item_id"] for x in after] != [x["item_id"] for x in before]
         assert all(x["sources"] == ["sequence"] for x in after)
+
+
+def test_thread_chooser_tries_both_then_keeps_the_faster_and_retries_later():
+    import time as _time
+
+    from shelfwise.retrieval.sequence import _ThreadChooser
+
+    chooser = _ThreadChooser(2, every=4)
+    used = []
+    for _ in range(8):
+        with chooser.epoch() as n:
+            used.append(n)
+            _time.sleep(0.02 if n == 1 else 0.04)  # here one thread is the faster
+    assert used == [2, 1, 1, 1, 2, 1, 1, 1]
+    assert _ThreadChooser(1).options == [1]
