@@ -123,9 +123,10 @@ def markdown_section(names: list[str]) -> str:
                 f"Command (from the repository root, `SHELFWISE_DATASETS_DIR` = `../shared/datasets`, the "
                 f"default): `{rec['command']}` — wall time **{rec['wall_s']:.0f} s** including the import "
                 f"({res.get('import_s', 0):.0f} s), commit {rec.get('code', '?')}, {m['cores']} cores ({m['cpu']}), {m.get('memory_gb')} GB.", "",
-                "| model | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR@20 | Cov@20 | fit s | rec s "
-                "| valid NDCG@10 |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| model | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR@20 | Cov@20 | fit s | rec s |"
+                + (" valid NDCG@10 |" if valid else ""),
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if valid else "")]
+        tail = " – |" if valid else ""
         for model, r in test["models"].items():
             v = r["metrics"]
             vv = valid["models"][model]["metrics"]["NDCG@10"] if valid and model in valid["models"] else None
@@ -134,13 +135,12 @@ def markdown_section(names: list[str]) -> str:
                                                               else model)
             out.append(f"| {label} | " + " | ".join(f"{v[c]:.4f}" for c in ("HR@5", "HR@10", "HR@20", "NDCG@5",
                                                                           "NDCG@10", "NDCG@20", "MRR"))
-                       + f" | {r['coverage']['@20']:.3f} | {r['fit_s']:.1f} | {r['recommend_s']:.1f} | "
-                       + (f"{vv:.4f} |" if vv is not None else "– |"))
+                       + f" | {r['coverage']['@20']:.3f} | {r['fit_s']:.1f} | {r['recommend_s']:.1f} |"
+                       + ((f" {vv:.4f} |" if vv is not None else " – |") if valid else ""))
         for who, hr, ndcg in rec.get("seqbench", []):
-            out.append(f"| seqbench.py: {who} | – | {hr:.4f} | – | – | {ndcg:.4f} "
-                       "| – | – | – | – | – | – |")
+            out.append(f"| seqbench.py: {who} | – | {hr:.4f} | – | – | {ndcg:.4f} | – | – | – | – | – |" + tail)
         for who, hr, ndcg in rec.get("published", []):
-            out.append(f"| {who} (published) | – | {hr:.4f} | – | – | {ndcg:.4f} | – | – | – | – | – | – |")
+            out.append(f"| {who} (published) | – | {hr:.4f} | – | – | {ndcg:.4f} | – | – | – | – | – |" + tail)
         out.append("")
         seg = test["segment_threshold"]
         dm = test["models"].get("default")
