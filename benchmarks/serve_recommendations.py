@@ -207,6 +207,9 @@ def main() -> None:
     ap.add_argument("--api-processes", default="1,2", help="API process counts of the scale-out setup")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                     help="load generator: wrk when installed (auto), else the Python client")
+    ap.add_argument("--env", action="append", default=[], metavar="SHELFWISE_KEY=VALUE",
+                    help="settings for the train and serve processes (the caller's SHELFWISE_* are not passed), "
+                         "e.g. SHELFWISE_API__RECOMMEND_BATCH=1")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.loadgen:
@@ -224,6 +227,7 @@ def main() -> None:
     log = data / "processes.log"
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
     base["SHELFWISE_DATA_DIR"] = str(data)
+    base.update(kv.split("=", 1) for kv in args.env)
     tag = uuid.uuid4().hex[:8]
     prefix = f"swbench:{tag}:"
     dbname = f"sw_serve_{tag}"
@@ -266,7 +270,8 @@ def main() -> None:
             rc.delete(*keys)
         with psycopg.connect(args.postgres, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    doc = {"command": " ".join(["python", *sys.argv]), "client": args.client, "concurrency": args.concurrency,
+    doc = {"command": " ".join(["python", *sys.argv]), "client": args.client, "env": args.env,
+           "concurrency": args.concurrency,
            "seconds": args.seconds, "cpu_count": os.cpu_count(),
            "load_average_1m_at_end": round(os.getloadavg()[0], 1), "online_state_get": state, "results": results}
     if args.json:
