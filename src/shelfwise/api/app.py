@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any, Annotated
 
@@ -19,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import Event, Item
-from shelfwise.pipeline import RecRequest
+from shelfwise.pipeline import RecRequest, new_request_id
 from shelfwise.service import Shelfwise
 from shelfwise.settings import Settings, load_settings
 
@@ -201,7 +200,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         shopper = user_id if user_id is not None else (f"session:{session_id}" if session_id else None)
         segments = [c for part in segment for c in part.split(",") if c]
         req = RecRequest(placement=placement, shopper=shopper, item_id=item_id, cart=cart_ids, k=k, exclude=excl,
-                         category=category, device=device, segments=segments, request_id=uuid.uuid4().hex,
+                         category=category, device=device, segments=segments, request_id=new_request_id(),
                          explain=explain)
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)

@@ -587,7 +587,8 @@ class SequenceRetriever(Retriever):
         # (process-wide) thread setting alone; big offline batches use settings.threads
         threads = torch.get_num_threads() if small else (s.threads or _cores())
         with _torch_threads(threads), torch.inference_mode():
-            self.model.eval()
+            if self.model.training:  # (eval() walks every module: 0.4 ms, so not on every request)
+                self.model.eval()
             if small:  # the request path: one forward pass for the batch
                 vecs = self._encode_torch([seqs[r][0] for r in rows], [seqs[r][1] for r in rows])
                 out[:] = vecs.numpy()
@@ -602,7 +603,8 @@ class SequenceRetriever(Retriever):
     def candidates(self, vectors: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (item indices, inner products) per shopper vector: HNSW for small batches, else exact."""
         if exact is None:
-            exact = len(vectors) > self.settings.ann_max_batch or self.index is None
+            exact = (len(vectors) > self.settings.ann_max_batch or self.index is None
+                     or self.n_items <= self.settings.exact_max_items)
         if exact:
             idx = ExactIndex()
             idx.keys, idx.vectors = np.arange(self.n_items, dtype=np.int64), self.item_vectors
