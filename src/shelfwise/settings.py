@@ -273,6 +273,7 @@ class APISettings(_Section):
     max_k: int = Field(200, ge=1)
     recommend_batch: int = Field(32, ge=1, description="concurrent recommendation requests answered by one "
                                                        "pipeline call (api/batcher.py); 1 = one at a time")
+    recommend_workers: int = Field(1, ge=1, description="threads making pipeline calls for the micro-batcher")
 
 
 class RulesSettings(_Section):

@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         app.state.blas_limit = threadpool_limits(limits=1)
         state["engine"] = engine or Shelfwise(settings)
         # concurrent recommendation requests share one pipeline call (api/batcher.py)
-        state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch)
+        state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch,
+                                        settings.api.recommend_workers)
         if "torch" in sys.modules:  # the sequence model is loaded: same reasoning for torch's intra-op threads
             sys.modules["torch"].set_num_threads(1)
         yield

@@ -1,8 +1,9 @@
 """Micro-batching of recommendation requests: requests that arrive while the pipeline is busy are answered
 together by its next call (one forward pass of the sequence model, one set of matrix products for the batch).
 
-The event loop only queues a request and awaits its future; one worker thread drains the queue, up to
-``max_batch`` requests a call. An idle server answers a lone request at once (no waiting window): batches form
+The event loop only queues a request and awaits its future; worker threads (``workers``, default one) drain
+the queue, up to ``max_batch`` requests a call. A second worker overlaps the parts of a call that release the GIL
+(BLAS, torch, LightGBM) with another call's Python. An idle server answers a lone request at once (no waiting window): batches form
 only from requests that queue up behind a busy pipeline, so batching adds no latency of its own.
 """
 
@@ -18,13 +19,14 @@ Ans = TypeVar("Ans")
 
 
 class MicroBatcher(Generic[Req, Ans]):
-    def __init__(self, answer: Callable[[Sequence[Req]], list[Ans]], max_batch: int = 32) -> None:
+    def __init__(self, answer: Callable[[Sequence[Req]], list[Ans]], max_batch: int = 32, workers: int = 1) -> None:
         self.answer = answer
         self.max_batch = max(1, max_batch)
+        self.workers = max(1, workers)
         self._pending: list[tuple[Req, asyncio.Future, asyncio.AbstractEventLoop]] = []
         self._lock = threading.Lock()
-        self._running = False
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelfwise-batch")
+        self._active = 0  # drain loops running
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shelfwise-batch")
         self.batches = 0  # calls made, for tests and metrics
         self.requests = 0
 
@@ -33,8 +35,9 @@ class MicroBatcher(Generic[Req, Ans]):
         fut: asyncio.Future = loop.create_future()
         with self._lock:
             self._pending.append((req, fut, loop))
-            start = not self._running
-            self._running = True
+            start = self._active < self.workers
+            if start:
+                self._active += 1
         if start:
             self._pool.submit(self._drain)
         return await fut
@@ -44,7 +47,7 @@ class MicroBatcher(Generic[Req, Ans]):
             with self._lock:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
                 if not batch:
-                    self._running = False
+                    self._active -= 1
                     return
             self.batches += 1
             self.requests += len(batch)
