@@ -215,17 +215,3 @@ def test_small_catalogs_are_searched_exactly(chain_model):
     with pytest.raises(AssertionError, match="must not go through"):
         big.candidates(vecs, 10)  # above the threshold: the index
 
-
-def test_thread_chooser_tries_both_then_keeps_the_faster_and_retries_later():
-    import time as _time
-
-    from shelfwise.retrieval.sequence import _ThreadChooser
-
-    chooser = _ThreadChooser(2, every=4)
-    used = []
-    for _ in range(8):
-        with chooser.epoch() as n:
-            used.append(n)
-            _time.sleep(0.02 if n == 1 else 0.04)  # here one thread is the faster
-    assert used == [2, 1, 1, 1, 2, 1, 1, 1]
-    assert _ThreadChooser(1).options == [1]

@@ -38,13 +38,14 @@ from shelfwise.retrieval.base import Query, Retriever, TrainData
 from shelfwise.settings import SequenceSettings
 from shelfwise.stores.vectors import ExactIndex, HNSWIndex
 
-# OpenMP worker threads that spin long while waiting make torch 4-5x slower when the (2-core) machine is shared
-# with other busy processes; threads that never spin (OMP_WAIT_POLICY=PASSIVE) make two threads no faster than
-# one on an idle machine. A short spin keeps most of the idle-machine speed-up (one Beauty epoch slice: 1 thread
-# 4.0 s; 2 threads 4.0 s passive, 2.7 s with this spin) and training measures which thread count is faster on
-# the machine as it is (``_ThreadChooser``). Set before torch (and its libgomp) loads; the environment wins.
+# OpenMP worker threads that spin while waiting make torch slow when the (2-core) machine is shared with other
+# busy processes; threads that never spin (OMP_WAIT_POLICY=PASSIVE) make two threads no faster than one on an
+# idle machine. Measured on one Beauty epoch slice, 2 threads: passive 4.0 s idle / 5.3 s with a second such
+# process running; spin count 3,000: 2.9 s / 6.7 s; 10,000: 2.65 s / 9.9 s; full spinning 2.7 s / 24 s (1 thread:
+# 4.0 s). The thread count itself stays fixed (settings.threads, default every core): results then do not
+# depend on the machine's load. Set before torch (and its libgomp) loads; the environment wins.
 if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 N_KINDS = len(EventType)
 PAD = 0  # item index 0 of the model is padding; catalog item i is model item i + 1
@@ -214,36 +215,6 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-class _ThreadChooser:
-    """Per training epoch, the torch thread count measured fastest on this machine right now.
-
-    Epochs are equal work, so their wall times compare directly: the first epochs try ``max_threads`` and 1
-    thread, later epochs use the faster, and every ``every`` epochs both are tried again (other processes come
-    and go). On an idle 2-core machine 2 threads win; on a busy one, 1 thread avoids waiting on a second core.
-    """
-
-    def __init__(self, max_threads: int, every: int = 10) -> None:
-        self.options = [max_threads, 1] if max_threads > 1 else [1]
-        self.every = every
-        self.seconds: dict[int, float] = {}
-        self.count = 0
-
-    def next(self) -> int:
-        phase = self.count % self.every
-        if phase < len(self.options):
-            return self.options[phase]
-        return min(self.seconds, key=self.seconds.__getitem__)
-
-    @contextmanager
-    def epoch(self) -> Iterator[int]:
-        n = self.next()
-        t0 = time.perf_counter()
-        with _torch_threads(n):
-            yield n
-        self.seconds[n] = time.perf_counter() - t0
-        self.count += 1
-
-
 def _cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -365,15 +336,13 @@ class SequenceRetriever(Retriever):
         opt = (torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
                if s.weight_decay else torch.optim.Adam(self.model.parameters(), lr=s.lr, betas=(0.9, 0.98)))
         best, best_ce, best_state, bad = -1.0, math.inf, None, 0
-        chooser = _ThreadChooser(threads)
         bar = _Progress(s.progress, s.max_epochs + s.finetune_epochs)
         try:
             with _torch_threads(threads):
                 ft = s.finetune_epochs if validate else 0
                 for epoch in range(1, s.max_epochs + 1):
                     t_epoch = time.perf_counter()
-                    with chooser.epoch():
-                        loss = self._epoch(windows, opt, rng)
+                    loss = self._epoch(windows, opt, rng)
                     report["epochs"] = epoch
                     if validate:
                         hr, ndcg, ce = self._validate(val)
@@ -403,14 +372,12 @@ class SequenceRetriever(Retriever):
                 for _ in range(ft):
                     if time.perf_counter() > deadline + 60.0:
                         break
-                    with chooser.epoch():
-                        loss = self._epoch(full_windows, opt, rng)
+                    loss = self._epoch(full_windows, opt, rng)
                     done += 1
                     bar.update(loss=loss, finetune=done)
                 report["finetune_epochs"] = done
         finally:
             bar.close()
-        report["epoch_seconds_by_threads"] = {str(n): round(v, 1) for n, v in chooser.seconds.items()}
         self._optimizer_state = opt.state_dict()
         self._finish(report, t_start)
         return self
@@ -443,12 +410,10 @@ class SequenceRetriever(Retriever):
         report: dict[str, Any] = {"windows": len(windows), "warm_start": True, "same_vocabulary": same_vocab,
                                   "epochs": 0, "stopped": "max_epochs"}
         bar = _Progress(s.progress, max(s.finetune_epochs, 1))
-        chooser = _ThreadChooser(threads)
         try:
             with _torch_threads(threads):
                 for epoch in range(1, max(s.finetune_epochs, 1) + 1):
-                    with chooser.epoch():
-                        loss = self._epoch(windows, opt, rng) if windows else 0.0
+                    loss = self._epoch(windows, opt, rng) if windows else 0.0
                     report["epochs"] = epoch
                     bar.update(loss=loss, finetune=epoch)
                     if time.perf_counter() > deadline:
