@@ -21,7 +21,6 @@ import json
 import math
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,9 +32,11 @@ from shelfwise.evaluation.splits import temporal
 from shelfwise.pipeline import RecRequest
 from shelfwise.rules import RulesStage, StaticRules
 from shelfwise.settings import DiversitySettings, ModelSettings, ScoreWeights
-from shelfwise.stores.sqlite import SQLiteStore
-from shelfwise.synthetic import ACCESSORY, PART, generate_storefront
+from shelfwise.synthetic import ACCESSORY, PART
 from shelfwise.training import fit_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shop_common import sqlite_storefront  # noqa: E402
 
 K = 12
 HIGH_MARGIN = 0.55  # "high-margin": the upper half of the synthetic accessory margin range (40-70%); devices 5-15%
@@ -73,18 +74,6 @@ SWEEP |= {
 }
 
 
-def load(store: SQLiteStore, shop) -> None:
-    store.upsert(shop.items)
-    batch = []
-    for ev in shop.events():
-        batch.append(ev)
-        if len(batch) == 20_000:
-            store.append(batch)
-            batch = []
-    if batch:
-        store.append(batch)
-
-
 def configure(pipe, catalog, diversity, rules, score) -> None:
     for conf in pipe.settings.placements.values():
         conf.diversity = diversity or DiversitySettings()
@@ -112,10 +101,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    shop = generate_storefront(n_items=args.items, n_shoppers=args.shoppers, n_events=args.events, seed=args.seed)
-    tmp = tempfile.TemporaryDirectory()
-    store = SQLiteStore(f"sqlite:///{tmp.name}/shop.db")
-    load(store, shop)
+    shop, store, tmp = sqlite_storefront(args.items, args.shoppers, args.events, args.seed)
     log = store.scan()
     split_time = shop.end.timestamp() - args.holdout_days * 86400
     split = temporal(log, split_time=split_time)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 from shelfwise.settings import load_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shop_common import batches  # noqa: E402
 
 
 def machine() -> str:
@@ -37,13 +41,7 @@ def storefront_engine(data_dir: Path, n_items: int, n_shoppers: int, n_events: i
     if not marker.exists():
         store = generate_storefront(**spec)
         engine.upsert_items(store.items)
-        batch = []
-        for ev in store.events():
-            batch.append(ev)
-            if len(batch) == 5000:
-                engine.ingest(batch)
-                batch = []
-        if batch:
+        for batch in batches(store.events(), 5000):
             engine.ingest(batch)
         marker.write_text(json.dumps(spec))
     return engine

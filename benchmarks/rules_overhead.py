@@ -18,7 +18,6 @@ import json
 import platform
 import random
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -29,9 +28,10 @@ from threadpoolctl import threadpool_limits
 from shelfwise.pipeline import RecRequest
 from shelfwise.rules import CompiledRules, ItemFacts, RulesStage, StaticRules, parse_ruleset
 from shelfwise.settings import DiversitySettings, ModelSettings
-from shelfwise.stores.sqlite import SQLiteStore
-from shelfwise.synthetic import generate_storefront
 from shelfwise.training import fit_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shop_common import sqlite_storefront  # noqa: E402
 
 SEGMENTS = ["vip", "new", "b2b", "student", "returning"]
 DEVICES = ["mobile", "desktop", "tablet"]
@@ -119,17 +119,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    shop = generate_storefront(n_items=args.items, n_shoppers=args.shoppers, n_events=args.events, seed=args.seed)
-    tmp = tempfile.TemporaryDirectory()
-    store = SQLiteStore(f"sqlite:///{tmp.name}/shop.db")
-    store.upsert(shop.items)
-    batch = []
-    for ev in shop.events():
-        batch.append(ev)
-        if len(batch) == 20_000:
-            store.append(batch)
-            batch = []
-    store.append(batch)
+    shop, store, tmp = sqlite_storefront(args.items, args.shoppers, args.events, args.seed)
     pipe = fit_pipeline(store.scan(), store, ModelSettings()).pipeline
     now = (shop.end + timedelta(hours=1)).timestamp()
     catalog = {it.id: it for it in shop.items}

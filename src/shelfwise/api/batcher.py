@@ -2,9 +2,10 @@
 together by its next call (one forward pass of the sequence model, one set of matrix products for the batch).
 
 The event loop only queues a request and awaits its future; worker threads (``workers``, default one) drain
-the queue, up to ``max_batch`` requests a call. A second worker overlaps the parts of a call that release the GIL
-(BLAS, torch, LightGBM) with another call's Python. An idle server answers a lone request at once (no waiting window): batches form
-only from requests that queue up behind a busy pipeline, so batching adds no latency of its own.
+the queue, up to ``max_batch`` requests a call. A second worker overlaps the parts of a call that release the
+GIL (BLAS, torch, LightGBM) with another call's Python. An idle server answers a lone request at once (no waiting
+window): batches form only from requests that queue up behind a busy pipeline, so batching adds no latency of
+its own.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class MicroBatcher(Generic[Req, Ans]):
                 if not batch:
                     self._active -= 1
                     return
-            self.batches += 1
-            self.requests += len(batch)
+                self.batches += 1
+                self.requests += len(batch)
             try:
                 answers = self.answer([r for r, _, _ in batch])
             except BaseException as exc:  # every request of the batch gets the error (the API answers 500)

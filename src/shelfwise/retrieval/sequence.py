@@ -291,8 +291,7 @@ class SequenceRetriever(Retriever):
         start from a fresh embedding; the optimizer state carries over when the vocabulary is unchanged."""
         if not isinstance(earlier, SequenceRetriever) or earlier.model is None:
             return
-        same = {k: v for k, v in self.settings.model_dump().items() if k in ("dim", "layers", "heads", "max_len")}
-        if same != {k: getattr(earlier.settings, k) for k in same}:
+        if any(getattr(self.settings, k) != getattr(earlier.settings, k) for k in ("dim", "layers", "heads", "max_len")):
             return  # another architecture: nothing to continue
         self._warm = (earlier.model.state_dict(), [str(x) for x in earlier_items.ids], earlier._optimizer_state)
 
@@ -312,6 +311,9 @@ class SequenceRetriever(Retriever):
         rng = np.random.default_rng(s.seed)
         self.n_items = data.n_items
         seqs = user_sequences(data)
+        threads = s.threads or _cores()
+        if self._warm is not None:  # continue an earlier fit: no validation split
+            return self._fit_warm(data, seqs, threads, t_start, deadline)
         # leave-one-out inside fit: each shopper's last item validates (shoppers with >= 3 items)
         val_users = np.array([u for u, (it, _) in enumerate(seqs) if len(it) >= 3], np.int64)
         if len(val_users) > s.val_users:
@@ -324,17 +326,13 @@ class SequenceRetriever(Retriever):
         val = [(train_seqs[u][0], train_seqs[u][1], int(seqs[u][0][-1])) for u in val_users] if validate else []
         val.sort(key=lambda v: min(len(v[0]), s.max_len))  # similar lengths batch together: little padding
 
-        threads = s.threads or _cores()
-        if self._warm is not None:
-            return self._fit_warm(data, seqs, threads, t_start, deadline)
         self.model = self._new_model()
         report: dict[str, Any] = {"windows": len(windows), "val_users": len(val), "epochs": 0, "best_epoch": 0,
                                   "val_ndcg10": None, "val_hr10": None, "stopped": "max_epochs"}
         if not windows:
             self._finish(report, t_start)
             return self
-        opt = (torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
-               if s.weight_decay else torch.optim.Adam(self.model.parameters(), lr=s.lr, betas=(0.9, 0.98)))
+        opt = self._optimizer()
         best, best_ce, best_state, bad = -1.0, math.inf, None, 0
         bar = _Progress(s.progress, s.max_epochs + s.finetune_epochs)
         try:
@@ -368,14 +366,7 @@ class SequenceRetriever(Retriever):
                 if best_state is not None:
                     self.model.load_state_dict(best_state)
                 report["train_seconds"] = round(time.perf_counter() - t_start, 1)
-                done = 0
-                for _ in range(ft):
-                    if time.perf_counter() > deadline + 60.0:
-                        break
-                    loss = self._epoch(full_windows, opt, rng)
-                    done += 1
-                    bar.update(loss=loss, finetune=done)
-                report["finetune_epochs"] = done
+                report["finetune_epochs"] = self._finetune(full_windows, opt, rng, ft, deadline + 60.0, bar)
         finally:
             bar.close()
         self._optimizer_state = opt.state_dict()
@@ -401,26 +392,20 @@ class SequenceRetriever(Retriever):
                 [where[ids[j]] for j in new_rows], dtype=torch.long)]
             state = dict(state, **{"item.weight": fresh})
         self.model.load_state_dict(state)
-        opt = torch.optim.Adam(self.model.parameters(), lr=s.lr, betas=(0.9, 0.98)) if not s.weight_decay else \
-            torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
+        opt = self._optimizer()
         if same_vocab and opt_state is not None:
             opt.load_state_dict(opt_state)
         windows = _training_windows(seqs, s.max_len)
         rng = np.random.default_rng(s.seed + 1)
-        report: dict[str, Any] = {"windows": len(windows), "warm_start": True, "same_vocabulary": same_vocab,
-                                  "epochs": 0, "stopped": "max_epochs"}
-        bar = _Progress(s.progress, max(s.finetune_epochs, 1))
+        epochs = max(s.finetune_epochs, 1)
+        bar = _Progress(s.progress, epochs)
         try:
             with _torch_threads(threads):
-                for epoch in range(1, max(s.finetune_epochs, 1) + 1):
-                    loss = self._epoch(windows, opt, rng) if windows else 0.0
-                    report["epochs"] = epoch
-                    bar.update(loss=loss, finetune=epoch)
-                    if time.perf_counter() > deadline:
-                        report["stopped"] = "time"
-                        break
+                done = self._finetune(windows, opt, rng, epochs, deadline, bar) if windows else 0
         finally:
             bar.close()
+        report: dict[str, Any] = {"windows": len(windows), "warm_start": True, "same_vocabulary": same_vocab,
+                                  "epochs": done, "stopped": "max_epochs" if done == epochs else "time"}
         report["train_seconds"] = round(time.perf_counter() - t_start, 1)
         self._optimizer_state = opt.state_dict()
         self._finish(report, t_start)
@@ -479,6 +464,25 @@ class SequenceRetriever(Retriever):
             total += float(loss.detach()) * len(h)
             count += len(h)
         return total / max(count, 1)
+
+    def _optimizer(self) -> Any:
+        import torch
+
+        s = self.settings
+        if s.weight_decay:
+            return torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay,
+                                     betas=(0.9, 0.98))
+        return torch.optim.Adam(self.model.parameters(), lr=s.lr, betas=(0.9, 0.98))
+
+    def _finetune(self, windows: list, opt: Any, rng: np.random.Generator, epochs: int, deadline: float,
+                  bar: _Progress) -> int:
+        """Up to ``epochs`` epochs over ``windows`` with no validation, while before ``deadline``; epochs run."""
+        done = 0
+        while done < epochs and time.perf_counter() <= deadline:
+            loss = self._epoch(windows, opt, rng)
+            done += 1
+            bar.update(loss=loss, finetune=done)
+        return done
 
     def _loss(self, h: Any, target: Any) -> Any:
         """Cross-entropy of next-item prediction: full softmax over the catalog, or (``negatives`` < catalog)
