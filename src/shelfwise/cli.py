@@ -207,7 +207,7 @@ def run(
 
 def show_examples(engine) -> str:
     """Print a few example rails; returns the example shopper id."""
-    from shelfwise.pipeline import RecRequest
+    from shelfwise.request import RecRequest
 
     shopper = next((s for s in engine.pipeline.shopper_index if not s.startswith("session:")), None)
     item = str(engine.pipeline.items.ids[int(engine.pipeline.retrievers["trending"].global_score.argmax())])
@@ -247,7 +247,7 @@ def recommend(
     """Batch export: the placement's top-k for every shopper in a file, one JSON object a line."""
     import time
 
-    from shelfwise.pipeline import RecRequest
+    from shelfwise.request import RecRequest
 
     with friendly():
         if not users.is_file():

@@ -9,15 +9,22 @@ import threading
 import time
 from typing import Sequence
 
+import logging
+
+from shelfwise.assemble import assemble
 from shelfwise.domain import Event, Item
-from shelfwise.pipeline import Answer, Pipeline, RecRequest, new_request_id
+from shelfwise.pipeline import Model, Pipeline
+from shelfwise.request import Answer, RecRequest, new_request_id
 from shelfwise.rules.engine import Merchandising
 from shelfwise.settings import Settings
-from shelfwise.stores import open_catalog, open_event_bus, open_event_store, open_online_state
+from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
+                              vector_index_factory)
 from shelfwise.stores.bus import EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
 from shelfwise.stores.protocols import AppendResult, EventLog, ShopperState
 from shelfwise.training import fit_pipeline
+
+log = logging.getLogger(__name__)
 
 
 class Shelfwise:
@@ -32,25 +39,42 @@ class Shelfwise:
         self.bus = open_event_bus(settings.stores.bus, self.processor, ack=settings.stores.ack,
                                   ack_timeout_s=settings.stores.ack_timeout_s, known_items=lambda: self._catalog_ids)
         self._lock = threading.Lock()
+        self._swap_lock = threading.Lock()
         self._checked_at = 0.0
         self.merch = Merchandising(settings, self.catalog)  # rule store, exposure log, rules stage
         self.pipeline = self._load_pipeline()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch_models(self, interval_s: float = 2.0) -> None:
+        """Check for new model versions on a background thread (the API does): requests never wait for a load."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_models, args=(interval_s,), daemon=True,
+                                             name="shelfwise-model-watch")
+            self._watcher.start()
 
     # ---- models --------------------------------------------------------------------------------------
     def _load_pipeline(self) -> Pipeline:
         version = self.models.current()
         if version is not None:
-            return self.merch.attach(Pipeline.load(self.models.path(version), self.settings.models))
-        # Not trained yet: serve the catalog by (empty) popularity so no rail is ever empty.
-        return self.merch.attach(
-            fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).pipeline)
+            path = self.models.path(version)
+            model = Model.load(path, self.settings.models)
+            model.items.sync(self.catalog.all())  # stock, prices and availability changed since training
+            factory = vector_index_factory(self.settings.stores.vectors, path, version)
+        else:  # not trained yet: serve the catalog by (empty) popularity so no rail is ever empty
+            model = fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).model
+            factory = None
+        pipeline = assemble(model, self.merch.stage, factory)
+        self.merch.attach(pipeline.items)
+        return pipeline
 
     @property
     def trained(self) -> bool:
         return self.pipeline.version != "untrained"
 
     def refresh_model(self, min_interval_s: float = 2.0) -> bool:
-        """Swap in a newly published model version (checked at most every ``min_interval_s``)."""
+        """Swap in a newly published model version (checked at most every ``min_interval_s``). The new version is
+        loaded and assembled while requests keep being answered by the current one."""
         now = time.monotonic()
         if now - self._checked_at < min_interval_s:
             return False
@@ -58,8 +82,18 @@ class Shelfwise:
         version = self.models.current()
         if version is None or version == self.pipeline.version:
             return False
-        self.pipeline = self.merch.attach(Pipeline.load(self.models.path(version), self.settings.models))
+        with self._swap_lock:
+            if version == self.pipeline.version:
+                return False
+            self.pipeline = self._load_pipeline()
         return True
+
+    def _watch_models(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.refresh_model(0.0)
+            except Exception:  # a broken version on disk: keep serving the current one, say so
+                log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
 
     # ---- events --------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> AppendResult:
@@ -100,17 +134,21 @@ class Shelfwise:
             self._catalog_ids |= new
         if new and not self.trained:
             self.pipeline = self._load_pipeline()
+        pipeline = self.pipeline
         for it in items:
-            self.pipeline.items.update(it)
-        self.merch.catalog_changed(self.pipeline, items)
+            pipeline.items.update(it)
+        pipeline.catalog_changed()
+        self.merch.catalog_changed(pipeline.items, items)
         return n
 
     def delete_item(self, item_id: str) -> bool:
         ok = self.catalog.delete(item_id)
         with self._lock:
             self._catalog_ids.discard(item_id)
-        self.pipeline.items.remove(item_id)
-        self.merch.catalog_changed(self.pipeline)
+        pipeline = self.pipeline
+        pipeline.items.remove(item_id)
+        pipeline.catalog_changed()
+        self.merch.catalog_changed(pipeline.items)
         return ok
 
     def get_item(self, item_id: str) -> Item | None:
@@ -122,7 +160,8 @@ class Shelfwise:
 
     def recommend_many(self, reqs: Sequence[RecRequest]) -> list[Answer]:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
-        self.refresh_model()
+        if self._watcher is None:
+            self.refresh_model()
         need = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None and r.state is None))
         states = self.shopper_states(need) if need else {}
         now = time.time()
@@ -133,13 +172,15 @@ class Shelfwise:
                 req.now = now
             if req.request_id is None:
                 req.request_id = new_request_id()
-        pipeline = self.pipeline
-        answers = pipeline.recommend(list(reqs))
+        answers = self.pipeline.recommend(list(reqs))
         for req, answer in zip(reqs, answers):
-            self.merch.record(req, answer, pipeline.version)  # exposure log (queued, off the hot path)
+            self.merch.record(req, answer)  # exposure log (queued, off the hot path)
         return answers
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
         self.bus.close()
         self.merch.close()
         self.store.close()

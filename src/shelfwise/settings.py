@@ -30,7 +30,12 @@ class StoreSettings(_Section):
 
     events: str = Field("", description="event store + catalog; sqlite:///path or postgresql://...")
     online: str = Field("memory://", description="online state (session last-N, counters): memory:// or redis://")
-    vectors: str = Field("hnsw://", description="vector index: hnsw:// (in-process) or pgvector://")
+    vectors: str = Field("hnsw://?m=32&ef_construction=200&ef_search=500",
+                         description="vector index of the embedding sources (ALS, sequence model) for catalogs "
+                                     "above models.candidates.exact_max_items: hnsw://?m=&ef_construction=&"
+                                     "ef_search= (in process, built once per model version and saved beside it; "
+                                     "recall@200 0.988 on Beauty at these values, benchmarks/ann_recall.py), "
+                                     "exact://, or pgvector://… (shared by every replica)")
     bus: str = Field("inprocess://", description="event bus: inprocess:// or redis-stream:// or kafka://")
     models: str = Field("", description="model store: a directory (file:///path), shared by every replica")
     ack: Literal["stream", "commit"] = Field(
@@ -117,17 +122,23 @@ class SequenceSettings(_Section):
     threads: int = Field(0, ge=0, description="torch threads for training and big batches; 0 = every core")
     seed: int = 0
     progress: bool = Field(True, description="show a progress bar while training")
-    candidates: int = Field(200, ge=1, description="top-N items per query scattered into the dense score row")
-    ann_max_batch: int = Field(64, ge=0, description="batches up to this size use the ANN index; larger ones "
-                                                     "exact matmul over the same embeddings")
-    exact_max_items: int = Field(30_000, ge=0, description="catalogs up to this size are searched exactly (a "
-                                                           "matmul beats graph search there: 12k items "
-                                                           "0.2 ms vs HNSW 0.6 ms a query, 8 queries 1.2 vs "
-                                                           "4.6 ms); larger ones through the ANN index")
-    hnsw_m: int = Field(32, ge=2, description="HNSW graph degree")
-    hnsw_ef_construction: int = Field(200, ge=1)
-    hnsw_ef_search: int = Field(500, ge=1, description="HNSW query breadth (at least the requested k); "
-                                                       "recall@200 0.988 on Beauty (benchmarks/ann_recall.py)")
+    candidates: int = Field(200, ge=1, description="the model's evidence: its top-N items per query, scored "
+                                                   "exp(s - s_best) (their softmax probability relative to the "
+                                                   "best); every other item has none")
+
+
+class CandidateSettings(_Section):
+    """Candidate generation (``stages/candidates.py``): each source proposes its top ``per_source`` items, the
+    union (at most ``limit``) is scored by every source and blended; the ranker and merchandising work on it."""
+
+    per_source: int = Field(300, ge=1, description="top-K items each source proposes per request")
+    limit: int = Field(1000, ge=1, description="at most this many candidates per request after the union")
+    exact_max_items: int = Field(30_000, ge=0, description="embedding sources search catalogs up to this size "
+                                                           "exactly (a matmul beats graph search there: 12k items "
+                                                           "0.2 ms vs HNSW 0.6 ms a query); larger ones through "
+                                                           "the vector index of stores.vectors")
+    ann_max_batch: int = Field(64, ge=0, description="batches larger than this are searched exactly even above "
+                                                     "exact_max_items (offline evaluation)")
 
 
 class ScoreWeights(_Section):
@@ -263,6 +274,7 @@ class ModelSettings(_Section):
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
     business: BusinessSignals = BusinessSignals()
     ranker: RankerSettings = RankerSettings()
+    candidates: CandidateSettings = CandidateSettings()
 
 
 class APISettings(_Section):
@@ -327,6 +339,23 @@ class Settings(BaseSettings):
         if not dsn:
             return self.data_dir / "models"
         return Path(dsn.removeprefix("file://"))
+
+
+def known_fields(model: type[BaseModel], data: object) -> object:
+    """``data`` without the keys ``model`` does not define (recursively): settings saved by an older version with
+    since-removed options (e.g. in a model's manifest) still load."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        f = model.model_fields.get(key)
+        if f is None:
+            continue
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            value = known_fields(ann, value)
+        out[key] = value
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

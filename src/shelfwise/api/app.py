@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import Event, Item
-from shelfwise.pipeline import RecRequest, new_request_id
+from shelfwise.request import RecRequest, new_request_id
 from shelfwise.service import Shelfwise
 from shelfwise.settings import Settings, load_settings
 
@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         body = {
             "request_id": req.request_id,
             "placement": placement,
-            "model_version": engine.pipeline.version,
+            "model_version": answer.model_version,
             "fallback": answer.fallback,
             "items": [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
                       | ({"explanation": r.explanation} if explain else {}) for r in answer.items],

@@ -9,12 +9,11 @@ embedding (input and output embeddings are tied). Training is next-item predicti
 full-softmax cross-entropy over the catalog (logits only at real, non-padded positions), Adam, dropout and
 early stopping on each shopper's held-out last item (NDCG@10, full ranking, history excluded).
 
-Serving (``score``): one forward pass encodes the whole batch; the top ``candidates`` items per query are
-found through the ANN index (``HNSWIndex``, inner product) for small batches (the API path, up to
-``ann_max_batch`` queries), and by exact matmul over the same item embeddings for large offline batches —
-the same model either way, the ANN only approximates the exact top-N (recall measured in
-benchmarks/ann_recall.py). The candidates' scores are ``exp(s - s_max)`` (their softmax probability relative
-to the best item), scattered into the dense row; every other item gets 0 (no evidence).
+Serving (``scores``): one forward pass encodes the whole batch; the top ``candidates`` items per query are found
+through ``ItemVectors`` (an exact product for catalogs up to ``models.candidates.exact_max_items`` and for big
+offline batches, else the vector index of ``stores.vectors``; the ANN only approximates the exact top-N, recall
+measured in benchmarks/ann_recall.py). Those items' scores are ``exp(s - s_max)`` (their softmax probability
+relative to the best item); every other item has no evidence (0).
 
 torch and hnswlib are imported lazily, so the API and CLI start fast when this source is unused.
 """
@@ -34,9 +33,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from shelfwise.domain import EventType
-from shelfwise.retrieval.base import Query, Retriever, TrainData
-from shelfwise.settings import SequenceSettings
-from shelfwise.stores.vectors import ExactIndex, HNSWIndex
+from shelfwise.request import Query
+from shelfwise.retrieval.base import Retriever, SparseScores, TrainData
+from shelfwise.retrieval.embedding import IndexFactory, ItemVectors
+from shelfwise.settings import CandidateSettings, SequenceSettings, known_fields
 
 # OpenMP worker threads that spin while waiting make torch slow when the (2-core) machine is shared with other
 # busy processes; threads that never spin (OMP_WAIT_POLICY=PASSIVE) make two threads no faster than one on an
@@ -49,6 +49,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 N_KINDS = len(EventType)
 PAD = 0  # item index 0 of the model is padding; catalog item i is model item i + 1
+_SMALL_BATCH = 64  # up to this many queries: one forward pass on the caller's thread count (the request path)
 
 
 # ---- sequences -----------------------------------------------------------------------------------------
@@ -277,10 +278,10 @@ class SequenceRetriever(Retriever):
         if self.settings.dim % self.settings.heads:
             raise ValueError(f"sequence.dim ({self.settings.dim}) must be a multiple of heads "
                              f"({self.settings.heads})")
-        self.n_items = 0
+        self._n_items = 0
         self.model: Any = None
         self.item_vectors = np.zeros((0, self.settings.dim), np.float32)
-        self.index: HNSWIndex | None = None
+        self.space = ItemVectors("sequence", self.item_vectors)
         self.report: dict[str, Any] = {}
         self._optimizer_state: dict | None = None  # after fit, for a later warm start (not saved)
         self._warm: tuple[Any, list[str], dict | None] | None = None
@@ -419,18 +420,21 @@ class SequenceRetriever(Retriever):
         self.model.eval()
         with torch.no_grad():
             self.item_vectors = self.model.item_weights().detach().numpy().astype(np.float32, copy=True)
-        t0 = time.perf_counter()
-        self._build_index()
-        report["index_seconds"] = round(time.perf_counter() - t0, 1)
+        self.space = ItemVectors("sequence", self.item_vectors)
         report["seconds"] = round(time.perf_counter() - t_start, 1)
         report["cpu_seconds"] = round(time.process_time() - self._cpu_start, 1)
         self.report = report
 
-    def _build_index(self) -> None:
-        s = self.settings
-        self.index = HNSWIndex(m=s.hnsw_m, ef_construction=s.hnsw_ef_construction, ef_search=s.hnsw_ef_search,
-                               seed=s.seed)
-        self.index.build(np.arange(self.n_items, dtype=np.int64), self.item_vectors)
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    @n_items.setter
+    def n_items(self, value: int) -> None:
+        self._n_items = value
+
+    def attach_index(self, factory: IndexFactory | None, settings: CandidateSettings) -> None:
+        self.space.attach(factory, settings)
 
     def _batches(self, windows: list, rng: np.random.Generator) -> Iterator[list]:
         """Shuffled batches of windows of similar length (little padding), in shuffled order."""
@@ -542,7 +546,7 @@ class SequenceRetriever(Retriever):
         return h[torch.arange(len(items)), lengths - 1]
 
     def encode(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows with a non-empty sequence, their shopper vectors) — one forward pass for the batch."""
+        """(rows with a non-empty sequence, their shopper vectors) — one forward pass for a small batch."""
         import torch
 
         s = self.settings
@@ -550,7 +554,7 @@ class SequenceRetriever(Retriever):
         rows = np.array([r for r, (it, _) in enumerate(seqs) if len(it)], np.int64)
         if self.model is None or not len(rows):
             return rows, np.zeros((len(rows), s.dim), np.float32)
-        small = len(rows) <= max(s.ann_max_batch, 1)
+        small = len(rows) <= _SMALL_BATCH
         out = np.empty((len(rows), s.dim), np.float32)
         # small batches are too small for intra-op threads to matter, so the request path leaves torch's
         # (process-wide) thread setting alone; big offline batches use settings.threads
@@ -569,29 +573,16 @@ class SequenceRetriever(Retriever):
                     out[part] = vecs.numpy()
         return rows, out
 
-    def candidates(self, vectors: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (item indices, inner products) per shopper vector: HNSW for small batches, else exact."""
-        if exact is None:
-            exact = (len(vectors) > self.settings.ann_max_batch or self.index is None
-                     or self.n_items <= self.settings.exact_max_items)
-        if exact:
-            idx = ExactIndex()
-            idx.keys, idx.vectors = np.arange(self.n_items, dtype=np.int64), self.item_vectors
-            return idx.search(vectors, k)
-        assert self.index is not None
-        return self.index.search(vectors, k)
-
-    def score(self, queries: Sequence[Query]) -> np.ndarray:
-        out = np.zeros((len(queries), self.n_items), np.float32)
+    def scores(self, queries: Sequence[Query]) -> SparseScores:
         rows, vecs = self.encode(queries)
         if not len(rows) or not self.n_items:
-            return out
-        keys, scores = self.candidates(vecs, self.settings.candidates)
+            return SparseScores(len(queries), self.n_items, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                np.zeros(0, np.float32))
+        keys, scores = self.space.search(vecs, self.settings.candidates)
         ok = keys >= 0
         rel = np.exp(np.where(ok, scores - scores[:, :1], -np.inf)).astype(np.float32)
         r = np.broadcast_to(rows[:, None], keys.shape)
-        out[r[ok], keys[ok]] = rel[ok]
-        return out
+        return SparseScores(len(queries), self.n_items, r[ok], keys[ok], rel[ok])
 
     # ---- persistence -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -600,15 +591,13 @@ class SequenceRetriever(Retriever):
         torch.save(self.model.state_dict(), path / "sequence.pt")
         meta = {"settings": self.settings.model_dump(mode="json"), "n_items": self.n_items, "report": self.report}
         (path / "sequence.json").write_text(json.dumps(meta, indent=1))
-        if self.index is not None:
-            self.index.save(path / "sequence_hnsw.bin")
 
     @classmethod
     def load(cls, path: Path) -> "SequenceRetriever":
         import torch
 
         meta = json.loads((path / "sequence.json").read_text())
-        obj = cls(SequenceSettings.model_validate(meta["settings"]))
+        obj = cls(SequenceSettings.model_validate(known_fields(SequenceSettings, meta["settings"])))
         obj.n_items = int(meta["n_items"])
         obj.report = meta.get("report", {})
         obj.model = obj._new_model()
@@ -616,12 +605,7 @@ class SequenceRetriever(Retriever):
         obj.model.eval()
         with torch.no_grad():
             obj.item_vectors = obj.model.item_weights().detach().numpy().astype(np.float32, copy=True)
-        s = obj.settings
-        if (path / "sequence_hnsw.bin").exists():
-            obj.index = HNSWIndex.load(path / "sequence_hnsw.bin", dim=s.dim, m=s.hnsw_m,
-                                       ef_construction=s.hnsw_ef_construction, ef_search=s.hnsw_ef_search)
-        else:
-            obj._build_index()
+        obj.space = ItemVectors("sequence", obj.item_vectors)
         return obj
 
 

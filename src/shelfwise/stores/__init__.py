@@ -12,7 +12,11 @@ Backends are imported lazily, so the embedded default never imports a database d
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from shelfwise.stores.protocols import Catalog, EventBus, EventStore, OnlineState, VectorIndex
 
@@ -79,6 +83,63 @@ def open_vector_index(dsn: str) -> VectorIndex:
 
         return PgVectorIndex(dsn)
     raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+
+
+def vector_index_factory(dsn: str, model_dir: Path | None = None, version: str = ""
+                         ) -> Callable[[str, np.ndarray], VectorIndex]:
+    """What builds the vector index of an embedding source's item vectors (keys 0..n-1) for one model version.
+
+    ``hnsw://``: an in-process HNSW graph, saved beside the model version (``<name>.hnsw``) the first time and
+    loaded from there afterwards (every replica and restart skips the build). ``exact://``: brute force.
+    ``pgvector://``: one table per (source, model version) in PostgreSQL, built by the first replica to ask and
+    shared by all."""
+    import hashlib
+    from urllib.parse import parse_qsl, urlsplit
+
+    scheme = _scheme(dsn)
+
+    def make(name: str, vectors: np.ndarray) -> VectorIndex:
+        keys = np.arange(len(vectors), dtype=np.int64)
+        if scheme == "hnsw":
+            from shelfwise.stores.vectors import HNSWIndex
+
+            params = {k: int(v) for k, v in parse_qsl(urlsplit(dsn).query)}
+            saved = model_dir / f"{name}.hnsw" if model_dir is not None else None
+            if saved is not None and saved.exists():
+                idx = HNSWIndex.load(saved, dim=vectors.shape[1], **params)
+                if len(idx) == len(vectors):
+                    return idx
+            idx = HNSWIndex(**params)
+            idx.build(keys, vectors)
+            if saved is not None:
+                try:  # best effort: a read-only shared model directory just means a build per process
+                    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")
+                    idx.save(tmp)
+                    tmp.replace(saved)
+                except OSError:
+                    pass
+            return idx
+        if scheme == "exact":
+            from shelfwise.stores.vectors import ExactIndex
+
+            idx = ExactIndex()
+            idx.build(keys, vectors)
+            return idx
+        if scheme == "pgvector":
+            from shelfwise.stores.pgvector import PgVectorIndex
+
+            tag = hashlib.blake2b(f"{version}/{name}".encode(), digest_size=5).hexdigest()
+            sep = "&" if "?" in dsn else "?"
+            base = dict(parse_qsl(urlsplit(dsn).query)).get("table", "shelfwise_vectors")
+            idx = PgVectorIndex(f"{dsn}{sep}table={base}_{tag}")
+            if len(idx) != len(vectors):
+                idx.build(keys, vectors)
+            return idx
+        raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+
+    if scheme not in ("hnsw", "exact", "pgvector"):
+        raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+    return make
 
 
 def open_event_bus(dsn: str, processor: "EventProcessor", ack: str = "stream", ack_timeout_s: float = 10.0,
