@@ -4,48 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shelfwise.console import CLIError, console, friendly, progress
 from shelfwise.settings import Settings, load_settings
 
 app = typer.Typer(help="Shelfwise: real-time personalization for online retail.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console(stderr=True)
-
-
-class CLIError(Exception):
-    """A problem the user can fix; printed as a message, never as a traceback."""
-
-
-@contextmanager
-def friendly() -> Iterator[None]:
-    try:
-        yield
-    except CLIError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-    except ValidationError as e:
-        lines = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        console.print(f"[red]invalid settings:[/red] {lines}")
-        raise typer.Exit(2) from None
-    except (FileNotFoundError, PermissionError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-
-
-def progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
-
-
 def _settings() -> Settings:
     return load_settings()
 

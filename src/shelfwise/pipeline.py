@@ -60,6 +60,8 @@ class Model:
         retrievers = {name: load_retriever(name, path) for name in manifest["retrievers"]}
         model_settings = settings or ModelSettings.model_validate(known_fields(ModelSettings, manifest["settings"]))
         ranker = Ranker.load(path, model_settings.ranker) if Ranker.exists(path) else None
+        if ranker is not None:
+            ranker.compile(path)
         return cls(model_settings, items, retrievers, {s: i for i, s in enumerate(shoppers)}, manifest["version"],
                    manifest["trained_until"], ranker)
 

@@ -122,6 +122,11 @@ class SequenceSettings(_Section):
     threads: int = Field(0, ge=0, description="torch threads for training and big batches; 0 = every core")
     seed: int = 0
     progress: bool = Field(True, description="show a progress bar while training")
+    runtime: Literal["onnx", "torch"] = Field("onnx", description="what encodes the request path's small batches "
+                                                                   "(up to 64 shoppers): ONNX Runtime (3x faster "
+                                                                   "than torch for one shopper, 1.5x for eight: "
+                                                                   "BENCHMARKS.md, Serving) or torch; big offline "
+                                                                   "batches always use torch")
     candidates: int = Field(200, ge=1, description="the model's evidence: its top-N items per query, scored "
                                                    "exp(s - s_best) (their softmax probability relative to the "
                                                    "best); every other item has none")
@@ -133,6 +138,10 @@ class CandidateSettings(_Section):
 
     per_source: int = Field(300, ge=1, description="top-K items each source proposes per request")
     limit: int = Field(1000, ge=1, description="at most this many candidates per request after the union")
+    dense_max_items: int = Field(30_000, ge=0, description="catalogs up to this size take the exact path: every "
+                                                           "source scores every item and the blend's best `limit` "
+                                                           "are the candidates (faster than a union there: "
+                                                           "BENCHMARKS.md, Serving); larger ones the union")
     exact_max_items: int = Field(30_000, ge=0, description="embedding sources search catalogs up to this size "
                                                            "exactly (a matmul beats graph search there: 12k items "
                                                            "0.2 ms vs HNSW 0.6 ms a query); larger ones through "
@@ -260,6 +269,9 @@ class RankerSettings(_Section):
                                     description="gain of relevance grades 0 (nothing), 1 view, 2 cart, 3 purchase")
     threads: int = Field(1, ge=0, description="LightGBM training threads (0 = every core). 1 by default: OpenMP "
                                              "threads spin, and on a busy 2-core machine 2 threads ran 15x slower")
+    compile: bool = Field(True, description="serve the booster as native code compiled with lleaves (LLVM), cached "
+                                            "beside the model per CPU: the same scores, about 5x faster than "
+                                            "LightGBM's predict on 120-candidate batches (BENCHMARKS.md, Serving)")
     seed: int = 0
 
 

@@ -11,8 +11,10 @@ The order (``fit_pipeline``), with the ranker enabled:
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from shelfwise.assemble import assemble, attach_indexes
@@ -47,9 +49,13 @@ class Fitted:
 
     @property
     def pipeline(self) -> Pipeline:
-        """The model's request path without merchandising rules (offline evaluation, tests)."""
+        """The model's request path without merchandising rules (offline evaluation, tests), its ranker compiled as
+        a loaded model's is (the same scores, so the same lists as a served model)."""
         got = getattr(self, "_pipeline", None)
         if got is None:
+            if self.model.ranker is not None:
+                with tempfile.TemporaryDirectory(prefix="shelfwise-ranker-") as tmp:
+                    self.model.ranker.compile(Path(tmp))
             got = self._pipeline = assemble(self.model)
         return got
 
@@ -113,6 +119,10 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
     version, path = models.new_version()
     fitted.model.version = version
     fitted.model.save(path)
+    if fitted.model.ranker is not None:
+        if progress:
+            progress("ranker (native code)")
+        fitted.model.ranker.compile(path)
     if progress:
         progress("vector indexes")
     attach_indexes(fitted.model, vector_index_factory(vectors, path, version))

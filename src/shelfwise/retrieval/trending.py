@@ -48,8 +48,7 @@ class TrendingRetriever(Retriever):
         focus = []
         for q in queries:
             f = q.anchors if len(q.anchors) else q.history[-3:]
-            cats = np.unique(self.category[f]) if len(f) else np.zeros(0, np.int32)
-            focus.append(cats[cats >= 0].astype(np.int64))
+            focus.append(np.array(sorted({c for c in self.category[f].tolist() if c >= 0}), np.int64))
         return TrendingScores(self, focus)
 
     def order(self, banned: np.ndarray | None = None) -> np.ndarray:
@@ -109,22 +108,33 @@ class TrendingRetriever(Retriever):
 class TrendingScores(SourceScores):
     def __init__(self, source: TrendingRetriever, focus: list[np.ndarray]) -> None:
         self.src, self.focus = source, focus
+        n_cats = int(source.category.max(initial=-1)) + 2
+        self.table = np.zeros((len(focus), n_cats), bool)  # [row, category + 1]: the row focuses on it
+        for r, cats in enumerate(focus):
+            self.table[r, cats + 1] = True
+
+    def _values(self, row: np.ndarray, item: np.ndarray) -> np.ndarray:
+        g = self.src.global_score[item]
+        hit = self.table[row, self.src.category[item] + 1]
+        return np.where(hit, 0.5 * g + 0.5 + 0.5 * self.src.category_score[item], g).astype(np.float32)
 
     def at(self, items: np.ndarray) -> np.ndarray:
-        g = self.src.global_score
-        safe = np.maximum(items, 0)
-        out = g[safe].copy()
-        for r, cats in enumerate(self.focus):
-            if len(cats):
-                hit = np.isin(self.src.category[safe[r]], cats)
-                out[r, hit] = 0.5 * g[safe[r, hit]] + 0.5 + 0.5 * self.src.category_score[safe[r, hit]]
-        out[items < 0] = 0.0
-        return out.astype(np.float32)
+        rows = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)
+        return np.where(items >= 0, self._values(rows, np.maximum(items, 0)), 0.0).astype(np.float32)
 
     def peak(self) -> np.ndarray:
         top = float(self.src.global_score.max(initial=0.0))
         return np.array([max([top] + [float(self.src.boosted(int(c))[1][0]) for c in cats if
                                       len(self.src.members[c])]) for cats in self.focus], np.float32)
+
+    def dense(self) -> np.ndarray:
+        src = self.src
+        out = np.tile(src.global_score, (len(self.focus), 1))
+        for r, cats in enumerate(self.focus):
+            for c in cats:  # items of the categories in focus rank above the rest, by in-category popularity
+                idx = src.members[c]
+                out[r, idx] = 0.5 * src.global_score[idx] + 0.5 + 0.5 * src.category_score[idx]
+        return out
 
     def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
         order = self.src.order(exclusions.banned)
@@ -136,20 +146,20 @@ class TrendingScores(SourceScores):
                 head = head[allow[head]]
             if rule is not None:
                 head = head[~rule[head]]
-            head = head[: k + len(exclusions.rows[r])]
-            parts = [head] + [self.src.boosted(int(c))[0][: k + len(exclusions.rows[r]) + 64] for c in cats]
-            got = np.unique(np.concatenate(parts)) if len(parts) > 1 else head
-            rows.append(np.full(len(got), r))
-            idx.append(got)
-        row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        item = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+            depth = k + len(exclusions.rows[r])
+            parts = [head[:depth]] + [self.src.boosted(int(c))[0][:depth + 64] for c in cats]
+            for p in parts:
+                rows.append(np.full(len(p), r))
+                idx.append(p)
+        if not rows:
+            return segment_top(len(self.focus), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                               np.zeros(0, np.float32), k)
+        n = len(self.src.global_score)
+        key = np.sort(np.concatenate(rows).astype(np.int64) * n + np.concatenate(idx))
+        key = key[np.r_[True, key[1:] != key[:-1]]]
+        row, item = key // n, key % n
         keep = exclusions.keep(item, owner=row)
         row, item = row[keep], item[keep]
-        g = self.src.global_score
-        val = g[item].astype(np.float32)
-        for r, cats in enumerate(self.focus):
-            if len(cats):
-                sel = (row == r) & np.isin(self.src.category[item], cats)
-                val[sel] = 0.5 * g[item[sel]] + 0.5 + 0.5 * self.src.category_score[item[sel]]
+        val = self._values(row, item)
         pos = val > 0
         return segment_top(len(self.focus), row[pos], item[pos], val[pos], k)

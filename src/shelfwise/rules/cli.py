@@ -28,7 +28,7 @@ err = Console(stderr=True)
 @contextmanager
 def _session() -> Iterator[tuple[Any, Any]]:
     """(settings, rule store), with user errors printed as messages."""
-    from shelfwise.cli import friendly
+    from shelfwise.console import friendly
     from shelfwise.rules.admin import open_rule_store
     from shelfwise.rules.schema import RuleSetInvalid
     from shelfwise.rules.store import NotFound

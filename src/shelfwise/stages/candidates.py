@@ -1,18 +1,25 @@
 """Stages 3 and 4: candidates from every source of the placement, merged and blended.
 
-Each source proposes its top ``per_source`` items a request may show (``SourceScores.top``); the union (plus
-the items the request's rules need, and popular items when evidence runs out, so a rail is never empty while the
-catalog has servable items) is scored by every source (``SourceScores.at``), each source divided by its best
-score over the whole catalog (``peak``), and blended with the placement's weights. The union is cut to the
-``limit`` best by blended score; nothing here touches the whole catalog.
+Each source proposes its top ``per_source`` items a request may show (``SourceScores.top``); the union is
+scored by every source (``SourceScores.at``), each source divided by its best score over the whole catalog
+(``peak``), and blended with the placement's weights; the best by blended score are the candidates: as many as
+the later stages look at (``depth``: the learned ranker's candidates, the diversity pool, four times the slots).
+Nothing of this touches the whole catalog, so its cost does not grow with it.
+
+Catalogs up to ``dense_max_items`` take the exact path instead: every source scores every item (``dense``), and
+the blend's best are the candidates — on 12k items that is faster than building a union, and it is
+what the union approximates (a test checks they agree).
+
+Either way the items the request's rules need (pins, reserved slots) are added, and popular items when evidence
+runs out, so a rail is never empty while the catalog has servable items.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from shelfwise.request import Candidates, Exclusions
-from shelfwise.retrieval.base import Retriever, SourceScores
+from shelfwise.request import Candidates, Exclusions, take_rows
+from shelfwise.retrieval.base import Retriever, SourceScores, top_k
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import CandidateSettings
 from shelfwise.stages.base import Batch, padded
@@ -30,8 +37,8 @@ def union_rows(parts: list[np.ndarray]) -> np.ndarray:
     keep = s >= 0
     width = int(keep.sum(axis=1).max(initial=0))
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-    out = np.take_along_axis(s, order, axis=1)
-    out[~np.take_along_axis(keep, order, axis=1)] = -1
+    out = take_rows(s, order)
+    out[~take_rows(keep, order)] = -1
     return out
 
 
@@ -48,8 +55,10 @@ def without(items: np.ndarray, present: np.ndarray) -> np.ndarray:
 class CandidateStage:
     name = "candidates"
 
-    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings, n_items: int) -> None:
+    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings, n_items: int,
+                 depth: dict[str, int] | None = None) -> None:
         self.sources, self.settings, self.n_items = sources, settings, n_items
+        self.depth = depth or {}  # placement -> candidates the learned ranker re-scores
         trending = sources.get("trending")
         self._popular = trending if isinstance(trending, TrendingRetriever) else None
 
@@ -97,17 +106,48 @@ class CandidateStage:
         score = np.where(items >= 0, blend, -np.inf).astype(np.float32)
         return Candidates(items, sources, blend, score)
 
+    def need(self, batch: Batch) -> int:
+        """Candidates the later stages look at: the ranker's, the diversity pool, four times the slots."""
+        div = batch.conf.diversity
+        pool = div.pool if div.mmr_lambda < 1 else 0
+        return min(self.settings.limit, max(self.depth.get(batch.placement, 0), pool, 4 * batch.kmax))
+
+    def _union(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+               weights: dict[str, float]) -> Candidates:
+        ex = batch.exclusions
+        assert ex is not None
+        # a source gives its best `per_source` items, however many of its best ones a request excludes
+        proposals = [sc.top(self.settings.per_source, ex)[0] for sc in scored.values()]
+        union = union_rows(proposals) if proposals else np.full((len(batch), 0), -1, np.int64)
+        return self._score(union, scored, peaks, weights).sorted(self.need(batch))
+
+    def _dense(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+               weights: dict[str, float]) -> Candidates:
+        ex = batch.exclusions
+        assert ex is not None
+        total = np.zeros((len(batch), self.n_items), np.float32)
+        normed = {}
+        for name, sc in scored.items():
+            pk = peaks[name][:, None]
+            s = np.divide(sc.dense(), pk, out=np.zeros(total.shape, np.float32), where=pk > 0)
+            normed[name] = s
+            total += weights[name] * s
+        total[ex.dense()] = -np.inf
+        idx, val = top_k(total, min(self.need(batch), self.n_items))
+        items = np.where(val > 0, idx, -1)
+        safe = np.maximum(items, 0)
+        sources = {n: np.where(items >= 0, take_rows(s, safe), 0.0).astype(np.float32) for n, s in normed.items()}
+        blend = np.where(items >= 0, val, 0.0).astype(np.float32)
+        return Candidates(items, sources, blend, np.where(items >= 0, val, -np.inf).astype(np.float32))
+
     def run(self, batch: Batch) -> None:
         ex = batch.exclusions
         assert ex is not None
         weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
         scored = {n: self.sources[n].scores(batch.queries) for n in weights}
-        per = self.settings.per_source
-        # a source gives its best `per` items, however many of its best ones a request excludes
-        proposals = [sc.top(per, ex)[0] for sc in scored.values()]
         peaks = {n: sc.peak() for n, sc in scored.items()}
-        union = union_rows(proposals) if proposals else np.full((len(batch), 0), -1, np.int64)
-        cand = self._score(union, scored, peaks, weights).sorted(self.settings.limit)
+        dense = self.n_items <= self.settings.dense_max_items
+        cand = (self._dense if dense else self._union)(batch, scored, peaks, weights)
         extra = [] if batch.extra is None else [without(padded(batch.extra), cand.items)]
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
             e = extra[0]

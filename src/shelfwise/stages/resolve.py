@@ -54,7 +54,7 @@ class ResolveStage:
         elif exclude_history == "purchased" and req.state is not None:
             drop += [idx[p] for p in req.state.purchased if p in idx]
             drop += q.history[q.history_kind == EventType.purchase_completed].tolist()
-        return np.unique(np.array(drop, np.int64))
+        return np.array(sorted(set(drop)), np.int64)
 
     def run(self, batch: Batch) -> None:
         batch.queries = [self.query(r) for r in batch.requests]

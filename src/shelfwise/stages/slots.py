@@ -35,10 +35,9 @@ class LocalSimilarity(Similarity):
         return self.sim.between(self.items[a], self.items[b])
 
 
-def _top(row: np.ndarray, items: np.ndarray, k: int) -> list[Placed]:
-    """The best k columns by score, ties broken by lower item index (as the blend's own order)."""
-    order = np.lexsort((items, -row))[:k]
-    return [Placed(int(j), float(row[j]), "ranked") for j in order if np.isfinite(row[j])]
+def _tops(score: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) columns of each row's best k by score, ties broken by lower item index (the blend's own order)."""
+    return np.lexsort((items, -score), axis=1)[:, :k]
 
 
 def _num(x: float) -> float | None:
@@ -70,7 +69,8 @@ class SlotStage:
                ) -> tuple[list[Placed], list[str]]:
         c = local.constraints if local is not None else None
         if lam >= 1 and (c is None or c.empty):
-            return _top(row, items, k), []
+            top = _tops(row[None, :], items[None, :], k)[0]
+            return [Placed(int(j), float(row[j]), "ranked") for j in top if np.isfinite(row[j])], []
         return fill(row, k, c, pre, sim, lam, pool)
 
     def run(self, batch: Batch) -> None:
@@ -82,25 +82,40 @@ class SlotStage:
         weights = {n: batch.conf.weights.get(n, 0.0) for n in cand.sources}
         local = batch.local or [None] * len(batch)
         pre = batch.pre or [None] * len(batch)
+        plain = lam >= 1 and not any(lc is not None and not lc.constraints.empty for lc in local)
+        tops = _tops(cand.score, cand.items, batch.kmax) if plain else None
+        names = list(cand.sources)
+        contrib = np.stack([weights[n] * cand.sources[n] for n in names], axis=2) if names else None  # (B, M, S)
+        ids = self.items.ids
         answers = []
         for r, req in enumerate(batch.requests):
             items = cand.items[r]
             row_sim = LocalSimilarity(sim, items) if sim is not None else None
-            slate, conflicts = self._slate(cand.score[r], items, req.k, local[r], pre[r], row_sim, lam,
-                                           div.pool)
+            if tops is not None:
+                row = cand.score[r]
+                slate = [Placed(j, float(row[j]), "ranked") for j in tops[r, :req.k].tolist() if np.isfinite(row[j])]
+                conflicts: list[str] = []
+            else:
+                slate, conflicts = self._slate(cand.score[r], items, req.k, local[r], pre[r], row_sim, lam,
+                                               div.pool)
             if local[r] is not None:
                 conflicts = local[r].notes + conflicts
             plan = batch.plans[r] if batch.plans is not None else None
             if plan is not None and plan.shadows and r in batch.base:
                 for job in plan.shadows:
                     self._shadow(batch, r, job, slate, row_sim)
+            cols = [p.item for p in slate]
             recs, fallback = [], False
-            for pos, p in enumerate(slate):
-                parts = sorted(((weights[n] * float(s[r, p.item]), n) for n, s in cand.sources.items()
-                                if weights[n] * s[r, p.item] > 0), reverse=True)
-                fallback |= not parts
-                recs.append(Recommendation(str(self.items.ids[items[p.item]]), p.score,
-                                           [n for _, n in parts] or ["fallback"]))
+            if contrib is not None and cols:
+                c = contrib[r, cols]  # (slots, sources)
+                order = np.argsort(-c, axis=1, kind="stable")
+                for pos, p in enumerate(slate):
+                    src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
+                    fallback |= not src
+                    recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"]))
+            else:
+                recs = [Recommendation(str(ids[items[p.item]]), p.score, ["fallback"]) for p in slate]
+                fallback = bool(recs)
             note = self._explain(batch, r, slate, conflicts, recs) if req.explain else None
             answers.append(Answer(recs, batch.placement, fallback, note, self.version, batch.rulesets))
         batch.answers = answers
