@@ -12,6 +12,7 @@ from typing import Sequence
 import logging
 
 from shelfwise.assemble import assemble
+from shelfwise.cache import AnswerCache, request_key
 from shelfwise.domain import Event, Item
 from shelfwise.pipeline import Model, Pipeline
 from shelfwise.request import Answer, RecRequest, new_request_id
@@ -42,6 +43,7 @@ class Shelfwise:
         self._swap_lock = threading.Lock()
         self._checked_at = 0.0
         self.merch = Merchandising(settings, self.catalog)  # rule store, exposure log, rules stage
+        self.cache = AnswerCache(settings.api.cache_ttl_s, settings.api.cache_max_entries)
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -121,9 +123,10 @@ class Shelfwise:
         return {s: got[s] for s in shoppers}
 
     def forget_shopper(self, shopper: str) -> int:
-        """Erase a shopper's data (events and online state)."""
+        """Erase a shopper's data (events, online state, cached answers)."""
         removed = self.store.delete_shopper(shopper)
         self.online.forget(shopper)
+        self.cache.forget(shopper)
         return removed
 
     # ---- catalog -------------------------------------------------------------------------------------
@@ -172,10 +175,22 @@ class Shelfwise:
                 req.now = now
             if req.request_id is None:
                 req.request_id = new_request_id()
-        answers = self.pipeline.recommend(list(reqs))
+        pipeline = self.pipeline
+        answers: list[Answer | None] = [None] * len(reqs)
+        keys: list[tuple] = []
+        if self.cache.enabled:
+            label = self.merch.stage.label()
+            keys = [request_key(r, pipeline.version, label, pipeline.items.version) for r in reqs]
+            answers = [self.cache.get(k) for k in keys]
+        todo = [i for i, a in enumerate(answers) if a is None]
+        if todo:
+            for i, ans in zip(todo, pipeline.recommend([reqs[i] for i in todo])):
+                answers[i] = ans
+                if keys:
+                    self.cache.put(keys[i], ans)
         for req, answer in zip(reqs, answers):
             self.merch.record(req, answer)  # exposure log (queued, off the hot path)
-        return answers
+        return answers  # type: ignore[return-value]
 
     def close(self) -> None:
         self._stop.set()

@@ -298,6 +298,14 @@ class APISettings(_Section):
     recommend_batch: int = Field(32, ge=1, description="concurrent recommendation requests answered by one "
                                                        "pipeline call (api/batcher.py); 1 = one at a time")
     recommend_workers: int = Field(1, ge=1, description="threads making pipeline calls for the micro-batcher")
+    cache_ttl_s: float = Field(30.0, ge=0, description="computed answers are reused this long (0 = no cache); a "
+                                                       "shopper's event, a catalog change, a new model or rule "
+                                                       "version makes a new answer at once (src/shelfwise/cache.py)")
+    cache_max_entries: int = Field(50_000, ge=0, description="answers kept per API process (least recently used "
+                                                             "go first)")
+    edge_ttl_s: int = Field(90, ge=0, description="Cache-Control max-age of non-personal rails (product pages "
+                                                  "without a shopper): an edge cache or CDN may keep them this long; "
+                                                  "their ETag changes with the model, rule sets and catalog")
 
 
 class RulesSettings(_Section):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Annotated
 
-from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 import orjson
 from fastapi.responses import JSONResponse, Response
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         # processes (`shelfwise serve --workers N`), not threads.
         app.state.blas_limit = threadpool_limits(limits=1)
         state["engine"] = engine or Shelfwise(settings)
+        state["engine"].watch_models()  # new model versions are loaded beside serving, then swapped in
         # concurrent recommendation requests share one pipeline call (api/batcher.py)
         state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch,
                                         settings.api.recommend_workers)
@@ -183,6 +185,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         device: str | None = None,
         segment: Annotated[list[str], Query()] = [],  # noqa: B006
         explain: bool = False,
+        if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         t0 = time.perf_counter()
         engine = sw()
@@ -205,17 +208,28 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                          explain=explain)
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
+        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
+                 | ({"explanation": r.explanation} if explain else {}) for r in answer.items]
         body = {
             "request_id": req.request_id,
             "placement": placement,
             "model_version": answer.model_version,
+            "rulesets": answer.rulesets,
             "fallback": answer.fallback,
-            "items": [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
-                      | ({"explanation": r.explanation} if explain else {}) for r in answer.items],
+            "items": items,
         }
         if explain:
             body["explanation"] = answer.explanation
-        return ORJSONResponse(body)
+        if shopper is not None:  # personal: never kept by a shared cache
+            return ORJSONResponse(body, headers={"Cache-Control": "private, no-store"})
+        # not personal (a product page or cart without a shopper): an edge cache or CDN may keep it; the ETag is
+        # the answer's content, the same on every replica serving the same model, rule sets and catalog
+        tag = '"' + hashlib.blake2b(orjson.dumps([answer.model_version, answer.rulesets, answer.fallback, items]),
+                                    digest_size=12).hexdigest() + '"'
+        headers = {"ETag": tag, "Cache-Control": f"public, max-age={settings.api.edge_ttl_s}"}
+        if tag in [t.strip() for t in (if_none_match or "").split(",")]:
+            return Response(status_code=304, headers=headers)
+        return ORJSONResponse(body, headers=headers)
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
     return app
