@@ -66,34 +66,77 @@ def load_storefront(engine, n_items: int, n_shoppers: int, n_events: int, seed: 
 
 
 @app.command()
-def train() -> None:
+def train(
+    quick: bool = typer.Option(False, "--quick", help="trending and co-visitation only: a first model in seconds"),
+) -> None:
     """Train the default pipeline on everything in the event store and publish a new model version."""
     with friendly():
         settings = _settings()
         engine = _engine(settings)
-        report = run_training(engine)
-        engine.close()
+        try:
+            report = run_training(engine, quick=quick)
+        finally:
+            engine.close()
         typer.echo(report.version)
 
 
-def run_training(engine):
-    from shelfwise.training import train as train_models
+QUICK_SOURCES = ("trending", "covisit", "copurchase")
 
-    with progress() as bar:
-        task = bar.add_task("training", total=None)
 
-        def step(name: str) -> None:
-            bar.update(task, description=f"training {name}")
+def run_training(engine, quick: bool = False):
+    from shelfwise.training import expected_seconds, train as train_models
 
-        report = train_models(engine.store, engine.catalog, engine.models, engine.settings.models, progress=step)
-        bar.update(task, description="trained", total=1, completed=1)
-    table = Table(title=f"model {report.version}")
+    settings = engine.settings
+    ms = settings.models
+    sources = None
+    if quick:
+        ms = ms.model_copy(update={"ranker": ms.ranker.model_copy(update={"enabled": False})})
+        sources = QUICK_SOURCES
+    else:
+        engine.models.training_started(expected_seconds(engine.store.count(), ms), "full")
+    try:
+        with progress() as bar:
+            task = bar.add_task("training", total=None)
+
+            def step(name: str) -> None:
+                bar.update(task, description=f"training {name}")
+
+            report = train_models(engine.store, engine.catalog, engine.models, ms, progress=step,
+                                  vectors=settings.stores.vectors, **({"sources": sources} if sources else {}))
+            bar.update(task, description="trained", total=1, completed=1)
+    except BaseException as exc:
+        if not quick:
+            engine.models.training_finished(None, error=str(exc) or type(exc).__name__)
+        raise
+    if not quick:
+        engine.models.training_finished(report.version)
+    table = Table(title=f"model {report.version}" + (" (quick)" if quick else ""))
     for col in ("events", "shoppers", "items", "fit seconds"):
         table.add_column(col)
     table.add_row(str(report.events), str(report.shoppers), str(report.items),
                   ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
     console.print(table)
     return report
+
+
+def train_in_background(engine, sequence_minutes: float) -> Path:
+    """Start ``shelfwise train`` in its own process (its output in a log file); the API swaps the model in."""
+    import os
+    import subprocess
+
+    from shelfwise.training import expected_seconds
+
+    settings = engine.settings
+    log = settings.data_dir / "train.log"
+    env = dict(os.environ, SHELFWISE_MODELS__SEQUENCE__MAX_TRAIN_MINUTES=str(sequence_minutes),
+               SHELFWISE_MODELS__SEQUENCE__FINETUNE_EPOCHS="1", SHELFWISE_DATA_DIR=str(settings.data_dir))
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "shelfwise.cli", "train"], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    seq = settings.models.sequence.model_copy(update={"max_train_minutes": sequence_minutes, "finetune_epochs": 1})
+    engine.models.training_started(expected_seconds(engine.store.count(), settings.models.model_copy(
+        update={"sequence": seq})), "full", pid=proc.pid)
+    return log
 
 
 @app.command()
@@ -111,6 +154,8 @@ def serve(
     with friendly():
         settings = _settings()
         h, p = host or settings.api.host, port or settings.api.port
+        console.print(f"API listening on http://{h}:{p}  ({workers} process{'es' if workers > 1 else ''}; docs "
+                      f"http://{h}:{p}/docs, readiness and the live model http://{h}:{p}/readyz)")
         if workers == 1:
             uvicorn.run(create_app(settings), host=h, port=p, log_level="warning")
             return
@@ -144,10 +189,16 @@ def run(
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
     no_serve: bool = typer.Option(False, "--no-serve", help="set up and print example rails, then exit"),
-    train_minutes: float = typer.Option(3.0, min=0.1, help="cap on the sequence model's training time for the "
-                                                           "demo (`shelfwise train` uses the settings' cap)"),
+    train_minutes: float = typer.Option(2.0, min=0.1, help="cap on the sequence model's training time of the "
+                                                           "demo's full model (`shelfwise train` uses the settings' "
+                                                           "cap)"),
+    wait: bool = typer.Option(False, "--wait", help="train the full model before serving (no quick first model)"),
+    items: int = typer.Option(12_000, min=10, help="demo storefront: SKUs (first run only)"),
+    shoppers: int = typer.Option(20_000, min=10, help="demo storefront: shoppers"),
+    events: int = typer.Option(500_000, min=100, help="demo storefront: approximate events"),
 ) -> None:
-    """Set everything up on the embedded default (demo storefront, training) and start the API."""
+    """Set everything up on the embedded default (demo storefront, a first model in seconds, the full model
+    trained in the background and swapped in) and start the API."""
     with friendly():
         settings = _settings()
         console.print(f"data directory: [bold]{settings.data_dir.resolve()}[/bold]  event store: "
@@ -155,20 +206,26 @@ def run(
         engine = _engine(settings)
         if engine.store.count() == 0:
             console.print("generating the demo storefront (first run only)…")
-            load_storefront(engine, 12_000, 20_000, 500_000, settings.seed)
-        if not engine.trained:
-            seq = settings.models.sequence
-            if seq.max_train_minutes > train_minutes:
-                console.print(f"demo: the sequence model trains for at most {train_minutes:g} min "
-                              "(the best epoch so far is kept); `shelfwise train` trains to convergence")
-                seq.max_train_minutes = train_minutes
+            load_storefront(engine, items, shoppers, events, settings.seed)
+        full = engine.trained and engine.pipeline.model.full
+        running = (engine.models.training() or {}).get("state") == "running"
+        if not full and wait:
+            settings.models.sequence.max_train_minutes = min(settings.models.sequence.max_train_minutes,
+                                                             train_minutes)
             run_training(engine)
+        elif not full:
+            if not engine.trained:
+                console.print("training a first model (trending and co-visitation) to answer at once…")
+                run_training(engine, quick=True)
+            if not running:
+                log = train_in_background(engine, train_minutes)
+                console.print(f"the full model (sequence model, ALS, learned ranker) is training in the background "
+                              f"and replaces the first one when ready — progress: {log}, /readyz")
         engine.close()
         engine = _engine(settings)
         example_user = show_examples(engine)
         engine.close()
         h, p = host or settings.api.host, port or settings.api.port
-        console.print(f"\nAPI: http://{h}:{p}   docs: http://{h}:{p}/docs   health: http://{h}:{p}/readyz")
         console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
         if no_serve:
             return

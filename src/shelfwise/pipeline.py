@@ -18,7 +18,7 @@ import numpy as np
 from shelfwise.items import ItemTable
 from shelfwise.ranking.model import Ranker
 from shelfwise.request import Answer, Candidates, Query, RecRequest
-from shelfwise.retrieval import load_retriever
+from shelfwise.retrieval import SOURCES, load_retriever
 from shelfwise.retrieval.base import Retriever
 from shelfwise.settings import ModelSettings, PlacementSettings, known_fields
 from shelfwise.stages.base import Batch, Stage
@@ -37,6 +37,11 @@ class Model:
     version: str = "untrained"
     trained_until: float = float("inf")  # newest event the models were trained on
     ranker: Ranker | None = None  # re-scores the blend's top N for its placements (None: blend order)
+
+    @property
+    def full(self) -> bool:
+        """Trained with every default source (not the quick first model of ``shelfwise run``)."""
+        return set(SOURCES) <= set(self.retrievers)
 
     def save(self, path: Path) -> None:
         np.savez(path / "items.npz", **{k: v for k, v in self.items.arrays().items() if k != "ids"})

@@ -107,6 +107,21 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
     return fitted
 
 
+def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES) -> float:
+    """A rough forecast of ``fit_pipeline``'s wall time on a 2-core machine (to tell users when the full model is
+    due): the sequence model's epochs (about 8,000 events a second, capped by its time limit) dominate, the other
+    sources and the ranker's rows scale with the log (BENCHMARKS.md, Training cost)."""
+    seq = settings.sequence
+    epoch = events / 8000.0
+    total = events / 5000.0
+    if "sequence" in sources:
+        first = min(seq.max_train_minutes * 60.0, seq.max_epochs * epoch)
+        total += first + seq.finetune_epochs * epoch
+    if settings.ranker.enabled:
+        total *= 1.3
+    return total
+
+
 def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
           progress: Progress | None = None, vectors: str = "hnsw://", sources: tuple[str, ...] = SOURCES
           ) -> TrainReport:

@@ -94,8 +94,15 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         engine = state.get("engine")
         if engine is None:
             return ORJSONResponse({"status": "starting"}, status_code=503)
-        return ORJSONResponse({"status": "ready", "model_version": engine.pipeline.version,
-                               "trained": engine.trained})
+        model = engine.pipeline.model
+        training = engine.models.training()
+        return ORJSONResponse({"status": "ready", "model_version": model.version, "trained": engine.trained,
+                               "model": {"version": model.version, "sources": list(model.retrievers),
+                                         "ranker": model.ranker is not None, "full": model.full,
+                                         "trained_until": model.trained_until},
+                               "training": training and {
+                                   k: training.get(k) for k in ("state", "what", "started_at", "expected_s",
+                                                                "finished_at", "version", "error")}})
 
     @app.get("/metrics")
     def prometheus() -> Response:
