@@ -119,3 +119,13 @@ def test_request_ids_are_unique_hex_and_forked_processes_draw_their_own_prefix()
     os.waitpid(pid, 0)
     child = os.read(r, 64).decode()
     assert len(child) == 32 and child[:16] != ids[0][:16]
+
+
+def test_a_history_of_only_unknown_items_is_answered_like_no_history(engine):
+    state = ShopperState(recent=[Interaction("never-seen-1", 0, 1.0), Interaction("never-seen-2", 2, 2.0)],
+                         purchased={"never-seen-2"})
+    odd = engine.pipeline.recommend([RecRequest("homepage", shopper="ghost", k=5, state=state)])[0]
+    none = engine.pipeline.recommend([RecRequest("homepage", shopper="ghost", k=5,
+                                                 state=ShopperState(recent=[], purchased=set()))])[0]
+    assert ids(odd) == ids(none) and len(ids(odd)) == 5
+    assert engine.pipeline.query(RecRequest("homepage", state=state)).history.size == 0
