@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -71,8 +72,12 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
     return Fitted(pipe, data, timings)
 
 
+SCAN_FILE = "scanned_at.json"  # when training read the event store: shoppers erased later lose their rows at load
+
+
 def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
           progress: Callable[[str], None] | None = None) -> TrainReport:
+    scanned_at = time.time()
     log = store.scan()
     if len(log) == 0:
         raise ValueError("the event store has no item interactions to train on; import or send events first")
@@ -80,6 +85,7 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
     version, path = models.new_version()
     fitted.pipeline.version = version
     fitted.pipeline.save(path)
+    (path / SCAN_FILE).write_text(json.dumps({"scanned_at": scanned_at}))
     models.publish(version)
     models.prune()
     return TrainReport(version, len(log), fitted.data.n_users, fitted.data.n_items, fitted.seconds)

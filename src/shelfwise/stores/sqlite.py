@@ -63,7 +63,7 @@ def path_from_dsn(dsn: str) -> Path:
 class SQLiteStore:
     """EventStore + Catalog on one SQLite database. Thread-safe; writes are serialised."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, secure_delete: bool = True) -> None:
         self.path = path_from_dsn(dsn)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -72,6 +72,8 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=10000")
+        if secure_delete:  # erased rows are overwritten with zeros, not left readable on free pages
+            self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
 
     # ---- event store -------------------------------------------------------------------------------
