@@ -183,11 +183,16 @@ class Shelfwise:
     def recommend(self, req: RecRequest) -> Answer:
         return self.recommend_many([req])[0]
 
+    def admit_requests(self, reqs: Sequence[RecRequest]) -> None:
+        """Privacy before the pipeline: shopper ids in their stored (pseudonymised) form; a shopper without
+        personalisation consent becomes an anonymous visitor; a shopper erased after the model was trained loses
+        the model's row."""
+        self.guard.prepare(reqs, self.pipeline.shopper_index, self._forget_applied, self._scanned_at)
+
     def recommend_many(self, reqs: Sequence[RecRequest]) -> list[Answer]:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
         self.refresh_model()
-        # stored-form ids; no personalisation consent → anonymous visitor; erased shoppers lose the model's row
-        self.guard.prepare(reqs, self.pipeline.shopper_index, self._forget_applied, self._scanned_at)
+        self.admit_requests(reqs)
         need = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None and r.state is None))
         states = self.shopper_states(need) if need else {}
         now = time.time()
