@@ -84,9 +84,14 @@ def make_key(settings: Settings, scopes=("ingest", "read", "admin"), **kw) -> st
     from shelfwise.security.keys import create_key
     from shelfwise.stores import open_privacy_store
 
+    import time
+
     store = open_privacy_store(settings.events_dsn)
     try:
-        return create_key(store, kw.pop("name", None), list(scopes), **kw)[0]
+        name = kw.pop("name", None)
+        if name:
+            store.revoke_key(name, time.time())  # a second client of the same data dir replaces the key
+        return create_key(store, name, list(scopes), **kw)[0]
     finally:
         store.close()
 
