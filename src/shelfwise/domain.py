@@ -12,8 +12,17 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 # ---- hostile input: what every stored string and JSON value must satisfy --------------------------------------
 MAX_JSON_DEPTH = 16  # nesting of event properties and item attributes
 INT64 = (-(2**63), 2**63 - 1)  # integers beyond this cannot be stored by every backend (JSON, SQLite, PostgreSQL)
+TIME_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9])-"  # the years accepted (documents the range for clients)
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
+def split_field(message: str) -> tuple[str | None, str]:
+    """A whole-object rule's message names its field first ("item_id: product_viewed needs item_id")."""
+    field, sep, reason = message.partition(": ")
+    if sep and field and all(part.isidentifier() for part in field.split(".")):
+        return field, reason
+    return None, message
 
 
 def clean_text(value: str) -> str:
@@ -27,7 +36,7 @@ def clean_text(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(clean_text)]
+Text = Annotated[str, AfterValidator(clean_text), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]
 
 
 def check_json(value: Any, depth: int = 0, path: str = "") -> None:
@@ -145,7 +154,8 @@ class PurchasedItem(BaseModel):
 class Event(BaseModel):
     """One shopper action, as the storefront sends it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["user_id"]}, {"required": ["session_id"]}]})
 
     event_id: Text = Field(min_length=1, max_length=128, description="client idempotency key")
     type: EventTypeName
@@ -154,7 +164,8 @@ class Event(BaseModel):
     item_id: Text | None = Field(None, min_length=1, max_length=256)
     items: list[PurchasedItem] | None = Field(None, max_length=500)
     order_id: Text | None = Field(None, max_length=128)
-    timestamp: datetime = Field(description="ISO 8601 with a UTC offset, between 1970 and 2200")
+    timestamp: datetime = Field(description="ISO 8601 with a UTC offset, between 1970 and 2200",
+                                json_schema_extra={"pattern": TIME_PATTERN})
     context: EventContext = EventContext()
     properties: JSONObject = Field(default_factory=dict, description=f"free-form JSON (at most {MAX_JSON_DEPTH} "
                                                                      "levels deep, 64-bit integers, finite numbers)")
@@ -176,19 +187,19 @@ class Event(BaseModel):
     @model_validator(mode="after")
     def _shape(self) -> "Event":
         if self.user_id is None and self.session_id is None:
-            raise ValueError("an event needs a user_id or a session_id")
+            raise ValueError("user_id: an event needs a user_id or a session_id")
         t = self.type
         if t == "purchase_completed":
             if not self.items and not self.item_id:
-                raise ValueError("purchase_completed needs items (or item_id)")
+                raise ValueError("items: purchase_completed needs items (or item_id)")
         elif t == "search":
             query = self.properties.get("query")
             if not isinstance(query, str) or not query.strip():
-                raise ValueError("search needs properties.query (a non-empty string)")
+                raise ValueError("properties.query: search needs properties.query (a non-empty string)")
         elif not self.item_id:
-            raise ValueError(f"{t} needs item_id")
+            raise ValueError(f"item_id: {t} needs item_id")
         if self.items and t != "purchase_completed":
-            raise ValueError("items is only allowed on purchase_completed")
+            raise ValueError("items: items is only allowed on purchase_completed")
         return self
 
     @property
@@ -222,7 +233,8 @@ class Item(BaseModel):
     attributes: JSONObject = Field(default_factory=dict, description=f"free-form JSON (at most {MAX_JSON_DEPTH} "
                                                                      "levels deep, 64-bit integers, finite numbers)")
     tags: list[Annotated[Text, Field(max_length=256)]] = Field(default_factory=list, max_length=256)
-    created_at: datetime | None = Field(None, description="ISO 8601 (UTC when no offset), between 1970 and 2200")
+    created_at: datetime | None = Field(None, description="ISO 8601 (UTC when no offset), between 1970 and 2200",
+                                        json_schema_extra={"pattern": TIME_PATTERN})
     available: bool = True
 
     @field_validator("price", "cost")
@@ -247,7 +259,7 @@ class Item(BaseModel):
     @model_validator(mode="after")
     def _cost_vs_price(self) -> "Item":
         if self.cost is not None and self.price is None:
-            raise ValueError("cost given without price")
+            raise ValueError("price: cost given without price")
         return self
 
     @property

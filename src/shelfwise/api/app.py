@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.rules import build_router as rules_router
-from shelfwise.domain import ConsentUpdate, Event, Item, Text
+from shelfwise.domain import ConsentUpdate, Event, Item, Text, split_field
 from shelfwise.pipeline import RecRequest, new_request_id
 from shelfwise.privacy.pseudonym import shopper_key
 from shelfwise.rules.schema import RuleSet
@@ -45,11 +45,15 @@ DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text
               "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
 
 
-def _errors(exc: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
+def _errors(exc: ValidationError, index: int | None = None, whole: str = "(event)") -> list[dict[str, Any]]:
     out = []
     for e in exc.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(event)"
-        item: dict[str, Any] = {"field": field, "reason": str(e["msg"]).removeprefix("Value error, ")}
+        reason = str(e["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(p) for p in e["loc"])
+        if not field:  # a rule about the whole event/item names its field first
+            named, reason = split_field(reason)
+            field = named or whole
+        item: dict[str, Any] = {"field": field, "reason": reason}
         if index is not None:
             item = {"index": index, **item}
         out.append(item)
@@ -300,7 +304,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             try:
                 items.append(Item.model_validate(obj))
             except ValidationError as exc:
-                errors.extend(_errors(exc, i))
+                errors.extend(_errors(exc, i, "(item)"))
         if errors:
             return ORJSONResponse({"detail": "invalid items; nothing was changed", "errors": errors},
                                   status_code=422)
@@ -371,7 +375,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     @app.get("/v1/recommendations/{placement}", response_model=m.RecommendationAnswer, tags=["recommendations"],
              summary="A rail (scope: read)", responses={404: _error_response("unknown placement")})
     async def recommendations(
-        placement: Annotated[str, Path(max_length=64)],
+        placement: Annotated[str, Path(max_length=64, json_schema_extra={
+            "enum": sorted(settings.models.placements)})],
         user_id: Id | None = None,
         session_id: Id | None = None,
         item_id: Id | None = None,
