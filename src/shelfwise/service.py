@@ -70,7 +70,7 @@ class Shelfwise:
         scanned_at = json.loads(scan.read_text())["scanned_at"] if scan.is_file() else 0.0
         pipeline = Pipeline.load(path, self.settings.models)
         latest = self.privacy_store.latest_forget()
-        if latest >= scanned_at:
+        if latest > 0 and latest >= scanned_at:
             erased = self.privacy_store.forgotten([s for s in pipeline.shopper_index if s is not None])
             late = {s for s, at in erased.items() if at >= scanned_at}
             if late:

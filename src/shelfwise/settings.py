@@ -324,8 +324,6 @@ class SecuritySettings(_Section):
                                                       "hops from the right (0 = the TCP peer)")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body; larger ones get 413 before "
                                                                 "they are read")
-    max_json_depth: int = Field(16, ge=2, le=200, description="deepest nesting accepted in event properties and "
-                                                              "item attributes")
 
 
 class PrivacySettings(_Section):

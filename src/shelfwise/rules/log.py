@@ -19,6 +19,8 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import orjson
 
+from shelfwise.stores.sqlite import connect
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -141,13 +143,7 @@ class SQLiteExposureLog:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
-        if self.secure_delete:
-            db.execute("PRAGMA secure_delete=ON")
-        return db
+        return connect(self.path, synchronous="NORMAL", secure_delete=self.secure_delete)
 
     # ---- writing -------------------------------------------------------------------------------------
     def _put(self, item: tuple) -> None:

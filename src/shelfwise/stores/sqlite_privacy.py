@@ -18,7 +18,7 @@ from shelfwise.stores.privacy_common import (
     KEY_COLUMNS, consent_from_row, consent_row, key_from_row, key_row, marker, merge_consent,
 )
 from shelfwise.stores.protocols import ApiKey, Consent, KeyExists
-from shelfwise.stores.sqlite import path_from_dsn
+from shelfwise.stores.sqlite import connect, path_from_dsn
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -60,14 +60,8 @@ class SQLitePrivacyStore:
 
     def __init__(self, dsn: str, secure_delete: bool = True) -> None:
         self.path = path_from_dsn(dsn)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        if secure_delete:
-            self._db.execute("PRAGMA secure_delete=ON")
+        self._db = connect(self.path, secure_delete=secure_delete)
         self._db.executescript(SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO privacy_meta (key, value) VALUES ('marker_salt', ?)",
                          (os.urandom(32).hex(),))
