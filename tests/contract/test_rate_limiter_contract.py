@@ -59,3 +59,18 @@ def test_memory_limiter_is_bounded():
     assert rl.acquire([("client-0", 1.0, 1)]) == 0.0  # the oldest were dropped (full again)
     clock[0] += 1.0
     assert rl.acquire([("client-999", 1.0, 1)]) == 0.0
+
+
+def test_redis_async_path_shares_the_buckets(redis_url):
+    """The API's event loop uses an asyncio client; it and the blocking client see the same buckets."""
+    import asyncio
+
+    rl = open_rate_limiter(redis_url)
+    b = _name()
+
+    async def go():
+        return [await rl.acquire_async([(b, 1.0, 2)]) for _ in range(2)]
+
+    assert asyncio.run(go()) == [0.0, 0.0]
+    assert rl.acquire([(b, 1.0, 2)]) > 0.5
+    assert asyncio.run(rl.acquire_async([])) == 0.0

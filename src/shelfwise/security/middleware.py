@@ -70,6 +70,7 @@ class SecurityMiddleware:
         self.verifier = verifier
         self.limiter = limiter
         self.limiter_blocks = limiter_blocks  # a network round trip: run it off the event loop
+        self.limiter_async = getattr(limiter, "acquire_async", None)  # or, better, an asyncio client
         self.auth = settings.auth == "required"
         self.max_body = settings.max_body_bytes
         self.cors_any = "*" in settings.cors_origins
@@ -165,7 +166,9 @@ class SecurityMiddleware:
         """True when refused (the 429 is sent)."""
         if self.limiter is None:
             return False
-        if self.limiter_blocks:
+        if self.limiter_async is not None:
+            wait = await self.limiter_async(buckets)
+        elif self.limiter_blocks:
             wait = await anyio.to_thread.run_sync(self.limiter.acquire, buckets)
         else:
             wait = self.limiter.acquire(buckets)

@@ -88,19 +88,45 @@ class RedisRateLimiter:
         import redis
 
         url, opts = split_options(dsn, {"prefix", "ttl", "max_purchased"})
+        self.url = url
         self.prefix = opts.get("prefix", "shelfwise:") + "rl:"
         self.redis = redis.Redis.from_url(url, health_check_interval=30)
         self._acquire = self.redis.register_script(_ACQUIRE)
+        self._async: dict[int, tuple] = {}  # event loop id -> (asyncio client, script)
 
-    def acquire(self, buckets: Sequence[tuple[str, float, int]]) -> float:
+    def _call(self, buckets: Sequence[tuple[str, float, int]]) -> tuple[list[str], list] | None:
         live = [(name, rate, burst) for name, rate, burst in buckets if rate > 0]
         if not live:
-            return 0.0
+            return None
         args: list = []
         for _, rate, burst in live:
             args += [repr(float(rate)), int(burst)]
-        wait = float(self._acquire(keys=[self.prefix + name for name, _, _ in live], args=args))
+        return [self.prefix + name for name, _, _ in live], args
+
+    @staticmethod
+    def _wait(reply) -> float:
+        wait = float(reply)
         return wait if math.isfinite(wait) and wait > 0 else 0.0
+
+    def acquire(self, buckets: Sequence[tuple[str, float, int]]) -> float:
+        call = self._call(buckets)
+        return 0.0 if call is None else self._wait(self._acquire(keys=call[0], args=call[1]))
+
+    async def acquire_async(self, buckets: Sequence[tuple[str, float, int]]) -> float:
+        """``acquire`` for the API's event loop: one round trip, without blocking the loop or a thread hop."""
+        import asyncio
+
+        import redis.asyncio as aredis
+
+        call = self._call(buckets)
+        if call is None:
+            return 0.0
+        loop = id(asyncio.get_running_loop())
+        client = self._async.get(loop)
+        if client is None:
+            conn = aredis.Redis.from_url(self.url, health_check_interval=30)
+            client = self._async[loop] = (conn, conn.register_script(_ACQUIRE))
+        return self._wait(await client[1](keys=call[0], args=call[1]))
 
     def close(self) -> None:
         self.redis.close()
