@@ -35,6 +35,7 @@ from shelfwise.security.middleware import SecurityMiddleware, required_scope
 from shelfwise.service import Shelfwise
 from shelfwise.settings import Settings, load_settings
 from shelfwise.stores import open_rate_limiter
+from shelfwise.stores.bus import BusTimeout
 
 log = logging.getLogger("shelfwise.api")
 
@@ -98,6 +99,7 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": m.ErrorBody, "description": "rate limit exceeded: retry after the Retry-After header's seconds",
           "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
     500: _error_response("internal error (a bug: nothing half-written is kept)"),
+    503: _error_response("events queued but not yet committed (stores.ack = commit): resending is safe"),
 }
 
 
@@ -159,6 +161,10 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     @app.exception_handler(m.BadBody)
     async def _bad_body(request: Request, exc: m.BadBody) -> JSONResponse:
         return error(422, f"invalid request body: {exc.reason}", "body", exc.reason)
+
+    @app.exception_handler(BusTimeout)
+    async def _bus_timeout(request: Request, exc: BusTimeout) -> JSONResponse:
+        return error(503, f"{exc}", None, None)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
