@@ -116,7 +116,8 @@ def run_training(engine):
         def step(name: str) -> None:
             bar.update(task, description=f"training {name}")
 
-        report = train_models(engine.store, engine.catalog, engine.models, engine.settings.models, progress=step)
+        report = train_models(engine.store, engine.catalog, engine.models, engine.settings.models, progress=step,
+                              consenting=engine.guard.consenting)  # only shoppers who consent now
         bar.update(task, description="trained", total=1, completed=1)
     table = Table(title=f"model {report.version}")
     for col in ("events", "shoppers", "items", "fit seconds"):

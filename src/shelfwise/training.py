@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 from shelfwise.pipeline import Pipeline
 from shelfwise.retrieval import SOURCES, TrainData, build_retrievers
@@ -76,9 +78,17 @@ SCAN_FILE = "scanned_at.json"  # when training read the event store: shoppers er
 
 
 def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
-          progress: Callable[[str], None] | None = None) -> TrainReport:
+          progress: Callable[[str], None] | None = None,
+          consenting: Callable[[Sequence[str]], set[str]] | None = None) -> TrainReport:
+    """``consenting(shoppers)``: those whose personalisation consent is granted now; the others' events (kept
+    from before they withdrew, e.g. with ``privacy.erase_on_withdrawal`` off) are left out of training."""
     scanned_at = time.time()
     log = store.scan()
+    if consenting is not None and len(log):
+        shoppers = list(dict.fromkeys(log.shopper.tolist()))
+        allowed = consenting(shoppers)
+        if len(allowed) < len(shoppers):
+            log = log.take(np.fromiter((s in allowed for s in log.shopper), bool, len(log)))
     if len(log) == 0:
         raise ValueError("the event store has no item interactions to train on; import or send events first")
     fitted = fit_pipeline(log, catalog, settings, progress=progress)

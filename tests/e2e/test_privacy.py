@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shelfwise.domain import ConsentUpdate, Event
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from shelfwise.service import Shelfwise
 from shelfwise.training import train
@@ -51,8 +52,7 @@ def prepare_shop(settings, pseudonymize=False):
     eng = Shelfwise(settings)
     eng.upsert_items(tiny_catalog())
     eng.ingest(tiny_events())
-    eng.ingest([__import__("shelfwise.domain", fromlist=["Event"]).Event.model_validate(
-        ev(i, item=it, minute=i)) for i, it in enumerate(["p3", "c3", "p2", "c2", "h1"])])
+    eng.ingest([Event.model_validate(ev(i, item=it, minute=i)) for i, it in enumerate(["p3", "c3", "p2", "c2", "h1"])])
     train(eng.store, eng.catalog, eng.models, settings.models)
     eng.close()
 
@@ -201,5 +201,19 @@ def test_erasure_during_training_is_applied_when_the_model_loads(trained_setting
     try:
         assert "u5" not in eng.pipeline.shopper_index and "u6" in eng.pipeline.shopper_index
         assert "u5" not in json.loads((path / "shoppers.json").read_text())
+    finally:
+        eng.close()
+
+
+def test_training_leaves_out_shoppers_without_consent(trained_settings):
+    """With erase_on_withdrawal off a withdrawn shopper's events stay stored, but the next training skips them."""
+    trained_settings.privacy.erase_on_withdrawal = False
+    eng = Shelfwise(trained_settings)
+    try:
+        eng.set_consent("u4", ConsentUpdate(personalisation="denied"))
+        assert count_events(trained_settings, "u4") == 5  # kept: erasure on withdrawal is off
+        report = train(eng.store, eng.catalog, eng.models, trained_settings.models, consenting=eng.guard.consenting)
+        shoppers = json.loads((eng.models.path(report.version) / "shoppers.json").read_text())
+        assert "u4" not in shoppers and "u6" in shoppers and report.shoppers == 39
     finally:
         eng.close()

@@ -57,6 +57,15 @@ class PrivacyGuard:
                 self._recent.popitem(last=False)
         return out
 
+    def consenting(self, shoppers: Sequence[str], purpose: str = "personalisation") -> set[str]:
+        """Those of (stored-form) shoppers who consent to a purpose now (for training: not remembered)."""
+        out: set[str] = set()
+        for start in range(0, len(shoppers), 1000):
+            chunk = shoppers[start:start + 1000]
+            records = self.consents_store.consents(chunk)
+            out.update(s for s in chunk if self.effective(records.get(s))[purpose] == "granted")
+        return out
+
     def allows(self, shopper: str, purpose: str) -> bool:
         """Whether a (stored-form) shopper consents to a purpose (e.g. "experiments" before assigning a variant)."""
         with self._lock:
