@@ -5,32 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
-from typing import Callable, Iterator
-
 import pytest
 
 from shelfwise.security.keys import KeyVerifier, create_key, hash_key, make_key
 from shelfwise.stores import open_privacy_store
 from shelfwise.stores.protocols import ApiKey, Consent, ConsentStore, ErasureLedger, KeyExists, KeyStore
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_privacy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], object]]:
-    """Opens the store under test; every call opens the same database (restart and multi-replica tests)."""
-    dsn = f"sqlite:///{tmp_path / 'shelfwise.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_dsn")
-    opened: list = []
-
-    def factory():
-        store = open_privacy_store(dsn)
-        opened.append(store)
-        return store
-
-    factory.backend = request.param  # type: ignore[attr-defined]
-    factory.dsn = dsn  # type: ignore[attr-defined]
-    yield factory
-    for store in opened:
-        store.close()
 
 
 # ---- keys ----------------------------------------------------------------------------------------------------
