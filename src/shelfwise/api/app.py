@@ -130,6 +130,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             sys.modules["torch"].set_num_threads(1)
         if sec.auth == "off":
             log.warning("security.auth = off: every endpoint is open to anyone who reaches this port")
+        elif not state["engine"].privacy_store.list_keys():
+            log.warning("no API key exists yet: every /v1 request will get 401; create one with "
+                        "`shelfwise keys create --scope read --scope ingest`")
         yield
         state["batcher"].close()
         if engine is None:
