@@ -1,4 +1,5 @@
-"""Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate``."""
+"""Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate | keys |
+erase``."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def run_training(engine, quick: bool = False):
                 bar.update(task, description=f"training {name}")
 
             report = train_models(engine.store, engine.catalog, engine.models, ms, progress=step,
-                                  vectors=settings.stores.vectors, **({"sources": sources} if sources else {}))
+                                  vectors=settings.stores.vectors, consenting=engine.guard.consenting,
+                                  **({"sources": sources} if sources else {}))  # only shoppers who consent now
             bar.update(task, description="trained", total=1, completed=1)
     except BaseException as exc:
         if not quick:
@@ -226,10 +228,34 @@ def run(
         example_user = show_examples(engine)
         engine.close()
         h, p = host or settings.api.host, port or settings.api.port
-        console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
+        if settings.security.auth == "off":
+            console.print("[bold red]WARNING: security.auth = off — every endpoint is open to anyone who reaches "
+                          "this port[/bold red]")
+            console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
+        else:
+            key = demo_key(settings)
+            console.print(f"[bold yellow]demo API key (all scopes; replaced by the next `shelfwise run`, revoke it "
+                          f"with `shelfwise keys revoke demo`):[/bold yellow]\n{key}")
+            console.print(f"try: curl -H 'Authorization: Bearer {key}' "
+                          f"'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
         if no_serve:
             return
     serve(host=h, port=p, workers=1)
+
+
+def demo_key(settings: Settings) -> str:
+    """A fresh all-scope key named "demo" (the previous demo key is revoked: a key is shown only once)."""
+    import time
+
+    from shelfwise.security.keys import create_key
+    from shelfwise.stores import open_privacy_store
+
+    store = open_privacy_store(settings.events_dsn, secure_delete=settings.privacy.sqlite_secure_delete)
+    try:
+        store.revoke_key("demo", time.time())
+        return create_key(store, "demo", ["ingest", "read", "admin"])[0]
+    finally:
+        store.close()
 
 
 def show_examples(engine) -> str:
@@ -293,8 +319,13 @@ def recommend(
             task = bar.add_task("recommending", total=len(ids))
             for start in range(0, len(ids), 1024):
                 chunk = ids[start:start + 1024]
-                states = engine.store.history(chunk, settings.models.history_length)
-                reqs = [RecRequest(placement, shopper=u, k=k, state=states[u], now=now) for u in chunk]
+                reqs = [RecRequest(placement, shopper=u, k=k, now=now) for u in chunk]
+                engine.admit_requests(reqs)  # pseudonymised ids, consent, erased shoppers
+                need = [r.shopper for r in reqs if r.shopper is not None and r.state is None]
+                states = engine.store.history(need, settings.models.history_length)
+                for r in reqs:
+                    if r.shopper is not None and r.state is None:
+                        r.state = states[r.shopper]
                 for u, ans in zip(chunk, pipe.recommend(reqs)):
                     fh.write(json.dumps({"user": u, "items": [r.item_id for r in ans.items]}) + "\n")
                 bar.advance(task, len(chunk))
@@ -493,9 +524,31 @@ def _parse_time(value: str, option: str = "--split-time") -> float:
 
 
 from shelfwise.rules.cli import reports_app, rules_app  # noqa: E402 - merchandising commands
+from shelfwise.security.cli import keys_app  # noqa: E402 - API keys
 
 app.add_typer(rules_app, name="rules")
 app.add_typer(reports_app, name="reports")
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def erase(
+    user_id: Optional[str] = typer.Option(None, help="the storefront's user id"),
+    session_id: Optional[str] = typer.Option(None, help="an anonymous shopper's session id"),
+) -> None:
+    """Erase a shopper everywhere (as DELETE /v1/shoppers does) and print the deletion receipt."""
+    from shelfwise.privacy.pseudonym import shopper_key
+
+    with friendly():
+        if (user_id is None) == (session_id is None):
+            raise CLIError("give exactly one of --user-id and --session-id")
+        engine = _engine(_settings())
+        try:
+            receipt = engine.forget_shopper(shopper_key(user_id, session_id),
+                                            "user" if user_id is not None else "session")
+        finally:
+            engine.close()
+        typer.echo(json.dumps(receipt, indent=1))
 
 
 def main() -> None:  # pragma: no cover

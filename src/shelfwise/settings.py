@@ -321,6 +321,73 @@ class RulesSettings(_Section):
     dsn: str = Field("", description="rule store + exposure log; empty = the event store's SQLite file")
 
 
+class SecuritySettings(_Section):
+    """API keys, CORS, rate limits and request limits (``security/``, SECURITY.md)."""
+
+    auth: Literal["required", "off"] = Field(
+        "required", description="required: every /v1 request needs `Authorization: Bearer <key>` with the route's "
+                                "scope (ingest, read, admin; keys made with `shelfwise keys create`); off: no "
+                                "authentication at all (a local experiment only: anyone who reaches the port may "
+                                "publish rule sets and erase shoppers)")
+    key_cache_s: float = Field(5.0, ge=0, description="a verified key is trusted this long before the key store is "
+                                                      "read again: the longest a revoked key keeps working")
+    public_metrics: bool = Field(False, description="serve GET /metrics without a key (else it needs the admin "
+                                                    "scope; Prometheus sends one with `authorization:`)")
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description="browser origins (e.g. https://shop.example) allowed to call the "
+                                                "API from JavaScript; '*' allows any. The origins of publishable keys "
+                                                "are allowed as well, for the routes those keys may use")
+    cors_max_age_s: int = Field(600, ge=0, description="how long browsers may cache a CORS preflight answer")
+    rate_per_key: float = Field(1000.0, ge=0, description="sustained requests per second per API key, unless the key "
+                                                          "sets its own (`keys create --rate`); 0 = no limit")
+    burst_per_key: int = Field(2000, ge=1, description="requests a key may send at once above its sustained rate")
+    rate_per_client: float = Field(300.0, ge=0, description="sustained requests per second per client address, "
+                                                            "whatever the key (0 = no limit). Behind a proxy set "
+                                                            "trusted_proxies, or every shopper shares the proxy's "
+                                                            "bucket")
+    burst_per_client: int = Field(600, ge=1, description="burst per client address")
+    rate_limiter_max_entries: int = Field(100_000, ge=100, description="in-process limiter: buckets kept (least "
+                                                                       "recently used dropped): bounds its memory")
+    rate_limiter: Literal["auto", "memory", "redis"] = Field(
+        "auto", description="where rate-limit buckets live: auto = Redis when stores.online is redis:// (shared by "
+                            "every API replica), else in process")
+    trusted_proxies: int = Field(0, ge=0, description="reverse proxies in front of the API that append to "
+                                                      "X-Forwarded-For: the client address is the entry that many "
+                                                      "hops from the right (0 = the TCP peer)")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body; larger ones get 413 before "
+                                                                "they are read")
+
+
+class PrivacySettings(_Section):
+    """Consent, erasure and pseudonymisation (``privacy/``, SECURITY.md)."""
+
+    default_consent: Literal["granted", "pending"] = Field(
+        "granted", description="consent of a shopper for whom the storefront never sent one (per purpose: "
+                               "personalisation, analytics, experiments). granted suits shops whose terms cover "
+                               "personalisation; pending (opt-in, e.g. under the GDPR/ePrivacy) stores nothing "
+                               "personal until the shopper decides")
+    unconsented_events: Literal["count", "drop"] = Field(
+        "count", description="events of shoppers without personalisation consent: count = only per-item daily "
+                             "counts by event type, without any id or time of day (GET /v1/reports/anonymous-counts);"
+                             " drop = nothing is kept")
+    erase_on_withdrawal: bool = Field(True, description="withdrawing personalisation consent (granted → denied) "
+                                                        "erases the shopper's events, online state and model rows, "
+                                                        "as DELETE /v1/shoppers does (the consent record stays)")
+    pseudonymize: bool = Field(False, description="store shopper ids (user and session ids) only as keyed hashes "
+                                                  "(HMAC-SHA256 with pseudonym_key): the event store, online state, "
+                                                  "logs, streams and models never hold the storefront's raw ids")
+    pseudonym_key: str = Field("", description="the HMAC key (at least 16 characters; set it through the "
+                                               "environment: SHELFWISE_PRIVACY__PSEUDONYM_KEY). Rotating it is a "
+                                               "re-keying: see SECURITY.md")
+    forgotten_retention_days: float = Field(
+        30.0, gt=0, description="how long an erasure's keyed-hash marker is kept so that events still queued in "
+                                "the bus and models trained before the erasure cannot bring the shopper back; keep "
+                                "it above the Kafka topic's retention and the longest training")
+    sqlite_secure_delete: bool = Field(True, description="SQLite: overwrite deleted rows with zeros "
+                                                         "(PRAGMA secure_delete) and truncate the WAL after an "
+                                                         "erasure, so erased data does not linger in the file")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHELFWISE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -333,6 +400,15 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     api: APISettings = APISettings()
     rules: RulesSettings = RulesSettings()
+    security: SecuritySettings = SecuritySettings()
+    privacy: PrivacySettings = PrivacySettings()
+
+    @model_validator(mode="after")
+    def _pseudonym_key(self) -> "Settings":
+        if self.privacy.pseudonymize and len(self.privacy.pseudonym_key) < 16:
+            raise ValueError("privacy.pseudonymize needs privacy.pseudonym_key of at least 16 characters "
+                             "(set SHELFWISE_PRIVACY__PSEUDONYM_KEY)")
+        return self
 
     @classmethod
     def settings_customise_sources(

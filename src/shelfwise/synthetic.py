@@ -214,7 +214,7 @@ class Storefront:
         return _trusted(Event, {
             "event_id": f"e{n:09d}", "type": type_, "user_id": user, "session_id": session, "item_id": item,
             "items": lines, "order_id": order, "timestamp": self.start + timedelta(seconds=t), "context": context,
-            "properties": props})
+            "properties": props, "consent": None})
 
 
 def _trusted(cls, values: dict):

@@ -11,11 +11,14 @@ The order (``fit_pipeline``), with the ranker enabled:
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 from shelfwise.assemble import assemble, attach_indexes
 from shelfwise.domain import Item
@@ -122,18 +125,32 @@ def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, .
     return total
 
 
+SCAN_FILE = "scanned_at.json"  # when training read the event store: shoppers erased later lose their rows at load
+
+
 def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
-          progress: Progress | None = None, vectors: str = "hnsw://", sources: tuple[str, ...] = SOURCES
-          ) -> TrainReport:
-    """Fit on everything in the event store and publish a new version (``vectors``: ``stores.vectors``, whose
-    indexes of the embedding sources are built before the version goes live, so no replica builds them)."""
+          progress: Progress | None = None, vectors: str = "hnsw://", sources: tuple[str, ...] = SOURCES,
+          consenting: Callable[[Sequence[str]], set[str]] | None = None) -> TrainReport:
+    """Fit on everything in the event store and publish a new version.
+
+    ``vectors``: ``stores.vectors``, whose indexes of the embedding sources are built before the version goes live,
+    so no replica builds them. ``consenting(shoppers)``: those whose personalisation consent is granted now; the
+    others' events (kept from before they withdrew, e.g. with ``privacy.erase_on_withdrawal`` off) are left out of
+    training."""
+    scanned_at = time.time()
     log = store.scan()
+    if consenting is not None and len(log):
+        shoppers = list(dict.fromkeys(log.shopper.tolist()))
+        allowed = consenting(shoppers)
+        if len(allowed) < len(shoppers):
+            log = log.take(np.fromiter((s in allowed for s in log.shopper), bool, len(log)))
     if len(log) == 0:
         raise ValueError("the event store has no item interactions to train on; import or send events first")
     fitted = fit_pipeline(log, catalog, settings, sources=sources, progress=progress)
     version, path = models.new_version()
     fitted.model.version = version
     fitted.model.save(path)
+    (path / SCAN_FILE).write_text(json.dumps({"scanned_at": scanned_at}))
     if fitted.model.ranker is not None:
         if progress:
             progress("ranker (native code)")

@@ -1,9 +1,8 @@
 """The HTTP API through a real test client, on the embedded default."""
 
 import pytest
-from fastapi.testclient import TestClient
 
-from shelfwise.api.app import create_app
+from tests.conftest import api_client
 
 
 def event(i, **kw):
@@ -13,7 +12,7 @@ def event(i, **kw):
 
 @pytest.fixture
 def client(trained_settings):
-    with TestClient(create_app(trained_settings)) as c:
+    with api_client(trained_settings) as c:
         yield c
 
 
@@ -121,8 +120,12 @@ def test_a_view_changes_the_next_answer(client):
 
 def test_forget_shopper(client):
     client.post("/v1/events", json=[event(200, user_id="gdpr")])
-    assert client.delete("/v1/shoppers/gdpr").json() == {"deleted_events": 1}
-    assert client.delete("/v1/shoppers/gdpr").json() == {"deleted_events": 0}
+    first = client.delete("/v1/shoppers/gdpr").json()
+    places = {p["place"]: p["removed"] for p in first["places"]}
+    assert places["event store: events (and their purchase lines)"] == 1 and first["subject"] == "user"
+    again = client.delete("/v1/shoppers/gdpr").json()  # idempotent: a new receipt, nothing left to remove
+    assert again["removed_total"] == 0 and again["receipt_id"] != first["receipt_id"]
+    assert client.get(f"/v1/erasures/{first['receipt_id']}").json() == first
 
 
 def metric(text: str, name: str) -> float:

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shelfwise.api.app import create_app
+from tests.conftest import api_client
 from shelfwise.service import Shelfwise
 from shelfwise.synthetic import generate_storefront
 from shelfwise.training import train
@@ -22,7 +23,7 @@ def shop_client(tmp_path_factory):
     eng.ingest(list(shop.events()))
     train(eng.store, eng.catalog, eng.models, settings.models)
     eng.close()
-    with TestClient(create_app(settings)) as client:
+    with api_client(settings) as client:
         yield client, shop
 
 

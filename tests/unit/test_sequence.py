@@ -179,7 +179,7 @@ def test_api_answer_moves_after_new_views(settings):
     from shelfwise.api.app import create_app
     from shelfwise.service import Shelfwise
     from shelfwise.training import fit_pipeline
-    from tests.conftest import tiny_catalog, tiny_events
+    from tests.conftest import api_client, tiny_catalog, tiny_events
 
     settings.models.sequence = SequenceSettings(**TINY, max_epochs=15)
     settings.models.placements["homepage"] = PlacementSettings(weights={"sequence": 1.0})
@@ -192,7 +192,7 @@ def test_api_answer_moves_after_new_views(settings):
     fitted.model.save(path)
     eng.models.publish(version)
     eng.close()
-    with TestClient(create_app(settings)) as client:
+    with api_client(settings) as client:
         def rail():
             r = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 4})
             assert r.status_code == 200 and r.json()["model_version"] == version

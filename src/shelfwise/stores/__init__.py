@@ -6,6 +6,8 @@
 | online state             | ``memory://``        | ``redis://`` (``rediss://``)        |
 | vector index             | ``hnsw://``/``exact://`` (in-process) | ``pgvector://``   |
 | event bus                | ``inprocess://``     | ``redis-stream://``, ``kafka://``   |
+| keys, consent, erasures  | the event store's SQLite file | the event store's PostgreSQL |
+| rate limiter             | ``memory://``        | ``redis://`` (the online state's)   |
 
 Backends are imported lazily, so the embedded default never imports a database driver.
 """
@@ -14,14 +16,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from shelfwise.stores.protocols import Catalog, EventBus, EventStore, OnlineState, VectorIndex
+from shelfwise.stores.protocols import (
+    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, RateLimiter, VectorIndex,
+)
 
 if TYPE_CHECKING:
     from shelfwise.stores.bus import EventProcessor
+
+
+class PrivacyStore(KeyStore, ConsentStore, ErasureLedger, Protocol):
+    """What ``open_privacy_store`` returns: the three roles on one database connection (pool)."""
+
+    def checkpoint(self) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class UnsupportedDSN(ValueError):
@@ -32,18 +44,47 @@ def _scheme(dsn: str) -> str:
     return dsn.split("://", 1)[0] if "://" in dsn else ""
 
 
-def open_event_store(dsn: str) -> EventStore:
-    """Event store + catalog for a DSN (both live in the same database)."""
+def open_event_store(dsn: str, secure_delete: bool = True) -> EventStore:
+    """Event store + catalog for a DSN (both live in the same database). ``secure_delete``: SQLite overwrites
+    deleted rows with zeros."""
     scheme = _scheme(dsn)
     if scheme == "sqlite":
         from shelfwise.stores.sqlite import SQLiteStore
 
-        return SQLiteStore(dsn)
+        return SQLiteStore(dsn, secure_delete=secure_delete)
     if scheme in ("postgresql", "postgres"):
         from shelfwise.stores.postgres import PostgresStore
 
         return PostgresStore(dsn)
     raise UnsupportedDSN(f"no event store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+
+
+def open_privacy_store(dsn: str, secure_delete: bool = True) -> "PrivacyStore":
+    """Key store + consent store + erasure ledger, in the event store's database (picked by the events DSN)."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        from shelfwise.stores.sqlite_privacy import SQLitePrivacyStore
+
+        return SQLitePrivacyStore(dsn, secure_delete=secure_delete)
+    if scheme in ("postgresql", "postgres"):
+        from shelfwise.stores.postgres_privacy import PostgresPrivacyStore
+
+        return PostgresPrivacyStore(dsn)
+    raise UnsupportedDSN(f"no key/consent store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+
+
+def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:
+    """``memory://`` (one process) or ``redis://…`` (shared by every replica)."""
+    scheme = _scheme(dsn)
+    if scheme == "memory":
+        from shelfwise.stores.ratelimit import MemoryRateLimiter
+
+        return MemoryRateLimiter(max_entries=max_entries)
+    if scheme in ("redis", "rediss"):
+        from shelfwise.stores.ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(dsn)
+    raise UnsupportedDSN(f"no rate limiter backend for {dsn!r} (supported: memory://, redis://…)")
 
 
 def open_catalog(store: EventStore) -> Catalog:
