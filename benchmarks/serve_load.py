@@ -44,6 +44,7 @@ CLI = [sys.executable, "-m", "shelfwise.cli"]
 MIX = (("homepage", 0.50), ("pdp_similar", 0.25), ("pdp_fbt", 0.15), ("cart_upsell", 0.10))
 
 WRK_SCRIPT = """
+wrk.headers["Authorization"] = "Bearer %s"
 local paths = {%s}
 local i = 0
 request = function()
@@ -134,9 +135,9 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
 class EventPoster(threading.Thread):
     """Posts ``rate`` events per second in batches of 10 over one keep-alive connection."""
 
-    def __init__(self, url: str, shoppers: list[str], items: list[str], rate: float) -> None:
+    def __init__(self, url: str, shoppers: list[str], items: list[str], rate: float, key: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.shoppers, self.items, self.rate = url, shoppers, items, rate
+        self.url, self.shoppers, self.items, self.rate, self.key = url, shoppers, items, rate, key
         self.sent = self.failed = 0
         self.stop = threading.Event()
 
@@ -146,7 +147,7 @@ class EventPoster(threading.Thread):
         rng = random.Random(1)
         period = 10 / self.rate if self.rate > 0 else None
         n = 0
-        with httpx.Client(base_url=self.url, timeout=10) as http:
+        with httpx.Client(base_url=self.url, timeout=10, headers={"Authorization": f"Bearer {self.key}"}) as http:
             next_at = time.monotonic()
             while period is not None and not self.stop.is_set():
                 batch = []
@@ -193,7 +194,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str, str], port: int, args,
-            script: Path, log: Path, shoppers: list[str], items: list[str], events: bool) -> list[dict]:
+            script: Path, log: Path, shoppers: list[str], items: list[str], events: bool, key: str) -> list[dict]:
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=env["PWD_FOR_BENCH"])
     rows = []
@@ -202,7 +203,7 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
         url = f"http://127.0.0.1:{port}"
         wrk(url, script, max(args.connections), args.warmup)  # warm-up: caches, compiled rules, JIT-free paths
         for c in args.connections:
-            poster = EventPoster(url, shoppers, items, args.events_per_s) if events else None
+            poster = EventPoster(url, shoppers, items, args.events_per_s, key) if events else None
             if poster:
                 poster.start()
             res = wrk(url, script, c, args.seconds)
@@ -241,6 +242,10 @@ def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], 
         rules = data / "rules.json"
         rules.write_text(json.dumps(fifty_rules(shop, time.time())))
         run(CLI + ["rules", "put", "bench", str(rules), "--publish", "--author", "benchmark"], env, log)
+        with (data / "bench_key.txt").open("w") as fh:  # authentication on, as in production (no rate limit)
+            subprocess.run(CLI + ["keys", "create", "--scope", "read", "--scope", "ingest", "--name", "bench",
+                                  "--rate", "1000000", "--quiet"], env=env, stdout=fh, check=True,
+                           cwd=env["PWD_FOR_BENCH"])
         done.write_text(json.dumps({"train_s": round(train_s, 1), "items": args.items, "events": args.events}))
     # MMR on every placement: a settings file the server reads (a dict of placements is replaced, not merged)
     ms = ModelSettings()
@@ -253,7 +258,7 @@ def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], 
     with sqlite3.connect(data / "shelfwise.db") as db:
         users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL LIMIT 50000")]
         items = [r[0] for r in db.execute("SELECT id FROM items LIMIT 50000")]
-    return users, items
+    return users, items, (data / "bench_key.txt").read_text().strip()
 
 
 def main() -> None:
@@ -285,11 +290,12 @@ def main() -> None:
     data.mkdir(parents=True, exist_ok=True)
     log = data / "processes.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
-    env.update(SHELFWISE_DATA_DIR=str(data), SHELFWISE_CONFIG=str(data / "shelfwise.toml"), PWD_FOR_BENCH=str(data))
+    env.update(SHELFWISE_DATA_DIR=str(data), SHELFWISE_CONFIG=str(data / "shelfwise.toml"), PWD_FOR_BENCH=str(data),
+               SHELFWISE_SECURITY__RATE_PER_CLIENT="0")  # the load comes from one address
     env.update(kv.split("=", 1) for kv in args.env)
-    users, items = setup(args, env, data, log)
+    users, items, key = setup(args, env, data, log)
     script = data / "mix.lua"
-    script.write_text(WRK_SCRIPT % ",".join(f'"{p}"' for p in paths(users, items)))
+    script.write_text(WRK_SCRIPT % (key, ",".join(f'"{p}"' for p in paths(users, items))))
     ceiling_dir = Path(tempfile.mkdtemp(prefix="sw-ceiling-"))
     (ceiling_dir / "ceiling_app.py").write_text(CEILING_APP)
     results = []
@@ -300,12 +306,12 @@ def main() -> None:
             serve_env["SHELFWISE_STORES__ONLINE"] = f"{args.redis}?prefix={prefix}"
         name = f"{n} API process{'es' if n > 1 else ''}" + (" (Redis online state)" if n > 1 else " (embedded)")
         results += measure(name, "shelfwise", n, CLI + ["serve", "--port", str(args.port), "--workers", str(n)],
-                           serve_env, args.port, args, script, log, users, items, events=True)
+                           serve_env, args.port, args, script, log, users, items, events=True, key=key)
         if not args.skip_ceiling:
             cmd = [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--port", str(args.port + 1), "--workers",
                    str(n), "--log-level", "warning", "--app-dir", str(ceiling_dir)]
             results += measure(f"framework ceiling, {n} process{'es' if n > 1 else ''}", "ceiling", n, cmd, env,
-                               args.port + 1, args, script, log, users, items, events=False)
+                               args.port + 1, args, script, log, users, items, events=False, key=key)
         if n > 1:
             import redis
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ def test_run_serves_a_quick_model_then_the_full_one(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "training in the background" in out.stderr and "(quick)" in out.stderr
+    key = re.search(r"demo API key[^\n]*\n\s*(\S+)", out.stderr).group(1)
     settings = load_settings(data_dir=tmp_path / "data")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
         ready = client.get("/readyz").json()
         assert ready["model"]["full"] is False and ready["model"]["sources"] == ["trending", "covisit", "copurchase"]
         assert ready["training"]["state"] in ("running", "done") and ready["training"]["expected_s"] > 0

@@ -16,12 +16,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("domain", "settings"),
     ("items", "request", "stores", "synthetic", "console"),
     ("importers", "retrieval"),
-    ("ranking", "rerank", "rules"),
+    ("ranking", "rerank", "rules", "privacy", "cache", "security"),
     ("stages",),
     ("pipeline", "assemble"),
     ("training",),
     ("service", "evaluation", "worker"),
-    ("api", "cli", "rules.cli"),
+    ("api", "cli", "rules.cli", "security.cli"),
 ]
 
 

@@ -21,12 +21,39 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from shelfwise.service import Shelfwise
+from shelfwise.privacy.guard import PrivacyGuard
+from shelfwise.privacy.pseudonym import Pseudonymizer
+from shelfwise.rules.engine import Merchandising
+from shelfwise.settings import Settings
+from shelfwise.stores import PrivacyStore
+from shelfwise.stores.models import DirectoryModelStore
+from shelfwise.stores.protocols import EventBus, EventStore, OnlineState
+
+
+class ServingModel(Protocol):
+    shopper_index: dict[str, int]
+
+
+class Engine(Protocol):
+    """The parts of the running engine (``service.Shelfwise``) an erasure reaches."""
+
+    settings: Settings
+    privacy_store: PrivacyStore
+    guard: PrivacyGuard
+    pseudonyms: Pseudonymizer
+    bus: EventBus
+    store: EventStore
+    online: OnlineState
+    merch: Merchandising
+    models: DirectoryModelStore
+    erasure_hooks: list[tuple[str, Callable[[str], int]]]
+
+    @property
+    def pipeline(self) -> ServingModel: ...
 
 log = logging.getLogger("shelfwise.privacy")
 
@@ -84,7 +111,7 @@ def scrub_model_dir(path: Path, shoppers: set[str]) -> int:
     return len(rows)
 
 
-def scrub_models(engine: "Shelfwise", shoppers: set[str]) -> tuple[int, int]:
+def scrub_models(engine: Engine, shoppers: set[str]) -> tuple[int, int]:
     """(rows scrubbed, versions touched) over every version in the model store, partial ones included."""
     root = engine.models.root
     rows = touched = 0
@@ -96,7 +123,7 @@ def scrub_models(engine: "Shelfwise", shoppers: set[str]) -> tuple[int, int]:
 
 
 # ---- the erasure -----------------------------------------------------------------------------------------------
-def erase(engine: "Shelfwise", shopper: str, subject: str, keep_consent: bool = False,
+def erase(engine: Engine, shopper: str, subject: str, keep_consent: bool = False,
           reason: str = "request") -> dict:
     """Erase one shopper (the stored form of the id: pseudonymised when that is on). Returns the receipt."""
     settings = engine.settings

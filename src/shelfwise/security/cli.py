@@ -38,7 +38,7 @@ def create(
     quiet: bool = typer.Option(False, "--quiet", help="print only the key (for scripts)"),
 ) -> None:
     """Create a key. It is printed once and stored only as a hash: keep it."""
-    from shelfwise.cli import CLIError, console, friendly
+    from shelfwise.console import CLIError, console, friendly
     from shelfwise.security.keys import InvalidKeyRequest, create_key
     from shelfwise.stores.protocols import KeyExists
 
@@ -65,7 +65,7 @@ def list_keys(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
 ) -> None:
     """The keys (never the keys themselves: only their records)."""
-    from shelfwise.cli import console, friendly
+    from shelfwise.console import console, friendly
 
     with friendly():
         store = _store()
@@ -93,7 +93,7 @@ def revoke(key: str = typer.Argument(..., help="the key's id or name")) -> None:
     """Revoke a key: refused by every API replica within security.key_cache_s (default 5 s)."""
     import time
 
-    from shelfwise.cli import CLIError, console, friendly
+    from shelfwise.console import CLIError, console, friendly
 
     with friendly():
         store = _store()
