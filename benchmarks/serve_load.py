@@ -70,6 +70,10 @@ from fastapi.responses import ORJSONResponse
 app = FastAPI(default_response_class=ORJSONResponse)
 ITEMS = [{"item_id": f"SKU-{i:06d}", "score": 1.0 - i / 100, "sources": ["covisit", "als"]} for i in range(12)]
 
+@app.get("/readyz")
+def ready():
+    return {"status": "ready"}
+
 @app.get("/v1/recommendations/{placement}")
 def rail(placement: str, user_id: str | None = None, item_id: str | None = None, cart: str | None = None,
          k: int = 12):
