@@ -21,9 +21,13 @@ from tests.unit.test_rules_fixtures import NOW, ask, build_pipeline, ids
 BASE = ["p0", "p2", "c2", "c0", "p3", "p1", "c3", "c1", "h0", "h1"]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_pipeline(tmp_path_factory.mktemp("rerank"))
+@pytest.fixture(scope="module", params=["exact", "union"])
+def built(request, tmp_path_factory):
+    """The tiny trained pipeline on each candidate path: every rule and re-ranking test holds on both."""
+    pipe, catalog = build_pipeline(tmp_path_factory.mktemp("rerank"))
+    if request.param == "union":
+        pipe.settings.candidates.dense_max_items = 0
+    return pipe, catalog
 
 
 def configure(pipe, **placement_updates):
