@@ -307,9 +307,9 @@ class ContentSettings(_Section):
     max_chars: int = Field(4000, ge=16, description="characters of title + description tokenised (bounds the "
                                                     "tokeniser's work on a 20,000-character description; 256 "
                                                     "word pieces rarely need more than ~1,500)")
-    threads: int = Field(1, ge=0, description="intra-op threads of the encoder; 0 = every core. 1 by default: "
-                                               "encoding runs beside the API, and on this busy 2-core machine 1 "
-                                               "thread encoded faster than 2 (BENCHMARKS.md, Content tower)")
+    threads: int = Field(0, ge=0, description="intra-op threads of the encoder; 0 = every core (ONNX Runtime: "
+                                               "2 threads 102 texts/s vs 1 thread 84 on this busy 2-core machine; "
+                                               "BENCHMARKS.md, Content tower)")
     # features (content/features.py)
     category_buckets: int = Field(256, ge=8, description="hashed buckets of the category path block")
     brand_buckets: int = Field(128, ge=8, description="hashed buckets of the brand block")
@@ -317,7 +317,10 @@ class ContentSettings(_Section):
     price_bands: int = Field(16, ge=2, description="log-spaced price bands between price_min and price_max")
     price_min: float = Field(1.0, gt=0)
     price_max: float = Field(10_000.0, gt=0)
-    text_weight: float = Field(1.0, ge=0, description="weight of the (unit) text block in the content vector")
+    price_kernel: float = Field(1.0, gt=0, description="width (in bands) of the Gaussian kernel over price bands: "
+                                                      "prices d bands apart have cosine exp(-d²/4) at width 1")
+    text_weight: float = Field(1.0, ge=0, description="weight of the (unit) text block in the content vector; 0 = "
+                                                     "no text block (the encoder never runs: catalogs without text)")
     category_weight: float = Field(1.0, ge=0)
     brand_weight: float = Field(0.5, ge=0)
     price_weight: float = Field(0.5, ge=0)

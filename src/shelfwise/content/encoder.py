@@ -64,7 +64,7 @@ class TextEncoder:
     """
 
     def __init__(self, backend: Backend = "onnx", cache_dir: Path | str | None = None, batch_size: int = 64,
-                 max_tokens: int = 256, max_chars: int = 4000, threads: int = 1) -> None:
+                 max_tokens: int = 256, max_chars: int = 4000, threads: int = 0) -> None:
         if backend not in ("onnx", "torch"):
             raise ValueError(f"unknown encoder backend {backend!r} (onnx or torch)")
         if backend == "onnx" and cache_dir is None:

@@ -10,8 +10,8 @@ multiplied by its weight (``ContentSettings.*_weight``), so no block dominates b
 * category: every level of the path as its prefix (``Audio``, ``Audio > Headphones``), so siblings share the
   root's bucket and differ at the leaf; deeper levels weigh more (level i has weight i + 1).
 * brand: case-folded and trimmed.
-* price band: log-spaced bands between ``price_min`` and ``price_max``, a triangular kernel over neighbouring
-  bands so that close prices are similar even across a band edge.
+* price band: log-spaced bands between ``price_min`` and ``price_max``, a Gaussian kernel over the bands so that
+  close prices are similar even across a band edge, and similarity falls with the price ratio.
 * attributes: ``key=value`` per scalar, ``key=element`` per list element, ``key.sub=value`` for nested
   objects; numbers are written with 4 significant digits (``4.5``, ``128``), booleans as ``true``/``false``,
   nulls are skipped; tags as ``tag=value``. Keys and string values are case-folded and trimmed.
@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from shelfwise.content.projection import unit_rows
 from shelfwise.domain import Item
 
 TEXT_DIM = 384
@@ -103,6 +104,7 @@ class FeatureLayout:
     price_bands: int = 16
     price_min: float = 1.0
     price_max: float = 10_000.0
+    price_kernel: float = 1.0
     text_weight: float = 1.0
     category_weight: float = 1.0
     brand_weight: float = 0.5
@@ -135,17 +137,15 @@ def _unit(block: np.ndarray) -> np.ndarray:
 
 
 def price_band_vector(price: float | None, layout: FeatureLayout) -> np.ndarray:
-    """Triangular-kernel encoding of log(price) over ``price_bands`` bands (zeros when unknown)."""
+    """Gaussian kernel (width ``price_kernel`` bands) of log(price) over ``price_bands`` log-spaced band centres,
+    zeros when unknown. Two prices ``d`` bands apart have cosine ``exp(-d² / (4 · width²))``."""
     v = np.zeros(layout.price_bands, np.float32)
     if price is None or not math.isfinite(price) or price <= 0:
         return v
     lo, hi = math.log(layout.price_min), math.log(layout.price_max)
     pos = (min(max(math.log(price), lo), hi) - lo) / (hi - lo) * (layout.price_bands - 1)
-    left = int(math.floor(pos))
-    frac = pos - left
-    v[left] = 1.0 - frac
-    if left + 1 < layout.price_bands:
-        v[left + 1] = frac
+    d = (np.arange(layout.price_bands) - pos) / layout.price_kernel
+    v[:] = np.exp(-0.5 * d * d)
     return v
 
 
@@ -174,12 +174,18 @@ def content_vectors(items: Sequence[Item], text_vectors: np.ndarray, layout: Fea
     if len(text_vectors) != len(items):
         raise ValueError("one text vector per item")
     out = np.zeros((len(items), layout.dim), np.float32)
-    t = layout.blocks()["text"]
     for r, it in enumerate(items):
         out[r] = structured_vector(it, layout)
-        if has_text(it):
-            out[r, t] = layout.text_weight * _unit(np.asarray(text_vectors[r], np.float32))
+    with_text = np.array([has_text(it) for it in items], bool)
+    text = np.zeros((len(items), TEXT_DIM), np.float32)
+    text[with_text] = np.asarray(text_vectors, np.float32)[with_text]
+    out[:, layout.blocks()["text"]] = text_block(text, layout)
     return out
+
+
+def text_block(text_vectors: np.ndarray, layout: FeatureLayout) -> np.ndarray:
+    """The text block of content vectors from raw encoder rows (zero rows stay zero)."""
+    return layout.text_weight * unit_rows(text_vectors)
 
 
 def has_text(item: Item) -> bool:
