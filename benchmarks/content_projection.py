@@ -17,7 +17,8 @@ and ``beauty`` (Amazon Beauty, S3-Rec version: attribute ids only, no text; read
 JSON to benchmarks/results/content_projection.json.
 
     PYTHONPATH=src .venv/bin/python benchmarks/content_projection.py [--datasets synthetic,beauty]
-        [--items 12000 --shoppers 20000 --events 500000] [--holdout 0.1] [--k 10,50]
+        [--items 12000 --shoppers 20000 --events 500000] [--holdout 0.1] [--k 10,50] [--upserts 50]
+        [--tower-dir DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from content_encoder import _cpu, _git_commit  # noqa: E402
 
 from shelfwise.content.projection import fit_projection, recall_at_k, true_neighbours  # noqa: E402
-from shelfwise.content.tower import ContentTower, interaction_counts, warm_mask  # noqa: E402
+from shelfwise.content.features import item_text  # noqa: E402
+from shelfwise.content.tower import BackgroundEncoder, ContentTower, interaction_counts, warm_mask  # noqa: E402
 from shelfwise.domain import EventType, Item  # noqa: E402
 from shelfwise.retrieval.als import ALSRetriever  # noqa: E402
 from shelfwise.retrieval.base import TrainData  # noqa: E402
@@ -104,7 +106,11 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
     cat_items = [catalog[vocab[i]] for i in np.nonzero(known)[0]]
     rows_known = np.nonzero(known)[0]
     emb = als.item_factors[rows_known]
-    tower = ContentTower(settings.content, cache_dir=a.cache_dir)
+    saved = Path(a.tower_dir) / name if a.tower_dir else None
+    if saved is not None and (saved / "content_tower.json").is_file():  # texts encoded by an earlier run are reused
+        tower = ContentTower.load(saved, settings.content, cache_dir=a.cache_dir)
+    else:
+        tower = ContentTower(settings.content, cache_dir=a.cache_dir)
     t1 = time.perf_counter()
     done = {"n": 0}
 
@@ -115,6 +121,8 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
 
     tower.fit(cat_items, emb, train_warm[rows_known], progress=progress, embedding="als")
     t_fit = time.perf_counter() - t1
+    if saved is not None:
+        tower.save(saved)
     ids_test = [vocab[i] for i in test]
     ids_ref = [vocab[i] for i in ref]
     x_all = {k: tower.vectors(v, "content") for k, v in (("test", ids_test), ("ref", ids_ref))}
@@ -154,8 +162,35 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
         results[method] = {f"recall@{k}": round(recall_at_k(p[:, :k], truth[:, :k]), 4) for k in ks}
     results["random"] = {f"recall@{k}": round(k / len(ref), 4) for k in ks}
     report["recall"] = results
+    if a.upserts and any(item_text(it) for it in cat_items):
+        report["upsert_to_vector_ms"] = upsert_latency(tower, [catalog[i] for i in ids_test[: a.upserts]])
     report["total_s"] = round(time.perf_counter() - t0, 1)
     return report
+
+
+def upsert_latency(tower: ContentTower, items: list[Item]) -> dict:
+    """Time from ``BackgroundEncoder.submit`` of one new item (a retitled copy of a catalog item) to its vector
+    reaching the sink, one upsert at a time."""
+    import threading
+
+    got = threading.Event()
+    worker = BackgroundEncoder(tower, lambda ids, v: got.set())
+    worker.flush(30)
+    lat = []
+    try:
+        for n, it in enumerate(items):
+            new = it.model_copy(update={"id": f"upsert-{n}", "title": f"{it.title} (new edition)"})
+            got.clear()
+            t = time.perf_counter()
+            worker.submit([new])
+            if not got.wait(10):
+                raise RuntimeError(f"no vector after 10 s ({worker.last_error})")
+            lat.append((time.perf_counter() - t) * 1000)
+    finally:
+        worker.close()
+    arr = np.array(lat)
+    return {"n": len(lat), "p50": round(float(np.percentile(arr, 50)), 1),
+            "p95": round(float(np.percentile(arr, 95)), 1), "max": round(float(arr.max()), 1)}
 
 
 def main() -> None:
@@ -167,7 +202,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--holdout", type=float, default=0.1, help="share of warm items treated as new")
     ap.add_argument("--k", default="10,50")
+    ap.add_argument("--upserts", type=int, default=50, help="single-item upserts timed through BackgroundEncoder "
+                                                            "(datasets with text; 0 = skip)")
     ap.add_argument("--cache-dir", default=None, help="ONNX export cache (default: a temporary directory)")
+    ap.add_argument("--tower-dir", default=None, help="save each dataset's fitted tower here, and start from it on "
+                                                      "the next run (only changed texts are re-encoded)")
     ap.add_argument("--json", default=str(RESULTS / "content_projection.json"))
     a = ap.parse_args()
     settings = load_settings(data_dir=Path(tempfile.gettempdir()) / "shelfwise-content-bench")

@@ -200,6 +200,10 @@ def test_new_item_lands_near_the_warm_items_it_resembles(onnx_encoder: TextEncod
     sims = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ v[0]
     heads = [i for i, it in enumerate(catalog()) if it.id.startswith("hp")]
     assert set(np.argsort(-sims)[:6]) == set(heads)
+    m, known = tower.aligned(["mt2", "nope", "new"])
+    assert known.tolist() == [True, False, True] and not m[1].any()
+    np.testing.assert_array_equal(m[2], v[0])
+    assert tower.target_norm == pytest.approx(float(np.median(np.linalg.norm(emb, axis=1))))
     f = tower.similarity_to_history(["hp1", "hp2", "unknown"], ["hp3", "mt3", "unknown"])
     assert f[0] > f[1] > 0 and f[2] == 0
     assert not tower.similarity_to_history([], ["hp3"]).any()

@@ -21,14 +21,16 @@ sink (e.g. ``vector_index.add``) — see its docstring.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,6 +60,37 @@ def interaction_counts(item_index: np.ndarray, n_items: int, weights: np.ndarray
 def warm_mask(counts: np.ndarray, min_interactions: int) -> np.ndarray:
     """Items with at least ``min_interactions`` interactions: the projection's training set."""
     return np.asarray(counts) >= min_interactions
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True, label: str = "content") -> Iterator[ProgressFn | None]:
+    """A ``progress(done, total)`` callback drawing a rich bar on a terminal (nested under a live CLI display),
+    or printing a line every 10 % to a log; ``None`` when disabled."""
+    if not enabled:
+        yield None
+        return
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        state = {"next": 0.0}
+
+        def lines(done: int, total: int) -> None:
+            if total and (done / total >= state["next"] or done == total):
+                state["next"] = done / total + 0.1
+                print(f"{label}: encoded {done}/{total} texts", file=sys.stderr, flush=True)
+
+        yield lines
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = getattr(sys.stderr, "_FileProxy__console", None) or Console(stderr=True)
+    bar = Progress(TextColumn(f"[bold]{label}[/bold] texts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True)
+    task = bar.add_task("texts", total=None)
+    bar.start()
+    try:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+    finally:
+        bar.stop()
 
 
 class _Rows:
@@ -101,6 +134,11 @@ class ContentTower:
         self.meta: dict[str, Any] = {}
         self._encoder_checked = True  # False after load until the saved encoder is compared with the installed one
         self._saved_encoder: dict[str, Any] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ContentTower":
+        """From the whole ``Settings`` (its ``content`` section and ``content_cache_dir``)."""
+        return cls(settings.content, cache_dir=settings.content_cache_dir)
 
     # -- encoder ------------------------------------------------------------------------------------------------
     @property
@@ -230,7 +268,8 @@ class ContentTower:
     # -- public API ---------------------------------------------------------------------------------------------
     def fit(self, items: Sequence[Item], embeddings: np.ndarray, warm: np.ndarray,
             progress: ProgressFn | None = None, embedding: str = "") -> "ContentTower":
-        """Encode every item (incrementally) and fit the projection on the warm ones.
+        """Encode every item (incrementally) and fit the projection on the warm ones. Without a ``progress``
+        callback, a progress bar is shown when ``settings.progress``.
 
         ``embeddings[i]`` is the collaborative vector of ``items[i]`` (e.g. ``ALSRetriever.item_factors`` reordered
         to the items), ``warm[i]`` whether it has enough interactions to be trusted (``warm_mask``)."""
@@ -245,7 +284,11 @@ class ContentTower:
             raise ValueError(f"the projection needs at least 2 warm items with a non-zero embedding "
                              f"({int(ok.sum())} given)")
         t0 = time.perf_counter()
-        self._update(items, progress)
+        if progress is None:
+            with progress_bar(self.settings.progress) as bar:
+                self._update(items, bar)
+        else:
+            self._update(items, progress)
         t_encode = time.perf_counter() - t0
         with self._lock:
             rows = np.array([self.index[it.id] for it in items], np.int64)
@@ -255,7 +298,9 @@ class ContentTower:
         with self._lock:
             self.projection = projection
             self._projected = _Rows(projection.out_dim, projection.transform(self._content.view()))
+            norms = np.linalg.norm(embeddings[ok], axis=1)
             self.meta = {"embedding": embedding, "embedding_dim": int(embeddings.shape[1]),
+                         "target_norm_median": float(np.median(norms)),
                          "warm_items": int(ok.sum()), "items": len(self.ids), "projection": projection.kind,
                          "projection_report": projection.report, "encode_s": round(t_encode, 2),
                          "fit_s": round(time.perf_counter() - t1, 2), "fitted_at": time.time()}
@@ -294,6 +339,25 @@ class ContentTower:
             if space == "content":
                 return unit_rows(self._content.view()[rows])
         raise ValueError(f"unknown space {space!r} (projected or content)")
+
+    @property
+    def target_norm(self) -> float:
+        """Median norm of the warm items' collaborative vectors the projection was fitted on. Projected vectors
+        are unit (cosine search); multiply by this before mixing them into an inner-product index whose vectors
+        carry norms (ALS factors, sequence-model item vectors), so a new item scores like a typical warm one."""
+        return float(self.meta.get("target_norm_median", 1.0))
+
+    def aligned(self, ids: Sequence[str], space: Space = "projected") -> tuple[np.ndarray, np.ndarray]:
+        """(``(len(ids), d)`` matrix, known mask) aligned to a vocabulary (e.g. ``ItemTable.ids``): row i is the
+        vector of ids[i], zeros where the tower does not know it. For vectorised ranker features."""
+        with self._lock:
+            rows = np.array([self.index.get(str(i), -1) for i in ids], np.int64)
+            known = rows >= 0
+            dim = self.dim if space == "projected" else self.layout.dim
+            out = np.zeros((len(ids), dim), np.float32)
+            if known.any():
+                out[known] = self.vectors([self.ids[r] for r in rows[known]], space)
+            return out, known
 
     def all_vectors(self, space: Space = "projected") -> tuple[list[str], np.ndarray]:
         """Every known item: (ids, vectors) — to (re)build a vector index."""
