@@ -7,7 +7,7 @@ fitted on the other warm items only (their ALS vectors), then for each held-out 
 *projected content vector* among the training warm items' ALS vectors are compared with the top-k neighbours of
 its *true ALS vector* (cosine both): recall@k. Compared in the same run:
 
-* ``ridge`` / ``mlp``: the two projections (``content.projection``);
+* ``ridge`` / ``mlp`` / ``knn``: the three projections (``content.projection``);
 * ``content_knn``: the item's nearest training items in the raw content space (no learned map);
 * ``category_popular`` (datasets with categories): the most interacted training items of the same leaf category;
 * ``popular``: the most interacted training items; ``random``: k random training items (expected k / n).
@@ -136,7 +136,7 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
                     "tower_fit_s": round(t_fit, 1), "projections": {}}
     # the two projections on the same content vectors (the tower's own is the configured one)
     x_train = tower.vectors(ids_ref, "content")
-    for kind in ("ridge", "mlp"):
+    for kind in ("ridge", "mlp", "knn"):
         t = time.perf_counter()
         proj = fit_projection(tower._content.view()[[tower.index[i] for i in ids_ref]], y_ref, settings.content, kind)
         report["projections"][kind] = {"fit_s": round(time.perf_counter() - t, 1), **proj.report}

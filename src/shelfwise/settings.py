@@ -326,12 +326,19 @@ class ContentSettings(_Section):
     price_weight: float = Field(0.5, ge=0)
     attribute_weight: float = Field(1.0, ge=0)
     # projection into the collaborative space (content/projection.py)
-    projection: Literal["ridge", "mlp"] = Field(
-        "ridge", description="content → collaborative map: ridge regression (closed form) or a 2-layer MLP; "
-                             "ridge mapped better on the synthetic storefront (BENCHMARKS.md, Content tower)")
-    ridge_alphas: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0],
+    projection: Literal["ridge", "mlp", "knn"] = Field(
+        "knn", description="content → collaborative map: ridge regression (closed form), a 2-layer MLP, or knn "
+                           "(the ridge map, then a softmax-weighted vote of the true collaborative vectors of the "
+                           "nearest warm items); knn mapped best on the synthetic storefront and Amazon Beauty "
+                           "(BENCHMARKS.md, Content tower)")
+    ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
                                       description="ridge penalties tried; the best on a validation slice of "
                                                   "the warm items is kept")
+    knn_neighbours: list[int] = Field(default_factory=lambda: [10, 20, 30],
+                                      description="knn: warm items voting (the best on validation is kept)")
+    knn_temperatures: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1],
+                                          description="knn: softmax temperatures of the vote over cosine "
+                                                      "similarities (the best on validation is kept)")
     mlp_hidden: int = Field(512, ge=8)
     mlp_epochs: int = Field(60, ge=1)
     mlp_lr: float = Field(1e-3, gt=0)
@@ -348,6 +355,10 @@ class ContentSettings(_Section):
     def _prices(self) -> "ContentSettings":
         if self.price_max <= self.price_min:
             raise ValueError("price_max must be greater than price_min")
+        for name, values in (("ridge_alphas", self.ridge_alphas), ("knn_neighbours", self.knn_neighbours),
+                             ("knn_temperatures", self.knn_temperatures)):
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers")
         return self
 
 

@@ -310,7 +310,7 @@ def _synthetic_slice():
     return items, als.item_factors, interaction_counts(data.item, data.n_items, data.weight)
 
 
-@pytest.mark.parametrize("kind", ["ridge", "mlp"])
+@pytest.mark.parametrize("kind", ["ridge", "mlp", "knn"])
 def test_projection_beats_popularity_on_a_synthetic_slice(kind: str, synthetic_slice) -> None:
     """Catalog fields only (text_weight=0, so MiniLM does not run): held-out warm items must find their true ALS
     neighbours far better than the most popular items do."""
@@ -347,6 +347,24 @@ def test_projection_with_text_on_a_synthetic_slice(cache_dir: Path, synthetic_sl
     r_proj = recall_at_k(true_neighbours(tower.vectors([items[i].id for i in test]), emb[ref], 10), truth)
     popular = np.argsort(-counts[ref], kind="stable")[:10]
     assert r_proj > 3 * recall_at_k(np.tile(popular, (len(test), 1)), truth)
+
+
+def test_knn_projection_votes_with_true_vectors() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    y = rng.normal(size=(60, 3)).astype(np.float32)
+    proj = fit_projection(x, y, ContentSettings(knn_neighbours=[1], knn_temperatures=[0.1]))
+    assert proj.kind == "knn" and proj.out_dim == 3
+    # with one voter, a training item maps (nearly always) to its own collaborative direction
+    hits = np.sum(proj.transform(x) * (y / np.linalg.norm(y, axis=1, keepdims=True)), axis=1) > 0.999
+    assert hits.mean() > 0.9
+
+
+def test_settings_validate_grids() -> None:
+    with pytest.raises(ValueError, match="knn_neighbours"):
+        ContentSettings(knn_neighbours=[])
+    with pytest.raises(ValueError, match="ridge_alphas"):
+        ContentSettings(ridge_alphas=[0.0])
 
 
 def test_fit_projection_validates() -> None:

@@ -5,12 +5,17 @@ regresses each warm item's collaborative direction (the unit vector: ALS and seq
 by cosine) from its content vector. A new item's projected vector then lands near the warm items it resembles,
 and can be searched against (or added to) an index over the collaborative vectors.
 
-Two maps (``ContentSettings.projection``):
+Three maps (``ContentSettings.projection``):
 
 * ``ridge``: ``W = (XᵀX + αI)⁻¹ XᵀY`` with a bias, closed form in float64; α is chosen from ``ridge_alphas`` by
   the neighbour recall on a validation slice of the warm items.
 * ``mlp``: ``Linear → GELU → Dropout → Linear`` trained with torch (Adam, cosine loss, early stopping on the
   validation slice's cosine); served in numpy (no torch at serving time).
+* ``knn``: the ridge map, then a soft nearest-neighbour vote in its output space: the projected vector is the
+  softmax(similarity / T)-weighted mean of the *true* collaborative vectors of the m warm items whose ridge
+  projections are nearest. A new item thus lands among the warm items it resembles, at their real collaborative
+  positions rather than at a linear estimate. m and T are chosen from ``knn_neighbours`` × ``knn_temperatures``
+  by validation recall; it stores the warm items' ridge projections and collaborative vectors (2 · n_warm · d).
 
 Both output unit vectors. ``neighbour_recall`` is the measure: for held-out warm items, the share of the true
 top-k collaborative neighbours (cosine, among the reference items) found by the projected vector's top-k.
@@ -24,7 +29,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from scipy.special import erf
 
-Kind = Literal["ridge", "mlp"]
+Kind = Literal["ridge", "mlp", "knn"]
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -91,16 +96,19 @@ class Projection:
     def out_dim(self) -> int:
         return int(self.weights["w2" if self.kind == "mlp" else "w"].shape[1])
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
+    def transform(self, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"content vectors must be (n, {self.in_dim})")
         w = self.weights
+        if self.kind == "mlp":
+            return unit_rows(_gelu(x @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"])
+        y = unit_rows(x @ w["w"] + w["b"])
         if self.kind == "ridge":
-            y = x @ w["w"] + w["b"]
-        else:
-            y = _gelu(x @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
-        return unit_rows(y)
+            return y
+        m, temp = int(w["params"][0]), float(w["params"][1])
+        return np.concatenate([soft_knn(y[s:s + chunk], w["keys"], w["values"], m, temp)
+                               for s in range(0, len(y), chunk)]) if len(y) else y
 
     def arrays(self, prefix: str = "projection_") -> dict[str, np.ndarray]:
         return {prefix + k: v for k, v in self.weights.items()}
@@ -109,7 +117,7 @@ class Projection:
     def from_arrays(cls, kind: Kind, arrays: dict[str, np.ndarray], report: dict[str, Any] | None = None,
                     prefix: str = "projection_") -> "Projection":
         weights = {k[len(prefix):]: np.asarray(v, np.float32) for k, v in arrays.items() if k.startswith(prefix)}
-        need = {"ridge": {"w", "b"}, "mlp": {"w1", "b1", "w2", "b2"}}[kind]
+        need = {"ridge": {"w", "b"}, "mlp": {"w1", "b1", "w2", "b2"}, "knn": {"w", "b", "keys", "values", "params"}}[kind]
         if set(weights) != need:
             raise ValueError(f"a {kind} projection needs arrays {sorted(need)}, found {sorted(weights)}")
         return cls(kind, weights, report or {})
@@ -150,6 +158,46 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float], val_fractio
     return Projection("ridge", {"w": w, "b": b},
                       {"alpha": alpha, "validation_recall": {str(a): round(s, 4) for a, s in scores.items()},
                        "k": k, "n_train": int(len(x))})
+
+
+def soft_knn(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, m: int, temperature: float) -> np.ndarray:
+    """Unit rows: for each (unit) query, the softmax(cosine / T)-weighted mean of the values of its m nearest keys."""
+    if len(queries) == 0:
+        return np.zeros((0, values.shape[1]), np.float32)
+    m = max(1, min(m, len(keys)))
+    sims = queries @ keys.T
+    idx = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+    s = np.take_along_axis(sims, idx, axis=1)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
+    return unit_rows(np.einsum("nm,nmd->nd", w, values[idx]))
+
+
+def fit_knn(x: np.ndarray, y: np.ndarray, alphas: Sequence[float], neighbours: Sequence[int],
+            temperatures: Sequence[float], val_fraction: float = 0.1, seed: int = 0, k: int = 10) -> Projection:
+    """Ridge map + soft kNN vote; (m, T) by validation neighbour recall@k (ties: the first in grid order)."""
+    y = unit_rows(y)
+    ridge = fit_ridge(x, y, alphas, val_fraction, seed, k)
+    alpha = ridge.report["alpha"]
+    tr, va = split_validation(len(x), val_fraction, seed)
+    grid = [(int(m), float(t)) for m in neighbours for t in temperatures]
+    scores: dict[str, float] = {}
+    best = grid[0]
+    if len(grid) > 1 and len(va) and len(tr) > k:
+        w, b = _ridge_solve(x[tr], y[tr], alpha)
+        keys, queries = unit_rows(x[tr] @ w + b), unit_rows(x[va] @ w + b)
+        truth = true_neighbours(y[va], y[tr], k)
+        best_score = -1.0
+        for m, t in grid:
+            score = recall_at_k(true_neighbours(soft_knn(queries, keys, y[tr], m, t), y[tr], k), truth)
+            scores[f"m={m},T={t}"] = round(score, 4)
+            if score > best_score + 1e-12:
+                best, best_score = (m, t), score
+    w, b = ridge.weights["w"], ridge.weights["b"]
+    weights = {"w": w, "b": b, "keys": unit_rows(x @ w + b), "values": y,
+               "params": np.array([best[0], best[1]], np.float32)}
+    return Projection("knn", weights, {"alpha": alpha, "neighbours": best[0], "temperature": best[1],
+                                       "validation_recall": scores, "ridge_validation_recall":
+                                       ridge.report["validation_recall"], "k": k, "n_train": int(len(x))})
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 512, epochs: int = 60, lr: float = 1e-3,
@@ -214,8 +262,11 @@ def fit_projection(x: np.ndarray, y: np.ndarray, content: Any, kind: Kind | None
         raise ValueError("the projection needs at least 2 warm items")
     if kind == "ridge":
         return fit_ridge(x, y, content.ridge_alphas, content.validation_fraction, content.seed)
+    if kind == "knn":
+        return fit_knn(x, y, content.ridge_alphas, content.knn_neighbours, content.knn_temperatures,
+                       content.validation_fraction, content.seed)
     if kind == "mlp":
         return fit_mlp(x, y, hidden=content.mlp_hidden, epochs=content.mlp_epochs, lr=content.mlp_lr,
                        weight_decay=content.mlp_weight_decay, dropout=content.mlp_dropout,
                        val_fraction=content.validation_fraction, seed=content.seed, threads=max(1, content.threads))
-    raise ValueError(f"unknown projection {kind!r} (ridge or mlp)")
+    raise ValueError(f"unknown projection {kind!r} (ridge, mlp or knn)")
