@@ -17,7 +17,7 @@ and ``beauty`` (Amazon Beauty, S3-Rec version: attribute ids only, no text; read
 JSON to benchmarks/results/content_projection.json.
 
     PYTHONPATH=src .venv/bin/python benchmarks/content_projection.py [--datasets synthetic,beauty]
-        [--items 12000 --shoppers 20000 --events 500000] [--holdout 0.1] [--k 10,50] [--upserts 50]
+        [--items 12000 --shoppers 20000 --events 500000] [--holdout 0.1] [--k 10,50] [--upserts 50] [--upsert-threads 1,2]
         [--tower-dir DIR]
 """
 
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from content_encoder import _cpu, _git_commit  # noqa: E402
 
 from shelfwise.content.projection import fit_projection, recall_at_k, true_neighbours  # noqa: E402
+from shelfwise.content.encoder import TextEncoder  # noqa: E402
 from shelfwise.content.features import item_text  # noqa: E402
 from shelfwise.content.tower import BackgroundEncoder, ContentTower, interaction_counts, warm_mask  # noqa: E402
 from shelfwise.domain import EventType, Item  # noqa: E402
@@ -163,12 +164,17 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
     results["random"] = {f"recall@{k}": round(k / len(ref), 4) for k in ks}
     report["recall"] = results
     if a.upserts and any(item_text(it) for it in cat_items):
-        report["upsert_to_vector_ms"] = upsert_latency(tower, [catalog[i] for i in ids_test[: a.upserts]])
+        report["upsert_to_vector_ms"] = {}
+        for threads in (int(x) for x in a.upsert_threads.split(",")):
+            tower._encoder = TextEncoder.from_settings(settings.content.model_copy(update={"threads": threads}),
+                                                       Path(a.cache_dir))
+            report["upsert_to_vector_ms"][f"threads={threads}"] = upsert_latency(
+                tower, [catalog[i] for i in ids_test[: a.upserts]], prefix=f"t{threads}-")
     report["total_s"] = round(time.perf_counter() - t0, 1)
     return report
 
 
-def upsert_latency(tower: ContentTower, items: list[Item]) -> dict:
+def upsert_latency(tower: ContentTower, items: list[Item], prefix: str = "") -> dict:
     """Time from ``BackgroundEncoder.submit`` of one new item (a retitled copy of a catalog item) to its vector
     reaching the sink, one upsert at a time."""
     import threading
@@ -179,7 +185,7 @@ def upsert_latency(tower: ContentTower, items: list[Item]) -> dict:
     lat = []
     try:
         for n, it in enumerate(items):
-            new = it.model_copy(update={"id": f"upsert-{n}", "title": f"{it.title} (new edition)"})
+            new = it.model_copy(update={"id": f"upsert-{prefix}{n}", "title": f"{it.title} (new edition {prefix}{n})"})
             got.clear()
             t = time.perf_counter()
             worker.submit([new])
@@ -205,6 +211,7 @@ def main() -> None:
     ap.add_argument("--upserts", type=int, default=50, help="single-item upserts timed through BackgroundEncoder "
                                                             "(datasets with text; 0 = skip)")
     ap.add_argument("--cache-dir", default=None, help="ONNX export cache (default: a temporary directory)")
+    ap.add_argument("--upsert-threads", default="1,2", help="encoder threads of the timed upserts")
     ap.add_argument("--tower-dir", default=None, help="save each dataset's fitted tower here, and start from it on "
                                                       "the next run (only changed texts are re-encoded)")
     ap.add_argument("--json", default=str(RESULTS / "content_projection.json"))

@@ -482,19 +482,19 @@ class BackgroundEncoder:
     worker first, so the first upsert does not pay for it (and start-up never does). On a 2-core machine one
     new item takes ~10-20 ms to encode (BENCHMARKS.md, Content tower). Errors are logged and counted
     (``errors``, ``last_error``); the worker keeps going. ``flush(timeout)`` waits until everything submitted
-    so far is handed to the sink; ``close()`` stops the worker.
+    so far (and the warm-up) is handed to the sink; ``close()`` stops the worker.
     """
 
     def __init__(self, tower: ContentTower, sink: Sink, space: Space = "projected", warm_up: bool = True,
                  name: str = "content-encoder") -> None:
         self.tower, self.sink, self.space = tower, sink, space
         self._queue: queue.Queue[list[Item] | None] = queue.Queue()
-        self._pending = 0
         self._cond = threading.Condition()
         self.errors = 0
         self.last_error: str = ""
         self.encoded = 0
         self._warm_up = warm_up
+        self._pending = 1 if warm_up else 0  # flush() also waits for the warm-up
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -512,6 +512,10 @@ class BackgroundEncoder:
                 self.tower.warm_up()
             except Exception as e:  # noqa: BLE001 - reported, and encode retries the load
                 self._fail(e)
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
         while True:
             first = self._queue.get()
             if first is None:
