@@ -193,6 +193,24 @@ def test_incremental_encode_only_touches_changed_items(onnx_encoder: TextEncoder
     assert out.shape == (2, tower.dim) and enc.texts == []
 
 
+def test_variants_share_a_text_encoding_and_bad_input_is_encoded(onnx_encoder: TextEncoder) -> None:
+    enc = CountingEncoder(onnx_encoder)
+    tower, _ = fitted_tower(enc)
+    enc.texts.clear()
+    variant = catalog()[0].model_copy(update={"id": "hp0-white", "attributes": {"color": "White"}})
+    odd = [Item(id="long", title="Case", description="protective " * 1800),  # 19,800 characters
+           Item(id="cyr", title="Беспроводные наушники", description="耳机"),
+           Item(id="bare"),
+           Item(id="weird", attributes={"dims": {"w": [1, {"deep": None}]}, "flag": True, "n": float("inf")})]
+    ids, vecs = tower.encode_changed([variant, *odd])
+    assert ids == ["hp0-white", "long", "cyr", "bare", "weird"]
+    assert len(enc.texts) == 2  # the variant reuses hp0's text vector; "bare" and "weird" have no text
+    assert np.isfinite(vecs).all()
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    again, _ = fitted_tower(enc)
+    np.testing.assert_array_equal(again.all_vectors()[1], fitted_tower(enc)[0].all_vectors()[1])  # deterministic
+
+
 def test_new_item_lands_near_the_warm_items_it_resembles(onnx_encoder: TextEncoder) -> None:
     tower, emb = fitted_tower(onnx_encoder)
     _, v = tower.encode_changed([Item(id="new", title="Pulse Wireless Headphones Pro", category=["Audio",

@@ -132,6 +132,7 @@ class ContentTower:
         self._projected: _Rows | None = None
         self.projection: Projection | None = None
         self.meta: dict[str, Any] = {}
+        self._by_text: dict[str, int] = {}  # text hash -> a row whose text vector it is
         self._encoder_checked = True  # False after load until the saved encoder is compared with the installed one
         self._saved_encoder: dict[str, Any] = {}
 
@@ -163,6 +164,7 @@ class ContentTower:
                             "re-encoded", self._saved_encoder.get("weights"), now.get("weights"))
                 self.text_hashes = [""] * len(self.ids)
                 self.content_hashes = [""] * len(self.ids)
+                self._by_text = {}
             self._encoder_checked = True
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -200,10 +202,7 @@ class ContentTower:
         todo: dict[str, list[int]] = {}
         texts: dict[str, str] = {}
         with self._lock:
-            known: dict[str, int] = {}
-            for iid, r in ((it.id, self.index.get(it.id)) for it in items):
-                if r is not None and self.text_hashes[r]:
-                    known.setdefault(self.text_hashes[r], r)
+            known = self._by_text  # any stored item with the same text (size / colour variants share theirs)
             text_rows = self._text.view()
             for i, (it, h) in enumerate(zip(items, hashes)):
                 if not has_text(it):
@@ -248,7 +247,12 @@ class ContentTower:
                             store.n = r + 1
                 rows[i] = r
                 self.content_hashes[r] = content_hash(it)
+                old_text = self.text_hashes[r]
                 self.text_hashes[r] = text_h[i] if has_text(it) else ""
+                if old_text and old_text != self.text_hashes[r] and self._by_text.get(old_text) == r:
+                    del self._by_text[old_text]
+                if self.text_hashes[r]:
+                    self._by_text[self.text_hashes[r]] = r
                 self._text._a[r] = text_v[i]
                 self._content._a[r] = content[i]
                 if projected is not None and self._projected is not None:
@@ -395,11 +399,15 @@ class ContentTower:
             self.content_hashes = [self.content_hashes[r] for r in keep]
             self.text_hashes = [self.text_hashes[r] for r in keep]
             self.index = {i: r for r, i in enumerate(self.ids)}
+            self._reindex_texts()
             self._text = _Rows(TEXT_DIM, self._text.view()[keep])
             self._content = _Rows(self.layout.dim, self._content.view()[keep])
             if self._projected is not None:
                 self._projected = _Rows(self._projected.dim, self._projected.view()[keep])
         return len(gone)
+
+    def _reindex_texts(self) -> None:
+        self._by_text = {h: r for r, h in enumerate(self.text_hashes) if h}
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, path: Path | str) -> Path:
@@ -455,6 +463,7 @@ class ContentTower:
         obj.text_hashes = [str(x) for x in arrays["text_hashes"]]
         n = len(obj.ids)
         obj._text = _Rows(TEXT_DIM, arrays["text"].reshape(n, TEXT_DIM))
+        obj._reindex_texts()
         structured = sp.csr_matrix((arrays["structured_data"], arrays["structured_indices"],
                                     arrays["structured_indptr"]), shape=(n, obj.layout.dim - TEXT_DIM))
         content = np.zeros((n, obj.layout.dim), np.float32)
