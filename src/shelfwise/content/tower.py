@@ -112,7 +112,10 @@ class _Rows:
 
 
 class ContentTower:
-    """Item content vectors (text + catalog fields) and their projection into a collaborative space."""
+    """Item content vectors (text + catalog fields) and their projection into a collaborative space.
+
+    Thread-safe for concurrent ``encode_changed`` / ``encode`` / reads. ``fit`` replaces the projection: run it on
+    a tower that serves no traffic (training: a new or freshly loaded tower, saved and then loaded by the API)."""
 
     def __init__(self, settings: Any = None, cache_dir: Path | str | None = None,
                  encoder: TextEncoder | None = None) -> None:
