@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "shelfwise"
 LAYERS: list[tuple[str, ...]] = [
     ("domain", "settings"),
     ("items", "request", "stores", "synthetic", "console"),
-    ("importers", "retrieval"),
+    ("importers", "retrieval", "content"),
     ("ranking", "rerank", "rules", "privacy", "cache", "security"),
     ("stages",),
     ("pipeline", "assemble"),
