@@ -50,7 +50,7 @@ def assemble(model: Model, rules: RulesStage | None = None, index_factory: Index
     if model.ranker is not None and model.ranker.stats is not None:
         ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
         stages.append(RankStage(model.ranker, ctx))
-    slots = SlotStage(items, business, s.business, als.item_factors if isinstance(als, ALSRetriever) else None,
+    slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
                       model.version, rules)
     stages += [MerchandiseStage(business), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],

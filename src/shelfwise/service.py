@@ -92,7 +92,8 @@ class Shelfwise:
         scan = path / SCAN_FILE
         scanned_at = json.loads(scan.read_text())["scanned_at"] if scan.is_file() else 0.0
         model = Model.load(path, self.settings.models)
-        model.items.sync(self.catalog.all())  # stock, prices and availability changed since training
+        # stock, prices and availability changed since training read the catalog (a minute of slack for clocks)
+        model.items.sync(self.catalog.changed_since(scanned_at - 60.0) if scanned_at else self.catalog.all())
         latest = self.privacy_store.latest_forget()
         if latest > 0 and latest >= scanned_at:
             erased = self.privacy_store.forgotten([s for s in model.shopper_index if s is not None])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -98,6 +99,18 @@ def test_catalog_upsert_get_delete(open_store):
     assert [it.id for it in store.all()] == sorted(it.id for it in tiny_catalog())
     assert store.delete("p0") is True and store.delete("p0") is False
     assert "p0" not in store.ids() and store.get([]) == {}
+
+
+def test_catalog_changed_since(open_store):
+    store = open_store()
+    store.upsert(tiny_catalog())
+    time.sleep(0.05)
+    mark = time.time()
+    time.sleep(0.05)
+    store.upsert([Item(id="c1", title="Case 1, new colour", stock=3), Item(id="new", title="A new item")])
+    assert [it.id for it in store.changed_since(mark)] == ["c1", "new"]
+    assert store.changed_since(mark)[0].stock == 3
+    assert len(store.changed_since(0.0)) == 11 and store.changed_since(time.time() + 60) == []
 
 
 def test_concurrent_writers_store_each_event_once(open_store):

@@ -57,7 +57,9 @@ class Similarity:
 
     @classmethod
     def build(cls, items: ItemTable, diversity: DiversitySettings, signals: BusinessSignals,
-              factors: np.ndarray | None) -> "Similarity":
-        vectors = unit_vectors(factors) if factors is not None and len(factors) == len(items) else None
-        return cls(items.category, price_bands(items.price, signals.price_band_ratio), vectors,
-                   diversity.category, diversity.price_band, diversity.embedding)
+              unit: np.ndarray | None, bands: np.ndarray | None = None) -> "Similarity":
+        """``unit``: unit-length item embeddings (row i = item i), or None; ``bands``: ``price_bands`` of the
+        items when the caller keeps them (shared by every placement of a catalog)."""
+        vectors = unit if unit is not None and len(unit) == len(items) else None
+        bands = price_bands(items.price, signals.price_band_ratio) if bands is None else bands
+        return cls(items.category, bands, vectors, diversity.category, diversity.price_band, diversity.embedding)

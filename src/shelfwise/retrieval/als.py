@@ -82,6 +82,11 @@ class ALSRetriever(Retriever):
             self._spaces = got
         return got
 
+    @property
+    def unit_factors(self) -> np.ndarray:
+        """Item factors scaled to unit length (product pages' cosine; the diversity similarity)."""
+        return self.spaces()[1].vectors
+
     def attach_index(self, factory: IndexFactory | None, settings: CandidateSettings) -> None:
         for space in self.spaces():
             space.attach(factory, settings)

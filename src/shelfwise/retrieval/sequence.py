@@ -534,6 +534,7 @@ class SequenceRetriever(Retriever):
         """HR@10, NDCG@10 (full ranking, the shopper's history excluded) and cross-entropy of the held-out items."""
         import torch
 
+        batch = max(8, min(batch, 64_000_000 // max(self.n_items, 1)))  # score rows of at most ~256 MB
         model = self.model
         model.eval()
         hits, ndcg, ce = 0.0, 0.0, 0.0

@@ -16,7 +16,7 @@ import numpy as np
 from shelfwise.items import ItemTable
 from shelfwise.request import Answer, Recommendation
 from shelfwise.rerank.business import BusinessScorer
-from shelfwise.rerank.mmr import Similarity
+from shelfwise.rerank.mmr import Similarity, price_bands
 from shelfwise.rerank.slots import Placed, fill
 from shelfwise.rules.compile import LocalEffects, apply_local, localize
 from shelfwise.rules.log import ShadowRecord
@@ -48,20 +48,25 @@ class SlotStage:
     name = "slots"
 
     def __init__(self, items: ItemTable, business: BusinessScorer, signals: BusinessSignals,
-                 factors: np.ndarray | None, version: str, rules: RulesStage | None) -> None:
-        self.items, self.business, self.signals, self.factors = items, business, signals, factors
+                 unit: np.ndarray | None, version: str, rules: RulesStage | None) -> None:
+        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None."""
+        self.items, self.business, self.signals, self.unit = items, business, signals, unit
         self.version, self.rules = version, rules
         self._sim: dict[str, Similarity] = {}
+        self._bands: np.ndarray | None = None
 
     def invalidate(self) -> None:
         """The catalog changed (prices: the diversity price bands)."""
         self._sim.clear()
+        self._bands = None
 
     def similarity(self, batch: Batch) -> Similarity:
         got = self._sim.get(batch.placement)
         if got is None:
+            if self._bands is None:
+                self._bands = price_bands(self.items.price, self.signals.price_band_ratio)
             got = self._sim[batch.placement] = Similarity.build(self.items, batch.conf.diversity, self.signals,
-                                                                self.factors)
+                                                                self.unit, self._bands)
         return got
 
     def _slate(self, row: np.ndarray, items: np.ndarray, k: int, local: LocalEffects | None,

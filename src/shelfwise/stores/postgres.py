@@ -300,6 +300,12 @@ class PostgresStore:
             docs = conn.execute("SELECT doc FROM items ORDER BY id").fetchall()
         return [Item.model_validate(d) for (d,) in docs]
 
+    def changed_since(self, ts: float) -> list[Item]:
+        with self.pool.connection() as conn:
+            docs = conn.execute("SELECT doc FROM items WHERE updated >= to_timestamp(%s) ORDER BY id",
+                                (ts,)).fetchall()
+        return [Item.model_validate(d) for (d,) in docs]
+
     def ids(self) -> set[str]:
         with self.pool.connection() as conn:
             return {r[0] for r in conn.execute("SELECT id FROM items")}

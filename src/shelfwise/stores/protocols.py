@@ -91,6 +91,9 @@ class Catalog(Protocol):
 
     def all(self) -> list[Item]: ...
 
+    def changed_since(self, ts: float) -> list[Item]:
+        """Items upserted at or after unix time ``ts`` (a model loaded later applies just these)."""
+
     def ids(self) -> set[str]: ...
 
 

@@ -241,6 +241,11 @@ class SQLiteStore:
             docs = self._db.execute("SELECT doc FROM items ORDER BY id").fetchall()
         return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
 
+    def changed_since(self, ts: float) -> list[Item]:
+        with self._lock:
+            docs = self._db.execute("SELECT doc FROM items WHERE updated >= ? ORDER BY id", (ts,)).fetchall()
+        return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
+
     def ids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT id FROM items")}
