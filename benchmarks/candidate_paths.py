@@ -81,7 +81,10 @@ def main() -> None:
         return {"metrics": M.summarise(values), "lists": lists, "tops": tops, "batch_s": float(np.median(secs))}
 
     exact = run(True, cand_settings.per_source)
-    out = {"dataset": args.dataset, "machine": machine(), "fit_s": round(fit_s, 1), "ranker_candidates": n_ranked,
+    commit = __import__("subprocess").run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                          cwd=ROOT).stdout.strip()
+    out = {"dataset": args.dataset, "commit": commit, "machine": machine(), "fit_s": round(fit_s, 1),
+           "ranker_candidates": n_ranked,
            "sequence_epochs": args.sequence_epochs, "command": " ".join(sys.argv),
            "exact": {"ndcg10": exact["metrics"]["NDCG@10"], "hr10": exact["metrics"]["HR@10"],
                      "batch_s": round(exact["batch_s"], 3)}, "union": []}

@@ -543,7 +543,7 @@ class SequenceRetriever(Retriever):
             for start in range(0, len(val), batch):
                 part = val[start:start + batch]
                 vecs = self._encode_torch([p[0][-self.settings.max_len:] for p in part],
-                                          [p[1][-self.settings.max_len:] for p in part])
+                                          [p[1][-self.settings.max_len:] for p in part], full=True)
                 scores = vecs @ weights.T
                 target = torch.tensor([p[2] for p in part])
                 ce += float((torch.logsumexp(scores, 1) - scores[torch.arange(len(part)), target]).sum())
@@ -559,14 +559,19 @@ class SequenceRetriever(Retriever):
         return hits / len(val), ndcg / len(val), ce / len(val)
 
     # ---- encoding and scoring --------------------------------------------------------------------------
-    def _encode_torch(self, items: Sequence[np.ndarray], kinds: Sequence[np.ndarray]) -> Any:
-        """Shopper vectors (B, dim) of non-empty catalog-index sequences (oldest first, at most max_len)."""
+    def _encode_torch(self, items: Sequence[np.ndarray], kinds: Sequence[np.ndarray], full: bool = False) -> Any:
+        """Shopper vectors (B, dim) of non-empty catalog-index sequences (oldest first, at most max_len).
+        ``full``: through the training graph (every position of every block) — what early stopping has always
+        validated with, so that training is bit-for-bit what it was; otherwise only the last position of the last
+        block (the same vectors to float rounding, cheaper)."""
         import torch
 
         lengths = torch.tensor([len(x) for x in items])
         it = torch.from_numpy(_pad([np.asarray(x, np.int64) + 1 for x in items]))
         kd = torch.from_numpy(_pad([np.asarray(x, np.int64) for x in kinds]))
-        return self.model.encode(it, kd, lengths)  # in eval mode (no dropout): validation and serving
+        if full:
+            return self.model(it, kd)[torch.arange(len(items)), lengths - 1]
+        return self.model.encode(it, kd, lengths)
 
     def export_onnx(self) -> bytes:
         """The inference encoder (``SASRec.encode``) as an ONNX graph (dynamic batch and length)."""
