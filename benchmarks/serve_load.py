@@ -282,6 +282,7 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="SHELFWISE_KEY=VALUE",
                     help="settings for every process (training and serving)")
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--setup-only", action="store_true", help="generate, train and configure, then stop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.connections = [int(x) for x in args.connections.split(",")]
@@ -298,6 +299,8 @@ def main() -> None:
                SHELFWISE_SECURITY__RATE_PER_CLIENT="0")  # the load comes from one address
     env.update(kv.split("=", 1) for kv in args.env)
     users, items, key = setup(args, env, data, log)
+    if args.setup_only:
+        return
     script = data / "mix.lua"
     script.write_text(WRK_SCRIPT % (key, ",".join(f'"{p}"' for p in paths(users, items))))
     ceiling_dir = Path(tempfile.mkdtemp(prefix="sw-ceiling-"))

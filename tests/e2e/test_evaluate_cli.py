@@ -44,7 +44,7 @@ def cli(settings, monkeypatch):
     return run
 
 
-def test_evaluate_writes_report_json_plots_and_lists(cli, tmp_path):
+def test_evaluate_writes_report_json_plots_and_lists(cli, tmp_path, settings):
     data = write_sequences(tmp_path / "Toy.txt")
     r = cli("evaluate", "s3rec", data, "--models", "popularity,covisit,als,ease,default", "--report", tmp_path / "rep",
             "--export-recs", tmp_path / "recs", "--targets", "valid,test")
@@ -65,9 +65,15 @@ def test_evaluate_writes_report_json_plots_and_lists(cli, tmp_path):
     lines = (tmp_path / "recs" / "Toy.loo-test.default.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
     assert len(lines) == 150 and first["user"] == "1" and len(first["items"]) == 20
-    # a second run reuses the cached import
+    # a second run reuses the cached import: the import's store is not written again
+    cached = list((settings.data_dir / "eval-imports").glob("s3rec-*"))
+    assert len(cached) == 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in cached[0].iterdir() if p.is_file() and not p.name.endswith(
+        ("-wal", "-shm"))}
     r = cli("evaluate", "s3rec", data, "--models", "popularity", "--targets", "test")
     assert r.exit_code == 0, r.output
+    assert {p.name: p.stat().st_mtime_ns for p in cached[0].iterdir() if p.name in stamps} == stamps
+    assert list((settings.data_dir / "eval-imports").glob("s3rec-*")) == cached
 
 
 def test_evaluate_friendly_errors(cli, tmp_path):
