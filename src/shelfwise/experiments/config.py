@@ -1,0 +1,110 @@
+"""How a variant's configuration overrides the pipeline: the hook the request path calls.
+
+``apply_config(models, config)`` returns a new, validated ``ModelSettings`` with the variant's per-placement
+overrides merged in (weights replace the placement's weights; ``score`` / ``diversity`` fields are merged into
+the placement's; ``exclude_history`` replaces). It is cached by the identity of both objects, so the request path
+pays for a merge once per variant and settings object, not per request.
+
+``merge_configs`` combines the variants a shopper gets from several layers: layers are meant to own different
+settings (e.g. a ranking layer and a merchandising layer); when two do set the same field, the experiment of
+the layer sorting first wins and the conflict is reported.
+
+``effective_k(requested, placement, config)`` is the rail size to serve.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from shelfwise.experiments.schema import ExperimentInvalid, PlacementOverride, VariantConfig, errors_of
+
+_CACHE: dict[tuple[int, int], tuple[Any, VariantConfig, Any]] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_MAX = 256
+
+
+def apply_config(models: Any, config: VariantConfig) -> Any:
+    """``ModelSettings`` with ``config``'s placement overrides applied (the same object when there are none)."""
+    if not config.placements:
+        return models
+    key = (id(models), id(config))  # both objects are kept alive by the entry, so their ids are not reused
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is models and hit[1] is config:
+            return hit[2]
+    placements = dict(models.placements)
+    for name, po in config.placements.items():
+        if name not in placements:
+            raise ExperimentInvalid([{"path": f"placements.{name}", "reason": f"unknown placement {name!r}"}])
+        placements[name] = _merge_placement(placements[name], po, name)
+    merged = models.model_copy(update={"placements": placements})
+    with _CACHE_LOCK:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[key] = (models, config, merged)
+    return merged
+
+
+def _merge_placement(current: Any, po: PlacementOverride, name: str) -> Any:
+    unknown = []
+    for part in ("score", "diversity"):
+        known = type(getattr(current, part)).model_fields
+        for key in getattr(po, part) or {}:
+            if key not in known:
+                unknown.append({"path": f"placements.{name}.{part}.{key}",
+                                "reason": f"unknown {part} setting {key!r}; known: {', '.join(sorted(known))}"})
+    if unknown:
+        raise ExperimentInvalid(unknown)
+    doc = current.model_dump()
+    if po.weights is not None:
+        doc["weights"] = dict(po.weights)
+    if po.exclude_history is not None:
+        doc["exclude_history"] = po.exclude_history
+    if po.score is not None:
+        doc["score"] = doc["score"] | po.score
+    if po.diversity is not None:
+        doc["diversity"] = doc["diversity"] | po.diversity
+    try:
+        return type(current).model_validate(doc)
+    except ValidationError as e:
+        raise ExperimentInvalid([{"path": f"placements.{name}.{x['path']}", "reason": x["reason"]}
+                                 for x in errors_of(e)]) from None
+
+
+def merge_configs(configs: Sequence[VariantConfig]) -> tuple[VariantConfig, list[str]]:
+    """One configuration from several layers' variants (earlier wins on a conflict) and the conflicts found."""
+    if not configs:
+        return VariantConfig(), []
+    if len(configs) == 1:
+        return configs[0], []
+    out: dict[str, Any] = {}
+    placements: dict[str, dict[str, Any]] = {}
+    conflicts: list[str] = []
+    for c in configs:
+        for field in ("model_version", "ruleset", "k", "ranker", "exploration"):
+            value = getattr(c, field)
+            if value is None:
+                continue
+            if field in out and out[field] != value:
+                conflicts.append(field)
+                continue
+            out[field] = value
+        for name, po in c.placements.items():
+            slot = placements.setdefault(name, {})
+            for field, value in po.model_dump(exclude_none=True).items():
+                if field in slot and slot[field] != value:
+                    conflicts.append(f"placements.{name}.{field}")
+                    continue
+                slot[field] = value
+    out["placements"] = placements
+    return VariantConfig.model_validate(out), conflicts
+
+
+def effective_k(requested: int, placement: str, config: VariantConfig) -> int:
+    po = config.placements.get(placement)
+    if po is not None and po.k is not None:
+        return po.k
+    return config.k if config.k is not None else requested
