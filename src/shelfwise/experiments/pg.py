@@ -15,6 +15,7 @@ from typing import Iterator
 from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
+from shelfwise.experiments import log as xlog
 from shelfwise.experiments.store import SQLExperimentStore, _Exec
 from shelfwise.stores._dsn import split_options, with_scheme
 
@@ -183,3 +184,60 @@ def drop_schema(dsn: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for table in TABLES:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))
+
+
+class PostgresExperimentLog(xlog.QueuedLog):
+    """The experiment log on PostgreSQL: the shared queue + writer thread of ``log.QueuedLog``; the writer takes a
+    pooled connection per batch (one transaction), readers their own."""
+
+    def __init__(self, dsn: str, retention_days: float = 180.0, max_queue: int = 200_000, batch: int = 2000) -> None:
+        self.pool = open_pool(dsn, "shelfwise-experiment-log")
+        super().__init__(retention_days, max_queue, batch)
+
+    def _connect_writer(self) -> None:
+        return None
+
+    def _write(self, _conn: None, exposures: list[xlog.ExposureRecord], outcomes: list[xlog.OutcomeRecord],
+               prune_before: float | None) -> None:
+        requests, rows = xlog.exposure_rows(exposures)
+        out = xlog.outcome_rows(outcomes)
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            if requests:
+                cur.executemany(xlog._INSERT_REQUEST.replace("?", "%s"), requests)
+            if rows:
+                cur.executemany(xlog._INSERT_EXPOSURE.replace("?", "%s"), rows)
+            if out:
+                cur.executemany(xlog._INSERT_OUTCOME.replace("?", "%s"), out)
+            if prune_before is not None:
+                for q in xlog._PRUNE:
+                    cur.execute(q.replace("?", "%s"), (prune_before,))
+
+    def _close_writer(self, _conn: None) -> None:
+        pass
+
+    @contextmanager
+    def _exec(self) -> Iterator[_Exec]:
+        with self.pool.connection() as conn:
+            yield _Exec(conn.cursor(), pg=True)
+
+    def unit_table(self, experiment_id: str, window_s: float, since: float | None = None, until: float | None = None,
+                   pre_since: float | None = None, pre_until: float | None = None) -> xlog.UnitTable:
+        with self._exec() as x:
+            return xlog.sql_unit_table(x, experiment_id, window_s, since, until, pre_since, pre_until)
+
+    def request_metrics(self, experiment_id: str, since: float | None = None, until: float | None = None):
+        with self._exec() as x:
+            return xlog.sql_request_metrics(x, experiment_id, since, until)
+
+    def requests(self, since: float | None = None, until: float | None = None, experiment_id: str | None = None,
+                 placement: str | None = None, window_s: float = 86400.0,
+                 limit: int = 1_000_000) -> list[xlog.LoggedRequest]:
+        with self._exec() as x:
+            return xlog.sql_requests(x, since, until, experiment_id, placement, window_s, limit)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._stop_writer()
+        self.pool.close()
