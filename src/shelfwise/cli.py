@@ -469,6 +469,9 @@ from shelfwise.rules.cli import reports_app, rules_app  # noqa: E402 - merchandi
 
 app.add_typer(rules_app, name="rules")
 app.add_typer(reports_app, name="reports")
+from shelfwise.experiments.cli import experiments_app  # noqa: E402 - online experiments
+
+app.add_typer(experiments_app, name="experiments")
 
 
 def main() -> None:  # pragma: no cover

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
 from shelfwise.api.batcher import MicroBatcher
+from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import Event, Item
 from shelfwise.pipeline import RecRequest, new_request_id
@@ -218,4 +219,5 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         return ORJSONResponse(body)
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
+    app.include_router(experiments_router(lambda: experiments_of(sw())))  # experiments (api/experiments.py)
     return app

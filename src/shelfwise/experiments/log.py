@@ -67,6 +67,7 @@ class ExposureRecord:
     latency_ms: float | None = None
     error: bool = False
     model_version: str = ""
+    segment: str = ""  # the shopper segment the request named (contextual bandit)
 
 
 @dataclass
@@ -162,6 +163,7 @@ class LoggedRequest:
     teams: list[str] | None
     experiments: dict[str, tuple[str, float]] = field(default_factory=dict)  # experiment -> (variant, propensity)
     clicks: list[str] = field(default_factory=list)  # clicked item ids
+    segment: str = ""
 
 
 @runtime_checkable
@@ -313,7 +315,7 @@ def request_metrics_from_rows(rows: Iterable[tuple[str, float | None, int]]) -> 
 def sql_requests(x: Any, since: float | None, until: float | None, experiment_id: str | None,
                  placement: str | None, window_s: float, limit: int) -> list[LoggedRequest]:
     lo, hi = _bounds(since, until)
-    q = ("SELECT r.request_id, r.ts, r.placement, r.unit, r.visit, r.items, r.propensities, r.teams "
+    q = ("SELECT r.request_id, r.ts, r.placement, r.unit, r.visit, r.items, r.propensities, r.teams, r.segment "
          "FROM xp_requests r WHERE r.ts >= ? AND r.ts < ?")
     params: list[Any] = [lo, hi]
     if placement is not None:
@@ -325,10 +327,10 @@ def sql_requests(x: Any, since: float | None, until: float | None, experiment_id
     q += " ORDER BY r.ts, r.request_id LIMIT ?"
     params.append(limit)
     out: dict[str, LoggedRequest] = {}
-    for rid, ts, pl, unit, visit, items, props, teams in x.all(q, params):
+    for rid, ts, pl, unit, visit, items, props, teams, segment in x.all(q, params):
         out[rid] = LoggedRequest(rid, ts, pl, unit, visit, orjson.loads(items),
                                  None if props is None else orjson.loads(props),
-                                 None if teams is None else orjson.loads(teams))
+                                 None if teams is None else orjson.loads(teams), segment=segment or "")
     ids = list(out)
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
@@ -351,7 +353,7 @@ def exposure_rows(batch: Sequence[ExposureRecord]) -> tuple[list[tuple], list[tu
                          orjson.dumps(e.items).decode(),
                          None if e.propensities is None else orjson.dumps(e.propensities).decode(),
                          None if e.teams is None else orjson.dumps(e.teams).decode(),
-                         e.latency_ms, int(e.error), e.model_version))
+                         e.latency_ms, int(e.error), e.model_version, e.segment))
         if e.unit is None:
             continue
         for eid, variant, prop in e.assignments:
@@ -471,7 +473,8 @@ CREATE TABLE IF NOT EXISTS xp_requests (
     teams         TEXT,
     latency_ms    REAL,
     error         INTEGER NOT NULL DEFAULT 0,
-    model_version TEXT NOT NULL DEFAULT ''
+    model_version TEXT NOT NULL DEFAULT '',
+    segment       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS xp_requests_ts ON xp_requests (ts);
 CREATE TABLE IF NOT EXISTS xp_exposures (
@@ -511,7 +514,7 @@ CREATE INDEX IF NOT EXISTS xp_outcomes_ts ON xp_outcomes (ts);
 """
 
 _INSERT_REQUEST = ("INSERT INTO xp_requests (request_id, ts, placement, unit, shopper, visit, items, propensities, "
-                   "teams, latency_ms, error, model_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                   "teams, latency_ms, error, model_version, segment) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
                    "ON CONFLICT (request_id) DO NOTHING")
 _INSERT_EXPOSURE = ("INSERT INTO xp_exposures (experiment_id, request_id, variant, propensity, unit, shopper, visit, "
                     "ts, n_items, latency_ms, error) VALUES (?,?,?,?,?,?,?,?,?,?,?) "

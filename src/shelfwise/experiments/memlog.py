@@ -262,7 +262,8 @@ class MemoryExperimentLog:
                             key=lambda e: (e.ts, e.request_id))[:limit]
             out = {e.request_id: LoggedRequest(e.request_id, e.ts, e.placement, e.unit, e.visit, list(e.items),
                                                None if e.propensities is None else list(e.propensities),
-                                               None if e.teams is None else list(e.teams)) for e in picked}
+                                               None if e.teams is None else list(e.teams), segment=e.segment)
+                   for e in picked}
             for r in self._exposures:
                 if r[1] in out:
                     out[r[1]].experiments[r[0]] = (r[2], r[3])

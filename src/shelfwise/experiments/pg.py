@@ -72,7 +72,8 @@ CREATE TABLE xp_requests (
     teams         text,
     latency_ms    double precision,
     error         integer NOT NULL DEFAULT 0,
-    model_version text NOT NULL DEFAULT ''
+    model_version text NOT NULL DEFAULT '',
+    segment       text NOT NULL DEFAULT ''
 );
 CREATE INDEX xp_requests_ts ON xp_requests (ts);
 CREATE TABLE xp_exposures (
