@@ -16,8 +16,8 @@ choice (argmax over the remaining items in the same draws). Deterministic slots 
 
 **Variant bandit** (``VariantBandit``). Arms are an experiment's variants, the context is (placement, segment);
 each (context, arm) has a Beta posterior of its reward (a click on the rail within ``reward_window_s``) whose
-prior is the arm's pooled posterior across contexts scaled to ``prior_weight`` pseudo-observations (empirical-
-Bayes shrinkage: a rare segment borrows from the others until it has its own data). Propensities by Monte-Carlo
+prior is centred on the arm's rate in the *other* contexts, worth ``prior_weight`` pseudo-observations
+(empirical-Bayes shrinkage: a rare segment borrows from the others until it has its own data). Propensities by Monte-Carlo
 as above (cheap: a handful of arms).
 
 **State.** Both keep their counts in process and are *rebuilt from the experiment log* (``refresh_from_log``),
@@ -171,16 +171,18 @@ class VariantBandit:
         self._row(self._fail, context)[i] += 1.0 - reward
 
     def posterior(self, context: Hashable) -> tuple[np.ndarray, np.ndarray]:
+        """Beta posterior per arm in ``context``: its own counts on a prior centred on the *other* contexts'
+        pooled rate (leave-one-out, so a context's data is not counted twice), worth ``prior_weight``
+        pseudo-observations at most."""
         k = len(self.arms)
-        s_all = sum(self._succ.values(), np.zeros(k))
-        f_all = sum(self._fail.values(), np.zeros(k))
-        n_all = s_all + f_all
-        mean = (1.0 + s_all) / (2.0 + n_all)  # pooled posterior mean per arm
-        weight = np.minimum(self.prior_weight, n_all + 2.0)
-        a0, b0 = mean * weight, (1 - mean) * weight
         s = self._succ.get(context, np.zeros(k))
         f = self._fail.get(context, np.zeros(k))
-        return a0 + s, b0 + f
+        s_other = sum(self._succ.values(), np.zeros(k)) - s
+        f_other = sum(self._fail.values(), np.zeros(k)) - f
+        n_other = s_other + f_other
+        mean = (1.0 + s_other) / (2.0 + n_other)
+        weight = np.minimum(self.prior_weight, n_other + 2.0)
+        return mean * weight + s, (1 - mean) * weight + f
 
     def choose(self, context: Hashable, rng: np.random.Generator) -> tuple[str, float]:
         a, b = self.posterior(context)

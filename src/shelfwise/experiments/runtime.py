@@ -77,7 +77,9 @@ class _Snapshot:
 
 class ExperimentRuntime:
     def __init__(self, settings: Any, store: ExperimentStore | None = None, xlog: ExperimentLog | None = None,
-                 monitor: bool = False, clock: Any = time.time) -> None:
+                 monitor: bool = False, clock: Any = time.time, background: bool = True) -> None:
+        """``monitor``: run the guardrail monitor in this process. ``background``: refresh bandit posteriors on a
+        thread (else only when ``refresh_bandits`` is called)."""
         self.settings = settings
         self.conf = settings.experiments
         dsn = experiments_dsn(settings)
@@ -99,6 +101,7 @@ class ExperimentRuntime:
         self._marks: dict[str, float] = {}  # bandit -> log time up to which its posterior has the data
         self._explore_used = False
         self._refresher: threading.Thread | None = None
+        self._background = background
         self._closing = threading.Event()
         self.monitor = None
         if monitor and self.conf.guardrail_interval_s > 0 and self.log is not None:
@@ -227,7 +230,7 @@ class ExperimentRuntime:
         return self.items.fill(ranked, candidates, allowed, k, share, self._rng)
 
     def _ensure_refresher(self) -> None:
-        if self._refresher is None and self.log is not None:
+        if self._refresher is None and self.log is not None and self._background:
             with self._lock:
                 if self._refresher is None:
                     self._refresher = threading.Thread(target=self._refresh_loop, name="shelfwise-bandits",
