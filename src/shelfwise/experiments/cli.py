@@ -151,7 +151,8 @@ def list_cmd(status: Optional[str] = typer.Option(None, help="draft, running or 
     """Every experiment with its status, layer and traffic."""
     with _service() as svc:
         table = Table(title="experiments")
-        for col in ("id", "kind", "status", "layer", "slice", "traffic", "variants", "started (UTC)", "stopped (UTC)"):
+        table.add_column("id", no_wrap=True)
+        for col in ("kind", "status", "layer", "slice", "traffic", "variants", "started (UTC)", "stopped (UTC)"):
             table.add_column(col)
         for e in svc.list(status):
             s = e["spec"]
