@@ -268,14 +268,14 @@ class Traffic:
 
     def daily_conversion(self, days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(variant code per unit, day of first exposure, day of first purchase — inf when none) of every exposed
-        unit. Every simulated purchase follows an exposure of its visit within minutes, so this equals the
-        log's attribution (checked by the benchmarks against ``unit_table``)."""
+        unit. Every simulated purchase of an exposed visit follows an exposure of that visit within minutes, so
+        this equals the log's attribution (checked by the benchmarks against ``unit_table``)."""
         x, o = self.x, self.o
         units, first_idx = np.unique(x["unit"], return_index=True)
         order = np.argsort(x["unit"], kind="stable")
         first_ts = np.minimum.reduceat(x["ts"][order], np.flatnonzero(np.r_[True, np.diff(x["unit"][order]) != 0]))
         variant = x["variant"][first_idx]
-        buy = (o["type"] == "purchase") & (o["ts"] >= self.start)
+        buy = (o["type"] == "purchase") & (o["ts"] >= self.start) & np.isin(o["visit"], x["visit"])  # exposed visits
         b_unit = o["unit"][buy]
         b_ts = o["ts"][buy]
         first_buy = np.full(len(units), np.inf)
