@@ -13,7 +13,9 @@ experiment salt through the real ``Assigner`` (50/50), a new behaviour seed; the
   CTR and revenue per shopper, as ``analysis.analyze`` reports them at the end (Welch, α = 0.05);
 * the anytime-valid confidence sequence of the conversion difference read at the end of every day (a false
   positive when it excludes 0 on any of the 14 days), and the same sequence monitored every hour (its running
-  intersection read daily); for contrast, the fixed-horizon test peeked at daily;
+  intersection read daily); the group-sequential repeated confidence interval (O'Brien–Fleming-type α
+  spending over the daily looks, planned size = the units of the first repetition) read daily; for contrast, the
+  fixed-horizon test peeked at daily;
 * the SRM check, the CUPED variance reduction (conversion and revenue; all shoppers and returning ones).
 
 ``--mode power``: the treatment's per-visit purchase probability is multiplied by the factor that raises
@@ -67,10 +69,12 @@ def assigner(salt: str):
     return pick
 
 
-def sequential_reads(traffic, planned: float, checkpoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sequential_reads(traffic, planned: float, checkpoints: np.ndarray,
+                     gst: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """At each checkpoint (days since start): does the confidence sequence of the conversion difference exclude 0,
-    and does the fixed-horizon z-test reject? (Vectorised: a unit counts from its first exposure; it converts at
-    its first attributed purchase, which always comes after that exposure.)"""
+    does the fixed-horizon z-test reject, and (``gst``) does the group-sequential repeated interval exclude 0?
+    (Vectorised: a unit counts from its first exposure; it converts at its first attributed purchase, which
+    always comes after that exposure.)"""
     variant, first_day, buy_day = traffic.daily_conversion(DAYS)
     treat = variant == traffic.variants.index("treatment")
     arms = []
@@ -92,7 +96,12 @@ def sequential_reads(traffic, planned: float, checkpoints: np.ndarray) -> tuple[
     # the same formula as analysis.confidence_sequence (checked at the last checkpoint)
     last = A.confidence_sequence(diff[-1], var[-1], n_eff[-1], planned, ALPHA)
     assert math.isclose(last["ci"][1] - diff[-1], half[-1], rel_tol=1e-9)
-    return cs, naive
+    rci = None
+    if gst:  # the daily looks' information fractions, as analysis.daily_fractions computes them
+        frac = np.maximum.accumulate(n_eff / planned)
+        bound = A.gst_boundaries(frac, ALPHA)
+        rci = ok & (var > 0) & (np.abs(diff) > bound * np.sqrt(np.maximum(var, 1e-300)))
+    return cs, naive, rci
 
 
 def wilson(k: int, n: int) -> list[float]:
@@ -147,8 +156,8 @@ def main() -> None:
                         metrics=["conversion", "ctr", "revenue_per_shopper"], planned_units=int(planned), bayes=False)
         conv = res["metrics"]["conversion"]
         c = conv["comparisons"]["treatment"]
-        cs_daily, naive_daily = sequential_reads(tr, planned, daily)
-        cs_hourly, _ = sequential_reads(tr, planned, hourly)
+        cs_daily, naive_daily, gst_daily = sequential_reads(tr, planned, daily, gst=True)
+        cs_hourly, _, _ = sequential_reads(tr, planned, hourly)
         # the daily path's last read equals the log attribution's final conversion (consistency check)
         v, fd, bd = tr.daily_conversion(DAYS)
         assert int(np.isfinite(bd).sum()) == int((table.orders > 0).sum())
@@ -159,7 +168,9 @@ def main() -> None:
             "p_ctr": res["metrics"]["ctr"]["comparisons"]["treatment"]["p_value"],
             "p_revenue": res["metrics"]["revenue_per_shopper"]["comparisons"]["treatment"]["p_value"],
             "cs_final_excludes_zero": c["sequential"]["excludes_zero"],
-            "cs_daily_any": any(cs_daily), "cs_hourly_any": any(cs_hourly), "naive_daily_any": any(naive_daily),
+            "cs_daily_any": bool(any(cs_daily)), "cs_hourly_any": bool(any(cs_hourly)),
+            "naive_daily_any": bool(any(naive_daily)), "gst_daily_any": bool(any(gst_daily)),
+            "gst_final_fraction": float(min(1.0, np.max(A.n_effective(*[int(x) for x in counts.values()]) / planned))),
             "srm_p": res["srm"]["p_value"],
             "vr_conversion": c["cuped"]["variance_reduction"],
             "vr_conversion_returning": c["cuped"]["variance_reduction_returning"],
@@ -188,6 +199,7 @@ def main() -> None:
            "fixed_horizon_ctr": rate("p_ctr", lambda p: p < ALPHA),
            "fixed_horizon_revenue": rate("p_revenue", lambda p: p < ALPHA),
            "cs_read_daily": rate("cs_daily_any"), "cs_monitored_hourly": rate("cs_hourly_any"),
+           "group_sequential_read_daily": rate("gst_daily_any"),
            "cs_final": rate("cs_final_excludes_zero"),
            "naive_daily_peeking": rate("naive_daily_any"),
            "srm_alarms": rate("srm_p", lambda p: p < A.SRM_ALARM_P),
@@ -204,6 +216,8 @@ def main() -> None:
         out["detected"] = rate("p_conversion", lambda p: p < ALPHA)
         out["detected_positive"] = {"count": sum(1 for r in rows if r["p_conversion"] < ALPHA and r["diff"] > 0)}
         out["detected_cuped"] = rate("p_cuped", lambda p: p < ALPHA)
+        out["detected_group_sequential"] = rate("gst_daily_any")
+        out["detected_cs_daily"] = rate("cs_daily_any")
         out["observed_lift"] = float(np.mean([r["conversion"]["treatment"] / r["conversion"]["control"] - 1
                                               for r in rows]))
     summary = {k: v for k, v in out.items() if k != "rows"}

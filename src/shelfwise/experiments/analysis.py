@@ -196,6 +196,102 @@ def n_effective(n1: int, n2: int) -> float:
     return 2.0 / (1.0 / n1 + 1.0 / n2) if n1 and n2 else 0.0
 
 
+# ---- group-sequential repeated confidence intervals -----------------------------------------------------------
+def obf_spending(t: np.ndarray, alpha: float) -> np.ndarray:
+    """Lan–DeMets O'Brien–Fleming-type spending: α(t) = 2 − 2Φ(z_{1−α/2} / √t) (two-sided)."""
+    t = np.clip(np.asarray(t, float), 1e-12, 1.0)
+    return 2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 2) / np.sqrt(t))
+
+
+def gst_boundaries(fractions: Sequence[float], alpha: float = 0.05, grid: int = 301) -> np.ndarray:
+    """Two-sided z boundaries of a group-sequential test with O'Brien–Fleming-type α spending at looks with the
+    given information fractions (non-decreasing; capped at 1, where all α is spent). Exact recursive numerical
+    integration (Armitage, McPherson & Rowe 1969) of the Brownian score process S_k ~ N(0, t_k) under the null:
+    the probability of first crossing at look k equals α(t_k) − α(t_{k−1}), so the false-positive rate over all
+    the looks is α, however many there are and wherever they fall. Looks after the one that reaches t = 1 keep
+    the final boundary. (Spending α(t) = 2 − 2Φ(z_{1−α/2}/√t), the two-sided form of DeMets & Lan 1994; gsDesign's
+    ``sfLDOF`` spends α/2 per side and is slightly more conservative early.) A boundary of ``inf`` means no α
+    is available at that look yet."""
+    t = np.minimum(np.asarray(fractions, float), 1.0)
+    if len(t) == 0:
+        return np.zeros(0)
+    if np.any(np.diff(t) < 0) or t[0] <= 0:
+        raise ValueError("information fractions must be positive and non-decreasing")
+    spent = obf_spending(t, alpha)
+    out = np.empty(len(t))
+    span = 12.0  # the continuation region never needs to reach beyond 12 standard deviations
+
+    def support(bb: float, tk: float) -> np.ndarray:
+        lim = min(bb, span * math.sqrt(tk))
+        return np.linspace(-lim, lim, grid)
+
+    def weights(x: np.ndarray) -> np.ndarray:
+        w = np.full(grid, x[1] - x[0])
+        w[0] = w[-1] = w[0] / 2
+        return w
+
+    p1 = spent[0]
+    c1 = float(stats.norm.isf(p1 / 2)) if p1 > 1e-300 else float("inf")
+    out[0] = c1
+    x = support(c1 * math.sqrt(t[0]), t[0])
+    w = weights(x)
+    f = stats.norm.pdf(x, scale=math.sqrt(t[0]))
+    last, final = t[0], t[0] >= 1.0
+    for k in range(1, len(t)):
+        if final or t[k] <= last:
+            out[k] = out[k - 1]
+            continue
+        sd = math.sqrt(t[k] - last)
+        target = spent[k] - spent[k - 1]
+        wf = w * f
+
+        def cross(bb: float) -> float:
+            return float(wf @ (stats.norm.cdf((-bb - x) / sd) + stats.norm.sf((bb - x) / sd)))
+
+        hi = span * math.sqrt(t[k])
+        if target <= 0 or cross(hi) >= target:
+            bb = float("inf")
+        else:
+            bb = float(_brentq(lambda v: cross(v) - target, 0.0, hi))
+        out[k] = bb / math.sqrt(t[k])
+        y = support(bb, t[k])
+        f = (stats.norm.pdf((y[:, None] - x[None, :]) / sd) / sd) @ wf
+        x, w = y, weights(y)
+        last, final = t[k], t[k] >= 1.0
+    return out
+
+
+def _brentq(fn: Any, lo: float, hi: float) -> float:
+    from scipy.optimize import brentq
+
+    return brentq(fn, lo, hi, xtol=1e-9)
+
+
+def repeated_ci(diff: float, var: float, fractions: Sequence[float], alpha: float) -> dict[str, Any]:
+    """The group-sequential repeated confidence interval at the last of ``fractions`` (earlier looks included
+    so their α is accounted for)."""
+    c = float(gst_boundaries(fractions, alpha)[-1])
+    half = c * math.sqrt(var) if var > 0 else 0.0
+    return {"ci": [diff - half, diff + half], "boundary_z": c, "excludes_zero": bool(var > 0 and abs(diff) > half),
+            "information_fraction": float(min(fractions[-1], 1.0)), "looks": len(fractions)}
+
+
+def daily_fractions(first_ts: np.ndarray, variant: np.ndarray, treatment: str, control: str, start: float,
+                    now: float, planned: float) -> list[float]:
+    """Information fractions of the daily looks (end of every whole day since ``start``, then now): effective
+    units per arm seen by then over the planned units per arm."""
+    cuts = [start + d * 86400.0 for d in range(1, int((now - start) // 86400.0) + 1)] + [now]
+    ft, fc = np.sort(first_ts[variant == treatment]), np.sort(first_ts[variant == control])
+    out = []
+    for c in cuts:
+        n_t, n_c = np.searchsorted(ft, c, side="right"), np.searchsorted(fc, c, side="right")
+        if n_t and n_c:
+            frac = n_effective(int(n_t), int(n_c)) / planned
+            if not out or frac > out[-1]:
+                out.append(frac)
+    return out
+
+
 # ---- sample-ratio mismatch -------------------------------------------------------------------------------------
 def srm(counts: dict[str, int], shares: dict[str, float], alarm_p: float = SRM_ALARM_P) -> dict[str, Any]:
     names = list(shares)
@@ -332,8 +428,10 @@ def _check_unit(x: float, name: str) -> None:
 # ---- the whole readout -------------------------------------------------------------------------------------------
 def analyze(table: UnitTable, control: str, shares: dict[str, float], alpha: float = 0.05,
             metrics: Sequence[str] = RATIO_METRICS, planned_units: int | None = None, seed: int = 0,
-            bayes: bool = True) -> dict[str, Any]:
-    """Everything above for one experiment's unit table. JSON-ready (floats, lists, dicts)."""
+            bayes: bool = True, start: float | None = None, now: float | None = None) -> dict[str, Any]:
+    """Everything above for one experiment's unit table. JSON-ready (floats, lists, dicts). With ``start`` and
+    ``now`` (and ``planned_units``) the comparisons also carry the group-sequential repeated interval for daily
+    looks since ``start``."""
     variants = [v for v in shares]
     masks = {v: table.variant == v for v in variants}
     counts = {v: int(m.sum()) for v, m in masks.items()}
@@ -382,6 +480,10 @@ def analyze(table: UnitTable, control: str, shares: dict[str, float], alpha: flo
                 n_eff = n_effective(ok[v].n, ok[control].n)
                 cmp_["sequential"] = confidence_sequence(cmp_["diff"], base_var, n_eff,
                                                          planned or max(n_eff, 1.0), alpha)
+                if planned and start is not None and now is not None:
+                    fr = daily_fractions(table.first_ts, table.variant, v, control, start, now, planned)
+                    if fr:
+                        cmp_["group_sequential"] = repeated_ci(cmp_["diff"], base_var, fr, alpha)
                 entry["comparisons"][v] = cmp_
             adj = holm([entry["comparisons"][v]["p_value"] for v in entry["comparisons"]])
             for v, p in zip(entry["comparisons"], adj):
