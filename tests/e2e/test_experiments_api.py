@@ -197,3 +197,38 @@ def test_cli(settings, monkeypatch, tmp_path, engine):
     bad.write_text("{not json")
     assert "not JSON" in run("create", str(bad), code=2)
     assert "no experiment 'ghost'" in run("start", "ghost", code=2)
+
+
+def test_interleaving_and_holdout_results(settings, tmp_path):
+    from shelfwise.experiments.interleaving import team_draft
+    from shelfwise.settings import load_settings
+
+    conf = load_settings(data_dir=settings.data_dir, experiments={"holdout_share": 0.1})
+    svc = ExperimentService(conf)
+    svc.create({"id": "il", "kind": "interleave", "layer": "ranking", "guardrails": [], "variants": [
+        {"name": "blend", "share": 0.5},
+        {"name": "als", "share": 0.5, "config": {"placements": {"homepage": {"weights": {"als": 1.0}}}}}]},
+        "t", start=True)
+    rt = ExperimentRuntime(conf, store=svc.store, xlog=svc.log, background=False)
+    rng = np.random.default_rng(1)
+    held = 0
+    for i in range(1500):
+        got = rt.assign(f"u{i}", f"s{i}", "homepage")
+        held += got.holdout
+        rid = f"r{i}"
+        a, b = [f"a{j}" for j in range(8)], [f"b{j}" for j in range(8)]
+        items, teams = team_draft(a, b, 8, rid) if got.interleave else (a, None)
+        t = time.time()
+        rt.record(got, rid, "homepage", items, teams=teams, ts=t)
+        clicked = [it for it in items if rng.random() < (0.12 if it.startswith("b") else 0.06)]
+        svc.log.record_outcomes([OutcomeRecord(f"c{i}-{it}", "click", t, f"u{i}", f"s{i}", rid, it)
+                                 for it in clicked])
+    svc.log.flush()
+    il = svc.results("il")["interleaving"]
+    assert il["by_unit"]["winner"] == "b" and il["by_unit"]["p_value"] < 1e-4 and il["b"] == "als"
+    assert il["by_impression"]["impressions"] == 1500 - held
+    hold = svc.results("_holdout", since=time.time() - 3600)
+    assert hold["analysis"]["units"]["holdout"] == held and 100 < held < 200
+    assert hold["analysis"]["srm"]["alarm"] is False
+    rt.close()
+    svc.close()

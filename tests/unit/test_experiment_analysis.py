@@ -184,3 +184,28 @@ def test_analyze_handles_empty_and_one_sided_tables():
     only_control = table(["c"] * 50, orders=np.ones(50))
     got = A.analyze(only_control, "c", {"c": 0.5, "t": 0.5})
     assert got["metrics"]["conversion"]["variants"]["t"] is None and "bayesian" not in got
+
+
+def test_group_sequential_boundaries_spend_exactly_alpha():
+    assert A.gst_boundaries([1.0])[0] == pytest.approx(1.959964, abs=1e-5)  # one look: the fixed-horizon test
+    rng = np.random.default_rng(8)
+    for fractions in (np.arange(1, 15) / 14, np.array([0.05, 0.3, 0.31, 0.7, 1.0]), np.arange(1, 41) / 40):
+        b = A.gst_boundaries(fractions)
+        if np.allclose(np.diff(fractions), fractions[0]):  # equal spacing: strict early, ~fixed-horizon at the end
+            assert np.all(np.diff(b[np.isfinite(b)]) <= 1e-9) and b[-1] < 2.25
+        inc = np.diff(np.r_[0.0, fractions])
+        w = np.cumsum(rng.normal(size=(60_000, len(fractions))) * np.sqrt(inc), axis=1)
+        fpr = (np.abs(w / np.sqrt(fractions)) > b).any(axis=1).mean()
+        assert fpr == pytest.approx(0.05, abs=0.004)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        A.gst_boundaries([0.5, 0.4])
+
+
+def test_repeated_ci_and_daily_fractions():
+    first = np.r_[np.linspace(0, 86400 * 3, 300), np.linspace(0, 86400 * 3, 300)]
+    variant = np.array(["c"] * 300 + ["t"] * 300, dtype=object)
+    fr = A.daily_fractions(first, variant, "t", "c", start=0.0, now=86400 * 3.5, planned=600)
+    assert fr == pytest.approx([100 / 600, 200 / 600, 300 / 600])  # day 3's cut equals now's: one look
+    r = A.repeated_ci(0.02, 0.005 ** 2, fr, 0.05)
+    assert r["boundary_z"] > 1.96 and r["looks"] == 3 and r["excludes_zero"]
+    assert r["ci"][1] - 0.02 == pytest.approx(r["boundary_z"] * 0.005)

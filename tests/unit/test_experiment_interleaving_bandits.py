@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from scipy import stats
 
-from shelfwise.experiments.bandits import EpsilonGreedy, ItemBandit, VariantBandit, evaluate_policy, ipw_weights
+from shelfwise.experiments.bandits import (EpsilonGreedy, ItemBandit, VariantBandit, evaluate_policy, ipw_weights,
+                                          logged_decisions)
 from shelfwise.experiments.interleaving import analyze_interleaving, credit, outcomes_from_requests, team_draft
 from shelfwise.experiments.log import LoggedRequest
 
@@ -122,6 +123,8 @@ def test_item_bandit_refreshes_from_logged_requests():
             LoggedRequest("r2", 0, "homepage", "u", "s", ["a", "d"], [1.0, 0.5], None, clicks=["a"]),
             LoggedRequest("r3", 0, "homepage", "u", "s", ["a"], None, None, clicks=["a"])]
     assert bandit.refresh_from_requests(reqs) == 2
+    got = [(d.request_id, d.position, d.item, d.propensity, d.clicked) for d in logged_decisions(reqs)]
+    assert got == [("r1", 1, "b", 0.2, True), ("r2", 1, "d", 0.5, False)]
     a, b = bandit.posterior(["b", "d", "a"])
     assert a.tolist() == [2.0, 1.0, 1.0] and b.tolist() == [30.0, 31.0, 30.0]
 

@@ -114,7 +114,7 @@ class ExperimentService:
         planned = e.spec.planned_units or self.conf.planned_units
         if e.spec.kind == "ab" or experiment_id == HOLDOUT_EXPERIMENT:
             out["analysis"] = analysis.analyze(table, e.spec.control_name, shares, self.conf.alpha,
-                                               planned_units=planned, bayes=bayes)
+                                               planned_units=planned, bayes=bayes, start=start, now=end)
         metrics = self.log.request_metrics(e.spec.id, since=start, until=end)
         out["requests"] = {v: _latency_view(m) for v, m in metrics.items()}
         if e.spec.kind == "interleave":
@@ -126,7 +126,7 @@ class ExperimentService:
                 "by_impression": analyze_interleaving(outcomes, by="impression", alpha=self.conf.alpha).view()}
         if e.spec.kind == "bandit":
             out["bandit"] = self._bandit_view(e, start, end)
-        if e.spec.guardrails and experiment_id != HOLDOUT_EXPERIMENT:
+        if e.spec.guardrails and e.spec.kind == "ab" and experiment_id != HOLDOUT_EXPERIMENT:
             out["guardrails"] = [r.view() for r in evaluate(
                 e, table, metrics, self.conf.alpha, planned,
                 recent_metrics=lambda w: self.log.request_metrics(e.spec.id, since=end - w, until=end))]

@@ -32,6 +32,11 @@ when the denominator is 1 — and the unit is what was randomised, so every inte
   Valid simultaneously over all times, so results may be read every day (or every minute) without inflating the
   false-positive rate; the price is a wider interval than the fixed-horizon one at the same n. The always-valid
   p-value is ``min(1, 1/Λ)`` with the mixture likelihood ratio Λ.
+* **Group-sequential repeated confidence intervals** (Jennison & Turnbull): when the experiment has a planned
+  size, the looks are the end of every day since the start (plus now) and α is spent over them with an
+  O'Brien–Fleming-type Lan–DeMets function; boundaries by exact recursive integration. The false-positive rate
+  over all daily reads is α itself (the confidence sequence, valid for unlimited and continuous looks, pays for
+  that generality: read daily it is conservative — see ``BENCHMARKS.md``). Information is measured in units.
 * **Sample-ratio mismatch**: chi-squared goodness of fit of the units per variant against the configured
   shares; an alarm below ``p < 0.001`` (the result should not be trusted: something drops or duplicates units).
 * **Power / sample size** for proportions and means (two-sided, unequal allocation, optional CUPED variance

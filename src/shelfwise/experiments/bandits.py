@@ -241,6 +241,31 @@ def evaluate_policy(rewards: np.ndarray, logged_propensity: np.ndarray, target_p
             "max_weight": float(w.max()), "mean_weight": float(w.mean()), "clip": clip}
 
 
+@dataclass
+class LoggedDecision:
+    request_id: str
+    unit: str | None
+    placement: str
+    position: int
+    item: str
+    propensity: float
+    clicked: bool
+
+
+def logged_decisions(requests: Iterable[Any]) -> list[LoggedDecision]:
+    """The exploration decisions (slots with propensity < 1) of logged requests, with their rewards: the input of
+    ``evaluate_policy`` (reward = clicked, logged propensity) and of IPW training (``ipw_weights``)."""
+    out = []
+    for r in requests:
+        if not r.propensities:
+            continue
+        hit = set(r.clicks)
+        for pos, (item, p) in enumerate(zip(r.items, r.propensities)):
+            if p < 1.0:
+                out.append(LoggedDecision(r.request_id, r.unit, r.placement, pos, item, float(p), item in hit))
+    return out
+
+
 def ipw_weights(propensities: np.ndarray, clip: float = 20.0) -> np.ndarray:
     """Training weights 1/p for logged exposures (the learned ranker), clipped at ``clip``."""
     p = np.asarray(propensities, float)

@@ -150,7 +150,7 @@ def check_once(store: ExperimentStore, xlog: ExperimentLog, window_s: float, alp
     actions = []
     xlog.flush()
     for e in store.list("running"):
-        if not e.spec.guardrails or e.spec.kind == "bandit":
+        if not e.spec.guardrails or e.spec.kind != "ab":  # bandit arms and interleaved rails have no control group
             continue
         table = xlog.unit_table(e.id, window_s, since=e.started_at, until=now + 1e-6)
         results = evaluate(e, table, {}, alpha, planned_units,

@@ -105,8 +105,9 @@ def write_report(service: Any, experiment_id: str, out_dir: Path) -> Path:
                   f"; units served several variants (left out): {a['mixed_units']}; "
                   f"returning shoppers (pre-period activity): {a['returning_share']:.1%}", ""]
         lines += ["## Metrics", "", "| metric | variant | value | 95 % CI | Δ vs control | relative (CI) | p (Holm) | "
-                                    "CUPED relative (CI) | variance reduction | anytime-valid Δ CI |",
-                  "| --- | --- | ---: | --- | ---: | --- | ---: | --- | ---: | --- |"]
+                                    "CUPED relative (CI) | variance reduction | anytime-valid Δ CI | "
+                                    "group-sequential Δ CI (daily looks) |",
+                  "| --- | --- | ---: | --- | ---: | --- | ---: | --- | ---: | --- | --- |"]
         for metric, entry in a["metrics"].items():
             for v, st in entry["variants"].items():
                 c = entry["comparisons"].get(v)
@@ -117,12 +118,16 @@ def write_report(service: Any, experiment_id: str, out_dir: Path) -> Path:
                     cells += [_f(c["diff"]), f"{_pct(c['relative'])} {_ci(c['relative_ci'], True)}",
                               f"{c['p_holm']:.3g}" + (" ✱" if c["significant"] else ""),
                               f"{_pct(cu['relative'])} {_ci(cu['relative_ci'], True)}",
-                              f"{cu['variance_reduction']:.1%}", _ci(c["sequential"]["ci"])]
+                              f"{cu['variance_reduction']:.1%}", _ci(c["sequential"]["ci"]),
+                              (f"{_ci(c['group_sequential']['ci'])} at {c['group_sequential']['information_fraction']:.0%}"
+                               " of the planned size" if "group_sequential" in c else "–")]
                 else:
-                    cells += ["control", "", "", "", "", ""]
+                    cells += ["control", "", "", "", "", "", ""]
                 lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "✱ significant at α = %g after Holm's correction. The anytime-valid interval may be read "
-                      "at any time (it stays valid however often it is looked at)." % a["alpha"], ""]
+        lines += ["", "✱ significant at α = %g after Holm's correction. The anytime-valid interval (confidence "
+                      "sequence) may be read at any time, however often, also beyond the planned size; the "
+                      "group-sequential interval spends α over daily looks up to the planned size (narrower, "
+                      "exactly α over the plan)." % a["alpha"], ""]
         if "bayesian" in a:
             lines += ["## Bayesian readout", "", "| metric | model | variant | mean | P(beat control) | "
                                                  "expected loss | relative lift 95 % CrI |",
