@@ -13,7 +13,8 @@ which is what makes a shopper's past predict their future (CUPED).
 
 **Behaviour in a visit**: 1 + Poisson(rails_per_visit − 1) rails of k slots from the *policy* the shopper's
 variant uses; the shopper examines slot p with probability ``1/(p+1)^position_decay`` (position bias) and
-clicks an examined item with probability ``a``; a click becomes an add-to-cart with ``cart_given_click``; the
+clicks an examined item with probability ``a``; with ``continue_after_click`` < 1 a click often ends the scan (the dependent click model); a click becomes an
+add-to-cart with ``cart_given_click``; the
 visit ends in a purchase with probability ``min(1, propensity × (1 + purchase_boost_from_cart·[a recommended
 item was carted]))`` — revenue = the carted item's price, else the price of an item the shopper likes (drawn
 from their favourite categories). A share of visits is anonymous (a new unit every visit, never returning).
@@ -63,6 +64,9 @@ class BehaviourModel:
     anonymous_share: float = 0.2
     latency_ms: float = 25.0
     error_rate: float = 0.001
+    continue_after_click: float = 1.0  # dependent click model: after a click, keep scanning with this probability
+    engagement_shape: float | None = None  # Gamma(shape, mean 1) click-happiness per shopper (None: all alike)
+    session_shape: float | None = None  # Gamma(shape, mean 1) click-happiness per visit (None: all alike)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,23 @@ class Effect:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def scan_clicks(p: np.ndarray, continue_after_click: float, rng: np.random.Generator) -> np.ndarray:
+    """Clicks on rails (rows) whose slots (columns, in display order) are clicked with probabilities ``p`` when the
+    shopper gets there: the dependent click model (Guo et al. 2009) — after a click the shopper keeps scanning
+    with ``continue_after_click`` (1 = independent clicks; lower = a click often satisfies the visit)."""
+    u = rng.random(p.shape)
+    if continue_after_click >= 1.0:
+        return u < p
+    clicked = np.zeros(p.shape, bool)
+    scanning = np.ones(p.shape[0], bool)
+    stay = rng.random(p.shape)
+    for j in range(p.shape[1]):
+        c = scanning & (u[:, j] < p[:, j])
+        clicked[:, j] = c
+        scanning &= ~c | (stay[:, j] < continue_after_click)
+    return clicked
 
 
 class Population:
@@ -127,6 +148,8 @@ class Population:
         self.visit_rate = rng.gamma(m.activity_shape, m.visits_per_day / m.activity_shape, len(self.shoppers))
         self.buy = rng.beta(m.buy_mean * m.buy_concentration, (1 - m.buy_mean) * m.buy_concentration,
                             len(self.shoppers))
+        self.engagement = (rng.gamma(m.engagement_shape, 1 / m.engagement_shape, len(self.shoppers))
+                           if m.engagement_shape else np.ones(len(self.shoppers)))
         self._rails: dict[tuple[Any, int], tuple[np.ndarray, np.ndarray]] = {}
         self._organic: dict[int, np.ndarray] = {}
 
@@ -219,6 +242,33 @@ class PreferencePolicy:
             items[rows] = top
             util[rows] = np.take_along_axis(ut, top, 1)
         return items, util
+
+
+class RerankPolicy:
+    """A second-stage ranker: re-orders the top ``pool`` candidates of ``base`` by true utility plus its own noise
+    (two re-rankers of one candidate pool differ in *order* far more than in *which* items they show — the
+    typical comparison of two ranking models)."""
+
+    def __init__(self, base: PreferencePolicy, pool: int = 30, noise: float = 0.5, seed: int = 1, name: str = ""):
+        self.base, self.pool, self.noise, self.seed = base, pool, noise, seed
+        self.population = base.population
+        self.name = name or f"rerank(pool={pool}, noise={noise:g})"
+
+    def batch(self, us: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        us = np.asarray(us, np.int64)
+        cand, util = self.base.batch(us, self.pool)
+        noise = np.empty(util.shape)
+        blk = PreferencePolicy.BLOCK
+        for block in np.unique(us // blk).tolist():  # per-shopper noise, the same in single calls and batches
+            rows = np.flatnonzero(us // blk == block)
+            noise[rows] = np.random.default_rng([self.seed, block]).standard_normal((blk, self.pool))[us[rows] % blk]
+        s = util + self.noise * noise
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(cand, order, 1), np.take_along_axis(util, order, 1)
+
+    def __call__(self, shopper: str, placement: str, k: int) -> list[str]:
+        items, _ = self.batch(np.array([self.population.index[shopper]]), k)
+        return self.population.item_ids[items[0]].tolist()
 
 
 def engine_policy(engine: Any) -> Policy:
@@ -451,10 +501,12 @@ class Simulator:
                 items, att = tables[v]
                 r_items[sel] = items[v_shop[r_visit[sel]]]
                 r_att[sel] = att[v_shop[r_visit[sel]]]
-            click_mult = np.array([e.click for e in eff])[r_var]
+            click_mult = np.array([e.click for e in eff])[r_var] * p.engagement[v_shop[r_visit]]
+            if m.session_shape:
+                click_mult = click_mult * rng.gamma(m.session_shape, 1 / m.session_shape, nv)[r_visit]
             pclick = np.clip(r_att * exam[None, :] * click_mult[:, None], 0, 1)
             pclick[r_err] = 0.0
-            clicked = rng.random(pclick.shape) < pclick
+            clicked = scan_clicks(pclick, m.continue_after_click, rng)
             cart_mult = np.array([e.cart for e in eff])[r_var]
             carted = clicked & (rng.random(clicked.shape) < np.clip(m.cart_given_click * cart_mult, 0, 1)[:, None])
             rid = n_rails + np.arange(nr)
