@@ -321,7 +321,11 @@ class ExperimentSettings(_Section):
                                                                 "`exploration` (0 = off; 0.05-0.10 typical)")
     bandit_draws: int = Field(200, ge=10, description="posterior draws that estimate a bandit choice's propensity")
     bandit_prior: tuple[float, float] = Field((1.0, 30.0), description="Beta prior (a, b) of an item's click rate "
-                                                                       "in exploration slots")
+                                                                       "in exploration slots (its mean starts the "
+                                                                       "empirical-Bayes prior)")
+    bandit_prior_strength: float = Field(30.0, ge=0, description="pseudo-impressions of the empirical-Bayes prior "
+                                                                 "centred on the average shown item's click rate "
+                                                                 "(0 = the fixed bandit_prior)")
     bandit_reward_window_s: float = Field(1800.0, gt=0, description="a bandit decision's reward is a click within "
                                                                     "this long")
     bandit_refresh_s: float = Field(60.0, gt=0, description="how often bandit posteriors take in new log rows")

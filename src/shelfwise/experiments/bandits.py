@@ -44,12 +44,20 @@ from scipy import stats
 # ---- item exploration ------------------------------------------------------------------------------------------
 @dataclass
 class ItemBandit:
+    """``prior_strength`` > 0: empirical-Bayes prior — Beta centred on the average shown item's smoothed click rate
+    (starting from ``prior_alpha / (prior_alpha + prior_beta)``), worth ``prior_strength`` pseudo-impressions; an unseen item then starts at the typical rate instead of an arbitrary guess (a
+    too-optimistic prior makes Thompson sampling chase every rarely seen item). 0: the fixed Beta(prior_alpha,
+    prior_beta)."""
+
     prior_alpha: float = 1.0
     prior_beta: float = 30.0
     draws: int = 200
+    prior_strength: float = 0.0
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _shown: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     _clicked: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    _rate_sum: float = field(default=0.0, repr=False)  # Σ smoothed rate over shown items (the prior's centre)
+    _n_seen: int = field(default=0, repr=False)
 
     def _ids(self, items: Sequence[str]) -> np.ndarray:
         idx = self._index
@@ -62,16 +70,36 @@ class ItemBandit:
             self._clicked = np.concatenate([self._clicked, np.zeros(grow)])
         return np.fromiter((idx[i] for i in items), np.int64, len(items))
 
+    def _rates(self, ids: np.ndarray) -> np.ndarray:
+        a, b = self.prior_alpha, self.prior_beta
+        return np.where(self._shown[ids] > 0, (self._clicked[ids] + a) / (self._shown[ids] + a + b), 0.0)
+
     def update(self, items: Sequence[str], clicked: Sequence[bool] | np.ndarray) -> None:
         """Exploration-slot impressions and whether each was clicked."""
         ids = self._ids(list(items))
+        uniq = np.unique(ids)
+        before_seen = self._shown[uniq] > 0
+        self._rate_sum -= float(self._rates(uniq).sum())
         np.add.at(self._shown, ids, 1.0)
         np.add.at(self._clicked, ids, np.asarray(clicked, float))
+        self._rate_sum += float(self._rates(uniq).sum())
+        self._n_seen += int((~before_seen).sum())
+
+    def prior(self) -> tuple[float, float]:
+        """The Beta prior of an item: centred on the *average item's* smoothed click rate (each shown item counts
+        once, so the items exploitation favours do not make unseen items look better than they are)."""
+        if self.prior_strength <= 0:
+            return self.prior_alpha, self.prior_beta
+        if self._n_seen:
+            m = self._rate_sum / self._n_seen
+        else:
+            m = self.prior_alpha / (self.prior_alpha + self.prior_beta)
+        return m * self.prior_strength, (1 - m) * self.prior_strength
 
     def posterior(self, items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         ids = self._ids(list(items))
-        a = self.prior_alpha + self._clicked[ids]
-        return a, self.prior_beta + self._shown[ids] - self._clicked[ids]
+        a0, b0 = self.prior()
+        return a0 + self._clicked[ids], b0 + self._shown[ids] - self._clicked[ids]
 
     def choose(self, candidates: Sequence[str], allowed: np.ndarray | None, n: int, rng: np.random.Generator,
                exclude: Iterable[str] = (), propensities: bool = True) -> list[tuple[str, float]]:
@@ -277,18 +305,26 @@ def ipw_weights(propensities: np.ndarray, clip: float = 20.0) -> np.ndarray:
 # ---- baselines for the regret benchmark ------------------------------------------------------------------------------
 @dataclass
 class EpsilonGreedy:
+    """ε-greedy baseline: with probability ε a uniform allowed item, else the allowed item with the best estimated
+    click rate — the sample mean shrunk by one pseudo-impression towards the pooled rate (so unseen items sit at
+    the typical rate, neither chased nor never tried)."""
+
     epsilon: float = 0.1
     _shown: dict[str, float] = field(default_factory=dict)
     _clicked: dict[str, float] = field(default_factory=dict)
+    _total: list[float] = field(default_factory=lambda: [0.0, 0.0])  # shown, clicked
 
     def choose(self, candidates: Sequence[str], allowed: np.ndarray, rng: np.random.Generator) -> str:
         ok = np.flatnonzero(allowed)
         if rng.random() < self.epsilon:
             return candidates[int(ok[rng.integers(len(ok))])]
-        means = np.array([(self._clicked.get(candidates[i], 0.0) + 1.0) / (self._shown.get(candidates[i], 0.0) + 2.0)
-                          for i in ok])  # optimistic-ish Laplace start so unseen items get tried
+        pooled = (self._total[1] + 1.0) / (self._total[0] + 2.0)
+        means = np.array([(self._clicked.get(candidates[i], 0.0) + pooled) / (self._shown.get(candidates[i], 0.0) + 1.0)
+                          for i in ok])
         return candidates[int(ok[int(means.argmax())])]
 
     def update(self, item: str, clicked: bool) -> None:
         self._shown[item] = self._shown.get(item, 0.0) + 1
         self._clicked[item] = self._clicked.get(item, 0.0) + float(clicked)
+        self._total[0] += 1
+        self._total[1] += float(clicked)

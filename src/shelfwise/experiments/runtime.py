@@ -97,7 +97,7 @@ class ExperimentRuntime:
         self._identity_max = 100_000
         self._rng = np.random.default_rng()
         self.items = ItemBandit(prior_alpha=self.conf.bandit_prior[0], prior_beta=self.conf.bandit_prior[1],
-                                draws=self.conf.bandit_draws)
+                                draws=self.conf.bandit_draws, prior_strength=self.conf.bandit_prior_strength)
         self._marks: dict[str, float] = {}  # bandit -> log time up to which its posterior has the data
         self._explore_used = False
         self._refresher: threading.Thread | None = None

@@ -4,7 +4,7 @@
 latent taste — favourite categories with weights, brands, price sensitivity. Their *true* utility for an item is
 
     u(s, i) = log(category weight + 0.01) + 0.7·[brand is a favourite] − 1.2·price_sensitivity·price_quantile
-              + 0.25·log(popularity within the category · its size)
+              + 0.25·log(popularity within the category · its size) [+ the item's hidden appeal, ``item_appeal_sd``]
 
 and the probability that they are attracted by it once they look at it is ``a = sigmoid(attract_base +
 attract_slope·u)``. On top of the taste, each shopper has a visit rate (visits per day, Gamma-distributed:
@@ -65,6 +65,7 @@ class BehaviourModel:
     latency_ms: float = 25.0
     error_rate: float = 0.001
     continue_after_click: float = 1.0  # dependent click model: after a click, keep scanning with this probability
+    item_appeal_sd: float = 0.0  # N(0, sd) appeal of each item that no ranker knows (cold-start quality)
     engagement_shape: float | None = None  # Gamma(shape, mean 1) click-happiness per shopper (None: all alike)
     session_shape: float | None = None  # Gamma(shape, mean 1) click-happiness per visit (None: all alike)
 
@@ -150,6 +151,7 @@ class Population:
                             len(self.shoppers))
         self.engagement = (rng.gamma(m.engagement_shape, 1 / m.engagement_shape, len(self.shoppers))
                            if m.engagement_shape else np.ones(len(self.shoppers)))
+        self.appeal = rng.normal(0.0, m.item_appeal_sd, self.n_items) if m.item_appeal_sd else np.zeros(self.n_items)
         self._rails: dict[tuple[Any, int], tuple[np.ndarray, np.ndarray]] = {}
         self._organic: dict[int, np.ndarray] = {}
 
@@ -157,12 +159,14 @@ class Population:
         idx = np.arange(self.n_items) if items is None else items
         brand_hit = np.isin(self.brand[idx], self.fav_brands[u])
         return (np.log(self.cat_w[u, self.leaf[idx]] + 0.01) + 0.7 * brand_hit
-                - 1.2 * self.sensitivity[u] * self.price_q[idx] + self.pop_term[idx])
+                - 1.2 * self.sensitivity[u] * self.price_q[idx] + self.pop_term[idx] + self.appeal[idx])
 
-    def utility_block(self, us: np.ndarray) -> np.ndarray:
-        """Utility of every item for several shoppers at once: shape (len(us), n_items)."""
-        return (self.log_cat[us][:, self.leaf] + 0.7 * self.fav_brand[us][:, self.brand]
-                - 1.2 * self.sensitivity[us][:, None] * self.price_q[None, :] + self.pop_term[None, :])
+    def utility_block(self, us: np.ndarray, known: bool = False) -> np.ndarray:
+        """Utility of every item for several shoppers at once: shape (len(us), n_items). ``known``: without the
+        items' hidden appeal (what a ranker could learn from the shopper's taste)."""
+        u = (self.log_cat[us][:, self.leaf] + 0.7 * self.fav_brand[us][:, self.brand]
+             - 1.2 * self.sensitivity[us][:, None] * self.price_q[None, :] + self.pop_term[None, :])
+        return u if known else u + self.appeal[None, :]
 
     def attract(self, u: int, items: np.ndarray) -> np.ndarray:
         return _sigmoid(self.model.attract_base + self.model.attract_slope * self.utility(u, items))
