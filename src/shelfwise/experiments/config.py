@@ -74,12 +74,30 @@ def _merge_placement(current: Any, po: PlacementOverride, name: str) -> Any:
                                  for x in errors_of(e)]) from None
 
 
+_EMPTY = VariantConfig()
+_MERGED: dict[tuple[int, ...], tuple[tuple[VariantConfig, ...], VariantConfig, list[str]]] = {}
+
+
 def merge_configs(configs: Sequence[VariantConfig]) -> tuple[VariantConfig, list[str]]:
-    """One configuration from several layers' variants (earlier wins on a conflict) and the conflicts found."""
+    """One configuration from several layers' variants (earlier wins on a conflict) and the conflicts found.
+    Cached by the identity of the configurations (they live as long as the store snapshot)."""
     if not configs:
-        return VariantConfig(), []
+        return _EMPTY, []
     if len(configs) == 1:
         return configs[0], []
+    key = tuple(id(c) for c in configs)
+    hit = _MERGED.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], configs)):
+        return hit[1], hit[2]
+    merged, conflicts = _merge(configs)
+    with _CACHE_LOCK:
+        if len(_MERGED) >= 4096:
+            _MERGED.clear()
+        _MERGED[key] = (tuple(configs), merged, conflicts)
+    return merged, conflicts
+
+
+def _merge(configs: Sequence[VariantConfig]) -> tuple[VariantConfig, list[str]]:
     out: dict[str, Any] = {}
     placements: dict[str, dict[str, Any]] = {}
     conflicts: list[str] = []

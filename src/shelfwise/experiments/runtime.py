@@ -27,7 +27,7 @@ import numpy as np
 
 from shelfwise.experiments.assignment import Assigner, Assignment, shopper_key
 from shelfwise.experiments.bandits import ItemBandit, VariantBandit
-from shelfwise.experiments.config import merge_configs
+from shelfwise.experiments.config import _EMPTY, merge_configs
 from shelfwise.experiments.log import ExperimentLog, ExposureRecord, open_experiment_log, visit_key
 from shelfwise.experiments.schema import Experiment, VariantConfig
 from shelfwise.experiments.store import ExperimentStore, open_experiment_store
@@ -52,7 +52,7 @@ class Assignments:
     placement: str | None
     items: list[Assignment] = field(default_factory=list)
     holdout: bool = False
-    config: VariantConfig = field(default_factory=VariantConfig)
+    config: VariantConfig = _EMPTY  # immutable: shared
     conflicts: list[str] = field(default_factory=list)
     interleave: tuple[VariantConfig, VariantConfig] | None = None  # (config A, config B) of an interleave experiment
     interleave_experiment: str | None = None
