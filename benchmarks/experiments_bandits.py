@@ -128,7 +128,8 @@ def main() -> None:
         ope.append({"seed": seed, "true_value": float(np.mean(truth)), "logging_value": float(np.mean(log_rewards)),
                     "ips": est["ips"], "snips": est["snips"], "effective_sample_size": est["effective_sample_size"]})
     final = {k: {"mean": float(np.mean([c[-1] for c in v])), "min": float(np.min([c[-1] for c in v])),
-                 "max": float(np.max([c[-1] for c in v]))} for k, v in curves.items()}
+                 "max": float(np.max([c[-1] for c in v])), "per_seed": [float(c[-1]) for c in v]}
+             for k, v in curves.items()}
     late = {k: float(np.mean([(c[-1] - c[int(0.8 * len(c))]) / (len(c) - int(0.8 * len(c))) for c in v]))
             for k, v in curves.items()}
     result = {"rounds": args.rounds, "seeds": args.seeds, "new_items": args.new_items, "pool": args.pool,
