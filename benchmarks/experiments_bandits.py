@@ -13,13 +13,13 @@ that round. Regret of a round = the best allowed pool item's click probability f
 one's (an oracle knowing every shopper and item; a non-contextual item bandit cannot reach zero, it learns which
 items are better than taste alone says). Policies: ``bandits.ItemBandit`` (Thompson sampling with the default
 empirical-Bayes prior of 30 pseudo-impressions, global per item), uniform among the allowed, ε-greedy (ε = 0.1,
-per-item means shrunk by one pseudo-impression). 100,000 decisions, five seeds.
+per-item means shrunk by one pseudo-impression). 300,000 decisions, five seeds.
 
 Off-policy evaluation: from the uniform policy's log (propensity 1 / number of allowed items), IPS and
 self-normalised IPS estimate the click rate of a new policy — ε-greedy (ε = 0.3) on the Thompson sampler's final
 posterior means — against its true value.
 
-Run:  .venv/bin/python benchmarks/experiments_bandits.py [--rounds 100000 --seeds 5]
+Run:  .venv/bin/python benchmarks/experiments_bandits.py [--rounds 300000 --seeds 5]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--new-items", type=int, default=300)
     ap.add_argument("--pool", type=int, default=30)
     ap.add_argument("--appeal", type=float, default=1.0)
-    ap.add_argument("--rounds", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=300_000)
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
     t0 = time.time()

@@ -1,6 +1,6 @@
 """What a serving process holds for experiments, and the hooks the recommendation path calls.
 
-    rt = ExperimentRuntime(settings)                        # once per process (opens store + log)
+    rt = ExperimentRuntime(settings, monitor=True)          # once per process (opens store + log; guardrails)
     got = rt.assign(user_id, session_id, placement, segments)   # per request, ~10 µs, no I/O on the hot path*
     models = apply_config(settings.models, got.config)      # the variant's pipeline settings (cached)
     k = effective_k(req.k, placement, got.config)
@@ -12,6 +12,23 @@
 (*) a snapshot of the store is reloaded when its generation changes, checked at most every
 ``experiments.reload_interval_s``; with ``identity = first_seen`` a shopper not seen by this process before costs
 one identity lookup (then cached).
+
+Wiring into the request path (what ``service.Shelfwise`` / ``api/app.py`` do once the new request path lands):
+
+* ``Shelfwise.__init__``: ``self.experiments = ExperimentRuntime(settings, monitor=True)`` and
+  ``self.experiments_admin = ExperimentService(settings, store=self.experiments.store, xlog=self.experiments.log)``
+  (``api/experiments.service_of`` then uses it); close both in ``close()``. In ``create_app``:
+  ``experiments_router(lambda: experiments_of(sw()), changed=lambda: sw().experiments.reload())``.
+* Per request: ``got.config`` (a ``VariantConfig``) says what to change — ``apply_config`` gives the placement
+  settings (blend weights, business score, diversity, exclude_history); requests with different configurations
+  cannot share one pipeline call unless the pipeline takes per-request placement settings, so the micro-batcher
+  groups by ``id(models)``; ``model_version`` names a published version to serve instead of CURRENT (load and
+  cache it beside the current one); ``ruleset`` (``id`` or ``id@version``) the rule set the rules stage applies;
+  ``ranker`` False skips the learned ranker; ``exploration`` is used by ``explore``. ``got.interleave`` = (config A,
+  config B): run both, ``team_draft(a_ids, b_ids, k, seed=request_id)``, record with ``teams``.
+* After the answer (or a failure: ``items=[]``, ``error=True``): ``rt.record(...)`` with the latency in ms.
+* Ingestion: ``rt.record_events(events)`` after the durable append — in ``EventProcessor.process`` so the stream
+  workers do it too.
 """
 
 from __future__ import annotations
