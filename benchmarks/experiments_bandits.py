@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfwise.experiments.bandits import EpsilonGreedy, ItemBandit, evaluate_policy
-from shelfwise.experiments.simulator import BehaviourModel, Population, PreferencePolicy
+from shelfwise.experiments.simulator import BehaviourModel, Population
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SLOT = 2

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from shelfwise.api.app import create_app
 from shelfwise.api.experiments import service_of
 from shelfwise.experiments.admin import ExperimentService
-from shelfwise.experiments.log import ExposureRecord, OutcomeRecord
+from shelfwise.experiments.log import OutcomeRecord
 from shelfwise.experiments.runtime import ExperimentRuntime
 from shelfwise.service import Shelfwise
 
