@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfwise.domain import EventType
-from shelfwise.retrieval import Query
+from shelfwise.request import Query
 from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.stores.vectors import ExactIndex, HNSWIndex
 

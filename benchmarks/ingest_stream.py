@@ -64,6 +64,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
     env.update({"SHELFWISE_DATA_DIR": str(data), "SHELFWISE_STORES__EVENTS": pg, "SHELFWISE_STORES__ONLINE": online,
                 "SHELFWISE_STORES__BUS": bus_dsn})
+    env.update({"SHELFWISE_SECURITY__AUTH": "off", "SHELFWISE_SECURITY__RATE_PER_CLIENT": "0"})  # see auth_overhead.py
     procs: list[subprocess.Popen] = []
     client = redis.Redis.from_url(args.redis)
     try:

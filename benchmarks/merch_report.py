@@ -29,7 +29,7 @@ import numpy as np
 from shelfwise.evaluation.metrics import per_user
 from shelfwise.evaluation.runner import shopper_views
 from shelfwise.evaluation.splits import temporal
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.rules import RulesStage, StaticRules
 from shelfwise.settings import DiversitySettings, ModelSettings, ScoreWeights
 from shelfwise.synthetic import ACCESSORY, PART

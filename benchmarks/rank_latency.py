@@ -28,7 +28,8 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rank_common import machine, storefront_engine  # noqa: E402
 
-from shelfwise.pipeline import Pipeline, RecRequest  # noqa: E402
+from shelfwise.pipeline import Pipeline
+from shelfwise.request import RecRequest  # noqa: E402
 from shelfwise.ranking.model import Ranker  # noqa: E402
 from shelfwise.settings import RankerSettings  # noqa: E402
 from shelfwise.training import fit_pipeline  # noqa: E402

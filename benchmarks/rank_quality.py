@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfwise.domain import EventType, Item
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.ranking.labels import split_history
 from shelfwise.ranking.train import _ListCatalog, fit_ranker, without_ranker
 from shelfwise.settings import ModelSettings, PlacementSettings, RankerSettings

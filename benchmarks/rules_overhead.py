@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.rules import CompiledRules, ItemFacts, RulesStage, StaticRules, parse_ruleset
 from shelfwise.settings import DiversitySettings, ModelSettings
 from shelfwise.training import fit_pipeline

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shelfwise.retrieval import Query
+from shelfwise.request import Query
 from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.settings import SequenceSettings
 

@@ -29,8 +29,9 @@ import numpy as np
 
 from shelfwise.domain import EventType
 from shelfwise.pipeline import Pipeline
-from shelfwise.retrieval import Query, TrainData, build_retrievers, load_retriever
-from shelfwise.retrieval.base import ItemTable
+from shelfwise.request import Query
+from shelfwise.retrieval import TrainData, build_retrievers, load_retriever
+from shelfwise.items import ItemTable
 from shelfwise.settings import ModelSettings, SequenceSettings
 
 DATASETS = {

@@ -227,6 +227,9 @@ def main() -> None:
     log = data / "processes.log"
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
     base["SHELFWISE_DATA_DIR"] = str(data)
+    # throughput of the pipeline, not of the security layer (benchmarks/auth_overhead.py measures that): no keys,
+    # no rate limit (one client address sends everything)
+    base.update({"SHELFWISE_SECURITY__AUTH": "off", "SHELFWISE_SECURITY__RATE_PER_CLIENT": "0"})
     base.update(kv.split("=", 1) for kv in args.env)
     tag = uuid.uuid4().hex[:8]
     prefix = f"swbench:{tag}:"

@@ -77,3 +77,30 @@ def trained_settings(settings: Settings) -> Settings:
     train(eng.store, eng.catalog, eng.models, settings.models)
     eng.close()
     return settings
+
+
+def make_key(settings: Settings, scopes=("ingest", "read", "admin"), **kw) -> str:
+    """A new API key in the settings' key store (returns the key itself)."""
+    from shelfwise.security.keys import create_key
+    from shelfwise.stores import open_privacy_store
+
+    import time
+
+    store = open_privacy_store(settings.events_dsn)
+    try:
+        name = kw.pop("name", None)
+        if name:
+            store.revoke_key(name, time.time())  # a second client of the same data dir replaces the key
+        return create_key(store, name, list(scopes), **kw)[0]
+    finally:
+        store.close()
+
+
+def api_client(settings: Settings, engine=None, scopes=("ingest", "read", "admin")):
+    """A test client of the API that sends a key with the given scopes on every request (auth stays on)."""
+    from fastapi.testclient import TestClient
+
+    from shelfwise.api.app import create_app
+
+    key = make_key(settings, scopes, name="tester")
+    return TestClient(create_app(settings, engine=engine), headers={"Authorization": f"Bearer {key}"})

@@ -1,51 +1,22 @@
-"""Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate``."""
+"""Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate | keys |
+erase``."""
 
 from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shelfwise.console import CLIError, console, friendly, progress
 from shelfwise.settings import Settings, load_settings
 
 app = typer.Typer(help="Shelfwise: real-time personalization for online retail.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console(stderr=True)
-
-
-class CLIError(Exception):
-    """A problem the user can fix; printed as a message, never as a traceback."""
-
-
-@contextmanager
-def friendly() -> Iterator[None]:
-    try:
-        yield
-    except CLIError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-    except ValidationError as e:
-        lines = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        console.print(f"[red]invalid settings:[/red] {lines}")
-        raise typer.Exit(2) from None
-    except (FileNotFoundError, PermissionError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-
-
-def progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
-
-
 def _settings() -> Settings:
     return load_settings()
 
@@ -96,34 +67,78 @@ def load_storefront(engine, n_items: int, n_shoppers: int, n_events: int, seed: 
 
 
 @app.command()
-def train() -> None:
+def train(
+    quick: bool = typer.Option(False, "--quick", help="trending and co-visitation only: a first model in seconds"),
+) -> None:
     """Train the default pipeline on everything in the event store and publish a new model version."""
     with friendly():
         settings = _settings()
         engine = _engine(settings)
-        report = run_training(engine)
-        engine.close()
+        try:
+            report = run_training(engine, quick=quick)
+        finally:
+            engine.close()
         typer.echo(report.version)
 
 
-def run_training(engine):
-    from shelfwise.training import train as train_models
+QUICK_SOURCES = ("trending", "covisit", "copurchase")
 
-    with progress() as bar:
-        task = bar.add_task("training", total=None)
 
-        def step(name: str) -> None:
-            bar.update(task, description=f"training {name}")
+def run_training(engine, quick: bool = False):
+    from shelfwise.training import expected_seconds, train as train_models
 
-        report = train_models(engine.store, engine.catalog, engine.models, engine.settings.models, progress=step)
-        bar.update(task, description="trained", total=1, completed=1)
-    table = Table(title=f"model {report.version}")
+    settings = engine.settings
+    ms = settings.models
+    sources = None
+    if quick:
+        ms = ms.model_copy(update={"ranker": ms.ranker.model_copy(update={"enabled": False})})
+        sources = QUICK_SOURCES
+    else:
+        engine.models.training_started(expected_seconds(engine.store.count(), ms), "full")
+    try:
+        with progress() as bar:
+            task = bar.add_task("training", total=None)
+
+            def step(name: str) -> None:
+                bar.update(task, description=f"training {name}")
+
+            report = train_models(engine.store, engine.catalog, engine.models, ms, progress=step,
+                                  vectors=settings.stores.vectors, consenting=engine.guard.consenting,
+                                  **({"sources": sources} if sources else {}))  # only shoppers who consent now
+            bar.update(task, description="trained", total=1, completed=1)
+    except BaseException as exc:
+        if not quick:
+            engine.models.training_finished(None, error=str(exc) or type(exc).__name__)
+        raise
+    if not quick:
+        engine.models.training_finished(report.version)
+    table = Table(title=f"model {report.version}" + (" (quick)" if quick else ""))
     for col in ("events", "shoppers", "items", "fit seconds"):
         table.add_column(col)
     table.add_row(str(report.events), str(report.shoppers), str(report.items),
                   ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
     console.print(table)
     return report
+
+
+def train_in_background(engine, sequence_minutes: float) -> Path:
+    """Start ``shelfwise train`` in its own process (its output in a log file); the API swaps the model in."""
+    import os
+    import subprocess
+
+    from shelfwise.training import expected_seconds
+
+    settings = engine.settings
+    log = settings.data_dir / "train.log"
+    env = dict(os.environ, SHELFWISE_MODELS__SEQUENCE__MAX_TRAIN_MINUTES=str(sequence_minutes),
+               SHELFWISE_MODELS__SEQUENCE__FINETUNE_EPOCHS="1", SHELFWISE_DATA_DIR=str(settings.data_dir))
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "shelfwise.cli", "train"], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    seq = settings.models.sequence.model_copy(update={"max_train_minutes": sequence_minutes, "finetune_epochs": 1})
+    engine.models.training_started(expected_seconds(engine.store.count(), settings.models.model_copy(
+        update={"sequence": seq})), "full", pid=proc.pid)
+    return log
 
 
 @app.command()
@@ -141,6 +156,8 @@ def serve(
     with friendly():
         settings = _settings()
         h, p = host or settings.api.host, port or settings.api.port
+        console.print(f"API listening on http://{h}:{p}  ({workers} process{'es' if workers > 1 else ''}; docs "
+                      f"http://{h}:{p}/docs, readiness and the live model http://{h}:{p}/readyz)")
         if workers == 1:
             uvicorn.run(create_app(settings), host=h, port=p, log_level="warning")
             return
@@ -174,10 +191,16 @@ def run(
     host: Optional[str] = typer.Option(None),
     port: Optional[int] = typer.Option(None),
     no_serve: bool = typer.Option(False, "--no-serve", help="set up and print example rails, then exit"),
-    train_minutes: float = typer.Option(3.0, min=0.1, help="cap on the sequence model's training time for the "
-                                                           "demo (`shelfwise train` uses the settings' cap)"),
+    train_minutes: float = typer.Option(2.0, min=0.1, help="cap on the sequence model's training time of the "
+                                                           "demo's full model (`shelfwise train` uses the settings' "
+                                                           "cap)"),
+    wait: bool = typer.Option(False, "--wait", help="train the full model before serving (no quick first model)"),
+    items: int = typer.Option(12_000, min=10, help="demo storefront: SKUs (first run only)"),
+    shoppers: int = typer.Option(20_000, min=10, help="demo storefront: shoppers"),
+    events: int = typer.Option(500_000, min=100, help="demo storefront: approximate events"),
 ) -> None:
-    """Set everything up on the embedded default (demo storefront, training) and start the API."""
+    """Set everything up on the embedded default (demo storefront, a first model in seconds, the full model
+    trained in the background and swapped in) and start the API."""
     with friendly():
         settings = _settings()
         console.print(f"data directory: [bold]{settings.data_dir.resolve()}[/bold]  event store: "
@@ -185,29 +208,59 @@ def run(
         engine = _engine(settings)
         if engine.store.count() == 0:
             console.print("generating the demo storefront (first run only)…")
-            load_storefront(engine, 12_000, 20_000, 500_000, settings.seed)
-        if not engine.trained:
-            seq = settings.models.sequence
-            if seq.max_train_minutes > train_minutes:
-                console.print(f"demo: the sequence model trains for at most {train_minutes:g} min "
-                              "(the best epoch so far is kept); `shelfwise train` trains to convergence")
-                seq.max_train_minutes = train_minutes
+            load_storefront(engine, items, shoppers, events, settings.seed)
+        full = engine.trained and engine.pipeline.model.full
+        running = (engine.models.training() or {}).get("state") == "running"
+        if not full and wait:
+            settings.models.sequence.max_train_minutes = min(settings.models.sequence.max_train_minutes,
+                                                             train_minutes)
             run_training(engine)
+        elif not full:
+            if not engine.trained:
+                console.print("training a first model (trending and co-visitation) to answer at once…")
+                run_training(engine, quick=True)
+            if not running:
+                log = train_in_background(engine, train_minutes)
+                console.print(f"the full model (sequence model, ALS, learned ranker) is training in the background "
+                              f"and replaces the first one when ready — progress: {log}, /readyz")
         engine.close()
         engine = _engine(settings)
         example_user = show_examples(engine)
         engine.close()
         h, p = host or settings.api.host, port or settings.api.port
-        console.print(f"\nAPI: http://{h}:{p}   docs: http://{h}:{p}/docs   health: http://{h}:{p}/readyz")
-        console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
+        if settings.security.auth == "off":
+            console.print("[bold red]WARNING: security.auth = off — every endpoint is open to anyone who reaches "
+                          "this port[/bold red]")
+            console.print(f"try: curl 'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
+        else:
+            key = demo_key(settings)
+            console.print(f"[bold yellow]demo API key (all scopes; replaced by the next `shelfwise run`, revoke it "
+                          f"with `shelfwise keys revoke demo`):[/bold yellow]\n{key}")
+            console.print(f"try: curl -H 'Authorization: Bearer {key}' "
+                          f"'http://{h}:{p}/v1/recommendations/homepage?user_id={example_user}&k=5'")
         if no_serve:
             return
     serve(host=h, port=p, workers=1)
 
 
+def demo_key(settings: Settings) -> str:
+    """A fresh all-scope key named "demo" (the previous demo key is revoked: a key is shown only once)."""
+    import time
+
+    from shelfwise.security.keys import create_key
+    from shelfwise.stores import open_privacy_store
+
+    store = open_privacy_store(settings.events_dsn, secure_delete=settings.privacy.sqlite_secure_delete)
+    try:
+        store.revoke_key("demo", time.time())
+        return create_key(store, "demo", ["ingest", "read", "admin"])[0]
+    finally:
+        store.close()
+
+
 def show_examples(engine) -> str:
     """Print a few example rails; returns the example shopper id."""
-    from shelfwise.pipeline import RecRequest
+    from shelfwise.request import RecRequest
 
     shopper = next((s for s in engine.pipeline.shopper_index if not s.startswith("session:")), None)
     item = str(engine.pipeline.items.ids[int(engine.pipeline.retrievers["trending"].global_score.argmax())])
@@ -247,7 +300,7 @@ def recommend(
     """Batch export: the placement's top-k for every shopper in a file, one JSON object a line."""
     import time
 
-    from shelfwise.pipeline import RecRequest
+    from shelfwise.request import RecRequest
 
     with friendly():
         if not users.is_file():
@@ -266,8 +319,13 @@ def recommend(
             task = bar.add_task("recommending", total=len(ids))
             for start in range(0, len(ids), 1024):
                 chunk = ids[start:start + 1024]
-                states = engine.store.history(chunk, settings.models.history_length)
-                reqs = [RecRequest(placement, shopper=u, k=k, state=states[u], now=now) for u in chunk]
+                reqs = [RecRequest(placement, shopper=u, k=k, now=now) for u in chunk]
+                engine.admit_requests(reqs)  # pseudonymised ids, consent, erased shoppers
+                need = [r.shopper for r in reqs if r.shopper is not None and r.state is None]
+                states = engine.store.history(need, settings.models.history_length)
+                for r in reqs:
+                    if r.shopper is not None and r.state is None:
+                        r.state = states[r.shopper]
                 for u, ans in zip(chunk, pipe.recommend(reqs)):
                     fh.write(json.dumps({"user": u, "items": [r.item_id for r in ans.items]}) + "\n")
                 bar.advance(task, len(chunk))
@@ -466,9 +524,33 @@ def _parse_time(value: str, option: str = "--split-time") -> float:
 
 
 from shelfwise.rules.cli import reports_app, rules_app  # noqa: E402 - merchandising commands
+from shelfwise.security.cli import keys_app  # noqa: E402 - API keys
 
 app.add_typer(rules_app, name="rules")
 app.add_typer(reports_app, name="reports")
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def erase(
+    user_id: Optional[str] = typer.Option(None, help="the storefront's user id"),
+    session_id: Optional[str] = typer.Option(None, help="an anonymous shopper's session id"),
+) -> None:
+    """Erase a shopper everywhere (as DELETE /v1/shoppers does) and print the deletion receipt."""
+    from shelfwise.privacy.pseudonym import shopper_key
+
+    with friendly():
+        if (user_id is None) == (session_id is None):
+            raise CLIError("give exactly one of --user-id and --session-id")
+        engine = _engine(_settings())
+        try:
+            receipt = engine.forget_shopper(shopper_key(user_id, session_id),
+                                            "user" if user_id is not None else "session")
+        finally:
+            engine.close()
+        typer.echo(json.dumps(receipt, indent=1))
+
+
 from shelfwise.experiments.cli import experiments_app  # noqa: E402 - online experiments
 
 app.add_typer(experiments_app, name="experiments")

@@ -5,9 +5,116 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ---- hostile input: what every stored string and JSON value must satisfy --------------------------------------
+MAX_JSON_DEPTH = 16  # nesting of event properties and item attributes
+INT64 = (-(2**63), 2**63 - 1)  # integers beyond this cannot be stored by every backend (JSON, SQLite, PostgreSQL)
+TIME_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9])-"  # the years accepted (documents the range for clients)
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
+def split_field(message: str) -> tuple[str | None, str]:
+    """A whole-object rule's message names its field first ("item_id: product_viewed needs item_id")."""
+    field, sep, reason = message.partition(": ")
+    if sep and field and all(part.isidentifier() for part in field.split(".")):
+        return field, reason
+    return None, message
+
+
+def clean_text(value: str) -> str:
+    """No NUL character (PostgreSQL cannot store it) and valid Unicode (no lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate such as \\ud800 is not)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(clean_text), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]
+
+
+def check_json(value: Any, depth: int = 0, path: str = "") -> None:
+    """A JSON value every backend can store: depth <= MAX_JSON_DEPTH, 64-bit integers, finite numbers, clean
+    text. Raises ValueError naming the offending path."""
+    where = f" at {path}" if path else ""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels{where}")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise ValueError(f"integer{where} does not fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"number{where} must be finite (no NaN or Infinity)")
+    elif isinstance(value, str):
+        try:
+            clean_text(value)
+        except ValueError as e:
+            raise ValueError(f"text{where} {e}") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"keys must be strings{where}")
+            try:
+                clean_text(k)
+            except ValueError as e:
+                raise ValueError(f"key{where} {e}") from None
+            check_json(v, depth + 1, f"{path}.{k[:64]}" if path else k[:64])
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_json(v, depth + 1, f"{path}[{i}]")
+    else:
+        raise ValueError(f"unsupported value of type {type(value).__name__}{where}")
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    check_json(value)
+    return value
+
+
+JSONObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+
+
+def strict_time(value: Any) -> Any:
+    """Timestamps are ISO 8601 text (or datetime objects from Python code), never bare numbers: a number carries
+    no offset, and seconds vs milliseconds would be a guess."""
+    if isinstance(value, (int, float)):  # bool is an int too
+        raise ValueError("must be an ISO 8601 date-time string with a UTC offset, e.g. 2026-11-24T10:00:00Z "
+                         "(not a number)")
+    return value
+
+
+def bounded_utc(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("is outside the supported range (1970-01-01 to 2200-01-01 UTC)") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError("is outside the supported range (1970-01-01 to 2200-01-01 UTC)")
+    return utc
+
+ConsentValue = Literal["granted", "denied", "pending"]
+
+
+class ConsentUpdate(BaseModel):
+    """A shopper's consent by purpose; a purpose left out is not changed."""
+
+    model_config = ConfigDict(extra="forbid")
+    personalisation: ConsentValue | None = Field(None, description="events stored under the shopper's id, "
+                                                                   "online state, training, personal rails")
+    analytics: ConsentValue | None = Field(None, description="the shopper's id in the exposure log")
+    experiments: ConsentValue | None = Field(None, description="experiment assignment and the shadow log of "
+                                                               "draft rule sets")
+
+    def decided(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 EventTypeName = Literal[
     "product_viewed", "add_to_cart", "remove_from_cart", "purchase_completed", "search", "recommendation_clicked"
@@ -31,58 +138,68 @@ ITEM_EVENTS = {EventType.product_viewed, EventType.add_to_cart, EventType.remove
 
 class EventContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    device: str | None = Field(None, max_length=64)
-    placement: str | None = Field(None, max_length=64)
-    position: int | None = Field(None, ge=0)
-    request_id: str | None = Field(None, max_length=128)
+    device: Text | None = Field(None, max_length=64)
+    placement: Text | None = Field(None, max_length=64)
+    position: int | None = Field(None, ge=0, le=100_000)
+    request_id: Text | None = Field(None, max_length=128)
 
 
 class PurchasedItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(min_length=1, max_length=256)
-    quantity: int = Field(1, ge=1)
-    price: float | None = Field(None, ge=0)
+    item_id: Text = Field(min_length=1, max_length=256)
+    quantity: int = Field(1, ge=1, le=1_000_000)
+    price: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
 
 
 class Event(BaseModel):
     """One shopper action, as the storefront sends it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["user_id"]}, {"required": ["session_id"]}]})
 
-    event_id: str = Field(min_length=1, max_length=128, description="client idempotency key")
+    event_id: Text = Field(min_length=1, max_length=128, description="client idempotency key")
     type: EventTypeName
-    user_id: str | None = Field(None, min_length=1, max_length=256)
-    session_id: str | None = Field(None, min_length=1, max_length=256)
-    item_id: str | None = Field(None, min_length=1, max_length=256)
+    user_id: Text | None = Field(None, min_length=1, max_length=256)
+    session_id: Text | None = Field(None, min_length=1, max_length=256)
+    item_id: Text | None = Field(None, min_length=1, max_length=256)
     items: list[PurchasedItem] | None = Field(None, max_length=500)
-    order_id: str | None = Field(None, max_length=128)
-    timestamp: datetime
+    order_id: Text | None = Field(None, max_length=128)
+    timestamp: datetime = Field(description="ISO 8601 with a UTC offset, between 1970 and 2200",
+                                json_schema_extra={"pattern": TIME_PATTERN})
     context: EventContext = EventContext()
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: JSONObject = Field(default_factory=dict, description=f"free-form JSON (at most {MAX_JSON_DEPTH} "
+                                                                     "levels deep, 64-bit integers, finite numbers)")
+    consent: ConsentUpdate | None = Field(None, description="the shopper's consent as the storefront knows it now "
+                                                            "(applied before this event is stored)")
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _no_number(cls, value: Any) -> Any:
+        return strict_time(value)
 
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("timestamp must carry a UTC offset, e.g. 2026-11-24T10:00:00Z")
-        return value.astimezone(timezone.utc)
+        return bounded_utc(value)
 
     @model_validator(mode="after")
     def _shape(self) -> "Event":
         if self.user_id is None and self.session_id is None:
-            raise ValueError("an event needs a user_id or a session_id")
+            raise ValueError("user_id: an event needs a user_id or a session_id")
         t = self.type
         if t == "purchase_completed":
             if not self.items and not self.item_id:
-                raise ValueError("purchase_completed needs items (or item_id)")
+                raise ValueError("items: purchase_completed needs items (or item_id)")
         elif t == "search":
             query = self.properties.get("query")
             if not isinstance(query, str) or not query.strip():
-                raise ValueError("search needs properties.query (a non-empty string)")
+                raise ValueError("properties.query: search needs properties.query (a non-empty string)")
         elif not self.item_id:
-            raise ValueError(f"{t} needs item_id")
+            raise ValueError(f"item_id: {t} needs item_id")
         if self.items and t != "purchase_completed":
-            raise ValueError("items is only allowed on purchase_completed")
+            raise ValueError("items: items is only allowed on purchase_completed")
         return self
 
     @property
@@ -104,17 +221,20 @@ class Item(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=256)
-    title: str = Field("", max_length=1000)
-    description: str = Field("", max_length=20000)
-    category: list[str] = Field(default_factory=list, description="category path, root first", max_length=16)
-    brand: str | None = Field(None, max_length=256)
-    price: float | None = Field(None, gt=0, description="selling price; must be positive")
-    cost: float | None = Field(None, ge=0, description="unit cost, for margin")
-    stock: int | None = Field(None, ge=0, description="units in stock; None means not tracked")
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    created_at: datetime | None = None
+    id: Text = Field(min_length=1, max_length=256)
+    title: Text = Field("", max_length=1000)
+    description: Text = Field("", max_length=20000)
+    category: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, description="category path, root first", max_length=16)
+    brand: Text | None = Field(None, max_length=256)
+    price: float | None = Field(None, gt=0, le=1e12, description="selling price; must be positive")
+    cost: float | None = Field(None, ge=0, le=1e12, description="unit cost, for margin")
+    stock: int | None = Field(None, ge=0, le=10**12, description="units in stock; None means not tracked")
+    attributes: JSONObject = Field(default_factory=dict, description=f"free-form JSON (at most {MAX_JSON_DEPTH} "
+                                                                     "levels deep, 64-bit integers, finite numbers)")
+    tags: list[Annotated[Text, Field(max_length=256)]] = Field(default_factory=list, max_length=256)
+    created_at: datetime | None = Field(None, description="ISO 8601 (UTC when no offset), between 1970 and 2200",
+                                        json_schema_extra={"pattern": TIME_PATTERN})
     available: bool = True
 
     @field_validator("price", "cost")
@@ -124,17 +244,22 @@ class Item(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _no_number(cls, value: Any) -> Any:
+        return strict_time(value)
+
     @field_validator("created_at")
     @classmethod
     def _created_utc(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value
+        return None if value is None else bounded_utc(value)
 
     @model_validator(mode="after")
     def _cost_vs_price(self) -> "Item":
         if self.cost is not None and self.price is None:
-            raise ValueError("cost given without price")
+            raise ValueError("price: cost given without price")
         return self
 
     @property

@@ -5,52 +5,112 @@ The HTTP API and the CLI both talk to a ``Shelfwise`` instance; nothing here kno
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
-from typing import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
 
-from shelfwise.domain import Event, Item
-from shelfwise.pipeline import Answer, Pipeline, RecRequest, new_request_id
+from shelfwise.assemble import assemble
+from shelfwise.cache import AnswerCache, request_key
+from shelfwise.domain import ConsentUpdate, Event, Item
+from shelfwise.pipeline import Model, Pipeline
+from shelfwise.privacy.erasure import erase, scrub_model_dir
+from shelfwise.privacy.guard import PrivacyGuard
+from shelfwise.privacy.pseudonym import Pseudonymizer
+from shelfwise.request import Answer, RecRequest, new_request_id
 from shelfwise.rules.engine import Merchandising
 from shelfwise.settings import Settings
-from shelfwise.stores import open_catalog, open_event_bus, open_event_store, open_online_state
+from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
+                              open_privacy_store, vector_index_factory)
 from shelfwise.stores.bus import EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import AppendResult, EventLog, ShopperState
-from shelfwise.training import fit_pipeline
+from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperState
+from shelfwise.training import SCAN_FILE, fit_pipeline
+
+log = logging.getLogger(__name__)
 
 
 class Shelfwise:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = open_event_store(settings.events_dsn)
+        secure = settings.privacy.sqlite_secure_delete
+        self.store = open_event_store(settings.events_dsn, secure_delete=secure)
         self.catalog = open_catalog(self.store)
         self.online = open_online_state(settings.stores.online, settings.models.history_length)
         self.models = DirectoryModelStore(settings.models_dir)
+        # keys, consent and the erasure ledger live in the event store's database (privacy/, security/)
+        self.privacy_store = open_privacy_store(settings.events_dsn, secure_delete=secure)
+        self.pseudonyms = Pseudonymizer(settings.privacy.pseudonym_key if settings.privacy.pseudonymize else None)
+        self.guard = PrivacyGuard(settings.privacy, self.privacy_store, self.privacy_store, self.pseudonyms)
         self._catalog_ids = self.catalog.ids()
-        self.processor = EventProcessor(self.store, self.online, known_items=lambda: self._catalog_ids)
+        self.processor = EventProcessor(self.store, self.online, known_items=lambda: self._catalog_ids,
+                                        forgotten=self.privacy_store.forgotten)
         self.bus = open_event_bus(settings.stores.bus, self.processor, ack=settings.stores.ack,
                                   ack_timeout_s=settings.stores.ack_timeout_s, known_items=lambda: self._catalog_ids)
         self._lock = threading.Lock()
+        self._swap_lock = threading.Lock()
         self._checked_at = 0.0
         self.merch = Merchandising(settings, self.catalog)  # rule store, exposure log, rules stage
+        self.merch.log.redact = self.guard.log_identity  # logs keep an id only with the shopper's consent
+        self.cache = AnswerCache(settings.api.cache_ttl_s, settings.api.cache_max_entries)
+        # in-process caches holding shopper ids register here, so an erasure clears them: (name, fn(shopper) -> n)
+        self.erasure_hooks: list[tuple[str, Callable[[str], int]]] = [("answer cache", self.cache.forget)]
+        self._scanned_at = 0.0  # when the current model's training read the event store
+        self._forget_applied = 0.0  # erasure markers up to this time are applied to the current model's index
         self.pipeline = self._load_pipeline()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch_models(self, interval_s: float = 2.0) -> None:
+        """Check for new model versions on a background thread (the API does): requests never wait for a load."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_models, args=(interval_s,), daemon=True,
+                                             name="shelfwise-model-watch")
+            self._watcher.start()
 
     # ---- models --------------------------------------------------------------------------------------
     def _load_pipeline(self) -> Pipeline:
         version = self.models.current()
         if version is not None:
-            return self.merch.attach(Pipeline.load(self.models.path(version), self.settings.models))
-        # Not trained yet: serve the catalog by (empty) popularity so no rail is ever empty.
-        return self.merch.attach(
-            fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).pipeline)
+            path = self.models.path(version)
+            model = self._loaded(path)
+            factory = vector_index_factory(self.settings.stores.vectors, path, version)
+        else:  # not trained yet: serve the catalog by (empty) popularity so no rail is ever empty
+            self._scanned_at = self._forget_applied = float("inf")
+            model = fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).model
+            factory = None
+        pipeline = assemble(model, self.merch.stage, factory)
+        self.merch.attach(pipeline.items)
+        return pipeline
+
+    def _loaded(self, path: Path) -> Model:
+        """Load a model version; shoppers erased after its training read the event store lose their rows (a
+        training that raced an erasure), in the files and in memory; catalog changes since training apply."""
+        scan = path / SCAN_FILE
+        scanned_at = json.loads(scan.read_text())["scanned_at"] if scan.is_file() else 0.0
+        model = Model.load(path, self.settings.models)
+        model.items.sync(self.catalog.all())  # stock, prices and availability changed since training
+        latest = self.privacy_store.latest_forget()
+        if latest > 0 and latest >= scanned_at:
+            erased = self.privacy_store.forgotten([s for s in model.shopper_index if s is not None])
+            late = {s for s, at in erased.items() if at >= scanned_at}
+            if late:
+                scrub_model_dir(path, late)
+                for s in late:
+                    model.shopper_index.pop(s, None)
+        self._scanned_at, self._forget_applied = scanned_at, max(latest, scanned_at)
+        return model
 
     @property
     def trained(self) -> bool:
         return self.pipeline.version != "untrained"
 
     def refresh_model(self, min_interval_s: float = 2.0) -> bool:
-        """Swap in a newly published model version (checked at most every ``min_interval_s``)."""
+        """Swap in a newly published model version (checked at most every ``min_interval_s``). The new version is
+        loaded and assembled while requests keep being answered by the current one."""
         now = time.monotonic()
         if now - self._checked_at < min_interval_s:
             return False
@@ -58,8 +118,18 @@ class Shelfwise:
         version = self.models.current()
         if version is None or version == self.pipeline.version:
             return False
-        self.pipeline = self.merch.attach(Pipeline.load(self.models.path(version), self.settings.models))
+        with self._swap_lock:
+            if version == self.pipeline.version:
+                return False
+            self.pipeline = self._load_pipeline()
         return True
+
+    def _watch_models(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.refresh_model(0.0)
+            except Exception:  # a broken version on disk: keep serving the current one, say so
+                log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
 
     # ---- events --------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> AppendResult:
@@ -67,8 +137,17 @@ class Shelfwise:
 
         In-process (the default): durably appended to the event store, then the online state of their shoppers is
         updated. On a stream bus: appended to the stream (``stored`` lists the accepted events), and a worker does
-        the rest — or, with ``stores.ack = "commit"``, once a worker committed them."""
-        return self.bus.publish(events)
+        the rest — or, with ``stores.ack = "commit"``, once a worker committed them.
+
+        Before that, shopper ids are pseudonymised (``privacy.pseudonymize``), the consent the events carry is
+        stored, and events of shoppers without personalisation consent are withheld (``withheld``)."""
+        admitted, withheld, withdrawn = self.guard.admit(events)
+        for shopper in withdrawn:
+            if self.settings.privacy.erase_on_withdrawal:
+                erase(self, shopper, "user" if not shopper.startswith("session:") else "session",
+                      keep_consent=True, reason="personalisation consent withdrawn")
+        result = self.bus.publish(admitted) if admitted else AppendResult()
+        return replace(result, withheld=result.withheld + withheld) if withheld else result
 
     def shopper_state(self, shopper: str) -> ShopperState:
         """Recent events of a shopper: online state, read through to the event store on a miss."""
@@ -86,11 +165,30 @@ class Shelfwise:
             got.update(fresh)
         return {s: got[s] for s in shoppers}
 
-    def forget_shopper(self, shopper: str) -> int:
-        """Erase a shopper's data (events and online state)."""
-        removed = self.store.delete_shopper(shopper)
-        self.online.forget(shopper)
-        return removed
+    def forget_shopper(self, shopper: str, subject: str | None = None) -> dict:
+        """Erase a shopper (a user id, or ``session:<id>``) everywhere; returns the deletion receipt."""
+        subject = subject or ("session" if shopper.startswith("session:") else "user")
+        return erase(self, self.pseudonyms.shopper(shopper), subject)
+
+    def erasure_receipt(self, receipt_id: str) -> dict | None:
+        return self.privacy_store.receipt(receipt_id)
+
+    # ---- consent -------------------------------------------------------------------------------------
+    def consent(self, shopper: str) -> dict:
+        key = self.pseudonyms.shopper(shopper)
+        record = self.privacy_store.consents([key]).get(key)
+        return {"purposes": self.guard.effective(record), "decided": sorted(record.purposes) if record else [],
+                "updated_at": record.updated_at if record else None, "source": record.source if record else "default"}
+
+    def set_consent(self, shopper: str, update: ConsentUpdate, at: float | None = None) -> dict:
+        """Record a shopper's consent decision (purposes left out keep their value)."""
+        key = self.pseudonyms.shopper(shopper)
+        decided = update.decided()
+        _, withdrawn = self.guard.set([Consent(key, decided, at or time.time(), "api")] if decided else [])
+        if withdrawn and self.settings.privacy.erase_on_withdrawal:
+            erase(self, key, "session" if key.startswith("session:") else "user", keep_consent=True,
+                  reason="personalisation consent withdrawn")
+        return self.consent(shopper)
 
     # ---- catalog -------------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
@@ -100,17 +198,21 @@ class Shelfwise:
             self._catalog_ids |= new
         if new and not self.trained:
             self.pipeline = self._load_pipeline()
+        pipeline = self.pipeline
         for it in items:
-            self.pipeline.items.update(it)
-        self.merch.catalog_changed(self.pipeline, items)
+            pipeline.items.update(it)
+        pipeline.catalog_changed()
+        self.merch.catalog_changed(pipeline.items, items)
         return n
 
     def delete_item(self, item_id: str) -> bool:
         ok = self.catalog.delete(item_id)
         with self._lock:
             self._catalog_ids.discard(item_id)
-        self.pipeline.items.remove(item_id)
-        self.merch.catalog_changed(self.pipeline)
+        pipeline = self.pipeline
+        pipeline.items.remove(item_id)
+        pipeline.catalog_changed()
+        self.merch.catalog_changed(pipeline.items)
         return ok
 
     def get_item(self, item_id: str) -> Item | None:
@@ -120,9 +222,17 @@ class Shelfwise:
     def recommend(self, req: RecRequest) -> Answer:
         return self.recommend_many([req])[0]
 
+    def admit_requests(self, reqs: Sequence[RecRequest]) -> None:
+        """Privacy before the pipeline: shopper ids in their stored (pseudonymised) form; a shopper without
+        personalisation consent becomes an anonymous visitor; a shopper erased after the model was trained loses
+        the model's row."""
+        self.guard.prepare(reqs, self.pipeline.shopper_index, self._forget_applied, self._scanned_at)
+
     def recommend_many(self, reqs: Sequence[RecRequest]) -> list[Answer]:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
-        self.refresh_model()
+        if self._watcher is None:
+            self.refresh_model()
+        self.admit_requests(reqs)
         need = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None and r.state is None))
         states = self.shopper_states(need) if need else {}
         now = time.time()
@@ -134,14 +244,29 @@ class Shelfwise:
             if req.request_id is None:
                 req.request_id = new_request_id()
         pipeline = self.pipeline
-        answers = pipeline.recommend(list(reqs))
+        answers: list[Answer | None] = [None] * len(reqs)
+        keys: list[tuple] = []
+        if self.cache.enabled:
+            label = self.merch.stage.label()
+            keys = [request_key(r, pipeline.version, label, pipeline.items.version) for r in reqs]
+            answers = [self.cache.get(k) for k in keys]
+        todo = [i for i, a in enumerate(answers) if a is None]
+        if todo:
+            for i, ans in zip(todo, pipeline.recommend([reqs[i] for i in todo])):
+                answers[i] = ans
+                if keys:
+                    self.cache.put(keys[i], ans)
         for req, answer in zip(reqs, answers):
-            self.merch.record(req, answer, pipeline.version)  # exposure log (queued, off the hot path)
-        return answers
+            self.merch.record(req, answer)  # exposure log (queued, off the hot path)
+        return answers  # type: ignore[return-value]
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
         self.bus.close()
         self.merch.close()
+        self.privacy_store.close()
         self.store.close()
         close_online = getattr(self.online, "close", None)
         if close_online is not None:

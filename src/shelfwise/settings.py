@@ -30,7 +30,12 @@ class StoreSettings(_Section):
 
     events: str = Field("", description="event store + catalog; sqlite:///path or postgresql://...")
     online: str = Field("memory://", description="online state (session last-N, counters): memory:// or redis://")
-    vectors: str = Field("hnsw://", description="vector index: hnsw:// (in-process) or pgvector://")
+    vectors: str = Field("hnsw://?m=32&ef_construction=200&ef_search=500",
+                         description="vector index of the embedding sources (ALS, sequence model) for catalogs "
+                                     "above models.candidates.exact_max_items: hnsw://?m=&ef_construction=&"
+                                     "ef_search= (in process, built once per model version and saved beside it; "
+                                     "recall@200 0.988 on Beauty at these values, benchmarks/ann_recall.py), "
+                                     "exact://, or pgvector://… (shared by every replica)")
     bus: str = Field("inprocess://", description="event bus: inprocess:// or redis-stream:// or kafka://")
     models: str = Field("", description="model store: a directory (file:///path), shared by every replica")
     ack: Literal["stream", "commit"] = Field(
@@ -117,17 +122,32 @@ class SequenceSettings(_Section):
     threads: int = Field(0, ge=0, description="torch threads for training and big batches; 0 = every core")
     seed: int = 0
     progress: bool = Field(True, description="show a progress bar while training")
-    candidates: int = Field(200, ge=1, description="top-N items per query scattered into the dense score row")
-    ann_max_batch: int = Field(64, ge=0, description="batches up to this size use the ANN index; larger ones "
-                                                     "exact matmul over the same embeddings")
-    exact_max_items: int = Field(30_000, ge=0, description="catalogs up to this size are searched exactly (a "
-                                                           "matmul beats graph search there: 12k items "
-                                                           "0.2 ms vs HNSW 0.6 ms a query, 8 queries 1.2 vs "
-                                                           "4.6 ms); larger ones through the ANN index")
-    hnsw_m: int = Field(32, ge=2, description="HNSW graph degree")
-    hnsw_ef_construction: int = Field(200, ge=1)
-    hnsw_ef_search: int = Field(500, ge=1, description="HNSW query breadth (at least the requested k); "
-                                                       "recall@200 0.988 on Beauty (benchmarks/ann_recall.py)")
+    runtime: Literal["onnx", "torch"] = Field("onnx", description="what encodes the request path's small batches "
+                                                                   "(up to 64 shoppers): ONNX Runtime (3x faster "
+                                                                   "than torch for one shopper, 1.5x for eight: "
+                                                                   "BENCHMARKS.md, Serving) or torch; big offline "
+                                                                   "batches always use torch")
+    candidates: int = Field(200, ge=1, description="the model's evidence: its top-N items per query, scored "
+                                                   "exp(s - s_best) (their softmax probability relative to the "
+                                                   "best); every other item has none")
+
+
+class CandidateSettings(_Section):
+    """Candidate generation (``stages/candidates.py``): each source proposes its top ``per_source`` items, the
+    union (at most ``limit``) is scored by every source and blended; the ranker and merchandising work on it."""
+
+    per_source: int = Field(300, ge=1, description="top-K items each source proposes per request")
+    limit: int = Field(1000, ge=1, description="at most this many candidates per request after the union")
+    dense_max_items: int = Field(30_000, ge=0, description="catalogs up to this size take the exact path: every "
+                                                           "source scores every item and the blend's best `limit` "
+                                                           "are the candidates (faster than a union there: "
+                                                           "BENCHMARKS.md, Serving); larger ones the union")
+    exact_max_items: int = Field(30_000, ge=0, description="embedding sources search catalogs up to this size "
+                                                           "exactly (a matmul beats graph search there: 12k items "
+                                                           "0.2 ms vs HNSW 0.6 ms a query); larger ones through "
+                                                           "the vector index of stores.vectors")
+    ann_max_batch: int = Field(64, ge=0, description="batches larger than this are searched exactly even above "
+                                                     "exact_max_items (offline evaluation)")
 
 
 class ScoreWeights(_Section):
@@ -249,6 +269,9 @@ class RankerSettings(_Section):
                                     description="gain of relevance grades 0 (nothing), 1 view, 2 cart, 3 purchase")
     threads: int = Field(1, ge=0, description="LightGBM training threads (0 = every core). 1 by default: OpenMP "
                                              "threads spin, and on a busy 2-core machine 2 threads ran 15x slower")
+    compile: bool = Field(True, description="serve the booster as native code compiled with lleaves (LLVM), cached "
+                                            "beside the model per CPU: the same scores, about 5x faster than "
+                                            "LightGBM's predict on 120-candidate batches (BENCHMARKS.md, Serving)")
     seed: int = 0
 
 
@@ -263,6 +286,7 @@ class ModelSettings(_Section):
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
     business: BusinessSignals = BusinessSignals()
     ranker: RankerSettings = RankerSettings()
+    candidates: CandidateSettings = CandidateSettings()
 
 
 class APISettings(_Section):
@@ -274,6 +298,14 @@ class APISettings(_Section):
     recommend_batch: int = Field(32, ge=1, description="concurrent recommendation requests answered by one "
                                                        "pipeline call (api/batcher.py); 1 = one at a time")
     recommend_workers: int = Field(1, ge=1, description="threads making pipeline calls for the micro-batcher")
+    cache_ttl_s: float = Field(30.0, ge=0, description="computed answers are reused this long (0 = no cache); a "
+                                                       "shopper's event, a catalog change, a new model or rule "
+                                                       "version makes a new answer at once (src/shelfwise/cache.py)")
+    cache_max_entries: int = Field(50_000, ge=0, description="answers kept per API process (least recently used "
+                                                             "go first)")
+    edge_ttl_s: int = Field(90, ge=0, description="Cache-Control max-age of non-personal rails (product pages "
+                                                  "without a shopper): an edge cache or CDN may keep them this long; "
+                                                  "their ETag changes with the model, rule sets and catalog")
 
 
 class RulesSettings(_Section):
@@ -288,6 +320,143 @@ class RulesSettings(_Section):
                                                              "changes (0 = every request; a check is a PRAGMA)")
     dsn: str = Field("", description="rule store + exposure log; empty = the event store's SQLite file")
 
+
+class SecuritySettings(_Section):
+    """API keys, CORS, rate limits and request limits (``security/``, SECURITY.md)."""
+
+    auth: Literal["required", "off"] = Field(
+        "required", description="required: every /v1 request needs `Authorization: Bearer <key>` with the route's "
+                                "scope (ingest, read, admin; keys made with `shelfwise keys create`); off: no "
+                                "authentication at all (a local experiment only: anyone who reaches the port may "
+                                "publish rule sets and erase shoppers)")
+    key_cache_s: float = Field(5.0, ge=0, description="a verified key is trusted this long before the key store is "
+                                                      "read again: the longest a revoked key keeps working")
+    public_metrics: bool = Field(False, description="serve GET /metrics without a key (else it needs the admin "
+                                                    "scope; Prometheus sends one with `authorization:`)")
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description="browser origins (e.g. https://shop.example) allowed to call the "
+                                                "API from JavaScript; '*' allows any. The origins of publishable keys "
+                                                "are allowed as well, for the routes those keys may use")
+    cors_max_age_s: int = Field(600, ge=0, description="how long browsers may cache a CORS preflight answer")
+    rate_per_key: float = Field(1000.0, ge=0, description="sustained requests per second per API key, unless the key "
+                                                          "sets its own (`keys create --rate`); 0 = no limit")
+    burst_per_key: int = Field(2000, ge=1, description="requests a key may send at once above its sustained rate")
+    rate_per_client: float = Field(300.0, ge=0, description="sustained requests per second per client address, "
+                                                            "whatever the key (0 = no limit). Behind a proxy set "
+                                                            "trusted_proxies, or every shopper shares the proxy's "
+                                                            "bucket")
+    burst_per_client: int = Field(600, ge=1, description="burst per client address")
+    rate_limiter_max_entries: int = Field(100_000, ge=100, description="in-process limiter: buckets kept (least "
+                                                                       "recently used dropped): bounds its memory")
+    rate_limiter: Literal["auto", "memory", "redis"] = Field(
+        "auto", description="where rate-limit buckets live: auto = Redis when stores.online is redis:// (shared by "
+                            "every API replica), else in process")
+    trusted_proxies: int = Field(0, ge=0, description="reverse proxies in front of the API that append to "
+                                                      "X-Forwarded-For: the client address is the entry that many "
+                                                      "hops from the right (0 = the TCP peer)")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body; larger ones get 413 before "
+                                                                "they are read")
+
+
+class PrivacySettings(_Section):
+    """Consent, erasure and pseudonymisation (``privacy/``, SECURITY.md)."""
+
+    default_consent: Literal["granted", "pending"] = Field(
+        "granted", description="consent of a shopper for whom the storefront never sent one (per purpose: "
+                               "personalisation, analytics, experiments). granted suits shops whose terms cover "
+                               "personalisation; pending (opt-in, e.g. under the GDPR/ePrivacy) stores nothing "
+                               "personal until the shopper decides")
+    unconsented_events: Literal["count", "drop"] = Field(
+        "count", description="events of shoppers without personalisation consent: count = only per-item daily "
+                             "counts by event type, without any id or time of day (GET /v1/reports/anonymous-counts);"
+                             " drop = nothing is kept")
+    erase_on_withdrawal: bool = Field(True, description="withdrawing personalisation consent (granted → denied) "
+                                                        "erases the shopper's events, online state and model rows, "
+                                                        "as DELETE /v1/shoppers does (the consent record stays)")
+    pseudonymize: bool = Field(False, description="store shopper ids (user and session ids) only as keyed hashes "
+                                                  "(HMAC-SHA256 with pseudonym_key): the event store, online state, "
+                                                  "logs, streams and models never hold the storefront's raw ids")
+    pseudonym_key: str = Field("", description="the HMAC key (at least 16 characters; set it through the "
+                                               "environment: SHELFWISE_PRIVACY__PSEUDONYM_KEY). Rotating it is a "
+                                               "re-keying: see SECURITY.md")
+    forgotten_retention_days: float = Field(
+        30.0, gt=0, description="how long an erasure's keyed-hash marker is kept so that events still queued in "
+                                "the bus and models trained before the erasure cannot bring the shopper back; keep "
+                                "it above the Kafka topic's retention and the longest training")
+    sqlite_secure_delete: bool = Field(True, description="SQLite: overwrite deleted rows with zeros "
+                                                         "(PRAGMA secure_delete) and truncate the WAL after an "
+                                                         "erasure, so erased data does not linger in the file")
+class ContentSettings(_Section):
+    """Item content tower (``content/``): a vector per item from its catalog data, projected into the space of the
+    collaborative item embeddings so that an item without interactions lands near the warm items it resembles.
+
+    content vector = [MiniLM(title + description) ‖ hashed category path (every level) ‖ hashed brand ‖ price
+    band ‖ hashed attributes and tags], each block L2-normalised then weighted; see ``content/features.py``."""
+
+    # text encoder (content/encoder.py)
+    backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="runtime of the MiniLM text encoder: onnx (ONNX Runtime over a one-time export cached "
+                            "in cache_dir; measured faster here: BENCHMARKS.md, Content tower) or torch")
+    cache_dir: str = Field("", description="where the ONNX export is cached; empty = <data_dir>/cache/content")
+    batch_size: int = Field(64, ge=1, description="texts per encoder call")
+    max_tokens: int = Field(256, ge=8, le=512, description="word pieces kept per text (the model was trained "
+                                                           "with 256; longer texts are truncated)")
+    max_chars: int = Field(4000, ge=16, description="characters of title + description tokenised (bounds the "
+                                                    "tokeniser's work on a 20,000-character description; 256 "
+                                                    "word pieces rarely need more than ~1,500)")
+    threads: int = Field(0, ge=0, description="intra-op threads of the encoder; 0 = every core (ONNX Runtime: "
+                                               "2 threads 102 texts/s vs 1 thread 84 on this busy 2-core machine; "
+                                               "BENCHMARKS.md, Content tower)")
+    # features (content/features.py)
+    category_buckets: int = Field(256, ge=8, description="hashed buckets of the category path block")
+    brand_buckets: int = Field(128, ge=8, description="hashed buckets of the brand block")
+    attribute_buckets: int = Field(512, ge=8, description="hashed buckets of attributes (key=value) and tags")
+    price_bands: int = Field(16, ge=2, description="log-spaced price bands between price_min and price_max")
+    price_min: float = Field(1.0, gt=0)
+    price_max: float = Field(10_000.0, gt=0)
+    price_kernel: float = Field(1.0, gt=0, description="width (in bands) of the Gaussian kernel over price bands: "
+                                                      "prices d bands apart have cosine exp(-d²/4) at width 1")
+    text_weight: float = Field(1.0, ge=0, description="weight of the (unit) text block in the content vector; 0 = "
+                                                     "no text block (the encoder never runs: catalogs without text)")
+    category_weight: float = Field(1.0, ge=0)
+    brand_weight: float = Field(0.5, ge=0)
+    price_weight: float = Field(0.5, ge=0)
+    attribute_weight: float = Field(1.0, ge=0)
+    # projection into the collaborative space (content/projection.py)
+    projection: Literal["ridge", "mlp", "knn"] = Field(
+        "knn", description="content → collaborative map: ridge regression (closed form), a 2-layer MLP, or knn "
+                           "(the ridge map, then a softmax-weighted vote of the true collaborative vectors of the "
+                           "nearest warm items); knn mapped best on the synthetic storefront and Amazon Beauty "
+                           "(BENCHMARKS.md, Content tower)")
+    ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
+                                      description="ridge penalties tried; the best on a validation slice of "
+                                                  "the warm items is kept")
+    knn_neighbours: list[int] = Field(default_factory=lambda: [10, 20, 30],
+                                      description="knn: warm items voting (the best on validation is kept)")
+    knn_temperatures: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1],
+                                          description="knn: softmax temperatures of the vote over cosine "
+                                                      "similarities (the best on validation is kept)")
+    mlp_hidden: int = Field(512, ge=8)
+    mlp_epochs: int = Field(60, ge=1)
+    mlp_lr: float = Field(1e-3, gt=0)
+    mlp_weight_decay: float = Field(1e-4, ge=0)
+    mlp_dropout: float = Field(0.1, ge=0, lt=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="warm items held out to choose the ridge "
+                                                                    "penalty / stop the MLP")
+    min_interactions: int = Field(5, ge=1, description="items with at least this many interactions are warm "
+                                                       "(the projection's training set)")
+    seed: int = 0
+    progress: bool = Field(True, description="show a progress bar while encoding (command line)")
+
+    @model_validator(mode="after")
+    def _prices(self) -> "ContentSettings":
+        if self.price_max <= self.price_min:
+            raise ValueError("price_max must be greater than price_min")
+        for name, values in (("ridge_alphas", self.ridge_alphas), ("knn_neighbours", self.knn_neighbours),
+                             ("knn_temperatures", self.knn_temperatures)):
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers")
+        return self
 
 class ExperimentSettings(_Section):
     """Online experiments (``experiments/``): assignment, exposure & outcome log, analysis, guardrails, bandits."""
@@ -344,6 +513,16 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     api: APISettings = APISettings()
     rules: RulesSettings = RulesSettings()
+    security: SecuritySettings = SecuritySettings()
+    privacy: PrivacySettings = PrivacySettings()
+
+    @model_validator(mode="after")
+    def _pseudonym_key(self) -> "Settings":
+        if self.privacy.pseudonymize and len(self.privacy.pseudonym_key) < 16:
+            raise ValueError("privacy.pseudonymize needs privacy.pseudonym_key of at least 16 characters "
+                             "(set SHELFWISE_PRIVACY__PSEUDONYM_KEY)")
+        return self
+    content: ContentSettings = ContentSettings()
     experiments: ExperimentSettings = ExperimentSettings()
 
     @classmethod
@@ -366,11 +545,33 @@ class Settings(BaseSettings):
         return self.stores.events or f"sqlite:///{self.data_dir / 'shelfwise.db'}"
 
     @property
+    def content_cache_dir(self) -> Path:
+        """Where the content tower caches its ONNX export of the text encoder."""
+        return Path(self.content.cache_dir) if self.content.cache_dir else self.data_dir / "cache" / "content"
+
+    @property
     def models_dir(self) -> Path:
         dsn = self.stores.models
         if not dsn:
             return self.data_dir / "models"
         return Path(dsn.removeprefix("file://"))
+
+
+def known_fields(model: type[BaseModel], data: object) -> object:
+    """``data`` without the keys ``model`` does not define (recursively): settings saved by an older version with
+    since-removed options (e.g. in a model's manifest) still load."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        f = model.model_fields.get(key)
+        if f is None:
+            continue
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            value = known_fields(ann, value)
+        out[key] = value
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

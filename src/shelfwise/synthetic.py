@@ -214,7 +214,7 @@ class Storefront:
         return _trusted(Event, {
             "event_id": f"e{n:09d}", "type": type_, "user_id": user, "session_id": session, "item_id": item,
             "items": lines, "order_id": order, "timestamp": self.start + timedelta(seconds=t), "context": context,
-            "properties": props})
+            "properties": props, "consent": None})
 
 
 def _trusted(cls, values: dict):
@@ -259,17 +259,54 @@ class _Index:
         logp = np.log(np.array([self.price[i] for i in members]))
         self.price_q[members] = np.argsort(np.argsort(logp)) / max(len(members) - 1, 1)
         brand = np.array([self.brand[i] for i in members])
-        dist = np.abs(logp[:, None] - logp[None, :]) - 0.35 * (brand[:, None] == brand[None, :])
-        dist[:, weight[members] == 0] = np.inf
-        np.fill_diagonal(dist, np.inf)
         k = min(8, len(members) - 1)
         if k <= 0:
             return
-        near = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        if len(members) <= EXACT_LEAF:  # every pair (the catalogs of the tests and benchmarks up to ~100k items)
+            dist = np.abs(logp[:, None] - logp[None, :]) - 0.35 * (brand[:, None] == brand[None, :])
+            dist[:, weight[members] == 0] = np.inf
+            np.fill_diagonal(dist, np.inf)
+            near = np.argpartition(dist, k - 1, axis=1)[:, :k]
+            rows = np.arange(len(members))[:, None]
+            ok = np.isfinite(dist[rows, near])
+        else:  # a huge leaf: the nearest are near in price (same brand counts 0.35 closer) — look in windows
+            near, ok = _near_in_windows(logp, brand, weight[members] > 0, k)
         for row, i in enumerate(members.tolist()):
-            cand = [int(members[j]) for j in near[row] if np.isfinite(dist[row, j])]
+            cand = [int(members[j]) for j, good in zip(near[row].tolist(), ok[row].tolist()) if good]
             if cand:
                 self.related[i] = (cand, list(accumulate(weight[cand].tolist())))
+
+
+EXACT_LEAF = 4000  # leaves up to this size get exact nearest neighbours (an m x m matrix)
+
+
+def _near_in_windows(logp: np.ndarray, brand: np.ndarray, sold: np.ndarray, k: int, w: int = 48
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of each item by |log price difference| - 0.35 [same brand] among the ``w`` neighbours on each
+    side in price order and in (brand, price) order: linear in the leaf's size."""
+    m = len(logp)
+    by_price = np.argsort(logp, kind="stable")
+    by_brand = np.lexsort((logp, brand))
+    cands = []
+    for order in (by_price, by_brand):
+        pos = np.empty(m, np.int64)
+        pos[order] = np.arange(m)
+        offs = np.r_[-w:0, 1:w + 1]
+        at = np.clip(pos[:, None] + offs[None, :], 0, m - 1)
+        cands.append(order[at])
+    cand = np.concatenate(cands, axis=1)  # (m, 4w)
+    dist = np.abs(logp[cand] - logp[:, None]) - 0.35 * (brand[cand] == brand[:, None])
+    dist[(cand == np.arange(m)[:, None]) | ~sold[cand]] = np.inf
+    cand_sorted = np.sort(cand, axis=1)  # duplicates (an item in both windows): keep one
+    dup = np.zeros(cand.shape, bool)
+    order = np.argsort(cand, axis=1, kind="stable")
+    dup_sorted = np.zeros(cand.shape, bool)
+    dup_sorted[:, 1:] = cand_sorted[:, 1:] == cand_sorted[:, :-1]
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    dist[dup] = np.inf
+    pick = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    rows = np.arange(m)[:, None]
+    return cand[rows, pick], np.isfinite(dist[rows, pick])
 
 
 def _pick(r: random.Random, table: tuple[list[int], list[float]]) -> int:

@@ -1,16 +1,38 @@
-"""Train every candidate source from the event store and publish a new model version."""
+"""Training, in one place: fit every candidate source (and the learned ranker) and publish a new model version.
+
+The order (``fit_pipeline``), with the ranker enabled:
+
+1. cut the log (``ranking.labels.split_history``): a prefix, and labelled requests after it;
+2. fit the sources on the prefix (``fit_sources``) and assemble that pipeline;
+3. build the ranker's training rows from that pipeline's own candidates and fit the booster (``train_ranker``);
+4. fit the sources on the whole log, each starting from its prefix fit where it can (``Retriever.warm_start``:
+   the sequence model then needs a few epochs instead of a full training).
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
-from shelfwise.pipeline import Pipeline
-from shelfwise.retrieval import SOURCES, TrainData, build_retrievers
+import numpy as np
+
+from shelfwise.assemble import assemble, attach_indexes
+from shelfwise.domain import Item
+from shelfwise.pipeline import Model, Pipeline
+from shelfwise.ranking.labels import split_history
+from shelfwise.ranking.train import resolve_split, train_ranker, without_ranker
+from shelfwise.retrieval import SOURCES, build_retrievers
+from shelfwise.retrieval.base import TrainData
 from shelfwise.settings import ModelSettings
+from shelfwise.stores import vector_index_factory
 from shelfwise.stores.models import DirectoryModelStore
 from shelfwise.stores.protocols import Catalog, EventLog, EventStore
+
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -24,62 +46,118 @@ class TrainReport:
 
 @dataclass
 class Fitted:
-    pipeline: Pipeline
+    model: Model
     data: TrainData
     seconds: dict[str, float]
 
+    @property
+    def pipeline(self) -> Pipeline:
+        """The model's request path without merchandising rules (offline evaluation, tests), its ranker compiled as
+        a loaded model's is (the same scores, so the same lists as a served model)."""
+        got = getattr(self, "_pipeline", None)
+        if got is None:
+            if self.model.ranker is not None:
+                with tempfile.TemporaryDirectory(prefix="shelfwise-ranker-") as tmp:
+                    self.model.ranker.compile(Path(tmp))
+            got = self._pipeline = assemble(self.model)
+        return got
 
-def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
-                 progress: Callable[[str], None] | None = None) -> Fitted:
-    """Fit the named sources on an event log; the pipeline is ready to answer (not saved).
 
-    With the learned ranker enabled, the sources are first fit on the ranker's prefix (the log before its label
-    cut, see ``ranking/labels.py``), the ranker learns from their candidates, and then each source is fit on the
-    whole log, starting from its prefix fit where it can (``Retriever.warm_start``: the sequence model then
-    needs a few epochs instead of a full training).
-    """
-    items = {it.id: it for it in catalog.all()}
-    data = TrainData.from_log(log, items, settings.event_weights,
+def train_data(log: EventLog, catalog: dict[str, Item], settings: ModelSettings) -> TrainData:
+    return TrainData.from_log(log, catalog, settings.event_weights,
                               session_gap_s=settings.covisit.session_gap_minutes * 60)
-    retrievers = build_retrievers(settings, sources)
-    timings: dict[str, float] = {}
-    ranker, prefix = None, None
-    if settings.ranker.enabled and len(log):  # learning to rank over the sources' candidates (ranking/)
-        from shelfwise.ranking.labels import split_history
-        from shelfwise.ranking.train import fit_ranker, resolve_split, without_ranker
 
-        t0 = time.perf_counter()
-        settings = resolve_split(settings, log)
-        split = split_history(log, settings.ranker, settings.history_length,
-                              settings.covisit.session_gap_minutes * 60.0)
-        if progress:
-            progress("ranker sources (prefix)")
-        prefix = fit_pipeline(split.prefix, catalog, without_ranker(settings), tuple(retrievers))
-        ranker = fit_ranker(log, items, settings, data, tuple(retrievers), prefix=prefix, progress=progress,
-                            split=split)
-        timings["ranker"] = time.perf_counter() - t0
+
+def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings, sources: tuple[str, ...],
+                warm: Fitted | None = None, progress: Progress | None = None, data: TrainData | None = None
+                ) -> Fitted:
+    """Fit the named sources on an event log (no ranker), each from its fit in ``warm`` where it can."""
+    data = data if data is not None else train_data(log, catalog, settings)
+    retrievers = build_retrievers(settings, sources)
+    seconds: dict[str, float] = {}
     for name, r in retrievers.items():
         if progress:
             progress(name)
         t0 = time.perf_counter()
-        if prefix is not None:
-            r.warm_start(prefix.pipeline.retrievers[name], prefix.data.items)
+        if warm is not None and name in warm.model.retrievers:
+            r.warm_start(warm.model.retrievers[name], warm.data.items)
         r.fit(data)
-        timings[name] = time.perf_counter() - t0
-    pipe = Pipeline(settings, data.items, retrievers, data.shopper_index, trained_until=data.now)
-    pipe.ranker = ranker
-    return Fitted(pipe, data, timings)
+        seconds[name] = time.perf_counter() - t0
+    model = Model(settings, data.items, retrievers, data.shopper_index, trained_until=data.now)
+    return Fitted(model, data, seconds)
+
+
+def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
+                 progress: Progress | None = None) -> Fitted:
+    """Fit the named sources, and the learned ranker when enabled, on an event log (not saved)."""
+    items = {it.id: it for it in catalog.all()}
+    if not (settings.ranker.enabled and len(log)):
+        return fit_sources(log, items, settings, sources, progress=progress)
+    t0 = time.perf_counter()
+    settings = resolve_split(settings, log)
+    split = split_history(log, settings.ranker, settings.history_length,
+                          settings.covisit.session_gap_minutes * 60.0)
+    if progress:
+        progress("ranker sources (prefix)")
+    prefix = fit_sources(split.prefix, items, without_ranker(settings), sources)
+    final_data = train_data(log, items, settings)
+    ranker = train_ranker(prefix.pipeline, prefix.model.items, prefix.model.retrievers, prefix.data, final_data, log,
+                          items, settings, split, progress)
+    ranker_s = time.perf_counter() - t0
+    fitted = fit_sources(log, items, settings, sources, warm=prefix, progress=progress, data=final_data)
+    fitted.model.ranker = ranker
+    fitted.seconds = {"ranker": ranker_s, **fitted.seconds}
+    return fitted
+
+
+def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES) -> float:
+    """A rough forecast of ``fit_pipeline``'s wall time on a 2-core machine (to tell users when the full model is
+    due): the sequence model's epochs (about 8,000 events a second, capped by its time limit) dominate, the other
+    sources and the ranker's rows scale with the log (BENCHMARKS.md, Training cost)."""
+    seq = settings.sequence
+    epoch = events / 8000.0
+    total = events / 5000.0
+    if "sequence" in sources:
+        first = min(seq.max_train_minutes * 60.0, seq.max_epochs * epoch)
+        total += first + seq.finetune_epochs * epoch
+    if settings.ranker.enabled:
+        total *= 1.3
+    return total
+
+
+SCAN_FILE = "scanned_at.json"  # when training read the event store: shoppers erased later lose their rows at load
 
 
 def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
-          progress: Callable[[str], None] | None = None) -> TrainReport:
+          progress: Progress | None = None, vectors: str = "hnsw://", sources: tuple[str, ...] = SOURCES,
+          consenting: Callable[[Sequence[str]], set[str]] | None = None) -> TrainReport:
+    """Fit on everything in the event store and publish a new version.
+
+    ``vectors``: ``stores.vectors``, whose indexes of the embedding sources are built before the version goes live,
+    so no replica builds them. ``consenting(shoppers)``: those whose personalisation consent is granted now; the
+    others' events (kept from before they withdrew, e.g. with ``privacy.erase_on_withdrawal`` off) are left out of
+    training."""
+    scanned_at = time.time()
     log = store.scan()
+    if consenting is not None and len(log):
+        shoppers = list(dict.fromkeys(log.shopper.tolist()))
+        allowed = consenting(shoppers)
+        if len(allowed) < len(shoppers):
+            log = log.take(np.fromiter((s in allowed for s in log.shopper), bool, len(log)))
     if len(log) == 0:
         raise ValueError("the event store has no item interactions to train on; import or send events first")
-    fitted = fit_pipeline(log, catalog, settings, progress=progress)
+    fitted = fit_pipeline(log, catalog, settings, sources=sources, progress=progress)
     version, path = models.new_version()
-    fitted.pipeline.version = version
-    fitted.pipeline.save(path)
+    fitted.model.version = version
+    fitted.model.save(path)
+    (path / SCAN_FILE).write_text(json.dumps({"scanned_at": scanned_at}))
+    if fitted.model.ranker is not None:
+        if progress:
+            progress("ranker (native code)")
+        fitted.model.ranker.compile(path)
+    if progress:
+        progress("vector indexes")
+    attach_indexes(fitted.model, vector_index_factory(vectors, path, version))
     models.publish(version)
     models.prune()
     return TrainReport(version, len(log), fitted.data.n_users, fitted.data.n_items, fitted.seconds)

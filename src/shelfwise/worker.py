@@ -30,16 +30,21 @@ class Worker:
     catalog_refresh_s = 30.0
 
     def __init__(self, settings: Settings, name: str | None = None) -> None:
-        from shelfwise.stores import open_catalog, open_event_bus, open_event_store, open_online_state
+        from shelfwise.stores import (
+            open_catalog, open_event_bus, open_event_store, open_online_state, open_privacy_store,
+        )
         from shelfwise.stores.bus import EventProcessor
 
         self.settings = settings
-        self.store = open_event_store(settings.events_dsn)
+        secure = settings.privacy.sqlite_secure_delete
+        self.store = open_event_store(settings.events_dsn, secure_delete=secure)
+        self.ledger = open_privacy_store(settings.events_dsn, secure_delete=secure)  # erasure markers
         self.catalog = open_catalog(self.store)
         self.online = open_online_state(settings.stores.online, settings.models.history_length)
         self._known = self.catalog.ids()
         self._known_at = time.monotonic()
-        self.processor = EventProcessor(self.store, self.online, known_items=self.known_items)
+        self.processor = EventProcessor(self.store, self.online, known_items=self.known_items,
+                                        forgotten=self.ledger.forgotten)
         self.bus = open_event_bus(settings.stores.bus, self.processor, ack=settings.stores.ack,
                                   ack_timeout_s=settings.stores.ack_timeout_s)
         self.consumer = self.bus.consumer(self.processor, name)
@@ -75,6 +80,7 @@ class Worker:
     def close(self) -> None:
         self.consumer.close()
         self.bus.close()
+        self.ledger.close()
         self.store.close()
         close = getattr(self.online, "close", None)
         if close:

@@ -137,20 +137,36 @@ def kafka_bootstrap() -> Iterator[str]:
 StoreFactory = Callable[[], object]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Opens the event store + catalog under test; every call opens the *same* database (restart tests)."""
-    from shelfwise.stores import open_event_store
-
+def reopener(request: pytest.FixtureRequest, tmp_path: Path, opener: Callable[[str], object]):
+    """A factory opening the role under test on the request's backend (sqlite: a file in tmp_path; postgresql: the
+    test's database); every call opens the *same* database (restart and multi-replica tests). Yields it, then
+    closes what it opened."""
     dsn = f"sqlite:///{tmp_path / 'events.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_dsn")
     opened: list = []
 
     def factory():
-        store = open_event_store(dsn)
+        store = opener(dsn)
         opened.append(store)
         return store
 
     factory.backend = request.param  # type: ignore[attr-defined]
+    factory.dsn = dsn  # type: ignore[attr-defined]
     yield factory
     for store in opened:
         store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens the event store + catalog under test."""
+    from shelfwise.stores import open_event_store
+
+    yield from reopener(request, tmp_path, open_event_store)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_privacy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens the key store + consent store + erasure ledger under test (in the event store's database)."""
+    from shelfwise.stores import open_privacy_store
+
+    yield from reopener(request, tmp_path, open_privacy_store)

@@ -30,8 +30,8 @@ class Recorder(EventProcessor):
         self.fail_after_commit = 0  # process (commit) then raise, as a worker dying before its ack
         self.lock = threading.Lock()
 
-    def process(self, events):
-        result = super().process(events)
+    def process(self, events, enqueued_at=None):
+        result = super().process(events, enqueued_at)
         with self.lock:
             self.seen.extend(ev.event_id for ev in events)
             if self.fail_after_commit > 0:
@@ -232,7 +232,7 @@ def test_invalid_events_go_to_the_dead_letter_stream(harness):
 def test_poison_entries_are_dead_lettered_after_max_deliveries(harness):
 
     class Broken(EventProcessor):
-        def process(self, events):
+        def process(self, events, enqueued_at=None):
             raise RuntimeError("event store down")
 
     harness.bus.publish(events(5))

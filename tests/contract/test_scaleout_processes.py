@@ -46,6 +46,8 @@ def test_api_replicas_and_workers_share_one_state(pg_dsn, redis_url, tmp_path: P
                 "SHELFWISE_STORES__ONLINE": redis_url, "SHELFWISE_STORES__BUS": bus})
     port = free_port()
     log = tmp_path / "processes.log"
+    key = subprocess.run(CLI + ["keys", "create", "--scope", "ingest", "--scope", "read", "--scope", "admin",
+                                "--quiet"], env=env, capture_output=True, text=True, check=True).stdout.strip()
     procs = [subprocess.Popen(CLI + ["worker", "--consumers", "2"], env=env, stdout=log.open("ab"),
                               stderr=subprocess.STDOUT),
              subprocess.Popen(CLI + ["serve", "--port", str(port), "--workers", "2"], env=env,
@@ -53,7 +55,8 @@ def test_api_replicas_and_workers_share_one_state(pg_dsn, redis_url, tmp_path: P
     store = PostgresStore(pg_dsn)
     online = RedisOnlineState(redis_url, history_length=50)
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                            headers={"Authorization": f"Bearer {key}"})
         deadline = time.monotonic() + 60
         while True:
             assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, log.read_text()

@@ -1,9 +1,8 @@
 """The HTTP API through a real test client, on the embedded default."""
 
 import pytest
-from fastapi.testclient import TestClient
 
-from shelfwise.api.app import create_app
+from tests.conftest import api_client
 
 
 def event(i, **kw):
@@ -13,7 +12,7 @@ def event(i, **kw):
 
 @pytest.fixture
 def client(trained_settings):
-    with TestClient(create_app(trained_settings)) as c:
+    with api_client(trained_settings) as c:
         yield c
 
 
@@ -121,11 +120,50 @@ def test_a_view_changes_the_next_answer(client):
 
 def test_forget_shopper(client):
     client.post("/v1/events", json=[event(200, user_id="gdpr")])
-    assert client.delete("/v1/shoppers/gdpr").json() == {"deleted_events": 1}
-    assert client.delete("/v1/shoppers/gdpr").json() == {"deleted_events": 0}
+    first = client.delete("/v1/shoppers/gdpr").json()
+    places = {p["place"]: p["removed"] for p in first["places"]}
+    assert places["event store: events (and their purchase lines)"] == 1 and first["subject"] == "user"
+    again = client.delete("/v1/shoppers/gdpr").json()  # idempotent: a new receipt, nothing left to remove
+    assert again["removed_total"] == 0 and again["receipt_id"] != first["receipt_id"]
+    assert client.get(f"/v1/erasures/{first['receipt_id']}").json() == first
 
 
-def test_metrics_exposed(client):
-    client.get("/v1/recommendations/homepage", params={"user_id": "u1"})
-    text = client.get("/metrics").text
-    assert "shelfwise_recommendation_seconds_bucket" in text
+def metric(text: str, name: str) -> float:
+    line = next((x for x in text.splitlines() if x.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_metrics_count_what_was_served(client):
+    before = client.get("/metrics").text
+    for _ in range(3):
+        assert client.get("/v1/recommendations/homepage", params={"user_id": "u1"}).status_code == 200
+    client.get("/v1/recommendations/pdp_fbt", params={"item_id": "p1"})
+    assert client.post("/v1/events", json=[event(90), event(91)]).status_code == 202
+    after = client.get("/metrics").text
+    home = 'shelfwise_recommendation_seconds_count{placement="homepage"}'
+    assert metric(after, home) - metric(before, home) == 3
+    assert metric(after, 'shelfwise_recommendation_seconds_count{placement="pdp_fbt"}') >= 1
+    stored = 'shelfwise_events_total{outcome="stored"}'
+    assert metric(after, stored) - metric(before, stored) == 2
+
+
+def test_answers_name_their_model_and_rules_and_product_pages_are_edge_cacheable(client):
+    personal = client.get("/v1/recommendations/homepage", params={"user_id": "u1"})
+    assert personal.headers["cache-control"] == "private, no-store" and "etag" not in personal.headers
+    body = personal.json()
+    assert body["model_version"] == client.get("/readyz").json()["model_version"] and body["rulesets"] == ""
+    page = client.get("/v1/recommendations/pdp_similar", params={"item_id": "p1"})
+    tag = page.headers["etag"]
+    assert page.status_code == 200 and page.headers["cache-control"] == "public, max-age=90"
+    again = client.get("/v1/recommendations/pdp_similar", params={"item_id": "p1"}, headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.headers["etag"] == tag and not again.content
+    other = client.get("/v1/recommendations/pdp_similar", params={"item_id": "p2"}, headers={"If-None-Match": tag})
+    assert other.status_code == 200 and other.headers["etag"] != tag
+    # a catalog change makes a new answer (and a new tag) at once
+    shown = page.json()["items"][0]["item_id"]
+    item = client.get(f"/v1/items/{shown}").json()
+    item.pop("margin")
+    assert client.put("/v1/items", json=[item | {"stock": 0}]).status_code == 200
+    changed = client.get("/v1/recommendations/pdp_similar", params={"item_id": "p1"}, headers={"If-None-Match": tag})
+    assert changed.status_code == 200 and changed.headers["etag"] != tag
+    assert shown not in [x["item_id"] for x in changed.json()["items"]]

@@ -8,15 +8,14 @@ import time
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from shelfwise.api.app import create_app
 from shelfwise.api.experiments import service_of
 from shelfwise.experiments.admin import ExperimentService
 from shelfwise.experiments.log import OutcomeRecord
 from shelfwise.experiments.runtime import ExperimentRuntime
 from shelfwise.service import Shelfwise
+from tests.conftest import api_client
 
 DOC = {"id": "home-blend", "name": "More ALS on the homepage", "layer": "ranking", "layer_range": [0, 0.5],
        "traffic": 0.1, "hypothesis": "ALS finds long-tail items shoppers like",
@@ -34,7 +33,7 @@ def engine(settings):
 
 @pytest.fixture
 def client(engine, settings):
-    with TestClient(create_app(settings, engine=engine)) as c:
+    with api_client(settings, engine=engine) as c:
         yield c
 
 
@@ -96,6 +95,13 @@ def test_lifecycle_and_results(client, engine, settings):
     power = ok(client.get("/v1/experiments/_power", params={"baseline": 0.1, "mde": 0.1, "units": 5000}))
     assert power["control"] == 14_749 and 0 < power["power_at_units"] < 0.8
     assert ok(client.post("/v1/experiments/_guardrails"))["checked"] == []
+
+
+def test_experiments_need_the_admin_scope(settings, engine):
+    with api_client(settings, engine=engine, scopes=("read", "ingest")) as c:
+        r = c.post("/v1/experiments", json=DOC)
+        assert r.status_code == 403 and "admin" in r.text
+        assert c.get("/v1/experiments").status_code == 403
 
 
 def test_dry_run_and_draft_edit(client):

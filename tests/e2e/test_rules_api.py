@@ -9,7 +9,7 @@ from shelfwise.rules import admin
 from shelfwise.rules.store import SQLiteRuleStore
 from shelfwise.service import Shelfwise
 from shelfwise.training import train
-from tests.conftest import tiny_catalog, tiny_events
+from tests.conftest import api_client, tiny_catalog, tiny_events
 
 BLOCK_P0 = {"description": "no p0", "rules": [{"id": "no-p0", "action": {"type": "block"}, "match": {"ids": ["p0"]}}]}
 PIN_H1 = {"rules": [{"id": "hero", "priority": 10, "action": {"type": "pin", "items": ["h1"], "slot": 1},
@@ -18,7 +18,7 @@ PIN_H1 = {"rules": [{"id": "hero", "priority": 10, "action": {"type": "pin", "it
 
 @pytest.fixture
 def client(trained_settings):
-    with TestClient(create_app(trained_settings)) as c:
+    with api_client(trained_settings) as c:
         yield c
 
 
@@ -50,7 +50,7 @@ def test_put_publish_rollback_take_effect_on_the_next_request(client):
     assert "p0" not in got and got[0] != "h1"
     versions = client.get("/v1/rulesets/default/versions").json()
     assert [(v["version"], v["status"], v["author"]) for v in versions["versions"]] == [
-        (1, "retired", "ann"), (2, "retired", "api"), (3, "published", "api")]
+        (1, "retired", "ann (key tester)"), (2, "retired", "tester"), (3, "published", "tester")]  # key names
     assert versions["versions"][2]["comment"] == "rollback to v1: hero pulled"
     assert [a["action"] for a in versions["audit"]] == ["save", "shadow", "publish", "save", "publish", "save",
                                                         "rollback"]
@@ -173,7 +173,7 @@ def test_exposure_log_and_zero_impression_report(settings):
     train(eng.store, eng.catalog, eng.models, settings.models)
     eng.close()
     eng = Shelfwise(settings)
-    with TestClient(create_app(settings, engine=eng)) as client:
+    with api_client(settings, engine=eng) as client:
         r = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 4}).json()
         shown = [x["item_id"] for x in r["items"]]
         rep = client.get("/v1/reports/zero-impressions").json()

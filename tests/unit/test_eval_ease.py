@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from shelfwise.retrieval import Query, TrainData, build_retrievers, load_retriever
+from shelfwise.request import Query
+from shelfwise.retrieval import TrainData, build_retrievers, load_retriever
 from shelfwise.settings import EASESettings, ModelSettings
 from shelfwise.stores import open_event_store
 from tests.conftest import tiny_catalog, tiny_events

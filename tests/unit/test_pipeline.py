@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.service import Shelfwise
 from shelfwise.stores.protocols import Interaction, ShopperState
 from tests.conftest import tiny_catalog
@@ -107,10 +107,10 @@ def test_unknown_placement_is_an_error(engine):
 def test_request_ids_are_unique_hex_and_forked_processes_draw_their_own_prefix():
     import os
 
-    from shelfwise.pipeline import new_request_id
+    from shelfwise.request import new_request_id
 
     ids = [new_request_id() for _ in range(10_000)]
-    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report one id and leave at once
@@ -119,3 +119,13 @@ def test_request_ids_are_unique_hex_and_forked_processes_draw_their_own_prefix()
     os.waitpid(pid, 0)
     child = os.read(r, 64).decode()
     assert len(child) == 32 and child[:16] != ids[0][:16]
+
+
+def test_a_history_of_only_unknown_items_is_answered_like_no_history(engine):
+    state = ShopperState(recent=[Interaction("never-seen-1", 0, 1.0), Interaction("never-seen-2", 2, 2.0)],
+                         purchased={"never-seen-2"})
+    odd = engine.pipeline.recommend([RecRequest("homepage", shopper="ghost", k=5, state=state)])[0]
+    none = engine.pipeline.recommend([RecRequest("homepage", shopper="ghost", k=5,
+                                                 state=ShopperState(recent=[], purchased=set()))])[0]
+    assert ids(odd) == ids(none) and len(ids(odd)) == 5
+    assert engine.pipeline.query(RecRequest("homepage", state=state)).history.size == 0

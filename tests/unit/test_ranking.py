@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 
 from shelfwise.domain import EventType
-from shelfwise.pipeline import Pipeline, RecRequest
-from shelfwise.ranking.features import FeatureSpec, feature_names
+from shelfwise.assemble import assemble
+from shelfwise.pipeline import Model, Pipeline
+from shelfwise.ranking.features import FeatureContext, FeatureSpec, feature_names
 from shelfwise.ranking.labels import RankRows, ipw_weights, point_at, request_features, split_history
 from shelfwise.ranking.model import Ranker
 from shelfwise.ranking.train import without_ranker
+from shelfwise.request import RecRequest
 from shelfwise.settings import RankerSettings, load_settings
 from shelfwise.stores.protocols import EventLog
 from shelfwise.training import fit_pipeline
@@ -143,8 +146,8 @@ def shop(tmp_path_factory):
     # the sources pinned (not the default set, which may grow slow sources): what `train` does, step by step
     fitted = fit_pipeline(eng.store.scan(), eng.catalog, settings.models, SOURCES)
     version, path = eng.models.new_version()
-    fitted.pipeline.version = version
-    fitted.pipeline.save(path)
+    fitted.model.version = version
+    fitted.model.save(path)
     eng.models.publish(version)
     eng.close()
     eng = Shelfwise(settings)
@@ -179,18 +182,21 @@ def test_features_equal_between_training_and_serving(shop, monkeypatch):
     picks = sample_shoppers(log)
     points = [point_at(log, lo, hi, hl, ts=now) for _, lo, hi in picks]
     n = ranker.settings.candidates
-    cand_t, X_t = request_features(pipe, ranker.stats, ranker.spec, points, "homepage", n)  # one batch
-    singles = [request_features(pipe, ranker.stats, ranker.spec, [p], "homepage", n) for p in points]
+    ctx = FeatureContext.build(pipe.items, ranker.stats, ranker.spec, pipe.retrievers)
+    cand_t, X_t = request_features(pipe, ctx, points, "homepage", n)  # one batch
+    singles = [request_features(pipe, ctx, [p], "homepage", n) for p in points]
 
     seen = []
-    original = Ranker.features
+    import shelfwise.ranking.model as ranker_module
 
-    def spy(self, pipe_, requests, queries, cand):
-        X = original(self, pipe_, requests, queries, cand)
+    original = ranker_module.compute_features
+
+    def spy(ctx_, requests, queries, cand):
+        X = original(ctx_, requests, queries, cand)
         seen.append((cand.items.copy(), X.copy()))
         return X
 
-    monkeypatch.setattr(Ranker, "features", spy)
+    monkeypatch.setattr(ranker_module, "compute_features", spy)
     for r, (shopper, _, _) in enumerate(picks):
         shop.recommend(RecRequest("homepage", shopper=shopper, k=10, now=now))
         items, X = seen[-1]
@@ -210,8 +216,8 @@ def test_save_load_round_trip_gives_identical_scores(shop, tmp_path):
     reqs = [RecRequest("homepage", shopper=s, k=20, now=float(log.ts.max()), state=shop.shopper_state(s))
             for s, _, _ in sample_shoppers(log, 8)]
     before = pipe.recommend(reqs)
-    pipe.save(tmp_path)
-    loaded = Pipeline.load(tmp_path, pipe.settings)
+    pipe.model.save(tmp_path)
+    loaded = assemble(Model.load(tmp_path, pipe.settings))
     assert loaded.ranker is not None and loaded.ranker.feature_names == pipe.ranker.feature_names
     after = loaded.recommend(reqs)
     for a, b in zip(before, after):
@@ -228,12 +234,7 @@ def test_ranker_changes_the_order_and_k_beyond_n_keeps_blend_tail(shop):
         req = lambda: RecRequest("homepage", shopper=s, k=n + 15, now=float(log.ts.max()),  # noqa: E731
                                  state=shop.shopper_state(s))
         ranked = pipe.recommend([req()])[0]
-        kept = pipe.ranker
-        pipe.ranker = None
-        try:
-            blend = pipe.recommend([req()])[0]
-        finally:
-            pipe.ranker = kept
+        blend = assemble(dataclasses.replace(pipe.model, ranker=None)).recommend([req()])[0]
         a, b = [x.item_id for x in ranked.items], [x.item_id for x in blend.items]
         assert len(a) == len(b) == n + 15 and len(set(a)) == len(a)
         assert set(a[:n]) == set(b[:n])  # the ranker re-orders the blend's top N ...
@@ -308,8 +309,10 @@ def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
             return cat
 
     fitted = fit_pipeline(log, Cat(), without_ranker(s), ("trending", "covisit"))
-    spec = FeatureSpec.from_pipeline(fitted.pipeline, "homepage")
-    rows_ = build_rows(fitted.pipeline, ItemStats.fit(fitted.data), spec, points, "homepage", 10)
+    pipe = fitted.pipeline
+    spec = FeatureSpec.from_sources(s.placements["homepage"].weights, pipe.retrievers, pipe.items, 1800.0)
+    ctx = FeatureContext.build(pipe.items, ItemStats.fit(fitted.data), spec, pipe.retrievers)
+    rows_ = build_rows(pipe, ctx, points, "homepage", 10)
     assert rows_.with_positive == 1
     assert rows_.weight[rows_.y == 3].tolist() == [3.0]
     assert set(rows_.weight[rows_.y == 0].tolist()) == {1.0}

@@ -7,21 +7,27 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.rerank.mmr import Similarity, price_bands
-from shelfwise.rerank.reranker import ranked_rows
 from shelfwise.rerank.slots import CapSpec, Constraints, PinSpec, fill
+from shelfwise.request import Candidates
 from shelfwise.retrieval.base import top_k
+from shelfwise.stages.base import Batch
+from shelfwise.stages.rank import ranked_scores
 from shelfwise.settings import BusinessSignals, DiversitySettings, ModelSettings, ScoreWeights, Season
 from tests.unit.test_rules_fixtures import NOW, ask, build_pipeline, ids
 
 BASE = ["p0", "p2", "c2", "c0", "p3", "p1", "c3", "c1", "h0", "h1"]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_pipeline(tmp_path_factory.mktemp("rerank"))
+@pytest.fixture(scope="module", params=["exact", "union"])
+def built(request, tmp_path_factory):
+    """The tiny trained pipeline on each candidate path: every rule and re-ranking test holds on both."""
+    pipe, catalog = build_pipeline(tmp_path_factory.mktemp("rerank"))
+    if request.param == "union":
+        pipe.settings.candidates.dense_max_items = 0
+    return pipe, catalog
 
 
 def configure(pipe, **placement_updates):
@@ -29,7 +35,7 @@ def configure(pipe, **placement_updates):
     for conf in pipe.settings.placements.values():
         for k, v in placement_updates.items():
             setattr(conf, k, v)
-    pipe._reranker = None
+    pipe.catalog_changed()  # cached per placement settings (diversity similarity)
 
 
 @pytest.fixture
@@ -40,16 +46,27 @@ def pipe(built):
     p.settings.business = BusinessSignals()
 
 
+def dense_blend(pipe, req):
+    """The reference: every source scoring the whole catalog, each row divided by its max, weighted, summed, and
+    the request's exclusions masked."""
+    batch = Batch(req.placement, pipe.placement(req.placement), [req], req.k)
+    pipe.stage("resolve").run(batch)
+    total = np.zeros(len(pipe.items), np.float32)
+    for name, w in batch.conf.weights.items():
+        if w and name in pipe.retrievers:
+            s = pipe.retrievers[name].score(batch.queries)[0]
+            total += w * (s / s.max() if s.max() > 0 else 0 * s)
+    total[batch.exclusions.dense()[0]] = -np.inf
+    return total[None, :]
+
+
 def test_defaults_are_exactly_the_blend_ranking(pipe):
     assert pipe.ranker is None  # the tiny log has too few labelled requests (ranker.min_requests) to train one
     reqs = [RecRequest(pl, shopper=s, item_id="p1", cart=["p2"], k=8, now=NOW)
             for pl in ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell") for s in (None, "u3", "u8")]
     got = pipe.recommend(reqs)
     for req, ans in zip(reqs, got):
-        q = pipe.query(req)
-        total, _ = pipe.blend([q], req.placement)
-        total[0, pipe.exclusion_mask(req, q, pipe.placement(req.placement))] = -np.inf
-        t, s = top_k(total, 8)
+        t, s = top_k(dense_blend(pipe, req), 8)
         want = [str(pipe.items.ids[j]) for j, x in zip(t[0], s[0]) if np.isfinite(x)]
         assert ids(ans) == want
         # float32 sums of a batch and of a single query may differ in the last bits
@@ -142,23 +159,12 @@ def test_fill_with_pins_caps_and_diversity_on_a_plain_row():
     assert [p.item for p in placed] == [2, 0]  # a short rail, never an excluded item
 
 
-class FakeRanker:
-    """Stands in for ranking.Ranker: re-scores the blend's top N (here: reverses it)."""
-
-    class settings:  # noqa: N801
-        candidates = 4
-
-    def applies(self, placement):
-        return True
-
-    def rerank(self, pipe, reqs, queries, total, parts, placement, k):
-        top, scores = top_k(total, k)
-        return top[:, ::-1].copy(), np.sort(scores, axis=1)[:, ::-1].copy() * 0 + np.arange(k, 0, -1)
-
-
-def test_ranked_rows_keep_the_rankers_order_then_the_blend(pipe):
-    total = np.array([[5, 4, 3, 2, 1, 0.5, -np.inf]], np.float32)
-    pipe_like = type("P", (), {"ranker": FakeRanker()})()
-    rows = ranked_rows(pipe_like, [None], [None], total.copy(), {}, "homepage")
-    order = [int(j) for j in np.argsort(-rows[0], kind="stable") if np.isfinite(rows[0][j])]
-    assert order == [3, 2, 1, 0, 4, 5] and not np.isfinite(rows[0][6])
+def test_ranked_scores_keep_the_rankers_order_then_the_blend():
+    blend = np.array([[5, 4, 3, 2, 1, 0.5, 0]], np.float32)
+    items = np.array([[10, 11, 12, 13, 14, 15, -1]])
+    cand = Candidates(items, {}, blend, np.where(items >= 0, blend, -np.inf))
+    final = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)  # the ranker reverses the blend's top 4
+    rows = ranked_scores(cand, 4, final)
+    order = [int(items[0, j]) for j in np.argsort(-rows[0], kind="stable") if np.isfinite(rows[0][j])]
+    assert order == [13, 12, 11, 10, 14, 15] and not np.isfinite(rows[0][6])
+    assert rows[0, 4] < final.min() - 1 + 1e-6 and rows[0, 4] > rows[0, 5]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from shelfwise.domain import Item
-from shelfwise.retrieval import Query, TrainData, build_retrievers, load_retriever
+from shelfwise.request import Query
+from shelfwise.retrieval import TrainData, build_retrievers, load_retriever
 from shelfwise.settings import ModelSettings
 from shelfwise.stores import open_event_store
 from tests.conftest import buy, tiny_catalog, tiny_events, view

@@ -9,33 +9,30 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.rules import CompiledRules, ItemFacts, parse_ruleset
 from tests.unit.test_rules_fixtures import NOW, ask, build_pipeline, ids, rule, with_rules
 
 BASE = ["p0", "p2", "c2", "c0", "p3", "p1", "c3", "c1", "h0", "h1"]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_pipeline(tmp_path_factory.mktemp("rules"))
+@pytest.fixture(scope="module", params=["exact", "union"])
+def built(request, tmp_path_factory):
+    """The tiny trained pipeline on each candidate path: every rule and re-ranking test holds on both."""
+    pipe, catalog = build_pipeline(tmp_path_factory.mktemp("rules"))
+    if request.param == "union":
+        pipe.settings.candidates.dense_max_items = 0
+    return pipe, catalog
 
 
 @pytest.fixture
 def pipe(built):
-    p, _ = built
-    p.rules = None
-    yield p
-    p.rules = None
+    return built[0]
 
 
 def run(built, rules, placement="homepage", **kw):
     p, cat = built
-    with_rules(p, cat, {"rules": rules})
-    try:
-        return ask(p, placement, **kw)
-    finally:
-        p.rules = None
+    return ask(with_rules(p, cat, {"rules": rules}), placement, **kw)
 
 
 def iso(ts: float) -> str:
@@ -44,10 +41,8 @@ def iso(ts: float) -> str:
 
 def test_baseline_and_no_rules_change_nothing(built, pipe):
     assert ids(ask(pipe)) == BASE
-    with_rules(pipe, built[1], {"rules": []})
-    assert ids(ask(pipe)) == BASE
-    with_rules(pipe, built[1], None)  # no rule set at all
-    assert ids(ask(pipe)) == BASE
+    assert ids(ask(with_rules(pipe, built[1], {"rules": []}))) == BASE
+    assert ids(ask(with_rules(pipe, built[1], None))) == BASE  # no rule set at all
 
 
 # ---- actions ------------------------------------------------------------------------------------------
@@ -58,13 +53,13 @@ def test_pin_puts_items_at_their_slot_in_order(built):
 
 def test_pin_skips_unknown_and_unservable_items_and_slots_beyond_k(built):
     p, cat = built
-    p.items.stock[p.items.index["h0"]] = 0  # out of stock
+    p.items.update(cat["h0"].model_copy(update={"stock": 0}))  # out of stock
     try:
         a = run(built, [rule("p", {"type": "pin", "items": ["ghost", "h0", "h1"], "slot": 1})], explain=True)
         assert ids(a)[0] == "h1" and "h0" not in ids(a)
         assert any("not servable" in c for c in a.explanation["conflicts"])
     finally:
-        p.items.stock[p.items.index["h0"]] = 40
+        p.items.update(cat["h0"])
     got = ids(run(built, [rule("p", {"type": "pin", "items": ["h1"], "slot": 9})], k=5))
     assert "h1" not in got and len(got) == 5
 
@@ -219,17 +214,14 @@ def test_boost_and_bury_compose_and_rule_sets_combine(built):
     both = [rule("up", {"type": "boost", "multiply": 2}, {"ids": ["c1"]}),
             rule("down", {"type": "bury", "multiply": 0.5}, {"ids": ["c1"]})]
     assert ids(run(built, both)) == BASE
-    p.rules = None
+    from shelfwise.assemble import assemble
     from shelfwise.rules import RulesStage, StaticRules
-    p.rules = RulesStage(StaticRules({
+    p = assemble(p.model, RulesStage(StaticRules({
         "a-campaign": {"rules": [rule("pin", {"type": "pin", "items": ["h0"], "slot": 1})]},
         "b-legal": {"rules": [rule("block", {"type": "block"}, {"ids": ["p0"]})]},
-    }), cat)
-    try:
-        got = ids(ask(p))
-        assert got[0] == "h0" and "p0" not in got
-    finally:
-        p.rules = None
+    }), cat))
+    got = ids(ask(p))
+    assert got[0] == "h0" and "p0" not in got
 
 
 def test_answers_are_deterministic_and_batch_equals_single(built):
@@ -238,17 +230,14 @@ def test_answers_are_deterministic_and_batch_equals_single(built):
                      rule("slot", {"type": "slot", "position": 2}, {"categories": ["Accessories > Chargers"]}),
                      rule("boost", {"type": "boost", "multiply": 1.3}, {"brands": ["Shield"]}),
                      rule("pin", {"type": "pin", "items": ["c3"], "slot": 4}, when={"devices": ["mobile"]})]}
-    with_rules(p, cat, doc)
-    try:
-        reqs = [RecRequest("homepage", shopper=f"u{i}", k=6, now=NOW, device=["mobile", None][i % 2])
-                for i in range(8)]
-        batch = [ids(a) for a in p.recommend(reqs)]
-        single = [ids(p.recommend([r])[0]) for r in reqs]
-        again = [ids(p.recommend([r])[0]) for r in reqs]
-        assert batch == single == again
-        assert all(b[3] == "c3" for b in batch[::2]) and all(b[1] in ("h0", "h1") for b in batch)
-    finally:
-        p.rules = None
+    p = with_rules(p, cat, doc)
+    reqs = [RecRequest("homepage", shopper=f"u{i}", k=6, now=NOW, device=["mobile", None][i % 2])
+            for i in range(8)]
+    batch = [ids(a) for a in p.recommend(reqs)]
+    single = [ids(p.recommend([r])[0]) for r in reqs]
+    again = [ids(p.recommend([r])[0]) for r in reqs]
+    assert batch == single == again
+    assert all(b[3] == "c3" for b in batch[::2]) and all(b[1] in ("h0", "h1") for b in batch)
 
 
 # ---- explanations and compiled form -------------------------------------------------------------------
@@ -282,15 +271,19 @@ def test_compiled_rules_are_vectors_and_cached_per_signature(built):
 
 def test_catalog_changes_recompile_in_the_background(built):
     p, cat = built
-    with_rules(p, cat, {"rules": [rule("low-stock", {"type": "block"}, {"stock": {"max": 45}})]})
+    from shelfwise.assemble import assemble
+    from shelfwise.rules import RulesStage, StaticRules
+
+    stage = RulesStage(StaticRules({"test": {"rules": [rule("low-stock", {"type": "block"},
+                                                             {"stock": {"max": 45}})]}}), cat)
+    p = assemble(p.model, stage)
     c1 = p.items.index["c1"]
     try:
         assert sorted(ids(ask(p))) == ["c0", "c1", "c2", "c3"]  # phones (10) and chargers (40) blocked
-        p.items.stock[c1] = 5
-        p.rules.catalog_changed(p.items, [cat["c1"].model_copy(update={"stock": 5})])
+        p.items.update(cat["c1"].model_copy(update={"stock": 5}))
+        stage.catalog_changed(p.items, [cat["c1"].model_copy(update={"stock": 5})])
         ask(p)  # answered at once with the previous compilation while the rules recompile
-        p.rules.wait()
+        stage.wait()
         assert sorted(ids(ask(p))) == ["c0", "c2", "c3"]
     finally:
-        p.items.stock[c1] = 50
-        p.rules = None
+        p.items.update(cat["c1"])

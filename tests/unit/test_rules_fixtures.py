@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from shelfwise.assemble import assemble
 from shelfwise.domain import Item
-from shelfwise.pipeline import Answer, Pipeline, RecRequest
+from shelfwise.pipeline import Pipeline
+from shelfwise.request import Answer, RecRequest
 from shelfwise.rules import RulesStage, StaticRules
 from shelfwise.settings import ModelSettings
 from shelfwise.stores.sqlite import SQLiteStore
@@ -45,8 +47,8 @@ def build_pipeline(tmp: Path, settings: ModelSettings | None = None) -> tuple[Pi
 
 
 def with_rules(pipe: Pipeline, catalog: dict[str, Item], doc: dict | None, shadows: dict | None = None) -> Pipeline:
-    pipe.rules = RulesStage(StaticRules({"test": doc} if doc is not None else {}, shadows), catalog)
-    return pipe
+    """The same model assembled with a rules stage holding ``doc`` (as rule set "test") and shadow drafts."""
+    return assemble(pipe.model, RulesStage(StaticRules({"test": doc} if doc is not None else {}, shadows), catalog))
 
 
 def ask(pipe: Pipeline, placement: str = "homepage", **kw) -> Answer:

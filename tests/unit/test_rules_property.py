@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
+from shelfwise.assemble import assemble
 from shelfwise.rules import RulesStage, StaticRules
 from shelfwise.settings import DiversitySettings, ModelSettings, ScoreWeights
 from tests.unit.test_rules_fixtures import NOW, build_pipeline, rich_catalog
@@ -96,13 +97,10 @@ def test_a_blocked_item_never_appears(pipes, blocks, rest, priorities, placement
                                                       "b": {"rules": rules[:len(blocks)]}}
     shadow = {"a": ({"rules": [{"id": "s", "action": {"type": "pin", "items": sorted(forbidden) or ["p0"],
                                                         "slot": 1}, "priority": 99}]}, 1.0)}
-    pipe.rules = RulesStage(StaticRules(live, shadow), CATALOG)
-    try:
-        req = RecRequest(placement, shopper=shopper, item_id="p1" if placement.startswith("pdp") else None,
-                         cart=["p2"] if placement == "cart_upsell" else (), k=k, now=NOW, device=device,
-                         request_id="r1")
-        got = [r.item_id for r in pipe.recommend([req])[0].items]
-    finally:
-        pipe.rules = None
+    ruled = assemble(pipe.model, RulesStage(StaticRules(live, shadow), CATALOG))
+    req = RecRequest(placement, shopper=shopper, item_id="p1" if placement.startswith("pdp") else None,
+                     cart=["p2"] if placement == "cart_upsell" else (), k=k, now=NOW, device=device,
+                     request_id="r1")
+    got = [r.item_id for r in ruled.recommend([req])[0].items]
     assert not forbidden & set(got), (forbidden, got)
     assert len(got) == len(set(got)) <= k

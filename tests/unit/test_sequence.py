@@ -8,14 +8,27 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shelfwise.domain import EventType
-from shelfwise.retrieval import Query, TrainData, build_retrievers, load_retriever
-from shelfwise.retrieval.base import ItemTable
+from shelfwise.request import Query
+from shelfwise.retrieval import TrainData, build_retrievers, load_retriever
+from shelfwise.items import ItemTable
 from shelfwise.retrieval.sequence import SequenceRetriever, collapse, query_sequence
-from shelfwise.settings import ModelSettings, PlacementSettings, SequenceSettings
+from shelfwise.settings import CandidateSettings, ModelSettings, PlacementSettings, SequenceSettings
+from shelfwise.stores.vectors import HNSWIndex
 
 TINY = dict(dim=32, layers=1, heads=2, dropout=0.1, lr=5e-3, batch_size=64, max_len=12, patience=4,
-            progress=False, hnsw_m=16, hnsw_ef_construction=100, hnsw_ef_search=50, candidates=20,
-            exact_max_items=0)  # small requests go through the ANN index even for this tiny catalog
+            progress=False, candidates=20)
+ANN = CandidateSettings(exact_max_items=0, ann_max_batch=8)  # small requests through the index even at 30 items
+
+
+def hnsw(name, vectors):
+    index = HNSWIndex(m=16, ef_construction=100, ef_search=50)
+    index.build(np.arange(len(vectors)), vectors)
+    return index
+
+
+def with_ann(model):
+    model.attach_index(hnsw, ANN)
+    return model
 
 
 def chain_data(n_items=30, n_users=300, seed=0) -> TrainData:
@@ -43,7 +56,7 @@ def hq(items, kinds=None) -> Query:
 @pytest.fixture(scope="module")
 def chain_model():
     data = chain_data()
-    model = SequenceRetriever(SequenceSettings(**TINY, max_epochs=40, finetune_epochs=2)).fit(data)
+    model = with_ann(SequenceRetriever(SequenceSettings(**TINY, max_epochs=40, finetune_epochs=2)).fit(data))
     return data, model
 
 
@@ -66,8 +79,9 @@ def test_ann_and_exact_paths_agree(chain_model):
     data, model = chain_model
     queries = [hq([i, (i + 1) % 30]) for i in range(30)]
     vecs = model.encode(queries)[1]
-    ak, as_ = model.candidates(vecs, 10, exact=False)
-    ek, es = model.candidates(vecs, 10, exact=True)
+    ak, as_ = model.space.search(vecs[:8], 10)  # up to ann_max_batch: the index
+    ek, es = model.space.search(np.concatenate([vecs, vecs])[:16], 10)  # a bigger batch: exact
+    ek, es = ek[:8], es[:8]
     assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ak, ek)]) >= 0.98
     assert np.allclose(as_[:, 0], es[:, 0], atol=1e-4)
 
@@ -129,10 +143,10 @@ def test_sampled_softmax_learns_the_chain_too():
 
 def test_save_load_round_trip_gives_identical_scores(tmp_path):
     data = chain_data(n_users=120)
-    model = SequenceRetriever(SequenceSettings(**(TINY | {"ann_max_batch": 8}), max_epochs=3)).fit(data)
+    model = with_ann(SequenceRetriever(SequenceSettings(**TINY, max_epochs=3)).fit(data))
     model.save(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} >= {"sequence.pt", "sequence.json", "sequence_hnsw.bin"}
-    back = load_retriever("sequence", tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"sequence.pt", "sequence.json"}
+    back = with_ann(load_retriever("sequence", tmp_path))
     small = [hq([1, 2]), hq([5, 6, 7], [0, 1, 3])]  # ANN path
     big = [hq([i % 30, (i + 1) % 30]) for i in range(40)]  # exact path (more than ann_max_batch)
     for qs in (small, big):
@@ -165,7 +179,7 @@ def test_api_answer_moves_after_new_views(settings):
     from shelfwise.api.app import create_app
     from shelfwise.service import Shelfwise
     from shelfwise.training import fit_pipeline
-    from tests.conftest import tiny_catalog, tiny_events
+    from tests.conftest import api_client, tiny_catalog, tiny_events
 
     settings.models.sequence = SequenceSettings(**TINY, max_epochs=15)
     settings.models.placements["homepage"] = PlacementSettings(weights={"sequence": 1.0})
@@ -174,11 +188,11 @@ def test_api_answer_moves_after_new_views(settings):
     eng.ingest(tiny_events())
     fitted = fit_pipeline(eng.store.scan(), eng.catalog, settings.models, sources=("trending", "sequence"))
     version, path = eng.models.new_version()
-    fitted.pipeline.version = version
-    fitted.pipeline.save(path)
+    fitted.model.version = version
+    fitted.model.save(path)
     eng.models.publish(version)
     eng.close()
-    with TestClient(create_app(settings)) as client:
+    with api_client(settings) as client:
         def rail():
             r = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 4})
             assert r.status_code == 200 and r.json()["model_version"] == version
@@ -197,21 +211,36 @@ def test_api_answer_moves_after_new_views(settings):
 def test_small_catalogs_are_searched_exactly(chain_model):
     data, model = chain_model
 
-    class NoANN:
-        def search(self, *_):
-            raise AssertionError("a catalog below exact_max_items must not go through the ANN index")
+    def no_ann(name, vectors):
+        raise AssertionError("a catalog below exact_max_items must not build an index")
 
     queries = [hq([i, (i + 1) % 30]) for i in range(5)]
-    exact = SequenceRetriever(model.settings.model_copy(update={"exact_max_items": 1000}))
-    exact.model, exact.n_items, exact.item_vectors, exact.index = (model.model, model.n_items, model.item_vectors,
-                                                                   NoANN())
+    exact = load_like(model)
+    exact.attach_index(no_ann, CandidateSettings(exact_max_items=1000))  # below the size: exact, no index
     vecs = model.encode(queries)[1]
-    keys, scores = exact.candidates(vecs, 10)
-    want_keys, want_scores = model.candidates(vecs, 10, exact=True)
-    assert np.array_equal(keys, want_keys) and np.allclose(scores, want_scores)
+    keys, scores = exact.space.search(vecs, 10)
+    want = vecs @ model.item_vectors.T
+    assert np.array_equal(keys, np.argsort(-want, axis=1, kind="stable")[:, :10])
     assert exact.score(queries).shape == (5, 30)
-    big = SequenceRetriever(model.settings.model_copy(update={"exact_max_items": 10}))
-    big.model, big.n_items, big.item_vectors, big.index = model.model, model.n_items, model.item_vectors, NoANN()
-    with pytest.raises(AssertionError, match="must not go through"):
-        big.candidates(vecs, 10)  # above the threshold: the index
 
+    class Counting:
+        calls = 0
+
+        def search(self, q, k):
+            Counting.calls += 1
+            return hnsw("x", model.item_vectors).search(q, k)
+
+        def __len__(self):
+            return model.n_items
+
+    big = load_like(model)
+    big.attach_index(lambda name, v: Counting(), CandidateSettings(exact_max_items=10))
+    big.space.search(vecs, 10)  # above the threshold: the index
+    assert Counting.calls == 1
+
+
+def load_like(model):
+    out = SequenceRetriever(model.settings)
+    out.model, out.n_items, out.item_vectors = model.model, model.n_items, model.item_vectors
+    out.space = type(model.space)("sequence", model.item_vectors)
+    return out

@@ -1,34 +1,62 @@
-"""HTTP API (FastAPI). Routes are thin: validation and shaping here, behaviour in ``Shelfwise``."""
+"""HTTP API (FastAPI). Routes are thin: validation and shaping here, behaviour in ``Shelfwise``.
 
-from __future__ import annotations
+Security (``security/middleware.py``) sits in front of every route: keys and scopes, CORS, body size, rate
+limits. Request and response bodies are declared with the models of ``api/models.py``.
+"""
 
+
+import hashlib
+import logging
 import sys
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Annotated
+from importlib.resources import files
+from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
 import orjson
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from threadpoolctl import threadpool_limits
 
+from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.rules import build_router as rules_router
-from shelfwise.domain import Event, Item
-from shelfwise.pipeline import RecRequest, new_request_id
+from shelfwise.domain import ConsentUpdate, Event, Item, Text, split_field
+from shelfwise.request import RecRequest, new_request_id
+from shelfwise.privacy.pseudonym import shopper_key
+from shelfwise.rules.schema import RuleSet
+from shelfwise.security.keys import KeyVerifier
+from shelfwise.security.middleware import SecurityMiddleware, required_scope
 from shelfwise.service import Shelfwise
 from shelfwise.settings import Settings, load_settings
+from shelfwise.stores import open_rate_limiter
+from shelfwise.stores.bus import BusTimeout
+
+log = logging.getLogger("shelfwise.api")
+
+Id = Annotated[Text, Query(min_length=1, max_length=256)]
+Ids = Annotated[list[Annotated[Text, Field(max_length=4096)]], Query(max_length=200)]
+ItemId = Annotated[Text, Path(min_length=1, max_length=256)]
+DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+              "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
 
 
-def _errors(exc: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
+def _errors(exc: ValidationError, index: int | None = None, whole: str = "(event)") -> list[dict[str, Any]]:
     out = []
     for e in exc.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(event)"
-        item: dict[str, Any] = {"field": field, "reason": e["msg"]}
+        reason = str(e["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(p) for p in e["loc"])
+        if not field:  # a rule about the whole event/item names its field first
+            named, reason = split_field(reason)
+            field = named or whole
+        item: dict[str, Any] = {"field": field, "reason": reason}
         if index is not None:
             item = {"index": index, **item}
         out.append(item)
@@ -52,10 +80,42 @@ class ORJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def error(status: int, detail: str, field: str | None = None, reason: str | None = None,
+          **extra: Any) -> ORJSONResponse:
+    body: dict[str, Any] = {**extra, "detail": detail}
+    if field is not None:
+        body["errors"] = [{"field": field, "reason": reason or detail}]
+    return ORJSONResponse(body, status_code=status)
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"model": m.ErrorBody, "description": description}
+
+
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error_response("the body could not be parsed"),
+    401: _error_response("no key, or an unknown or revoked key (send `Authorization: Bearer <key>`)"),
+    403: _error_response("the key lacks the route's scope, or a publishable key is used off its routes/origins"),
+    413: _error_response("request body larger than security.max_body_bytes"),
+    422: _error_response("invalid request: each problem names its field and reason"),
+    429: {"model": m.ErrorBody, "description": "rate limit exceeded: retry after the Retry-After header's seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
+    500: _error_response("internal error (a bug: nothing half-written is kept)"),
+    503: _error_response("events queued but not yet committed (stores.ack = commit): resending is safe"),
+}
+
+
 def create_app(settings: Settings | None = None, engine: Shelfwise | None = None) -> FastAPI:
     settings = settings or load_settings()
     state: dict[str, Any] = {}
     metrics = Metrics()
+    sec = settings.security
+    verifier = KeyVerifier(None, cache_s=sec.key_cache_s)  # type: ignore[arg-type]  # store set at start-up
+    use_redis = sec.rate_limiter == "redis" or (sec.rate_limiter == "auto"
+                                                and settings.stores.online.startswith(("redis://", "rediss://")))
+    if sec.rate_limiter == "redis" and not use_redis:
+        raise ValueError("security.rate_limiter = redis needs stores.online = redis://…")
+    limiter = open_rate_limiter(settings.stores.online if use_redis else "memory://", sec.rate_limiter_max_entries)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,160 +124,368 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         # processes (`shelfwise serve --workers N`), not threads.
         app.state.blas_limit = threadpool_limits(limits=1)
         state["engine"] = engine or Shelfwise(settings)
+        state["engine"].watch_models()  # new model versions are loaded beside serving, then swapped in
+        verifier.store = state["engine"].privacy_store
         # concurrent recommendation requests share one pipeline call (api/batcher.py)
         state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch,
                                         settings.api.recommend_workers)
         if "torch" in sys.modules:  # the sequence model is loaded: same reasoning for torch's intra-op threads
             sys.modules["torch"].set_num_threads(1)
+        if sec.auth == "off":
+            log.warning("security.auth = off: every endpoint is open to anyone who reaches this port")
+        elif not state["engine"].privacy_store.list_keys():
+            log.warning("no API key exists yet: every /v1 request will get 401; create one with "
+                        "`shelfwise keys create --scope read --scope ingest`")
         yield
         state["batcher"].close()
         if engine is None:
             state["engine"].close()
+        close = getattr(limiter, "close", None)
+        if close is not None:
+            close()
 
-    app = FastAPI(title="Shelfwise", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app = FastAPI(title="Shelfwise", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+                  docs_url=None, redoc_url=None, responses=COMMON_RESPONSES,
+                  description="Real-time personalization for online retail. Every /v1 route needs an API key "
+                              "(`Authorization: Bearer <key>`) with the scope named in its description; see "
+                              "SECURITY.md.")
+    app.add_middleware(SecurityMiddleware, settings=sec, verifier=verifier, limiter=limiter,
+                       limiter_blocks=use_redis)
+    app.state.verifier = verifier
+    app.state.limiter = limiter
 
     def sw() -> Shelfwise:
         return state["engine"]
 
+    # ---- errors ----------------------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+        errors = [{"field": ".".join(str(p) for p in e["loc"]),
+                   "reason": str(e["msg"]).removeprefix("Value error, ")} for e in exc.errors()]
         return ORJSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.exception_handler(m.BadBody)
+    async def _bad_body(request: Request, exc: m.BadBody) -> JSONResponse:
+        return error(422, f"invalid request body: {exc.reason}", "body", exc.reason)
 
-    @app.get("/readyz")
+    @app.exception_handler(BusTimeout)
+    async def _bus_timeout(request: Request, exc: BusTimeout) -> JSONResponse:
+        return error(503, f"{exc}", None, None)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, m.short(request.url.path, 200), exc_info=exc)
+        return error(500, f"internal error ({type(exc).__name__}); nothing half-written was kept")
+
+    # ---- health, metrics, docs -------------------------------------------------------------------------------
+    @app.get("/healthz", response_model=m.Health, tags=["operations"])
+    def healthz() -> Response:
+        return ORJSONResponse({"status": "ok"})
+
+    @app.get("/readyz", response_model=m.Ready, tags=["operations"],
+             responses={503: {"model": m.Ready, "description": "still starting"}})
     def readyz() -> Response:
-        engine = state.get("engine")
-        if engine is None:
+        eng = state.get("engine")
+        if eng is None:
             return ORJSONResponse({"status": "starting"}, status_code=503)
-        return ORJSONResponse({"status": "ready", "model_version": engine.pipeline.version,
-                               "trained": engine.trained})
+        model = eng.pipeline.model
+        training = eng.models.training()
+        return ORJSONResponse({"status": "ready", "model_version": model.version, "trained": eng.trained,
+                               "model": {"version": model.version, "sources": list(model.retrievers),
+                                         "ranker": model.ranker is not None, "full": model.full,
+                                         "trained_until": model.trained_until},
+                               "training": training and {
+                                   k: training.get(k) for k in ("state", "what", "started_at", "expected_s",
+                                                                "finished_at", "version", "error")}})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # ---- events --------------------------------------------------------------------------------------
-    @app.post("/v1/events", status_code=202)
-    def post_events(payload: Annotated[Any, Body()]) -> Response:
+    static = files("fastapi_offline") / "static"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Shelfwise API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True})
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="Shelfwise API",
+                              redoc_js_url="/docs/assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs/assets/favicon.png", with_google_fonts=False)
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def doc_asset(name: str) -> Response:
+        if name not in DOC_ASSETS:
+            raise HTTPException(404, "no such asset")
+        return FileResponse(str(static / name), media_type=DOC_ASSETS[name],
+                            headers={"cache-control": "public, max-age=86400"})
+
+    # ---- events ----------------------------------------------------------------------------------------------
+    def events_body(status: int, detail: str, reason: str) -> ORJSONResponse:
+        return ORJSONResponse({"stored": 0, "duplicates": 0, "duplicate_ids": [], "unknown_items": [], "invalid": 0,
+                               "withheld": 0, "detail": detail, "errors": [{"field": "body", "reason": reason}]},
+                              status_code=status)
+
+    @app.post("/v1/events", status_code=202, response_model=m.EventsResult, tags=["events"],
+              summary="Send one event or a batch (scope: ingest)",
+              responses={422: {"model": m.EventsResult,
+                               "description": "invalid events, each named by index, field and reason; the valid "
+                                              "events of the batch were stored (see stored)"}},
+              openapi_extra=m.json_body({"oneOf": [m.schema_ref("Event"), {
+                  "type": "array", "items": m.schema_ref("Event"), "minItems": 1,
+                  "maxItems": settings.api.max_batch}]}, "an event, or a batch of events"))
+    async def post_events(request: Request) -> Response:
+        try:
+            payload = await m.read_json(request)
+        except m.BadBody as e:
+            return events_body(422, f"invalid request body: {e.reason}; nothing was stored", e.reason)
         raw = payload if isinstance(payload, list) else [payload]
         limit = settings.api.max_batch
         if len(raw) > limit:
-            return ORJSONResponse({"detail": f"batch of {len(raw)} events exceeds the limit of {limit}; "
-                                             "nothing was stored",
-                                   "errors": [{"field": "body", "reason": f"at most {limit} events per batch"}]},
-                                  status_code=422)
+            return events_body(422, f"batch of {len(raw)} events exceeds the limit of {limit}; nothing was stored",
+                               f"at most {limit} events per batch")
         if not raw:
-            return ORJSONResponse({"detail": "empty batch", "errors": [{"field": "body",
-                                                                        "reason": "send at least one event"}]},
-                                  status_code=422)
+            return events_body(422, "empty batch", "send at least one event")
         valid: list[Event] = []
+        where: list[int] = []
         errors: list[dict[str, Any]] = []
         for i, obj in enumerate(raw):
             try:
                 valid.append(Event.model_validate(obj))
+                where.append(i)
             except ValidationError as exc:
                 errors.extend(_errors(exc, i))
-        result = sw().ingest(valid) if valid else None
-        stored = len(result.stored) if result else 0
-        duplicates = result.duplicates if result else []
+        stored, duplicates, unknown, withheld = 0, [], [], 0
+        if valid:
+            results = await run_in_threadpool(ingest_isolating, valid, where, errors)
+            for r in results:
+                stored += len(r.stored)
+                duplicates += r.duplicates
+                unknown += r.unknown_items
+                withheld += len(r.withheld)
+        invalid = len({e["index"] for e in errors})
         metrics.events.labels("stored").inc(stored)
         metrics.events.labels("duplicate").inc(len(duplicates))
-        metrics.events.labels("invalid").inc(len({e["index"] for e in errors}))
+        metrics.events.labels("invalid").inc(invalid)
         body = {"stored": stored, "duplicates": len(duplicates), "duplicate_ids": duplicates,
-                "unknown_items": result.unknown_items if result else [], "invalid": len({e["index"] for e in errors})}
+                "unknown_items": sorted(set(unknown)), "invalid": invalid, "withheld": withheld}
         if errors:
-            body["detail"] = (f"{body['invalid']} invalid event(s) rejected; the {stored} valid event(s) of the "
-                              "batch were stored")
-            body["errors"] = errors
+            body["detail"] = (f"{invalid} invalid event(s) rejected; the {stored} valid event(s) of the batch were "
+                              "stored")
+            body["errors"] = sorted(errors, key=lambda e: e["index"])
             return ORJSONResponse(body, status_code=422)
         return ORJSONResponse(body, status_code=202)
 
-    # ---- catalog -------------------------------------------------------------------------------------
-    @app.put("/v1/items")
-    def put_items(payload: Annotated[Any, Body()]) -> Response:
+    def ingest_isolating(valid: list[Event], where: list[int], errors: list[dict[str, Any]]) -> list:
+        """Ingest a batch; if it fails as a whole, event by event, so one event the store cannot take never
+        costs the others theirs (each failure is reported by index). Fails only when every event does."""
+        try:
+            return [sw().ingest(valid)]
+        except Exception:
+            if len(valid) == 1:
+                raise
+            log.exception("a batch of %d events failed; retrying them one by one", len(valid))
+        results, failed = [], []
+        for i, ev in zip(where, valid):
+            try:
+                results.append(sw().ingest([ev]))
+            except Exception as exc:  # noqa: BLE001 - reported to the client by index
+                failed.append({"index": i, "field": "(event)", "reason": f"could not be stored "
+                                                                         f"({type(exc).__name__})"})
+        if len(failed) == len(valid):
+            raise RuntimeError("no event of the batch could be stored")
+        errors.extend(failed)
+        return results
+
+    # ---- catalog ---------------------------------------------------------------------------------------------
+    @app.put("/v1/items", response_model=m.ItemsUpserted, tags=["catalog"],
+             summary="Upsert catalog items, all or nothing (scope: admin)",
+             openapi_extra=m.json_body({"oneOf": [{"type": "array", "items": m.schema_ref("Item"), "minItems": 1},
+                                                  m.schema_ref("ItemBatch"), m.schema_ref("Item")]},
+                                       "items: a list, {\"items\": [...]}, or one item"))
+    async def put_items(request: Request) -> Response:
+        payload = await m.read_json(request)
         raw = payload.get("items") if isinstance(payload, dict) and "items" in payload else payload
         raw = raw if isinstance(raw, list) else [raw]
+        if not raw:
+            return error(422, "empty batch; nothing was changed", "body", "send at least one item")
+        if len(raw) > 10_000:
+            return error(422, "too many items; nothing was changed", "body", "at most 10000 items per request")
         items: list[Item] = []
         errors: list[dict[str, Any]] = []
         for i, obj in enumerate(raw):
             try:
                 items.append(Item.model_validate(obj))
             except ValidationError as exc:
-                errors.extend(_errors(exc, i))
+                errors.extend(_errors(exc, i, "(item)"))
         if errors:
             return ORJSONResponse({"detail": "invalid items; nothing was changed", "errors": errors},
                                   status_code=422)
-        return ORJSONResponse({"upserted": sw().upsert_items(items)})
+        return ORJSONResponse({"upserted": await run_in_threadpool(sw().upsert_items, items)})
 
-    @app.get("/v1/items/{item_id}")
-    def get_item(item_id: str) -> Response:
+    @app.get("/v1/items/{item_id:path}", response_model=m.ItemView, tags=["catalog"],
+             summary="Read an item (scope: admin)", responses={404: _error_response("no such item")})
+    def get_item(item_id: ItemId) -> Response:
         item = sw().get_item(item_id)
         if item is None:
-            raise HTTPException(404, f"no item {item_id!r}")
+            raise HTTPException(404, f"no item {m.short(item_id)!r}")
         return ORJSONResponse(item.model_dump(mode="json") | {"margin": item.margin})
 
-    @app.delete("/v1/items/{item_id}")
-    def delete_item(item_id: str) -> Response:
+    @app.delete("/v1/items/{item_id:path}", status_code=204, tags=["catalog"], response_class=Response,
+                summary="Remove an item from the catalog and every rail (scope: admin)",
+                responses={204: {"description": "removed"}, 404: _error_response("no such item")})
+    def delete_item(item_id: ItemId) -> Response:
         if not sw().delete_item(item_id):
-            raise HTTPException(404, f"no item {item_id!r}")
+            raise HTTPException(404, f"no item {m.short(item_id)!r}")
         return Response(status_code=204)
 
-    @app.delete("/v1/shoppers/{shopper}")
-    def forget_shopper(shopper: str) -> Response:
-        return ORJSONResponse({"deleted_events": sw().forget_shopper(shopper)})
+    # ---- privacy ---------------------------------------------------------------------------------------------
+    def one_shopper(user_id: str | None, session_id: str | None) -> str:
+        if (user_id is None) == (session_id is None):
+            raise RequestValidationError([{"loc": ("query", "user_id"), "msg": "give exactly one of user_id and "
+                                                                               "session_id", "type": "value_error"}])
+        return shopper_key(user_id, session_id)  # type: ignore[return-value]
 
-    # ---- recommendations -----------------------------------------------------------------------------
-    @app.get("/v1/recommendations/{placement}")
+    @app.delete("/v1/shoppers", response_model=m.ErasureReceipt, tags=["privacy"],
+                summary="Erase a shopper everywhere; returns the deletion receipt (scope: admin)")
+    def erase_shopper(user_id: Id | None = None, session_id: Id | None = None) -> Response:
+        """Erase by ``user_id`` or ``session_id`` (either may contain any character, ``/`` included). Idempotent:
+        erasing again returns a new receipt with nothing removed."""
+        shopper = one_shopper(user_id, session_id)
+        return ORJSONResponse(sw().forget_shopper(shopper, "user" if user_id is not None else "session"))
+
+    @app.delete("/v1/shoppers/{shopper:path}", response_model=m.ErasureReceipt, tags=["privacy"],
+                summary="Erase a shopper by path (a user id, or session:<id>) (scope: admin)")
+    def erase_shopper_path(shopper: Annotated[Text, Path(min_length=1, max_length=264)]) -> Response:
+        return ORJSONResponse(sw().forget_shopper(shopper))
+
+    @app.get("/v1/erasures/{receipt_id}", response_model=m.ErasureReceipt, tags=["privacy"],
+             summary="A deletion receipt, again (scope: admin)", responses={404: _error_response("no such receipt")})
+    def get_receipt(receipt_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]) -> Response:
+        receipt = sw().erasure_receipt(receipt_id)
+        if receipt is None:
+            raise HTTPException(404, f"no erasure receipt {receipt_id}")
+        return ORJSONResponse(receipt)
+
+    @app.get("/v1/consent", response_model=m.ConsentView, tags=["privacy"],
+             summary="A shopper's consent by purpose (scope: ingest)")
+    def get_consent(user_id: Id | None = None, session_id: Id | None = None) -> Response:
+        return ORJSONResponse(sw().consent(one_shopper(user_id, session_id)))
+
+    @app.put("/v1/consent", response_model=m.ConsentView, tags=["privacy"],
+             summary="Record a shopper's consent decision (scope: ingest)")
+    def put_consent(update: ConsentUpdate, user_id: Id | None = None, session_id: Id | None = None) -> Response:
+        """Purposes left out keep their value. Withdrawing personalisation erases the shopper's data
+        (``privacy.erase_on_withdrawal``); "pending" for a shopper without a record stores nothing."""
+        return ORJSONResponse(sw().set_consent(one_shopper(user_id, session_id), update))
+
+    @app.get("/v1/reports/anonymous-counts", response_model=m.AnonymousCounts, tags=["privacy"],
+             summary="Per-item daily counts of events of shoppers without consent (scope: admin)")
+    def anonymous_counts(days: Annotated[int, Query(ge=1, le=3660)] = 30) -> Response:
+        return ORJSONResponse({"days": days, "counts": sw().guard.anonymous_counts(days)})
+
+    # ---- recommendations -------------------------------------------------------------------------------------
+    @app.get("/v1/recommendations/{placement}", response_model=m.RecommendationAnswer, tags=["recommendations"],
+             summary="A rail (scope: read)", responses={
+                 404: _error_response("unknown placement"),
+                 304: {"description": "not personal and unchanged: the If-None-Match ETag is still current"}})
     async def recommendations(
-        placement: str,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        item_id: str | None = None,
-        cart: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI query list
-        k: Annotated[int | None, Query(ge=1)] = None,
-        exclude: Annotated[list[str], Query()] = [],  # noqa: B006
-        category: str | None = None,
-        device: str | None = None,
-        segment: Annotated[list[str], Query()] = [],  # noqa: B006
+        placement: Annotated[str, Path(max_length=64, json_schema_extra={
+            "enum": sorted(settings.models.placements)})],
+        user_id: Id | None = None,
+        session_id: Id | None = None,
+        item_id: Id | None = None,
+        cart: Ids = [],  # noqa: B006 - FastAPI query list
+        k: Annotated[int | None, Query(ge=1, le=settings.api.max_k)] = None,
+        exclude: Ids = [],  # noqa: B006
+        category: Annotated[Text | None, Query(max_length=1024)] = None,
+        device: Annotated[Text | None, Query(max_length=64)] = None,
+        segment: Ids = [],  # noqa: B006
         explain: bool = False,
+        if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
     ) -> Response:
         t0 = time.perf_counter()
         engine = sw()
         if placement not in engine.settings.models.placements:
-            raise HTTPException(404, f"unknown placement {placement!r}; known: "
+            raise HTTPException(404, f"unknown placement {m.short(placement, 64)!r}; known: "
                                      f"{sorted(engine.settings.models.placements)}")
         k = k or settings.api.default_k
-        if k > settings.api.max_k:
-            return ORJSONResponse({"detail": "invalid request", "errors": [
-                {"field": "k", "reason": f"at most {settings.api.max_k}"}]}, status_code=422)
         if placement in ("pdp_similar", "pdp_fbt") and not item_id:
-            return ORJSONResponse({"detail": "invalid request", "errors": [
-                {"field": "item_id", "reason": f"{placement} needs the product page's item_id"}]}, status_code=422)
+            return error(422, "invalid request", "item_id", f"{placement} needs the product page's item_id")
         cart_ids = [c for part in cart for c in part.split(",") if c]
         excl = [c for part in exclude for c in part.split(",") if c]
-        shopper = user_id if user_id is not None else (f"session:{session_id}" if session_id else None)
         segments = [c for part in segment for c in part.split(",") if c]
-        req = RecRequest(placement=placement, shopper=shopper, item_id=item_id, cart=cart_ids, k=k, exclude=excl,
-                         category=category, device=device, segments=segments, request_id=new_request_id(),
-                         explain=explain)
+        for name, values in (("cart", cart_ids), ("exclude", excl), ("segment", segments)):
+            if len(values) > 200 or any(len(v) > 256 for v in values):
+                return error(422, "invalid request", name, "at most 200 ids of at most 256 characters")
+        req = RecRequest(placement=placement, shopper=shopper_key(user_id, session_id), item_id=item_id,
+                         cart=cart_ids, k=k, exclude=excl, category=category, device=device, segments=segments,
+                         request_id=new_request_id(), explain=explain)
+        personal = req.shopper is not None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
+        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
+                 | ({"explanation": r.explanation} if explain else {}) for r in answer.items]
         body = {
             "request_id": req.request_id,
             "placement": placement,
-            "model_version": engine.pipeline.version,
+            "model_version": answer.model_version,
+            "rulesets": answer.rulesets,
             "fallback": answer.fallback,
-            "items": [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
-                      | ({"explanation": r.explanation} if explain else {}) for r in answer.items],
+            "items": items,
         }
         if explain:
             body["explanation"] = answer.explanation
-        return ORJSONResponse(body)
+        if personal:  # never kept by a shared cache
+            return ORJSONResponse(body, headers={"Cache-Control": "private, no-store"})
+        # not personal (a product page or cart without a shopper): an edge cache or CDN may keep it; the ETag is
+        # the answer's content, the same on every replica serving the same model, rule sets and catalog
+        tag = '"' + hashlib.blake2b(orjson.dumps([answer.model_version, answer.rulesets, answer.fallback, items]),
+                                    digest_size=12).hexdigest() + '"'
+        headers = {"ETag": tag, "Cache-Control": f"public, max-age={settings.api.edge_ttl_s}"}
+        if tag in [t.strip() for t in (if_none_match or "").split(",")]:
+            return Response(status_code=304, headers=headers)
+        return ORJSONResponse(body, headers=headers)
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
     app.include_router(experiments_router(lambda: experiments_of(sw())))  # experiments (api/experiments.py)
+
+    # ---- the OpenAPI document: the body models, the bearer scheme and each route's scope ---------------------
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = doc.setdefault("components", {})
+        schemas = comps.setdefault("schemas", {})
+        from pydantic.json_schema import models_json_schema
+
+        _, defs = models_json_schema([(Event, "validation"), (Item, "validation"), (m.ItemBatch, "validation"),
+                                      (RuleSet, "validation")], ref_template="#/components/schemas/{model}")
+        for name, schema in defs.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        comps["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                               "description": "an API key from `shelfwise keys create`"}}
+        for path, ops in doc.get("paths", {}).items():
+            for method, op in ops.items():
+                scope = required_scope(method.upper(), path, sec.public_metrics)
+                if scope is None or sec.auth == "off":
+                    op["security"] = []
+                    for status in ("401", "403"):
+                        op.get("responses", {}).pop(status, None)
+                else:
+                    op["security"] = [{"bearer": []}]
+                    op["description"] = (op.get("description", "") + f"\n\nScope: `{scope}`.").strip()
+                if scope is None:
+                    op.get("responses", {}).pop("429", None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -21,7 +21,7 @@ from shelfwise.domain import EventType
 from shelfwise.evaluation import metrics as M
 from shelfwise.evaluation.data import Dataset
 from shelfwise.evaluation.splits import Split, positive_mask, shopper_bounds
-from shelfwise.pipeline import RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.retrieval import SOURCES
 from shelfwise.settings import ModelSettings, PlacementSettings
 from shelfwise.stores.protocols import Interaction, ShopperState

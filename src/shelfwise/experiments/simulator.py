@@ -277,7 +277,7 @@ class RerankPolicy:
 
 def engine_policy(engine: Any) -> Policy:
     """The real pipeline in process (``service.Shelfwise``): the homepage rail it would serve."""
-    from shelfwise.pipeline import RecRequest
+    from shelfwise.request import RecRequest
 
     def policy(shopper: str, placement: str, k: int) -> list[str]:
         return [r.item_id for r in engine.recommend(RecRequest(placement=placement, shopper=shopper, k=k)).items]

@@ -1,8 +1,8 @@
 """Per (request, candidate) features: ONE code path for training rows and for serving.
 
-``compute_features(pipe, stats, spec, requests, queries, cand)`` returns a ``(B, N, F)`` float32 tensor. Training
-calls it on requests rebuilt from the event history (``labels.py``), serving on live requests inside
-``Pipeline.recommend``; nothing else computes features, so there is no training/serving skew. Everything is
+``compute_features(ctx, requests, queries, cand)`` returns a ``(B, N, F)`` float32 tensor. Training calls it on
+requests rebuilt from the event history (``labels.py``), serving on live requests (the ranking stage); nothing
+else computes features, so there is no training/serving skew. Everything is
 vectorised over the (B × N) candidates (and the ≤ 50 history events of a request); the only Python loop is over
 the requests of a batch, to pad their histories.
 
@@ -10,8 +10,9 @@ Inputs beyond the candidates themselves:
 - ``ItemStats``: item statistics fitted on the same training data as the pipeline's sources (popularity, trend,
   conversion, first appearance, price band within the category, catalog tags) — aligned with the pipeline's
   item vocabulary, saved with the ranker.
-- the pipeline's live ``ItemTable`` (price, margin, stock, creation date, category, brand: catalog updates count
-  at once), and the item embeddings of the ALS / sequence sources (cosine similarity to the shopper's items).
+- the live ``ItemTable`` (price, margin, stock, creation date, category, brand: catalog updates count at once),
+  and the item embeddings of the ALS / sequence sources (cosine similarity to the shopper's items), all held by
+  a ``FeatureContext``.
 - each request's history (``Query``), its time ``now`` and device (``RecRequest.device``; 0 = unknown).
 
 Missing values are NaN (LightGBM routes them natively): unknown price, never-seen category, no history, ...
@@ -21,17 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from shelfwise.domain import EventType, Item
-from shelfwise.ranking.candidates import Candidates
-from shelfwise.retrieval.base import Query, TrainData
-
-if TYPE_CHECKING:  # pragma: no cover
-    from shelfwise.pipeline import Pipeline, RecRequest
+from shelfwise.items import ItemTable
+from shelfwise.request import Candidates, Query, RecRequest
+from shelfwise.retrieval.base import Retriever, TrainData
 
 DAY = 86400.0
 DEVICES = {"desktop": 1, "mobile": 2, "tablet": 3, "app": 4}  # anything else: 5; unknown: 0
@@ -60,11 +59,11 @@ class FeatureSpec:
     session_gap_s: float = 1800.0
 
     @classmethod
-    def from_pipeline(cls, pipe: "Pipeline", placement: str) -> "FeatureSpec":
-        weights = pipe.placement(placement).weights
-        sources = [n for n, w in weights.items() if w and n in pipe.retrievers]
-        embeddings = [n for n in EMBEDDINGS if _embedding(pipe, n) is not None]
-        return cls(sources, embeddings, pipe.settings.covisit.session_gap_minutes * 60.0)
+    def from_sources(cls, weights: dict[str, float], retrievers: dict[str, Retriever], items: ItemTable,
+                     session_gap_s: float) -> "FeatureSpec":
+        sources = [n for n, w in weights.items() if w and n in retrievers]
+        embeddings = [n for n in EMBEDDINGS if embedding_of(retrievers, n, len(items)) is not None]
+        return cls(sources, embeddings, session_gap_s)
 
 
 def feature_names(spec: FeatureSpec) -> list[str]:
@@ -74,10 +73,11 @@ def feature_names(spec: FeatureSpec) -> list[str]:
     return names + SESSION_FEATURES
 
 
-def _embedding(pipe: "Pipeline", source: str) -> np.ndarray | None:
-    r = pipe.retrievers.get(source)
+def embedding_of(retrievers: dict[str, Retriever], source: str, n_items: int) -> np.ndarray | None:
+    """The item vectors of an embedding source, when it has them for every item."""
+    r = retrievers.get(source)
     e = getattr(r, EMBEDDINGS.get(source, ""), None) if r is not None else None
-    if e is None or not hasattr(e, "shape") or e.ndim != 2 or e.shape[0] != len(pipe.items) or e.shape[1] == 0:
+    if e is None or not hasattr(e, "shape") or e.ndim != 2 or e.shape[0] != n_items or e.shape[1] == 0:
         return None
     return e
 
@@ -224,9 +224,27 @@ def device_code(device: Any) -> int:
     return DEVICES.get(str(device).lower(), 5)
 
 
-def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requests: Sequence["RecRequest"],
-                     queries: Sequence[Query], cand: Candidates) -> np.ndarray:
+@dataclass
+class FeatureContext:
+    """What features are computed from besides the requests: the live item table, the item statistics and
+    feature spec the ranker was trained with, and the embedding sources' item vectors."""
+
+    items: ItemTable
+    stats: ItemStats
+    spec: FeatureSpec
+    embeddings: dict[str, np.ndarray]
+
+    @classmethod
+    def build(cls, items: ItemTable, stats: ItemStats, spec: FeatureSpec,
+              retrievers: dict[str, Retriever]) -> "FeatureContext":
+        emb = {s: e for s in spec.embeddings if (e := embedding_of(retrievers, s, len(items))) is not None}
+        return cls(items, stats, spec, emb)
+
+
+def compute_features(ctx: FeatureContext, requests: Sequence[RecRequest], queries: Sequence[Query],
+                     cand: Candidates) -> np.ndarray:
     """The (B, N, F) feature tensor, columns in ``feature_names(spec)`` order."""
+    stats, spec = ctx.stats, ctx.spec
     names = feature_names(spec)
     b, n = cand.shape
     X = np.empty((len(names), b, n), np.float32)  # one contiguous (B, N) plane per feature; transposed at the end
@@ -235,7 +253,7 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
     def put(value: Any) -> None:
         X[next(col)] = value
 
-    items = pipe.items
+    items = ctx.items
     c = np.where(cand.valid, cand.items, 0)
     # ---- history, right-aligned (column H-1 = most recent), padded with -1 / nan ----------------------
     h = max([min(len(q.history), HISTORY) for q in queries] + [1])
@@ -251,7 +269,7 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
             ht[r, h - L:] = q.history_ts[-L:]
             hk[r, h - L:] = q.history_kind[-L:]
         now[r] = req.now or q.now or (q.history_ts.max() if len(q.history_ts) else stats.now)
-        dev[r] = device_code(getattr(req, "device", None))
+        dev[r] = device_code(req.device)
     hv = hi >= 0
     hs = np.where(hv, hi, 0)
     hl = hv.sum(axis=1)
@@ -321,7 +339,7 @@ def compute_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, requ
 
     # ---- embeddings -----------------------------------------------------------------------------------
     for s in spec.embeddings:
-        e = _embedding(pipe, s)
+        e = ctx.embeddings.get(s)
         if e is None:
             put(np.nan)
             put(np.nan)

@@ -13,8 +13,8 @@ The scheme (``split_history``), for a log of events up to now:
    live session). The point's labels are graded by what the shopper did next: the items of the next
    ``label_horizon`` interactions of the same session, purchase 3 > add to cart 2 > view 1 (the best grade per
    item); every other candidate is 0.
-4. Candidates for a point come from the prefix-fit pipeline through the API's own candidate generation
-   (``generate_candidates``); features from the one shared code path (``compute_features``).
+4. Candidates for a point come from the prefix-fit pipeline through the API's own stages (its ``candidates``:
+   resolve, rules, candidate generation and blend); features from the one shared code path (``compute_features``).
 5. The ranker's early-stopping validation split is the latest ``valid_fraction`` of the points by time
    (``split="last"``: a random share of the shoppers), so validation is also "future" relative to training rows.
 
@@ -34,18 +34,22 @@ same way, with each shown item's row weighted by ``ipw_weights`` of its position
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from shelfwise.domain import EventType
-from shelfwise.ranking.candidates import Candidates, generate_candidates
-from shelfwise.ranking.features import FeatureSpec, ItemStats, compute_features
+from shelfwise.ranking.features import FeatureContext, compute_features
+from shelfwise.request import Candidates, Query, RecRequest
+from shelfwise.settings import RankerSettings
 from shelfwise.stores.protocols import EventLog, Interaction, ShopperState
 
-if TYPE_CHECKING:  # pragma: no cover
-    from shelfwise.pipeline import Pipeline, RecRequest
-    from shelfwise.settings import RankerSettings
+
+class CandidateSource(Protocol):
+    """What generates the candidates of requests exactly as serving does (``Pipeline.candidates``)."""
+
+    def candidates(self, requests: Sequence[RecRequest], n: int) -> tuple[list[Query], Candidates]:
+        """The queries of the requests (one placement) and their best ``n`` candidates by blended score."""
 
 GRADES = {int(EventType.purchase_completed): 3, int(EventType.add_to_cart): 2, int(EventType.product_viewed): 1,
           int(EventType.recommendation_clicked): 1}
@@ -86,9 +90,7 @@ class Point:
     positions: dict[str, int] = field(default_factory=dict)  # logged impressions: item id -> position shown
     device: str | None = None
 
-    def request(self, placement: str, k: int) -> "RecRequest":
-        from shelfwise.pipeline import RecRequest
-
+    def request(self, placement: str, k: int) -> RecRequest:
         return RecRequest(placement=placement, shopper=self.shopper, k=k, now=self.ts,
                           state=ShopperState(list(self.history), set(self.purchased)), device=self.device)
 
@@ -129,7 +131,7 @@ def auto_split(log: EventLog) -> str:
     return "last" if np.mean(log.ts[first] == SYNTHETIC_EPOCH.timestamp()) >= 0.5 else "time"
 
 
-def split_history(log: EventLog, settings: "RankerSettings", history_length: int = 50,
+def split_history(log: EventLog, settings: RankerSettings, history_length: int = 50,
                   session_gap_s: float = 1800.0) -> HistorySplit:
     """The prefix the sources are fit on and the labelled points after it (see the module docstring)."""
     rng = np.random.default_rng(settings.seed)
@@ -206,24 +208,23 @@ class RankRows:
                         self.shopper[mask], int(mask.sum()), int(mask.sum()))
 
 
-def request_features(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, points: Sequence[Point],
-                     placement: str, n: int) -> tuple[Candidates, np.ndarray]:
+def request_features(source: CandidateSource, ctx: FeatureContext, points: Sequence[Point], placement: str,
+                     n: int) -> tuple[Candidates, np.ndarray]:
     """The training path: points → the API's requests → candidates → the shared features."""
     reqs = [p.request(placement, n) for p in points]
-    queries = [pipe.query(r) for r in reqs]
-    cand = generate_candidates(pipe, reqs, queries, placement, n)
-    return cand, compute_features(pipe, stats, spec, reqs, queries, cand)
+    queries, cand = source.candidates(reqs, n)
+    return cand, compute_features(ctx, reqs, queries, cand)
 
 
-def build_rows(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, points: Sequence[Point], placement: str,
+def build_rows(source: CandidateSource, ctx: FeatureContext, points: Sequence[Point], placement: str,
                n: int, batch: int = 256, ipw_eta: float = 1.0, ipw_max: float = 20.0) -> RankRows:
     """Candidates (API's generation) + features (shared code path) + graded labels for each point."""
     Xs, ys, ws, groups, tss, shoppers = [], [], [], [], [], []
     with_pos = 0
-    index = pipe.items.index
+    index = ctx.items.index
     for start in range(0, len(points), batch):
         part = points[start:start + batch]
-        cand, X = request_features(pipe, stats, spec, part, placement, n)
+        cand, X = request_features(source, ctx, part, placement, n)
         y = np.zeros(cand.shape, np.int8)
         w = np.ones(cand.shape, np.float32)
         for r, p in enumerate(part):
@@ -248,7 +249,7 @@ def build_rows(pipe: "Pipeline", stats: ItemStats, spec: FeatureSpec, points: Se
             tss.append(part[r].ts)
             shoppers.append(part[r].shopper)
     if not Xs:
-        f = len(spec.sources) * 2
+        f = len(ctx.spec.sources) * 2
         return RankRows(np.zeros((0, f), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int64),
                         np.zeros(0, np.float32), np.zeros(0), np.zeros(0, object), len(points), 0)
     return RankRows(np.concatenate(Xs), np.concatenate(ys), np.array(groups, np.int64), np.concatenate(ws),

@@ -1,8 +1,4 @@
-"""Re-ranking after the blend: weighted business score, slot filling (pins, reserved slots, caps) and MMR diversity.
-
-``Reranker`` is the stage ``Pipeline.recommend`` calls; ``business``, ``mmr`` and ``slots`` are its parts.
+"""The building blocks of merchandising after ranking: the weighted business score (``business``), MMR diversity
+(``mmr``) and slot filling with pins, reserved slots and caps (``slots``). The stages (``stages/merchandise.py``,
+``stages/slots.py``) apply them to each request's candidates.
 """
-
-from shelfwise.rerank.reranker import Reranker
-
-__all__ = ["Reranker"]

@@ -3,8 +3,8 @@
     score = w_relevance * relevance + w_trend * trend + w_stock * stock + w_margin * margin
             + w_freshness * freshness + w_seasonality * seasonality
 
-``relevance`` is the blended candidate sources divided by the request's best blended score (so the best item is
-1); every business signal is in [0, 1]:
+``relevance`` is the candidates' score (the blend, or the learned ranker's) divided by the request's best (so the
+best item is 1); every business signal is in [0, 1]:
 
 * ``trend``       the trending source's time-decayed popularity (max 1), 0 without a trending source;
 * ``stock``       ``log1p(stock) / log1p(stock_reference)`` capped at 1; 1 when stock is not tracked;
@@ -22,23 +22,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shelfwise.retrieval.base import ItemTable
+from shelfwise.items import ItemTable, category_prefix_mask
 from shelfwise.settings import BusinessSignals, ScoreWeights
 
 SIGNALS = ("trend", "stock", "margin", "freshness", "seasonality")
-
-
-def category_prefix_mask(items: ItemTable, prefixes: Sequence[str]) -> np.ndarray:
-    """Items whose category path starts with any of the prefixes ('A > B')."""
-    codes = []
-    for i, name in enumerate(items.category_names):
-        have = [p.strip() for p in name.split(">")]
-        for pre in prefixes:
-            want = [p.strip() for p in pre.split(">")]
-            if have[: len(want)] == want:
-                codes.append(i)
-                break
-    return np.isin(items.category, codes) if codes else np.zeros(len(items), bool)
 
 
 def _in_window(day: str, start: str, end: str) -> bool:
@@ -134,27 +121,28 @@ class BusinessScorer:
             self._static[key] = got
         return got
 
-    def apply(self, total: np.ndarray, w: ScoreWeights, nows: Sequence[float]) -> np.ndarray:
-        """Turn blended scores (B, n) into business scores in place (-inf stays); returns each row's relevance
-        scale (1 / best blended score)."""
+    def apply(self, total: np.ndarray, items: np.ndarray, w: ScoreWeights, nows: Sequence[float]) -> np.ndarray:
+        """Turn the candidates' relevance scores (B, M; items (B, M), -1 pads) into business scores in place (-inf
+        stays); returns each row's relevance scale (1 / best relevance score)."""
         finite = np.where(np.isfinite(total), total, 0.0)
-        best = finite.max(axis=1)
+        best = finite.max(axis=1, initial=0.0)
         scale = np.where(best > 0, 1.0 / np.where(best > 0, best, 1.0), 0.0).astype(np.float32)
         factor = (w.relevance * scale).astype(np.float32)
         zero = factor == 0
-        factor[zero] = 1.0  # no evidence in the row (every finite blend is 0) or relevance weight 0
+        factor[zero] = 1.0  # no evidence in the row (every finite score is 0) or relevance weight 0
         total *= factor[:, None]
         if w.relevance == 0:
             rows = total[zero]
             rows[np.isfinite(rows)] = 0.0
             total[zero] = rows
-        total += self.static(w)[None, :]
+        safe = np.maximum(items, 0)
+        total += self.static(w)[safe]
         if w.freshness or w.seasonality:
             for r, now in enumerate(nows):
                 if w.freshness:
-                    total[r] += w.freshness * self.freshness(now)
+                    total[r] += w.freshness * self.freshness(now)[safe[r]]
                 if w.seasonality:
-                    total[r] += w.seasonality * self.seasonality(now)
+                    total[r] += w.seasonality * self.seasonality(now)[safe[r]]
         return scale
 
     def explain(self, j: int, w: ScoreWeights, now: float, relevance: float) -> dict[str, float]:

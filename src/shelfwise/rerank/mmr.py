@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shelfwise.retrieval.base import ItemTable
+from shelfwise.items import ItemTable
 from shelfwise.settings import BusinessSignals, DiversitySettings
 
 

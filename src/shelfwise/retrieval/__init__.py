@@ -1,50 +1,61 @@
-"""Candidate sources. Each is a ``Retriever`` (``base``): fit on ``TrainData``, score a batch of queries."""
+"""Candidate sources. Each is a ``Retriever`` (``base``): fit on ``TrainData``, then score batches of queries.
+
+``REGISTRY`` is the one list of sources: how to build each from settings and how to load it from a model
+version's directory.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from shelfwise.retrieval.als import ALSRetriever
-from shelfwise.retrieval.base import ItemTable, Query, Retriever, TrainData
+from shelfwise.retrieval.base import Retriever, SourceScores, TrainData
 from shelfwise.retrieval.covisit import CovisitRetriever
 from shelfwise.retrieval.ease import EASERetriever
 from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import ModelSettings
 
-SOURCES = ("trending", "covisit", "copurchase", "als", "sequence")
+SOURCES = ("trending", "covisit", "copurchase", "als", "sequence")  # the default pipeline's sources
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    build: Callable[[ModelSettings], Retriever]
+    load: Callable[[Path], Retriever]
+
+
+REGISTRY: dict[str, SourceKind] = {
+    "trending": SourceKind(lambda s: TrendingRetriever(s.trending), TrendingRetriever.load),
+    "covisit": SourceKind(lambda s: CovisitRetriever(s.covisit, mode="view"),
+                          lambda p: CovisitRetriever.load(p, mode="view")),
+    "copurchase": SourceKind(lambda s: CovisitRetriever(s.covisit, mode="purchase"),
+                             lambda p: CovisitRetriever.load(p, mode="purchase")),
+    "als": SourceKind(lambda s: ALSRetriever(s.als), ALSRetriever.load),
+    # optional source, not in SOURCES (n_items² memory)
+    "ease": SourceKind(lambda s: EASERetriever(s.ease), EASERetriever.load),
+    "sequence": SourceKind(lambda s: SequenceRetriever(s.sequence), SequenceRetriever.load),
+}
+
+
+def _known(names: tuple[str, ...] | list[str]) -> None:
+    unknown = set(names) - set(REGISTRY)
+    if unknown:
+        raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(REGISTRY)}")
 
 
 def build_retrievers(settings: ModelSettings, names: tuple[str, ...] = SOURCES) -> dict[str, Retriever]:
     """Unfitted retrievers for the named sources, configured from settings."""
-    make = {
-        "trending": lambda: TrendingRetriever(settings.trending),
-        "covisit": lambda: CovisitRetriever(settings.covisit, mode="view"),
-        "copurchase": lambda: CovisitRetriever(settings.covisit, mode="purchase"),
-        "als": lambda: ALSRetriever(settings.als),
-        "ease": lambda: EASERetriever(settings.ease),  # optional source, not in SOURCES (n_items² memory)
-        "sequence": lambda: SequenceRetriever(settings.sequence),
-    }
-    unknown = set(names) - set(make)
-    if unknown:
-        raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(make)}")
-    return {n: make[n]() for n in names}
+    _known(names)
+    return {n: REGISTRY[n].build(settings) for n in names}
 
 
 def load_retriever(name: str, path: Path) -> Retriever:
-    if name == "trending":
-        return TrendingRetriever.load(path)
-    if name == "covisit":
-        return CovisitRetriever.load(path, mode="view")
-    if name == "copurchase":
-        return CovisitRetriever.load(path, mode="purchase")
-    if name == "als":
-        return ALSRetriever.load(path)
-    if name == "ease":
-        return EASERetriever.load(path)
-    if name == "sequence":
-        return SequenceRetriever.load(path)
-    raise ValueError(f"unknown source {name!r} in model artefacts")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown source {name!r} in model artefacts")
+    return REGISTRY[name].load(path)
 
 
-__all__ = ["ItemTable", "Query", "Retriever", "TrainData", "build_retrievers", "load_retriever", "SOURCES"]
+__all__ = ["Retriever", "SourceScores", "TrainData", "build_retrievers", "load_retriever", "REGISTRY", "SOURCES"]

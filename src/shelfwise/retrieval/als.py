@@ -1,4 +1,10 @@
-"""ALS matrix factorisation on event-type-weighted implicit feedback (the ``implicit`` library)."""
+"""ALS matrix factorisation on event-type-weighted implicit feedback (the ``implicit`` library).
+
+A shopper's score of an item is ``max(0, user · item)`` (the trained user vector, or an exact fold-in of a
+history the model has not seen); a product page's or cart's is the cosine of the item with the mean of the
+anchors' unit vectors. Both are searched through ``ItemVectors`` (exact for small catalogs, else the vector
+index): one space over the raw item factors, one over unit factors.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from typing import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from shelfwise.retrieval.base import Query, Retriever, TrainData
-from shelfwise.settings import ALSSettings
+from shelfwise.request import Query
+from shelfwise.retrieval.base import Retriever, SourceScores, TrainData, stack_rows
+from shelfwise.retrieval.embedding import IndexFactory, ItemVectors, vector_scores
+from shelfwise.settings import ALSSettings, CandidateSettings
 
 
 class ALSRetriever(Retriever):
@@ -38,6 +46,7 @@ class ALSRetriever(Retriever):
             kinds[k] = data.weight[sel][0] if sel.any() else 0.0
         self.kind_weight = kinds
         self._gram = None
+        self._spaces = None
         return self
 
     @property
@@ -60,29 +69,51 @@ class ALSRetriever(Retriever):
         b = (Y.T * (1.0 + conf)).sum(axis=1)
         return np.linalg.solve(A, b).astype(np.float32)
 
-    def user_vectors(self, queries: Sequence[Query]) -> np.ndarray:
+    @property
+    def n_items(self) -> int:
+        return len(self.item_factors)
+
+    def spaces(self) -> tuple[ItemVectors, ItemVectors]:
+        """(inner product over the raw factors, cosine over unit factors)."""
+        got = getattr(self, "_spaces", None)
+        if got is None or len(got[0]) != len(self.item_factors):
+            unit = self.item_factors / np.maximum(np.linalg.norm(self.item_factors, axis=1, keepdims=True), 1e-9)
+            got = (ItemVectors("als_ip", self.item_factors), ItemVectors("als_cos", unit))
+            self._spaces = got
+        return got
+
+    def attach_index(self, factory: IndexFactory | None, settings: CandidateSettings) -> None:
+        for space in self.spaces():
+            space.attach(factory, settings)
+
+    def user_vectors(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, factors) query vectors and whether each is a product page / cart (cosine) query."""
         out = np.zeros((len(queries), self.settings.factors), np.float32)
+        anchored = np.zeros(len(queries), bool)
         for r, q in enumerate(queries):
             if len(q.anchors):
                 v = self.item_factors[q.anchors]
                 norms = np.linalg.norm(v, axis=1, keepdims=True)
                 out[r] = (v / np.maximum(norms, 1e-9)).mean(axis=0)
+                anchored[r] = True
             elif 0 <= q.user < len(self.user_factors) and not q.fresh:
                 out[r] = self.user_factors[q.user]
             elif len(q.history):
                 out[r] = self.fold_in(q.history, self.kind_weight[q.history_kind])
-        return out
+        return out, anchored
 
-    def score(self, queries: Sequence[Query]) -> np.ndarray:
-        vecs = self.user_vectors(queries)
-        anchored = np.array([len(q.anchors) > 0 for q in queries])
-        if anchored.any():  # product page / cart: cosine similarity to the anchor items
-            item_norm = np.linalg.norm(self.item_factors, axis=1)
-            out = vecs @ self.item_factors.T
-            out[anchored] /= np.maximum(item_norm, 1e-9)
-        else:
-            out = vecs @ self.item_factors.T
-        return np.maximum(out, 0.0).astype(np.float32, copy=False)
+    def scores(self, queries: Sequence[Query]) -> SourceScores:
+        vecs, anchored = self.user_vectors(queries)
+        ip, cos = self.spaces()
+        present = np.abs(vecs).sum(axis=1) > 0
+        if not anchored.any():
+            return vector_scores(ip, vecs, present)
+        if anchored.all():
+            return vector_scores(cos, vecs, present)
+        return stack_rows(len(queries), [(np.flatnonzero(~anchored), vector_scores(ip, vecs[~anchored],
+                                                                                  present[~anchored])),
+                                         (np.flatnonzero(anchored), vector_scores(cos, vecs[anchored],
+                                                                                 present[anchored]))])
 
     def save(self, path: Path) -> None:
         np.savez(path / "als.npz", user_factors=self.user_factors, item_factors=self.item_factors,
@@ -95,4 +126,5 @@ class ALSRetriever(Retriever):
         z = np.load(path / "als.npz")
         obj.user_factors, obj.item_factors, obj.kind_weight = z["user_factors"], z["item_factors"], z["kind_weight"]
         obj._gram = None
+        obj._spaces = None
         return obj

@@ -1,7 +1,13 @@
-"""What every candidate source shares: the training data, the query, and the retriever interface.
+"""What every candidate source shares: the training data, the retriever interface and its per-batch scores.
 
-Retrievers are batch-first: ``score`` takes a batch of queries and returns a dense ``(B, n_items)`` float32
-matrix (0 = no evidence), so the API (B=1) and offline evaluation (B in the thousands) run the same code.
+A source is asked once per batch of queries for a ``SourceScores``: its ``top(k, exclusions)`` candidates (the
+exact top-k of its own score function among the items a request may show; items without evidence are never
+returned), its scores ``at`` any given items (to score the union of every source's candidates), and its
+``peak`` per query (the best score over the whole catalog, which normalises the source to [0, 1]). The API
+(batches of a few requests) and offline evaluation (batches of thousands) run the same code. How a source finds
+its top-k is its own business: neighbour lists (co-visitation), a vector index (ALS, the sequence model; exact
+below a catalog size, HNSW or pgvector above), a dense product for small catalogs — the cost of a request does
+not have to grow with the catalog.
 """
 
 from __future__ import annotations
@@ -15,91 +21,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from shelfwise.domain import EventType, Item
+from shelfwise.items import ItemTable
+from shelfwise.request import Exclusions, Query, take_rows
 from shelfwise.settings import EventWeights
 from shelfwise.stores.protocols import EventLog
-
-
-@dataclass
-class ItemTable:
-    """Catalog attributes aligned with the model's item vocabulary (row i = item ``ids[i]``)."""
-
-    ids: np.ndarray  # object array of item ids
-    category: np.ndarray  # int32 code of the full category path (-1 unknown)
-    top_category: np.ndarray  # int32 code of the root category (-1 unknown)
-    brand: np.ndarray  # int32 (-1 unknown)
-    price: np.ndarray  # float64 (nan unknown)
-    margin: np.ndarray  # float64 (nan unknown)
-    stock: np.ndarray  # float64 (inf when not tracked)
-    available: np.ndarray  # bool
-    created_at: np.ndarray  # float64 unix seconds (nan unknown)
-    category_names: list[str] = field(default_factory=list)  # "A > B" per category code
-    index: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.index:
-            self.index = {str(x): i for i, x in enumerate(self.ids)}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def servable(self) -> np.ndarray:
-        """Items that may be shown: available and in stock (or stock not tracked)."""
-        return self.available & (self.stock > 0)
-
-    @classmethod
-    def build(cls, item_ids: Sequence[str], catalog: dict[str, Item]) -> "ItemTable":
-        n = len(item_ids)
-        cat_codes: dict[str, int] = {}
-        top_codes: dict[str, int] = {}
-        brand_codes: dict[str, int] = {}
-        category = np.full(n, -1, np.int32)
-        top = np.full(n, -1, np.int32)
-        brand = np.full(n, -1, np.int32)
-        price = np.full(n, np.nan)
-        margin = np.full(n, np.nan)
-        stock = np.full(n, np.inf)
-        available = np.ones(n, bool)
-        created = np.full(n, np.nan)
-        for i, iid in enumerate(item_ids):
-            it = catalog.get(iid)
-            if it is None:
-                continue
-            if it.category:
-                category[i] = cat_codes.setdefault(" > ".join(it.category), len(cat_codes))
-                top[i] = top_codes.setdefault(it.category[0], len(top_codes))
-            if it.brand:
-                brand[i] = brand_codes.setdefault(it.brand, len(brand_codes))
-            if it.price is not None:
-                price[i] = it.price
-            if it.margin is not None:
-                margin[i] = it.margin
-            if it.stock is not None:
-                stock[i] = it.stock
-            available[i] = it.available
-            if it.created_at is not None:
-                created[i] = it.created_at.timestamp()
-        return cls(np.array(item_ids, dtype=object), category, top, brand, price, margin, stock, available,
-                   created, category_names=list(cat_codes))
-
-    def update(self, item: Item) -> None:
-        """Apply a catalog change (stock, availability, price) to an item the model knows."""
-        i = self.index.get(item.id)
-        if i is None:
-            return
-        self.available[i] = item.available
-        self.stock[i] = np.inf if item.stock is None else item.stock
-        self.price[i] = np.nan if item.price is None else item.price
-        self.margin[i] = np.nan if item.margin is None else item.margin
-
-    def remove(self, item_id: str) -> None:
-        i = self.index.get(item_id)
-        if i is not None:
-            self.available[i] = False
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in ("ids", "category", "top_category", "brand", "price", "margin",
-                                              "stock", "available", "created_at")}
 
 
 @dataclass
@@ -173,21 +98,181 @@ class TrainData:
         return [self.item[bounds[u]:bounds[u + 1]] for u in range(self.n_users)]
 
 
-@dataclass
-class Query:
-    """One recommendation request, resolved to model indices."""
+class SourceScores(ABC):
+    """One source's scores for one batch of queries (row r = query r)."""
 
-    user: int = -1  # shopper index in the training vocabulary, -1 when unknown
-    history: np.ndarray = field(default_factory=lambda: np.array([], np.int32))  # item idx, oldest first
-    history_kind: np.ndarray = field(default_factory=lambda: np.array([], np.int8))
-    history_ts: np.ndarray = field(default_factory=lambda: np.array([], np.float64))
-    anchors: np.ndarray = field(default_factory=lambda: np.array([], np.int32))  # product page / cart items
-    fresh: bool = False  # history has events the trained model has not seen
-    now: float = 0.0
+    @abstractmethod
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) item indices (-1 pads) and scores (0 on pads) of the best items with evidence (score > 0) that
+        each request may show, best first, ties broken by lower index."""
+
+    @abstractmethod
+    def at(self, items: np.ndarray) -> np.ndarray:
+        """(B, M) float32 scores of the given item indices (-1 pads score 0); 0 means no evidence."""
+
+    @abstractmethod
+    def peak(self) -> np.ndarray:
+        """(B,) the best score of each query over the whole catalog (before exclusions), 0 without evidence."""
+
+    @abstractmethod
+    def dense(self) -> np.ndarray:
+        """(B, n_items) float32: every item's score (small catalogs: a dense product is faster than a union)."""
+
+
+class DenseScores(SourceScores):
+    """Scores held as a dense (B, n_items) matrix: exact, for small catalogs and big offline batches."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = np.asarray(matrix, np.float32)
+        self._peak = (self.matrix.max(axis=1, initial=0.0) if self.matrix.size
+                      else np.zeros(len(self.matrix), np.float32))
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        m = self.matrix.copy()
+        m[exclusions.dense()] = -np.inf
+        idx, val = top_k(m, k)
+        return without_zeros(idx, val, k)
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        return gather(self.matrix, items)
+
+    def peak(self) -> np.ndarray:
+        return self._peak
+
+    def dense(self) -> np.ndarray:
+        return self.matrix
+
+
+class SparseScores(SourceScores):
+    """Scores with few non-zeros per query, held as sorted (query, item) keys: neighbour lists, ANN results."""
+
+    def __init__(self, n_rows: int, n_items: int, row: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
+        self.n_rows, self.n_items = n_rows, n_items
+        key = np.asarray(row, np.int64) * n_items + np.asarray(idx, np.int64)
+        val = np.asarray(val, np.float32)
+        if len(key) and (len(key) > 1 and not (np.diff(key) > 0).all()):
+            order = np.argsort(key, kind="stable")
+            key, val = key[order], val[order]
+            first = np.r_[True, key[1:] != key[:-1]]
+            if not first.all():  # sum the duplicates of a key (e.g. a neighbour of two anchors)
+                starts = np.flatnonzero(first)
+                val = np.add.reduceat(val, starts).astype(np.float32)
+                key = key[starts]
+        self.key, self.val = key, val
+        self.row, self.idx = key // max(n_items, 1), key % max(n_items, 1)
+
+    @classmethod
+    def from_rows(cls, n_items: int, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> "SparseScores":
+        """From per-query (item indices, scores), duplicates summed."""
+        lens = [len(i) for i, _ in rows]
+        row = np.repeat(np.arange(len(rows)), lens)
+        idx = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int64)
+        val = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
+        return cls(len(rows), n_items, row, idx, val)
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        keep = (self.val > 0) & exclusions.keep(self.idx, owner=self.row)
+        return segment_top(self.n_rows, self.row[keep], self.idx[keep], self.val[keep], k)
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        q = np.arange(items.shape[0], dtype=np.int64)[:, None] * self.n_items + np.maximum(items, 0)
+        pos = np.searchsorted(self.key, q)
+        pos = np.minimum(pos, max(len(self.key) - 1, 0))
+        found = (items >= 0) & (self.key[pos] == q) if len(self.key) else np.zeros(items.shape, bool)
+        return np.where(found, self.val[pos] if len(self.val) else 0.0, 0.0).astype(np.float32)
+
+    def peak(self) -> np.ndarray:
+        out = np.zeros(self.n_rows, np.float32)
+        np.maximum.at(out, self.row, self.val)
+        return out
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros((self.n_rows, self.n_items), np.float32)
+        out[self.row, self.idx] = self.val
+        return out
+
+
+class RowStack(SourceScores):
+    """Scores of a batch whose rows were scored in groups (e.g. shoppers and product pages)."""
+
+    def __init__(self, n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) -> None:
+        self.n_rows, self.parts = n_rows, parts
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        out_i = np.full((self.n_rows, k), -1, np.int64)
+        out_v = np.zeros((self.n_rows, k), np.float32)
+        for rows, part in self.parts:
+            out_i[rows], out_v[rows] = part.top(k, exclusions.subset(rows))
+        return out_i, out_v
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        out = np.zeros(items.shape, np.float32)
+        for rows, part in self.parts:
+            out[rows] = part.at(items[rows])
+        return out
+
+    def peak(self) -> np.ndarray:
+        out = np.zeros(self.n_rows, np.float32)
+        for rows, part in self.parts:
+            out[rows] = part.peak()
+        return out
+
+    def dense(self) -> np.ndarray:
+        out: np.ndarray | None = None
+        for rows, part in self.parts:
+            d = part.dense()
+            if out is None:
+                out = np.zeros((self.n_rows, d.shape[1]), np.float32)
+            out[rows] = d
+        return out if out is not None else np.zeros((self.n_rows, 0), np.float32)
+
+
+def stack_rows(n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) -> SourceScores:
+    return RowStack(n_rows, [(r, p) for r, p in parts if len(r)])
+
+
+def gather(matrix: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """matrix[r, items[r, j]] with 0 where items is -1."""
+    ok = items >= 0
+    return np.where(ok, take_rows(matrix, np.where(ok, items, 0)), 0.0).astype(np.float32)
+
+
+def without_zeros(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to k columns, with -1 / 0 wherever the score is not positive (no evidence, or excluded)."""
+    ok = val > 0
+    idx = np.where(ok, idx, -1).astype(np.int64)
+    val = np.where(ok, val, 0.0).astype(np.float32)
+    if idx.shape[1] < k:
+        pad = k - idx.shape[1]
+        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
+        val = np.pad(val, ((0, 0), (0, pad)))
+    return idx, val
+
+
+def segment_top(n_rows: int, row: np.ndarray, idx: np.ndarray, val: np.ndarray, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best (idx, val) of flat entries given in ascending (row, idx) order, best first, ties by lower
+    index; (-1, 0) pads."""
+    out_i = np.full((n_rows, k), -1, np.int64)
+    out_v = np.zeros((n_rows, k), np.float32)
+    if not len(row) or k <= 0:
+        return out_i, out_v
+    counts = np.bincount(row, minlength=n_rows)
+    col = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(counts.max())
+    vals = np.full((n_rows, width), -np.inf, np.float32)
+    items = np.full((n_rows, width), -1, np.int64)
+    vals[row, col] = val
+    items[row, col] = idx
+    pos, best = top_k(vals, min(k, width))  # columns are in index order: ties go to the lower index
+    ok = np.isfinite(best)
+    out_i[:, :pos.shape[1]] = np.where(ok, take_rows(items, pos), -1)
+    out_v[:, :pos.shape[1]] = np.where(ok, best, 0.0)
+    return out_i, out_v
 
 
 class Retriever(ABC):
-    """A candidate source: fit on training data, then score every item for a batch of queries."""
+    """A candidate source: fit on training data, then score batches of queries (``scores``)."""
 
     name: ClassVar[str]
 
@@ -199,15 +284,22 @@ class Retriever(ABC):
         vocabulary is ``earlier_items``. By default nothing: sources that fit in seconds fit from scratch."""
 
     @abstractmethod
+    def scores(self, queries: Sequence[Query]) -> SourceScores:
+        """This source's scores for a batch of queries."""
+
     def score(self, queries: Sequence[Query]) -> np.ndarray:
-        """Dense ``(len(queries), n_items)`` float32 scores; 0 means no evidence; higher is better."""
+        """Dense ``(len(queries), n_items)`` float32 scores of every item."""
+        return self.scores(queries).dense()
+
+    @property
+    @abstractmethod
+    def n_items(self) -> int: ...
 
     def similar(self, items: np.ndarray, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (indices, scores) of items like each given item (rows), the item itself excluded."""
         queries = [Query(anchors=np.array([i], np.int32)) for i in items]
-        scores = self.score(queries)
-        scores[np.arange(len(items)), items] = 0.0
-        return top_k(scores, k)
+        ex = Exclusions(np.zeros(self.n_items, bool), [np.array([i], np.int64) for i in items], [None] * len(items))
+        return self.scores(queries).top(k, ex)
 
     @abstractmethod
     def save(self, path: Path) -> None: ...
@@ -224,10 +316,10 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k <= 0:
         return np.zeros((scores.shape[0], 0), np.int64), np.zeros((scores.shape[0], 0), scores.dtype)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
+    part_scores = take_rows(scores, part)
     order = np.lexsort((part, -part_scores), axis=1)
-    idx = np.take_along_axis(part, order, axis=1)
-    return idx, np.take_along_axis(scores, idx, axis=1)
+    idx = take_rows(part, order)
+    return idx, take_rows(scores, idx)
 
 
 def recency_weights(n: int, decay: float) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Co-visitation (item→item from views within a session, time-decayed) and co-purchase (items bought together).
 
-A shopper is scored from their last N items with recency weights; a product page or cart from its items.
+A shopper is scored from their last N items with recency weights; a product page or cart from its items: the
+weighted sum of those items' neighbour lists (at most ``top_per_item`` each), so a request reads a few hundred
+entries whatever the size of the catalog.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from shelfwise.domain import EventType
-from shelfwise.retrieval.base import Query, Retriever, TrainData, recency_weights
+from shelfwise.request import Query
+from shelfwise.retrieval.base import Retriever, SparseScores, TrainData, recency_weights
 from shelfwise.settings import CovisitSettings
 
 _BASKET = (EventType.add_to_cart, EventType.purchase_completed)
@@ -92,14 +95,22 @@ class CovisitRetriever(Retriever):
         items = _last_distinct(q.history, self.settings.last_n)
         return items, recency_weights(len(items), self.settings.recency_decay)
 
-    def score(self, queries: Sequence[Query]) -> np.ndarray:
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[0]
+
+    def scores(self, queries: Sequence[Query]) -> SparseScores:
         m = self.matrix
-        out = np.zeros((len(queries), m.shape[0]), np.float32)
-        for r, q in enumerate(queries):  # a few row slices per query: cheaper than building a sparse product
-            for item, w in zip(*self.anchors(q)):
-                lo, hi = m.indptr[item], m.indptr[item + 1]
-                out[r, m.indices[lo:hi]] += w * m.data[lo:hi]
-        return out
+        anchors = [self.anchors(q) for q in queries]
+        lens = np.array([len(a) for a, _ in anchors], np.int64)
+        items = np.concatenate([a for a, _ in anchors]).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
+        weights = np.concatenate([w for _, w in anchors]) if lens.sum() else np.zeros(0, np.float32)
+        owner = np.repeat(np.arange(len(queries)), lens)
+        start, count = m.indptr[items], m.indptr[items + 1] - m.indptr[items]
+        total = int(count.sum())
+        at = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+        return SparseScores(len(queries), m.shape[0], np.repeat(owner, count), m.indices[at],
+                            m.data[at] * np.repeat(weights, count))
 
     def save(self, path: Path) -> None:
         sp.save_npz(path / f"{self.name}.npz", self.matrix)

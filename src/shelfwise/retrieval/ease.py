@@ -16,7 +16,8 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from shelfwise.domain import EventType
-from shelfwise.retrieval.base import Query, Retriever, TrainData
+from shelfwise.request import Query
+from shelfwise.retrieval.base import DenseScores, Retriever, TrainData
 from shelfwise.settings import EASESettings
 
 _NOT_INTERACTIONS = np.array([EventType.remove_from_cart, EventType.search], np.int8)
@@ -68,9 +69,14 @@ class EASERetriever(Retriever):
         return sp.csr_matrix((np.ones(len(cols_all), np.float32), (np.concatenate(rows), cols_all)),
                              shape=(len(queries), n))
 
-    def score(self, queries: Sequence[Query]) -> np.ndarray:
+    @property
+    def n_items(self) -> int:
+        return self.weights.shape[0]
+
+    def scores(self, queries: Sequence[Query]) -> DenseScores:
+        """Dense (EASE is itself n_items²: it is for catalogs up to ``ease.max_items``)."""
         out = np.asarray(self._inputs(queries) @ self.weights, dtype=np.float32)
-        return np.maximum(out, 0.0, out=out)
+        return DenseScores(np.maximum(out, 0.0, out=out))
 
     def save(self, path: Path) -> None:
         np.save(path / "ease.npy", self.weights)

@@ -1,4 +1,10 @@
-"""Trending: time-decayed popularity, global and per category."""
+"""Trending: time-decayed popularity, global and per category.
+
+An item's score is its global popularity (max 1); for a request about some categories (the product page's or
+cart's items, else the shopper's last three items) the items of those categories rank above the rest, by
+``0.5 + 0.5 * (global + in-category popularity)``. Candidates are read from precomputed orders (global, and per
+category), so a request never scans the catalog.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from shelfwise.retrieval.base import Query, Retriever, TrainData
+from shelfwise.request import Exclusions, Query
+from shelfwise.retrieval.base import Retriever, SourceScores, TrainData, segment_top
 from shelfwise.settings import TrendingSettings
 
 
@@ -26,22 +33,48 @@ class TrendingRetriever(Retriever):
         pop = np.bincount(data.item, weights=decay * np.maximum(data.weight, 0), minlength=data.n_items)
         self.global_score = (pop / pop.max() if pop.max(initial=0) > 0 else pop).astype(np.float32)
         self.category = data.items.category.copy()
-        self._members = None
         cat_max = np.zeros(max(self.category.max(initial=-1) + 2, 1))
         np.maximum.at(cat_max, self.category + 1, pop)
         denom = cat_max[self.category + 1]
         self.category_score = np.where(denom > 0, pop / np.where(denom > 0, denom, 1), 0).astype(np.float32)
+        self._reset()
         return self
 
-    def score(self, queries: Sequence[Query]) -> np.ndarray:
-        out = np.tile(self.global_score, (len(queries), 1))
-        for r, q in enumerate(queries):
-            focus = q.anchors if len(q.anchors) else q.history[-3:]
-            for c in np.unique(self.category[focus]) if len(focus) else ():
-                if c >= 0:  # items of the categories in focus rank above the rest, by in-category popularity
-                    idx = self.members[c]
-                    out[r, idx] = 0.5 * self.global_score[idx] + 0.5 + 0.5 * self.category_score[idx]
-        return out
+    @property
+    def n_items(self) -> int:
+        return len(self.global_score)
+
+    def scores(self, queries: Sequence[Query]) -> "TrendingScores":
+        focus = []
+        for q in queries:
+            f = q.anchors if len(q.anchors) else q.history[-3:]
+            focus.append(np.array(sorted({c for c in self.category[f].tolist() if c >= 0}), np.int64))
+        return TrendingScores(self, focus)
+
+    def order(self, banned: np.ndarray | None = None) -> np.ndarray:
+        """Every item, most popular first (ties: lower index), without the ``banned`` ones; cached per mask."""
+        got = getattr(self, "_order", None)
+        if got is None:
+            got = self._order = np.lexsort((np.arange(self.n_items), -self.global_score)).astype(np.int64)
+        if banned is None:
+            return got
+        cached = getattr(self, "_order_ok", None)
+        if cached is None or cached[0] is not banned:
+            cached = self._order_ok = (banned, got[~banned[got]])
+        return cached[1]
+
+    def boosted(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Members of category c by boosted score (best first) and the scores."""
+        cache = getattr(self, "_boosted", None)
+        if cache is None:
+            cache = self._boosted = {}
+        got = cache.get(c)
+        if got is None:
+            idx = self.members[c]
+            val = (0.5 * self.global_score[idx] + 0.5 + 0.5 * self.category_score[idx]).astype(np.float32)
+            order = np.lexsort((idx, -val))
+            got = cache[c] = (idx[order].astype(np.int64), val[order])
+        return got
 
     @property
     def members(self) -> list[np.ndarray]:
@@ -65,5 +98,68 @@ class TrendingRetriever(Retriever):
         z = np.load(path / "trending.npz")
         obj = cls(TrendingSettings(half_life_days=float(z["half_life_days"])))
         obj.global_score, obj.category_score, obj.category = z["global_score"], z["category_score"], z["category"]
-        obj._members = None
+        obj._reset()
         return obj
+
+    def _reset(self) -> None:
+        self._members = self._order = self._order_ok = self._boosted = None
+
+
+class TrendingScores(SourceScores):
+    def __init__(self, source: TrendingRetriever, focus: list[np.ndarray]) -> None:
+        self.src, self.focus = source, focus
+        n_cats = int(source.category.max(initial=-1)) + 2
+        self.table = np.zeros((len(focus), n_cats), bool)  # [row, category + 1]: the row focuses on it
+        for r, cats in enumerate(focus):
+            self.table[r, cats + 1] = True
+
+    def _values(self, row: np.ndarray, item: np.ndarray) -> np.ndarray:
+        g = self.src.global_score[item]
+        hit = self.table[row, self.src.category[item] + 1]
+        return np.where(hit, 0.5 * g + 0.5 + 0.5 * self.src.category_score[item], g).astype(np.float32)
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        rows = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)
+        return np.where(items >= 0, self._values(rows, np.maximum(items, 0)), 0.0).astype(np.float32)
+
+    def peak(self) -> np.ndarray:
+        top = float(self.src.global_score.max(initial=0.0))
+        return np.array([max([top] + [float(self.src.boosted(int(c))[1][0]) for c in cats if
+                                      len(self.src.members[c])]) for cats in self.focus], np.float32)
+
+    def dense(self) -> np.ndarray:
+        src = self.src
+        out = np.tile(src.global_score, (len(self.focus), 1))
+        for r, cats in enumerate(self.focus):
+            for c in cats:  # items of the categories in focus rank above the rest, by in-category popularity
+                idx = src.members[c]
+                out[r, idx] = 0.5 * src.global_score[idx] + 0.5 + 0.5 * src.category_score[idx]
+        return out
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        order = self.src.order(exclusions.banned)
+        rows, idx = [], []
+        for r, cats in enumerate(self.focus):
+            allow, rule = exclusions.allowed[r], exclusions.dropped[r]
+            head = order
+            if allow is not None:
+                head = head[allow[head]]
+            if rule is not None:
+                head = head[~rule[head]]
+            depth = k + len(exclusions.rows[r])
+            parts = [head[:depth]] + [self.src.boosted(int(c))[0][:depth + 64] for c in cats]
+            for p in parts:
+                rows.append(np.full(len(p), r))
+                idx.append(p)
+        if not rows:
+            return segment_top(len(self.focus), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                               np.zeros(0, np.float32), k)
+        n = len(self.src.global_score)
+        key = np.sort(np.concatenate(rows).astype(np.int64) * n + np.concatenate(idx))
+        key = key[np.r_[True, key[1:] != key[:-1]]]
+        row, item = key // n, key % n
+        keep = exclusions.keep(item, owner=row)
+        row, item = row[keep], item[keep]
+        val = self._values(row, item)
+        pos = val > 0
+        return segment_top(len(self.focus), row[pos], item[pos], val[pos], k)

@@ -34,7 +34,8 @@ def open_rule_store(settings: Settings) -> SQLiteRuleStore:
 
 
 def open_exposure_log(settings: Settings) -> SQLiteExposureLog:
-    return SQLiteExposureLog(rules_db_path(settings), retention_days=settings.rules.exposure_retention_days)
+    return SQLiteExposureLog(rules_db_path(settings), retention_days=settings.rules.exposure_retention_days,
+                             secure_delete=settings.privacy.sqlite_secure_delete)
 
 
 # ---- views ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ err = Console(stderr=True)
 @contextmanager
 def _session() -> Iterator[tuple[Any, Any]]:
     """(settings, rule store), with user errors printed as messages."""
-    from shelfwise.cli import friendly
+    from shelfwise.console import friendly
     from shelfwise.rules.admin import open_rule_store
     from shelfwise.rules.schema import RuleSetInvalid
     from shelfwise.rules.store import NotFound
@@ -203,7 +203,7 @@ def shadow_cmd(ruleset: str, version: Optional[int] = typer.Option(None, min=1, 
 def shadow_report_cmd(ruleset: str, version: Optional[int] = typer.Option(None, min=1),
                       hours: Optional[float] = typer.Option(None, min=0.0, help="default: everything logged")) -> None:
     """Live vs shadow answers of the sampled requests (JSON)."""
-    from shelfwise.retrieval.base import ItemTable
+    from shelfwise.items import ItemTable
     from shelfwise.rules.admin import open_exposure_log
     from shelfwise.rules.compile import ItemFacts
     from shelfwise.rules.reports import build_shadow_report

@@ -26,9 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from shelfwise.domain import Item
-from shelfwise.rerank.business import category_prefix_mask
+from shelfwise.items import ItemTable, category_prefix_mask
 from shelfwise.rerank.slots import CapSpec, Constraints, PinSpec, SlotSpec
-from shelfwise.retrieval.base import ItemTable
 from shelfwise.rules.schema import AttributeTest, ItemMatch, Rule, RuleSet
 
 NEG = np.iinfo(np.int32).min
@@ -191,6 +190,63 @@ class Effects:
         return self.mult is None and self.add is None and self.drop is None and self.constraints.empty
 
 
+@dataclass
+class LocalEffects:
+    """A request's rule effects over its candidates (column j = candidate item ``items[j]``)."""
+
+    mult: np.ndarray | None
+    add: np.ndarray | None
+    drop: np.ndarray | None  # bool
+    constraints: Constraints
+    notes: list[str]
+
+
+def localize(eff: Effects, items: np.ndarray) -> LocalEffects:
+    """Gather a signature's effects (over the item table) at one request's candidates (-1 pads)."""
+    ok = items >= 0
+    safe = np.where(ok, items, 0)
+    c = eff.constraints
+    notes: list[str] = []
+    where = {int(j): col for col, j in enumerate(items.tolist()) if j >= 0}
+    pins = []
+    for p in c.pins:
+        local = []
+        for j in p.items.tolist():
+            if j in where:
+                local.append(where[j])
+            else:
+                notes.append(f"pin {p.rule}: item #{j} not shown (not servable for this request (unavailable, out "
+                             "of stock, excluded or already bought))")
+        pins.append(PinSpec(p.rule, np.array(local, np.int64), p.slot, p.priority, p.order))
+    local_c = Constraints(
+        pins=pins,
+        slots=[SlotSpec(s.rule, s.mask[safe] & ok, s.position, s.count, s.priority, s.order) for s in c.slots],
+        caps=[CapSpec(cp.rule, np.where(ok, cp.group[safe], -1).astype(np.int32), cp.max,
+                      None if cp.scope is None else cp.scope[safe] & ok, cp.strict) for cp in c.caps],
+        blocked=None if c.blocked is None else c.blocked[safe] & ok,
+        removed=None if c.removed is None else c.removed[safe] & ok,
+        removed_priority=None if c.removed_priority is None else c.removed_priority[safe])
+    drop = None
+    if eff.drop is not None and len(eff.drop):
+        hard = np.zeros(len(c.blocked) if c.blocked is not None else len(c.removed), bool)
+        hard[eff.drop] = True
+        drop = hard[safe] & ok
+    return LocalEffects(None if eff.mult is None else eff.mult[safe], None if eff.add is None else eff.add[safe],
+                        drop, local_c, notes)
+
+
+def apply_local(row: np.ndarray, local: LocalEffects) -> np.ndarray | None:
+    """Score effects and drops on one candidate row, in place; the pre-drop row when pins need it."""
+    if local.mult is not None:
+        row *= local.mult
+    if local.add is not None:
+        row += local.add
+    pre = row.copy() if (local.drop is not None and local.constraints.pins) else None
+    if local.drop is not None:
+        row[local.drop] = -np.inf
+    return pre
+
+
 def _describe(r: CompiledRule) -> str:
     a = r.rule.action
     if a.type == "boost":
@@ -335,17 +391,6 @@ class CompiledRules:
             hard = blocked if removed is None else (removed if blocked is None else blocked | removed)
             eff.drop = np.flatnonzero(hard)
         return eff
-
-    def apply(self, row: np.ndarray, eff: Effects) -> np.ndarray | None:
-        """Apply score effects and drops to one row in place; returns the pre-drop row when pins need it."""
-        if eff.mult is not None:
-            row *= eff.mult
-        if eff.add is not None:
-            row += eff.add
-        pre = row.copy() if (eff.drop is not None and eff.constraints.pins) else None
-        if eff.drop is not None and len(eff.drop):
-            row[eff.drop] = -np.inf
-        return pre
 
     # ---- explanations ----------------------------------------------------------------------------------
     def explain(self, sig: tuple, j: int) -> list[dict[str, Any]]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from shelfwise.domain import Item
+from shelfwise.items import ItemTable
+from shelfwise.request import Answer, RecRequest
 from shelfwise.rules.admin import open_exposure_log, open_rule_store
 from shelfwise.rules.log import Exposure
 from shelfwise.rules.stage import RulesStage, StoreRules
@@ -28,26 +30,25 @@ class Merchandising:
         self.log = open_exposure_log(settings)
         self.source = StoreRules(self.store, settings.rules.shadow_share, settings.rules.reload_interval_s)
         self.stage = RulesStage(self.source, catalog.all, self.log)
-        self._pipeline: Any = None
+        self._items: ItemTable | None = None
         self._stop = threading.Event()
         self._warmer = threading.Thread(target=self._keep_warm, args=(warm_interval_s,), name="shelfwise-rules-warm",
                                         daemon=True)
         self._warmer.start()
 
-    def attach(self, pipeline: Any) -> Any:
-        pipeline.rules = self.stage
-        self._pipeline = pipeline
-        return pipeline
+    def attach(self, items: ItemTable) -> None:
+        """The item table of the pipeline now serving (assembled with ``self.stage``): its rules are kept warm."""
+        self._items = items
 
     def prepare(self) -> None:
         """Compile the live rules and the shadow drafts for the current pipeline (no-op when up to date)."""
-        pipe = self._pipeline
-        if pipe is None:
+        items = self._items
+        if items is None:
             return
         snap = self.source.snapshot()
-        self.stage.live(pipe.items, snap)
+        self.stage.live(items, snap)
         for rid, *_ in snap.shadows:
-            self.stage.shadow(pipe.items, snap, rid)
+            self.stage.shadow(items, snap, rid)
 
     def _keep_warm(self, interval: float) -> None:
         while not self._stop.is_set():
@@ -57,22 +58,21 @@ class Merchandising:
                 log.exception("warming the compiled rules failed")
             self._stop.wait(interval)
 
-    def catalog_changed(self, pipeline: Any, items: Sequence[Item] = ()) -> None:
-        self.stage.catalog_changed(pipeline.items, items)
-        pipeline.reranker.invalidate()
+    def catalog_changed(self, items: ItemTable, changed: Sequence[Item] = ()) -> None:
+        self.stage.catalog_changed(items, changed)
 
     def rules_changed(self) -> None:
         """Called after a change through this process: compiled here, so the next request finds it ready."""
         self.source.invalidate()
         self.prepare()
 
-    def record(self, req: Any, answer: Any, model_version: str) -> None:
+    def record(self, req: RecRequest, answer: Answer) -> None:
         if not self.settings.rules.exposure_log or not answer.items:
             return
         self.log.record([Exposure(request_id=req.request_id or "", ts=req.now or time.time(), shopper=req.shopper,
                                   placement=answer.placement, items=[r.item_id for r in answer.items],
-                                  scores=[round(r.score, 6) for r in answer.items], model_version=model_version,
-                                  rules=self.stage.label())])
+                                  scores=[round(r.score, 6) for r in answer.items],
+                                  model_version=answer.model_version, rules=answer.rulesets)])
 
     def close(self) -> None:
         self._stop.set()

@@ -13,11 +13,13 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import orjson
+
+from shelfwise.stores.sqlite import connect
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS exposures (
 );
 CREATE INDEX IF NOT EXISTS exposures_ts ON exposures (ts);
 CREATE INDEX IF NOT EXISTS exposures_request ON exposures (request_id);
+CREATE INDEX IF NOT EXISTS exposures_shopper ON exposures (shopper) WHERE shopper IS NOT NULL;
 CREATE TABLE IF NOT EXISTS item_impressions (
     item_id     TEXT PRIMARY KEY,
     first_ts    REAL NOT NULL,
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS shadow_log (
     record         BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS shadow_log_ruleset ON shadow_log (ruleset_id, shadow_version, ts);
+CREATE INDEX IF NOT EXISTS shadow_log_shopper ON shadow_log (shopper) WHERE shopper IS NOT NULL;
 CREATE TABLE IF NOT EXISTS exposure_meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 
@@ -112,13 +116,19 @@ class ExposureLog(Protocol):
     def flush(self) -> None:
         """Wait until everything enqueued so far is committed."""
 
+    def erase(self, shopper: str) -> tuple[int, int]:
+        """Delete a shopper's rows (after committing what is queued): (exposure rows, shadow rows) removed."""
+
     def close(self) -> None: ...
 
 
 class SQLiteExposureLog:
     def __init__(self, path: Path | str, retention_days: float = 30.0, max_queue: int = 200_000,
-                 batch: int = 2000) -> None:
+                 batch: int = 2000, secure_delete: bool = True) -> None:
         self.path = Path(path)
+        self.secure_delete = secure_delete
+        # consent: a log keeps a shopper's id only when this says so (service wires it to the privacy guard)
+        self.redact: Callable[[str | None, str], str | None] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400.0
         self.batch = batch
@@ -133,11 +143,7 @@ class SQLiteExposureLog:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
+        return connect(self.path, synchronous="NORMAL", secure_delete=self.secure_delete)
 
     # ---- writing -------------------------------------------------------------------------------------
     def _put(self, item: tuple) -> None:
@@ -150,11 +156,34 @@ class SQLiteExposureLog:
 
     def record(self, exposures: Sequence[Exposure]) -> None:
         for e in exposures:
+            if self.redact is not None and e.shopper is not None:
+                e = replace(e, shopper=self.redact(e.shopper, "analytics"))
             self._put(("exposure", e))
 
     def record_shadow(self, records: Sequence[ShadowRecord]) -> None:
         for r in records:
+            if self.redact is not None and r.shopper is not None:
+                r = replace(r, shopper=self.redact(r.shopper, "experiments"))
             self._put(("shadow", r))
+
+    def erase(self, shopper: str) -> tuple[int, int]:
+        self.flush()
+        with self._read_lock:
+            db = self._read
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                exposures = db.execute("DELETE FROM exposures WHERE shopper = ?", (shopper,)).rowcount
+                shadows = db.execute("DELETE FROM shadow_log WHERE shopper = ?", (shopper,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return exposures, shadows
+
+    def checkpoint(self) -> str:
+        with self._read_lock:
+            busy, _, _ = self._read.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return "exposure log WAL " + ("checkpointed and truncated" if not busy else "busy: checkpointed later")
 
     def flush(self) -> None:
         if self._closed or not self._writer.is_alive():

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from shelfwise.domain import Item
-from shelfwise.retrieval.base import ItemTable
+from shelfwise.items import ItemTable
 from shelfwise.rules.compile import CompiledRules, ItemFacts
 from shelfwise.rules.log import ExposureLog, ShadowRecord
 from shelfwise.rules.schema import RuleSet

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Iterable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from shelfwise.domain import check_json
+
 ACTIONS = ("pin", "boost", "bury", "block", "filter", "margin_floor", "cap", "slot")
 MAX_POSITION = 200  # = the API's largest k
 
@@ -315,6 +317,10 @@ def parse_ruleset(doc: Any, placements: Iterable[str] | None = None) -> RuleSet:
     """Validate a rule set document; raises ``RuleSetInvalid`` naming the JSON path and reason of each problem."""
     if not isinstance(doc, dict):
         raise RuleSetInvalid([{"path": "", "reason": "a rule set is a JSON object with a 'rules' list"}])
+    try:  # storable at all: bounded depth, 64-bit integers, finite numbers, clean text
+        check_json(doc)
+    except ValueError as e:
+        raise RuleSetInvalid([{"path": "", "reason": str(e)}]) from None
     ctx = {"placements": set(placements)} if placements is not None else None
     try:
         rs = RuleSet.model_validate(doc, context=ctx)

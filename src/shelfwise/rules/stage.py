@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from shelfwise.domain import Item
-from shelfwise.retrieval.base import ItemTable
+from shelfwise.items import ItemTable
 from shelfwise.rules.compile import CompiledRules, Effects, ItemFacts
 from shelfwise.rules.log import ExposureLog, ShadowRecord
 from shelfwise.rules.schema import ItemMatch, RuleSet

@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from shelfwise.stores.sqlite import connect
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rulesets (
     id             TEXT PRIMARY KEY,
@@ -129,12 +131,8 @@ class RuleStore(Protocol):
 class SQLiteRuleStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = connect(self.path, secure_delete=False)  # holds no shopper data
         with self._lock:
             self._db.executescript(SCHEMA)
         self._data_version = -1

@@ -6,18 +6,34 @@
 | online state             | ``memory://``        | ``redis://`` (``rediss://``)        |
 | vector index             | ``hnsw://``/``exact://`` (in-process) | ``pgvector://``   |
 | event bus                | ``inprocess://``     | ``redis-stream://``, ``kafka://``   |
+| keys, consent, erasures  | the event store's SQLite file | the event store's PostgreSQL |
+| rate limiter             | ``memory://``        | ``redis://`` (the online state's)   |
 
 Backends are imported lazily, so the embedded default never imports a database driver.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from shelfwise.stores.protocols import Catalog, EventBus, EventStore, OnlineState, VectorIndex
+import numpy as np
+
+from shelfwise.stores.protocols import (
+    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, RateLimiter, VectorIndex,
+)
 
 if TYPE_CHECKING:
     from shelfwise.stores.bus import EventProcessor
+
+
+class PrivacyStore(KeyStore, ConsentStore, ErasureLedger, Protocol):
+    """What ``open_privacy_store`` returns: the three roles on one database connection (pool)."""
+
+    def checkpoint(self) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class UnsupportedDSN(ValueError):
@@ -28,18 +44,47 @@ def _scheme(dsn: str) -> str:
     return dsn.split("://", 1)[0] if "://" in dsn else ""
 
 
-def open_event_store(dsn: str) -> EventStore:
-    """Event store + catalog for a DSN (both live in the same database)."""
+def open_event_store(dsn: str, secure_delete: bool = True) -> EventStore:
+    """Event store + catalog for a DSN (both live in the same database). ``secure_delete``: SQLite overwrites
+    deleted rows with zeros."""
     scheme = _scheme(dsn)
     if scheme == "sqlite":
         from shelfwise.stores.sqlite import SQLiteStore
 
-        return SQLiteStore(dsn)
+        return SQLiteStore(dsn, secure_delete=secure_delete)
     if scheme in ("postgresql", "postgres"):
         from shelfwise.stores.postgres import PostgresStore
 
         return PostgresStore(dsn)
     raise UnsupportedDSN(f"no event store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+
+
+def open_privacy_store(dsn: str, secure_delete: bool = True) -> "PrivacyStore":
+    """Key store + consent store + erasure ledger, in the event store's database (picked by the events DSN)."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        from shelfwise.stores.sqlite_privacy import SQLitePrivacyStore
+
+        return SQLitePrivacyStore(dsn, secure_delete=secure_delete)
+    if scheme in ("postgresql", "postgres"):
+        from shelfwise.stores.postgres_privacy import PostgresPrivacyStore
+
+        return PostgresPrivacyStore(dsn)
+    raise UnsupportedDSN(f"no key/consent store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+
+
+def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:
+    """``memory://`` (one process) or ``redis://…`` (shared by every replica)."""
+    scheme = _scheme(dsn)
+    if scheme == "memory":
+        from shelfwise.stores.ratelimit import MemoryRateLimiter
+
+        return MemoryRateLimiter(max_entries=max_entries)
+    if scheme in ("redis", "rediss"):
+        from shelfwise.stores.ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(dsn)
+    raise UnsupportedDSN(f"no rate limiter backend for {dsn!r} (supported: memory://, redis://…)")
 
 
 def open_catalog(store: EventStore) -> Catalog:
@@ -79,6 +124,63 @@ def open_vector_index(dsn: str) -> VectorIndex:
 
         return PgVectorIndex(dsn)
     raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+
+
+def vector_index_factory(dsn: str, model_dir: Path | None = None, version: str = ""
+                         ) -> Callable[[str, np.ndarray], VectorIndex]:
+    """What builds the vector index of an embedding source's item vectors (keys 0..n-1) for one model version.
+
+    ``hnsw://``: an in-process HNSW graph, saved beside the model version (``<name>.hnsw``) the first time and
+    loaded from there afterwards (every replica and restart skips the build). ``exact://``: brute force.
+    ``pgvector://``: one table per (source, model version) in PostgreSQL, built by the first replica to ask and
+    shared by all."""
+    import hashlib
+    from urllib.parse import parse_qsl, urlsplit
+
+    scheme = _scheme(dsn)
+
+    def make(name: str, vectors: np.ndarray) -> VectorIndex:
+        keys = np.arange(len(vectors), dtype=np.int64)
+        if scheme == "hnsw":
+            from shelfwise.stores.vectors import HNSWIndex
+
+            params = {k: int(v) for k, v in parse_qsl(urlsplit(dsn).query)}
+            saved = model_dir / f"{name}.hnsw" if model_dir is not None else None
+            if saved is not None and saved.exists():
+                idx = HNSWIndex.load(saved, dim=vectors.shape[1], **params)
+                if len(idx) == len(vectors):
+                    return idx
+            idx = HNSWIndex(**params)
+            idx.build(keys, vectors)
+            if saved is not None:
+                try:  # best effort: a read-only shared model directory just means a build per process
+                    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")
+                    idx.save(tmp)
+                    tmp.replace(saved)
+                except OSError:
+                    pass
+            return idx
+        if scheme == "exact":
+            from shelfwise.stores.vectors import ExactIndex
+
+            idx = ExactIndex()
+            idx.build(keys, vectors)
+            return idx
+        if scheme == "pgvector":
+            from shelfwise.stores.pgvector import PgVectorIndex
+
+            tag = hashlib.blake2b(f"{version}/{name}".encode(), digest_size=5).hexdigest()
+            sep = "&" if "?" in dsn else "?"
+            base = dict(parse_qsl(urlsplit(dsn).query)).get("table", "shelfwise_vectors")
+            idx = PgVectorIndex(f"{dsn}{sep}table={base}_{tag}")
+            if len(idx) != len(vectors):
+                idx.build(keys, vectors)
+            return idx
+        raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+
+    if scheme not in ("hnsw", "exact", "pgvector"):
+        raise UnsupportedDSN(f"no vector index backend for {dsn!r} (supported: hnsw://, exact://, pgvector://…)")
+    return make
 
 
 def open_event_bus(dsn: str, processor: "EventProcessor", ack: str = "stream", ack_timeout_s: float = 10.0,

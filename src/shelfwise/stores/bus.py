@@ -29,14 +29,24 @@ class EventProcessor:
     """Durable append, then online state. Shared by the API (in-process bus) and ``shelfwise worker``."""
 
     def __init__(self, store: EventStore, online: OnlineState,
-                 known_items: Callable[[], set[str] | None] = lambda: None) -> None:
+                 known_items: Callable[[], set[str] | None] = lambda: None,
+                 forgotten: Callable[[Sequence[str]], dict[str, float]] | None = None) -> None:
         self.store = store
         self.online = online
         self.known_items = known_items
+        self.forgotten = forgotten  # erasure markers (ErasureLedger.forgotten): queued events of erased shoppers
 
-    def process(self, events: Sequence[Event]) -> AppendResult:
+    def process(self, events: Sequence[Event], enqueued_at: Sequence[float] | None = None) -> AppendResult:
+        dropped: list[str] = []
+        if events and enqueued_at is not None and self.forgotten is not None:
+            erased = self.forgotten(list({ev.shopper for ev in events}))
+            if erased:  # queued before their shopper was erased: never stored
+                keep = [erased.get(ev.shopper, -1.0) < t for ev, t in zip(events, enqueued_at)]
+                dropped = [ev.event_id for ev, k in zip(events, keep) if not k]
+                events = [ev for ev, k in zip(events, keep) if k]
+                log.info("dropped %d queued event(s) of erased shoppers", len(dropped))
         if not events:
-            return AppendResult()
+            return AppendResult(withheld=dropped)
         result = self.store.append(events, known_items=self.known_items())
         stored = set(result.stored)
         updates: dict[str, tuple[list[Interaction], list[str]]] = {}
@@ -57,6 +67,9 @@ class EventProcessor:
         self.online.record_many(updates)
         for shopper in stale - set(updates):
             self.online.forget(shopper)
+        if dropped:
+            result = AppendResult(stored=result.stored, duplicates=result.duplicates,
+                                  unknown_items=result.unknown_items, withheld=dropped)
         return result
 
 

@@ -75,6 +75,14 @@ class KafkaBus:
         return AppendResult(stored=[ev.event_id for ev in first], duplicates=repeated,
                             unknown_items=unknown_items(first, self.known_items()))
 
+    def purge_shopper(self, shopper: str) -> list[tuple[str, int, str]]:
+        """Kafka cannot delete single messages: the erasure marker (written first) makes every consumer drop the
+        shopper's queued events; the messages themselves expire with the topic's retention.ms (keep it short, or
+        turn on privacy.pseudonymize so the topic only ever holds keyed hashes)."""
+        return [(f"event bus: queued events (Kafka topic {self.topic}, dead letters {self.dead_topic})", 0,
+                 "Kafka cannot delete single messages: consumers drop this shopper's queued events (erasure "
+                 "marker); they leave the topic with its retention.ms")]
+
     def consumer(self, processor: EventProcessor, name: str | None = None) -> "KafkaConsumer":
         return KafkaConsumer(self, processor, name or consumer_name())
 
@@ -150,16 +158,18 @@ class KafkaConsumer:
 
     def _handle(self, msgs) -> None:
         events: list[Event] = []
+        enqueued: list[float] = []
         dead: list[tuple[bytes, bytes, list]] = []
         for m in msgs:
             try:
                 events.append(Event.model_validate_json(m.value()))
+                enqueued.append(m.timestamp()[1] / 1000.0)  # produce time (the API's clock)
             except ValidationError as exc:
                 reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(event)'}: {e['msg']}" for e in exc.errors())
                 dead.append((m.key() or b"", m.value() or b"",
                              [("reason", reason.encode()), ("source", f"{m.partition()}:{m.offset()}".encode())]))
         if events:
-            self.processor.process(events)
+            self.processor.process(events, enqueued)
         if dead:
             if self._dead is None:
                 self._dead = Producer({**self.bus._base(), "acks": "all", "enable.idempotence": True})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 class DirectoryModelStore:
@@ -49,3 +52,42 @@ class DirectoryModelStore:
         for v in self.versions()[:-keep]:
             if v != current:
                 shutil.rmtree(self.root / v, ignore_errors=True)
+
+    # ---- a training run in progress (so the API can say which model is expected next) -------------------
+    def training_started(self, expected_s: float, what: str, pid: int | None = None) -> None:
+        self._write_status({"state": "running", "pid": pid or os.getpid(), "started_at": time.time(),
+                            "expected_s": round(expected_s), "what": what})
+
+    def training_finished(self, version: str | None, error: str | None = None) -> None:
+        status = self.training() or {}
+        status.update(state="failed" if error else "done", finished_at=time.time(), version=version, error=error)
+        self._write_status(status)
+
+    def training(self) -> dict[str, Any] | None:
+        """The last training run started here: state running / done / failed (a running one whose process has
+        gone is reported failed)."""
+        p = self.root / "TRAINING.json"
+        try:
+            status = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        if status.get("state") == "running" and not _alive(int(status.get("pid", 0))):
+            status.update(state="failed", error="the training process ended without publishing")
+        return status
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        tmp = self.root / f".TRAINING.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.root / "TRAINING.json")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -59,6 +59,39 @@ CREATE TABLE items (
     updated timestamptz NOT NULL DEFAULT now()
 );
 """),
+    (2, "api keys, consent, erasure ledger", """
+CREATE TABLE api_keys (
+    key_id      text COLLATE "C" PRIMARY KEY,
+    name        text NOT NULL,
+    scopes      text NOT NULL,
+    kind        text NOT NULL,
+    secret_hash text NOT NULL,
+    created_at  double precision NOT NULL,
+    origins     text NOT NULL,
+    rate        double precision,
+    revoked_at  double precision
+);
+CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;
+CREATE TABLE consents (
+    shopper         text COLLATE "C" PRIMARY KEY,
+    personalisation text,
+    analytics       text,
+    experiments     text,
+    updated_at      double precision NOT NULL,
+    source          text NOT NULL
+);
+CREATE TABLE anonymous_counts (
+    day     text NOT NULL,
+    item_id text COLLATE "C" NOT NULL,
+    type    smallint NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (day, item_id, type)
+);
+CREATE TABLE forgotten (marker text PRIMARY KEY, at double precision NOT NULL);
+CREATE INDEX forgotten_at ON forgotten (at);
+CREATE TABLE erasure_receipts (receipt_id text PRIMARY KEY, created_at double precision NOT NULL, doc jsonb NOT NULL);
+CREATE TABLE privacy_meta (key text PRIMARY KEY, value text NOT NULL);
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -283,5 +316,6 @@ def drop_schema(dsn: str) -> None:
 
     conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max"})
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        for table in ("lines", "events", "items", "shelfwise_migrations"):
+        for table in ("lines", "events", "items", "api_keys", "consents", "anonymous_counts", "forgotten",
+                      "erasure_receipts", "privacy_meta", "shelfwise_migrations"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))

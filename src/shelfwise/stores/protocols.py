@@ -17,6 +17,7 @@ class AppendResult:
     stored: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     unknown_items: list[str] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)  # not stored under an identity: no personalisation consent
 
 
 @dataclass
@@ -139,9 +140,12 @@ class VectorIndex(Protocol):
 
 @runtime_checkable
 class EventProcessor(Protocol):
-    """What consumes the bus: durable append to the event store, then online state (see ``stores.bus``)."""
+    """What consumes the bus: durable append to the event store, then online state (see ``stores.bus``).
 
-    def process(self, events: Sequence[Event]) -> AppendResult: ...
+    ``enqueued_at`` (unix seconds, one per event) is when each event entered the bus: an event of a shopper erased
+    after that moment is dropped (it was queued before the erasure)."""
+
+    def process(self, events: Sequence[Event], enqueued_at: Sequence[float] | None = None) -> AppendResult: ...
 
 
 @runtime_checkable
@@ -164,3 +168,107 @@ class EventBus(Protocol):
     def consumer(self, processor: EventProcessor, name: str | None = None) -> BusConsumer: ...
 
     def close(self) -> None: ...
+
+
+# ---- security and privacy roles (keys, consent, erasure ledger; one database with the event store) ----------------
+SCOPES = ("ingest", "read", "admin")
+PURPOSES = ("personalisation", "analytics", "experiments")
+CONSENT_STATES = ("granted", "denied", "pending")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key's record. The key itself is never stored: ``secret_hash`` is SHA-256 of the whole key."""
+
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+    kind: str  # "secret" (server side) or "publishable" (browsers: post events and read rails from `origins`)
+    secret_hash: str
+    created_at: float
+    origins: tuple[str, ...] = ()
+    rate: float | None = None  # requests/s for this key (None: the settings' default)
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class KeyExists(ValueError):
+    """A key with this id or name already exists."""
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    def add_key(self, key: ApiKey) -> None:
+        """Store a new key record (``KeyExists`` when the id or an active key's name is taken)."""
+
+    def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    def list_keys(self, include_revoked: bool = False) -> list[ApiKey]:
+        """Oldest first."""
+
+    def revoke_key(self, id_or_name: str, at: float) -> ApiKey | None:
+        """Revoke an active key by id or name; None when no active key matches."""
+
+    def keys_generation(self) -> int:
+        """Changes on every add or revoke (replicas compare it to refresh what they cached)."""
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A shopper's consent by purpose (``granted`` / ``denied`` / ``pending``), as last decided."""
+
+    shopper: str
+    purposes: dict[str, str]
+    updated_at: float
+    source: str = "api"  # "api" or "event"
+
+
+@runtime_checkable
+class ConsentStore(Protocol):
+    def consents(self, shoppers: Sequence[str]) -> dict[str, Consent]:
+        """The records of those shoppers that have one."""
+
+    def set_consents(self, updates: Sequence[Consent]) -> dict[str, tuple[Consent | None, Consent]]:
+        """Merge updates: each purpose given takes the update's value unless the stored record is newer
+        (``updated_at``). Returns {shopper: (before, after)}."""
+
+    def delete_consent(self, shopper: str) -> int: ...
+
+    def add_counts(self, counts: dict[tuple[str, str, int], int]) -> None:
+        """Add to the anonymous per-item daily counts: {(day "YYYY-MM-DD", item id, event type code): n}."""
+
+    def counts(self, since_day: str) -> list[tuple[str, str, int, int]]:
+        """(day, item id, event type code, n) from ``since_day`` on, by day then item."""
+
+
+@runtime_checkable
+class ErasureLedger(Protocol):
+    """Erasure receipts (the audit log: no personal id) and the forgotten-shopper markers (keyed hashes)."""
+
+    def forget(self, shopper: str, at: float) -> None:
+        """Mark a shopper as erased at ``at`` (stored as a keyed hash, never the id)."""
+
+    def forgotten(self, shoppers: Sequence[str]) -> dict[str, float]:
+        """{shopper: erased at} for the given shoppers that carry a marker."""
+
+    def latest_forget(self) -> float:
+        """Time of the newest marker (0.0 when none)."""
+
+    def prune_forgotten(self, before: float) -> int: ...
+
+    def save_receipt(self, receipt: dict) -> None: ...
+
+    def receipt(self, receipt_id: str) -> dict | None: ...
+
+    def receipts(self, limit: int = 100) -> list[dict]:
+        """Newest first."""
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    def acquire(self, buckets: Sequence[tuple[str, float, int]]) -> float:
+        """Take one request from every bucket (name, requests per second, burst), all or none. Returns 0.0 when
+        allowed, else the seconds until the request would be allowed (nothing taken)."""

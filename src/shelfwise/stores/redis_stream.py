@@ -110,6 +110,28 @@ class RedisStreamBus:
     def consumer(self, processor: EventProcessor, name: str | None = None) -> "RedisStreamConsumer":
         return RedisStreamConsumer(self, processor, name or consumer_name())
 
+    def purge_shopper(self, shopper: str) -> list[tuple[str, int, str]]:
+        """Delete a shopper's entries still in the stream (waiting, or pending in a consumer) and in its dead
+        letters: [(place, removed, detail)]. Entries a consumer holds right now are also dropped by that consumer
+        (the erasure marker is written before this runs)."""
+        out = []
+        for stream, place in ((self.stream, "event bus: queued events"),
+                              (self.dead, "event bus: dead letters")):
+            removed = 0
+            start = "-"
+            while True:
+                batch = self.redis.xrange(stream, min=start, max="+", count=1000)
+                if not batch:
+                    break
+                doomed = [entry_id for entry_id, fields in batch if _shopper(fields.get(b"e", b"")) == shopper]
+                if doomed:
+                    removed += self.redis.xdel(stream, *doomed)
+                if len(batch) < 1000:
+                    break
+                start = "(" + batch[-1][0].decode()
+            out.append((f"{place} ({stream})", removed, ""))
+        return out
+
     def pending_count(self) -> int:
         return int(self.redis.xpending(self.stream, self.group)["pending"])
 
@@ -177,6 +199,7 @@ class RedisStreamConsumer:
         ids = [i for i, _ in entries]
         deliveries = self._deliveries(ids)
         events: list[Event] = []
+        enqueued: list[float] = []
         replies: dict[str, list[str]] = defaultdict(list)
         dead: list[tuple[bytes, bytes, str]] = []  # (entry id, raw, reason)
         dead_replies: dict[str, list[str]] = defaultdict(list)
@@ -197,9 +220,10 @@ class RedisStreamConsumer:
                         dead_replies[reply.decode()].append(eid)
                 continue
             events.append(ev)
+            enqueued.append(int(entry_id.split(b"-", 1)[0]) / 1000.0)  # the entry id is the Redis time of XADD
             if reply:
                 replies[reply.decode()].append(ev.event_id)
-        result = self.processor.process(events) if events else AppendResult()
+        result = self.processor.process(events, enqueued) if events else AppendResult()
         pipe = self.redis.pipeline(transaction=True)
         for entry_id, raw, reason in dead:
             pipe.xadd(b.dead, {"e": raw, "reason": reason, "id": entry_id, "consumer": self.name},
@@ -212,8 +236,9 @@ class RedisStreamConsumer:
             by_id = {ev.event_id: ev for ev in events}
             for reply in set(replies) | set(dead_replies):
                 mine = replies.get(reply, [])
+                withheld = set(result.withheld)
                 part = {"stored": [i for i in mine if i in stored], "duplicates": [i for i in mine if i in dupes],
-                        "dead": dead_replies.get(reply, []),
+                        "dead": dead_replies.get(reply, []) + [i for i in mine if i in withheld],
                         "unknown": sorted({it for i in mine for it, _, _ in by_id[i].lines() if it in unknown})}
                 pipe.rpush(reply, orjson.dumps(part))
                 pipe.expire(reply, 120)
@@ -232,3 +257,16 @@ def _event_id(raw: bytes) -> str | None:
         return None
     eid = doc.get("event_id") if isinstance(doc, dict) else None
     return eid if isinstance(eid, str) else None
+
+
+def _shopper(raw: bytes) -> str | None:
+    """The shopper key of a queued event (user id, else ``session:<id>``), without validating it."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("user_id"), str):
+        return doc["user_id"]
+    return f"session:{doc['session_id']}" if isinstance(doc.get("session_id"), str) else None

@@ -54,6 +54,19 @@ SELECT e.seq, e.shopper, coalesce(e.session_id, ''), l.item_id, e.type, e.ts, co
 """
 
 
+def connect(path: Path, synchronous: str = "FULL", secure_delete: bool = True) -> sqlite3.Connection:
+    """A connection as every SQLite role opens it: autocommit (explicit transactions), WAL, a 10 s busy wait, and
+    ``secure_delete`` (deleted rows overwritten with zeros, not left readable on free pages)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA busy_timeout=10000")
+    if secure_delete:
+        db.execute("PRAGMA secure_delete=ON")
+    return db
+
+
 def path_from_dsn(dsn: str) -> Path:
     if not dsn.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite DSN: {dsn!r} (expected sqlite:///path/to/file.db)")
@@ -63,15 +76,11 @@ def path_from_dsn(dsn: str) -> Path:
 class SQLiteStore:
     """EventStore + Catalog on one SQLite database. Thread-safe; writes are serialised."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, secure_delete: bool = True) -> None:
         self.path = path_from_dsn(dsn)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(self.path, secure_delete=secure_delete)
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
 
     # ---- event store -------------------------------------------------------------------------------

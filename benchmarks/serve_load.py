@@ -1,0 +1,352 @@
+"""Load on the whole API: the full default pipeline under a placement mix, while events stream in.
+
+    .venv/bin/python benchmarks/serve_load.py [--items 12000] [--processes 1,2] [--connections 8]
+        [--seconds 20] [--warmup 5] [--events-per-s 500] [--json benchmarks/results/serve_load_12k.json]
+
+1. Setup (reused when ``--data-dir`` already holds it): the synthetic storefront at ``--items`` SKUs (shoppers and
+   events scale with it unless given), trained with the default pipeline (``shelfwise train``; ``--env`` passes
+   settings to it, e.g. a time cap or sampled softmax for a 1M-item catalog), a published 50-rule set using every
+   action (``rules_overhead.fifty_rules``) and MMR diversity on every placement (lambda 0.8), written to the
+   ``shelfwise.toml`` the server reads.
+2. For each ``--processes`` count: ``shelfwise serve --workers N`` (N > 1: Redis online state, as scale-out needs),
+   warmed up, then driven by ``wrk`` (a C load generator in its own process; the Python client is used only when
+   wrk is absent) for ``--seconds`` at each ``--connections``: homepage 50 %, pdp_similar 25 %, pdp_fbt 15 %,
+   cart_upsell 10 %, for random known shoppers (80 %) and unknown ones (20 %), while a second process posts
+   ``--events-per-s`` events (product views and carts of random shoppers, in batches of 10).
+3. In the same run, under the same server settings (uvicorn, uvloop, httptools, N workers), the framework ceiling:
+   a trivial FastAPI endpoint returning a 12-item JSON, driven the same way; the ratio is what to compare across
+   machines and runs.
+
+Reports requests/s, latency p50/p95/p99/max, errors (non-2xx and socket errors), events posted and failed, and the
+API processes' resident memory at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "shelfwise.cli"]
+MIX = (("homepage", 0.50), ("pdp_similar", 0.25), ("pdp_fbt", 0.15), ("cart_upsell", 0.10))
+
+WRK_SCRIPT = """
+wrk.headers["Authorization"] = "Bearer %s"
+local paths = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i %% #paths) + 1])
+end
+local non2xx = 0
+response = function(status, headers, body)
+  if status >= 300 then non2xx = non2xx + 1 end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %%d, "socket_errors": %%d, "status_errors": %%d, "duration_us": %%d, '
+    .. '"p50_us": %%d, "p95_us": %%d, "p99_us": %%d, "max_us": %%d}\\n', summary.requests,
+    e.connect + e.read + e.write + e.timeout, e.status, summary.duration, latency:percentile(50),
+    latency:percentile(95), latency:percentile(99), latency.max))
+end
+"""
+
+CEILING_APP = '''
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+app = FastAPI(default_response_class=ORJSONResponse)
+ITEMS = [{"item_id": f"SKU-{i:06d}", "score": 1.0 - i / 100, "sources": ["covisit", "als"]} for i in range(12)]
+
+@app.get("/readyz")
+def ready():
+    return {"status": "ready"}
+
+@app.get("/v1/recommendations/{placement}")
+def rail(placement: str, user_id: str | None = None, item_id: str | None = None, cart: str | None = None,
+         k: int = 12):
+    return {"request_id": "0" * 32, "placement": placement, "model_version": "v0", "fallback": False,
+            "items": ITEMS[:k]}
+'''
+
+
+def run(cmd: list[str], env: dict[str, str], log: Path) -> None:
+    with log.open("ab") as fh:
+        subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True, cwd=env["PWD_FOR_BENCH"])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn workers), MB."""
+    total = 0
+    pids = [pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(x) for x in out]
+    except FileNotFoundError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def paths(shoppers: list[str], items: list[str], n: int = 60_000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    names = [m for m, _ in MIX]
+    weights = [w for _, w in MIX]
+    for _ in range(n):
+        placement = rng.choices(names, weights)[0]
+        who = rng.choice(shoppers) if rng.random() < 0.8 else f"anon-{rng.randrange(10**9)}"
+        item = rng.choice(items)
+        q = f"k=12&user_id={who}"
+        if placement.startswith("pdp"):
+            q += f"&item_id={item}"
+        elif placement == "cart_upsell":
+            q += f"&cart={item},{rng.choice(items)}"
+        out.append(f"/v1/recommendations/{placement}?{q}")
+    return out
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
+    cmd = ["wrk", "-t2" if connections >= 2 else "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s",
+           "--timeout", "10s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    r = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    secs = r["duration_us"] / 1e6
+    return {"requests": r["requests"], "requests_per_s": round(r["requests"] / secs, 1),
+            "errors": r["socket_errors"] + r["status_errors"], "p50_ms": round(r["p50_us"] / 1e3, 2),
+            "p95_ms": round(r["p95_us"] / 1e3, 2), "p99_ms": round(r["p99_us"] / 1e3, 2),
+            "max_ms": round(r["max_us"] / 1e3, 2), "seconds": round(secs, 1)}
+
+
+class EventPoster(threading.Thread):
+    """Posts ``rate`` events per second in batches of 10 over one keep-alive connection."""
+
+    def __init__(self, url: str, shoppers: list[str], items: list[str], rate: float, key: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.shoppers, self.items, self.rate, self.key = url, shoppers, items, rate, key
+        self.sent = self.failed = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        rng = random.Random(1)
+        period = 10 / self.rate if self.rate > 0 else None
+        n = 0
+        with httpx.Client(base_url=self.url, timeout=10, headers={"Authorization": f"Bearer {self.key}"}) as http:
+            next_at = time.monotonic()
+            while period is not None and not self.stop.is_set():
+                batch = []
+                for _ in range(10):
+                    n += 1
+                    batch.append({"event_id": f"load-{os.getpid()}-{time.time_ns()}-{n}",
+                                  "type": "add_to_cart" if n % 7 == 0 else "product_viewed",
+                                  "user_id": rng.choice(self.shoppers), "session_id": f"load-{n // 20}",
+                                  "item_id": rng.choice(self.items),
+                                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                try:
+                    r = http.post("/v1/events", json=batch)
+                    ok = r.status_code == 202
+                except httpx.HTTPError:
+                    ok = False
+                self.sent += 10 if ok else 0
+                self.failed += 0 if ok else 10
+                next_at += period
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not become ready:\n{log.read_text()[-3000:]}")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            if r.status_code == 200 and r.json().get("trained", True):
+                return
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str, str], port: int, args,
+            script: Path, log: Path, shoppers: list[str], items: list[str], events: bool, key: str) -> list[dict]:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=env["PWD_FOR_BENCH"])
+    rows = []
+    try:
+        wait_ready(port, proc, log)
+        url = f"http://127.0.0.1:{port}"
+        wrk(url, script, max(args.connections), args.warmup)  # warm-up: caches, compiled rules, JIT-free paths
+        for c in args.connections:
+            poster = EventPoster(url, shoppers, items, args.events_per_s, key) if events else None
+            if poster:
+                poster.start()
+            res = wrk(url, script, c, args.seconds)
+            if poster:
+                poster.stop.set()
+                poster.join(15)
+                res.update(events_posted=poster.sent, events_failed=poster.failed,
+                           events_per_s=round(poster.sent / res["seconds"], 1))
+            res.update(setup=name, kind=kind, processes=processes, connections=c, rss_mb=rss_mb(proc.pid),
+                       load_average_1m=round(os.getloadavg()[0], 2))
+            print(json.dumps(res), flush=True)
+            rows.append(res)
+    finally:
+        stop(proc)
+    return rows
+
+
+def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], list[str]]:
+    """The storefront, its trained model, the 50-rule set and the settings file (reused when present)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rules_overhead import fifty_rules
+
+    from shelfwise.settings import ModelSettings
+    from shelfwise.synthetic import generate_storefront
+
+    done = data / "setup.json"
+    if not done.exists():
+        print(f"generating the storefront ({args.items} items) …", flush=True)
+        run(CLI + ["generate", "--items", str(args.items), "--shoppers", str(args.shoppers), "--events",
+                   str(args.events), "--seed", "7"], env, log)
+        t = time.perf_counter()
+        print("training the default pipeline …", flush=True)
+        run(CLI + ["train"], env, log)
+        train_s = time.perf_counter() - t
+        shop = generate_storefront(n_items=min(args.items, 20_000), n_shoppers=10, n_events=100, seed=7)
+        rules = data / "rules.json"
+        rules.write_text(json.dumps(fifty_rules(shop, time.time())))
+        run(CLI + ["rules", "put", "bench", str(rules), "--publish", "--author", "benchmark"], env, log)
+        with (data / "bench_key.txt").open("w") as fh:  # authentication on, as in production (no rate limit)
+            subprocess.run(CLI + ["keys", "create", "--scope", "read", "--scope", "ingest", "--name", "bench",
+                                  "--rate", "1000000", "--quiet"], env=env, stdout=fh, check=True,
+                           cwd=env["PWD_FOR_BENCH"])
+        done.write_text(json.dumps({"train_s": round(train_s, 1), "items": args.items, "events": args.events}))
+    # MMR on every placement: a settings file the server reads (a dict of placements is replaced, not merged)
+    ms = ModelSettings()
+    lines = []
+    for name, conf in ms.placements.items():
+        lines.append(f"[models.placements.{name}]\nexclude_history = \"{conf.exclude_history}\"")
+        lines.append(f"[models.placements.{name}.weights]\n" + "\n".join(f"{k} = {v}" for k, v in conf.weights.items()))
+        lines.append(f"[models.placements.{name}.diversity]\nmmr_lambda = {args.mmr_lambda}")
+    (data / "shelfwise.toml").write_text("\n".join(lines) + "\n")
+    with sqlite3.connect(data / "shelfwise.db") as db:
+        users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL LIMIT 50000")]
+        items = [r[0] for r in db.execute("SELECT id FROM items LIMIT 50000")]
+    return users, items, (data / "bench_key.txt").read_text().strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=12_000)
+    ap.add_argument("--shoppers", type=int, default=0, help="default: 20,000 per 12k items, at least 20,000")
+    ap.add_argument("--events", type=int, default=0, help="default: 500,000 per 12k items, at least 500,000")
+    ap.add_argument("--processes", default="1,2", help="API process counts (2+: Redis online state)")
+    ap.add_argument("--connections", default="8", help="comma-separated wrk connection counts")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--events-per-s", type=float, default=500)
+    ap.add_argument("--mmr-lambda", type=float, default=0.8)
+    ap.add_argument("--port", type=int, default=8793)
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--env", action="append", default=[], metavar="SHELFWISE_KEY=VALUE",
+                    help="settings for every process (training and serving)")
+    ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    args.connections = [int(x) for x in args.connections.split(",")]
+    scale = max(1.0, args.items / 12_000)
+    args.shoppers = args.shoppers or int(20_000 * min(scale, 10))
+    args.events = args.events or int(500_000 * min(scale, 10))
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed (apt-get install wrk)")
+    data = args.data_dir or ROOT / "benchmarks" / "results" / ".work" / f"serve_load_{args.items}"
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / "processes.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
+    env.update(SHELFWISE_DATA_DIR=str(data), SHELFWISE_CONFIG=str(data / "shelfwise.toml"), PWD_FOR_BENCH=str(data),
+               SHELFWISE_SECURITY__RATE_PER_CLIENT="0")  # the load comes from one address
+    env.update(kv.split("=", 1) for kv in args.env)
+    users, items, key = setup(args, env, data, log)
+    script = data / "mix.lua"
+    script.write_text(WRK_SCRIPT % (key, ",".join(f'"{p}"' for p in paths(users, items))))
+    ceiling_dir = Path(tempfile.mkdtemp(prefix="sw-ceiling-"))
+    (ceiling_dir / "ceiling_app.py").write_text(CEILING_APP)
+    results = []
+    for n in (int(x) for x in args.processes.split(",")):
+        serve_env = dict(env)
+        prefix = f"swload:{os.getpid()}:"
+        if n > 1:
+            serve_env["SHELFWISE_STORES__ONLINE"] = f"{args.redis}?prefix={prefix}"
+        name = f"{n} API process{'es' if n > 1 else ''}" + (" (Redis online state)" if n > 1 else " (embedded)")
+        results += measure(name, "shelfwise", n, CLI + ["serve", "--port", str(args.port), "--workers", str(n)],
+                           serve_env, args.port, args, script, log, users, items, events=True, key=key)
+        if not args.skip_ceiling:
+            cmd = [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--port", str(args.port + 1), "--workers",
+                   str(n), "--log-level", "warning", "--app-dir", str(ceiling_dir)]
+            results += measure(f"framework ceiling, {n} process{'es' if n > 1 else ''}", "ceiling", n, cmd, env,
+                               args.port + 1, args, script, log, users, items, events=False, key=key)
+        if n > 1:
+            import redis
+
+            rc = redis.Redis.from_url(args.redis)
+            keys = list(rc.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                rc.delete(*keys)
+    for r in results:
+        ceiling = next((c for c in results if c["kind"] == "ceiling" and c["processes"] == r["processes"]
+                        and c["connections"] == r["connections"]), None)
+        if ceiling and r["kind"] == "shelfwise":
+            r["share_of_ceiling"] = round(r["requests_per_s"] / ceiling["requests_per_s"], 3)
+    setup_info = json.loads((data / "setup.json").read_text())
+    doc = {"command": " ".join(["python", *sys.argv]), "items": args.items, "shoppers": args.shoppers,
+           "events": args.events, "train_s": setup_info.get("train_s"), "env": args.env, "mix": dict(MIX),
+           "events_per_s": args.events_per_s, "cpu_count": os.cpu_count(), "machine": _machine(),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip(), "results": results}
+    print(json.dumps(doc, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _machine() -> str:
+    try:
+        cpu = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                   if x.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = "unknown CPU"
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
+if __name__ == "__main__":
+    main()

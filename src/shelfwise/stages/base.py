@@ -1,0 +1,58 @@
+"""What the stages of the request path share: the batch they pass along and the stage protocol.
+
+A ``Batch`` is the requests of one placement on their way through the stages; each stage reads what earlier
+stages put there and adds its own part (``queries`` and ``exclusions`` → ``plans`` → ``candidates`` → re-scored
+``candidates`` → ``answers``). A stage never reaches into another stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from shelfwise.request import Answer, Candidates, Exclusions, Query, RecRequest
+from shelfwise.rules.compile import LocalEffects
+from shelfwise.rules.stage import RequestRules
+from shelfwise.settings import PlacementSettings
+
+
+@dataclass
+class Batch:
+    placement: str
+    conf: PlacementSettings
+    requests: list[RecRequest]
+    kmax: int
+    queries: list[Query] = field(default_factory=list)
+    exclusions: Exclusions | None = None
+    plans: list[RequestRules] | None = None  # active merchandising rules per request (None: no rules at all)
+    rulesets: str = ""  # the live rule set versions the plans come from ("id@v,...")
+    extra: list[np.ndarray] | None = None  # per request: items rules need among the candidates (pins, slots)
+    candidates: Candidates | None = None
+    base: dict[int, np.ndarray] = field(default_factory=dict)  # row -> scores before rules (shadow answers)
+    local: list[LocalEffects | None] = field(default_factory=list)  # row -> its rules over its candidates
+    pre: list[np.ndarray | None] = field(default_factory=list)  # row -> scores before rules' drops (pins)
+    relevance_best: np.ndarray | None = None  # (B,) best relevance per row (explanations, shadow records)
+    answers: list[Answer] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds (whole batch)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+class Stage(Protocol):
+    name: str
+
+    def run(self, batch: Batch) -> None:
+        """Read what earlier stages left on the batch, add this stage's part."""
+
+
+def padded(rows: list[np.ndarray], fill: int = -1) -> np.ndarray:
+    """(B, max len) int64 matrix of ragged rows, padded with ``fill``."""
+    width = max([len(x) for x in rows] + [0])
+    out = np.full((len(rows), width), fill, np.int64)
+    for r, x in enumerate(rows):
+        out[r, :len(x)] = x
+    return out
+

@@ -1,0 +1,163 @@
+"""Stages 3 and 4: candidates from every source of the placement, merged and blended.
+
+Each source proposes its top ``per_source`` items a request may show (``SourceScores.top``); the union is
+scored by every source (``SourceScores.at``), each source divided by its best score over the whole catalog
+(``peak``), and blended with the placement's weights; the best by blended score are the candidates: as many as
+the later stages look at (``depth``: the learned ranker's candidates, the diversity pool, four times the slots).
+Nothing of this touches the whole catalog, so its cost does not grow with it.
+
+Catalogs up to ``dense_max_items`` take the exact path instead: every source scores every item (``dense``), and
+the blend's best are the candidates — on 12k items that is faster than building a union, and it is
+what the union approximates (a test checks they agree).
+
+Either way the items the request's rules need (pins, reserved slots) are added, and popular items when evidence
+runs out, so a rail is never empty while the catalog has servable items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shelfwise.request import Candidates, Exclusions, take_rows
+from shelfwise.retrieval.base import Retriever, SourceScores, top_k
+from shelfwise.retrieval.trending import TrendingRetriever
+from shelfwise.settings import CandidateSettings
+from shelfwise.stages.base import Batch, padded
+
+
+def union_rows(parts: list[np.ndarray]) -> np.ndarray:
+    """Per row, the distinct non-negative items of (B, k_i) matrices, ascending, -1 padded."""
+    allc = np.concatenate([p for p in parts if p.shape[1]], axis=1) if any(p.shape[1] for p in parts) else None
+    if allc is None:
+        return np.full((len(parts[0]) if parts else 0, 0), -1, np.int64)
+    s = np.sort(allc, axis=1)
+    dup = np.zeros(s.shape, bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    s[dup] = -1
+    keep = s >= 0
+    width = int(keep.sum(axis=1).max(initial=0))
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    out = take_rows(s, order)
+    out[~take_rows(keep, order)] = -1
+    return out
+
+
+def without(items: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Rows of ``items`` with the entries also in the same row of ``present`` set to -1."""
+    if not items.size or not present.size:
+        return items
+    n = int(max(items.max(initial=0), present.max(initial=0))) + 1
+    rows = np.arange(len(items), dtype=np.int64)[:, None] * n
+    hit = np.isin(rows + items, (rows + present)[present >= 0]) & (items >= 0)
+    return np.where(hit, -1, items)
+
+
+class CandidateStage:
+    name = "candidates"
+
+    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings, n_items: int,
+                 depth: dict[str, int] | None = None) -> None:
+        self.sources, self.settings, self.n_items = sources, settings, n_items
+        self.depth = depth or {}  # placement -> candidates the learned ranker re-scores
+        trending = sources.get("trending")
+        self._popular = trending if isinstance(trending, TrendingRetriever) else None
+
+    def fallback_order(self, banned: np.ndarray) -> np.ndarray:
+        """Servable items, most popular first (item order without a trending source)."""
+        if self._popular is not None:
+            return self._popular.order(banned)
+        return np.flatnonzero(~banned).astype(np.int64)
+
+    def _fill(self, have: np.ndarray, need: int, ex: Exclusions) -> np.ndarray:
+        """Per row, popular items not in ``have`` until the row has ``need`` candidates (rails never empty)."""
+        count = (have >= 0).sum(axis=1)
+        short = np.flatnonzero(count < need)
+        rows = [np.zeros(0, np.int64)] * len(have)
+        if not len(short):
+            return padded(rows)
+        order = self.fallback_order(ex.banned)
+        for r in short:
+            want = need - count[r]
+            drop = np.union1d(ex.rows[r], have[r][have[r] >= 0])
+            allow, rule = ex.allowed[r], ex.dropped[r]
+            got, start, step = [], 0, max(2 * want + len(drop), 64)
+            while sum(len(g) for g in got) < want and start < len(order):
+                part = order[start:start + step]
+                start += step
+                part = part[~np.isin(part, drop)]
+                if allow is not None:
+                    part = part[allow[part]]
+                if rule is not None:
+                    part = part[~rule[part]]
+                got.append(part)
+                step *= 4
+            rows[r] = np.concatenate(got)[:want] if got else np.zeros(0, np.int64)
+        return padded(rows)
+
+    def _score(self, items: np.ndarray, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+               weights: dict[str, float]) -> Candidates:
+        sources: dict[str, np.ndarray] = {}
+        blend = np.zeros(items.shape, np.float32)
+        for name, sc in scored.items():
+            pk = peaks[name][:, None]
+            s = np.divide(sc.at(items), pk, out=np.zeros(items.shape, np.float32), where=pk > 0)
+            sources[name] = s
+            blend += weights[name] * s
+        score = np.where(items >= 0, blend, -np.inf).astype(np.float32)
+        return Candidates(items, sources, blend, score)
+
+    def need(self, batch: Batch) -> int:
+        """Candidates the later stages look at: the ranker's, the diversity pool, four times the slots."""
+        div = batch.conf.diversity
+        pool = div.pool if div.mmr_lambda < 1 else 0
+        return min(self.settings.limit, max(self.depth.get(batch.placement, 0), pool, 4 * batch.kmax))
+
+    def _union(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+               weights: dict[str, float]) -> Candidates:
+        ex = batch.exclusions
+        assert ex is not None
+        # a source gives its best `per_source` items, however many of its best ones a request excludes
+        proposals = [sc.top(self.settings.per_source, ex)[0] for sc in scored.values()]
+        union = union_rows(proposals) if proposals else np.full((len(batch), 0), -1, np.int64)
+        return self._score(union, scored, peaks, weights).sorted(self.need(batch))
+
+    def _dense(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+               weights: dict[str, float]) -> Candidates:
+        ex = batch.exclusions
+        assert ex is not None
+        total = np.zeros((len(batch), self.n_items), np.float32)
+        normed = {}
+        for name, sc in scored.items():
+            pk = peaks[name][:, None]
+            s = np.divide(sc.dense(), pk, out=np.zeros(total.shape, np.float32), where=pk > 0)
+            normed[name] = s
+            total += weights[name] * s
+        total[ex.dense()] = -np.inf
+        idx, val = top_k(total, min(self.need(batch), self.n_items))
+        items = np.where(val > 0, idx, -1)
+        safe = np.maximum(items, 0)
+        sources = {n: np.where(items >= 0, take_rows(s, safe), 0.0).astype(np.float32) for n, s in normed.items()}
+        blend = np.where(items >= 0, val, 0.0).astype(np.float32)
+        return Candidates(items, sources, blend, np.where(items >= 0, val, -np.inf).astype(np.float32))
+
+    def run(self, batch: Batch) -> None:
+        ex = batch.exclusions
+        assert ex is not None
+        weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
+        scored = {n: self.sources[n].scores(batch.queries) for n in weights}
+        peaks = {n: sc.peak() for n, sc in scored.items()}
+        dense = self.n_items <= self.settings.dense_max_items
+        cand = (self._dense if dense else self._union)(batch, scored, peaks, weights)
+        extra = [] if batch.extra is None else [without(padded(batch.extra), cand.items)]
+        if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
+            e = extra[0]
+            extra[0] = np.where(ex.keep(e, rules=False), e, -1)
+        fill = self._fill(union_rows([cand.items] + extra), batch.kmax, ex)
+        more = union_rows(extra + [fill]) if extra or fill.shape[1] else fill
+        if more.shape[1] and (more >= 0).any():
+            add = self._score(more, scored, peaks, weights)
+            cand = Candidates(np.concatenate([cand.items, add.items], axis=1),
+                              {n: np.concatenate([cand.sources[n], add.sources[n]], axis=1) for n in cand.sources},
+                              np.concatenate([cand.blend, add.blend], axis=1),
+                              np.concatenate([cand.score, add.score], axis=1)).sorted()
+        batch.candidates = cand

@@ -1,0 +1,46 @@
+"""Stage 5: the learned ranker re-scores the blend's best ``ranker.candidates`` items of each request.
+
+Its candidates keep the ranker's final scores (relevance, plus margin when ``margin_weight`` is set); every other
+candidate follows in blend order below all of them, so pins and reserved slots can still reach it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shelfwise.ranking.features import FeatureContext
+from shelfwise.ranking.model import Ranker
+from shelfwise.request import Candidates
+from shelfwise.stages.base import Batch
+
+
+def ranked_scores(cand: Candidates, n: int, final: np.ndarray) -> np.ndarray:
+    """Scores of every candidate (sorted by blend) once its first ``n`` columns are re-scored by ``final``
+    (B, n): those keep their final scores, the rest follow in blend order in [floor - 2, floor - 1]."""
+    finite = np.isfinite(final)
+    floor = np.where(finite, final, np.inf).min(axis=1, keepdims=True, initial=np.inf)
+    floor = np.where(np.isfinite(floor), floor, 0.0)
+    blend = np.where(cand.valid, cand.blend, 0.0)
+    best = blend.max(axis=1, keepdims=True, initial=0.0)
+    best = np.where(best > 0, best, 1.0)
+    out = (floor - 2.0 + blend / best).astype(np.float32)
+    out[:, :n] = np.where(finite, final, -np.inf)
+    return np.where(cand.valid, out, -np.inf).astype(np.float32)
+
+
+class RankStage:
+    name = "rank"
+
+    def __init__(self, ranker: Ranker, ctx: FeatureContext) -> None:
+        self.ranker, self.ctx = ranker, ctx
+
+    def run(self, batch: Batch) -> None:
+        if not self.ranker.applies(batch.placement):
+            return
+        cand = batch.candidates
+        assert cand is not None
+        n = min(self.ranker.settings.candidates, cand.shape[1])
+        head = cand.take(np.broadcast_to(np.arange(n), (len(batch), n)))
+        final = self.ranker.score(self.ctx, batch.requests, batch.queries, head)
+        cand.score = ranked_scores(cand, n, final)
+        batch.candidates = cand.sorted()

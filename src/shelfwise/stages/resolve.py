@@ -1,0 +1,63 @@
+"""Stage 1: requests in the storefront's terms → model indices (``Query``) and what may not be shown
+(``Exclusions``: unservable items, the page's and cart's own items, excluded ids, already bought or seen items as
+the placement says, and a category filter)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shelfwise.domain import EventType
+from shelfwise.items import ItemTable
+from shelfwise.request import Exclusions, Query, RecRequest
+from shelfwise.stages.base import Batch
+
+ITEM_PAGES = ("pdp_similar", "pdp_fbt")
+
+
+class ResolveStage:
+    name = "resolve"
+
+    def __init__(self, items: ItemTable, shopper_index: dict[str, int], trained_until: float) -> None:
+        self.items, self.shopper_index, self.trained_until = items, shopper_index, trained_until
+
+    def query(self, req: RecRequest) -> Query:
+        idx = self.items.index
+        hist, kinds, ts = [], [], []
+        if req.state is not None:
+            for it in req.state.recent:
+                j = idx.get(it.item_id)
+                if j is not None:
+                    hist.append(j)
+                    kinds.append(it.kind)
+                    ts.append(it.ts)
+        anchors: list[int] = []
+        if req.placement in ITEM_PAGES and req.item_id is not None:
+            anchors = [idx[req.item_id]] if req.item_id in idx else []
+        elif req.placement == "cart_upsell":
+            anchors = [idx[c] for c in req.cart if c in idx]
+        user = self.shopper_index.get(req.shopper, -1) if req.shopper else -1
+        fresh = bool(ts) and max(ts) > self.trained_until
+        return Query(user=user, history=np.array(hist, np.int32), history_kind=np.array(kinds, np.int8),
+                     history_ts=np.array(ts, np.float64), anchors=np.array(anchors, np.int32), fresh=fresh,
+                     now=req.now)
+
+    def excluded(self, req: RecRequest, q: Query, exclude_history: str) -> np.ndarray:
+        """Item indices this request must not show (besides the catalog's unservable items)."""
+        idx = self.items.index
+        drop = [idx[x] for x in req.exclude if x in idx]
+        drop += q.anchors.tolist()
+        if req.item_id in idx:
+            drop.append(idx[req.item_id])
+        drop += [idx[c] for c in req.cart if c in idx]
+        if exclude_history == "all":
+            drop += q.history.tolist()
+        elif exclude_history == "purchased" and req.state is not None:
+            drop += [idx[p] for p in req.state.purchased if p in idx]
+            drop += q.history[q.history_kind == EventType.purchase_completed].tolist()
+        return np.array(sorted(set(drop)), np.int64)
+
+    def run(self, batch: Batch) -> None:
+        batch.queries = [self.query(r) for r in batch.requests]
+        rows = [self.excluded(r, q, batch.conf.exclude_history) for r, q in zip(batch.requests, batch.queries)]
+        allowed = [self.items.category_mask(r.category) if r.category else None for r in batch.requests]
+        batch.exclusions = Exclusions(self.items.unservable, rows, allowed)

@@ -1,0 +1,181 @@
+"""Stage 7: diversity and slot filling over each request's candidates, then the answer.
+
+Rows without diversity and without pins, reserved slots or caps are simply the best ``k`` by score. Others go
+through ``rerank.slots.fill`` (pins, reserved slots, caps, MMR) on the request's candidate row. Requests sampled
+for a draft rule set in shadow get the draft's answer computed from the same candidates and logged. The
+answer is stamped with the model version and the live rule set versions that computed it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from shelfwise.items import ItemTable
+from shelfwise.request import Answer, Recommendation
+from shelfwise.rerank.business import BusinessScorer
+from shelfwise.rerank.mmr import Similarity
+from shelfwise.rerank.slots import Placed, fill
+from shelfwise.rules.compile import LocalEffects, apply_local, localize
+from shelfwise.rules.log import ShadowRecord
+from shelfwise.rules.stage import RulesStage, ShadowJob
+from shelfwise.settings import BusinessSignals
+from shelfwise.stages.base import Batch
+
+
+class LocalSimilarity(Similarity):
+    """``Similarity`` over one request's candidates (column j = item ``items[j]``)."""
+
+    def __init__(self, sim: Similarity, items: np.ndarray) -> None:
+        self.sim, self.items = sim, np.maximum(items, 0)
+
+    def between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.sim.between(self.items[a], self.items[b])
+
+
+def _tops(score: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) columns of each row's best k by score, ties broken by lower item index (the blend's own order)."""
+    return np.lexsort((items, -score), axis=1)[:, :k]
+
+
+def _num(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+class SlotStage:
+    name = "slots"
+
+    def __init__(self, items: ItemTable, business: BusinessScorer, signals: BusinessSignals,
+                 factors: np.ndarray | None, version: str, rules: RulesStage | None) -> None:
+        self.items, self.business, self.signals, self.factors = items, business, signals, factors
+        self.version, self.rules = version, rules
+        self._sim: dict[str, Similarity] = {}
+
+    def invalidate(self) -> None:
+        """The catalog changed (prices: the diversity price bands)."""
+        self._sim.clear()
+
+    def similarity(self, batch: Batch) -> Similarity:
+        got = self._sim.get(batch.placement)
+        if got is None:
+            got = self._sim[batch.placement] = Similarity.build(self.items, batch.conf.diversity, self.signals,
+                                                                self.factors)
+        return got
+
+    def _slate(self, row: np.ndarray, items: np.ndarray, k: int, local: LocalEffects | None,
+               pre: np.ndarray | None, sim: Similarity | None, lam: float, pool: int
+               ) -> tuple[list[Placed], list[str]]:
+        c = local.constraints if local is not None else None
+        if lam >= 1 and (c is None or c.empty):
+            top = _tops(row[None, :], items[None, :], k)[0]
+            return [Placed(int(j), float(row[j]), "ranked") for j in top if np.isfinite(row[j])], []
+        return fill(row, k, c, pre, sim, lam, pool)
+
+    def run(self, batch: Batch) -> None:
+        cand = batch.candidates
+        assert cand is not None
+        div = batch.conf.diversity
+        lam = div.mmr_lambda
+        sim = self.similarity(batch) if lam < 1 else None
+        weights = {n: batch.conf.weights.get(n, 0.0) for n in cand.sources}
+        local = batch.local or [None] * len(batch)
+        pre = batch.pre or [None] * len(batch)
+        plain = lam >= 1 and not any(lc is not None and not lc.constraints.empty for lc in local)
+        tops = _tops(cand.score, cand.items, batch.kmax) if plain else None
+        names = list(cand.sources)
+        contrib = np.stack([weights[n] * cand.sources[n] for n in names], axis=2) if names else None  # (B, M, S)
+        ids = self.items.ids
+        answers = []
+        for r, req in enumerate(batch.requests):
+            items = cand.items[r]
+            row_sim = LocalSimilarity(sim, items) if sim is not None else None
+            if tops is not None:
+                row = cand.score[r]
+                slate = [Placed(j, float(row[j]), "ranked") for j in tops[r, :req.k].tolist() if np.isfinite(row[j])]
+                conflicts: list[str] = []
+            else:
+                slate, conflicts = self._slate(cand.score[r], items, req.k, local[r], pre[r], row_sim, lam,
+                                               div.pool)
+            if local[r] is not None:
+                conflicts = local[r].notes + conflicts
+            plan = batch.plans[r] if batch.plans is not None else None
+            if plan is not None and plan.shadows and r in batch.base:
+                for job in plan.shadows:
+                    self._shadow(batch, r, job, slate, row_sim)
+            cols = [p.item for p in slate]
+            recs, fallback = [], False
+            if contrib is not None and cols:
+                c = contrib[r, cols]  # (slots, sources)
+                order = np.argsort(-c, axis=1, kind="stable")
+                for pos, p in enumerate(slate):
+                    src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
+                    fallback |= not src
+                    recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"]))
+            else:
+                recs = [Recommendation(str(ids[items[p.item]]), p.score, ["fallback"]) for p in slate]
+                fallback = bool(recs)
+            note = self._explain(batch, r, slate, conflicts, recs) if req.explain else None
+            answers.append(Answer(recs, batch.placement, fallback, note, self.version, batch.rulesets))
+        batch.answers = answers
+
+    # ---- shadow --------------------------------------------------------------------------------------
+    def _shadow(self, batch: Batch, r: int, job: ShadowJob, live: list[Placed], sim: Similarity | None) -> None:
+        cand = batch.candidates
+        assert cand is not None and self.rules is not None
+        req = batch.requests[r]
+        div = batch.conf.diversity
+        row = batch.base[r].copy()
+        local = localize(job.eff, cand.items[r])
+        pre = apply_local(row, local)
+        slate, _ = self._slate(row, cand.items[r], req.k, local, pre, sim, div.mmr_lambda, div.pool)
+        ids, price, margin = self.items.ids, self.items.price, self.items.margin
+        best = float(batch.relevance_best[r]) if batch.relevance_best is not None else 0.0
+        weights = batch.conf.weights
+
+        def rows(sl: list[Placed]) -> list[list[Any]]:
+            out = []
+            for p in sl:
+                j = int(cand.items[r, p.item])
+                rel = sum(weights.get(n, 0.0) * float(s[r, p.item]) for n, s in cand.sources.items())
+                rel = rel / best if best > 0 else 0.0
+                out.append([str(ids[j]), round(float(rel), 6), _num(price[j]), _num(margin[j])])
+            return out
+
+        self.rules.record_shadow(ShadowRecord(
+            ts=req.now or time.time(), request_id=req.request_id, shopper=req.shopper, placement=batch.placement,
+            ruleset_id=job.ruleset_id, live_version=job.live_version, shadow_version=job.version,
+            live=rows(live), shadow=rows(slate),
+            pinned=[str(ids[cand.items[r, p.item]]) for p in slate if p.reason == "pinned"],
+            blocked=[str(ids[cand.items[r, p.item]]) for p in live if not np.isfinite(row[p.item])]))
+
+    # ---- explanation ---------------------------------------------------------------------------------
+    def _explain(self, batch: Batch, r: int, slate: list[Placed], conflicts: list[str],
+                 recs: list[Recommendation]) -> dict[str, Any]:
+        cand = batch.candidates
+        assert cand is not None
+        conf = batch.conf
+        req = batch.requests[r]
+        plan = batch.plans[r] if batch.plans is not None else None
+        best = float(batch.relevance_best[r]) if batch.relevance_best is not None else 0.0
+        for pos, (p, rec) in enumerate(zip(slate, recs)):
+            j = int(cand.items[r, p.item])
+            rel = sum(conf.weights.get(n, 0.0) * float(s[r, p.item]) for n, s in cand.sources.items())
+            if not conf.score.relevance_only:  # the business score uses relevance scaled to the row's best
+                rel = rel / best if best > 0 else 0.0
+            why = {"pinned": f"pinned by {p.rule}", "reserved": f"reserved slot of {p.rule}"}.get(
+                p.reason, "ranked by score" + (" with diversity" if conf.diversity.mmr_lambda < 1 else ""))
+            rec.explanation = {
+                "position": pos + 1,
+                "reason": why,
+                "score": round(p.score, 6),
+                "components": self.business.explain(j, conf.score, req.now, rel),
+                "rules": plan.world.explain(plan.sig, j) if plan is not None else [],
+                "diversity_penalty": round(p.penalty, 6),
+            }
+        out: dict[str, Any] = {"conflicts": conflicts, "score_weights": conf.score.model_dump(),
+                               "mmr_lambda": conf.diversity.mmr_lambda}
+        if self.rules is not None:
+            out["rulesets"] = batch.rulesets
+        return out

@@ -1,0 +1,76 @@
+"""Rate limiter contract: the in-process GCRA and the Redis one (shared by replicas) behave the same."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+
+from shelfwise.stores import open_rate_limiter
+from shelfwise.stores.ratelimit import MemoryRateLimiter
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limiter_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+def _name() -> str:
+    return "t-" + uuid.uuid4().hex[:8]
+
+
+def test_burst_then_429_then_recovery(limiter_dsn):
+    rl = open_rate_limiter(limiter_dsn)
+    b = _name()
+    assert [rl.acquire([(b, 20.0, 3)]) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = rl.acquire([(b, 20.0, 3)])
+    assert 0.0 < wait <= 0.051  # one request every 50 ms once the burst is spent
+    assert rl.acquire([(b, 20.0, 3)]) > 0.0  # a refused request takes nothing ...
+    time.sleep(wait + 0.01)
+    assert rl.acquire([(b, 20.0, 3)]) == 0.0  # ... so the client recovers after waiting
+    assert rl.acquire([(_name(), 20.0, 3)]) == 0.0  # other buckets are independent
+
+
+def test_all_or_nothing_across_buckets(limiter_dsn):
+    rl = open_rate_limiter(limiter_dsn)
+    tight, loose = _name(), _name()
+    assert rl.acquire([(tight, 1.0, 1), (loose, 1.0, 2)]) == 0.0
+    assert rl.acquire([(tight, 1.0, 1), (loose, 1.0, 2)]) > 0.5  # refused by the tight bucket
+    assert rl.acquire([(loose, 1.0, 2)]) == 0.0  # the loose one was not charged for the refused request
+    assert rl.acquire([(loose, 1.0, 2)]) > 0.0
+
+
+def test_zero_rate_means_unlimited(limiter_dsn):
+    rl = open_rate_limiter(limiter_dsn)
+    b = _name()
+    assert all(rl.acquire([(b, 0.0, 1)]) == 0.0 for _ in range(50))
+    assert rl.acquire([]) == 0.0
+
+
+def test_memory_limiter_is_bounded():
+    clock = [0.0]
+    rl = MemoryRateLimiter(max_entries=100, clock=lambda: clock[0])
+    for i in range(1000):
+        rl.acquire([(f"client-{i}", 1.0, 1)])
+    assert len(rl) == 100
+    assert rl.acquire([("client-999", 1.0, 1)]) > 0  # recent buckets kept
+    assert rl.acquire([("client-0", 1.0, 1)]) == 0.0  # the oldest were dropped (full again)
+    clock[0] += 1.0
+    assert rl.acquire([("client-999", 1.0, 1)]) == 0.0
+
+
+def test_redis_async_path_shares_the_buckets(redis_url):
+    """The API's event loop uses an asyncio client; it and the blocking client see the same buckets."""
+    import asyncio
+
+    rl = open_rate_limiter(redis_url)
+    b = _name()
+
+    async def go():
+        return [await rl.acquire_async([(b, 1.0, 2)]) for _ in range(2)]
+
+    assert asyncio.run(go()) == [0.0, 0.0]
+    assert rl.acquire([(b, 1.0, 2)]) > 0.5
+    assert asyncio.run(rl.acquire_async([])) == 0.0
