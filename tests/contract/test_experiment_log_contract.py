@@ -260,3 +260,15 @@ def test_recording_never_waits_for_the_database(open_log, log_dsn):
     blocker.close()
     lg.flush()
     assert len(lg.unit_table("e", W)) == 2000 and lg.dropped == 0
+
+
+def test_forget_erases_a_shopper_everywhere(open_log):
+    lg = filled(open_log)
+    lg.record([x("late", 6000, "u1", "s1", [("e1", "control")])])  # still queued when the erasure comes
+    removed = lg.forget("u1")
+    assert removed == 4 + 5 + 9  # u1: 4 served rails, 5 exposures (r1 in two experiments), 9 outcomes
+    t = lg.unit_table("e1", W, pre_since=T - 5000, pre_until=T)
+    assert "u1" not in set(t.unit.tolist()) and set(t.unit.tolist()) == {"u2", "session:s5"}
+    assert all(r.unit != "u1" for r in lg.requests())
+    assert lg.forget("u1") == 0
+    assert lg.forget("session:s5") == 3  # an anonymous shopper: request, exposure, purchase

@@ -207,3 +207,13 @@ def test_identity_map_first_link_wins(open_store):
     for t in threads:
         t.join()
     assert len(set(got)) == 1 and got[0].startswith("session:r")
+
+
+def test_forget_identity(open_store):
+    s = open_store()
+    s.link_identity("u1", "session:s1")
+    s.link_identity("u2", "u2")
+    assert s.forget_identity("u1") == 1 and s.identities(["u1", "u2"]) == {"u2": "u2"}
+    s.link_identity("u3", "session:s3")
+    assert s.forget_identity("session:s3") == 1  # erasing the anonymous shopper unlinks the user too
+    assert s.identities(["u3"]) == {} and s.forget_identity("nobody") == 0

@@ -235,3 +235,19 @@ def test_latency_and_error_guardrails(tmp_path, store):
     log_traffic(xlog, rt, 1500, {"control": 0.1, "treatment": 0.1}, latency={"control": 20.0, "treatment": 45.0})
     assert check_once(store, xlog, 3600.0)[0]["stopped"] is True
     rt.close()
+
+
+def test_forget_erases_the_log_rows_and_the_identity_link(tmp_path, store):
+    store.create(two_way("f"), "t")
+    store.start("f", "t")
+    xlog = MemoryExperimentLog()
+    rt = ExperimentRuntime(conf(tmp_path, identity="first_seen"), store=store, xlog=xlog)
+    got = rt.assign("user1", "s1", "homepage")
+    assert got.unit == "session:s1"
+    rt.record(got, "r1", "homepage", ["a"], ts=1000.0)
+    xlog.record_outcomes([OutcomeRecord("c1", "click", 1001.0, "user1", "s1", "r1", "a")])
+    assert rt.forget("user1") == 4  # the served rail, its exposure, the click, the identity link
+    assert rt.forget("session:s1") == 0  # the unit user1 was bucketed by: nothing of it is left
+    assert store.identities(["user1"]) == {} and len(xlog.unit_table("f", 3600)) == 0
+    assert rt.assign("user1", "s2", "homepage").unit == "session:s2"  # a fresh link, nothing remembered
+    rt.close()

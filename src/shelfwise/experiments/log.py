@@ -193,6 +193,10 @@ class ExperimentLog(Protocol):
                  placement: str | None = None, window_s: float = 86400.0, limit: int = 1_000_000
                  ) -> list[LoggedRequest]: ...
 
+    def forget(self, shopper: str) -> int:
+        """Erase a shopper (their stored key: a user id or ``session:<id>``, pseudonymised when that is on): every
+        served rail, exposure and outcome of theirs. Returns the rows removed."""
+
     def close(self) -> None: ...
 
 
@@ -344,6 +348,14 @@ def sql_requests(x: Any, since: float | None, until: float | None, experiment_id
             if r.ts <= ts <= r.ts + window_s and item is not None:
                 r.clicks.append(item)
     return list(out.values())
+
+
+_FORGET = ("DELETE FROM xp_exposures WHERE shopper = ? OR unit = ?", "DELETE FROM xp_requests WHERE shopper = ? OR unit = ?",
+           "DELETE FROM xp_outcomes WHERE shopper = ? OR shopper = ?")
+
+
+def sql_forget(x: Any, shopper: str) -> int:
+    return sum(x.run(q, (shopper, shopper)) for q in _FORGET)
 
 
 def exposure_rows(batch: Sequence[ExposureRecord]) -> tuple[list[tuple], list[tuple]]:
@@ -582,6 +594,21 @@ class SQLiteExperimentLog(QueuedLog):
                  limit: int = 1_000_000) -> list[LoggedRequest]:
         with self._read_lock:
             return sql_requests(self._exec(), since, until, experiment_id, placement, window_s, limit)
+
+    def forget(self, shopper: str) -> int:
+        self.flush()  # what is still queued is erased too
+        with self._read_lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                from shelfwise.experiments.store import _Exec
+
+                n = sql_forget(_Exec(cur, pg=False), shopper)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        return n
 
     def close(self) -> None:
         if self._closed:

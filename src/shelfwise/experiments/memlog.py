@@ -275,5 +275,20 @@ class MemoryExperimentLog:
                 r.clicks.append(c.item_id)
         return list(out.values())
 
+    def forget(self, shopper: str) -> int:
+        with self._lock:
+            n = 0
+            for rid in [r for r, e in self._requests.items() if shopper in (e.shopper, e.unit)]:
+                del self._requests[rid]
+                n += 1
+            keep = [r for r in self._exposures if shopper not in (r[4], r[5])]
+            n += len(self._exposures) - len(keep)
+            self._exposures = keep
+            self._exposure_keys = {(r[0], r[1]) for r in keep}
+            for eid in [k for k, o in self._outcomes.items() if o.shopper == shopper]:
+                del self._outcomes[eid]
+                n += 1
+        return n
+
     def close(self) -> None:
         pass

@@ -237,6 +237,11 @@ class PostgresExperimentLog(xlog.QueuedLog):
         with self._exec() as x:
             return xlog.sql_requests(x, since, until, experiment_id, placement, window_s, limit)
 
+    def forget(self, shopper: str) -> int:
+        self.flush()
+        with self.pool.connection() as conn, conn.transaction():
+            return xlog.sql_forget(_Exec(conn.cursor(), pg=True), shopper)
+
     def close(self) -> None:
         if self._closed:
             return

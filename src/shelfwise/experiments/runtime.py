@@ -29,6 +29,11 @@ Wiring into the request path (what ``service.Shelfwise`` / ``api/app.py`` do onc
 * After the answer (or a failure: ``items=[]``, ``error=True``): ``rt.record(...)`` with the latency in ms.
 * Ingestion: ``rt.record_events(events)`` after the durable append — in ``EventProcessor.process`` so the stream
   workers do it too.
+* Privacy: pass ids in their stored form (``engine.pseudonyms.user(user_id)``, ``.session(session_id)`` when
+  ``privacy.pseudonymize`` is on) and record events after pseudonymisation, so nothing raw is logged and the log's
+  shoppers join the events'; register ``engine.erasure_hooks.append(("experiment log", rt.forget))``. (Bucketing
+  then hashes the pseudonym: rotating the pseudonym key reshuffles running experiments, as it disconnects
+  history.)
 """
 
 from __future__ import annotations
@@ -232,6 +237,16 @@ class ExperimentRuntime:
         """Outcomes (clicks, carts, purchases) of ingested events, for attribution."""
         if self.log is not None:
             self.log.record_events(events)
+
+    # ---- erasure --------------------------------------------------------------------------------------------------
+    def forget(self, shopper: str) -> int:
+        """Erase a shopper from the experiment log and the identity map (an ``erasure_hooks`` entry of the engine;
+        ``shopper`` in its stored form). Assignment keeps no state, so nothing else remembers them."""
+        n = self.log.forget(shopper) if self.log is not None else 0
+        n += self.store.forget_identity(shopper)
+        for user in [u for u, unit in self._identity.items() if shopper in (u, unit)]:
+            del self._identity[user]
+        return n
 
     # ---- item exploration ----------------------------------------------------------------------------------------
     def explore(self, got: Assignments, ranked: Sequence[str], candidates: Sequence[str], allowed: np.ndarray | None,

@@ -87,6 +87,9 @@ class ExperimentStore(Protocol):
 
     def identities(self, user_ids: Sequence[str]) -> dict[str, str]: ...
 
+    def forget_identity(self, shopper: str) -> int:
+        """Erase a shopper's identity link (as the user, or as the unit a user was linked to)."""
+
     def close(self) -> None: ...
 
 
@@ -263,6 +266,10 @@ class SQLExperimentStore:
                   "ON CONFLICT (user_id) DO NOTHING", (user_id, unit, time.time()))
             row = x.one("SELECT unit FROM experiment_identities WHERE user_id = ?", (user_id,))
         return row[0]
+
+    def forget_identity(self, shopper: str) -> int:
+        with self._write() as x:
+            return x.run("DELETE FROM experiment_identities WHERE user_id = ? OR unit = ?", (shopper, shopper))
 
     def identities(self, user_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
