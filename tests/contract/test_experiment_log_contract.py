@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from shelfwise.domain import Event
-from shelfwise.experiments.log import ExperimentLog, ExposureRecord, OutcomeRecord, open_experiment_log
+from shelfwise.experiments.backends import open_experiment_log
+from shelfwise.experiments.log import ExperimentLog, ExposureRecord, OutcomeRecord
 
 W = 3600.0
 T = 1_800_000_000.0  # an arbitrary epoch second; every time below is relative to it

@@ -11,7 +11,8 @@ import pytest
 
 from shelfwise.experiments.assignment import Assigner
 from shelfwise.experiments.schema import ExperimentInvalid, parse_spec
-from shelfwise.experiments.store import Conflict, ExperimentStore, NotFound, open_experiment_store
+from shelfwise.experiments.backends import open_experiment_store
+from shelfwise.experiments.store import Conflict, ExperimentStore, NotFound
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -72,8 +72,8 @@ def test_lifecycle_and_results(client, engine, settings):
     assert ok(client.post("/v1/experiments/home-blend/ramp", params={"traffic": 0.5}))["traffic"] == 0.5
     assert ok(client.post("/v1/experiments/home-blend/ramp", params={"traffic": 1.0}))["traffic"] == 1.0
     got = ok(client.get("/v1/experiments/home-blend"))
-    assert [(h["action"], h["author"]) for h in got["history"]] == [("create", "ann"), ("start", "bob"),
-                                                                   ("ramp", "api"), ("ramp", "api")]
+    assert [(h["action"], h["author"]) for h in got["history"]] == [  # the API key's name, and who said they were
+        ("create", "ann (key tester)"), ("start", "bob (key tester)"), ("ramp", "tester"), ("ramp", "tester")]
     assert got["spec"]["variants"][1]["config"]["placements"]["homepage"]["weights"] == {"als": 1.0, "covisit": 0.5}
     listing = ok(client.get("/v1/experiments", params={"status": "running"}))["experiments"]
     assert [e["id"] for e in listing] == ["home-blend"]

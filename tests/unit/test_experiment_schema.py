@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shelfwise.experiments.config import apply_config, effective_k, merge_configs
-from shelfwise.experiments.schema import ExperimentInvalid, VariantConfig, parse_spec, validate_spec
+from shelfwise.experiments.config import apply_config, effective_k, merge_configs, validate_spec
+from shelfwise.experiments.schema import ExperimentInvalid, VariantConfig, parse_spec
 from shelfwise.settings import load_settings
 
 MODELS = load_settings().models

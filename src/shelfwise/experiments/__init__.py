@@ -5,8 +5,9 @@ bandits and a storefront simulator to prove them (issue 15).
 | --- | --- |
 | ``schema`` | the experiment document, variants and their declared pipeline configuration |
 | ``assignment`` | deterministic sticky bucketing: layers, global holdout, ramps, variants (pure) |
-| ``config`` | how a variant's configuration overrides the pipeline settings (the request-path hook) |
-| ``store`` | ``ExperimentStore`` protocol; SQLite / PostgreSQL backends picked by the events DSN |
+| ``config`` | how a variant's configuration overrides the pipeline settings (the request-path hook); validation |
+| ``store`` | ``ExperimentStore`` protocol and its SQL (SQLite here, PostgreSQL in ``pg``) |
+| ``backends`` | ``open_experiment_store`` / ``open_experiment_log`` for a DSN (the events DSN by default) |
 | ``log`` | ``ExperimentLog``: served rails and the outcomes that follow them, joined for analysis |
 | ``analysis`` | per-variant metrics, intervals, CUPED, Bayesian readout, confidence sequences, SRM, power |
 | ``guardrails`` | guardrail evaluation and automatic stop + rollback to control |

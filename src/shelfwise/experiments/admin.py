@@ -4,16 +4,19 @@ results, power, guardrail check). Nothing here knows about HTTP or the terminal;
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from shelfwise.experiments import analysis
 from shelfwise.experiments.guardrails import check_once, evaluate
 from shelfwise.experiments.interleaving import analyze_interleaving, outcomes_from_requests
-from shelfwise.experiments.log import ExperimentLog, open_experiment_log
-from shelfwise.experiments.runtime import HOLDOUT_EXPERIMENT, experiments_dsn
-from shelfwise.experiments.schema import Experiment, ExperimentInvalid, parse_spec, validate_spec
-from shelfwise.experiments.store import Conflict, ExperimentStore, NotFound, open_experiment_store
+from shelfwise.experiments.backends import experiments_dsn, open_experiment_log, open_experiment_store
+from shelfwise.experiments.config import validate_spec
+from shelfwise.experiments.log import ExperimentLog
+from shelfwise.experiments.runtime import HOLDOUT_EXPERIMENT
+from shelfwise.experiments.schema import Experiment, ExperimentInvalid, parse_spec
+from shelfwise.experiments.store import Conflict, ExperimentStore, NotFound
 
 __all__ = ["Conflict", "ExperimentInvalid", "ExperimentService", "NotFound"]
 
@@ -165,7 +168,8 @@ class ExperimentService:
                 if units_per_variant:
                     out["power_at_units"] = analysis.power_proportion(baseline, mde, units_per_variant, alpha=alpha,
                                                                       variance_reduction=variance_reduction)
-                    out["mde_at_units"] = analysis.mde_proportion(baseline, units_per_variant, alpha, power)
+                    mde_at = analysis.mde_proportion(baseline, units_per_variant, alpha, power)
+                    out["mde_at_units"] = mde_at if math.isfinite(mde_at) else None
             elif metric == "mean":
                 if sd is None:
                     raise ValueError("sd is required for metric=mean")

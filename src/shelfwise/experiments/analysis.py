@@ -370,6 +370,8 @@ def sample_size_proportion(baseline: float, mde_relative: float, alpha: float = 
     """Units per arm to detect a relative lift ``mde_relative`` of a proportion ``baseline`` (control n, treatment
     ``ratio`` × n), with unpooled variances; ``variance_reduction`` (e.g. from CUPED) shrinks the variance."""
     _check_unit(baseline, "baseline")
+    if mde_relative == 0:
+        raise ValueError("mde must be a non-zero relative change (e.g. 0.05)")
     p1 = baseline * (1 + mde_relative)
     if not 0 < p1 < 1:
         raise ValueError(f"baseline × (1 + mde) = {p1:g} is not a proportion in (0, 1)")

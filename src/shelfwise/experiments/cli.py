@@ -28,7 +28,7 @@ err = Console(stderr=True)
 @contextmanager
 def _service() -> Iterator[Any]:
     """The experiment service, with user errors printed as messages (exit code 2), never as tracebacks."""
-    from shelfwise.cli import friendly
+    from shelfwise.console import friendly
     from shelfwise.experiments.admin import Conflict, ExperimentInvalid, ExperimentService, NotFound
     from shelfwise.settings import load_settings
 

@@ -35,6 +35,8 @@ from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 import numpy as np
 import orjson
 
+from shelfwise.experiments.sql import _Exec, sqlite_connect
+
 log = logging.getLogger(__name__)
 
 OutcomeType = Literal["click", "cart", "purchase"]
@@ -540,8 +542,6 @@ _PRUNE = ("DELETE FROM xp_requests WHERE ts < ?", "DELETE FROM xp_exposures WHER
 class SQLiteExperimentLog(QueuedLog):
     def __init__(self, path: Path | str, retention_days: float = 180.0, max_queue: int = 200_000,
                  batch: int = 2000) -> None:
-        from shelfwise.experiments.store import sqlite_connect
-
         self.path = Path(path)
         self._read_lock = threading.Lock()
         self._db = sqlite_connect(self.path)
@@ -549,8 +549,6 @@ class SQLiteExperimentLog(QueuedLog):
         super().__init__(retention_days, max_queue, batch)
 
     def _connect_writer(self) -> sqlite3.Connection:
-        from shelfwise.experiments.store import sqlite_connect
-
         db = sqlite_connect(self.path)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
@@ -574,9 +572,7 @@ class SQLiteExperimentLog(QueuedLog):
     def _close_writer(self, db: sqlite3.Connection) -> None:
         db.close()
 
-    def _exec(self):
-        from shelfwise.experiments.store import _Exec
-
+    def _exec(self) -> _Exec:
         return _Exec(self._db.cursor(), pg=False)
 
     def unit_table(self, experiment_id: str, window_s: float, since: float | None = None, until: float | None = None,
@@ -601,8 +597,6 @@ class SQLiteExperimentLog(QueuedLog):
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                from shelfwise.experiments.store import _Exec
-
                 n = sql_forget(_Exec(cur, pg=False), shopper)
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -616,20 +610,3 @@ class SQLiteExperimentLog(QueuedLog):
         self._stop_writer()
         with self._read_lock:
             self._db.close()
-
-
-def open_experiment_log(dsn: str, retention_days: float = 180.0, max_queue: int = 200_000) -> ExperimentLog:
-    scheme = dsn.split("://", 1)[0] if "://" in dsn else ""
-    if scheme == "sqlite":
-        from shelfwise.experiments.store import sqlite_path
-
-        return SQLiteExperimentLog(sqlite_path(dsn), retention_days, max_queue)
-    if scheme in ("postgresql", "postgres"):
-        from shelfwise.experiments.pg import PostgresExperimentLog
-
-        return PostgresExperimentLog(dsn, retention_days, max_queue)
-    if scheme == "memory":
-        from shelfwise.experiments.memlog import MemoryExperimentLog
-
-        return MemoryExperimentLog()
-    raise ValueError(f"no experiment log backend for {dsn!r} (supported: sqlite:///path, postgresql://…, memory://)")

@@ -16,7 +16,8 @@ from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
 from shelfwise.experiments import log as xlog
-from shelfwise.experiments.store import SQLExperimentStore, _Exec
+from shelfwise.experiments.sql import _Exec
+from shelfwise.experiments.store import SQLExperimentStore
 from shelfwise.stores._dsn import split_options, with_scheme
 
 _MIGRATION_LOCK = 0x5E1F_0015

@@ -50,17 +50,14 @@ import numpy as np
 from shelfwise.experiments.assignment import Assigner, Assignment, shopper_key
 from shelfwise.experiments.bandits import ItemBandit, VariantBandit
 from shelfwise.experiments.config import _EMPTY, merge_configs
-from shelfwise.experiments.log import ExperimentLog, ExposureRecord, open_experiment_log, visit_key
+from shelfwise.experiments.backends import experiments_dsn, open_experiment_log, open_experiment_store
+from shelfwise.experiments.log import ExperimentLog, ExposureRecord, visit_key
 from shelfwise.experiments.schema import Experiment, VariantConfig
-from shelfwise.experiments.store import ExperimentStore, open_experiment_store
+from shelfwise.experiments.store import ExperimentStore
 
 log = logging.getLogger(__name__)
 
 HOLDOUT_EXPERIMENT = "_holdout"
-
-
-def experiments_dsn(settings: Any) -> str:
-    return settings.experiments.dsn or settings.events_dsn
 
 
 @dataclass

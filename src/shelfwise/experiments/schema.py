@@ -3,7 +3,7 @@
 A variant's ``config`` is a *declared* schema (``VariantConfig``): every key is known, so a typo such as
 ``{"blend": ...}`` is rejected with the path and the list of known settings instead of being silently ignored.
 Values are validated twice: by type here, and against the running settings (known placements, blend sources,
-score / diversity fields, ``k`` bounds) by ``validate_spec``, which also merges every placement override into
+score / diversity fields, ``k`` bounds) by ``config.validate_spec``, which also merges every placement override into
 the placement's settings to prove the result is a valid ``PlacementSettings``.
 
 Errors are ``ExperimentInvalid`` with ``errors: [{"path": "variants[1].config.placements.homepage.weights",
@@ -243,62 +243,6 @@ def parse_spec(document: Any) -> ExperimentSpec:
         return ExperimentSpec.model_validate(document)
     except ValidationError as e:
         raise ExperimentInvalid(errors_of(e)) from None
-
-
-def validate_spec(spec: ExperimentSpec, models: Any, max_k: int = 200,
-                  sources: tuple[str, ...] | None = None) -> list[dict[str, str]]:
-    """Check a typed spec against the running settings (``ModelSettings``); raises ``ExperimentInvalid``.
-
-    Returns warnings (e.g. a variant identical to control)."""
-    from shelfwise.experiments.config import apply_config
-
-    if sources is None:
-        sources = known_sources()
-    errors: list[dict[str, str]] = []
-    placements = set(models.placements)
-    for i, p in enumerate(spec.placements):
-        if p not in placements:
-            errors.append({"path": f"placements[{i}]", "reason": f"unknown placement {p!r}; known: "
-                                                                 f"{', '.join(sorted(placements))}"})
-    for i, v in enumerate(spec.variants):
-        base = f"variants[{i}].config"
-        c = v.config
-        if c.k is not None and c.k > max_k:
-            errors.append({"path": f"{base}.k", "reason": f"at most api.max_k = {max_k}"})
-        for name, po in c.placements.items():
-            pbase = f"{base}.placements.{name}"
-            if name not in placements:
-                errors.append({"path": pbase, "reason": f"unknown placement {name!r}; known: "
-                                                        f"{', '.join(sorted(placements))}"})
-                continue
-            if po.k is not None and po.k > max_k:
-                errors.append({"path": f"{pbase}.k", "reason": f"at most api.max_k = {max_k}"})
-            for src in (po.weights or {}):
-                if src not in sources:
-                    errors.append({"path": f"{pbase}.weights.{src}",
-                                   "reason": f"unknown candidate source {src!r}; known: {', '.join(sources)}"})
-            if po.weights is not None and not any(w > 0 for w in po.weights.values()):
-                errors.append({"path": f"{pbase}.weights", "reason": "at least one source needs a weight > 0"})
-        if not errors:
-            try:
-                apply_config(models, c)
-            except ExperimentInvalid as e:
-                errors.extend({"path": f"{base}.{x['path']}", "reason": x["reason"]} for x in e.errors)
-    if errors:
-        raise ExperimentInvalid(errors)
-    warnings = []
-    control = spec.variant(spec.control_name)
-    for i, v in enumerate(spec.variants):
-        if v.name != control.name and v.config == control.config and spec.kind != "bandit":
-            warnings.append({"path": f"variants[{i}].config",
-                             "reason": f"same configuration as control {control.name!r} (an A/A test?)"})
-    return warnings
-
-
-def known_sources() -> tuple[str, ...]:
-    from shelfwise.retrieval import SOURCES
-
-    return tuple(SOURCES) + tuple(s for s in ("ease",) if s not in SOURCES)
 
 
 # ---- a stored experiment -----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ map (``link_identity``) records the unit a logged-in shopper is bucketed by when
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -29,7 +28,8 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import orjson
 
-from shelfwise.experiments.schema import Experiment, ExperimentInvalid, ExperimentSpec, parse_spec
+from shelfwise.experiments.schema import Experiment, ExperimentInvalid, ExperimentSpec
+from shelfwise.experiments.sql import _Exec, sqlite_connect
 
 
 class NotFound(KeyError):
@@ -107,25 +107,6 @@ def _row(row: tuple) -> Experiment:
 
 def _spec_json(spec: ExperimentSpec) -> str:
     return orjson.dumps(spec.model_dump(mode="json")).decode()
-
-
-class _Exec:
-    """A cursor with ``?`` placeholders (rewritten for PostgreSQL)."""
-
-    def __init__(self, cur: Any, pg: bool):
-        self.cur, self.pg = cur, pg
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.pg else sql
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return list(self.cur.execute(self._sql(sql), params).fetchall())
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
-        return self.cur.execute(self._sql(sql), params).fetchone()
-
-    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self.cur.execute(self._sql(sql), params).rowcount
 
 
 class SQLExperimentStore:
@@ -352,15 +333,6 @@ INSERT OR IGNORE INTO experiment_meta (key, value) VALUES ('generation', 0);
 """
 
 
-def sqlite_connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA busy_timeout=10000")
-    return db
-
-
 class SQLiteExperimentStore(SQLExperimentStore):
     """Tables next to the events and catalog in the event store's SQLite file. Thread-safe."""
 
@@ -404,34 +376,3 @@ class SQLiteExperimentStore(SQLExperimentStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-# ---- opening ---------------------------------------------------------------------------------------------------
-def sqlite_path(dsn: str) -> Path:
-    if not dsn.startswith("sqlite:///"):
-        raise ValueError(f"not a sqlite DSN: {dsn!r} (expected sqlite:///path/to/file.db)")
-    return Path(dsn.removeprefix("sqlite:///"))
-
-
-def open_experiment_store(dsn: str) -> ExperimentStore:
-    """The experiment store in the database of ``dsn`` (``settings.experiments.dsn`` or the events DSN)."""
-    scheme = dsn.split("://", 1)[0] if "://" in dsn else ""
-    if scheme == "sqlite":
-        return SQLiteExperimentStore(sqlite_path(dsn))
-    if scheme in ("postgresql", "postgres"):
-        from shelfwise.experiments.pg import PostgresExperimentStore
-
-        return PostgresExperimentStore(dsn)
-    raise ValueError(f"no experiment store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
-
-
-def parse_and_check(document: Any, models: Any, max_k: int = 200) -> tuple[ExperimentSpec, list[dict[str, str]]]:
-    """``parse_spec`` + ``validate_spec``: a typed spec and its warnings, or ``ExperimentInvalid``."""
-    from shelfwise.experiments.schema import validate_spec
-
-    spec = parse_spec(document)
-    return spec, validate_spec(spec, models, max_k)
-
-
-__all__ = ["AuditEntry", "Conflict", "ExperimentInvalid", "ExperimentStore", "NotFound", "SQLiteExperimentStore",
-           "open_experiment_store", "parse_and_check"]
