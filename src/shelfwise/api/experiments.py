@@ -193,9 +193,10 @@ def build_router(service: Callable[[], ExperimentService],
         return await run_in_threadpool(write, lambda: service().create(document, by, comment, start=start), 201)
 
     @r.get("/v1/experiments/_power", response_model=PowerView, responses=_INVALID)
-    def power(baseline: Annotated[float, Query(gt=0, allow_inf_nan=False,
+    def power(baseline: Annotated[float, Query(gt=0, le=1e12, allow_inf_nan=False,
                                                description="control's conversion (or mean, metric=mean)")],
-              mde: Annotated[float, Query(allow_inf_nan=False, description="relative lift to detect, e.g. 0.05")],
+              mde: Annotated[float, Query(ge=-0.99, le=100, allow_inf_nan=False,
+                                          description="relative lift to detect, e.g. 0.05")],
               alpha: Annotated[float | None, Query(gt=0, lt=0.5)] = None,
               power: Annotated[float, Query(gt=0, lt=1)] = 0.8,
               units: Annotated[int | None, Query(ge=2, le=10**12,
@@ -203,7 +204,7 @@ def build_router(service: Callable[[], ExperimentService],
               variants: Annotated[int, Query(ge=2, le=100)] = 2,
               variance_reduction: Annotated[float, Query(ge=0, lt=1)] = 0.0,
               metric: Literal["proportion", "mean"] = "proportion",
-              sd: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None) -> Response:
+              sd: Annotated[float | None, Query(gt=0, le=1e12, allow_inf_nan=False)] = None) -> Response:
         """Units per variant to detect a relative lift ``mde`` with the given power (and the power at ``units``)."""
         return _guard(lambda: service().power(baseline, mde, alpha, power, units, variants, variance_reduction,
                                               metric, sd))

@@ -180,8 +180,8 @@ class ExperimentService:
                                                                 variance_reduction=variance_reduction)
             else:
                 raise ValueError(f"unknown metric {metric!r}; known: proportion, mean")
-        except ValueError as e:
-            raise ExperimentInvalid([{"path": "power", "reason": str(e)}]) from None
+        except (ValueError, ArithmeticError) as e:  # incl. overflow on absurd inputs: a 422, never a 500
+            raise ExperimentInvalid([{"path": "power", "reason": str(e) or type(e).__name__}]) from None
         out["units_total"] = out["control"] * variants
         out["variants"] = variants
         return out

@@ -378,7 +378,7 @@ def sample_size_proportion(baseline: float, mde_relative: float, alpha: float = 
     delta = p1 - baseline
     var = (baseline * (1 - baseline) + p1 * (1 - p1) / ratio) * (1 - variance_reduction)
     z = _z(alpha, two_sided) + float(stats.norm.ppf(power))
-    n_c = math.ceil(z * z * var / delta ** 2)
+    n_c = max(2, math.ceil(z * z * var / delta ** 2))
     return {"control": n_c, "treatment": math.ceil(n_c * ratio), "total": n_c + math.ceil(n_c * ratio),
             "baseline": baseline, "target": p1, "alpha": alpha, "power": power}
 
@@ -397,7 +397,7 @@ def sample_size_mean(sd: float, mde_absolute: float, alpha: float = 0.05, power:
     if sd <= 0 or mde_absolute == 0:
         raise ValueError("sd must be > 0 and mde_absolute non-zero")
     z = _z(alpha, two_sided) + float(stats.norm.ppf(power))
-    n_c = math.ceil(z * z * sd * sd * (1 + 1 / ratio) * (1 - variance_reduction) / mde_absolute ** 2)
+    n_c = max(2, math.ceil(z * z * sd * sd * (1 + 1 / ratio) * (1 - variance_reduction) / mde_absolute ** 2))
     return {"control": n_c, "treatment": math.ceil(n_c * ratio), "total": n_c + math.ceil(n_c * ratio),
             "alpha": alpha, "power": power}
 
