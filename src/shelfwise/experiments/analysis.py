@@ -378,7 +378,7 @@ def sample_size_proportion(baseline: float, mde_relative: float, alpha: float = 
     delta = p1 - baseline
     var = (baseline * (1 - baseline) + p1 * (1 - p1) / ratio) * (1 - variance_reduction)
     z = _z(alpha, two_sided) + float(stats.norm.ppf(power))
-    n_c = max(2, math.ceil(z * z * var / delta ** 2))
+    n_c = _units(z * z * var / delta ** 2)
     return {"control": n_c, "treatment": math.ceil(n_c * ratio), "total": n_c + math.ceil(n_c * ratio),
             "baseline": baseline, "target": p1, "alpha": alpha, "power": power}
 
@@ -397,7 +397,7 @@ def sample_size_mean(sd: float, mde_absolute: float, alpha: float = 0.05, power:
     if sd <= 0 or mde_absolute == 0:
         raise ValueError("sd must be > 0 and mde_absolute non-zero")
     z = _z(alpha, two_sided) + float(stats.norm.ppf(power))
-    n_c = max(2, math.ceil(z * z * sd * sd * (1 + 1 / ratio) * (1 - variance_reduction) / mde_absolute ** 2))
+    n_c = _units(z * z * sd * sd * (1 + 1 / ratio) * (1 - variance_reduction) / mde_absolute ** 2)
     return {"control": n_c, "treatment": math.ceil(n_c * ratio), "total": n_c + math.ceil(n_c * ratio),
             "alpha": alpha, "power": power}
 
@@ -417,6 +417,15 @@ def mde_proportion(baseline: float, n_per_arm: int, alpha: float = 0.05, power: 
     if power_proportion(baseline, hi, n_per_arm, alpha=alpha) < power:
         return float("inf")
     return float(brentq(lambda m: power_proportion(baseline, m, n_per_arm, alpha=alpha) - power, 1e-9, hi))
+
+
+MAX_UNITS = 10**15
+
+
+def _units(n: float) -> int:
+    if not math.isfinite(n) or n > MAX_UNITS:
+        raise ValueError(f"the effect is too small to detect: it needs more than {MAX_UNITS:.0e} units per variant")
+    return max(2, math.ceil(n))
 
 
 def _power(effect_z: float, alpha: float, two_sided: bool) -> float:
