@@ -551,6 +551,11 @@ def erase(
         typer.echo(json.dumps(receipt, indent=1))
 
 
+from shelfwise.experiments.cli import experiments_app  # noqa: E402 - online experiments
+
+app.add_typer(experiments_app, name="experiments")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -458,6 +458,48 @@ class ContentSettings(_Section):
                 raise ValueError(f"{name} must be a non-empty list of positive numbers")
         return self
 
+class ExperimentSettings(_Section):
+    """Online experiments (``experiments/``): assignment, exposure & outcome log, analysis, guardrails, bandits."""
+
+    dsn: str = Field("", description="experiment store + exposure/outcome log; empty = the event store's database "
+                                     "(its SQLite file, or its PostgreSQL database), so every replica shares them")
+    identity: Literal["user", "first_seen"] = Field(
+        "user", description="bucketing unit of a logged-in shopper: user = their user id (an anonymous shopper who "
+                            "logs in may change variant once); first_seen = the unit they were first seen with, "
+                            "kept for good through an identity map (stable across login, costs a lookup per new "
+                            "shopper)")
+    holdout_share: float = Field(0.0, ge=0, le=0.5, description="global holdout: this share of shoppers gets no "
+                                                                 "experiment at all (changing it moves shoppers)")
+    holdout_salt: str = Field("shelfwise-holdout", min_length=1, description="hash salt of the global holdout")
+    reload_interval_s: float = Field(1.0, ge=0, description="how often a replica checks the store for experiment "
+                                                             "changes (0 = every request)")
+    exposure_log: bool = Field(True, description="log served rails under their variants (needed for analysis)")
+    retention_days: float = Field(180.0, gt=0, description="exposures and outcomes older than this are deleted")
+    attribution_window_hours: float = Field(24.0, gt=0, description="an outcome counts for an exposure of the same "
+                                                                    "visit (or request) at most this long before it")
+    pre_period_days: float = Field(14.0, ge=0, description="CUPED covariates: each shopper's outcomes in this many "
+                                                           "days before the experiment started (0 = no CUPED)")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level of intervals, tests and sequences")
+    planned_units: int = Field(10_000, ge=10, description="units per variant the confidence sequence is tuned for "
+                                                          "when an experiment does not say (planned_units)")
+    guardrail_interval_s: float = Field(300.0, ge=0, description="how often running experiments' guardrails are "
+                                                                 "evaluated by a serving process (0 = never; "
+                                                                 "`shelfwise experiments check` does it once)")
+    explore_share: float = Field(0.0, ge=0, le=0.5, description="share of slots given to Thompson-sampling item "
+                                                                "exploration when a variant does not set "
+                                                                "`exploration` (0 = off; 0.05-0.10 typical)")
+    bandit_draws: int = Field(200, ge=10, description="posterior draws that estimate a bandit choice's propensity")
+    bandit_prior: tuple[float, float] = Field((1.0, 30.0), description="Beta prior (a, b) of an item's click rate "
+                                                                       "in exploration slots (its mean starts the "
+                                                                       "empirical-Bayes prior)")
+    bandit_prior_strength: float = Field(30.0, ge=0, description="pseudo-impressions of the empirical-Bayes prior "
+                                                                 "centred on the average shown item's click rate "
+                                                                 "(0 = the fixed bandit_prior)")
+    bandit_reward_window_s: float = Field(1800.0, gt=0, description="a bandit decision's reward is a click within "
+                                                                    "this long")
+    bandit_refresh_s: float = Field(60.0, gt=0, description="how often bandit posteriors take in new log rows")
+    bandit_history_days: float = Field(7.0, gt=0, description="the item bandit starts from this much log history")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -481,6 +523,7 @@ class Settings(BaseSettings):
                              "(set SHELFWISE_PRIVACY__PSEUDONYM_KEY)")
         return self
     content: ContentSettings = ContentSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -16,12 +16,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("domain", "settings"),
     ("items", "request", "stores", "synthetic", "console"),
     ("importers", "retrieval", "content"),
-    ("ranking", "rerank", "rules", "privacy", "cache", "security"),
+    ("ranking", "rerank", "rules", "privacy", "cache", "security", "experiments"),
     ("stages",),
     ("pipeline", "assemble"),
     ("training",),
     ("service", "evaluation", "worker"),
-    ("api", "cli", "rules.cli", "security.cli"),
+    ("api", "cli", "rules.cli", "security.cli", "experiments.cli"),
 ]
 
 

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
+from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import ConsentUpdate, Event, Item, Text, split_field
 from shelfwise.request import RecRequest, new_request_id
@@ -454,6 +455,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         return ORJSONResponse(body, headers=headers)
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
+    app.include_router(experiments_router(lambda: experiments_of(sw())))  # experiments (api/experiments.py)
 
     # ---- the OpenAPI document: the body models, the bearer scheme and each route's scope ---------------------
     def openapi() -> dict[str, Any]:
