@@ -30,7 +30,8 @@ def state_fingerprint(state: ShopperState | None) -> tuple:
 
 def request_key(req: RecRequest, model: str, rulesets: str, catalog: int) -> tuple:
     return (req.placement, req.shopper, req.item_id, tuple(req.cart), req.k, tuple(req.exclude), req.category,
-            req.device, tuple(req.segments), req.explain, model, rulesets, catalog, state_fingerprint(req.state))
+            req.device, tuple(req.segments), req.explain, req.variant, model, rulesets, catalog,
+            state_fingerprint(req.state))
 
 
 class AnswerCache:

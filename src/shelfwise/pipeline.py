@@ -131,14 +131,18 @@ class Pipeline:
                 self.observer(batch.placement, stage.name, dt)
 
     def _batches(self, requests: Sequence[RecRequest]) -> list[tuple[list[int], Batch]]:
-        groups: dict[str, list[int]] = {}
+        """One batch per placement (and per experiment variant's placement settings and ranker switch)."""
+        groups: dict[tuple, list[int]] = {}
+        confs: dict[tuple, PlacementSettings] = {}
         for i, r in enumerate(requests):
-            self.placement(r.placement)
-            groups.setdefault(r.placement, []).append(i)
+            conf = r.conf if r.conf is not None else self.placement(r.placement)
+            key = (r.placement, id(conf), r.ranker)
+            confs[key] = conf
+            groups.setdefault(key, []).append(i)
         out = []
-        for placement, rows in groups.items():
+        for key, rows in groups.items():
             reqs = [requests[i] for i in rows]
-            out.append((rows, Batch(placement, self.placement(placement), reqs, max(r.k for r in reqs))))
+            out.append((rows, Batch(key[0], confs[key], reqs, max(r.k for r in reqs), use_ranker=key[2])))
         return out
 
     def recommend(self, requests: Sequence[RecRequest]) -> list[Answer]:

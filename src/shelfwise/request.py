@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from shelfwise.settings import PlacementSettings
 from shelfwise.stores.protocols import ShopperState
 
 PLACEMENTS = ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell")
@@ -55,6 +56,11 @@ class RecRequest:
     segments: Sequence[str] = ()  # shopper segments the storefront knows (e.g. "vip"), for rule conditions
     request_id: str | None = None  # exposure log and shadow sampling key
     explain: bool = False  # attach why each item is where it is (score parts, rules, diversity)
+    # an experiment's variant: its placement settings (blend weights, score, diversity) instead of the configured
+    # ones, the learned ranker on or off, and a label that keys cached answers
+    conf: PlacementSettings | None = None
+    ranker: bool = True
+    variant: str = ""
 
 
 @dataclass
@@ -182,3 +188,4 @@ class Answer:
     explanation: dict[str, Any] | None = None  # request-level part of explain (conflicts, weights, rule sets)
     model_version: str = ""  # the model version that computed this answer
     rulesets: str = ""  # the live rule set versions applied ("id@version,..."; empty when none)
+    experiments: list[dict[str, str]] = field(default_factory=list)  # [{"experiment", "variant"}] it served

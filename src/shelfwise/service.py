@@ -15,6 +15,10 @@ from typing import Callable, Sequence
 
 from shelfwise.assemble import assemble
 from shelfwise.cache import AnswerCache, request_key
+from shelfwise.experiments.admin import ExperimentService
+from shelfwise.experiments.config import apply_config, effective_k
+from shelfwise.experiments.interleaving import team_draft
+from shelfwise.experiments.runtime import Assignments, ExperimentRuntime
 from shelfwise.domain import ConsentUpdate, Event, Item
 from shelfwise.pipeline import Model, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
@@ -22,6 +26,8 @@ from shelfwise.privacy.guard import PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from shelfwise.request import Answer, RecRequest, new_request_id
 from shelfwise.rules.engine import Merchandising
+from shelfwise.rules.stage import OverrideRules, RulesStage
+from shelfwise.rules.store import NotFound
 from shelfwise.settings import Settings
 from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
                               open_privacy_store, vector_index_factory)
@@ -46,8 +52,11 @@ class Shelfwise:
         self.pseudonyms = Pseudonymizer(settings.privacy.pseudonym_key if settings.privacy.pseudonymize else None)
         self.guard = PrivacyGuard(settings.privacy, self.privacy_store, self.privacy_store, self.pseudonyms)
         self._catalog_ids = self.catalog.ids()
+        # online experiments: assignment, variants, exposure and outcome log, guardrails (experiments/)
+        self.experiments = ExperimentRuntime(settings, monitor=True)
         self.processor = EventProcessor(self.store, self.online, known_items=lambda: self._catalog_ids,
-                                        forgotten=self.privacy_store.forgotten)
+                                        forgotten=self.privacy_store.forgotten,
+                                        on_stored=self.experiments.record_events)  # outcomes for attribution
         self.bus = open_event_bus(settings.stores.bus, self.processor, ack=settings.stores.ack,
                                   ack_timeout_s=settings.stores.ack_timeout_s, known_items=lambda: self._catalog_ids)
         self._lock = threading.Lock()
@@ -60,6 +69,9 @@ class Shelfwise:
         self.erasure_hooks: list[tuple[str, Callable[[str], int]]] = [("answer cache", self.cache.forget)]
         self._scanned_at = 0.0  # when the current model's training read the event store
         self._forget_applied = 0.0  # erasure markers up to this time are applied to the current model's index
+        self.experiments_admin = ExperimentService(settings, store=self.experiments.store, xlog=self.experiments.log)
+        self.erasure_hooks.append(("experiment log", self.experiments.forget))
+        self._variants: dict[tuple, Pipeline] = {}  # (model version, rule set) -> the pipeline serving a variant
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -87,8 +99,15 @@ class Shelfwise:
         return pipeline
 
     def _loaded(self, path: Path) -> Model:
+        """Load the model version to serve (see ``_loaded_model``) and note when its training read the data."""
+        model, scanned_at, latest = self._loaded_model(path)
+        self._scanned_at, self._forget_applied = scanned_at, max(latest, scanned_at)
+        return model
+
+    def _loaded_model(self, path: Path) -> tuple[Model, float, float]:
         """Load a model version; shoppers erased after its training read the event store lose their rows (a
-        training that raced an erasure), in the files and in memory; catalog changes since training apply."""
+        training that raced an erasure), in the files and in memory; catalog changes since training apply.
+        Returns (model, when its training read the event store, the newest erasure marker applied)."""
         scan = path / SCAN_FILE
         scanned_at = json.loads(scan.read_text())["scanned_at"] if scan.is_file() else 0.0
         model = Model.load(path, self.settings.models)
@@ -102,8 +121,7 @@ class Shelfwise:
                 scrub_model_dir(path, late)
                 for s in late:
                     model.shopper_index.pop(s, None)
-        self._scanned_at, self._forget_applied = scanned_at, max(latest, scanned_at)
-        return model
+        return model, scanned_at, latest
 
     @property
     def trained(self) -> bool:
@@ -244,6 +262,7 @@ class Shelfwise:
                 req.now = now
             if req.request_id is None:
                 req.request_id = new_request_id()
+        assigned = self._assign(reqs)
         pipeline = self.pipeline
         answers: list[Answer | None] = [None] * len(reqs)
         keys: list[tuple] = []
@@ -252,20 +271,123 @@ class Shelfwise:
             keys = [request_key(r, pipeline.version, label, pipeline.items.version) for r in reqs]
             answers = [self.cache.get(k) for k in keys]
         todo = [i for i, a in enumerate(answers) if a is None]
-        if todo:
-            for i, ans in zip(todo, pipeline.recommend([reqs[i] for i in todo])):
-                answers[i] = ans
-                if keys:
-                    self.cache.put(keys[i], ans)
-        for req, answer in zip(reqs, answers):
+        for i, ans in zip(todo, self._answer([reqs[i] for i in todo], [assigned[i] for i in todo])):
+            answers[i] = ans
+            if keys:
+                self.cache.put(keys[i], ans)
+        for req, answer, got in zip(reqs, answers, assigned):
             self.merch.record(req, answer)  # exposure log (queued, off the hot path)
+            if got is not None:
+                self.experiments.record(got, req.request_id or "", req.placement, [r.item_id for r in answer.items],
+                                        teams=got.teams, model_version=answer.model_version)
         return answers  # type: ignore[return-value]
+
+    # ---- experiments ---------------------------------------------------------------------------------
+    def _assign(self, reqs: Sequence[RecRequest]) -> list[Assignments | None]:
+        """Each request's experiment variants (shoppers consenting to experiments only), applied to the request:
+        the variant's placement settings, k, ranker switch and a label that keys its cached answers."""
+        out: list[Assignments | None] = []
+        models = self.settings.models
+        for req in reqs:
+            got = None
+            if req.shopper is not None and self.guard.allows(req.shopper, "experiments"):
+                user, session = (None, req.shopper[8:]) if req.shopper.startswith("session:") else (req.shopper, None)
+                got = self.experiments.assign(user, session, req.placement, req.segments)
+                if not got.items and not got.holdout:
+                    got = None
+            if got is not None:
+                cfg = got.config
+                variant = apply_config(models, cfg)
+                if variant is not models:
+                    req.conf = variant.placements[req.placement]
+                req.k = effective_k(req.k, req.placement, cfg)
+                req.ranker = cfg.ranker is not False
+                req.variant = ",".join(f"{x['experiment']}={x['variant']}" for x in got.labels())
+            out.append(got)
+        return out
+
+    def _variant_pipeline(self, model_version: str | None, ruleset: str | None) -> Pipeline:
+        """The pipeline a variant needs: another published model version and/or a rule set at another version."""
+        live = self.pipeline
+        if not model_version and not ruleset:
+            return live
+        key = (model_version or live.version, ruleset, live.version)
+        got = self._variants.get(key)
+        if got is None:
+            with self._swap_lock:
+                got = self._variants.get(key)
+                if got is None:
+                    if model_version and model_version != live.version:
+                        path = self.models.path(model_version)
+                        if not path.is_dir():
+                            raise ValueError(f"an experiment asks for model version {model_version!r}, which is not "
+                                             "in the model store")
+                        model = self._loaded_model(path)[0]
+                        factory = vector_index_factory(self.settings.stores.vectors, path, model_version)
+                    else:
+                        model, factory = live.model, None
+                    rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
+                             if ruleset else self.merch.stage)
+                    got = assemble(model, rules, factory)
+                    self._variants = {k: v for k, v in self._variants.items() if k[2] == live.version}
+                    self._variants[key] = got
+        return got
+
+    def _answer(self, reqs: list[RecRequest], assigned: list[Assignments | None]) -> list[Answer]:
+        """Run the requests through their pipelines (the live one, or a variant's); interleaved experiments run
+        both variants and merge them by team draft."""
+        jobs: list[tuple[int, RecRequest, Pipeline]] = []
+        interleaved: dict[int, tuple[int, int]] = {}
+        for i, (req, got) in enumerate(zip(reqs, assigned)):
+            pipe = self.pipeline
+            if got is not None:
+                try:
+                    pipe = self._variant_pipeline(got.config.model_version, got.config.ruleset)
+                except (ValueError, KeyError, NotFound) as exc:  # a variant that cannot be served: the live one
+                    log.error("experiment variant not served (%s): %s", got.labels(), exc)
+            if got is not None and got.interleave is not None:
+                pair = []
+                for cfg in got.interleave:
+                    side = replace(req, variant=req.variant + "|" + str(id(cfg)))
+                    variant = apply_config(self.settings.models, cfg)
+                    side.conf = variant.placements[req.placement] if variant is not self.settings.models else None
+                    side.ranker = cfg.ranker is not False
+                    pair.append(len(jobs))
+                    jobs.append((i, side, self._variant_pipeline(cfg.model_version, cfg.ruleset)))
+                interleaved[i] = (pair[0], pair[1])
+            else:
+                jobs.append((i, req, pipe))
+        results: list[Answer | None] = [None] * len(jobs)
+        by_pipe: dict[int, list[int]] = {}
+        for j, (_, _, pipe) in enumerate(jobs):
+            by_pipe.setdefault(id(pipe), []).append(j)
+        for js in by_pipe.values():
+            pipe = jobs[js[0]][2]
+            for j, ans in zip(js, pipe.recommend([jobs[j][1] for j in js])):
+                results[j] = ans
+        out: list[Answer] = []
+        for i, (req, got) in enumerate(zip(reqs, assigned)):
+            if i in interleaved:
+                a, b = (results[j] for j in interleaved[i])
+                ids, teams = team_draft([r.item_id for r in a.items], [r.item_id for r in b.items], req.k,
+                                        seed=req.request_id)
+                side = {"a": {r.item_id: r for r in a.items}, "b": {r.item_id: r for r in b.items}}
+                ans = replace(a, items=[side[t][x] for x, t in zip(ids, teams)], fallback=a.fallback or b.fallback)
+                got.teams = teams
+            else:
+                ans = next(results[j] for j, job in enumerate(jobs) if job[0] == i)
+            if got is not None:
+                ans = replace(ans, experiments=got.labels())
+            out.append(ans)
+        return out
 
     def close(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(10)
         self.bus.close()
+        self.experiments_admin.close()
+        self.experiments.close()
         self.merch.close()
         self.privacy_store.close()
         self.store.close()

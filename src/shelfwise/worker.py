@@ -33,6 +33,7 @@ class Worker:
         from shelfwise.stores import (
             open_catalog, open_event_bus, open_event_store, open_online_state, open_privacy_store,
         )
+        from shelfwise.experiments.backends import experiments_dsn, open_experiment_log
         from shelfwise.stores.bus import EventProcessor
 
         self.settings = settings
@@ -43,8 +44,11 @@ class Worker:
         self.online = open_online_state(settings.stores.online, settings.models.history_length)
         self._known = self.catalog.ids()
         self._known_at = time.monotonic()
+        self.outcomes = (open_experiment_log(experiments_dsn(settings), settings.experiments.retention_days)
+                         if settings.experiments.exposure_log else None)  # experiments: outcomes for attribution
         self.processor = EventProcessor(self.store, self.online, known_items=self.known_items,
-                                        forgotten=self.ledger.forgotten)
+                                        forgotten=self.ledger.forgotten,
+                                        on_stored=self.outcomes.record_events if self.outcomes else None)
         self.bus = open_event_bus(settings.stores.bus, self.processor, ack=settings.stores.ack,
                                   ack_timeout_s=settings.stores.ack_timeout_s)
         self.consumer = self.bus.consumer(self.processor, name)
@@ -80,6 +84,8 @@ class Worker:
     def close(self) -> None:
         self.consumer.close()
         self.bus.close()
+        if self.outcomes is not None:
+            self.outcomes.close()
         self.ledger.close()
         self.store.close()
         close = getattr(self.online, "close", None)

@@ -438,6 +438,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             "placement": placement,
             "model_version": answer.model_version,
             "rulesets": answer.rulesets,
+            "experiments": answer.experiments,
             "fallback": answer.fallback,
             "items": items,
         }
@@ -455,7 +456,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         return ORJSONResponse(body, headers=headers)
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
-    app.include_router(experiments_router(lambda: experiments_of(sw())))  # experiments (api/experiments.py)
+    app.include_router(experiments_router(lambda: experiments_of(sw()), changed=lambda: sw().experiments.reload()))
 
     # ---- the OpenAPI document: the body models, the bearer scheme and each route's scope ---------------------
     def openapi() -> dict[str, Any]:

@@ -145,6 +145,8 @@ class RecommendationAnswer(BaseModel):
     placement: str
     model_version: str = Field(description="the model version that computed this answer")
     rulesets: str = Field("", description="the live rule set versions applied (\"id@version,...\")")
+    experiments: list[dict[str, str]] = Field(default_factory=list, description="the experiment variants that "
+                                                                                "served it: [{experiment, variant}]")
     fallback: bool = Field(description="some slots were filled without evidence")
     items: list[RecommendedItem]
     explanation: dict[str, Any] | None = None

@@ -75,6 +75,7 @@ class Assignments:
     conflicts: list[str] = field(default_factory=list)
     interleave: tuple[VariantConfig, VariantConfig] | None = None  # (config A, config B) of an interleave experiment
     interleave_experiment: str | None = None
+    teams: list[str] | None = None  # interleaving: the team ("a"/"b") of each slot of the served answer
     segment: str = ""  # the first segment the request named: the contextual bandit's context with the placement
 
     def labels(self) -> list[dict[str, str]]:

@@ -106,6 +106,33 @@ class StoreRules:
         return Snapshot(gen, tuple(live), tuple(shadows))
 
 
+class OverrideRules:
+    """The live rule sets, with one of them served at another version (an experiment's variant: ``id`` = its latest
+    version, ``id@3`` = version 3); no drafts in shadow. Follows the store's changes to the other rule sets."""
+
+    def __init__(self, base: StoreRules, ruleset_id: str, version: int | None = None) -> None:
+        self.base, self.ruleset_id, self.version = base, ruleset_id, version
+        self._cached: tuple[Any, Snapshot] | None = None
+
+    @classmethod
+    def parse(cls, base: StoreRules, spec: str) -> "OverrideRules":
+        rid, _, ver = spec.partition("@")
+        return cls(base, rid, int(ver) if ver else None)
+
+    def snapshot(self) -> Snapshot:
+        snap = self.base.snapshot()
+        got = self._cached
+        if got is not None and got[0] == snap.token:
+            return got[1]
+        v = self.base.store.version(self.ruleset_id, self.version)
+        rs = RuleSet.model_validate(v.document)
+        live = tuple(sorted([x for x in snap.live if x[0] != self.ruleset_id] + [(self.ruleset_id, v.version, rs)],
+                            key=lambda x: x[0]))
+        out = Snapshot(("override", snap.token, self.ruleset_id, v.version), live, ())
+        self._cached = (snap.token, out)
+        return out
+
+
 @dataclass
 class ShadowJob:
     ruleset_id: str

@@ -24,6 +24,7 @@ class Batch:
     conf: PlacementSettings
     requests: list[RecRequest]
     kmax: int
+    use_ranker: bool = True  # an experiment's variant may switch the learned ranker off
     queries: list[Query] = field(default_factory=list)
     exclusions: Exclusions | None = None
     plans: list[RequestRules] | None = None  # active merchandising rules per request (None: no rules at all)

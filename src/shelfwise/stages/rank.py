@@ -35,7 +35,7 @@ class RankStage:
         self.ranker, self.ctx = ranker, ctx
 
     def run(self, batch: Batch) -> None:
-        if not self.ranker.applies(batch.placement):
+        if not batch.use_ranker or not self.ranker.applies(batch.placement):
             return
         cand = batch.candidates
         assert cand is not None

@@ -30,11 +30,13 @@ class EventProcessor:
 
     def __init__(self, store: EventStore, online: OnlineState,
                  known_items: Callable[[], set[str] | None] = lambda: None,
-                 forgotten: Callable[[Sequence[str]], dict[str, float]] | None = None) -> None:
+                 forgotten: Callable[[Sequence[str]], dict[str, float]] | None = None,
+                 on_stored: Callable[[Sequence[Event]], None] | None = None) -> None:
         self.store = store
         self.online = online
         self.known_items = known_items
         self.forgotten = forgotten  # erasure markers (ErasureLedger.forgotten): queued events of erased shoppers
+        self.on_stored = on_stored  # e.g. the experiments' outcome log: the events just stored (not duplicates)
 
     def process(self, events: Sequence[Event], enqueued_at: Sequence[float] | None = None) -> AppendResult:
         dropped: list[str] = []
@@ -67,6 +69,8 @@ class EventProcessor:
         self.online.record_many(updates)
         for shopper in stale - set(updates):
             self.online.forget(shopper)
+        if self.on_stored is not None and stored:
+            self.on_stored([ev for ev in events if ev.event_id in stored])
         if dropped:
             result = AppendResult(stored=result.stored, duplicates=result.duplicates,
                                   unknown_items=result.unknown_items, withheld=dropped)
