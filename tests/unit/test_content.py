@@ -201,7 +201,7 @@ def test_variants_share_a_text_encoding_and_bad_input_is_encoded(onnx_encoder: T
     odd = [Item(id="long", title="Case", description="protective " * 1800),  # 19,800 characters
            Item(id="cyr", title="Беспроводные наушники", description="耳机"),
            Item(id="bare"),
-           Item(id="weird", attributes={"dims": {"w": [1, {"deep": None}]}, "flag": True, "n": float("inf")})]
+           Item(id="weird", attributes={"dims": {"w": [1, {"deep": None}]}, "flag": True, "n": 1e300})]
     ids, vecs = tower.encode_changed([variant, *odd])
     assert ids == ["hp0-white", "long", "cyr", "bare", "weird"]
     assert len(enc.texts) == 2  # the variant reuses hp0's text vector; "bare" and "weird" have no text
