@@ -134,7 +134,7 @@ class CandidateStage:
             total += weights[name] * s
         total[ex.dense()] = -np.inf
         idx, val = top_k(total, min(self.need(batch), self.n_items))
-        items = np.where(val > 0, idx, -1)
+        items = np.where(np.isfinite(val), idx, -1)  # items without evidence too (blend 0, lowest index first)
         safe = np.maximum(items, 0)
         sources = {n: np.where(items >= 0, take_rows(s, safe), 0.0).astype(np.float32) for n, s in normed.items()}
         blend = np.where(items >= 0, val, 0.0).astype(np.float32)
