@@ -104,3 +104,18 @@ def api_client(settings: Settings, engine=None, scopes=("ingest", "read", "admin
 
     key = make_key(settings, scopes, name="tester")
     return TestClient(create_app(settings, engine=engine), headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture
+def trained_engine(trained_settings):
+    """A running engine (no API) on the tiny trained storefront."""
+    from shelfwise.service import Shelfwise
+
+    eng = Shelfwise(trained_settings)
+    yield eng
+    eng.close()
+
+
+def ids(answer) -> list[str]:
+    """The item ids of an answer, in order."""
+    return [r.item_id for r in answer.items]

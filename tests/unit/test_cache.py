@@ -9,18 +9,12 @@ from shelfwise.cache import AnswerCache, state_fingerprint
 from shelfwise.request import Answer, RecRequest
 from shelfwise.service import Shelfwise
 from shelfwise.stores.protocols import Interaction, ShopperState
-from tests.conftest import T0, view
+from tests.conftest import T0, view, ids
 
 
 @pytest.fixture
-def engine(trained_settings):
-    eng = Shelfwise(trained_settings)
-    yield eng
-    eng.close()
-
-
-def ids(answer):
-    return [r.item_id for r in answer.items]
+def engine(trained_engine):
+    return trained_engine
 
 
 def test_repeated_requests_hit_and_a_shoppers_event_changes_the_next_answer(engine):

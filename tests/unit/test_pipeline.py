@@ -6,18 +6,12 @@ import pytest
 from shelfwise.request import RecRequest
 from shelfwise.service import Shelfwise
 from shelfwise.stores.protocols import Interaction, ShopperState
-from tests.conftest import tiny_catalog
+from tests.conftest import tiny_catalog, ids
 
 
 @pytest.fixture
-def engine(trained_settings):
-    eng = Shelfwise(trained_settings)
-    yield eng
-    eng.close()
-
-
-def ids(answer):
-    return [r.item_id for r in answer.items]
+def engine(trained_engine):
+    return trained_engine
 
 
 def test_untrained_engine_still_fills_rails(settings):
