@@ -364,7 +364,7 @@ class SequenceRetriever(Retriever):
                 ft = s.finetune_epochs if validate else 0
                 for epoch in range(1, s.max_epochs + 1):
                     t_epoch = time.perf_counter()
-                    loss = self._epoch(windows, opt, rng)
+                    loss = self._epoch(windows, opt, rng, deadline)
                     report["epochs"] = epoch
                     if validate:
                         hr, ndcg, ce = self._validate(val)
@@ -472,13 +472,17 @@ class SequenceRetriever(Retriever):
         for b in rng.permutation(len(batches)):
             yield [windows[i] for i in batches[b]]
 
-    def _epoch(self, windows: list, opt: Any, rng: np.random.Generator) -> float:
+    def _epoch(self, windows: list, opt: Any, rng: np.random.Generator, deadline: float = math.inf) -> float:
+        """One pass over the windows (cut short at ``deadline``: a huge catalog's epoch may outlast the time
+        cap); the mean loss."""
         import torch
 
         model = self.model
         model.train()
         total, count = 0.0, 0
-        for batch in self._batches(windows, rng):
+        for step, batch in enumerate(self._batches(windows, rng)):
+            if step % 64 == 63 and time.perf_counter() > deadline:
+                break
             items = torch.from_numpy(_pad([w[0] for w in batch]))
             kinds = torch.from_numpy(_pad([w[1] for w in batch]))
             target = torch.from_numpy(_pad([w[2] for w in batch], fill=-1))
@@ -506,7 +510,7 @@ class SequenceRetriever(Retriever):
         """Up to ``epochs`` epochs over ``windows`` with no validation, while before ``deadline``; epochs run."""
         done = 0
         while done < epochs and time.perf_counter() <= deadline:
-            loss = self._epoch(windows, opt, rng)
+            loss = self._epoch(windows, opt, rng, deadline)
             done += 1
             bar.update(loss=loss, finetune=done)
         return done
