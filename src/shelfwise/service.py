@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import replace
@@ -265,21 +266,24 @@ class Shelfwise:
         assigned = self._assign(reqs)
         pipeline = self.pipeline
         answers: list[Answer | None] = [None] * len(reqs)
-        keys: list[tuple] = []
+        keys: list[tuple | None] = []
         if self.cache.enabled:
             label = self.merch.stage.label()
-            keys = [request_key(r, pipeline.version, label, pipeline.items.version) for r in reqs]
-            answers = [self.cache.get(k) for k in keys]
+            # an explored rail is drawn afresh each time (its propensities are logged): never cached
+            keys = [request_key(r, pipeline.version, label, pipeline.items.version)
+                    if got is None or not got.shown_k else None for r, got in zip(reqs, assigned)]
+            answers = [self.cache.get(k) if k is not None else None for k in keys]
         todo = [i for i, a in enumerate(answers) if a is None]
         for i, ans in zip(todo, self._answer([reqs[i] for i in todo], [assigned[i] for i in todo])):
             answers[i] = ans
-            if keys:
+            if keys and keys[i] is not None:
                 self.cache.put(keys[i], ans)
         for req, answer, got in zip(reqs, answers, assigned):
             self.merch.record(req, answer)  # exposure log (queued, off the hot path)
             if got is not None:
                 self.experiments.record(got, req.request_id or "", req.placement, [r.item_id for r in answer.items],
-                                        teams=got.teams, model_version=answer.model_version)
+                                        teams=got.teams, propensities=got.propensities,
+                                        model_version=answer.model_version)
         return answers  # type: ignore[return-value]
 
     # ---- experiments ---------------------------------------------------------------------------------
@@ -302,6 +306,9 @@ class Shelfwise:
                     req.conf = variant.placements[req.placement]
                 req.k = effective_k(req.k, req.placement, cfg)
                 req.ranker = cfg.ranker is not False
+                share = cfg.exploration if cfg.exploration is not None else self.settings.experiments.explore_share
+                if share > 0:  # item exploration: a few more candidates to explore among (see _explored)
+                    got.shown_k, req.k = req.k, req.k + max(4, 4 * math.ceil(share * req.k))
                 req.variant = ",".join(f"{x['experiment']}={x['variant']}" for x in got.labels())
             out.append(got)
         return out
@@ -377,9 +384,21 @@ class Shelfwise:
             else:
                 ans = next(results[j] for j, job in enumerate(jobs) if job[0] == i)
             if got is not None:
+                ans = self._explored(got, ans) if got.shown_k else ans
                 ans = replace(ans, experiments=got.labels())
             out.append(ans)
         return out
+
+    def _explored(self, got: Assignments, ans: Answer) -> Answer:
+        """Thompson-sampled exploration: about the variant's share of the ``shown_k`` slots goes to items drawn from
+        the answer's further candidates (they passed stock, exclusions, rules and diversity like the rest); the
+        propensity of each slot is logged for unbiased learning and off-policy evaluation."""
+        k = got.shown_k
+        ids = [r.item_id for r in ans.items]
+        items, props = self.experiments.explore(got, ids[:k], ids[k:], None, k)
+        got.propensities = props
+        recs = {r.item_id: r for r in ans.items}
+        return replace(ans, items=[recs[x] for x in items])
 
     def close(self) -> None:
         self._stop.set()

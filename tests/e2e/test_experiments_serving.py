@@ -99,3 +99,21 @@ def test_no_experiments_without_consent(client):
     ok(client.put("/v1/consent", params={"user_id": "u5"}, json={"experiments": "denied"}))
     body = ok(client.get("/v1/recommendations/homepage", params={"user_id": "u5", "k": 5}))
     assert body["experiments"] == [] and len(body["items"]) == 5
+
+
+def test_item_exploration_logs_propensities(client):
+    client, engine = client
+    start(client, {"id": "explore", "name": "explore new items", "layer": "explore",
+                   "variants": [{"name": "control", "share": 0.5},
+                                {"name": "explore", "share": 0.5, "config": {"exploration": 0.5}}]})
+    got = rails(client, n=40, k=4)
+    explored = [u for u, b in got.items() if b["experiments"][0]["variant"] == "explore"]
+    assert explored and all(len(got[u]["items"]) == 4 for u in explored)
+    engine.experiments.log.flush()
+    logged = engine.experiments.log.requests(experiment_id="explore")
+    by_variant = {v: [r for r in logged if r.experiments["explore"][0] == v] for v in ("control", "explore")}
+    assert len(by_variant["explore"]) == len(explored) and by_variant["control"]
+    # each explored slot's propensity is logged (1 for the ranked ones); the control rails have none
+    props = [p for r in by_variant["explore"] for p in r.propensities]
+    assert props and min(props) < 1.0 and max(props) == 1.0
+    assert all(r.propensities is None for r in by_variant["control"])

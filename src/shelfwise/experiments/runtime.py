@@ -76,6 +76,8 @@ class Assignments:
     interleave: tuple[VariantConfig, VariantConfig] | None = None  # (config A, config B) of an interleave experiment
     interleave_experiment: str | None = None
     teams: list[str] | None = None  # interleaving: the team ("a"/"b") of each slot of the served answer
+    shown_k: int = 0  # item exploration: the slots shown (the pipeline is asked for a few more to explore among)
+    propensities: list[float] | None = None  # item exploration: each shown slot's probability of being chosen
     segment: str = ""  # the first segment the request named: the contextual bandit's context with the placement
 
     def labels(self) -> list[dict[str, str]]:
