@@ -248,7 +248,7 @@ class Shelfwise:
         the model's row."""
         self.guard.prepare(reqs, self.pipeline.shopper_index, self._forget_applied, self._scanned_at)
 
-    def recommend_many(self, reqs: Sequence[RecRequest]) -> list[Answer]:
+    def recommend_many(self, reqs: Sequence[RecRequest], log: bool = True) -> list[Answer]:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
         if self._watcher is None:
             self.refresh_model()
@@ -279,6 +279,8 @@ class Shelfwise:
             if keys and keys[i] is not None:
                 self.cache.put(keys[i], ans)
         for req, answer, got in zip(reqs, answers, assigned):
+            if not log:  # a simulation asks for rails whose exposures it logs itself
+                break
             self.merch.record(req, answer)  # exposure log (queued, off the hot path)
             if got is not None:
                 self.experiments.record(got, req.request_id or "", req.placement, [r.item_id for r in answer.items],

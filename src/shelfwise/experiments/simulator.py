@@ -285,11 +285,11 @@ def engine_policy(engine: Any) -> Policy:
     return policy
 
 
-def http_policy(base_url: str, timeout_s: float = 5.0) -> Policy:
-    """The HTTP API (``GET /v1/recommendations/{placement}``)."""
+def http_policy(base_url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> Policy:
+    """The HTTP API (``GET /v1/recommendations/{placement}``; ``headers``: e.g. the API key)."""
     import httpx
 
-    client = httpx.Client(base_url=base_url, timeout=timeout_s)
+    client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
 
     def policy(shopper: str, placement: str, k: int) -> list[str]:
         r = client.get(f"/v1/recommendations/{placement}", params={"user_id": shopper, "k": k})
