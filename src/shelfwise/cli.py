@@ -101,6 +101,8 @@ def run_training(engine, quick: bool = False):
 
             def step(name: str) -> None:
                 bar.update(task, description=f"training {name}")
+                if not console.is_terminal:  # a log file (e.g. the background training of `run`): a line a step
+                    console.print(f"training {name}")
 
             report = train_models(engine.store, engine.catalog, engine.models, ms, progress=step,
                                   vectors=settings.stores.vectors, consenting=engine.guard.consenting,

@@ -79,6 +79,7 @@ def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings
         if progress:
             progress(name)
         t0 = time.perf_counter()
+        r.progress = progress
         if warm is not None and name in warm.model.retrievers:
             r.warm_start(warm.model.retrievers[name], warm.data.items)
         r.fit(data)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -275,6 +275,7 @@ class Retriever(ABC):
     """A candidate source: fit on training data, then score batches of queries (``scores``)."""
 
     name: ClassVar[str]
+    progress: Callable[[str], None] | None = None  # training reports long fits' steps here (one progress display)
 
     @abstractmethod
     def fit(self, data: TrainData) -> "Retriever": ...

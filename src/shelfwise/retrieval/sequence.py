@@ -29,7 +29,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -255,41 +255,26 @@ def _pad(rows: Sequence[np.ndarray], fill: int = 0) -> np.ndarray:
 
 # ---- progress ------------------------------------------------------------------------------------------
 class _Progress:
-    """A rich progress bar over epochs (nested under the CLI's own bar when one is live), or nothing."""
+    """Epoch progress, one convention with the rest of training: through the caller's progress callback
+    (``Retriever.progress``, e.g. the CLI's one progress bar), else a line per epoch on stderr, or nothing."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.bar = None
-        self.lines = False
+    def __init__(self, enabled: bool, total: int, report: Callable[[str], None] | None = None) -> None:
+        self.enabled, self.total, self.report = enabled, total, report
         self.done = 0
-        self.total = total
-        if not enabled:
-            return
-        if not getattr(sys.stderr, "isatty", lambda: False)():
-            self.lines = True  # a log file: one line per epoch
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        console = getattr(sys.stderr, "_FileProxy__console", None)  # a live rich display owns stderr
-        if console is None:
-            console = Console(stderr=True)
-        self.bar = Progress(TextColumn("[bold]sequence[/bold] epoch"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                            transient=True)
-        self.task = self.bar.add_task("epochs", total=total, info="")
-        self.bar.start()
 
     def update(self, advance: int = 1, **fields: Any) -> None:
         self.done += advance
+        if not self.enabled:
+            return
         info = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-        if self.bar is not None:
-            self.bar.update(self.task, advance=advance, info=info)
-        elif self.lines:
-            print(f"sequence epoch {self.done}/{self.total}  {info}", file=sys.stderr, flush=True)
+        text = f"sequence epoch {self.done} (at most {self.total})  {info}"
+        if self.report is not None:
+            self.report(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        pass
 
 
 # ---- the retriever -------------------------------------------------------------------------------------
@@ -358,7 +343,7 @@ class SequenceRetriever(Retriever):
             return self
         opt = self._optimizer()
         best, best_ce, best_state, bad = -1.0, math.inf, None, 0
-        bar = _Progress(s.progress, s.max_epochs + s.finetune_epochs)
+        bar = _Progress(s.progress, s.max_epochs + s.finetune_epochs, self.progress)
         try:
             with _torch_threads(threads):
                 ft = s.finetune_epochs if validate else 0
@@ -422,7 +407,7 @@ class SequenceRetriever(Retriever):
         windows = _training_windows(seqs, s.max_len)
         rng = np.random.default_rng(s.seed + 1)
         epochs = max(s.finetune_epochs, 1)
-        bar = _Progress(s.progress, epochs)
+        bar = _Progress(s.progress, epochs, self.progress)
         try:
             with _torch_threads(threads):
                 done = self._finetune(windows, opt, rng, epochs, deadline, bar) if windows else 0
