@@ -67,6 +67,11 @@ def test_erasure_leaves_nothing_behind(settings, pseudonymize):
         client.put("/v1/rulesets/draft/shadow", params={"share": 1.0})
         assert client.put("/v1/consent", params={"user_id": WHO}, json={"analytics": "granted",
                                                                          "experiments": "granted"}).status_code == 200
+        # a running experiment: WHO is assigned, their exposure and (below) their event join the experiment log
+        assert client.post("/v1/experiments", json={
+            "id": "e1", "name": "two arms", "variants": [{"name": "control", "share": 0.5},
+                                                         {"name": "treatment", "share": 0.5}]}).status_code == 201
+        assert client.post("/v1/experiments/e1/start").status_code == 200
         personal = rail(client, user_id=WHO)
         anonymous = rail(client)
         assert personal != anonymous  # the model and the history know this shopper
@@ -83,6 +88,7 @@ def test_erasure_leaves_nothing_behind(settings, pseudonymize):
         assert got["online state"] == 1 and got["exposure log"] >= 6 and got["shadow log"] >= 1
         assert got["consent record"] == 1 and got["running model: shopper index"] == 1
         assert got["model store: shopper index rows and ALS user factors"] == 1
+        assert got["experiment log"] >= 1  # the assignment's exposures (and the identity map)
         assert "WAL checkpointed" in next(p["detail"] for p in receipt["places"] if p["place"] == "database files")
         assert receipt["removed_total"] == sum(got.values()) and receipt["pseudonymized"] == pseudonymize
         assert WHO not in json.dumps(receipt, ensure_ascii=False) and stored not in json.dumps(receipt)
