@@ -281,7 +281,8 @@ class Shelfwise:
         for req, answer, got in zip(reqs, answers, assigned):
             if not log:  # a simulation asks for rails whose exposures it logs itself
                 break
-            self.merch.record(req, answer)  # exposure log (queued, off the hot path)
+            # exposure log (queued, off the hot path), with the slots' propensities when the rail explored
+            self.merch.record(req, answer, got.propensities if got is not None else None)
             if got is not None:
                 self.experiments.record(got, req.request_id or "", req.placement, [r.item_id for r in answer.items],
                                         teams=got.teams, propensities=got.propensities,

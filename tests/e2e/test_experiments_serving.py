@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from shelfwise.ranking.exposures import read_exposures
+from shelfwise.rules.admin import rules_db_path
 from shelfwise.service import Shelfwise
 from tests.conftest import api_client
 
@@ -117,3 +119,9 @@ def test_item_exploration_logs_propensities(client):
     props = [p for r in by_variant["explore"] for p in r.propensities]
     assert props and min(props) < 1.0 and max(props) == 1.0
     assert all(r.propensities is None for r in by_variant["control"])
+    # the same propensities reach the exposure log the learned ranker trains from (inverse propensity weights)
+    engine.merch.log.flush()
+    shown = read_exposures(rules_db_path(engine.settings), "homepage")
+    explored_slots = {(rid, item) for rid, item, p in zip(shown.request_id, shown.item, shown.propensity) if p < 1}
+    assert explored_slots == {(r.request_id, item) for r in by_variant["explore"]
+                              for item, p in zip(r.items, r.propensities) if p < 1}

@@ -89,6 +89,8 @@ def test_ipw_weights_by_position():
     np.testing.assert_allclose(ipw_weights(pos, eta=0.0), 1.0)
     w = ipw_weights(np.arange(10))
     assert (np.diff(w) > 0).all()  # lower positions are examined less: clicks there count more
+    # an exploration slot: placed there with probability 0.25, so its click counts 4x more (then clipped)
+    np.testing.assert_allclose(ipw_weights(pos, shown=np.array([1, 0.25, 0.5, 1, 1])), [1, 8, 10, 20, 1])
 
 
 # ---- a planted signal ------------------------------------------------------------------------------------
@@ -274,7 +276,8 @@ def test_prefix_sources_never_see_labelled_events(shop):
 
 
 # ---- the exposure log ------------------------------------------------------------------------------------
-def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
+@pytest.mark.parametrize("explored", [None, 0.25], ids=["ranked slots", "an explored slot"])
+def test_exposure_log_requests_become_weighted_points(tmp_path, settings, explored):
     from shelfwise.ranking.exposures import exposure_points, read_exposures
     from shelfwise.ranking.features import ItemStats
     from shelfwise.ranking.labels import build_rows
@@ -283,7 +286,9 @@ def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
     log = hand_made()
     xlog = SQLiteExposureLog(tmp_path / "x.db", retention_days=100_000)
     # a's request at minute 100.5 showed [v, q, w]: a then carted and bought w (shown at position 2)
-    xlog.record([Exposure("r1", 100.5 * 60, "a", "homepage", ["v", "q", "w"], [3.0, 2.0, 1.0]),
+    # with ``explored``, w's slot was an item bandit's pick with that propensity (the others ranked: 1)
+    props = None if explored is None else [1.0, 1.0, explored]
+    xlog.record([Exposure("r1", 100.5 * 60, "a", "homepage", ["v", "q", "w"], [3.0, 2.0, 1.0], propensities=props),
                  Exposure("r2", 100.5 * 60, "zz", "homepage", ["v"], [1.0]),  # unknown shopper: skipped
                  Exposure("r3", 100.5 * 60, "a", "pdp_fbt", ["v"], [1.0])])  # another placement
     xlog.flush()
@@ -295,9 +300,11 @@ def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
     assert len(points) == 1
     p = points[0]
     assert p.positions == {"v": 0, "q": 1, "w": 2}
+    assert p.shown == ({} if explored is None else {"w": explored})
     assert p.labels == {"w": 3}  # the next 3 interactions: w viewed, carted, bought
     assert [h.item_id for h in p.history] == ["x", "y", "z"] and all(h.ts < p.ts for h in p.history)
-    # in the training rows the bought w (shown at position 2) weighs 3 = 1 / P(examined at position 2)
+    # in the training rows the bought w (shown at position 2) weighs 3 = 1 / P(examined at position 2), divided by
+    # the probability that the bandit put it there when it explored
     catalog_items = sorted(set(log.item.tolist()))
     from shelfwise.domain import Item
 
@@ -314,7 +321,7 @@ def test_exposure_log_requests_become_weighted_points(tmp_path, settings):
     ctx = FeatureContext.build(pipe.items, ItemStats.fit(fitted.data), spec, pipe.retrievers)
     rows_ = build_rows(pipe, ctx, points, "homepage", 10)
     assert rows_.with_positive == 1
-    assert rows_.weight[rows_.y == 3].tolist() == [3.0]
+    assert rows_.weight[rows_.y == 3].tolist() == [3.0 if explored is None else 12.0]
     assert set(rows_.weight[rows_.y == 0].tolist()) == {1.0}
 
 
@@ -343,3 +350,24 @@ def test_too_little_history_trains_no_ranker_and_serves_the_blend(settings):
     assert fitted.pipeline.ranker is None and "ranker" in fitted.seconds
     ans = fitted.pipeline.recommend([RecRequest("homepage", shopper="a", k=3)])[0]
     assert len(ans.items) == 3
+
+
+def test_an_exposure_log_from_before_the_propensity_column_still_reads(tmp_path):
+    import sqlite3
+
+    from shelfwise.ranking.exposures import read_exposures
+    from shelfwise.rules.log import Exposure, SQLiteExposureLog
+
+    db = sqlite3.connect(tmp_path / "x.db")  # the table as earlier versions created it
+    db.execute("CREATE TABLE exposures (request_id TEXT NOT NULL, ts REAL NOT NULL, shopper TEXT, placement TEXT NOT "
+               "NULL, position INTEGER NOT NULL, item_id TEXT NOT NULL, score REAL, model_version TEXT, rules TEXT)")
+    db.execute("INSERT INTO exposures VALUES ('old', 1.0, 'a', 'homepage', 0, 'v', 1.0, '', '')")
+    db.commit()
+    db.close()
+    assert read_exposures(tmp_path / "x.db", "homepage").propensity.tolist() == [1.0]
+    xlog = SQLiteExposureLog(tmp_path / "x.db", retention_days=100_000)  # adds the column, keeps the rows
+    xlog.record([Exposure("new", 2.0, "a", "homepage", ["q", "w"], [2.0, 1.0], propensities=[1.0, 0.5])])
+    xlog.flush()
+    xlog.close()
+    rows = read_exposures(tmp_path / "x.db", "homepage")
+    assert rows.request_id.tolist() == ["old", "new", "new"] and rows.propensity.tolist() == [1.0, 1.0, 0.5]

@@ -4,7 +4,8 @@ Each logged request of the ranker's placement becomes a ``Point`` like the histo
 shopper's state just before the request, labelled by what they did next in the session (purchase 3 > cart 2 >
 view 1). The items the request SHOWED carry their position; ``build_rows`` weights a shown item that the shopper
 then interacted with by the inverse propensity of its position (``ipw_weights``), correcting for the fact that
-lower slots are examined less. Only requests after the time cut are used (their candidates come from sources fit
+lower slots are examined less, and of its slot (an exploration slot's logged propensity), so the items the bandit
+explored are learned from without bias. Only requests after the time cut are used (their candidates come from sources fit
 before it), so the exposure log adds no leakage.
 
 Enabled with ``models.ranker.exposure_log`` = the path of the SQLite file holding the ``exposures`` table (by
@@ -30,6 +31,7 @@ class ExposureRows:
     shopper: np.ndarray  # object ("" when anonymous)
     position: np.ndarray  # int64, 0-based
     item: np.ndarray  # object
+    propensity: np.ndarray  # float64: probability the item was in its slot (1 for ranked slots)
 
     def __len__(self) -> int:
         return len(self.item)
@@ -43,10 +45,12 @@ def read_exposures(path: Path | str, placement: str, since: float = float("-inf"
         return _empty()
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT request_id, ts, COALESCE(shopper, ''), position, item_id FROM exposures "
-                          "WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id, position",
-                          (placement, since if np.isfinite(since) else -1e18,
-                           until if np.isfinite(until) else 1e18)).fetchall()
+        columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
+        propensity = "COALESCE(propensity, 1.0)" if "propensity" in columns else "1.0"  # a log from before it
+        rows = db.execute(f"SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, {propensity} "
+                          "FROM exposures WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id, "
+                          "position", (placement, since if np.isfinite(since) else -1e18,
+                                       until if np.isfinite(until) else 1e18)).fetchall()
     except sqlite3.OperationalError:  # no exposures table yet
         return _empty()
     finally:
@@ -55,12 +59,13 @@ def read_exposures(path: Path | str, placement: str, since: float = float("-inf"
         return _empty()
     cols = list(zip(*rows))
     return ExposureRows(np.array(cols[0], dtype=object), np.array(cols[1], np.float64),
-                        np.array(cols[2], dtype=object), np.array(cols[3], np.int64), np.array(cols[4], dtype=object))
+                        np.array(cols[2], dtype=object), np.array(cols[3], np.int64), np.array(cols[4], dtype=object),
+                        np.array(cols[5], np.float64))
 
 
 def _empty() -> ExposureRows:
     return ExposureRows(np.zeros(0, object), np.zeros(0), np.zeros(0, object), np.zeros(0, np.int64),
-                        np.zeros(0, object))
+                        np.zeros(0, object), np.zeros(0))
 
 
 def exposure_points(exp: ExposureRows, log: EventLog, history_length: int = 50, session_gap_s: float = 1800.0,
@@ -99,6 +104,7 @@ def exposure_points(exp: ExposureRows, log: EventLog, history_length: int = 50, 
             if taken >= label_horizon:
                 break
         p.positions = {str(exp.item[r]): int(exp.position[r]) for r in rows}
+        p.shown = {str(exp.item[r]): float(exp.propensity[r]) for r in rows if exp.propensity[r] < 1.0}
         if p.labels:
             points.append(p)
     return points

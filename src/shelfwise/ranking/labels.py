@@ -63,15 +63,20 @@ def grade_of(kind: np.ndarray) -> np.ndarray:
 
 
 def ipw_weights(positions: np.ndarray, clicked: np.ndarray | None = None, eta: float = 1.0,
-                max_weight: float = 20.0) -> np.ndarray:
+                max_weight: float = 20.0, shown: np.ndarray | None = None) -> np.ndarray:
     """Inverse-propensity weights of logged impressions by 0-based position.
 
     Position-based examination model: P(examined | position k) = (1 / (k + 1)) ** eta (Joachims et al., 2017),
     so a click at position k is weighted (k + 1) ** eta, clipped at ``max_weight`` to bound the variance.
-    Rows that were not clicked (``clicked`` False) keep weight 1; ``positions < 0`` (not shown) weight 1.
+    ``shown`` is the probability that the item was placed in that slot at all: 1 for the ranked slots, the logged
+    Thompson-sampling propensity for an exploration slot (``experiments.bandits``), so the item bandit's picks
+    count as what they are, a draw from the policy. Rows that were not clicked (``clicked`` False) keep weight 1;
+    ``positions < 0`` (not shown) weight 1.
     """
     pos = np.asarray(positions, np.float64)
     w = np.where(pos >= 0, np.power(np.maximum(pos, 0) + 1.0, eta), 1.0)
+    if shown is not None:
+        w = w / np.clip(np.asarray(shown, np.float64), 1e-6, 1.0)
     w = np.minimum(w, max_weight)
     if clicked is not None:
         w = np.where(np.asarray(clicked, bool), w, 1.0)
@@ -88,6 +93,7 @@ class Point:
     purchased: set[str]
     labels: dict[str, int]  # item id -> grade
     positions: dict[str, int] = field(default_factory=dict)  # logged impressions: item id -> position shown
+    shown: dict[str, float] = field(default_factory=dict)  # exploration slots: item id -> logged propensity (< 1)
     device: str | None = None
 
     def request(self, placement: str, k: int) -> RecRequest:
@@ -237,7 +243,7 @@ def build_rows(source: CandidateSource, ctx: FeatureContext, points: Sequence[Po
                 if j is not None:
                     hit = cand.items[r] == j
                     w[r][hit] = ipw_weights(np.array([position]), y[r][hit].max(initial=0) > 0, ipw_eta,
-                                            ipw_max)[0]
+                                            ipw_max, np.array([p.shown.get(item, 1.0)]))[0]
         keep = (y * cand.valid).max(axis=1) > 0
         with_pos += int(keep.sum())
         for r in np.flatnonzero(keep):

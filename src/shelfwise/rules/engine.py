@@ -66,13 +66,16 @@ class Merchandising:
         self.source.invalidate()
         self.prepare()
 
-    def record(self, req: RecRequest, answer: Answer) -> None:
+    def record(self, req: RecRequest, answer: Answer, propensities: list[float] | None = None) -> None:
+        """Log what one answer showed; ``propensities`` per slot when an experiment explored (they reach the
+        ranker's training through the exposure log)."""
         if not self.settings.rules.exposure_log or not answer.items:
             return
         self.log.record([Exposure(request_id=req.request_id or "", ts=req.now or time.time(), shopper=req.shopper,
                                   placement=answer.placement, items=[r.item_id for r in answer.items],
                                   scores=[round(r.score, 6) for r in answer.items],
-                                  model_version=answer.model_version, rules=answer.rulesets)])
+                                  model_version=answer.model_version, rules=answer.rulesets,
+                                  propensities=propensities)])
 
     def close(self) -> None:
         self._stop.set()

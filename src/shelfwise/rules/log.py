@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS exposures (
     item_id       TEXT NOT NULL,
     score         REAL,
     model_version TEXT,
-    rules         TEXT
+    rules         TEXT,
+    propensity    REAL  -- an exploration slot's probability of holding this item; NULL for ranked slots
 );
 CREATE INDEX IF NOT EXISTS exposures_ts ON exposures (ts);
 CREATE INDEX IF NOT EXISTS exposures_request ON exposures (request_id);
@@ -71,6 +72,7 @@ class Exposure:
     scores: list[float]
     model_version: str = ""
     rules: str = ""  # live rule set versions, e.g. "default@3,black-friday@2"
+    propensities: list[float] | None = None  # per slot, when the rail explored (experiments' item bandit)
 
 
 @dataclass
@@ -137,6 +139,8 @@ class SQLiteExposureLog:
         self._read_lock = threading.Lock()
         self._read = self._connect()
         self._read.executescript(SCHEMA)
+        if "propensity" not in {r[1] for r in self._read.execute("PRAGMA table_info(exposures)")}:
+            self._read.execute("ALTER TABLE exposures ADD COLUMN propensity REAL")  # a log from before the column
         self._pruned_at = 0.0
         self._closed = False
         self._writer = threading.Thread(target=self._run, name="shelfwise-exposure-log", daemon=True)
@@ -220,9 +224,11 @@ class SQLiteExposureLog:
         exp_rows, shadow_rows, seen = [], [], {}
         for kind, x in items:
             if kind == "exposure":
+                props = x.propensities or []
                 for pos, (iid, sc) in enumerate(zip(x.items, x.scores)):
+                    p = props[pos] if pos < len(props) and props[pos] < 1.0 else None
                     exp_rows.append((x.request_id, x.ts, x.shopper, x.placement, pos, iid, sc, x.model_version,
-                                     x.rules))
+                                     x.rules, p))
                     first, last, n = seen.get(iid, (x.ts, x.ts, 0))
                     seen[iid] = (min(first, x.ts), max(last, x.ts), n + 1)
             else:
@@ -231,7 +237,8 @@ class SQLiteExposureLog:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO exposures VALUES (?,?,?,?,?,?,?,?,?)", exp_rows)
+            db.executemany("INSERT INTO exposures (request_id, ts, shopper, placement, position, item_id, score, "
+                           "model_version, rules, propensity) VALUES (?,?,?,?,?,?,?,?,?,?)", exp_rows)
             db.executemany(
                 "INSERT INTO item_impressions (item_id, first_ts, last_ts, impressions) VALUES (?,?,?,?) "
                 "ON CONFLICT(item_id) DO UPDATE SET last_ts = max(last_ts, excluded.last_ts), "
