@@ -13,6 +13,8 @@
    wrk is absent) for ``--seconds`` at each ``--connections``: homepage 50 %, pdp_similar 25 %, pdp_fbt 15 %,
    cart_upsell 10 %, for random known shoppers (80 %) and unknown ones (20 %), while a second process posts
    ``--events-per-s`` events (product views and carts of random shoppers, in batches of 10).
+   With ``--rate R`` the load is open-loop instead: R requests/s whatever the server's latency, each request timed
+   from when it was due (how to read "p99 at 100 requests/s"; wrk is closed-loop).
 3. In the same run, under the same server settings (uvicorn, uvloop, httptools, N workers), the framework ceiling:
    a trivial FastAPI endpoint returning a 12-item JSON, driven the same way; the ratio is what to compare across
    machines and runs.
@@ -136,6 +138,45 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
             "max_ms": round(r["max_us"] / 1e3, 2), "seconds": round(secs, 1)}
 
 
+def fixed_rate(url: str, all_paths: list[str], key: str, rate: float, seconds: float, connections: int = 64) -> dict:
+    """Open-loop load at ``rate`` requests/s (as wrk2 does; Debian ships only wrk, whose load is closed-loop):
+    request i is due at ``i / rate`` whatever the earlier ones are doing, and its latency is counted from when it
+    was due, so a stall is charged to every request it delays (no coordinated omission)."""
+    import asyncio
+
+    import httpx
+
+    async def go() -> dict:
+        lat, errors = [], 0
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            n = int(rate * seconds)
+
+            async def one(i: int) -> None:
+                nonlocal errors
+                due = t0 + i / rate
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                try:
+                    r = await http.get(all_paths[i % len(all_paths)])
+                    errors += r.status_code >= 300
+                except httpx.HTTPError:
+                    errors += 1
+                lat.append(loop.time() - due)
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+            secs = loop.time() - t0
+        ms = np.array(lat) * 1e3
+        return {"requests": n, "requests_per_s": round(n / secs, 1), "errors": errors,
+                "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+                "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
+                "seconds": round(secs, 1), "target_rate": rate}
+
+    return asyncio.run(go())
+
+
 class EventPoster(threading.Thread):
     """Posts ``rate`` events per second in batches of 10 over one keep-alive connection."""
 
@@ -210,7 +251,10 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
             poster = EventPoster(url, shoppers, items, args.events_per_s, key) if events else None
             if poster:
                 poster.start()
-            res = wrk(url, script, c, args.seconds)
+            if args.rate:
+                res = fixed_rate(url, paths(shoppers, items), key, args.rate, args.seconds)
+            else:
+                res = wrk(url, script, c, args.seconds)
             if poster:
                 poster.stop.set()
                 poster.join(15)
@@ -282,6 +326,9 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="SHELFWISE_KEY=VALUE",
                     help="settings for every process (training and serving)")
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="open-loop load at this many requests/s (latency from each request's due time) instead "
+                         "of wrk's closed loop; --connections is then ignored")
     ap.add_argument("--setup-only", action="store_true", help="generate, train and configure, then stop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
