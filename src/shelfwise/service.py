@@ -5,6 +5,7 @@ The HTTP API and the CLI both talk to a ``Shelfwise`` instance; nothing here kno
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -144,10 +145,36 @@ class Shelfwise:
             self.pipeline = self._load_pipeline()
         return True
 
+    def settle_heap(self, everything: bool = True) -> None:
+        """Collect garbage, then freeze every surviving object out of the cyclic collector's reach.
+
+        The collector's full passes otherwise walk every long-lived object — the model, imported libraries, the
+        online state's shopper histories, the answer cache — stalling a request each time (measured at 12k items:
+        p99 127 ms where p95 is 16 ms). Frozen objects are still freed by reference counting; only a reference
+        cycle that dies while frozen waits for the next ``everything`` pass. The API calls this with
+        ``everything`` at start-up and after each model swap (the previous model's objects are unfrozen so they
+        can be collected), and every ``api.freeze_heap_s`` seconds without (only what is new since the last pass
+        is collected: a short pause; the watcher runs every 2 s)."""
+        if self.settings.api.freeze_heap_s <= 0:
+            return
+        if everything:
+            gc.unfreeze()
+            # fewer young collections (each also ages survivors towards the full pass): 20,000 allocations
+            # between them instead of 700; measured p99 23.1 vs 23.2-25.1 ms, max 33-121 vs 67-121 ms
+            gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 20)
+        gc.collect()
+        gc.freeze()
+
     def _watch_models(self, interval_s: float) -> None:
+        settled = time.monotonic()
         while not self._stop.wait(interval_s):
             try:
-                self.refresh_model(0.0)
+                if self.refresh_model(0.0):
+                    self.settle_heap()
+                    settled = time.monotonic()
+                elif time.monotonic() - settled >= self.settings.api.freeze_heap_s:
+                    self.settle_heap(everything=False)
+                    settled = time.monotonic()
             except Exception:  # a broken version on disk: keep serving the current one, say so
                 log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
 

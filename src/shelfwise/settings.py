@@ -303,6 +303,11 @@ class APISettings(_Section):
                                                        "version makes a new answer at once (src/shelfwise/cache.py)")
     cache_max_entries: int = Field(50_000, ge=0, description="answers kept per API process (least recently used "
                                                              "go first)")
+    freeze_heap_s: float = Field(2.0, ge=0, description="every this many seconds (and after start-up and each "
+                                 "model swap) the API collects garbage and moves the surviving objects out of the "
+                                 "collector's reach (gc.freeze), so its full passes stop walking the model, the "
+                                 "online state and the answer cache and stop stalling requests (BENCHMARKS.md "
+                                 "Serving); 0 = off")
     edge_ttl_s: int = Field(90, ge=0, description="Cache-Control max-age of non-personal rails (product pages "
                                                   "without a shopper): an edge cache or CDN may keep them this long; "
                                                   "their ETag changes with the model, rule sets and catalog")

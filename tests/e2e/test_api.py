@@ -167,3 +167,24 @@ def test_answers_name_their_model_and_rules_and_product_pages_are_edge_cacheable
     changed = client.get("/v1/recommendations/pdp_similar", params={"item_id": "p1"}, headers={"If-None-Match": tag})
     assert changed.status_code == 200 and changed.headers["etag"] != tag
     assert shown not in [x["item_id"] for x in changed.json()["items"]]
+
+
+
+@pytest.mark.parametrize("every_s", [0.5, 0.0], ids=["on", "off"])
+def test_the_api_keeps_its_long_lived_objects_out_of_the_collectors_full_passes(trained_settings, every_s):
+    import gc
+    import time
+
+    trained_settings.api.freeze_heap_s = every_s
+    gc.unfreeze()
+    try:
+        with api_client(trained_settings) as c:
+            assert c.get("/readyz").status_code == 200
+            assert (gc.get_freeze_count() > 10_000) == bool(every_s)  # the loaded model, the libraries, the app
+            kept = [[i] for i in range(100)]  # an object that lives on (like a cached answer or a shopper's state)
+            assert any(o is kept for o in gc.get_objects())  # the collector still walks it...
+            time.sleep(2.6)  # one watcher interval (2 s) after freeze_heap_s
+            walked = any(o is kept for o in gc.get_objects())
+            assert walked == (not every_s)  # ...until the next pass freezes it (gc.get_objects omits frozen ones)
+    finally:
+        gc.unfreeze()

@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                         settings.api.recommend_workers)
         if "torch" in sys.modules:  # the sequence model is loaded: same reasoning for torch's intra-op threads
             sys.modules["torch"].set_num_threads(1)
+        state["engine"].settle_heap()  # the loaded model out of the garbage collector's full passes
         if sec.auth == "off":
             log.warning("security.auth = off: every endpoint is open to anyone who reaches this port")
         elif not state["engine"].privacy_store.list_keys():
