@@ -520,7 +520,15 @@ class _CatalogBuilder:
             return fits, maker
         if leaf.mode == "model":
             anchor = pool[rng.integers(len(pool))]
-            siblings = [d for d in by_brand[anchor[1]] if d != anchor]
+            group = by_brand[anchor[1]]
+            if len(group) > EXACT_LEAF:  # a huge catalog: draw the siblings without listing the brand's devices
+                extra, picked = int(rng.integers(0, 3)), set()
+                while len(picked) < extra:
+                    j = int(rng.integers(len(group)))
+                    if group[j] != anchor:
+                        picked.add(j)
+                return [anchor] + [group[j] for j in sorted(picked)], f"{anchor[1]} {anchor[2]}"
+            siblings = [d for d in group if d != anchor]
             extra = min(len(siblings), int(rng.integers(0, 3)))
             fits = [anchor] + [siblings[i] for i in sorted(rng.choice(len(siblings), extra, replace=False))]
             return fits, f"{anchor[1]} {anchor[2]}"
