@@ -102,3 +102,49 @@ def test_a_pinned_slot_says_so(client):
     first = body["items"][0]
     assert first["item_id"] == "h1" and first["reason"] == "pinned"
     assert body["fallback"] is True  # a pin is the shop's choice, not evidence about this shopper
+
+
+def test_pins_that_cannot_apply_say_so_in_warnings_reports_and_explanations(client):
+    sold_out = {"id": "h0", "title": "Charger 0", "category": ["Accessories", "Chargers"], "price": 30, "stock": 0}
+    assert client.put("/v1/items", json=[CHARGER, sold_out]).status_code == 200
+    doc = {"rules": [{"id": "hero", "action": {"type": "pin", "items": ["ghost", "h-new", "h0", "c1"], "slot": 1}}]}
+
+    def reasons(body):
+        return {w["reason"] for w in body["warnings"] if w["path"] == "rules[0].action.items"}
+
+    expected = {"'h-new' cannot be pinned now: unknown to the model (not in the catalog, or added after the model "
+                "was trained)", "'h0' cannot be pinned now: out of stock"}
+    dry = client.put("/v1/rulesets/default", json=doc, params={"dry_run": True})
+    assert dry.status_code == 200 and expected <= reasons(dry.json())
+    assert any("'ghost'" in r and "unknown item id" in r for r in reasons(dry.json()))  # not in the catalog at all
+    saved = client.put("/v1/rulesets/default", json=doc, params={"publish": True})
+    assert saved.status_code == 201 and expected <= reasons(saved.json())
+    # an item made unavailable after saving: publishing again says so
+    client.put("/v1/items", json=[{"id": "c1", "title": "Case for phone 1", "price": 20, "available": False}])
+    published = client.post("/v1/rulesets/default/publish")
+    assert published.status_code == 200
+    assert "'c1' cannot be pinned now: unavailable" in reasons(published.json())
+    # the answer explains every pinned item it could not show, by id and reason
+    r = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 4, "explain": True}).json()
+    notes = r["explanation"]["conflicts"]
+    assert "pin default/hero: item 'h-new' not shown: unknown to the model (not in the catalog, or added after the " \
+           "model was trained)" in notes
+    assert "pin default/hero: item 'ghost' not shown: unknown to the model (not in the catalog, or added after the " \
+           "model was trained)" in notes
+    assert "pin default/hero: item 'h0' not shown: out of stock" in notes
+    assert "pin default/hero: item 'c1' not shown: unavailable" in notes
+    assert not {"h-new", "h0", "c1"} & {it["item_id"] for it in r["items"]}
+    # a draft's shadow report lists the pins that cannot apply, before any traffic
+    draft = {"rules": [{"id": "hero2", "action": {"type": "pin", "items": ["p2", "h0"], "slot": 1}}]}
+    assert client.put("/v1/rulesets/draft", json=draft).status_code == 201
+    report = client.get("/v1/rulesets/draft/shadow-report").json()
+    assert report["warnings"] == [{"path": "rules[0].action.items",
+                                   "reason": "'h0' cannot be pinned now: out of stock"}]
+
+
+def test_a_pin_excluded_for_one_request_says_why(client):
+    doc = {"rules": [{"id": "hero", "action": {"type": "pin", "items": ["c1"], "slot": 1}}]}
+    assert client.put("/v1/rulesets/default", json=doc, params={"publish": True}).json()["warnings"] == []
+    r = client.get("/v1/recommendations/pdp_similar", params={"item_id": "c1", "explain": True}).json()
+    assert "pin default/hero: item 'c1' not shown: excluded for this request (the page's or cart's own item, " \
+           "already bought, an exclude or category filter)" in r["explanation"]["conflicts"]

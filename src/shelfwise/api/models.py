@@ -220,7 +220,10 @@ class RuleSetVersionView(BaseModel):
     live_version: int | None = None
     shadow_version: int | None = None
     latest_version: int | None = None
-    warnings: list[FieldError] | None = None
+    warnings: list[FieldError] | None = Field(None, description="saved or published: what is probably wrong — ids, "
+                                                                "brands, categories the catalog lacks, pins that "
+                                                                "cannot apply now (unknown to the serving model, "
+                                                                "unavailable, out of stock)")
 
 
 class RuleSetStateView(BaseModel):
@@ -265,6 +268,9 @@ class ShadowReport(BaseModel):
     requests: int
     shadow_active: bool | None = None
     live_version: int | None = None
+    warnings: list[FieldError] | None = Field(None, description="pins of the version that cannot apply now: items "
+                                                                "the serving model does not know, unavailable or "
+                                                                "out of stock")
 
 
 class ZeroImpressionItem(BaseModel):

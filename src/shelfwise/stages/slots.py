@@ -139,7 +139,7 @@ class SlotStage:
         req = batch.requests[r]
         div = batch.conf.diversity
         row = batch.base[r].copy()
-        local = localize(job.eff, cand.items[r])
+        local = localize(job.eff, cand.items[r], job.world.items)
         pre = apply_local(row, local)
         slate, _ = self._slate(row, cand.items[r], req.k, local, pre, sim, div.mmr_lambda, div.pool)
         ids, price, margin = self.items.ids, self.items.price, self.items.margin
