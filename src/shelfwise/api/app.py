@@ -312,7 +312,12 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                        "items: a list, {\"items\": [...]}, or one item"))
     async def put_items(request: Request) -> Response:
         payload = await m.read_json(request)
-        raw = payload.get("items") if isinstance(payload, dict) and "items" in payload else payload
+        wrapped = isinstance(payload, dict) and "items" in payload
+        extra = sorted(set(payload) - {"items"}) if wrapped else []
+        if extra:
+            return error(422, "invalid request body; nothing was changed", m.short(extra[0], 64),
+                         'unknown key beside "items": send {"items": [...]}, a list of items, or one item')
+        raw = payload["items"] if wrapped else payload
         raw = raw if isinstance(raw, list) else [raw]
         if not raw:
             return error(422, "empty batch; nothing was changed", "body", "send at least one item")
