@@ -168,3 +168,10 @@ def catalog_facts(items: Iterable[Any]) -> dict[str, Any]:
         if it.category:
             cats.add(" > ".join(it.category))
     return {"known_items": ids, "brands": brands, "categories": cats}
+
+
+def catalog_checks(items: Iterable[Any]) -> tuple[dict[str, Any], ItemTable]:
+    """What a rule set is checked against where no model is serving (the command line): the catalog's facts, and an
+    item table of the catalog itself (pins of unavailable or out-of-stock items are warnings)."""
+    items = list(items)
+    return catalog_facts(items), ItemTable.build([it.id for it in items], {it.id: it for it in items})
