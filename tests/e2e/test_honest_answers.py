@@ -74,6 +74,9 @@ def test_an_item_newer_than_the_model_gets_its_category_best_sellers_marked_fall
         shown = [it["item_id"] for it in body["items"]]
         assert sorted(shown) == ["h0", "h1"]  # the chargers the model knows (the category has two)
         assert all(it["reason"] == "popular" and it["fallback"] for it in body["items"])
+    # a cart of items newer than the model: the best sellers, marked fallback (never a 404)
+    cart = rail(client, "cart_upsell", cart="h-new")
+    assert cart["items"] and cart["fallback"] is True and "h-new" not in {it["item_id"] for it in cart["items"]}
     # an explicit category filter of the request wins
     body = rail(client, "pdp_similar", item_id="h-new", category="Phones")
     assert body["fallback"] is True and all(it["item_id"].startswith("p") for it in body["items"])
