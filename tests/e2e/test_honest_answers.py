@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import pytest
 
+from shelfwise.domain import Item
+from shelfwise.stores import open_catalog, open_event_store
 from tests.conftest import api_client
 
 CHARGER = {"id": "h-new", "title": "Charger 65 W", "category": ["Accessories", "Chargers"], "brand": "Volt",
            "price": 39.0, "stock": 5}
+
+
+def add_unseen(settings, *items: dict) -> None:
+    """Items in the catalog that the serving model does not know: written to the catalog by another process (an
+    import, another API replica), as items added after training are until the model learns them."""
+    store = open_event_store(settings.events_dsn)
+    open_catalog(store).upsert([Item.model_validate(it) for it in items])
+    store.close()
 
 
 @pytest.fixture
@@ -66,8 +76,8 @@ def test_a_cart_of_unknown_items_is_a_404_but_one_known_item_is_enough(client):
     assert body["items"] and "p0" not in {it["item_id"] for it in body["items"]}
 
 
-def test_an_item_newer_than_the_model_gets_its_category_best_sellers_marked_fallback(client):
-    assert client.put("/v1/items", json=[CHARGER]).status_code == 200
+def test_an_item_newer_than_the_model_gets_its_category_best_sellers_marked_fallback(client, trained_settings):
+    add_unseen(trained_settings, CHARGER)
     for placement in ("pdp_similar", "pdp_fbt"):
         body = rail(client, placement, item_id="h-new")
         assert body["fallback"] is True
@@ -107,9 +117,10 @@ def test_a_pinned_slot_says_so(client):
     assert body["fallback"] is True  # a pin is the shop's choice, not evidence about this shopper
 
 
-def test_pins_that_cannot_apply_say_so_in_warnings_reports_and_explanations(client):
+def test_pins_that_cannot_apply_say_so_in_warnings_reports_and_explanations(client, trained_settings):
+    add_unseen(trained_settings, CHARGER)
     sold_out = {"id": "h0", "title": "Charger 0", "category": ["Accessories", "Chargers"], "price": 30, "stock": 0}
-    assert client.put("/v1/items", json=[CHARGER, sold_out]).status_code == 200
+    assert client.put("/v1/items", json=[sold_out]).status_code == 200
     doc = {"rules": [{"id": "hero", "action": {"type": "pin", "items": ["ghost", "h-new", "h0", "c1"], "slot": 1}}]}
 
     def reasons(body):
