@@ -70,7 +70,8 @@ CEILING_APP = '''
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 app = FastAPI(default_response_class=ORJSONResponse)
-ITEMS = [{"item_id": f"SKU-{i:06d}", "score": 1.0 - i / 100, "sources": ["covisit", "als"]} for i in range(12)]
+ITEMS = [{"item_id": f"SKU-{i:06d}", "score": 1.0 - i / 100, "sources": ["covisit", "als"], "reason": "evidence",
+          "fallback": False} for i in range(12)]
 
 @app.get("/readyz")
 def ready():

@@ -51,7 +51,7 @@ def assemble(model: Model, rules: RulesStage | None = None, index_factory: Index
         ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
         stages.append(RankStage(model.ranker, ctx))
     slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
-                      model.version, rules)
+                      model.version, rules, frozenset(n for n, r in retrievers.items() if not r.evidence))
     stages += [MerchandiseStage(business), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
                     observer=observer)

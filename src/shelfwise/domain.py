@@ -15,6 +15,10 @@ INT64 = (-(2**63), 2**63 - 1)  # integers beyond this cannot be stored by every 
 TIME_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9])-"  # the years accepted (documents the range for clients)
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+# catalog text: part of the API contract (the OpenAPI schema's maxLength), so constants rather than settings. A
+# 20,000-character description is stored whole; the content tower reads the first content.max_chars of the text.
+MAX_TITLE_CHARS = 1_000
+MAX_DESCRIPTION_CHARS = 20_000
 
 
 def split_field(message: str) -> tuple[str | None, str]:
@@ -222,16 +226,19 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: Text = Field(min_length=1, max_length=256)
-    title: Text = Field("", max_length=1000)
-    description: Text = Field("", max_length=20000)
+    title: Text = Field("", max_length=MAX_TITLE_CHARS, description="any Unicode text (may be empty: an item "
+                                                                     "without text is served from its other fields)")
+    description: Text = Field("", max_length=MAX_DESCRIPTION_CHARS, description="any Unicode text, stored whole")
     category: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list, description="category path, root first", max_length=16)
     brand: Text | None = Field(None, max_length=256)
     price: float | None = Field(None, gt=0, le=1e12, description="selling price; must be positive")
     cost: float | None = Field(None, ge=0, le=1e12, description="unit cost, for margin")
     stock: int | None = Field(None, ge=0, le=10**12, description="units in stock; None means not tracked")
-    attributes: JSONObject = Field(default_factory=dict, description=f"free-form JSON (at most {MAX_JSON_DEPTH} "
-                                                                     "levels deep, 64-bit integers, finite numbers)")
+    attributes: JSONObject = Field(default_factory=dict, description=f"free-form JSON: any value, nested objects "
+                                                                     "and lists of objects included, stored as "
+                                                                     f"given (at most {MAX_JSON_DEPTH} levels deep, "
+                                                                     "64-bit integers, finite numbers)")
     tags: list[Annotated[Text, Field(max_length=256)]] = Field(default_factory=list, max_length=256)
     created_at: datetime | None = Field(None, description="ISO 8601 (UTC when no offset), between 1970 and 2200",
                                         json_schema_extra={"pattern": TIME_PATTERN})

@@ -17,6 +17,7 @@ from shelfwise.settings import PlacementSettings
 from shelfwise.stores.protocols import ShopperState
 
 PLACEMENTS = ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell")
+ITEM_PAGES = ("pdp_similar", "pdp_fbt")  # placements about one product page's item (item_id required)
 
 
 def take_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -172,20 +173,35 @@ class Candidates:
         return self.take(order)
 
 
+SLOT_REASONS = ("evidence", "popular", "pinned", "reserved")
+
+
 @dataclass
 class Recommendation:
+    """One slot of an answer. ``reason`` says why the item is there: ``evidence`` (a source scored it from this
+    shopper's history or model row, or from the page's / cart's items), ``popular`` (popularity only: the global or
+    the category's best sellers, or catalog order), ``pinned`` / ``reserved`` (placed by a merchandising rule).
+    ``fallback`` is true when no source had evidence about this shopper or item for it (every ``popular`` slot,
+    and a rule's slot that the sources did not support)."""
+
     item_id: str
     score: float
     sources: list[str]
     explanation: dict[str, Any] | None = None
+    reason: str = "evidence"
+    fallback: bool = False
 
 
 @dataclass
 class Answer:
     items: list[Recommendation]
     placement: str
-    fallback: bool = False  # some slots were filled without any source evidence (or no model knew the request)
     explanation: dict[str, Any] | None = None  # request-level part of explain (conflicts, weights, rule sets)
     model_version: str = ""  # the model version that computed this answer
     rulesets: str = ""  # the live rule set versions applied ("id@version,..."; empty when none)
     experiments: list[dict[str, str]] = field(default_factory=list)  # [{"experiment", "variant"}] it served
+
+    @property
+    def fallback(self) -> bool:
+        """Nothing about this shopper or item went into the rail: no slot had evidence (an empty rail too)."""
+        return all(r.fallback for r in self.items)

@@ -26,7 +26,7 @@ from shelfwise.pipeline import Model, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
 from shelfwise.privacy.guard import PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
-from shelfwise.request import Answer, RecRequest, new_request_id
+from shelfwise.request import ITEM_PAGES, Answer, RecRequest, new_request_id
 from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
@@ -266,6 +266,35 @@ class Shelfwise:
         return self.catalog.get([item_id]).get(item_id)
 
     # ---- recommendations -----------------------------------------------------------------------------
+    def anchors_known(self, req: RecRequest) -> bool:
+        """A product page's item, or one item of the cart, is in the model (in memory, no catalog read)."""
+        index = self.pipeline.items.index
+        if req.placement in ITEM_PAGES and req.item_id is not None:
+            return req.item_id in index
+        return req.placement != "cart_upsell" or not req.cart or any(c in index for c in req.cart)
+
+    def unknown_anchor(self, req: RecRequest) -> str | None:
+        """For a request whose page or cart items the model does not know (``anchors_known`` is false): the field
+        whose ids are unknown to the catalog too (``item_id``, or ``cart`` when every cart item is), else None.
+
+        A product page's item in the catalog but not in the model (added after training) gets its category's best
+        sellers: the request's category filter becomes the longest prefix of the item's category path the model
+        knows (unless the request has a filter of its own); the answer is a fallback (popularity only)."""
+        if req.placement in ITEM_PAGES and req.item_id is not None:
+            item = self.catalog.get([req.item_id]).get(req.item_id)
+            if item is None:
+                return "item_id"
+            path = list(item.category)
+            while path and req.category is None:
+                prefix = " > ".join(path)
+                if len(self.pipeline.items.category_codes(prefix)):
+                    req.category = prefix
+                path.pop()
+            return None
+        if req.placement == "cart_upsell" and req.cart and not self.catalog.get(list(dict.fromkeys(req.cart))):
+            return "cart"
+        return None
+
     def recommend(self, req: RecRequest) -> Answer:
         return self.recommend_many([req])[0]
 
@@ -409,7 +438,7 @@ class Shelfwise:
                 ids, teams = team_draft([r.item_id for r in a.items], [r.item_id for r in b.items], req.k,
                                         seed=req.request_id)
                 side = {"a": {r.item_id: r for r in a.items}, "b": {r.item_id: r for r in b.items}}
-                ans = replace(a, items=[side[t][x] for x, t in zip(ids, teams)], fallback=a.fallback or b.fallback)
+                ans = replace(a, items=[side[t][x] for x, t in zip(ids, teams)])
                 got.teams = teams
             else:
                 ans = next(results[j] for j, job in enumerate(jobs) if job[0] == i)

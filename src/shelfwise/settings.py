@@ -311,6 +311,12 @@ class APISettings(_Section):
     edge_ttl_s: int = Field(90, ge=0, description="Cache-Control max-age of non-personal rails (product pages "
                                                   "without a shopper): an edge cache or CDN may keep them this long; "
                                                   "their ETag changes with the model, rule sets and catalog")
+    unknown_item: Literal["404", "fallback"] = Field(
+        "404", description="a product page (pdp_similar, pdp_fbt) whose item_id, or a cart_upsell whose every cart "
+                           "item, is unknown to both the catalog and the model: 404 naming the field and the id, or "
+                           "`fallback`: the best sellers, marked fallback. An item in the catalog that the model "
+                           "does not know yet (added after training) always gets its category's best sellers, "
+                           "marked fallback")
 
 
 class RulesSettings(_Section):

@@ -91,7 +91,7 @@ def test_every_placement_answers(client, placement, params):
     assert body["model_version"].startswith("v")
     assert len(body["items"]) == 4
     for it in body["items"]:
-        assert set(it) == {"item_id", "score", "sources"} and it["sources"]
+        assert set(it) == {"item_id", "score", "sources", "reason", "fallback"} and it["sources"]
     shown = {it["item_id"] for it in body["items"]}
     assert params.get("item_id") not in shown
     if placement == "cart_upsell":

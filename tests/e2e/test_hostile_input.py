@@ -187,3 +187,50 @@ def test_errors_are_json_with_the_declared_shape(client):
     r = client.put("/v1/consent", params={"user_id": "u1"}, content=b"[" * 5000)
     assert r.status_code in (400, 422) and "detail" in r.json()
     assert json.loads(client.get("/v1/items/nope").text) == {"detail": "no item 'nope'"}
+
+
+ODD_ITEMS = [
+    {"id": "bare"},  # no title, no description, nothing else
+    {"id": "long", "title": "Case", "description": "protective " * 1818 + "!!"},  # exactly 20,000 characters
+    {"id": "наушники-1", "title": "Беспроводные наушники", "description": "耳机 · سماعات · 🎧 e\u0301",
+     "category": ["Аудио", "Наушники"], "brand": "Звук", "tags": ["新品"]},
+    {"id": "odd-attrs", "title": "Lamp", "attributes": {"dims": {"w": [1, {"deep": None}], "unit": "cm"},
+                                                        "variants": [{"color": "red", "sku": 1}, {"color": "blue"}],
+                                                        "flag": True, "n": 1e300, "": "empty key"}},
+]
+
+
+def test_odd_but_valid_items_are_stored_exactly_and_served(client):
+    assert len(ODD_ITEMS[1]["description"]) == 20_000
+    r = client.put("/v1/items", json={"items": ODD_ITEMS})
+    assert r.status_code == 200 and r.json() == {"upserted": 4}, r.text
+    for sent in ODD_ITEMS:
+        got = client.get(f"/v1/items/{quote(sent['id'], safe='')}")
+        assert got.status_code == 200, got.text
+        body = got.json()
+        for key, value in sent.items():
+            assert body[key] == value, key
+    # each is a valid product page (never a 404 or a 5xx)
+    for sent in ODD_ITEMS:
+        r = client.get("/v1/recommendations/pdp_similar", params={"item_id": sent["id"], "k": 3})
+        assert r.status_code == 200 and r.json()["items"], r.text
+
+
+@pytest.mark.parametrize("change, field, reason", [
+    ({"description": "x" * 20_001}, "description", "at most 20000 characters"),
+    ({"title": "t" * 1_001}, "title", "at most 1000 characters"),
+    ({"attributes": ["not", "an", "object"]}, "attributes", "valid dictionary"),
+    ({"attributes": {"x": "a\u0000b"}}, "attributes", "NUL"),
+    ({"title": None}, "title", "valid string"),
+])
+def test_item_text_and_attribute_limits_name_the_field_and_write_nothing(client, change, field, reason):
+    r = client.put("/v1/items", json=[ODD_ITEMS[0], ITEM | change])
+    assert r.status_code == 422, r.text
+    assert any(e["index"] == 1 and e["field"] == field and reason in e["reason"] for e in r.json()["errors"]), r.text
+    assert client.get("/v1/items/bare").status_code == 404  # the valid item of the batch is not written either
+
+
+def test_unknown_keys_beside_items_are_refused(client):
+    r = client.put("/v1/items", json={"items": [ITEM], "upsert": "all"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "upsert"
+    assert client.get("/v1/items/x1").status_code == 404

@@ -135,7 +135,8 @@ def test_explain_returns_why_each_item_is_where_it_is(client):
         assert set(it["explanation"]) == {"position", "reason", "score", "components", "rules", "diversity_penalty"}
     assert r["explanation"]["rulesets"] == "default@1" and r["explanation"]["conflicts"] == []
     plain = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 3}).json()
-    assert "explanation" not in plain and set(plain["items"][0]) == {"item_id", "score", "sources"}
+    assert "explanation" not in plain
+    assert set(plain["items"][0]) == {"item_id", "score", "sources", "reason", "fallback"}
 
 
 def test_shadow_mode_serves_live_logs_the_draft_and_reports(client):

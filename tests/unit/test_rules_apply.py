@@ -57,7 +57,9 @@ def test_pin_skips_unknown_and_unservable_items_and_slots_beyond_k(built):
     try:
         a = run(built, [rule("p", {"type": "pin", "items": ["ghost", "h0", "h1"], "slot": 1})], explain=True)
         assert ids(a)[0] == "h1" and "h0" not in ids(a)
-        assert any("not servable" in c for c in a.explanation["conflicts"])
+        notes = a.explanation["conflicts"]
+        assert "pin test/p: item 'h0' not shown: out of stock" in notes
+        assert any(c.startswith("pin test/p: item 'ghost' not shown: unknown to the model") for c in notes)
     finally:
         p.items.update(cat["h0"])
     got = ids(run(built, [rule("p", {"type": "pin", "items": ["h1"], "slot": 9})], k=5))

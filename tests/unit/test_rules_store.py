@@ -197,3 +197,23 @@ def test_cli_put_publish_versions_rollback_and_errors(tmp_path, monkeypatch, set
     assert runner.invoke(app, ["rules", "show", "nope"]).exit_code == 2
     r = runner.invoke(app, ["reports", "zero-impressions", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["catalog_items"] == 0
+
+
+def test_cli_warns_of_pins_that_cannot_apply(tmp_path, settings):
+    from shelfwise.cli import app
+    from shelfwise.domain import Item
+    from shelfwise.stores import open_catalog, open_event_store
+
+    open_catalog(open_event_store(settings.events_dsn)).upsert([
+        Item(id="p1", title="Phone", price=500, stock=0), Item(id="p2", title="Phone", available=False),
+        Item(id="p3", title="Phone", price=500)])
+    doc = tmp_path / "pins.json"
+    doc.write_text(json.dumps({"rules": [{"id": "hero", "action": {"type": "pin", "items": ["p1", "p2", "p3"]}}]}))
+    runner = CliRunner()
+    for args in (["rules", "validate", str(doc)], ["rules", "put", "main", str(doc)], ["rules", "publish", "main"],
+                 ["rules", "rollback", "main", "--version", "1"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        text = " ".join(r.output.split())
+        assert "'p1' cannot be pinned now: out of stock" in text and "'p2' cannot be pinned now: unavailable" in text
+        assert "'p3'" not in text

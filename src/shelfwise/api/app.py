@@ -29,7 +29,7 @@ from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import ConsentUpdate, Event, Item, Text, split_field
-from shelfwise.request import RecRequest, new_request_id
+from shelfwise.request import ITEM_PAGES, RecRequest, new_request_id
 from shelfwise.privacy.pseudonym import shopper_key
 from shelfwise.rules.schema import RuleSet
 from shelfwise.security.keys import KeyVerifier
@@ -313,7 +313,12 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                        "items: a list, {\"items\": [...]}, or one item"))
     async def put_items(request: Request) -> Response:
         payload = await m.read_json(request)
-        raw = payload.get("items") if isinstance(payload, dict) and "items" in payload else payload
+        wrapped = isinstance(payload, dict) and "items" in payload
+        extra = sorted(set(payload) - {"items"}) if wrapped else []
+        if extra:
+            return error(422, "invalid request body; nothing was changed", m.short(extra[0], 64),
+                         'unknown key beside "items": send {"items": [...]}, a list of items, or one item')
+        raw = payload["items"] if wrapped else payload
         raw = raw if isinstance(raw, list) else [raw]
         if not raw:
             return error(422, "empty batch; nothing was changed", "body", "send at least one item")
@@ -395,7 +400,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     # ---- recommendations -------------------------------------------------------------------------------------
     @app.get("/v1/recommendations/{placement}", response_model=m.RecommendationAnswer, tags=["recommendations"],
              summary="A rail (scope: read)", responses={
-                 404: _error_response("unknown placement"),
+                 404: _error_response("unknown placement; or a product page's item_id, or every item of a "
+                                      "cart_upsell's cart, unknown to the catalog and the model (the error names "
+                                      "the field; api.unknown_item = fallback answers best sellers instead)"),
                  304: {"description": "not personal and unchanged: the If-None-Match ETag is still current"}})
     async def recommendations(
         placement: Annotated[str, Path(max_length=64, json_schema_extra={
@@ -418,7 +425,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             raise HTTPException(404, f"unknown placement {m.short(placement, 64)!r}; known: "
                                      f"{sorted(engine.settings.models.placements)}")
         k = k or settings.api.default_k
-        if placement in ("pdp_similar", "pdp_fbt") and not item_id:
+        if placement in ITEM_PAGES and not item_id:
             return error(422, "invalid request", "item_id", f"{placement} needs the product page's item_id")
         cart_ids = [c for part in cart for c in part.split(",") if c]
         excl = [c for part in exclude for c in part.split(",") if c]
@@ -429,10 +436,17 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         req = RecRequest(placement=placement, shopper=shopper_key(user_id, session_id), item_id=item_id,
                          cart=cart_ids, k=k, exclude=excl, category=category, device=device, segments=segments,
                          request_id=new_request_id(), explain=explain)
+        if not engine.anchors_known(req):  # a product page or cart the model does not know (reads the catalog)
+            unknown = await run_in_threadpool(engine.unknown_anchor, req)
+            if unknown is not None and settings.api.unknown_item == "404":
+                reason = (f"no item {m.short(item_id or '')!r} in the catalog" if unknown == "item_id" else
+                          f"none of the {len(cart_ids)} cart item(s) is in the catalog, e.g. {m.short(cart_ids[0])!r}")
+                return error(404, f"unknown {unknown}: {reason}", unknown, reason)
         personal = req.shopper is not None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
-        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources}
+        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources, "reason": r.reason,
+                  "fallback": r.fallback}
                  | ({"explanation": r.explanation} if explain else {}) for r in answer.items]
         body = {
             "request_id": req.request_id,

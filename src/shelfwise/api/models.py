@@ -15,6 +15,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from shelfwise.domain import ConsentValue, Item
+from shelfwise.request import SLOT_REASONS
 
 
 class FieldError(BaseModel):
@@ -136,7 +137,12 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float
     sources: list[str] = Field(description="candidate sources that proposed the item, strongest first "
-                                           "('fallback' when none had evidence)")
+                                           "('fallback' when none scored it)")
+    reason: Literal[SLOT_REASONS] = Field(  # type: ignore[valid-type]
+        description="why the item is in this slot: evidence (a source scored it from this shopper's history or "
+                    "this page's / cart's items), popular (popularity only: best sellers overall or of the "
+                    "category), pinned or reserved (a merchandising rule)")
+    fallback: bool = Field(description="no source had evidence about this shopper or item for this slot")
     explanation: dict[str, Any] | None = None
 
 
@@ -147,7 +153,8 @@ class RecommendationAnswer(BaseModel):
     rulesets: str = Field("", description="the live rule set versions applied (\"id@version,...\")")
     experiments: list[dict[str, str]] = Field(default_factory=list, description="the experiment variants that "
                                                                                 "served it: [{experiment, variant}]")
-    fallback: bool = Field(description="some slots were filled without evidence")
+    fallback: bool = Field(description="nothing about this shopper or item went into the rail: every slot is a "
+                                       "fallback (an empty rail too)")
     items: list[RecommendedItem]
     explanation: dict[str, Any] | None = None
 
@@ -213,7 +220,10 @@ class RuleSetVersionView(BaseModel):
     live_version: int | None = None
     shadow_version: int | None = None
     latest_version: int | None = None
-    warnings: list[FieldError] | None = None
+    warnings: list[FieldError] | None = Field(None, description="saved or published: what is probably wrong — ids, "
+                                                                "brands, categories the catalog lacks, pins that "
+                                                                "cannot apply now (unknown to the serving model, "
+                                                                "unavailable, out of stock)")
 
 
 class RuleSetStateView(BaseModel):
@@ -258,6 +268,9 @@ class ShadowReport(BaseModel):
     requests: int
     shadow_active: bool | None = None
     live_version: int | None = None
+    warnings: list[FieldError] | None = Field(None, description="pins of the version that cannot apply now: items "
+                                                                "the serving model does not know, unavailable or "
+                                                                "out of stock")
 
 
 class ZeroImpressionItem(BaseModel):

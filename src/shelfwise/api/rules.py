@@ -72,6 +72,12 @@ def build_router(engine: Callable[[], Any]) -> APIRouter:
     def changed() -> None:
         engine().merch.rules_changed()
 
+    def checks() -> tuple[dict[str, Any], Any]:
+        """What rule sets are checked against: the catalog's facts and the serving model's item table (pins the
+        model does not know, unavailable or out of stock, are warnings)."""
+        eng = engine()
+        return admin.catalog_facts(eng.catalog.all()), eng.pipeline.items
+
     def who(request: Request, author: str | None, x_author: str | None) -> str:
         said = author or x_author
         key = getattr(request.state, "api_key", None)
@@ -87,16 +93,16 @@ def build_router(engine: Callable[[], Any]) -> APIRouter:
              dry_run: bool) -> Response:
         eng = engine()
         placements = eng.settings.models.placements
-        facts = admin.catalog_facts(eng.catalog.all())
+        facts, model = checks()
         if dry_run:
             def check() -> dict[str, Any]:
-                rs, warnings = admin.validate(document, ruleset_id, placements, facts)
+                rs, warnings = admin.validate(document, ruleset_id, placements, facts, model)
                 return {"valid": True, "rules": len(rs.rules), "warnings": warnings}
             return _guard(check)
 
         def save() -> dict[str, Any]:
             out = admin.put_ruleset(store(), ruleset_id, document, author, comment, placements, publish=publish,
-                                    shadow=shadow, catalog=facts)
+                                    shadow=shadow, catalog=facts, model=model)
             changed()
             return out
         return _guard(save, 201)
@@ -158,7 +164,7 @@ def build_router(engine: Callable[[], Any]) -> APIRouter:
                 comment: Comment = "", x_author: XAuthor = None) -> Response:
         """Make a version live (the latest when no version is given)."""
         def go() -> dict[str, Any]:
-            out = admin.publish(store(), ruleset_id, version, who(request, author, x_author), comment)
+            out = admin.publish(store(), ruleset_id, version, who(request, author, x_author), comment, *checks())
             changed()
             return out
         return _guard(go)
@@ -168,7 +174,7 @@ def build_router(engine: Callable[[], Any]) -> APIRouter:
                  author: Author = None, comment: Comment = "", x_author: XAuthor = None) -> Response:
         """Publish a copy of an earlier version as a new version."""
         def go() -> dict[str, Any]:
-            out = admin.rollback(store(), ruleset_id, version, who(request, author, x_author), comment)
+            out = admin.rollback(store(), ruleset_id, version, who(request, author, x_author), comment, *checks())
             changed()
             return out
         return _guard(go)

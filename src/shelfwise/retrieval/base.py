@@ -275,6 +275,9 @@ class Retriever(ABC):
     """A candidate source: fit on training data, then score batches of queries (``scores``)."""
 
     name: ClassVar[str]
+    # True when the source scores an item only from this request's own context (the shopper's history or model
+    # row, the page's or cart's items): its score is evidence about this shopper or item. Popularity is not.
+    evidence: ClassVar[bool] = True
     progress: Callable[[str], None] | None = None  # training reports long fits' steps here (one progress display)
 
     @abstractmethod

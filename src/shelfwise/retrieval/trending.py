@@ -20,6 +20,7 @@ from shelfwise.settings import TrendingSettings
 
 class TrendingRetriever(Retriever):
     name = "trending"
+    evidence = False  # popularity (global, or the category's best sellers) says nothing about this shopper or item
 
     def __init__(self, settings: TrendingSettings | None = None) -> None:
         self.settings = settings or TrendingSettings()

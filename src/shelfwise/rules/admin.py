@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from shelfwise.items import ItemTable
+from shelfwise.rules.compile import pin_warnings
 from shelfwise.rules.log import SQLiteExposureLog
 from shelfwise.rules.schema import RuleSet, RuleSetInvalid, lint, parse_ruleset
 from shelfwise.rules.store import NotFound, RuleSetState, RuleStore, RuleVersion, SQLiteRuleStore
@@ -82,23 +84,34 @@ def _state(store: RuleStore, ruleset_id: str) -> RuleSetState:
 
 
 # ---- changes ----------------------------------------------------------------------------------------------
+def warnings(rs: RuleSet, catalog: dict[str, Any] | None = None,
+             model: ItemTable | None = None) -> list[dict[str, str]]:
+    """What is probably wrong with a valid rule set: ids, brands and categories the catalog lacks (``lint``), and
+    pins that cannot apply now — items the serving model does not know, unavailable or out of stock."""
+    out = lint(rs, **catalog) if catalog else []
+    if model is not None:
+        out += pin_warnings(rs, model, catalog["known_items"] if catalog else None)
+    return out
+
+
 def validate(document: Any, ruleset_id: str | None, placements: Iterable[str],
-             catalog: dict[str, Any] | None = None) -> tuple[RuleSet, list[dict[str, str]]]:
-    """Parse a document (RuleSetInvalid on errors) and lint it against the catalog (warnings)."""
+             catalog: dict[str, Any] | None = None,
+             model: ItemTable | None = None) -> tuple[RuleSet, list[dict[str, str]]]:
+    """Parse a document (RuleSetInvalid on errors) and check it against the catalog and the serving model's item
+    table (warnings)."""
     rs = parse_ruleset(document, placements)
     if ruleset_id is not None and rs.id is not None and rs.id != ruleset_id:
         raise RuleSetInvalid([{"path": "id", "reason": f"the document's id {rs.id!r} differs from the rule set "
                                                        f"{ruleset_id!r} it is saved as"}])
-    warnings = lint(rs, **catalog) if catalog else []
-    return rs, warnings
+    return rs, warnings(rs, catalog, model)
 
 
 def put_ruleset(store: RuleStore, ruleset_id: str, document: dict[str, Any], author: str, comment: str,
                 placements: Iterable[str], publish: bool = False, shadow: bool = True,
-                catalog: dict[str, Any] | None = None) -> dict[str, Any]:
+                catalog: dict[str, Any] | None = None, model: ItemTable | None = None) -> dict[str, Any]:
     """Validate and save a new version. ``publish``: make it live at once; otherwise it is a draft and, with
     ``shadow``, runs in shadow (on the rule set's share of traffic) until published or replaced."""
-    _, warnings = validate(document, ruleset_id, placements, catalog)
+    _, found = validate(document, ruleset_id, placements, catalog, model)
     doc = dict(document)
     doc["id"] = ruleset_id
     v = store.save(ruleset_id, doc, author, comment)
@@ -107,24 +120,29 @@ def put_ruleset(store: RuleStore, ruleset_id: str, document: dict[str, Any], aut
     elif shadow:
         st = _state(store, ruleset_id)
         store.set_shadow(ruleset_id, v.version, st.shadow_share, author, "draft shadowed on save")
-    return get_ruleset(store, ruleset_id, v.version) | {"warnings": warnings}
+    return get_ruleset(store, ruleset_id, v.version) | {"warnings": found}
 
 
-def publish(store: RuleStore, ruleset_id: str, version: int | None, author: str, comment: str) -> dict[str, Any]:
+def publish(store: RuleStore, ruleset_id: str, version: int | None, author: str, comment: str,
+            catalog: dict[str, Any] | None = None, model: ItemTable | None = None) -> dict[str, Any]:
+    """Make a version live; the answer lists its warnings against the catalog and the serving model (when given)."""
     st = _state(store, ruleset_id)
     version = st.latest_version if version is None else version
-    store.version(ruleset_id, version)  # NotFound when missing
+    v = store.version(ruleset_id, version)  # NotFound when missing
     store.publish(ruleset_id, version, author, comment)
-    return get_ruleset(store, ruleset_id, version)
+    return get_ruleset(store, ruleset_id, version) | {"warnings": warnings(RuleSet.model_validate(v.document),
+                                                                           catalog, model)}
 
 
-def rollback(store: RuleStore, ruleset_id: str, version: int, author: str, comment: str) -> dict[str, Any]:
+def rollback(store: RuleStore, ruleset_id: str, version: int, author: str, comment: str,
+             catalog: dict[str, Any] | None = None, model: ItemTable | None = None) -> dict[str, Any]:
     """A new version with the document of ``version``, published at once (the history only grows)."""
     old = store.version(ruleset_id, version)
     text = f"rollback to v{version}" + (f": {comment}" if comment else "")
     v = store.save(ruleset_id, old.document, author, text, based_on=version)
     store.publish(ruleset_id, v.version, author, text, action="rollback")
-    return get_ruleset(store, ruleset_id, v.version)
+    return get_ruleset(store, ruleset_id, v.version) | {"warnings": warnings(RuleSet.model_validate(old.document),
+                                                                             catalog, model)}
 
 
 def set_shadow(store: RuleStore, ruleset_id: str, version: int | None, share: float | None, author: str,
@@ -150,3 +168,10 @@ def catalog_facts(items: Iterable[Any]) -> dict[str, Any]:
         if it.category:
             cats.add(" > ".join(it.category))
     return {"known_items": ids, "brands": brands, "categories": cats}
+
+
+def catalog_checks(items: Iterable[Any]) -> tuple[dict[str, Any], ItemTable]:
+    """What a rule set is checked against where no model is serving (the command line): the catalog's facts, and an
+    item table of the catalog itself (pins of unavailable or out-of-stock items are warnings)."""
+    items = list(items)
+    return catalog_facts(items), ItemTable.build([it.id for it in items], {it.id: it for it in items})

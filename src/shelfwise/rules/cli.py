@@ -120,7 +120,7 @@ def validate_cmd(file: Path = typer.Argument(..., help="a rule set JSON document
 
     with _session() as (settings, _):
         rs, warnings = admin.validate(_read(file), ruleset, settings.models.placements,
-                                      admin.catalog_facts(_catalog(settings).all()))
+                                      *admin.catalog_checks(_catalog(settings).all()))
         _warnings(warnings)
         out.print(f"valid: {len(rs.rules)} rule(s)")
 
@@ -138,9 +138,9 @@ def put_cmd(
     from shelfwise.rules import admin
 
     with _session() as (settings, store):
+        facts, table = admin.catalog_checks(_catalog(settings).all())
         got = admin.put_ruleset(store, ruleset, _read(file), _author(author), comment, settings.models.placements,
-                                publish=publish, shadow=shadow,
-                                catalog=admin.catalog_facts(_catalog(settings).all()))
+                                publish=publish, shadow=shadow, catalog=facts, model=table)
         _warnings(got["warnings"])
         out.print(f"{ruleset} v{got['version']}: {got['status']}" + (" (shadow)" if got["shadow"] else ""))
 
@@ -151,8 +151,10 @@ def publish_cmd(ruleset: str, version: Optional[int] = typer.Option(None, min=1,
     """Make a version live."""
     from shelfwise.rules import admin
 
-    with _session() as (_, store):
-        got = admin.publish(store, ruleset, version, _author(author), comment)
+    with _session() as (settings, store):
+        got = admin.publish(store, ruleset, version, _author(author), comment,
+                            *admin.catalog_checks(_catalog(settings).all()))
+        _warnings(got["warnings"])
         out.print(f"{ruleset} v{got['version']}: {got['status']}")
 
 
@@ -162,8 +164,10 @@ def rollback_cmd(ruleset: str, version: int = typer.Option(..., min=1, help="the
     """Publish a copy of an earlier version as a new version."""
     from shelfwise.rules import admin
 
-    with _session() as (_, store):
-        got = admin.rollback(store, ruleset, version, _author(author), comment)
+    with _session() as (settings, store):
+        got = admin.rollback(store, ruleset, version, _author(author), comment,
+                             *admin.catalog_checks(_catalog(settings).all()))
+        _warnings(got["warnings"])
         out.print(f"{ruleset} v{got['version']} (copy of v{version}): {got['status']}")
 
 

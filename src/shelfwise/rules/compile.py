@@ -21,7 +21,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import numpy as np
 
@@ -141,6 +141,7 @@ class CompiledRule:
     timed: bool  # the match depends on the request time (new_within_days)
     facts: ItemFacts | None = None
     pin_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pin_unknown: tuple[str, ...] = ()  # pinned ids the item table does not know (never shown; explained)
     group: np.ndarray | None = None  # cap: group code per item
 
     @property
@@ -184,6 +185,7 @@ class Effects:
     add: np.ndarray | None = None
     drop: np.ndarray | None = None  # item indices set to -inf (blocked or removed)
     constraints: Constraints = field(default_factory=Constraints)
+    unknown_pins: list[tuple[str, str]] = field(default_factory=list)  # (rule, item id) the item table lacks
 
     @property
     def noop(self) -> bool:
@@ -201,12 +203,42 @@ class LocalEffects:
     notes: list[str]
 
 
-def localize(eff: Effects, items: np.ndarray) -> LocalEffects:
-    """Gather a signature's effects (over the item table) at one request's candidates (-1 pads)."""
+UNKNOWN_TO_MODEL = "unknown to the model (not in the catalog, or added after the model was trained)"
+EXCLUDED = "excluded for this request (the page's or cart's own item, already bought, an exclude or category filter)"
+
+
+def pin_problem(table: ItemTable, item_id: str) -> str | None:
+    """Why a pinned item cannot be shown to anyone now (unknown to the model, unavailable, out of stock), or None."""
+    j = table.index.get(item_id)
+    if j is None:
+        return UNKNOWN_TO_MODEL
+    if not table.available[j]:
+        return "unavailable"
+    if not table.stock[j] > 0:
+        return "out of stock"
+    return None
+
+
+def pin_warnings(rs: RuleSet, table: ItemTable, catalog: Container[str] | None = None) -> list[dict[str, str]]:
+    """Rule-set warnings for pins that cannot apply now: items unknown to the model, unavailable or out of stock
+    (ids not in ``catalog`` are left to ``lint``, which reports them as unknown)."""
+    out = []
+    for i, rule in enumerate(rs.rules):
+        if rule.enabled and rule.action.type == "pin":
+            for x in rule.action.items:
+                why = None if catalog is not None and x not in catalog else pin_problem(table, x)
+                if why is not None:
+                    out.append({"path": f"rules[{i}].action.items", "reason": f"{x!r} cannot be pinned now: {why}"})
+    return out
+
+
+def localize(eff: Effects, items: np.ndarray, table: ItemTable) -> LocalEffects:
+    """Gather a signature's effects (over the item ``table``) at one request's candidates (-1 pads); ``notes`` say
+    which pinned items are not shown and why."""
     ok = items >= 0
     safe = np.where(ok, items, 0)
     c = eff.constraints
-    notes: list[str] = []
+    notes = [f"pin {rule}: item {x!r} not shown: {UNKNOWN_TO_MODEL}" for rule, x in eff.unknown_pins]
     where = {int(j): col for col, j in enumerate(items.tolist()) if j >= 0}
     pins = []
     for p in c.pins:
@@ -215,8 +247,8 @@ def localize(eff: Effects, items: np.ndarray) -> LocalEffects:
             if j in where:
                 local.append(where[j])
             else:
-                notes.append(f"pin {p.rule}: item #{j} not shown (not servable for this request (unavailable, out "
-                             "of stock, excluded or already bought))")
+                x = str(table.ids[j])
+                notes.append(f"pin {p.rule}: item {x!r} not shown: {pin_problem(table, x) or EXCLUDED}")
         pins.append(PinSpec(p.rule, np.array(local, np.int64), p.slot, p.priority, p.order))
     local_c = Constraints(
         pins=pins,
@@ -301,6 +333,7 @@ class CompiledRules:
         a = rule.action
         if a.type == "pin":
             cr.pin_items = np.array([self.items.index[x] for x in a.items if x in self.items.index], np.int64)
+            cr.pin_unknown = tuple(x for x in a.items if x not in self.items.index)
         elif a.type == "cap":
             cr.group = {"category": self.items.category, "top_category": self.items.top_category,
                         "brand": self.items.brand}[a.by]
@@ -381,6 +414,7 @@ class CompiledRules:
                 prio[out] = np.maximum(prio[out], r.rule.priority)
             elif a.type == "pin":
                 c.pins.append(PinSpec(r.key, r.pin_items, a.slot - 1, r.rule.priority, r.order))
+                eff.unknown_pins += [(r.key, x) for x in r.pin_unknown]
             elif a.type == "slot":
                 c.slots.append(SlotSpec(r.key, m, a.position - 1, a.count, r.rule.priority, r.order))
             elif a.type == "cap":

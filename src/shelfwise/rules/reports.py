@@ -17,7 +17,7 @@ import numpy as np
 
 from shelfwise.domain import Item
 from shelfwise.items import ItemTable
-from shelfwise.rules.compile import CompiledRules, ItemFacts
+from shelfwise.rules.compile import CompiledRules, ItemFacts, pin_warnings
 from shelfwise.rules.log import ExposureLog, ShadowRecord
 from shelfwise.rules.schema import RuleSet
 from shelfwise.rules.store import NotFound, RuleStore
@@ -159,4 +159,5 @@ def build_shadow_report(store: RuleStore, log: ExposureLog, ruleset_id: str, ver
     out = shadow_report(records, len(items), ruleset_id, version, sorted(blocked))
     out["shadow_active"] = st.shadow_version == version
     out["live_version"] = st.live_version
+    out["warnings"] = pin_warnings(doc, items)  # pins that cannot apply now (unknown to the model, not servable)
     return out

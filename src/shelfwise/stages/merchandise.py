@@ -102,5 +102,5 @@ class MerchandiseStage:
             if plan.shadows:
                 batch.base[r] = score[r].copy()
             if not plan.eff.noop:
-                local = batch.local[r] = localize(plan.eff, cand.items[r])
+                local = batch.local[r] = localize(plan.eff, cand.items[r], plan.world.items)
                 batch.pre[r] = apply_local(score[r], local)

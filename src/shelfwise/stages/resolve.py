@@ -8,10 +8,8 @@ import numpy as np
 
 from shelfwise.domain import EventType
 from shelfwise.items import ItemTable
-from shelfwise.request import Exclusions, Query, RecRequest
+from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest
 from shelfwise.stages.base import Batch
-
-ITEM_PAGES = ("pdp_similar", "pdp_fbt")
 
 
 class ResolveStage:

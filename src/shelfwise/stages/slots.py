@@ -48,10 +48,12 @@ class SlotStage:
     name = "slots"
 
     def __init__(self, items: ItemTable, business: BusinessScorer, signals: BusinessSignals,
-                 unit: np.ndarray | None, version: str, rules: RulesStage | None) -> None:
-        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None."""
+                 unit: np.ndarray | None, version: str, rules: RulesStage | None,
+                 popularity: frozenset[str] = frozenset()) -> None:
+        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None. ``popularity``: the
+        sources whose scores are no evidence about the shopper or item (a slot only they support is a fallback)."""
         self.items, self.business, self.signals, self.unit = items, business, signals, unit
-        self.version, self.rules = version, rules
+        self.version, self.rules, self.popularity = version, rules, popularity
         self._sim: dict[str, Similarity] = {}
         self._bands: np.ndarray | None = None
 
@@ -91,7 +93,6 @@ class SlotStage:
         tops = _tops(cand.score, cand.items, batch.kmax) if plain else None
         names = list(cand.sources)
         contrib = np.stack([weights[n] * cand.sources[n] for n in names], axis=2) if names else None  # (B, M, S)
-        ids = self.items.ids
         answers = []
         for r, req in enumerate(batch.requests):
             items = cand.items[r]
@@ -109,21 +110,27 @@ class SlotStage:
             if plan is not None and plan.shadows and r in batch.base:
                 for job in plan.shadows:
                     self._shadow(batch, r, job, slate, row_sim)
-            cols = [p.item for p in slate]
-            recs, fallback = [], False
-            if contrib is not None and cols:
-                c = contrib[r, cols]  # (slots, sources)
-                order = np.argsort(-c, axis=1, kind="stable")
-                for pos, p in enumerate(slate):
-                    src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
-                    fallback |= not src
-                    recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"]))
-            else:
-                recs = [Recommendation(str(ids[items[p.item]]), p.score, ["fallback"]) for p in slate]
-                fallback = bool(recs)
+            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names)
             note = self._explain(batch, r, slate, conflicts, recs) if req.explain else None
-            answers.append(Answer(recs, batch.placement, fallback, note, self.version, batch.rulesets))
+            answers.append(Answer(recs, batch.placement, note, self.version, batch.rulesets))
         batch.answers = answers
+
+    def _slots(self, slate: list[Placed], items: np.ndarray, contrib: np.ndarray | None,
+               names: list[str]) -> list[Recommendation]:
+        """The answer's slots: each item with the sources that proposed it (strongest first, "fallback" when none
+        did), why it is there and whether any source had evidence about this shopper or item for it."""
+        ids = self.items.ids
+        cols = [p.item for p in slate]
+        c = contrib[cols] if contrib is not None else np.zeros((len(cols), 0), np.float32)  # (slots, sources)
+        order = np.argsort(-c, axis=1, kind="stable")
+        recs = []
+        for pos, p in enumerate(slate):
+            src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
+            fallback = all(s in self.popularity for s in src)
+            reason = p.reason if p.reason in ("pinned", "reserved") else "popular" if fallback else "evidence"
+            recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"], reason=reason,
+                                       fallback=fallback))
+        return recs
 
     # ---- shadow --------------------------------------------------------------------------------------
     def _shadow(self, batch: Batch, r: int, job: ShadowJob, live: list[Placed], sim: Similarity | None) -> None:
@@ -132,7 +139,7 @@ class SlotStage:
         req = batch.requests[r]
         div = batch.conf.diversity
         row = batch.base[r].copy()
-        local = localize(job.eff, cand.items[r])
+        local = localize(job.eff, cand.items[r], job.world.items)
         pre = apply_local(row, local)
         slate, _ = self._slate(row, cand.items[r], req.k, local, pre, sim, div.mmr_lambda, div.pool)
         ids, price, margin = self.items.ids, self.items.price, self.items.margin
