@@ -41,7 +41,7 @@ def assemble(model: Model, rules: RulesStage | None = None, index_factory: Index
                               trending.global_score if isinstance(trending, TrendingRetriever) else None)
     als = retrievers.get("als")
     depth = {p: model.ranker.settings.candidates for p in model.ranker.settings.placements} if model.ranker else {}
-    candidates = CandidateStage(retrievers, s.candidates, len(items), depth)
+    candidates = CandidateStage(retrievers, s.candidates, depth)
     stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until)]
     if rules is not None:
         stages.append(RulesPlanStage(rules, items, candidates.fallback_order))

@@ -227,6 +227,39 @@ class RowStack(SourceScores):
         return out if out is not None else np.zeros((self.n_rows, 0), np.float32)
 
 
+class ResizedScores(SourceScores):
+    """A source's scores over its own ``n_source`` items, seen over a request's ``n`` items: the items added to
+    the catalog after the source was fitted have no evidence from it; items a source knows that the request's
+    catalog does not (added while the request ran) are never proposed."""
+
+    def __init__(self, inner: SourceScores, n_source: int, n: int) -> None:
+        self.inner, self.n_source, self.n = inner, n_source, n
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.top(k, exclusions.over(self.n_source))
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        return self.inner.at(np.where(items < self.n_source, items, -1))
+
+    def peak(self) -> np.ndarray:
+        return self.inner.peak()
+
+    def dense(self) -> np.ndarray:
+        d = self.inner.dense()
+        if d.shape[1] >= self.n:
+            return d[:, :self.n]
+        return np.pad(d, ((0, 0), (0, self.n - d.shape[1])))
+
+
+def scores_over(source: "Retriever", queries: Sequence[Query], n_items: int) -> SourceScores:
+    """``source``'s scores for queries over a catalog of ``n_items`` items, which may have items the source was
+    not fitted on (added since): they leave its queries and get no evidence from it (``ResizedScores``)."""
+    m = source.n_items
+    if m == n_items:
+        return source.scores(queries)
+    return ResizedScores(source.scores([q.within(m) for q in queries]), m, n_items)
+
+
 def stack_rows(n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) -> SourceScores:
     return RowStack(n_rows, [(r, p) for r, p in parts if len(r)])
 

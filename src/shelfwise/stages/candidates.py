@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from shelfwise.request import Candidates, Exclusions, take_rows
-from shelfwise.retrieval.base import Retriever, SourceScores, top_k
+from shelfwise.retrieval.base import Retriever, SourceScores, scores_over, top_k
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import CandidateSettings
 from shelfwise.stages.base import Batch, padded
@@ -55,9 +55,9 @@ def without(items: np.ndarray, present: np.ndarray) -> np.ndarray:
 class CandidateStage:
     name = "candidates"
 
-    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings, n_items: int,
+    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings,
                  depth: dict[str, int] | None = None) -> None:
-        self.sources, self.settings, self.n_items = sources, settings, n_items
+        self.sources, self.settings = sources, settings
         self.depth = depth or {}  # placement -> candidates the learned ranker re-scores
         trending = sources.get("trending")
         self._popular = trending if isinstance(trending, TrendingRetriever) else None
@@ -125,7 +125,8 @@ class CandidateStage:
                weights: dict[str, float]) -> Candidates:
         ex = batch.exclusions
         assert ex is not None
-        total = np.zeros((len(batch), self.n_items), np.float32)
+        n_items = len(ex.banned)
+        total = np.zeros((len(batch), n_items), np.float32)
         normed = {}
         for name, sc in scored.items():
             pk = peaks[name][:, None]
@@ -133,7 +134,7 @@ class CandidateStage:
             normed[name] = s
             total += weights[name] * s
         total[ex.dense()] = -np.inf
-        idx, val = top_k(total, min(self.need(batch), self.n_items))
+        idx, val = top_k(total, min(self.need(batch), n_items))
         items = np.where(np.isfinite(val), idx, -1)  # items without evidence too (blend 0, lowest index first)
         safe = np.maximum(items, 0)
         sources = {n: np.where(items >= 0, take_rows(s, safe), 0.0).astype(np.float32) for n, s in normed.items()}
@@ -144,9 +145,10 @@ class CandidateStage:
         ex = batch.exclusions
         assert ex is not None
         weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
-        scored = {n: self.sources[n].scores(batch.queries) for n in weights}
+        n_items = len(ex.banned)  # the request's catalog (it may have items some sources were not fitted on)
+        scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
         peaks = {n: sc.peak() for n, sc in scored.items()}
-        dense = self.n_items <= self.settings.dense_max_items
+        dense = n_items <= self.settings.dense_max_items
         cand = (self._dense if dense else self._union)(batch, scored, peaks, weights)
         extra = [] if batch.extra is None else [without(padded(batch.extra), cand.items)]
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
