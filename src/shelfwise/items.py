@@ -166,6 +166,12 @@ class ItemTable:
             self.version += 1
         return True
 
+    def touch(self) -> None:
+        """Something derived from the catalog changed (e.g. an item's content vector): bump ``version``, which
+        keys cached answers."""
+        with self._lock:
+            self.version += 1
+
     def sync(self, catalog: Sequence[Item]) -> None:
         """Apply the catalog's current stock, availability and prices (a model loaded after catalog changes)."""
         for it in catalog:

@@ -41,6 +41,7 @@ class TrainData:
     order: np.ndarray  # int64 order index (-1 when not a purchase)
     weight: np.ndarray  # float32 implicit-feedback weight of the event type
     shopper_index: dict[str, int] = field(default_factory=dict)
+    catalog: dict[str, Item] = field(default_factory=dict)  # the catalog's items by id (content: titles, brands)
 
     def __post_init__(self) -> None:
         if not self.shopper_index:
@@ -90,7 +91,7 @@ class TrainData:
             keys = np.char.add(log.shopper[is_buy].astype(str), np.char.add("\x1f", log.order[is_buy].astype(str)))
             order[is_buy] = np.unique(keys, return_inverse=True)[1]
         return cls(table, shoppers.astype(object), user.astype(np.int32), item, kind, log.ts.astype(np.float64),
-                   session, order, weight_of[kind])
+                   session, order, weight_of[kind], catalog=catalog)
 
     def sequences(self) -> list[np.ndarray]:
         """Item indices of each shopper, oldest first (row u = shopper u)."""
@@ -316,6 +317,14 @@ class Retriever(ABC):
     def warm_start(self, earlier: "Retriever", earlier_items: ItemTable) -> None:
         """Start the next ``fit`` from ``earlier``, a fit of this source on a prefix of the same log whose
         vocabulary is ``earlier_items``. By default nothing: sources that fit in seconds fit from scratch."""
+
+    def link(self, fitted: dict[str, "Retriever"]) -> None:
+        """Before ``fit``: the sources of the same training fitted before this one (whose item embedding this
+        one may build on). By default nothing."""
+
+    def resume(self, path: Path) -> None:
+        """Before ``fit``: the directory of the model version serving now, from whose fit of this source the next
+        ``fit`` may reuse what still holds (e.g. encoded item texts). By default nothing."""
 
     @abstractmethod
     def scores(self, queries: Sequence[Query]) -> SourceScores:
