@@ -148,6 +148,10 @@ class CandidateSettings(_Section):
                                                            "the vector index of stores.vectors")
     ann_max_batch: int = Field(64, ge=0, description="batches larger than this are searched exactly even above "
                                                      "exact_max_items (offline evaluation)")
+    cold_transfer: float = Field(0.5, ge=0, le=1, description="an item added after training: this share of the "
+                                                              "placement's weight of each source fitted without it "
+                                                              "goes to the content source's score of it (items "
+                                                              "the sources know are unaffected)")
 
 
 class ScoreWeights(_Section):
