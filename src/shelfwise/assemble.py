@@ -38,7 +38,8 @@ def attach_indexes(model: Model, index_factory: IndexFactory | None) -> None:
 
 def assemble(model: Model, rules: RulesStage | None = None, index_factory: IndexFactory | None = None,
              observer: Observer | None = None) -> Pipeline:
-    attach_indexes(model, index_factory)
+    if index_factory is not None:  # (without one, the sources keep what they have: none, or the live model's)
+        attach_indexes(model, index_factory)
     return _pipeline(model, rules, observer)
 
 

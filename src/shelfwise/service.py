@@ -367,7 +367,7 @@ class Shelfwise:
         live = self.pipeline
         if not model_version and not ruleset:
             return live
-        key = (model_version or live.version, ruleset, live.version)
+        key = (model_version or live.version, ruleset, (live.version, len(live.items)))  # rows added: rebuilt
         got = self._variants.get(key)
         if got is None:
             with self._swap_lock:
@@ -385,7 +385,7 @@ class Shelfwise:
                     rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
                              if ruleset else self.merch.stage)
                     got = assemble(model, rules, factory)
-                    self._variants = {k: v for k, v in self._variants.items() if k[2] == live.version}
+                    self._variants = {k: v for k, v in self._variants.items() if k[2] == key[2]}
                     self._variants[key] = got
         return got
 

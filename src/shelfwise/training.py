@@ -118,10 +118,13 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
     return fitted
 
 
-def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES) -> float:
-    """A rough forecast of ``fit_pipeline``'s wall time on a 2-core machine (to tell users when the full model is
+def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
+                     texts: int = 0) -> float:
+    """A rough forecast of ``train``'s wall time on a 2-core machine (to tell users when the full model is
     due): the sequence model's epochs (about 8,000 events a second, capped by its time limit) dominate, the other
-    sources and the ranker's rows scale with the log (BENCHMARKS.md, Training cost)."""
+    sources and the ranker's rows scale with the log (BENCHMARKS.md, Training cost); the content source encodes
+    ``texts`` item texts not encoded by the serving model (about 70 a second under load: BENCHMARKS.md, Content
+    tower)."""
     seq = settings.sequence
     epoch = events / 8000.0
     total = events / 5000.0
@@ -130,6 +133,8 @@ def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, .
         total += first + seq.finetune_epochs * epoch
     if settings.ranker.enabled:
         total *= 1.3
+    if "content" in with_content(sources, settings):
+        total += texts / 70.0
     return total
 
 
