@@ -11,10 +11,9 @@ import math
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
-
-from functools import partial
 
 import numpy as np
 

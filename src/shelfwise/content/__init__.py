@@ -11,10 +11,10 @@
 
 How the request path uses it (``ContentTower`` docstring and BENCHMARKS.md, Content tower, have the details):
 
-    tower = ContentTower(settings.content, cache_dir=settings.content_cache_dir)
+    tower = ContentTower(settings.models.content, cache_dir=settings.content_cache_dir)
     tower.fit(items, item_factors_for(items), warm_mask(interaction_counts(data.item, n, data.weight), 5))
     tower.save(version_dir)                                   # training
-    tower = ContentTower.load(version_dir, settings.content, settings.content_cache_dir)   # API start: arrays only
+    tower = ContentTower.load(version_dir, settings.models.content, settings.content_cache_dir)  # API: arrays only
     worker = BackgroundEncoder(tower, sink=lambda ids, v: index.add(keys(ids), v))         # upserts, off-path
     worker.submit(upserted_items)
     tower.similarity_to_history(history_ids, candidate_ids)   # ranker feature
