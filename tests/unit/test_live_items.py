@@ -10,7 +10,10 @@ from shelfwise.items import ItemTable
 from shelfwise.request import Exclusions, Query, RecRequest
 from shelfwise.retrieval.base import DenseScores, Retriever, scores_over
 from shelfwise.retrieval.content import ContentRetriever
+from shelfwise.retrieval.embedding import ItemVectors
 from shelfwise.service import Shelfwise
+from shelfwise.settings import CandidateSettings
+from shelfwise.stores.vectors import ExactIndex
 from shelfwise.stores.protocols import Interaction, ShopperState
 from shelfwise.training import train
 from tests.conftest import ids, tiny_catalog, tiny_events
@@ -76,6 +79,27 @@ def test_scores_over_a_catalog_larger_or_smaller_than_the_source():
     idx, _ = scores_over(big, [Query()], 6).top(8, Exclusions.none(6, 1))
     assert set(idx[0][idx[0] >= 0].tolist()) == {0, 1, 2, 3, 4, 5}
     assert scores_over(big, [Query()], 6).dense().shape == (1, 6)
+
+
+def test_item_vectors_take_new_rows_beside_their_index():
+    def exact(name, v):
+        idx = ExactIndex()
+        idx.build(np.arange(len(v)), v)
+        return idx
+
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    space = ItemVectors("t", x, CandidateSettings(exact_max_items=10))
+    space.attach(exact)
+    assert space.index is not None and space.indexed == 50 and not space.exact_for(1)
+    grown = space.updated(np.vstack([x, 3 * x[:2]]))  # rows 50, 51: the best matches of queries like rows 0, 1
+    q = x[:4]
+    keys, scores = grown.search(q, 5)
+    full = q @ grown.vectors.T
+    assert np.array_equal(keys, np.argsort(-full, axis=1, kind="stable")[:, :5])  # index + the rows past it
+    np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+    assert keys[0, 0] == 50 and keys[1, 0] == 51
+    old = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :5]
+    assert len(space) == 50 and np.array_equal(space.search(q, 5)[0], old)  # the old object is unchanged
 
 
 def test_requests_with_new_items_in_history_and_cart_and_a_request_on_the_old_table(trained_engine):
