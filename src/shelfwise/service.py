@@ -160,6 +160,14 @@ class Shelfwise:
         content.add(np.array([index[ids[r]] for r in keep], np.int64), vectors[keep])
         pipeline.items.touch()
 
+    def content_status(self) -> dict | None:
+        """The content source's background encoder (``/readyz``); None when the model has no content source."""
+        enc = self.encoder
+        if enc is None:
+            return None
+        return {"encoded": enc.encoded, "pending": enc.pending, "errors": enc.errors,
+                "last_error": enc.last_error or None}
+
     @property
     def trained(self) -> bool:
         return self.pipeline.version != "untrained"

@@ -52,6 +52,8 @@ def test_a_new_item_appears_in_pdp_similar_of_a_similar_warm_item_within_a_secon
     warm = [x["item_id"] for x in before["items"]]
     after = [x["item_id"] for x in similar(client, "p1")["items"] if x["item_id"] != "p9"]
     assert after == warm  # the warm items keep their order
+    assert client.get("/readyz").json()["content"] == {"encoded": 1, "pending": False, "errors": 0,
+                                                       "last_error": None}
 
 
 def test_the_page_of_a_new_item_has_content_neighbours_not_trending(client, engine):

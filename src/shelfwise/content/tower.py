@@ -562,6 +562,12 @@ class BackgroundEncoder:
         self.last_error = f"{type(e).__name__}: {e}"
         log.exception("content encoder: %s", self.last_error)
 
+    @property
+    def pending(self) -> bool:
+        """Submitted batches (or the warm-up) not yet handed to the sink."""
+        with self._cond:
+            return self._pending > 0
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted batch has been handed to the sink; False on timeout."""
         with self._cond:
