@@ -159,6 +159,11 @@ def test_training_projects_into_als_and_encodes_only_new_texts(settings, counted
     counted.clear()
     train(eng.store, eng.catalog, eng.models, settings.models)
     assert sorted(counted) == sorted(["Phone 9", "Garden hose"])  # the serving version's texts are reused
+    other = settings.models.model_copy(update={"content": settings.models.content.model_copy(
+        update={"category_buckets": 64})})
+    counted.clear()
+    train(eng.store, eng.catalog, eng.models, other)
+    assert len(counted) == len(tiny_catalog()) + 2  # another feature layout: nothing of the serving tower reused
     eng.close()
     eng = Shelfwise(settings)
     content = eng.pipeline.retrievers["content"]

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from shelfwise.content.features import FeatureLayout
 from shelfwise.content.tower import ARRAYS, META, ContentTower, Space, interaction_counts, warm_mask
 from shelfwise.items import pad_rows
 from shelfwise.request import Query
@@ -53,7 +54,9 @@ class ContentRetriever(Retriever):
 
     def resume(self, path: Path) -> None:
         if self.tower is None and (path / META).is_file() and (path / ARRAYS).is_file():
-            self.tower = ContentTower.load(path, self.settings, self.settings.cache_dir or None)
+            tower = ContentTower.load(path, self.settings, self.settings.cache_dir or None)
+            if tower.layout == FeatureLayout.from_settings(self.settings):  # else its vectors are of another layout
+                self.tower = tower
 
     def fit(self, data: TrainData) -> "ContentRetriever":
         ids = [str(x) for x in data.items.ids]
