@@ -99,3 +99,17 @@ def test_warm_answers_do_not_change_when_items_are_added(client, engine):
     warm = [x["item_id"] for x in fbt["items"]]
     kept = [x["item_id"] for x in fbt_again["items"] if x["item_id"] in warm]
     assert kept == warm[:len(kept)]  # new items may come in (content), the warm ones keep their order
+
+
+def test_new_items_with_odd_texts_are_encoded(client, engine):
+    odd = [{"id": "q1"},  # no text, no category: content from nothing but its (empty) fields
+           {"id": "q2", "title": "Смартфон Nova 9 — 手机", "category": ["Phones", "Smartphones"], "brand": "Nova"},
+           {"id": "q3", "title": "Phone 10", "description": "very long " * 2000, "category": ["Phones", "Smartphones"],
+            "attributes": {"colour": "red", "size": {"w": 7, "h": 15}, "tags": ["new", 1, None]}}]
+    assert client.put("/v1/items", json=odd).status_code == 200
+    assert engine.encoder.flush(10)
+    status = client.get("/readyz").json()["content"]
+    assert status["errors"] == 0 and status["encoded"] == 3
+    for item_id in ("q2", "q3"):  # items with a category or a text have content neighbours
+        body = similar(client, item_id, k=3)
+        assert all("content" in x["sources"] for x in body["items"]), item_id
