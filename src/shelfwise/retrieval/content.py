@@ -104,8 +104,8 @@ class ContentRetriever(Retriever):
             grown[rows] = vectors
             self.vectors = old.updated(grown)
 
-    def profile(self, vectors: np.ndarray, q: Query) -> tuple[np.ndarray, bool]:
-        """A query's vector (unit; zeros without evidence) and whether it is a product page or cart."""
+    def profile(self, vectors: np.ndarray, q: Query) -> np.ndarray:
+        """A query's vector (unit; zeros without evidence): its anchors' mean, else its recent history's."""
         anchors = q.anchors[q.anchors < len(vectors)]
         if len(anchors):
             v = vectors[anchors].sum(axis=0)
@@ -114,13 +114,13 @@ class ContentRetriever(Retriever):
             w = recency_weights(len(hist), self.settings.recency_decay)
             v = (vectors[hist] * w[:, None]).sum(axis=0) if len(hist) else np.zeros(vectors.shape[1], np.float32)
         norm = float(np.linalg.norm(v))
-        return (v / norm if norm > 0 else np.zeros_like(v)), bool(len(q.anchors))
+        return v / norm if norm > 0 else np.zeros_like(v)
 
     def scores(self, queries: Sequence[Query]) -> SourceScores:
         space = self.vectors  # one snapshot for the whole batch
         q = np.zeros((len(queries), space.vectors.shape[1]), np.float32)
         for r, query in enumerate(queries):
-            q[r] = self.profile(space.vectors, query)[0]
+            q[r] = self.profile(space.vectors, query)
         return vector_scores(space, q, np.abs(q).sum(axis=1) > 0)
 
     # ---- persistence ---------------------------------------------------------------------------------
