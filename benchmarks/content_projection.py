@@ -95,7 +95,7 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
     vocab = [str(x) for x in data.items.ids]
     known = np.array([i in catalog for i in vocab])
     counts = interaction_counts(data.item, data.n_items, data.weight)
-    warm = warm_mask(counts, settings.content.min_interactions) & known
+    warm = warm_mask(counts, settings.models.content.min_interactions) & known
     rng = np.random.default_rng(a.seed)
     warm_idx = np.nonzero(warm)[0]
     test = np.sort(rng.choice(warm_idx, int(round(len(warm_idx) * a.holdout)), replace=False))
@@ -109,9 +109,9 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
     emb = als.item_factors[rows_known]
     saved = Path(a.tower_dir) / name if a.tower_dir else None
     if saved is not None and (saved / "content_tower.json").is_file():  # texts encoded by an earlier run are reused
-        tower = ContentTower.load(saved, settings.content, cache_dir=a.cache_dir)
+        tower = ContentTower.load(saved, settings.models.content, cache_dir=a.cache_dir)
     else:
-        tower = ContentTower(settings.content, cache_dir=a.cache_dir)
+        tower = ContentTower(settings.models.content, cache_dir=a.cache_dir)
     t1 = time.perf_counter()
     done = {"n": 0}
 
@@ -139,7 +139,8 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
     x_train = tower.vectors(ids_ref, "content")
     for kind in ("ridge", "mlp", "knn"):
         t = time.perf_counter()
-        proj = fit_projection(tower._content.view()[[tower.index[i] for i in ids_ref]], y_ref, settings.content, kind)
+        proj = fit_projection(tower._content.view()[[tower.index[i] for i in ids_ref]], y_ref,
+                              settings.models.content, kind)
         report["projections"][kind] = {"fit_s": round(time.perf_counter() - t, 1), **proj.report}
         test_content = tower._content.view()[[tower.index[i] for i in ids_test]]
         preds[kind] = true_neighbours(proj.transform(test_content), y_ref, kmax)
@@ -166,7 +167,7 @@ def evaluate(name: str, items: list[Item], log: EventLog, a: argparse.Namespace,
     if a.upserts and any(item_text(it) for it in cat_items):
         report["upsert_to_vector_ms"] = {}
         for threads in (int(x) for x in a.upsert_threads.split(",")):
-            tower._encoder = TextEncoder.from_settings(settings.content.model_copy(update={"threads": threads}),
+            tower._encoder = TextEncoder.from_settings(settings.models.content.model_copy(update={"threads": threads}),
                                                        Path(a.cache_dir))
             report["upsert_to_vector_ms"][f"threads={threads}"] = upsert_latency(
                 tower, [catalog[i] for i in ids_test[: a.upserts]], prefix=f"t{threads}-")
@@ -221,7 +222,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     a.cache_dir = a.cache_dir or tmp.name
     out = {"commit": _git_commit(), "cpu": _cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg(),
-           "content_settings": settings.content.model_dump(mode="json"), "runs": []}
+           "content_settings": settings.models.content.model_dump(mode="json"), "runs": []}
     loaders = {"synthetic": synthetic, "beauty": beauty}
     for name in a.datasets.split(","):
         t = time.perf_counter()

@@ -14,13 +14,19 @@ T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(scope="session")
+def content_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of the text encoder's ONNX export for the whole run (exporting takes seconds)."""
+    return tmp_path_factory.mktemp("content-cache")
+
+
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content_cache: Path) -> Settings:
     for key in list(__import__("os").environ):
         if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
-    return load_settings(data_dir=tmp_path / "data")
+    return load_settings(data_dir=tmp_path / "data", models={"content": {"cache_dir": str(content_cache)}})
 
 
 def view(eid: str, shopper: str, item: str, minute: float, session: str | None = None) -> Event:

@@ -8,10 +8,15 @@ Used by the API (``service``), the CLI and offline evaluation alike.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Sequence
+
+from shelfwise.domain import Item
 from shelfwise.pipeline import Model, Observer, Pipeline
 from shelfwise.ranking.features import FeatureContext
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.retrieval.als import ALSRetriever
+from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.retrieval.embedding import IndexFactory
 from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.retrieval.trending import TrendingRetriever
@@ -27,21 +32,36 @@ from shelfwise.stages.slots import SlotStage
 def attach_indexes(model: Model, index_factory: IndexFactory | None) -> None:
     """Give the embedding sources their vector indexes (only catalogs above the exact-search size use one)."""
     for r in model.retrievers.values():
-        if isinstance(r, (ALSRetriever, SequenceRetriever)):
+        if isinstance(r, (ALSRetriever, SequenceRetriever, ContentRetriever)):
             r.attach_index(index_factory, model.settings.candidates)
 
 
 def assemble(model: Model, rules: RulesStage | None = None, index_factory: IndexFactory | None = None,
              observer: Observer | None = None) -> Pipeline:
+    if index_factory is not None:  # (without one, the sources keep what they have: none, or the live model's)
+        attach_indexes(model, index_factory)
+    return _pipeline(model, rules, observer)
+
+
+def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | None = None) -> Pipeline:
+    """``pipeline`` for its item table plus a row per item its model does not know (added after training): a new
+    pipeline on a new table, the sources as fitted (their indexes too), so requests running on ``pipeline``
+    finish on the table they began with. ``pipeline`` itself when every item is known."""
+    table = pipeline.items.with_items(items)
+    if table is pipeline.items:
+        return pipeline
+    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer)
+
+
+def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None) -> Pipeline:
     s = model.settings
     items, retrievers = model.items, model.retrievers
-    attach_indexes(model, index_factory)
     trending = retrievers.get("trending")
     business = BusinessScorer(items, s.business,
                               trending.global_score if isinstance(trending, TrendingRetriever) else None)
     als = retrievers.get("als")
     depth = {p: model.ranker.settings.candidates for p in model.ranker.settings.placements} if model.ranker else {}
-    candidates = CandidateStage(retrievers, s.candidates, len(items), depth)
+    candidates = CandidateStage(retrievers, s.candidates, depth)
     stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until)]
     if rules is not None:
         stages.append(RulesPlanStage(rules, items, candidates.fallback_order))

@@ -84,6 +84,12 @@ def train(
 QUICK_SOURCES = ("trending", "covisit", "copurchase")
 
 
+def texts_to_encode(engine) -> int:
+    """Item texts a full training's content source will encode: the catalog's, unless the serving model has a
+    content source (whose encoded texts training reuses)."""
+    return 0 if "content" in engine.pipeline.retrievers else len(engine.catalog.ids())
+
+
 def run_training(engine, quick: bool = False):
     from shelfwise.training import expected_seconds, train as train_models
 
@@ -94,7 +100,8 @@ def run_training(engine, quick: bool = False):
         ms = ms.model_copy(update={"ranker": ms.ranker.model_copy(update={"enabled": False})})
         sources = QUICK_SOURCES
     else:
-        engine.models.training_started(expected_seconds(engine.store.count(), ms), "full")
+        engine.models.training_started(expected_seconds(engine.store.count(), ms, texts=texts_to_encode(engine)),
+                                       "full")
     try:
         with progress() as bar:
             task = bar.add_task("training", total=None)
@@ -139,7 +146,7 @@ def train_in_background(engine, sequence_minutes: float) -> Path:
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
     seq = settings.models.sequence.model_copy(update={"max_train_minutes": sequence_minutes, "finetune_epochs": 1})
     engine.models.training_started(expected_seconds(engine.store.count(), settings.models.model_copy(
-        update={"sequence": seq})), "full", pid=proc.pid)
+        update={"sequence": seq}), texts=texts_to_encode(engine)), "full", pid=proc.pid)
     return log
 
 

@@ -2,6 +2,10 @@
 
 ``ItemTable`` row ``i`` is item ``ids[i]``. Catalog changes (stock, availability, price) are applied in place and
 bump ``version``, which keys every cache that depends on them (the servable mask, cached answers, ETags).
+
+Items added after training get rows too: ``with_items`` returns a new table (copy on write: the serving table
+is never resized under a request) with the new items appended after the trained vocabulary. Arrays fitted on
+the trained vocabulary are then shorter than the table; ``pad_rows`` extends them (no evidence for the new rows).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class ItemTable:
     created_at: np.ndarray  # float64 unix seconds (nan unknown)
     category_names: list[str] = field(default_factory=list)  # "A > B" per category code
     index: dict[str, int] = field(default_factory=dict)
+    brand_names: list[str] = field(default_factory=list)  # per brand code (empty for models saved without them)
     version: int = 0  # bumped by every catalog change applied to the table
 
     def __post_init__(self) -> None:
@@ -99,7 +104,54 @@ class ItemTable:
             if it.created_at is not None:
                 created[i] = it.created_at.timestamp()
         return cls(np.array(item_ids, dtype=object), category, top, brand, price, margin, stock, available,
-                   created, category_names=list(cat_codes))
+                   created, category_names=list(cat_codes), brand_names=list(brand_codes))
+
+    def with_items(self, items: Sequence[Item]) -> "ItemTable":
+        """A new table: this one's rows, then a row per item it does not know (in order; the last version of an
+        id wins), with a higher ``version``. This table is left as it is, so a request running on it is
+        unaffected; category and brand codes of this table keep their meaning."""
+        latest = {it.id: it for it in items if it.id not in self.index}
+        if not latest:
+            return self
+        new = list(latest.values())
+        categories = list(self.category_names)
+        cat_codes = {n: i for i, n in enumerate(categories)}
+        known = self.category >= 0
+        top_of = dict(zip(self.category[known].tolist(), self.top_category[known].tolist()))
+        tops = {category_path(categories[c])[0]: t for c, t in top_of.items()}
+        n_tops = int(self.top_category.max(initial=-1)) + 1
+        # brand names of a model saved without them are unknown: a new item's brand then gets a new code
+        brands = list(self.brand_names) + [""] * (int(self.brand.max(initial=-1)) + 1 - len(self.brand_names))
+        brand_codes = {n: i for i, n in enumerate(brands) if n}
+        cat, top, brand = (np.full(len(new), -1, np.int32) for _ in range(3))
+        for r, it in enumerate(new):
+            if it.category:
+                name = " > ".join(it.category)
+                cat[r] = cat_codes.setdefault(name, len(cat_codes))
+                if cat[r] == len(categories):
+                    categories.append(name)
+                if it.category[0] not in tops:
+                    tops[it.category[0]] = n_tops
+                    n_tops += 1
+                top[r] = tops[it.category[0]]
+            if it.brand:
+                if it.brand not in brand_codes:
+                    brand_codes[it.brand] = len(brands)
+                    brands.append(it.brand)
+                brand[r] = brand_codes[it.brand]
+        ids = np.concatenate([self.ids, np.array([it.id for it in new], dtype=object)])
+        with self._lock:  # the attributes of this table as they are now (stock, prices change in place)
+            out = ItemTable(
+                ids, np.concatenate([self.category, cat]), np.concatenate([self.top_category, top]),
+                np.concatenate([self.brand, brand]),
+                np.concatenate([self.price, [np.nan if it.price is None else it.price for it in new]]),
+                np.concatenate([self.margin, [np.nan if it.margin is None else it.margin for it in new]]),
+                np.concatenate([self.stock, [np.inf if it.stock is None else it.stock for it in new]]),
+                np.concatenate([self.available, [it.available for it in new]]).astype(bool),
+                np.concatenate([self.created_at, [np.nan if it.created_at is None else it.created_at.timestamp()
+                                                  for it in new]]),
+                category_names=categories, brand_names=brands, version=self.version + 1)
+        return out
 
     def update(self, item: Item) -> bool:
         """Apply a catalog change (stock, availability, price) to an item the model knows; False when unknown."""
@@ -113,6 +165,12 @@ class ItemTable:
             self.margin[i] = np.nan if item.margin is None else item.margin
             self.version += 1
         return True
+
+    def touch(self) -> None:
+        """Something derived from the catalog changed (e.g. an item's content vector): bump ``version``, which
+        keys cached answers."""
+        with self._lock:
+            self.version += 1
 
     def sync(self, catalog: Sequence[Item]) -> None:
         """Apply the catalog's current stock, availability and prices (a model loaded after catalog changes)."""
@@ -153,6 +211,16 @@ class ItemTable:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("ids", "category", "top_category", "brand", "price", "margin",
                                               "stock", "available", "created_at")}
+
+
+def pad_rows(a: np.ndarray, n: int, fill: float = 0) -> np.ndarray:
+    """``a`` (rows aligned with a table's first rows) extended to ``n`` rows of ``fill``: arrays fitted on the
+    trained vocabulary, for a table with items added since. ``a`` itself when it is long enough."""
+    if len(a) >= n:
+        return a
+    out = np.full((n,) + a.shape[1:], fill, a.dtype)
+    out[:len(a)] = a
+    return out
 
 
 def category_prefix_mask(items: ItemTable, prefixes: Sequence[str]) -> np.ndarray:

@@ -48,7 +48,8 @@ class Model:
         (path / "item_ids.json").write_text(json.dumps([str(x) for x in self.items.ids]))
         (path / "shoppers.json").write_text(json.dumps(list(self.shopper_index)))
         manifest = {"version": self.version, "retrievers": list(self.retrievers), "trained_until": self.trained_until,
-                    "category_names": self.items.category_names, "settings": self.settings.model_dump(mode="json")}
+                    "category_names": self.items.category_names, "brand_names": self.items.brand_names,
+                    "settings": self.settings.model_dump(mode="json")}
         (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for r in self.retrievers.values():
             r.save(path)
@@ -60,7 +61,8 @@ class Model:
         manifest = json.loads((path / "manifest.json").read_text())
         z = np.load(path / "items.npz")
         ids = np.array(json.loads((path / "item_ids.json").read_text()), dtype=object)
-        items = ItemTable(ids=ids, **{k: z[k] for k in z.files}, category_names=manifest["category_names"])
+        items = ItemTable(ids=ids, **{k: z[k] for k in z.files}, category_names=manifest["category_names"],
+                          brand_names=manifest.get("brand_names", []))
         shoppers = json.loads((path / "shoppers.json").read_text())
         retrievers = {name: load_retriever(name, path) for name in manifest["retrievers"]}
         model_settings = settings or ModelSettings.model_validate(known_fields(ModelSettings, manifest["settings"]))

@@ -76,6 +76,15 @@ class Query:
     fresh: bool = False  # history has events the trained model has not seen
     now: float = 0.0
 
+    def within(self, n_items: int) -> "Query":
+        """This query as a source that knows only the first ``n_items`` items sees it: the history and anchors
+        added to the catalog later left out (the same query when there are none)."""
+        if (self.history < n_items).all() and (self.anchors < n_items).all():
+            return self
+        keep = self.history < n_items
+        return Query(self.user, self.history[keep], self.history_kind[keep], self.history_ts[keep],
+                     self.anchors[self.anchors < n_items], self.fresh, self.now)
+
 
 @dataclass
 class Exclusions:
@@ -97,6 +106,25 @@ class Exclusions:
     @classmethod
     def none(cls, n_items: int, batch: int) -> "Exclusions":
         return cls(np.zeros(n_items, bool), [np.zeros(0, np.int64)] * batch, [None] * batch)
+
+    def over(self, n_items: int) -> "Exclusions":
+        """The same exclusions over ``n_items`` items (a source's own item count): items past the request's
+        catalog may not be shown; the request's items past a source's count are not its concern."""
+        n = len(self.banned)
+        if n_items == n:
+            return self
+
+        def fit(mask: np.ndarray | None, fill: bool) -> np.ndarray | None:
+            if mask is None:
+                return None
+            if len(mask) >= n_items:
+                return mask[:n_items]
+            out = np.full(n_items, fill, bool)
+            out[:len(mask)] = mask
+            return out
+
+        return Exclusions(fit(self.banned, True), [r[r < n_items] for r in self.rows],  # type: ignore[arg-type]
+                          [fit(a, False) for a in self.allowed], [fit(d, True) for d in self.dropped])
 
     def subset(self, rows: np.ndarray) -> "Exclusions":
         return Exclusions(self.banned, [self.rows[r] for r in rows], [self.allowed[r] for r in rows],

@@ -12,11 +12,15 @@ import math
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shelfwise.assemble import assemble
+import numpy as np
+
+from shelfwise.assemble import assemble, with_items
 from shelfwise.cache import AnswerCache, request_key
+from shelfwise.content.tower import BackgroundEncoder
 from shelfwise.experiments.admin import ExperimentService
 from shelfwise.experiments.config import apply_config, effective_k
 from shelfwise.experiments.interleaving import team_draft
@@ -27,6 +31,7 @@ from shelfwise.privacy.erasure import erase, scrub_model_dir
 from shelfwise.privacy.guard import PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from shelfwise.request import ITEM_PAGES, Answer, RecRequest, new_request_id
+from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
@@ -74,6 +79,7 @@ class Shelfwise:
         self.experiments_admin = ExperimentService(settings, store=self.experiments.store, xlog=self.experiments.log)
         self.erasure_hooks.append(("experiment log", self.experiments.forget))
         self._variants: dict[tuple, Pipeline] = {}  # (model version, rule set) -> the pipeline serving a variant
+        self.encoder: BackgroundEncoder | None = None  # content vectors of items added or changed after training
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -88,9 +94,10 @@ class Shelfwise:
     # ---- models --------------------------------------------------------------------------------------
     def _load_pipeline(self) -> Pipeline:
         version = self.models.current()
+        changed: list[Item] = []
         if version is not None:
             path = self.models.path(version)
-            model = self._loaded(path)
+            model, changed = self._loaded(path)
             factory = vector_index_factory(self.settings.stores.vectors, path, version)
         else:  # not trained yet: serve the catalog by (empty) popularity so no rail is ever empty
             self._scanned_at = self._forget_applied = float("inf")
@@ -98,23 +105,27 @@ class Shelfwise:
             factory = None
         pipeline = assemble(model, self.merch.stage, factory)
         self.merch.attach(pipeline.items)
+        self._start_encoder(pipeline, changed)
         return pipeline
 
-    def _loaded(self, path: Path) -> Model:
+    def _loaded(self, path: Path) -> tuple[Model, list[Item]]:
         """Load the model version to serve (see ``_loaded_model``) and note when its training read the data."""
-        model, scanned_at, latest = self._loaded_model(path)
+        model, scanned_at, latest, changed = self._loaded_model(path)
         self._scanned_at, self._forget_applied = scanned_at, max(latest, scanned_at)
-        return model
+        return model, changed
 
-    def _loaded_model(self, path: Path) -> tuple[Model, float, float]:
+    def _loaded_model(self, path: Path) -> tuple[Model, float, float, list[Item]]:
         """Load a model version; shoppers erased after its training read the event store lose their rows (a
-        training that raced an erasure), in the files and in memory; catalog changes since training apply.
-        Returns (model, when its training read the event store, the newest erasure marker applied)."""
+        training that raced an erasure), in the files and in memory; catalog changes since training apply (items
+        added since get rows). Returns (model, when its training read the event store, the newest erasure marker
+        applied, the items changed since)."""
         scan = path / SCAN_FILE
         scanned_at = json.loads(scan.read_text())["scanned_at"] if scan.is_file() else 0.0
         model = Model.load(path, self.settings.models)
         # stock, prices and availability changed since training read the catalog (a minute of slack for clocks)
-        model.items.sync(self.catalog.changed_since(scanned_at - 60.0) if scanned_at else self.catalog.all())
+        changed = self.catalog.changed_since(scanned_at - 60.0) if scanned_at else self.catalog.all()
+        model.items.sync(changed)
+        model.items = model.items.with_items(changed)
         latest = self.privacy_store.latest_forget()
         if latest > 0 and latest >= scanned_at:
             erased = self.privacy_store.forgotten([s for s in model.shopper_index if s is not None])
@@ -123,7 +134,40 @@ class Shelfwise:
                 scrub_model_dir(path, late)
                 for s in late:
                     model.shopper_index.pop(s, None)
-        return model, scanned_at, latest
+        return model, scanned_at, latest, changed
+
+    def _start_encoder(self, pipeline: Pipeline, changed: Sequence[Item]) -> None:
+        """Content vectors for the pipeline's content source (if its model has one), off the request path: a
+        background encoder (the text encoder loads on it), fed by catalog upserts and, now, the items changed
+        since training read the catalog."""
+        old, self.encoder = self.encoder, None
+        if old is not None:
+            old.close(timeout=0)
+        content = pipeline.retrievers.get("content")
+        if not isinstance(content, ContentRetriever) or content.tower is None:
+            return
+        content.use_cache_dir(self.settings.content_cache_dir)
+        self.encoder = BackgroundEncoder(content.tower, partial(self._content_encoded, content), space=content.space)
+        self.encoder.submit(changed)
+
+    def _content_encoded(self, content: ContentRetriever, ids: list[str], vectors: np.ndarray) -> None:
+        """The background encoder's sink: vectors of items added or changed join the content source, by row of the
+        serving item table (whose rows only ever grow), and cached answers become stale."""
+        pipeline = self.pipeline
+        if pipeline.retrievers.get("content") is not content:
+            return  # another model version serves now
+        index = pipeline.items.index
+        keep = [r for r, i in enumerate(ids) if i in index]
+        content.add(np.array([index[ids[r]] for r in keep], np.int64), vectors[keep])
+        pipeline.items.touch()
+
+    def content_status(self) -> dict | None:
+        """The content source's background encoder (``/readyz``); None when the model has no content source."""
+        enc = self.encoder
+        if enc is None:
+            return None
+        return {"encoded": enc.encoded, "pending": enc.pending, "errors": enc.errors,
+                "last_error": enc.last_error or None}
 
     @property
     def trained(self) -> bool:
@@ -239,17 +283,26 @@ class Shelfwise:
 
     # ---- catalog -------------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
+        """Store items; the serving model sees them at once: changes apply to its item table, items it does not
+        know get a row (a new table, swapped in), and their content vectors are computed in the background
+        (they join the content source within a second or so; until then no source has evidence about them)."""
         n = self.catalog.upsert(items)
         with self._lock:
             new = {it.id for it in items} - self._catalog_ids
             self._catalog_ids |= new
         if new and not self.trained:
             self.pipeline = self._load_pipeline()
+        elif any(it.id not in self.pipeline.items.index for it in items):
+            with self._swap_lock:
+                self.pipeline = with_items(self.pipeline, items, self.merch.stage)
         pipeline = self.pipeline
         for it in items:
             pipeline.items.update(it)
         pipeline.catalog_changed()
+        self.merch.attach(pipeline.items)
         self.merch.catalog_changed(pipeline.items, items)
+        if self.encoder is not None:
+            self.encoder.submit(items)
         return n
 
     def delete_item(self, item_id: str) -> bool:
@@ -377,7 +430,7 @@ class Shelfwise:
         live = self.pipeline
         if not model_version and not ruleset:
             return live
-        key = (model_version or live.version, ruleset, live.version)
+        key = (model_version or live.version, ruleset, (live.version, len(live.items)))  # rows added: rebuilt
         got = self._variants.get(key)
         if got is None:
             with self._swap_lock:
@@ -395,7 +448,7 @@ class Shelfwise:
                     rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
                              if ruleset else self.merch.stage)
                     got = assemble(model, rules, factory)
-                    self._variants = {k: v for k, v in self._variants.items() if k[2] == live.version}
+                    self._variants = {k: v for k, v in self._variants.items() if k[2] == key[2]}
                     self._variants[key] = got
         return got
 
@@ -463,6 +516,8 @@ class Shelfwise:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(10)
+        if self.encoder is not None:
+            self.encoder.close()
         self.bus.close()
         self.experiments_admin.close()
         self.experiments.close()

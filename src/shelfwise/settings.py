@@ -148,6 +148,10 @@ class CandidateSettings(_Section):
                                                            "the vector index of stores.vectors")
     ann_max_batch: int = Field(64, ge=0, description="batches larger than this are searched exactly even above "
                                                      "exact_max_items (offline evaluation)")
+    cold_transfer: float = Field(0.5, ge=0, le=1, description="an item added after training: this share of the "
+                                                              "placement's weight of each source fitted without it "
+                                                              "goes to the content source's score of it (items "
+                                                              "the sources know are unaffected)")
 
 
 class ScoreWeights(_Section):
@@ -207,11 +211,15 @@ class PlacementSettings(_Section):
 
 
 def _default_placements() -> dict[str, PlacementSettings]:
-    return {  # homepage: BENCHMARKS.md (Offline quality; Sequence model)
+    # homepage: BENCHMARKS.md (Offline quality; Sequence model). `content` (items like the page's or cart's, by
+    # catalog data: the only evidence about an item added after training) weighs in on the item pages and the cart,
+    # not on the homepage, whose measured ranking (and the ranker trained on its sources) it would change.
+    return {
         "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "trending": 0.02}),
-        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "trending": 0.02}),
-        "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "trending": 0.02}),
-        "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "trending": 0.02}),
+        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02}),
+        "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
+        "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "content": 0.05,
+                                                  "trending": 0.02}),
     }
 
 
@@ -275,6 +283,87 @@ class RankerSettings(_Section):
     seed: int = 0
 
 
+class ContentSettings(_Section):
+    """Item content tower (``content/``): a vector per item from its catalog data, projected into the space of the
+    collaborative item embeddings so that an item without interactions lands near the warm items it resembles.
+
+    content vector = [MiniLM(title + description) ‖ hashed category path (every level) ‖ hashed brand ‖ price
+    band ‖ hashed attributes and tags], each block L2-normalised then weighted; see ``content/features.py``."""
+
+    # text encoder (content/encoder.py)
+    backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="runtime of the MiniLM text encoder: onnx (ONNX Runtime over a one-time export cached "
+                            "in cache_dir; measured faster here: BENCHMARKS.md, Content tower) or torch")
+    cache_dir: str = Field("", description="where the ONNX export is cached; empty = <data_dir>/cache/content")
+    batch_size: int = Field(64, ge=1, description="texts per encoder call")
+    max_tokens: int = Field(256, ge=8, le=512, description="word pieces kept per text (the model was trained "
+                                                           "with 256; longer texts are truncated)")
+    max_chars: int = Field(4000, ge=16, description="characters of title + description tokenised (bounds the "
+                                                    "tokeniser's work on a 20,000-character description; 256 "
+                                                    "word pieces rarely need more than ~1,500)")
+    threads: int = Field(0, ge=0, description="intra-op threads of the encoder; 0 = every core (ONNX Runtime: "
+                                               "2 threads 102 texts/s vs 1 thread 84 on this busy 2-core machine; "
+                                               "BENCHMARKS.md, Content tower)")
+    # features (content/features.py)
+    category_buckets: int = Field(256, ge=8, description="hashed buckets of the category path block")
+    brand_buckets: int = Field(128, ge=8, description="hashed buckets of the brand block")
+    attribute_buckets: int = Field(512, ge=8, description="hashed buckets of attributes (key=value) and tags")
+    price_bands: int = Field(16, ge=2, description="log-spaced price bands between price_min and price_max")
+    price_min: float = Field(1.0, gt=0)
+    price_max: float = Field(10_000.0, gt=0)
+    price_kernel: float = Field(1.0, gt=0, description="width (in bands) of the Gaussian kernel over price bands: "
+                                                      "prices d bands apart have cosine exp(-d²/4) at width 1")
+    text_weight: float = Field(1.0, ge=0, description="weight of the (unit) text block in the content vector; 0 = "
+                                                     "no text block (the encoder never runs: catalogs without text)")
+    category_weight: float = Field(1.0, ge=0)
+    brand_weight: float = Field(0.5, ge=0)
+    price_weight: float = Field(0.5, ge=0)
+    attribute_weight: float = Field(1.0, ge=0)
+    # projection into the collaborative space (content/projection.py)
+    projection: Literal["ridge", "mlp", "knn"] = Field(
+        "knn", description="content → collaborative map: ridge regression (closed form), a 2-layer MLP, or knn "
+                           "(the ridge map, then a softmax-weighted vote of the true collaborative vectors of the "
+                           "nearest warm items); knn mapped best on the synthetic storefront and Amazon Beauty "
+                           "(BENCHMARKS.md, Content tower)")
+    ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
+                                      description="ridge penalties tried; the best on a validation slice of "
+                                                  "the warm items is kept")
+    knn_neighbours: list[int] = Field(default_factory=lambda: [10, 20, 30],
+                                      description="knn: warm items voting (the best on validation is kept)")
+    knn_temperatures: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1],
+                                          description="knn: softmax temperatures of the vote over cosine "
+                                                      "similarities (the best on validation is kept)")
+    mlp_hidden: int = Field(512, ge=8)
+    mlp_epochs: int = Field(60, ge=1)
+    mlp_lr: float = Field(1e-3, gt=0)
+    mlp_weight_decay: float = Field(1e-4, ge=0)
+    mlp_dropout: float = Field(0.1, ge=0, lt=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="warm items held out to choose the ridge "
+                                                                    "penalty / stop the MLP")
+    min_interactions: int = Field(5, ge=1, description="items with at least this many interactions are warm "
+                                                       "(the projection's training set)")
+    seed: int = 0
+    progress: bool = Field(True, description="show a progress bar while encoding (command line)")
+    # the content candidate source (retrieval/content.py)
+    source: bool = Field(True, description="`shelfwise train` fits the content candidate source with every full "
+                                           "model (encoding is incremental across trainings: only new or changed "
+                                           "items); false = no content source, no encoding")
+    space: Literal["projected", "content"] = Field(
+        "projected", description="the source's item vectors: projected into the ALS space (needs the als source; "
+                                 "falls back to content without it) or the content vectors themselves")
+    history: int = Field(20, ge=1, description="a shopper's most recent items forming their content profile")
+    recency_decay: float = Field(0.8, gt=0, le=1, description="weight of each older item of the profile")
+
+    @model_validator(mode="after")
+    def _prices(self) -> "ContentSettings":
+        if self.price_max <= self.price_min:
+            raise ValueError("price_max must be greater than price_min")
+        for name, values in (("ridge_alphas", self.ridge_alphas), ("knn_neighbours", self.knn_neighbours),
+                             ("knn_temperatures", self.knn_temperatures)):
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers")
+        return self
+
 class ModelSettings(_Section):
     event_weights: EventWeights = EventWeights()
     trending: TrendingSettings = TrendingSettings()
@@ -287,6 +376,7 @@ class ModelSettings(_Section):
     business: BusinessSignals = BusinessSignals()
     ranker: RankerSettings = RankerSettings()
     candidates: CandidateSettings = CandidateSettings()
+    content: ContentSettings = ContentSettings()
 
 
 class APISettings(_Section):
@@ -397,78 +487,6 @@ class PrivacySettings(_Section):
     sqlite_secure_delete: bool = Field(True, description="SQLite: overwrite deleted rows with zeros "
                                                          "(PRAGMA secure_delete) and truncate the WAL after an "
                                                          "erasure, so erased data does not linger in the file")
-class ContentSettings(_Section):
-    """Item content tower (``content/``): a vector per item from its catalog data, projected into the space of the
-    collaborative item embeddings so that an item without interactions lands near the warm items it resembles.
-
-    content vector = [MiniLM(title + description) ‖ hashed category path (every level) ‖ hashed brand ‖ price
-    band ‖ hashed attributes and tags], each block L2-normalised then weighted; see ``content/features.py``."""
-
-    # text encoder (content/encoder.py)
-    backend: Literal["onnx", "torch"] = Field(
-        "onnx", description="runtime of the MiniLM text encoder: onnx (ONNX Runtime over a one-time export cached "
-                            "in cache_dir; measured faster here: BENCHMARKS.md, Content tower) or torch")
-    cache_dir: str = Field("", description="where the ONNX export is cached; empty = <data_dir>/cache/content")
-    batch_size: int = Field(64, ge=1, description="texts per encoder call")
-    max_tokens: int = Field(256, ge=8, le=512, description="word pieces kept per text (the model was trained "
-                                                           "with 256; longer texts are truncated)")
-    max_chars: int = Field(4000, ge=16, description="characters of title + description tokenised (bounds the "
-                                                    "tokeniser's work on a 20,000-character description; 256 "
-                                                    "word pieces rarely need more than ~1,500)")
-    threads: int = Field(0, ge=0, description="intra-op threads of the encoder; 0 = every core (ONNX Runtime: "
-                                               "2 threads 102 texts/s vs 1 thread 84 on this busy 2-core machine; "
-                                               "BENCHMARKS.md, Content tower)")
-    # features (content/features.py)
-    category_buckets: int = Field(256, ge=8, description="hashed buckets of the category path block")
-    brand_buckets: int = Field(128, ge=8, description="hashed buckets of the brand block")
-    attribute_buckets: int = Field(512, ge=8, description="hashed buckets of attributes (key=value) and tags")
-    price_bands: int = Field(16, ge=2, description="log-spaced price bands between price_min and price_max")
-    price_min: float = Field(1.0, gt=0)
-    price_max: float = Field(10_000.0, gt=0)
-    price_kernel: float = Field(1.0, gt=0, description="width (in bands) of the Gaussian kernel over price bands: "
-                                                      "prices d bands apart have cosine exp(-d²/4) at width 1")
-    text_weight: float = Field(1.0, ge=0, description="weight of the (unit) text block in the content vector; 0 = "
-                                                     "no text block (the encoder never runs: catalogs without text)")
-    category_weight: float = Field(1.0, ge=0)
-    brand_weight: float = Field(0.5, ge=0)
-    price_weight: float = Field(0.5, ge=0)
-    attribute_weight: float = Field(1.0, ge=0)
-    # projection into the collaborative space (content/projection.py)
-    projection: Literal["ridge", "mlp", "knn"] = Field(
-        "knn", description="content → collaborative map: ridge regression (closed form), a 2-layer MLP, or knn "
-                           "(the ridge map, then a softmax-weighted vote of the true collaborative vectors of the "
-                           "nearest warm items); knn mapped best on the synthetic storefront and Amazon Beauty "
-                           "(BENCHMARKS.md, Content tower)")
-    ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
-                                      description="ridge penalties tried; the best on a validation slice of "
-                                                  "the warm items is kept")
-    knn_neighbours: list[int] = Field(default_factory=lambda: [10, 20, 30],
-                                      description="knn: warm items voting (the best on validation is kept)")
-    knn_temperatures: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1],
-                                          description="knn: softmax temperatures of the vote over cosine "
-                                                      "similarities (the best on validation is kept)")
-    mlp_hidden: int = Field(512, ge=8)
-    mlp_epochs: int = Field(60, ge=1)
-    mlp_lr: float = Field(1e-3, gt=0)
-    mlp_weight_decay: float = Field(1e-4, ge=0)
-    mlp_dropout: float = Field(0.1, ge=0, lt=1)
-    validation_fraction: float = Field(0.1, gt=0, lt=1, description="warm items held out to choose the ridge "
-                                                                    "penalty / stop the MLP")
-    min_interactions: int = Field(5, ge=1, description="items with at least this many interactions are warm "
-                                                       "(the projection's training set)")
-    seed: int = 0
-    progress: bool = Field(True, description="show a progress bar while encoding (command line)")
-
-    @model_validator(mode="after")
-    def _prices(self) -> "ContentSettings":
-        if self.price_max <= self.price_min:
-            raise ValueError("price_max must be greater than price_min")
-        for name, values in (("ridge_alphas", self.ridge_alphas), ("knn_neighbours", self.knn_neighbours),
-                             ("knn_temperatures", self.knn_temperatures)):
-            if not values or any(v <= 0 for v in values):
-                raise ValueError(f"{name} must be a non-empty list of positive numbers")
-        return self
-
 class ExperimentSettings(_Section):
     """Online experiments (``experiments/``): assignment, exposure & outcome log, analysis, guardrails, bandits."""
 
@@ -533,7 +551,15 @@ class Settings(BaseSettings):
             raise ValueError("privacy.pseudonymize needs privacy.pseudonym_key of at least 16 characters "
                              "(set SHELFWISE_PRIVACY__PSEUDONYM_KEY)")
         return self
-    content: ContentSettings = ContentSettings()
+
+    @model_validator(mode="after")
+    def _content_cache(self) -> "Settings":
+        """The content source (built from the model settings alone) caches its encoder export in the data dir."""
+        if not self.models.content.cache_dir:
+            self.models.content = self.models.content.model_copy(
+                update={"cache_dir": str(self.data_dir / "cache" / "content")})
+        return self
+
     experiments: ExperimentSettings = ExperimentSettings()
 
     @classmethod
@@ -558,7 +584,7 @@ class Settings(BaseSettings):
     @property
     def content_cache_dir(self) -> Path:
         """Where the content tower caches its ONNX export of the text encoder."""
-        return Path(self.content.cache_dir) if self.content.cache_dir else self.data_dir / "cache" / "content"
+        return Path(self.models.content.cache_dir)
 
     @property
     def models_dir(self) -> Path:

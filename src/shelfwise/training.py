@@ -25,8 +25,8 @@ from shelfwise.domain import Item
 from shelfwise.pipeline import Model, Pipeline
 from shelfwise.ranking.labels import split_history
 from shelfwise.ranking.train import resolve_split, train_ranker, without_ranker
-from shelfwise.retrieval import SOURCES, build_retrievers
-from shelfwise.retrieval.base import TrainData
+from shelfwise.retrieval import SOURCES, build_retrievers, with_content
+from shelfwise.retrieval.base import Retriever, TrainData
 from shelfwise.settings import ModelSettings
 from shelfwise.stores import vector_index_factory
 from shelfwise.stores.models import DirectoryModelStore
@@ -69,38 +69,45 @@ def train_data(log: EventLog, catalog: dict[str, Item], settings: ModelSettings)
 
 
 def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings, sources: tuple[str, ...],
-                warm: Fitted | None = None, progress: Progress | None = None, data: TrainData | None = None
-                ) -> Fitted:
-    """Fit the named sources on an event log (no ranker), each from its fit in ``warm`` where it can."""
+                warm: Fitted | None = None, progress: Progress | None = None, data: TrainData | None = None,
+                previous: Path | None = None) -> Fitted:
+    """Fit the named sources on an event log (no ranker), in order (each sees those fitted before it), each from
+    its fit in ``warm`` where it can, or else from the serving model version in ``previous``."""
     data = data if data is not None else train_data(log, catalog, settings)
     retrievers = build_retrievers(settings, sources)
     seconds: dict[str, float] = {}
+    done: dict[str, Retriever] = {}
     for name, r in retrievers.items():
         if progress:
             progress(name)
         t0 = time.perf_counter()
         r.progress = progress
+        r.link(dict(done))
         if warm is not None and name in warm.model.retrievers:
             r.warm_start(warm.model.retrievers[name], warm.data.items)
+        elif previous is not None:
+            r.resume(previous)
         r.fit(data)
+        done[name] = r
         seconds[name] = time.perf_counter() - t0
     model = Model(settings, data.items, retrievers, data.shopper_index, trained_until=data.now)
     return Fitted(model, data, seconds)
 
 
 def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
-                 progress: Progress | None = None) -> Fitted:
-    """Fit the named sources, and the learned ranker when enabled, on an event log (not saved)."""
+                 progress: Progress | None = None, previous: Path | None = None) -> Fitted:
+    """Fit the named sources, and the learned ranker when enabled, on an event log (not saved). ``previous``:
+    the serving model version's directory (sources reuse what still holds, e.g. encoded item texts)."""
     items = {it.id: it for it in catalog.all()}
     if not (settings.ranker.enabled and len(log)):
-        return fit_sources(log, items, settings, sources, progress=progress)
+        return fit_sources(log, items, settings, sources, progress=progress, previous=previous)
     t0 = time.perf_counter()
     settings = resolve_split(settings, log)
     split = split_history(log, settings.ranker, settings.history_length,
                           settings.covisit.session_gap_minutes * 60.0)
     if progress:
         progress("ranker sources (prefix)")
-    prefix = fit_sources(split.prefix, items, without_ranker(settings), sources)
+    prefix = fit_sources(split.prefix, items, without_ranker(settings), sources, previous=previous)
     final_data = train_data(log, items, settings)
     ranker = train_ranker(prefix.pipeline, prefix.model.items, prefix.model.retrievers, prefix.data, final_data, log,
                           items, settings, split, progress)
@@ -111,10 +118,13 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
     return fitted
 
 
-def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES) -> float:
-    """A rough forecast of ``fit_pipeline``'s wall time on a 2-core machine (to tell users when the full model is
+def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
+                     texts: int = 0) -> float:
+    """A rough forecast of ``train``'s wall time on a 2-core machine (to tell users when the full model is
     due): the sequence model's epochs (about 8,000 events a second, capped by its time limit) dominate, the other
-    sources and the ranker's rows scale with the log (BENCHMARKS.md, Training cost)."""
+    sources and the ranker's rows scale with the log (BENCHMARKS.md, Training cost); the content source encodes
+    ``texts`` item texts not encoded by the serving model (about 70 a second under load: BENCHMARKS.md, Content
+    tower)."""
     seq = settings.sequence
     epoch = events / 8000.0
     total = events / 5000.0
@@ -123,6 +133,8 @@ def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, .
         total += first + seq.finetune_epochs * epoch
     if settings.ranker.enabled:
         total *= 1.3
+    if "content" in with_content(sources, settings):
+        total += texts / 70.0
     return total
 
 
@@ -147,7 +159,9 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
             log = log.take(np.fromiter((s in allowed for s in log.shopper), bool, len(log)))
     if len(log) == 0:
         raise ValueError("the event store has no item interactions to train on; import or send events first")
-    fitted = fit_pipeline(log, catalog, settings, sources=sources, progress=progress)
+    current = models.current()
+    fitted = fit_pipeline(log, catalog, settings, sources=with_content(sources, settings), progress=progress,
+                          previous=models.path(current) if current is not None else None)
     version, path = models.new_version()
     fitted.model.version = version
     fitted.model.save(path)

@@ -371,3 +371,36 @@ def test_an_exposure_log_from_before_the_propensity_column_still_reads(tmp_path)
     xlog.close()
     rows = read_exposures(tmp_path / "x.db", "homepage")
     assert rows.request_id.tolist() == ["old", "new", "new"] and rows.propensity.tolist() == [1.0, 1.0, 0.5]
+
+
+def test_features_and_ranked_answers_with_items_added_after_training(shop):
+    """Last in this module (it adds items to the shared engine): rows past the ranker's statistics and the
+    embeddings read as items without interactions, and the ranked homepage serves a history holding them."""
+    from shelfwise.domain import Item
+    from shelfwise.ranking.features import compute_features
+    from shelfwise.request import Candidates, Query
+    from shelfwise.stores.protocols import Interaction, ShopperState
+
+    trained = len(shop.pipeline.items)
+    shop.upsert_items([Item(id="zz-new", title="A new thing", category=["Brand new"], price=12.0, stock=4)])
+    pipe: Pipeline = shop.pipeline
+    new = pipe.items.index["zz-new"]
+    assert new == trained and pipe.ranker is not None
+    ctx = FeatureContext.build(pipe.items, pipe.ranker.stats, pipe.ranker.spec, pipe.retrievers)
+    now = pipe.trained_until + 60
+    q = Query(history=np.array([0, new], np.int32), history_kind=np.zeros(2, np.int8),
+              history_ts=np.array([now - 5, now - 1]), now=now)
+    items = np.array([[new, 1, 2]])
+    cand = Candidates(items, {s: np.zeros(items.shape, np.float32) for s in pipe.ranker.spec.sources},
+                      np.zeros(items.shape, np.float32), np.zeros(items.shape, np.float32))
+    X = compute_features(ctx, [RecRequest(now=now)], [q], cand)
+    names = feature_names(pipe.ranker.spec)
+    col = {n: X[0, 0, names.index(n)] for n in names}
+    assert col["pop_log"] == 0 and col["conversion"] == pytest.approx(0.1)
+    assert col["price_log"] == pytest.approx(np.log(12.0))  # the live table: its own price
+    assert all(col[f"emb_sim_last_{s}"] == 0 for s in pipe.ranker.spec.embeddings)  # no embedding: cosine 0
+    assert np.isfinite(pipe.ranker.score(ctx, [RecRequest(now=now)], [q], cand)).all()
+    state = ShopperState(recent=[Interaction("zz-new", V, now), Interaction(str(pipe.items.ids[3]), V, now + 1)],
+                         purchased=set())
+    ans = shop.recommend(RecRequest("homepage", shopper="someone-new", k=10, state=state, now=now + 2))
+    assert len(ans.items) == 10 and "zz-new" not in [r.item_id for r in ans.items]

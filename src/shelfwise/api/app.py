@@ -195,6 +195,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                "model": {"version": model.version, "sources": list(model.retrievers),
                                          "ranker": model.ranker is not None, "full": model.full,
                                          "trained_until": model.trained_until},
+                               "content": eng.content_status(),
                                "training": training and {
                                    k: training.get(k) for k in ("state", "what", "started_at", "expected_s",
                                                                 "finished_at", "version", "error")}})

@@ -86,6 +86,14 @@ class LiveModel(BaseModel):
     trained_until: float = Field(description="unix time of the newest event it was trained on")
 
 
+class LiveContent(BaseModel):
+    encoded: int = Field(description="items encoded for the content source since the model was loaded (added or "
+                                     "changed after its training)")
+    pending: bool = Field(description="catalog upserts still waiting for the encoder")
+    errors: int = Field(description="encoder batches that failed (their items are not retrievable by content)")
+    last_error: str | None = None
+
+
 class TrainingRun(BaseModel):
     state: Literal["running", "done", "failed"]
     what: str | None = None
@@ -101,6 +109,8 @@ class Ready(BaseModel):
     model_version: str | None = None
     trained: bool | None = None
     model: LiveModel | None = None
+    content: LiveContent | None = Field(None, description="the content source's background encoder (none when "
+                                                          "the model has no content source)")
     training: TrainingRun | None = Field(None, description="the last training run started on this model store")
 
 

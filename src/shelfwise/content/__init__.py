@@ -9,15 +9,18 @@
 * ``tower.ContentTower`` — all three, incremental (``encode_changed``), saved as npz + json into a model version
   directory; ``tower.BackgroundEncoder`` runs encoding on a worker thread for catalog upserts.
 
-How the request path uses it (``ContentTower`` docstring and BENCHMARKS.md, Content tower, have the details):
+How it is used (``ContentTower`` docstring and BENCHMARKS.md, Content tower, have the details): the content
+candidate source (``retrieval/content.py``) fits a tower at training (``tower.fit`` on the warm items against the
+ALS item factors), saves it with the model version and loads it with it (arrays only); the engine
+(``service.py``) feeds catalog upserts to a ``BackgroundEncoder`` whose sink adds the vectors to that source.
 
-    tower = ContentTower(settings.content, cache_dir=settings.content_cache_dir)
+    tower = ContentTower(settings.models.content, cache_dir=settings.content_cache_dir)
     tower.fit(items, item_factors_for(items), warm_mask(interaction_counts(data.item, n, data.weight), 5))
     tower.save(version_dir)                                   # training
-    tower = ContentTower.load(version_dir, settings.content, settings.content_cache_dir)   # API start: arrays only
-    worker = BackgroundEncoder(tower, sink=lambda ids, v: index.add(keys(ids), v))         # upserts, off-path
+    tower = ContentTower.load(version_dir, settings.models.content, settings.content_cache_dir)  # API: arrays only
+    worker = BackgroundEncoder(tower, sink=lambda ids, v: source.add(rows(ids), v))         # upserts, off-path
     worker.submit(upserted_items)
-    tower.similarity_to_history(history_ids, candidate_ids)   # ranker feature
+    tower.similarity_to_history(history_ids, candidate_ids)   # a ranker feature (not used yet)
 """
 
 from shelfwise.content.tower import BackgroundEncoder, ContentTower, interaction_counts, warm_mask

@@ -52,6 +52,10 @@ def weights_fingerprint(path: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+_SHARED: dict[tuple, "TextEncoder"] = {}  # from_settings: configuration -> the process's encoder
+_SHARED_LOCK = threading.Lock()
+
+
 def _threads(n: int) -> int:
     return n if n > 0 else max(1, os.cpu_count() or 1)
 
@@ -83,9 +87,17 @@ class TextEncoder:
 
     @classmethod
     def from_settings(cls, content: Any, cache_dir: Path, backend: Backend | None = None) -> "TextEncoder":
-        """From a ``ContentSettings`` section and the resolved cache directory."""
-        return cls(backend=backend or content.backend, cache_dir=cache_dir, batch_size=content.batch_size,
-                   max_tokens=content.max_tokens, max_chars=content.max_chars, threads=content.threads)
+        """From a ``ContentSettings`` section and the resolved cache directory: one encoder per configuration in a
+        process (it is thread-safe), so the towers of successive model versions load the model once."""
+        key = (backend or content.backend, str(cache_dir), content.batch_size, content.max_tokens, content.max_chars,
+               content.threads)
+        with _SHARED_LOCK:
+            got = _SHARED.get(key)
+            if got is None:
+                got = _SHARED[key] = cls(backend=key[0], cache_dir=cache_dir, batch_size=content.batch_size,
+                                         max_tokens=content.max_tokens, max_chars=content.max_chars,
+                                         threads=content.threads)
+        return got
 
     # -- loading ------------------------------------------------------------------------------------------------
     @property

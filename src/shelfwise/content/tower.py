@@ -1,9 +1,9 @@
 """``ContentTower``: text encoder + content features + projection, with incremental encoding and save/load.
 
-    tower = ContentTower(settings.content, cache_dir=settings.content_cache_dir)
+    tower = ContentTower(settings.models.content, cache_dir=settings.content_cache_dir)
     tower.fit(catalog_items, item_factors, warm)           # rows of item_factors / warm align with catalog_items
     ids, vectors = tower.encode_changed(upserted_items)     # only new or changed items; (n, d) unit vectors
-    tower.save(version_dir); ContentTower.load(version_dir, settings.content, settings.content_cache_dir)
+    tower.save(version_dir); ContentTower.load(version_dir, settings.models.content, settings.content_cache_dir)
 
 State per item: a content hash (every field the vector reads) and a text hash (what MiniLM reads), its content
 vector and its projected vector. ``encode_changed`` re-encodes an item only when its content hash changed, and
@@ -141,8 +141,8 @@ class ContentTower:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ContentTower":
-        """From the whole ``Settings`` (its ``content`` section and ``content_cache_dir``)."""
-        return cls(settings.content, cache_dir=settings.content_cache_dir)
+        """From the whole ``Settings`` (its ``models.content`` section and ``content_cache_dir``)."""
+        return cls(settings.models.content, cache_dir=settings.content_cache_dir)
 
     # -- encoder ------------------------------------------------------------------------------------------------
     @property
@@ -561,6 +561,12 @@ class BackgroundEncoder:
         self.errors += 1
         self.last_error = f"{type(e).__name__}: {e}"
         log.exception("content encoder: %s", self.last_error)
+
+    @property
+    def pending(self) -> bool:
+        """Submitted batches (or the warm-up) not yet handed to the sink."""
+        with self._cond:
+            return self._pending > 0
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted batch has been handed to the sink; False on timeout."""

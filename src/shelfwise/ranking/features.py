@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shelfwise.domain import EventType, Item
-from shelfwise.items import ItemTable
+from shelfwise.items import ItemTable, pad_rows
 from shelfwise.request import Candidates, Query, RecRequest
 from shelfwise.retrieval.base import Retriever, TrainData
 
@@ -74,12 +74,13 @@ def feature_names(spec: FeatureSpec) -> list[str]:
 
 
 def embedding_of(retrievers: dict[str, Retriever], source: str, n_items: int) -> np.ndarray | None:
-    """The item vectors of an embedding source, when it has them for every item."""
+    """The item vectors of an embedding source, when it has them for every item it was fitted on (zero vectors
+    for items added to the catalog since)."""
     r = retrievers.get(source)
     e = getattr(r, EMBEDDINGS.get(source, ""), None) if r is not None else None
-    if e is None or not hasattr(e, "shape") or e.ndim != 2 or e.shape[0] != n_items or e.shape[1] == 0:
+    if e is None or not hasattr(e, "shape") or e.ndim != 2 or e.shape[0] > n_items or e.shape[1] == 0:
         return None
-    return e
+    return pad_rows(e, n_items)
 
 
 @dataclass
@@ -116,6 +117,17 @@ class ItemStats:
                    conversion=((baskets + 0.1) / (count + 1.0)).astype(np.float32),
                    first_seen=first, price_band=_price_band(data.items.price, data.items.category),
                    tags=_tag_matrix(data.items.ids, catalog or {}), now=now)
+
+    def padded(self, n: int) -> "ItemStats":
+        """These statistics for a table of ``n`` items: the items added since training as items without
+        interactions (what ``fit`` gives an item never seen)."""
+        if len(self.pop_log) >= n:
+            return self
+        extra = n - self.tags.shape[0]
+        tags = sp.vstack([self.tags, sp.csr_matrix((extra, self.tags.shape[1]), dtype=np.float32)]).tocsr()
+        return ItemStats(pad_rows(self.pop_log, n), pad_rows(self.pop_recent, n), pad_rows(self.trend, n),
+                         pad_rows(self.conversion, n, 0.1), pad_rows(self.first_seen, n, np.nan),
+                         pad_rows(self.price_band, n, np.nan), tags, self.now)
 
     def save(self, path: Path, prefix: str = "ranker_stats") -> None:
         np.savez(path / f"{prefix}.npz", pop_log=self.pop_log, pop_recent=self.pop_recent, trend=self.trend,
@@ -238,7 +250,7 @@ class FeatureContext:
     def build(cls, items: ItemTable, stats: ItemStats, spec: FeatureSpec,
               retrievers: dict[str, Retriever]) -> "FeatureContext":
         emb = {s: e for s in spec.embeddings if (e := embedding_of(retrievers, s, len(items))) is not None}
-        return cls(items, stats, spec, emb)
+        return cls(items, stats.padded(len(items)), spec, emb)
 
 
 def compute_features(ctx: FeatureContext, requests: Sequence[RecRequest], queries: Sequence[Query],

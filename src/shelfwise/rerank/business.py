@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shelfwise.items import ItemTable, category_prefix_mask
+from shelfwise.items import ItemTable, category_prefix_mask, pad_rows
 from shelfwise.settings import BusinessSignals, ScoreWeights
 
 SIGNALS = ("trend", "stock", "margin", "freshness", "seasonality")
@@ -38,7 +38,8 @@ class BusinessScorer:
     def __init__(self, items: ItemTable, signals: BusinessSignals, trend: np.ndarray | None = None,
                  tags: Callable[[], list[set[str]]] | None = None):
         self.items, self.signals = items, signals
-        self.trend = trend if trend is not None and len(trend) == len(items) else np.zeros(len(items), np.float32)
+        n = len(items)  # items added since the trending source was fitted: no trend
+        self.trend = pad_rows(trend, n) if trend is not None and len(trend) <= n else np.zeros(n, np.float32)
         self._tags = tags
         self._static: dict[tuple, np.ndarray] = {}
         self._fresh: dict[int, np.ndarray] = {}

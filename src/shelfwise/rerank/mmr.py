@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shelfwise.items import ItemTable
+from shelfwise.items import ItemTable, pad_rows
 from shelfwise.settings import BusinessSignals, DiversitySettings
 
 
@@ -60,6 +60,7 @@ class Similarity:
               unit: np.ndarray | None, bands: np.ndarray | None = None) -> "Similarity":
         """``unit``: unit-length item embeddings (row i = item i), or None; ``bands``: ``price_bands`` of the
         items when the caller keeps them (shared by every placement of a catalog)."""
-        vectors = unit if unit is not None and len(unit) == len(items) else None
+        n = len(items)  # items added since the embedding was fitted: no embedding similarity
+        vectors = pad_rows(unit, n) if unit is not None and 0 < len(unit) <= n else None
         bands = price_bands(items.price, signals.price_band_ratio) if bands is None else bands
         return cls(items.category, bands, vectors, diversity.category, diversity.price_band, diversity.embedding)

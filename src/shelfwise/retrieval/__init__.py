@@ -12,6 +12,7 @@ from typing import Callable
 
 from shelfwise.retrieval.als import ALSRetriever
 from shelfwise.retrieval.base import Retriever, SourceScores, TrainData
+from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.retrieval.covisit import CovisitRetriever
 from shelfwise.retrieval.ease import EASERetriever
 from shelfwise.retrieval.sequence import SequenceRetriever
@@ -37,6 +38,8 @@ REGISTRY: dict[str, SourceKind] = {
     # optional source, not in SOURCES (n_items² memory)
     "ease": SourceKind(lambda s: EASERetriever(s.ease), EASERetriever.load),
     "sequence": SourceKind(lambda s: SequenceRetriever(s.sequence), SequenceRetriever.load),
+    # not in SOURCES: `shelfwise train` adds it to a full model when `models.content.source` (with_content)
+    "content": SourceKind(lambda s: ContentRetriever(s.content), ContentRetriever.load),
 }
 
 
@@ -44,6 +47,15 @@ def _known(names: tuple[str, ...] | list[str]) -> None:
     unknown = set(names) - set(REGISTRY)
     if unknown:
         raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(REGISTRY)}")
+
+
+def with_content(sources: tuple[str, ...], settings: ModelSettings) -> tuple[str, ...]:
+    """The sources of a served model: the content source joins a full model (one with ALS, whose item space its
+    vectors are projected into) unless ``models.content.source`` is off. Offline evaluation of the default
+    pipeline leaves it out: no placement it measures weighs it."""
+    if settings.content.source and "als" in sources and "content" not in sources:
+        return (*sources, "content")
+    return sources
 
 
 def build_retrievers(settings: ModelSettings, names: tuple[str, ...] = SOURCES) -> dict[str, Retriever]:
@@ -58,4 +70,5 @@ def load_retriever(name: str, path: Path) -> Retriever:
     return REGISTRY[name].load(path)
 
 
-__all__ = ["Retriever", "SourceScores", "TrainData", "build_retrievers", "load_retriever", "REGISTRY", "SOURCES"]
+__all__ = ["Retriever", "SourceScores", "TrainData", "build_retrievers", "load_retriever", "REGISTRY", "SOURCES",
+           "with_content"]

@@ -41,6 +41,7 @@ class TrainData:
     order: np.ndarray  # int64 order index (-1 when not a purchase)
     weight: np.ndarray  # float32 implicit-feedback weight of the event type
     shopper_index: dict[str, int] = field(default_factory=dict)
+    catalog: dict[str, Item] = field(default_factory=dict)  # the catalog's items by id (content: titles, brands)
 
     def __post_init__(self) -> None:
         if not self.shopper_index:
@@ -90,7 +91,7 @@ class TrainData:
             keys = np.char.add(log.shopper[is_buy].astype(str), np.char.add("\x1f", log.order[is_buy].astype(str)))
             order[is_buy] = np.unique(keys, return_inverse=True)[1]
         return cls(table, shoppers.astype(object), user.astype(np.int32), item, kind, log.ts.astype(np.float64),
-                   session, order, weight_of[kind])
+                   session, order, weight_of[kind], catalog=catalog)
 
     def sequences(self) -> list[np.ndarray]:
         """Item indices of each shopper, oldest first (row u = shopper u)."""
@@ -227,6 +228,39 @@ class RowStack(SourceScores):
         return out if out is not None else np.zeros((self.n_rows, 0), np.float32)
 
 
+class ResizedScores(SourceScores):
+    """A source's scores over its own ``n_source`` items, seen over a request's ``n`` items: the items added to
+    the catalog after the source was fitted have no evidence from it; items a source knows that the request's
+    catalog does not (added while the request ran) are never proposed."""
+
+    def __init__(self, inner: SourceScores, n_source: int, n: int) -> None:
+        self.inner, self.n_source, self.n = inner, n_source, n
+
+    def top(self, k: int, exclusions: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.top(k, exclusions.over(self.n_source))
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        return self.inner.at(np.where(items < self.n_source, items, -1))
+
+    def peak(self) -> np.ndarray:
+        return self.inner.peak()
+
+    def dense(self) -> np.ndarray:
+        d = self.inner.dense()
+        if d.shape[1] >= self.n:
+            return d[:, :self.n]
+        return np.pad(d, ((0, 0), (0, self.n - d.shape[1])))
+
+
+def scores_over(source: "Retriever", queries: Sequence[Query], n_items: int) -> SourceScores:
+    """``source``'s scores for queries over a catalog of ``n_items`` items, which may have items the source was
+    not fitted on (added since): they leave its queries and get no evidence from it (``ResizedScores``)."""
+    m = source.n_items
+    if m == n_items:
+        return source.scores(queries)
+    return ResizedScores(source.scores([q.within(m) for q in queries]), m, n_items)
+
+
 def stack_rows(n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) -> SourceScores:
     return RowStack(n_rows, [(r, p) for r, p in parts if len(r)])
 
@@ -286,6 +320,14 @@ class Retriever(ABC):
     def warm_start(self, earlier: "Retriever", earlier_items: ItemTable) -> None:
         """Start the next ``fit`` from ``earlier``, a fit of this source on a prefix of the same log whose
         vocabulary is ``earlier_items``. By default nothing: sources that fit in seconds fit from scratch."""
+
+    def link(self, fitted: dict[str, "Retriever"]) -> None:
+        """Before ``fit``: the sources of the same training fitted before this one (whose item embedding this
+        one may build on). By default nothing."""
+
+    def resume(self, path: Path) -> None:
+        """Before ``fit``: the directory of the model version serving now, from whose fit of this source the next
+        ``fit`` may reuse what still holds (e.g. encoded item texts). By default nothing."""
 
     @abstractmethod
     def scores(self, queries: Sequence[Query]) -> SourceScores:

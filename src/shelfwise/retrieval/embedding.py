@@ -5,6 +5,10 @@ exact product for catalogs up to ``exact_max_items`` and for big offline batches
 through the ``VectorIndex`` attached to it (``stores.vectors``: in-process HNSW, exact, or pgvector shared by
 every replica). ``VectorScores`` turns query vectors into a source's ``SourceScores`` either way, so the
 cost of a request does not grow with the catalog once it is searched through an index.
+
+Vectors change without retraining through ``updated`` (the content source: items added or changed after
+training): a new ``ItemVectors`` sharing the index, whose rows appended since the index was built are searched
+exactly beside it, until the next model version builds a new index.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class ItemVectors:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.search_settings = search or CandidateSettings()
         self.index: VectorIndex | None = None
+        self.indexed = 0  # rows the index holds (the first ones); later rows are searched exactly
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -43,6 +48,15 @@ class ItemVectors:
         if settings is not None:
             self.search_settings = settings
         self.index = factory(self.name, self.vectors) if factory is not None and self.needs_index else None
+        self.indexed = len(self.vectors) if self.index is not None else 0
+
+    def updated(self, vectors: np.ndarray) -> "ItemVectors":
+        """New vectors for these items (rows replaced or appended), sharing this index: readers of this object are
+        unaffected. Appended rows are searched exactly beside the index; a replaced row is found by the index at
+        its old position until the next index build (its scores are always the new vector's)."""
+        out = ItemVectors(self.name, vectors, self.search_settings)
+        out.index, out.indexed = self.index, self.indexed
+        return out
 
     def exact_for(self, batch: int) -> bool:
         s = self.search_settings
@@ -59,7 +73,14 @@ class ItemVectors:
             idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             return idx.astype(np.int64), take_rows(scores, idx)
         assert self.index is not None
-        return self.index.search(queries, k)
+        keys, scores = self.index.search(queries, k)
+        if len(self.vectors) <= self.indexed:
+            return keys, scores
+        more, more_scores = top_k(queries @ self.vectors[self.indexed:].T, k)
+        keys = np.concatenate([keys, more + self.indexed], axis=1)
+        scores = np.concatenate([scores, more_scores], axis=1)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return take_rows(keys, best), take_rows(scores, best)
 
     def dot(self, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(B, M) inner products of each query with its items (-1 pads give 0)."""

@@ -12,6 +12,10 @@ what the union approximates (a test checks they agree).
 
 Either way the items the request's rules need (pins, reserved slots) are added, and popular items when evidence
 runs out, so a rail is never empty while the catalog has servable items.
+
+Items added to the catalog after training are scored by the sources as having no evidence from those fitted
+without them (``scores_over``), except that ``cold_transfer`` of those sources' weight goes to the content
+source's score of them (``cold_weights``): the content source is the only one that can judge them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from shelfwise.request import Candidates, Exclusions, take_rows
-from shelfwise.retrieval.base import Retriever, SourceScores, top_k
+from shelfwise.retrieval.base import Retriever, SourceScores, scores_over, top_k
 from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.settings import CandidateSettings
 from shelfwise.stages.base import Batch, padded
@@ -55,9 +59,9 @@ def without(items: np.ndarray, present: np.ndarray) -> np.ndarray:
 class CandidateStage:
     name = "candidates"
 
-    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings, n_items: int,
+    def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings,
                  depth: dict[str, int] | None = None) -> None:
-        self.sources, self.settings, self.n_items = sources, settings, n_items
+        self.sources, self.settings = sources, settings
         self.depth = depth or {}  # placement -> candidates the learned ranker re-scores
         trending = sources.get("trending")
         self._popular = trending if isinstance(trending, TrendingRetriever) else None
@@ -94,8 +98,20 @@ class CandidateStage:
             rows[r] = np.concatenate(got)[:want] if got else np.zeros(0, np.int64)
         return padded(rows)
 
+    def cold_weights(self, weights: dict[str, float], n_items: int) -> np.ndarray | None:
+        """(n_items,) the extra weight of the content source's score of each item: ``cold_transfer`` of the weights
+        of the sources fitted without the item (added since); None when no weighted source lacks an item."""
+        if "content" not in weights:
+            return None
+        out = np.zeros(n_items, np.float32)
+        for name, w in weights.items():
+            m = self.sources[name].n_items
+            if name != "content" and m < n_items:
+                out[m:] += self.settings.cold_transfer * w
+        return out if out.any() else None
+
     def _score(self, items: np.ndarray, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
-               weights: dict[str, float]) -> Candidates:
+               weights: dict[str, float], cold: np.ndarray | None) -> Candidates:
         sources: dict[str, np.ndarray] = {}
         blend = np.zeros(items.shape, np.float32)
         for name, sc in scored.items():
@@ -103,6 +119,8 @@ class CandidateStage:
             s = np.divide(sc.at(items), pk, out=np.zeros(items.shape, np.float32), where=pk > 0)
             sources[name] = s
             blend += weights[name] * s
+        if cold is not None:
+            blend += np.where(items >= 0, cold[np.maximum(items, 0)], 0.0) * sources["content"]
         score = np.where(items >= 0, blend, -np.inf).astype(np.float32)
         return Candidates(items, sources, blend, score)
 
@@ -113,27 +131,30 @@ class CandidateStage:
         return min(self.settings.limit, max(self.depth.get(batch.placement, 0), pool, 4 * batch.kmax))
 
     def _union(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
-               weights: dict[str, float]) -> Candidates:
+               weights: dict[str, float], cold: np.ndarray | None) -> Candidates:
         ex = batch.exclusions
         assert ex is not None
         # a source gives its best `per_source` items, however many of its best ones a request excludes
         proposals = [sc.top(self.settings.per_source, ex)[0] for sc in scored.values()]
         union = union_rows(proposals) if proposals else np.full((len(batch), 0), -1, np.int64)
-        return self._score(union, scored, peaks, weights).sorted(self.need(batch))
+        return self._score(union, scored, peaks, weights, cold).sorted(self.need(batch))
 
     def _dense(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
-               weights: dict[str, float]) -> Candidates:
+               weights: dict[str, float], cold: np.ndarray | None) -> Candidates:
         ex = batch.exclusions
         assert ex is not None
-        total = np.zeros((len(batch), self.n_items), np.float32)
+        n_items = len(ex.banned)
+        total = np.zeros((len(batch), n_items), np.float32)
         normed = {}
         for name, sc in scored.items():
             pk = peaks[name][:, None]
             s = np.divide(sc.dense(), pk, out=np.zeros(total.shape, np.float32), where=pk > 0)
             normed[name] = s
             total += weights[name] * s
+        if cold is not None:
+            total += cold[None, :] * normed["content"]
         total[ex.dense()] = -np.inf
-        idx, val = top_k(total, min(self.need(batch), self.n_items))
+        idx, val = top_k(total, min(self.need(batch), n_items))
         items = np.where(np.isfinite(val), idx, -1)  # items without evidence too (blend 0, lowest index first)
         safe = np.maximum(items, 0)
         sources = {n: np.where(items >= 0, take_rows(s, safe), 0.0).astype(np.float32) for n, s in normed.items()}
@@ -144,10 +165,12 @@ class CandidateStage:
         ex = batch.exclusions
         assert ex is not None
         weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
-        scored = {n: self.sources[n].scores(batch.queries) for n in weights}
+        n_items = len(ex.banned)  # the request's catalog (it may have items some sources were not fitted on)
+        scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
         peaks = {n: sc.peak() for n, sc in scored.items()}
-        dense = self.n_items <= self.settings.dense_max_items
-        cand = (self._dense if dense else self._union)(batch, scored, peaks, weights)
+        dense = n_items <= self.settings.dense_max_items
+        cold = self.cold_weights(weights, n_items)
+        cand = (self._dense if dense else self._union)(batch, scored, peaks, weights, cold)
         extra = [] if batch.extra is None else [without(padded(batch.extra), cand.items)]
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
             e = extra[0]
@@ -155,7 +178,7 @@ class CandidateStage:
         fill = self._fill(union_rows([cand.items] + extra), batch.kmax, ex)
         more = union_rows(extra + [fill]) if extra or fill.shape[1] else fill
         if more.shape[1] and (more >= 0).any():
-            add = self._score(more, scored, peaks, weights)
+            add = self._score(more, scored, peaks, weights, cold)
             cand = Candidates(np.concatenate([cand.items, add.items], axis=1),
                               {n: np.concatenate([cand.sources[n], add.sources[n]], axis=1) for n in cand.sources},
                               np.concatenate([cand.blend, add.blend], axis=1),
