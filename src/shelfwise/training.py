@@ -12,6 +12,7 @@ The order (``fit_pipeline``), with the ranker enabled:
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from shelfwise.stores.models import DirectoryModelStore
 from shelfwise.stores.protocols import Catalog, EventLog, EventStore
 
 Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,7 +162,14 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
     if len(log) == 0:
         raise ValueError("the event store has no item interactions to train on; import or send events first")
     current = models.current()
-    fitted = fit_pipeline(log, catalog, settings, sources=with_content(sources, settings), progress=progress,
+    n_items = len(catalog.ids())
+    if n_items > settings.content.max_items and settings.content.source and "als" in sources:
+        note = (f"{n_items} catalog items > models.content.max_items ({settings.content.max_items}): training "
+                "without the content source")
+        logger.warning(note)
+        if progress:
+            progress(note)
+    fitted = fit_pipeline(log, catalog, settings, sources=with_content(sources, settings, n_items), progress=progress,
                           previous=models.path(current) if current is not None else None)
     version, path = models.new_version()
     fitted.model.version = version

@@ -172,8 +172,10 @@ def test_training_projects_into_als_and_encodes_only_new_texts(settings, counted
     eng.close()
 
 
-def test_no_content_source_when_switched_off(settings):
-    ms = settings.models.model_copy(update={"content": settings.models.content.model_copy(update={"source": False})})
+@pytest.mark.parametrize("why", ["switched off", "catalog above max_items"])
+def test_no_content_source_when_switched_off(settings, why):
+    off = {"source": False} if why == "switched off" else {"max_items": len(tiny_catalog()) - 1}
+    ms = settings.models.model_copy(update={"content": settings.models.content.model_copy(update=off)})
     eng = Shelfwise(settings)
     eng.upsert_items(tiny_catalog())
     eng.ingest(tiny_events())

@@ -49,11 +49,13 @@ def _known(names: tuple[str, ...] | list[str]) -> None:
         raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(REGISTRY)}")
 
 
-def with_content(sources: tuple[str, ...], settings: ModelSettings) -> tuple[str, ...]:
+def with_content(sources: tuple[str, ...], settings: ModelSettings, n_items: int = 0) -> tuple[str, ...]:
     """The sources of a served model: the content source joins a full model (one with ALS, whose item space its
-    vectors are projected into) unless ``models.content.source`` is off. Offline evaluation of the default
-    pipeline leaves it out: no placement it measures weighs it."""
-    if settings.content.source and "als" in sources and "content" not in sources:
+    vectors are projected into) of a catalog of at most ``models.content.max_items`` items, unless
+    ``models.content.source`` is off. Offline evaluation of the default pipeline leaves it out: no placement it
+    measures weighs it."""
+    if (settings.content.source and "als" in sources and "content" not in sources
+            and n_items <= settings.content.max_items):
         return (*sources, "content")
     return sources
 
