@@ -187,3 +187,27 @@ def test_no_content_source_when_switched_off(settings, why):
     assert "p9" in eng.pipeline.items.index
     assert len(eng.recommend(RecRequest("pdp_similar", item_id="p9", k=4)).items) == 4
     eng.close()
+
+
+def test_rules_facts_grow_with_the_table_without_reading_the_whole_catalog():
+    from shelfwise.rules.compile import match_mask
+    from shelfwise.rules.schema import ItemMatch
+    from shelfwise.rules.stage import RulesStage, StaticRules
+
+    cat = {it.id: it for it in tiny_catalog()}
+    reads = []
+    stage = RulesStage(StaticRules(), lambda: reads.append(1) or list(cat.values()))
+    table = ItemTable.build(sorted(cat), cat)
+    before = stage.facts(table)
+    assert len(reads) == 1
+    grown = table.with_items(NEW)
+    stage.catalog_changed(grown, NEW)  # what Shelfwise.upsert_items does after swapping in the grown table
+    after = stage.facts(grown)
+    assert len(reads) == 1  # the appended rows came from the upserted items, not from a catalog read
+    assert len(before.attributes) == len(table) and len(after.attributes) == len(grown)  # the old facts untouched
+    g1 = grown.index["g1"]
+    assert after.brand[g1] == "Aqua" and match_mask(ItemMatch(brands=["Aqua"]), grown, after).nonzero()[0].tolist() == [g1]
+    # another table (a new model) is read from the catalog again
+    stage.catalog_changed(ItemTable.build(sorted(cat), cat), NEW)
+    stage.facts(ItemTable.build(sorted(cat), cat))
+    assert len(reads) == 2

@@ -40,6 +40,7 @@ class ItemFacts:
     brand: np.ndarray  # object: brand name or None
     tags: list[frozenset[str]]
     attributes: list[dict[str, Any]]
+    ids: np.ndarray | None = None  # the item ids of the table they were built for
 
     @classmethod
     def build(cls, items: ItemTable, catalog: dict[str, Item]) -> "ItemFacts":
@@ -49,7 +50,20 @@ class ItemFacts:
             brand.append(it.brand if it else None)
             tags.append(frozenset(it.tags) if it else frozenset())
             attrs.append(it.attributes if it else {})
-        return cls(np.array(brand, dtype=object), tags, attrs)
+        return cls(np.array(brand, dtype=object), tags, attrs, items.ids)
+
+    def grown(self, items: ItemTable, added: Sequence[Item]) -> "ItemFacts | None":
+        """New facts for ``items`` when it is this table with rows appended (``ItemTable.with_items``), the
+        appended rows filled from ``added`` (the items just upserted) — instead of reading the whole catalog again
+        (25 s at 1M items); None when ``items`` is another table."""
+        n = len(self.attributes)
+        if self.ids is None or len(items) <= n or not np.array_equal(items.ids[:n], self.ids):
+            return None
+        extra = len(items) - n
+        out = ItemFacts(np.concatenate([self.brand, np.full(extra, None, dtype=object)]),
+                        self.tags + [frozenset()] * extra, self.attributes + [{} for _ in range(extra)], items.ids)
+        out.update(items, [it for it in added if items.index.get(it.id, -1) >= n])
+        return out
 
     def update(self, items: ItemTable, changed: Sequence[Item]) -> None:
         for it in changed:

@@ -184,9 +184,16 @@ class RulesStage:
 
     # ---- catalog -------------------------------------------------------------------------------------
     def catalog_changed(self, items: ItemTable | None = None, changed: Sequence[Item] = ()) -> None:
-        """The catalog changed (stock, price, attributes...): the rules are recompiled in the background."""
-        if self._facts is not None and items is not None and self._facts[0] == id(items) and changed:
-            self._facts[1].update(items, changed)
+        """The catalog changed (stock, price, attributes...): the rules are recompiled in the background. Items new
+        to the serving model (a table with rows appended) extend the facts instead of a full catalog read."""
+        got = self._facts
+        if got is not None and items is not None and changed:
+            if got[0] != id(items):
+                grown = got[1].grown(items, changed)
+                if grown is not None:
+                    self._facts = got = (id(items), grown)
+            if got[0] == id(items):
+                got[1].update(items, changed)
         self._gen += 1
 
     def facts(self, items: ItemTable) -> ItemFacts | None:
