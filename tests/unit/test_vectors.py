@@ -81,3 +81,22 @@ def test_hnsw_rejects_bad_input():
         HNSWIndex().build(np.array([-1, 2]), np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError):
         HNSWIndex().build(np.array([1, 2, 3]), np.zeros((2, 4), np.float32))
+
+
+def test_hnsw_search_that_finds_fewer_neighbours_than_asked_pads_instead_of_failing():
+    """hnswlib raises when a query reaches fewer than k items (seen at 100k items as a 500 under load); here
+    provoked by marking most of the items deleted."""
+    from shelfwise.stores.vectors import HNSWIndex
+
+    rng = np.random.default_rng(3)
+    idx = HNSWIndex(m=4, ef_construction=10, ef_search=4)
+    idx.build(np.arange(50), rng.normal(size=(50, 8)).astype(np.float32))
+    for key in range(3, 50):
+        idx._index.mark_deleted(key)
+    with pytest.raises(RuntimeError):  # what the index does on its own
+        idx._index.knn_query(np.zeros((1, 9), np.float32), k=10)
+    keys, scores = idx.search(rng.normal(size=(2, 8)).astype(np.float32), 10)
+    assert keys.shape == (2, 10) and scores.shape == (2, 10)
+    for row_k, row_s in zip(keys, scores):
+        found = row_k[row_k >= 0]
+        assert 1 <= len(found) <= 3 and set(found) <= {0, 1, 2} and np.isneginf(row_s[len(found):]).all()

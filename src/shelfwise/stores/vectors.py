@@ -125,8 +125,33 @@ class HNSWIndex:
             return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
         self._set_ef(max(self.ef_search, kk))
         q = np.hstack([q, np.zeros((len(q), 1), np.float32)])
-        labels, dist = self._index.knn_query(q, k=kk, num_threads=self.threads)
+        try:
+            labels, dist = self._index.knn_query(q, k=kk, num_threads=self.threads)
+        except RuntimeError:  # some query reached fewer than kk items (a poorly connected part of the graph)
+            return self._search_each(q, kk, k)
         return _pad(labels.astype(np.int64), (1.0 - dist).astype(np.float32), k)
+
+    def _search_each(self, q: np.ndarray, kk: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Query by query: a wider search (4x ef), then as many neighbours as the graph yields (halving k),
+        padded with key -1 / score -inf — never an error for the request that asked."""
+        out_k = np.full((len(q), k), -1, np.int64)
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        ef = self._ef
+        try:
+            self._set_ef(max(self.ef_search, kk) * 4)
+            for i in range(len(q)):
+                want = kk
+                while want > 0:
+                    try:
+                        labels, dist = self._index.knn_query(q[i:i + 1], k=want, num_threads=1)
+                        break
+                    except RuntimeError:
+                        want //= 2
+                if want:
+                    out_k[i, :want], out_s[i, :want] = labels[0], 1.0 - dist[0]
+        finally:
+            self._set_ef(ef)
+        return out_k, out_s
 
     def __len__(self) -> int:
         return self._n
