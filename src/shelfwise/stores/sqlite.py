@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -59,9 +60,20 @@ def connect(path: Path, synchronous: str = "FULL", secure_delete: bool = True) -
     ``secure_delete`` (deleted rows overwritten with zeros, not left readable on free pages)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute("PRAGMA busy_timeout=10000")
+    # switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once
+    # (without the busy wait) while another connection opens the same new file: retry for up to 10 s
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                db.close()
+                raise
+            time.sleep(0.02)
+    db.execute(f"PRAGMA synchronous={synchronous}")
     if secure_delete:
         db.execute("PRAGMA secure_delete=ON")
     return db
