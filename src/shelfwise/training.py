@@ -163,13 +163,14 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
         raise ValueError("the event store has no item interactions to train on; import or send events first")
     current = models.current()
     n_items = len(catalog.ids())
-    if n_items > settings.content.max_items and settings.content.source and "als" in sources:
+    chosen = with_content(sources, settings, n_items)
+    if chosen != with_content(sources, settings):  # only the catalog's size kept the content source out
         note = (f"{n_items} catalog items > models.content.max_items ({settings.content.max_items}): training "
                 "without the content source")
         logger.warning(note)
         if progress:
             progress(note)
-    fitted = fit_pipeline(log, catalog, settings, sources=with_content(sources, settings, n_items), progress=progress,
+    fitted = fit_pipeline(log, catalog, settings, sources=chosen, progress=progress,
                           previous=models.path(current) if current is not None else None)
     version, path = models.new_version()
     fitted.model.version = version
