@@ -40,6 +40,8 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import numpy as np
 from scipy import stats
 
+from shelfwise.ranking import labels
+
 
 # ---- item exploration ------------------------------------------------------------------------------------------
 @dataclass
@@ -295,11 +297,12 @@ def logged_decisions(requests: Iterable[Any]) -> list[LoggedDecision]:
 
 
 def ipw_weights(propensities: np.ndarray, clip: float = 20.0) -> np.ndarray:
-    """Training weights 1/p for logged exposures (the learned ranker), clipped at ``clip``."""
+    """Training weights 1/p for logged exploration slots, clipped at ``clip``: the learned ranker's own weighting
+    (``ranking.labels.ipw_weights`` with ``shown``), without its position part."""
     p = np.asarray(propensities, float)
     if np.any(p <= 0):
         raise ValueError("propensities must be > 0")
-    return np.minimum(1.0 / p, clip)
+    return labels.ipw_weights(np.zeros(len(p)), eta=0.0, max_weight=clip, shown=p)
 
 
 # ---- baselines for the regret benchmark ------------------------------------------------------------------------------
