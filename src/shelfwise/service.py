@@ -194,7 +194,7 @@ class Shelfwise:
 
         The collector's full passes otherwise walk every long-lived object — the model, imported libraries, the
         online state's shopper histories, the answer cache — stalling a request each time (measured at 12k items:
-        p99 127 ms where p95 is 16 ms). Frozen objects are still freed by reference counting; only a reference
+        p99 140 ms without this, 34-37 ms with it; BENCHMARKS.md, Serving). Frozen objects are still freed by reference counting; only a reference
         cycle that dies while frozen waits for the next ``everything`` pass. The API calls this with
         ``everything`` at start-up and after each model swap (the previous model's objects are unfrozen so they
         can be collected), and every ``api.freeze_heap_s`` seconds without (only what is new since the last pass
@@ -204,7 +204,7 @@ class Shelfwise:
         if everything:
             gc.unfreeze()
             # fewer young collections (each also ages survivors towards the full pass): 20,000 allocations
-            # between them instead of 700; measured p99 23.1 vs 23.2-25.1 ms, max 33-121 vs 67-121 ms
+            # between them instead of 700 (a small gain within the runs' noise)
             gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 20)
         gc.collect()
         gc.freeze()
