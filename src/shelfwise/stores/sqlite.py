@@ -79,6 +79,35 @@ def connect(path: Path, synchronous: str = "FULL", secure_delete: bool = True) -
     return db
 
 
+class Readers:
+    """One read-only connection per thread. In WAL mode a reader never waits for a writer (nor for its commit's
+    fsync) and sees every commit made before its statement began; writes stay serialised on the one write
+    connection. Each statement is its own transaction, so no reader holds a snapshot that blocks a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path, secure_delete=False)
+            db.execute("PRAGMA query_only=ON")
+            with self._guard:
+                self._opened.append(db)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        with self._guard:
+            for db in self._opened:
+                db.close()
+            self._opened.clear()
+        self._local = threading.local()
+
+
 def path_from_dsn(dsn: str) -> Path:
     if not dsn.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite DSN: {dsn!r} (expected sqlite:///path/to/file.db)")
@@ -94,6 +123,7 @@ class SQLiteStore:
         self._db = connect(self.path, secure_delete=secure_delete)
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._readers = Readers(self.path)
 
     # ---- event store -------------------------------------------------------------------------------
     def append(self, events: Sequence[Event], known_items: set[str] | None = None) -> AppendResult:
@@ -167,8 +197,8 @@ class SQLiteStore:
         where = "".join(f" AND {c}" for c in conds)
         where_join = (" WHERE " + " AND ".join(conds)) if conds else ""
         sql = _INTERACTIONS.format(where=where, where_join=where_join) + " ORDER BY 2, 6, 1"
-        with self._lock:
-            rows = self._db.execute(sql, params * 2).fetchall()
+        db = self._readers.get()
+        rows = db.execute(sql, params * 2).fetchall()
         if not rows:
             return EventLog.empty()
         cols = list(zip(*rows))
@@ -187,29 +217,29 @@ class SQLiteStore:
         out = {s: ShopperState(recent=[], purchased=set()) for s in shoppers}
         if not shoppers:
             return out
-        with self._lock:
-            for start in range(0, len(shoppers), 500):
-                chunk = list(shoppers[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                sql = _INTERACTIONS.format(where=f" AND e.shopper IN ({marks})",
-                                           where_join=f" WHERE e.shopper IN ({marks})")
-                rows = self._db.execute(sql + " ORDER BY 2, 6, 1", chunk * 2).fetchall()
-                recent: dict[str, list[Interaction]] = defaultdict(list)
-                for _, shopper, _, item, kind, ts, _, _, _ in rows:
-                    recent[shopper].append(Interaction(item, kind, ts))
-                    if kind == EventType.purchase_completed:
-                        out[shopper].purchased.add(item)
-                for shopper, lst in recent.items():
-                    out[shopper].recent = lst[-limit:]
+        db = self._readers.get()
+        for start in range(0, len(shoppers), 500):
+            chunk = list(shoppers[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            sql = _INTERACTIONS.format(where=f" AND e.shopper IN ({marks})",
+                                       where_join=f" WHERE e.shopper IN ({marks})")
+            rows = db.execute(sql + " ORDER BY 2, 6, 1", chunk * 2).fetchall()
+            recent: dict[str, list[Interaction]] = defaultdict(list)
+            for _, shopper, _, item, kind, ts, _, _, _ in rows:
+                recent[shopper].append(Interaction(item, kind, ts))
+                if kind == EventType.purchase_completed:
+                    out[shopper].purchased.add(item)
+            for shopper, lst in recent.items():
+                out[shopper].recent = lst[-limit:]
         return out
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+        db = self._readers.get()
+        return db.execute("SELECT count(*) FROM events").fetchone()[0]
 
     def unknown_count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM events WHERE unknown = 1").fetchone()[0]
+        db = self._readers.get()
+        return db.execute("SELECT count(*) FROM events WHERE unknown = 1").fetchone()[0]
 
     def delete_shopper(self, shopper: str) -> int:
         with self._lock:
@@ -236,12 +266,12 @@ class SQLiteStore:
 
     def get(self, item_ids: Sequence[str]) -> dict[str, Item]:
         out: dict[str, Item] = {}
-        with self._lock:
-            for start in range(0, len(item_ids), 500):
-                chunk = list(item_ids[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                for _id, doc in self._db.execute(f"SELECT id, doc FROM items WHERE id IN ({marks})", chunk):
-                    out[_id] = Item.model_validate(orjson.loads(doc))
+        db = self._readers.get()
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for _id, doc in db.execute(f"SELECT id, doc FROM items WHERE id IN ({marks})", chunk).fetchall():
+                out[_id] = Item.model_validate(orjson.loads(doc))
         return out
 
     def delete(self, item_id: str) -> bool:
@@ -249,19 +279,20 @@ class SQLiteStore:
             return self._db.execute("DELETE FROM items WHERE id = ?", (item_id,)).rowcount > 0
 
     def all(self) -> list[Item]:
-        with self._lock:
-            docs = self._db.execute("SELECT doc FROM items ORDER BY id").fetchall()
+        db = self._readers.get()
+        docs = db.execute("SELECT doc FROM items ORDER BY id").fetchall()
         return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
 
     def changed_since(self, ts: float) -> list[Item]:
-        with self._lock:
-            docs = self._db.execute("SELECT doc FROM items WHERE updated >= ? ORDER BY id", (ts,)).fetchall()
+        db = self._readers.get()
+        docs = db.execute("SELECT doc FROM items WHERE updated >= ? ORDER BY id", (ts,)).fetchall()
         return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
 
     def ids(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT id FROM items")}
+        db = self._readers.get()
+        return {r[0] for r in db.execute("SELECT id FROM items").fetchall()}
 
     def close(self) -> None:
+        self._readers.close()
         with self._lock:
             self._db.close()

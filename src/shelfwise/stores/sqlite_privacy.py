@@ -18,7 +18,7 @@ from shelfwise.stores.privacy_common import (
     KEY_COLUMNS, consent_from_row, consent_row, key_from_row, key_row, marker, merge_consent,
 )
 from shelfwise.stores.protocols import ApiKey, Consent, KeyExists
-from shelfwise.stores.sqlite import connect, path_from_dsn
+from shelfwise.stores.sqlite import Readers, connect, path_from_dsn
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -63,6 +63,7 @@ class SQLitePrivacyStore:
         self._lock = threading.RLock()
         self._db = connect(self.path, secure_delete=secure_delete)
         self._db.executescript(SCHEMA)
+        self._readers = Readers(self.path)
         self._db.execute("INSERT OR IGNORE INTO privacy_meta (key, value) VALUES ('marker_salt', ?)",
                          (os.urandom(32).hex(),))
         self._db.execute("INSERT OR IGNORE INTO privacy_meta (key, value) VALUES ('keys_generation', '0')")
@@ -92,15 +93,13 @@ class SQLitePrivacyStore:
         self._write(go)
 
     def get_key(self, key_id: str) -> ApiKey | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        row = self._readers.get().execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         return key_from_row(row) if row else None
 
     def list_keys(self, include_revoked: bool = False) -> list[ApiKey]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        with self._lock:
-            rows = self._db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, key_id")
-            return [key_from_row(r) for r in rows]
+        rows = self._readers.get().execute(f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, key_id")
+        return [key_from_row(r) for r in rows.fetchall()]
 
     def revoke_key(self, id_or_name: str, at: float) -> ApiKey | None:
         def go(cur):
@@ -115,8 +114,8 @@ class SQLitePrivacyStore:
         return self._write(go)
 
     def keys_generation(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT value FROM privacy_meta WHERE key = 'keys_generation'").fetchone()[0])
+        db = self._readers.get()
+        return int(db.execute("SELECT value FROM privacy_meta WHERE key = 'keys_generation'").fetchone()[0])
 
     # ---- consent -----------------------------------------------------------------------------------------
     def _consents(self, cur, shoppers: Sequence[str]) -> dict[str, Consent]:
@@ -125,15 +124,14 @@ class SQLitePrivacyStore:
         for start in range(0, len(shoppers), 500):
             chunk = shoppers[start:start + 500]
             rows = cur.execute("SELECT shopper, personalisation, analytics, experiments, updated_at, source FROM "
-                               f"consents WHERE shopper IN ({','.join('?' * len(chunk))})", chunk)
+                               f"consents WHERE shopper IN ({','.join('?' * len(chunk))})", chunk).fetchall()
             out.update((r[0], consent_from_row(r)) for r in rows)
         return out
 
     def consents(self, shoppers: Sequence[str]) -> dict[str, Consent]:
         if not shoppers:
             return {}
-        with self._lock:
-            return self._consents(self._db, shoppers)
+        return self._consents(self._readers.get(), shoppers)
 
     def set_consents(self, updates: Sequence[Consent]) -> dict[str, tuple[Consent | None, Consent]]:
         if not updates:
@@ -163,10 +161,9 @@ class SQLitePrivacyStore:
                 "n = n + excluded.n", [(d, i, t, n) for (d, i, t), n in counts.items()]))
 
     def counts(self, since_day: str) -> list[tuple[str, str, int, int]]:
-        with self._lock:
-            return [tuple(r) for r in self._db.execute(
-                "SELECT day, item_id, type, n FROM anonymous_counts WHERE day >= ? ORDER BY day, item_id, type",
-                (since_day,))]
+        return [tuple(r) for r in self._readers.get().execute(
+            "SELECT day, item_id, type, n FROM anonymous_counts WHERE day >= ? ORDER BY day, item_id, type",
+            (since_day,)).fetchall()]
 
     # ---- erasure ledger ----------------------------------------------------------------------------------
     def forget(self, shopper: str, at: float) -> None:
@@ -180,17 +177,16 @@ class SQLitePrivacyStore:
         marks = {marker(self._salt, s): s for s in dict.fromkeys(shoppers)}
         out: dict[str, float] = {}
         keys = list(marks)
-        with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                for m, at in self._db.execute(f"SELECT marker, at FROM forgotten WHERE marker IN "
-                                              f"({','.join('?' * len(chunk))})", chunk):
-                    out[marks[m]] = at
+        db = self._readers.get()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            for m, at in db.execute(f"SELECT marker, at FROM forgotten WHERE marker IN "
+                                    f"({','.join('?' * len(chunk))})", chunk).fetchall():
+                out[marks[m]] = at
         return out
 
     def latest_forget(self) -> float:
-        with self._lock:
-            return float(self._db.execute("SELECT coalesce(max(at), 0) FROM forgotten").fetchone()[0])
+        return float(self._readers.get().execute("SELECT coalesce(max(at), 0) FROM forgotten").fetchone()[0])
 
     def prune_forgotten(self, before: float) -> int:
         return self._write(lambda cur: cur.execute("DELETE FROM forgotten WHERE at < ?", (before,)).rowcount)
@@ -217,5 +213,6 @@ class SQLitePrivacyStore:
         return "WAL checkpointed and truncated" if not busy else "WAL checkpoint blocked by a reader; retried later"
 
     def close(self) -> None:
+        self._readers.close()
         with self._lock:
             self._db.close()
