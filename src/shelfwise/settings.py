@@ -37,6 +37,8 @@ class StoreSettings(_Section):
                                      "recall@200 0.988 on Beauty at these values, benchmarks/ann_recall.py), "
                                      "exact://, or pgvector://… (shared by every replica)")
     bus: str = Field("inprocess://", description="event bus: inprocess:// or redis-stream:// or kafka://")
+    preferences: str = Field("", description="shoppers' explicit preferences: sqlite:///path or postgresql://...; "
+                                             "empty = the event store's database")
     models: str = Field("", description="model store: a directory (file:///path), shared by every replica")
     ack: Literal["stream", "commit"] = Field(
         "stream", description="when POST /v1/events answers on a stream bus: after the durable append to the stream "
@@ -584,6 +586,10 @@ class Settings(BaseSettings):
     @property
     def events_dsn(self) -> str:
         return self.stores.events or f"sqlite:///{self.data_dir / 'shelfwise.db'}"
+
+    @property
+    def preferences_dsn(self) -> str:
+        return self.stores.preferences or self.events_dsn
 
     @property
     def content_cache_dir(self) -> Path:

@@ -7,6 +7,7 @@
 | vector index             | ``hnsw://``/``exact://`` (in-process) | ``pgvector://``   |
 | event bus                | ``inprocess://``     | ``redis-stream://``, ``kafka://``   |
 | keys, consent, erasures  | the event store's SQLite file | the event store's PostgreSQL |
+| shopper preferences      | ``sqlite:///path`` (default: the event store's) | ``postgresql://`` |
 | rate limiter             | ``memory://``        | ``redis://`` (the online state's)   |
 
 Backends are imported lazily, so the embedded default never imports a database driver.
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from shelfwise.stores.protocols import (
-    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, RateLimiter, VectorIndex,
+    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, PreferenceStore, RateLimiter,
+    VectorIndex,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +73,20 @@ def open_privacy_store(dsn: str, secure_delete: bool = True) -> "PrivacyStore":
 
         return PostgresPrivacyStore(dsn)
     raise UnsupportedDSN(f"no key/consent store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+
+
+def open_preference_store(dsn: str, secure_delete: bool = True) -> PreferenceStore:
+    """Shoppers' explicit preferences (``stores.preferences``; by default the event store's database)."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        from shelfwise.stores.sqlite_preferences import SQLitePreferenceStore
+
+        return SQLitePreferenceStore(dsn, secure_delete=secure_delete)
+    if scheme in ("postgresql", "postgres"):
+        from shelfwise.stores.postgres_preferences import PostgresPreferenceStore
+
+        return PostgresPreferenceStore(dsn)
+    raise UnsupportedDSN(f"no preference store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
 
 
 def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:

@@ -92,6 +92,13 @@ CREATE INDEX forgotten_at ON forgotten (at);
 CREATE TABLE erasure_receipts (receipt_id text PRIMARY KEY, created_at double precision NOT NULL, doc jsonb NOT NULL);
 CREATE TABLE privacy_meta (key text PRIMARY KEY, value text NOT NULL);
 """),
+    (3, "shopper preferences", """
+CREATE TABLE shopper_preferences (
+    shopper    text COLLATE "C" PRIMARY KEY,
+    doc        jsonb NOT NULL,
+    updated_at double precision NOT NULL
+);
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -323,5 +330,5 @@ def drop_schema(dsn: str) -> None:
     conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max"})
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for table in ("lines", "events", "items", "api_keys", "consents", "anonymous_counts", "forgotten",
-                      "erasure_receipts", "privacy_meta", "shelfwise_migrations"):
+                      "erasure_receipts", "privacy_meta", "shopper_preferences", "shelfwise_migrations"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))

@@ -7,7 +7,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from shelfwise.domain import Event, Item
+from shelfwise.domain import Event, Item, Preferences
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,33 @@ class ErasureLedger(Protocol):
 
     def receipts(self, limit: int = 100) -> list[dict]:
         """Newest first."""
+
+
+# ---- shoppers' explicit preferences (their own database role, by default the event store's database) ------------
+@dataclass(frozen=True)
+class ShopperPreferences:
+    """A shopper's explicit preferences as last stored (``PUT /v1/shoppers/{id}/preferences``)."""
+
+    shopper: str  # the stored form of the id (pseudonymised when that is on)
+    preferences: Preferences
+    updated_at: float
+
+
+@runtime_checkable
+class PreferenceStore(Protocol):
+    def preferences(self, shoppers: Sequence[str]) -> dict[str, ShopperPreferences]:
+        """The records of those shoppers that have one."""
+
+    def set_preferences(self, record: ShopperPreferences) -> None:
+        """Store a shopper's preferences, replacing what was stored."""
+
+    def delete_preferences(self, shopper: str) -> int:
+        """Remove a shopper's preferences; returns how many records were removed (0 or 1)."""
+
+    def checkpoint(self) -> str:
+        """After an erasure: make sure deleted rows do not linger (SQLite: fold and truncate the WAL)."""
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable
