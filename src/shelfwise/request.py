@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shelfwise.settings import PlacementSettings
-from shelfwise.stores.protocols import ShopperState
+from shelfwise.stores.protocols import ShopperPreferences, ShopperState
 
 PLACEMENTS = ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell")
 ITEM_PAGES = ("pdp_similar", "pdp_fbt")  # placements about one product page's item (item_id required)
@@ -54,7 +54,8 @@ class RecRequest:
     state: ShopperState | None = None  # the shopper's recent events (from online state)
     now: float = 0.0
     device: str | None = None  # desktop / mobile / tablet / app (a ranker feature)
-    segments: Sequence[str] = ()  # shopper segments the storefront knows (e.g. "vip"), for rule conditions
+    segments: Sequence[str] = ()  # shopper segments the storefront knows (e.g. "vip"): rule conditions, cohorts
+    preferences: ShopperPreferences | None = None  # the shopper's explicit preferences (boosts, hard filters)
     request_id: str | None = None  # exposure log and shadow sampling key
     explain: bool = False  # attach why each item is where it is (score parts, rules, diversity)
     # an experiment's variant: its placement settings (blend weights, score, diversity) instead of the configured

@@ -25,10 +25,10 @@ from shelfwise.experiments.admin import ExperimentService
 from shelfwise.experiments.config import apply_config, effective_k
 from shelfwise.experiments.interleaving import team_draft
 from shelfwise.experiments.runtime import Assignments, ExperimentRuntime
-from shelfwise.domain import ConsentUpdate, Event, Item
+from shelfwise.domain import ConsentUpdate, Event, Item, Preferences
 from shelfwise.pipeline import Model, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
-from shelfwise.privacy.guard import PrivacyGuard
+from shelfwise.privacy.guard import ConsentRequired, PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from shelfwise.request import ITEM_PAGES, Answer, RecRequest, new_request_id
 from shelfwise.retrieval.content import ContentRetriever
@@ -37,10 +37,10 @@ from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
 from shelfwise.settings import Settings
 from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
-                              open_privacy_store, vector_index_factory)
+                              open_preference_store, open_privacy_store, vector_index_factory)
 from shelfwise.stores.bus import EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperState
+from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperPreferences, ShopperState
 from shelfwise.training import SCAN_FILE, fit_pipeline
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Shelfwise:
         self.privacy_store = open_privacy_store(settings.events_dsn, secure_delete=secure)
         self.pseudonyms = Pseudonymizer(settings.privacy.pseudonym_key if settings.privacy.pseudonymize else None)
         self.guard = PrivacyGuard(settings.privacy, self.privacy_store, self.privacy_store, self.pseudonyms)
+        self.preference_store = open_preference_store(settings.preferences_dsn, secure_delete=secure)
         self._catalog_ids = self.catalog.ids()
         # online experiments: assignment, variants, exposure and outcome log, guardrails (experiments/)
         self.experiments = ExperimentRuntime(settings, monitor=True)
@@ -281,6 +282,30 @@ class Shelfwise:
                   reason="personalisation consent withdrawn")
         return self.consent(shopper)
 
+    # ---- explicit preferences ------------------------------------------------------------------------
+    def preferences(self, shopper: str) -> ShopperPreferences | None:
+        """A shopper's stored preferences (a user id, or ``session:<id>``)."""
+        key = self.pseudonyms.shopper(shopper)
+        return self.preference_store.preferences([key]).get(key)
+
+    def set_preferences(self, shopper: str, preferences: Preferences, at: float | None = None) -> ShopperPreferences:
+        """Store a shopper's preferences, replacing what was stored; their cached answers go at once (other
+        replicas key answers by the preferences' time, so they follow with their next request). Personal data:
+        only with personalisation consent (``ConsentRequired`` otherwise, nothing stored)."""
+        key = self.pseudonyms.shopper(shopper)
+        if self.guard.consents([key])[key]["personalisation"] != "granted":
+            raise ConsentRequired("personalisation")
+        record = ShopperPreferences(key, preferences, at or time.time())
+        self.preference_store.set_preferences(record)
+        self.cache.forget(key)
+        return record
+
+    def delete_preferences(self, shopper: str) -> bool:
+        key = self.pseudonyms.shopper(shopper)
+        removed = self.preference_store.delete_preferences(key) > 0
+        self.cache.forget(key)
+        return removed
+
     # ---- catalog -------------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
         """Store items; the serving model sees them at once: changes apply to its item table, items it does not
@@ -364,10 +389,14 @@ class Shelfwise:
         self.admit_requests(reqs)
         need = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None and r.state is None))
         states = self.shopper_states(need) if need else {}
+        shoppers = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None))
+        stated = self.preference_store.preferences(shoppers) if shoppers else {}
         now = time.time()
         for req in reqs:
             if req.shopper is not None and req.state is None:
                 req.state = states[req.shopper]
+            if req.shopper is not None and req.preferences is None:
+                req.preferences = stated.get(req.shopper)
             if not req.now:
                 req.now = now
             if req.request_id is None:
@@ -523,6 +552,7 @@ class Shelfwise:
         self.experiments.close()
         self.merch.close()
         self.privacy_store.close()
+        self.preference_store.close()
         self.store.close()
         close_online = getattr(self.online, "close", None)
         if close_online is not None:

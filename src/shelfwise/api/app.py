@@ -28,8 +28,9 @@ from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.rules import build_router as rules_router
-from shelfwise.domain import ConsentUpdate, Event, Item, Text, split_field
+from shelfwise.domain import ConsentUpdate, Event, Item, Preferences, Text, split_field
 from shelfwise.request import ITEM_PAGES, RecRequest, new_request_id
+from shelfwise.privacy.guard import ConsentRequired
 from shelfwise.privacy.pseudonym import shopper_key
 from shelfwise.rules.schema import RuleSet
 from shelfwise.security.keys import KeyVerifier
@@ -360,6 +361,54 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                                                                "session_id", "type": "value_error"}])
         return shopper_key(user_id, session_id)  # type: ignore[return-value]
 
+    # preferences first: their paths would otherwise match the erasure by path below
+    Shopper = Annotated[Text, Path(min_length=1, max_length=264, description="a user id, or session:<id>")]
+
+    def preferences_view(record) -> ORJSONResponse:
+        return ORJSONResponse({"preferences": record.preferences.model_dump(mode="json"),
+                               "updated_at": record.updated_at})
+
+    @app.put("/v1/shoppers/{shopper:path}/preferences", response_model=m.PreferencesView, tags=["preferences"],
+             summary="Store a shopper's explicit preferences, replacing what was stored (scope: ingest)",
+             responses={409: _error_response("the shopper has not granted personalisation consent: nothing was "
+                                             "stored")},
+             openapi_extra=m.json_body(m.schema_ref("Preferences"), "categories, brands, sizes, price range and "
+                                                                   "style tags (each optional)"))
+    async def put_preferences(shopper: Shopper, request: Request) -> Response:
+        """The onboarding "style quiz": boosts the shopper's categories, brands and style tags above older implicit
+        evidence, and keeps items of other sizes or outside the price range out of their rails
+        (``preferences.hard``). Personal data: needs personalisation consent; erased with the shopper."""
+        payload = await m.read_json(request)
+        try:
+            prefs = Preferences.model_validate(payload)
+        except ValidationError as exc:
+            return ORJSONResponse({"detail": "invalid preferences; nothing was stored",
+                                   "errors": _errors(exc, whole="body")}, status_code=422)
+        try:
+            record = await run_in_threadpool(sw().set_preferences, shopper, prefs)
+        except ConsentRequired:
+            return error(409, "the shopper has not granted personalisation consent; nothing was stored",
+                         "personalisation", "no personalisation consent (record it with PUT /v1/consent)")
+        return preferences_view(record)
+
+    @app.get("/v1/shoppers/{shopper:path}/preferences", response_model=m.PreferencesView, tags=["preferences"],
+             summary="A shopper's explicit preferences (scope: ingest)",
+             responses={404: _error_response("no preferences stored for this shopper")})
+    def get_preferences(shopper: Shopper) -> Response:
+        record = sw().preferences(shopper)
+        if record is None:
+            return error(404, f"no preferences stored for {m.short(shopper)!r}", "shopper", "no preferences")
+        return preferences_view(record)
+
+    @app.delete("/v1/shoppers/{shopper:path}/preferences", status_code=204, response_class=Response,
+                tags=["preferences"], summary="Remove a shopper's explicit preferences (scope: ingest)",
+                responses={204: {"description": "removed"},
+                           404: _error_response("no preferences stored for this shopper")})
+    def delete_preferences(shopper: Shopper) -> Response:
+        if not sw().delete_preferences(shopper):
+            return error(404, f"no preferences stored for {m.short(shopper)!r}", "shopper", "no preferences")
+        return Response(status_code=204)
+
     @app.delete("/v1/shoppers", response_model=m.ErasureReceipt, tags=["privacy"],
                 summary="Erase a shopper everywhere; returns the deletion receipt (scope: admin)")
     def erase_shopper(user_id: Id | None = None, session_id: Id | None = None) -> Response:
@@ -484,7 +533,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         from pydantic.json_schema import models_json_schema
 
         _, defs = models_json_schema([(Event, "validation"), (Item, "validation"), (m.ItemBatch, "validation"),
-                                      (RuleSet, "validation")], ref_template="#/components/schemas/{model}")
+                                      (RuleSet, "validation"), (Preferences, "validation")],
+                                     ref_template="#/components/schemas/{model}")
         for name, schema in defs.get("$defs", {}).items():
             schemas.setdefault(name, schema)
         comps["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",

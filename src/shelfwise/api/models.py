@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from shelfwise.domain import ConsentValue, Item
+from shelfwise.domain import ConsentValue, Item, Preferences
 from shelfwise.request import SLOT_REASONS
 
 
@@ -200,6 +200,11 @@ class ConsentView(BaseModel):
     decided: list[str] = Field(description="purposes the shopper decided")
     updated_at: float | None = None
     source: Literal["api", "event", "default"]
+
+
+class PreferencesView(BaseModel):
+    preferences: Preferences = Field(description="as stored: values trimmed, each kept once")
+    updated_at: float = Field(description="unix time they were stored")
 
 
 class AnonymousCount(BaseModel):

@@ -1,7 +1,7 @@
 """One ASGI middleware in front of every route: CORS, body size, authentication + scope, rate limits.
 
 Which scope a route needs is decided here, from its method and path (``required_scope``): ``ingest`` for
-``POST /v1/events`` and ``/v1/consent``, ``read`` for ``GET /v1/recommendations/…`` (and ``/v1/rerank``),
+``POST /v1/events``, ``/v1/consent`` and ``/v1/shoppers/{id}/preferences``, ``read`` for ``GET /v1/recommendations/…`` (and ``/v1/rerank``),
 ``admin`` for everything else under ``/v1`` (a route added later is admin-only until listed here). The health
 checks and the API documentation are public; ``/metrics`` is admin unless ``security.public_metrics``.
 
@@ -36,7 +36,8 @@ def required_scope(method: str, path: str, public_metrics: bool = False) -> str 
         return None
     if path == "/metrics":
         return None if public_metrics else "admin"
-    if path == "/v1/events" or path == "/v1/consent":
+    if path == "/v1/events" or path == "/v1/consent" or (path.startswith("/v1/shoppers/")
+                                                         and path.endswith("/preferences")):
         return "ingest"
     if path.startswith("/v1/recommendations/") or path == "/v1/rerank" or path.startswith("/v1/rerank/"):
         return "read"
