@@ -20,6 +20,7 @@ from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.retrieval.embedding import IndexFactory
 from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.retrieval.trending import TrendingRetriever
+from shelfwise.rules.preferences import PreferenceMasks
 from shelfwise.rules.stage import RulesStage
 from shelfwise.stages.base import Stage
 from shelfwise.stages.candidates import CandidateStage
@@ -61,8 +62,10 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None)
                               trending.global_score if isinstance(trending, TrendingRetriever) else None)
     als = retrievers.get("als")
     depth = {p: model.ranker.settings.candidates for p in model.ranker.settings.placements} if model.ranker else {}
-    candidates = CandidateStage(retrievers, s.candidates, depth)
-    stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until)]
+    candidates = CandidateStage(retrievers, s.candidates, depth, s.preferences.candidates)
+    # a shopper's stated preferences: tags and size attributes are read through the rules' catalog facts
+    preferences = PreferenceMasks(items, rules.facts if rules is not None else lambda _: None, s.preferences)
+    stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until, preferences)]
     if rules is not None:
         stages.append(RulesPlanStage(rules, items, candidates.fallback_order))
     stages.append(candidates)
@@ -71,7 +74,7 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None)
         ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
         stages.append(RankStage(model.ranker, ctx))
     slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
-                      model.version, rules, frozenset(n for n, r in retrievers.items() if not r.evidence))
-    stages += [MerchandiseStage(business), slots]
+                      model.version, rules, {n: r.fallback_reason for n, r in retrievers.items() if not r.evidence})
+    stages += [MerchandiseStage(business, s.preferences), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
                     observer=observer)

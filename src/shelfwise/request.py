@@ -202,16 +202,19 @@ class Candidates:
         return self.take(order)
 
 
-SLOT_REASONS = ("evidence", "popular", "pinned", "reserved")
+SLOT_REASONS = ("evidence", "preference", "cohort", "popular", "pinned", "reserved")
 
 
 @dataclass
 class Recommendation:
     """One slot of an answer. ``reason`` says why the item is there: ``evidence`` (a source scored it from this
-    shopper's history or model row, or from the page's / cart's items), ``popular`` (popularity only: the global or
-    the category's best sellers, or catalog order), ``pinned`` / ``reserved`` (placed by a merchandising rule).
-    ``fallback`` is true when no source had evidence about this shopper or item for it (every ``popular`` slot,
-    and a rule's slot that the sources did not support)."""
+    shopper's history or model row, or from the page's / cart's items), ``preference`` (it matches what the shopper
+    stated in their preferences, and no source had evidence for it), ``cohort`` (the best of the shopper's cohort:
+    shoppers on the same device, with the same segments, entering the same way — a new shopper's first request),
+    ``popular`` (popularity only: the global or the category's best sellers, or catalog order), ``pinned`` /
+    ``reserved`` (placed by a merchandising rule). ``fallback`` is true when nothing about this shopper or item
+    went into it — no source's evidence, no stated preference (every ``cohort`` and ``popular`` slot, and a rule's
+    slot that nothing else supported)."""
 
     item_id: str
     score: float

@@ -370,6 +370,33 @@ class ContentSettings(_Section):
                 raise ValueError(f"{name} must be a non-empty list of positive numbers")
         return self
 
+class PreferenceSettings(_Section):
+    """How a shopper's explicit preferences (``PUT /v1/shoppers/{id}/preferences``) shape their rails
+    (``rules/preferences.py``; the merchandise stage boosts, the resolve stage filters)."""
+
+    hard: list[Literal["categories", "brands", "sizes", "price", "style_tags"]] = Field(
+        default_factory=lambda: ["sizes", "price"],
+        description="fields that are hard constraints: an item with a value for the field that matches none of the "
+                    "shopper's (a size attribute not in their sizes, a price outside their range, ...) is never "
+                    "shown to them, not even when pinned; items without a value for the field are kept. The other "
+                    "fields given are soft: a boost")
+    boost: float = Field(1.0, ge=0, description="the lift of an item matching every soft field, as a share of the "
+                                                "spread of the request's scores (best minus worst candidate): at 1 "
+                                                "it ranks level with the best item matching none, so stated "
+                                                "preferences outrank older implicit evidence; an item matching some "
+                                                "of the soft fields gets that share of it")
+    session_boost: float = Field(0.15, ge=0, description="the lift instead while the shopper is in a session (an "
+                                                         "event within session_minutes): what they are doing now "
+                                                         "stays in front, preferences break near ties")
+    session_minutes: float = Field(30.0, gt=0, description="events this recent are the current session")
+    size_attributes: list[str] = Field(default_factory=lambda: ["size"], min_length=1,
+                                       description="item attributes holding a size (a value or a list of values), "
+                                                   "compared with the shopper's sizes without regard to case")
+    candidates: int = Field(100, ge=0, description="the most popular items matching the shopper's soft preferences "
+                                                   "join the request's candidates, so preferences can show items no "
+                                                   "source proposed (a new shopper's, say)")
+
+
 class ModelSettings(_Section):
     event_weights: EventWeights = EventWeights()
     trending: TrendingSettings = TrendingSettings()
@@ -383,6 +410,7 @@ class ModelSettings(_Section):
     ranker: RankerSettings = RankerSettings()
     candidates: CandidateSettings = CandidateSettings()
     content: ContentSettings = ContentSettings()
+    preferences: PreferenceSettings = PreferenceSettings()
 
 
 class APISettings(_Section):

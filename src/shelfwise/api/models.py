@@ -146,13 +146,17 @@ ItemView = create_model("ItemView", **{name: (f.annotation, f) for name, f in It
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
-    sources: list[str] = Field(description="candidate sources that proposed the item, strongest first "
-                                           "('fallback' when none scored it)")
+    sources: list[str] = Field(description="candidate sources that proposed the item, strongest first, then "
+                                           "'preferences' when it matches the shopper's stated preferences "
+                                           "('fallback' when nothing did)")
     reason: Literal[SLOT_REASONS] = Field(  # type: ignore[valid-type]
         description="why the item is in this slot: evidence (a source scored it from this shopper's history or "
-                    "this page's / cart's items), popular (popularity only: best sellers overall or of the "
-                    "category), pinned or reserved (a merchandising rule)")
-    fallback: bool = Field(description="no source had evidence about this shopper or item for this slot")
+                    "this page's / cart's items), preference (it matches the shopper's stated preferences), "
+                    "cohort (the best of the shopper's cohort: device, segments, entry; a new shopper), popular "
+                    "(popularity only: best sellers overall or of the category), pinned or reserved (a "
+                    "merchandising rule)")
+    fallback: bool = Field(description="nothing about this shopper or item went into this slot: no source's evidence, "
+                                       "no stated preference (cohort and popular slots)")
     explanation: dict[str, Any] | None = None
 
 

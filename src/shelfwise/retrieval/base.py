@@ -312,6 +312,7 @@ class Retriever(ABC):
     # True when the source scores an item only from this request's own context (the shopper's history or model
     # row, the page's or cart's items): its score is evidence about this shopper or item. Popularity is not.
     evidence: ClassVar[bool] = True
+    fallback_reason: ClassVar[str] = "popular"  # a source without evidence: the reason its slots give
     progress: Callable[[str], None] | None = None  # training reports long fits' steps here (one progress display)
 
     @abstractmethod

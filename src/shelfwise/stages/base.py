@@ -1,8 +1,8 @@
 """What the stages of the request path share: the batch they pass along and the stage protocol.
 
 A ``Batch`` is the requests of one placement on their way through the stages; each stage reads what earlier
-stages put there and adds its own part (``queries`` and ``exclusions`` → ``plans`` → ``candidates`` → re-scored
-``candidates`` → ``answers``). A stage never reaches into another stage.
+stages put there and adds its own part (``queries``, ``exclusions`` and ``preferred`` → ``plans`` → ``candidates``
+→ re-scored ``candidates`` → ``answers``). A stage never reaches into another stage.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class Batch:
     use_ranker: bool = True  # an experiment's variant may switch the learned ranker off
     queries: list[Query] = field(default_factory=list)
     exclusions: Exclusions | None = None
+    preferred: list[np.ndarray | None] = field(default_factory=list)  # row -> soft preference match per item
+    lift: np.ndarray | None = None  # (B,) score the preference boost added to a fully matching item
     plans: list[RequestRules] | None = None  # active merchandising rules per request (None: no rules at all)
     rulesets: str = ""  # the live rule set versions the plans come from ("id@v,...")
     extra: list[np.ndarray] | None = None  # per request: items rules need among the candidates (pins, slots)

@@ -10,8 +10,9 @@ Catalogs up to ``dense_max_items`` take the exact path instead: every source sco
 the blend's best are the candidates — on 12k items that is faster than building a union, and it is
 what the union approximates (a test checks they agree).
 
-Either way the items the request's rules need (pins, reserved slots) are added, and popular items when evidence
-runs out, so a rail is never empty while the catalog has servable items.
+Either way the items the request's rules need (pins, reserved slots) are added, the most popular items matching
+the shopper's soft preferences (``preferences.candidates``; the merchandise stage boosts them), and popular items
+when evidence runs out, so a rail is never empty while the catalog has servable items.
 
 Items added to the catalog after training are scored by the sources as having no evidence from those fitted
 without them (``scores_over``), except that ``cold_transfer`` of those sources' weight goes to the content
@@ -60,8 +61,9 @@ class CandidateStage:
     name = "candidates"
 
     def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings,
-                 depth: dict[str, int] | None = None) -> None:
+                 depth: dict[str, int] | None = None, preferred: int = 0) -> None:
         self.sources, self.settings = sources, settings
+        self.preferred_n = preferred  # popular items matching a shopper's soft preferences added per request
         self.depth = depth or {}  # placement -> candidates the learned ranker re-scores
         trending = sources.get("trending")
         self._popular = trending if isinstance(trending, TrendingRetriever) else None
@@ -72,20 +74,18 @@ class CandidateStage:
             return self._popular.order(banned)
         return np.flatnonzero(~banned).astype(np.int64)
 
-    def _fill(self, have: np.ndarray, need: int, ex: Exclusions) -> np.ndarray:
-        """Per row, popular items not in ``have`` until the row has ``need`` candidates (rails never empty)."""
-        count = (have >= 0).sum(axis=1)
-        short = np.flatnonzero(count < need)
-        rows = [np.zeros(0, np.int64)] * len(have)
-        if not len(short):
-            return padded(rows)
-        order = self.fallback_order(ex.banned)
-        for r in short:
-            want = need - count[r]
-            drop = np.union1d(ex.rows[r], have[r][have[r] >= 0])
+    def _most_popular(self, want: dict[int, int], ex: Exclusions, have: np.ndarray | None = None,
+                 match: list[np.ndarray | None] | None = None) -> np.ndarray:
+        """For each row r of ``want``: its ``want[r]`` most popular items that it may show, not in ``have[r]`` and,
+        with ``match``, among the items ``match[r]`` marks; (B, m) with -1 pads."""
+        rows = [np.zeros(0, np.int64)] * len(ex)
+        order = self.fallback_order(ex.banned) if want else None
+        for r, k in want.items():
+            drop = ex.rows[r] if have is None else np.union1d(ex.rows[r], have[r][have[r] >= 0])
             allow, rule = ex.allowed[r], ex.dropped[r]
-            got, start, step = [], 0, max(2 * want + len(drop), 64)
-            while sum(len(g) for g in got) < want and start < len(order):
+            wanted = match[r] if match is not None else None
+            got, start, step = [], 0, max(2 * k + len(drop), 64)
+            while sum(len(g) for g in got) < k and start < len(order):
                 part = order[start:start + step]
                 start += step
                 part = part[~np.isin(part, drop)]
@@ -93,10 +93,27 @@ class CandidateStage:
                     part = part[allow[part]]
                 if rule is not None:
                     part = part[~rule[part]]
+                if wanted is not None:
+                    part = part[wanted[part]]
                 got.append(part)
                 step *= 4
-            rows[r] = np.concatenate(got)[:want] if got else np.zeros(0, np.int64)
+            rows[r] = np.concatenate(got)[:k] if got else np.zeros(0, np.int64)
         return padded(rows)
+
+    def _fill(self, have: np.ndarray, need: int, ex: Exclusions) -> np.ndarray:
+        """Per row, popular items not in ``have`` until the row has ``need`` candidates (rails never empty)."""
+        count = (have >= 0).sum(axis=1)
+        return self._most_popular({int(r): int(need - count[r]) for r in np.flatnonzero(count < need)}, ex, have)
+
+    def _preferred(self, batch: Batch, ex: Exclusions) -> np.ndarray | None:
+        """Per row with soft preferences, the most popular items matching them (None when no row has any)."""
+        rows = [r for r, p in enumerate(batch.preferred) if p is not None]
+        if not rows or not self.preferred_n:
+            return None
+        match: list[np.ndarray | None] = [None] * len(batch)
+        for r in rows:
+            match[r] = batch.preferred[r] > 0
+        return self._most_popular({r: self.preferred_n for r in rows}, ex, match=match)
 
     def cold_weights(self, weights: dict[str, float], n_items: int) -> np.ndarray | None:
         """(n_items,) the extra weight of the content source's score of each item: ``cold_transfer`` of the weights
@@ -175,6 +192,9 @@ class CandidateStage:
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
             e = extra[0]
             extra[0] = np.where(ex.keep(e, rules=False), e, -1)
+        preferred = self._preferred(batch, ex) if batch.preferred else None
+        if preferred is not None:  # items matching the shopper's stated preferences
+            extra.append(without(preferred, cand.items))
         fill = self._fill(union_rows([cand.items] + extra), batch.kmax, ex)
         more = union_rows(extra + [fill]) if extra or fill.shape[1] else fill
         if more.shape[1] and (more >= 0).any():

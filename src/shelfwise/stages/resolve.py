@@ -1,6 +1,7 @@
 """Stage 1: requests in the storefront's terms → model indices (``Query``) and what may not be shown
 (``Exclusions``: unservable items, the page's and cart's own items, excluded ids, already bought or seen items as
-the placement says, and a category filter)."""
+the placement says, a category filter and the hard fields of the shopper's preferences), and how well each item
+matches their soft preferences (``Batch.preferred``, boosted by the merchandise stage)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import numpy as np
 from shelfwise.domain import EventType
 from shelfwise.items import ItemTable
 from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest
+from shelfwise.rules.preferences import PreferenceMasks
 from shelfwise.stages.base import Batch
 
 
 class ResolveStage:
     name = "resolve"
 
-    def __init__(self, items: ItemTable, shopper_index: dict[str, int], trained_until: float) -> None:
+    def __init__(self, items: ItemTable, shopper_index: dict[str, int], trained_until: float,
+                 preferences: PreferenceMasks | None = None) -> None:
         self.items, self.shopper_index, self.trained_until = items, shopper_index, trained_until
+        self.preferences = preferences
 
     def query(self, req: RecRequest) -> Query:
         idx = self.items.index
@@ -58,4 +62,12 @@ class ResolveStage:
         batch.queries = [self.query(r) for r in batch.requests]
         rows = [self.excluded(r, q, batch.conf.exclude_history) for r, q in zip(batch.requests, batch.queries)]
         allowed = [self.items.category_mask(r.category) if r.category else None for r in batch.requests]
+        batch.preferred = [None] * len(batch)
+        for r, req in enumerate(batch.requests):
+            if req.preferences is None or self.preferences is None:
+                continue
+            hard = self.preferences.hard(req.preferences.preferences)
+            if hard is not None:
+                allowed[r] = hard if allowed[r] is None else allowed[r] & hard
+            batch.preferred[r] = self.preferences.soft(req.preferences.preferences)
         batch.exclusions = Exclusions(self.items.unservable, rows, allowed)

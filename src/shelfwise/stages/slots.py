@@ -49,11 +49,12 @@ class SlotStage:
 
     def __init__(self, items: ItemTable, business: BusinessScorer, signals: BusinessSignals,
                  unit: np.ndarray | None, version: str, rules: RulesStage | None,
-                 popularity: frozenset[str] = frozenset()) -> None:
-        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None. ``popularity``: the
-        sources whose scores are no evidence about the shopper or item (a slot only they support is a fallback)."""
+                 fallbacks: dict[str, str] | None = None) -> None:
+        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None. ``fallbacks``: the
+        sources whose scores are no evidence about the shopper or item (a slot only they support is a fallback),
+        each with the reason its slots give (``popular``, ``cohort``)."""
         self.items, self.business, self.signals, self.unit = items, business, signals, unit
-        self.version, self.rules, self.popularity = version, rules, popularity
+        self.version, self.rules, self.fallbacks = version, rules, fallbacks or {}
         self._sim: dict[str, Similarity] = {}
         self._bands: np.ndarray | None = None
 
@@ -110,15 +111,18 @@ class SlotStage:
             if plan is not None and plan.shadows and r in batch.base:
                 for job in plan.shadows:
                     self._shadow(batch, r, job, slate, row_sim)
-            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names)
+            stated = batch.preferred[r] if batch.preferred and batch.lift is not None and batch.lift[r] else None
+            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names, stated)
             note = self._explain(batch, r, slate, conflicts, recs) if req.explain else None
             answers.append(Answer(recs, batch.placement, note, self.version, batch.rulesets))
         batch.answers = answers
 
     def _slots(self, slate: list[Placed], items: np.ndarray, contrib: np.ndarray | None,
-               names: list[str]) -> list[Recommendation]:
-        """The answer's slots: each item with the sources that proposed it (strongest first, "fallback" when none
-        did), why it is there and whether any source had evidence about this shopper or item for it."""
+               names: list[str], stated: np.ndarray | None = None) -> list[Recommendation]:
+        """The answer's slots: each item with the sources that proposed it (strongest first; then "preferences" when
+        it matches the shopper's stated preferences; "fallback" when nothing did), why it is there and whether
+        anything about this shopper or item (a source's evidence, their stated preferences) went into it.
+        ``stated``: the shopper's soft preference match per item when it lifted this request's scores."""
         ids = self.items.ids
         cols = [p.item for p in slate]
         c = contrib[cols] if contrib is not None else np.zeros((len(cols), 0), np.float32)  # (slots, sources)
@@ -126,10 +130,18 @@ class SlotStage:
         recs = []
         for pos, p in enumerate(slate):
             src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
-            fallback = all(s in self.popularity for s in src)
-            reason = p.reason if p.reason in ("pinned", "reserved") else "popular" if fallback else "evidence"
+            evidence = [s for s in src if s not in self.fallbacks]
+            if stated is not None and stated[items[p.item]] > 0:
+                src.append("preferences")
+                evidence.append("preferences")
+            if p.reason in ("pinned", "reserved"):
+                reason = p.reason
+            elif evidence:
+                reason = "evidence" if evidence[0] != "preferences" else "preference"
+            else:
+                reason = "cohort" if "cohort" in {self.fallbacks[s] for s in src} else "popular"
             recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"], reason=reason,
-                                       fallback=fallback))
+                                       fallback=not evidence))
         return recs
 
     # ---- shadow --------------------------------------------------------------------------------------
@@ -163,6 +175,14 @@ class SlotStage:
             blocked=[str(ids[cand.items[r, p.item]]) for p in live if not np.isfinite(row[p.item])]))
 
     # ---- explanation ---------------------------------------------------------------------------------
+    @staticmethod
+    def _stated(batch: Batch, r: int, j: int) -> dict[str, float]:
+        """The preference boost of item j in row r, when the shopper's preferences lifted it."""
+        pref = batch.preferred[r] if batch.preferred else None
+        if pref is None or batch.lift is None or not batch.lift[r] or not pref[j]:
+            return {}
+        return {"preferences": round(float(batch.lift[r] * pref[j]), 6)}
+
     def _explain(self, batch: Batch, r: int, slate: list[Placed], conflicts: list[str],
                  recs: list[Recommendation]) -> dict[str, Any]:
         cand = batch.candidates
@@ -182,7 +202,7 @@ class SlotStage:
                 "position": pos + 1,
                 "reason": why,
                 "score": round(p.score, 6),
-                "components": self.business.explain(j, conf.score, req.now, rel),
+                "components": self.business.explain(j, conf.score, req.now, rel) | self._stated(batch, r, j),
                 "rules": plan.world.explain(plan.sig, j) if plan is not None else [],
                 "diversity_penalty": round(p.penalty, 6),
             }
