@@ -26,7 +26,9 @@ from psycopg_pool import ConnectionPool
 
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores._dsn import split_options, with_scheme
-from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+from shelfwise.stores.protocols import (
+    AppendResult, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+)
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "events, lines, items", """
@@ -269,6 +271,12 @@ class PostgresStore:
             for shopper, lst in recent.items():
                 out[shopper].recent = lst[-limit:]
         return out
+
+    def entry_contexts(self) -> dict[str, EntryContext]:
+        with self.pool.connection() as conn, conn.cursor(name="shelfwise_contexts") as cur:
+            cur.itersize = 10_000
+            cur.execute("SELECT shopper, payload->'context' FROM events ORDER BY shopper, ts, seq")
+            return entry_contexts(cur)
 
     def count(self) -> int:
         with self.pool.connection() as conn:

@@ -13,7 +13,9 @@ import numpy as np
 import orjson
 
 from shelfwise.domain import Event, EventType, Item
-from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+from shelfwise.stores.protocols import (
+    AppendResult, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -232,6 +234,10 @@ class SQLiteStore:
             for shopper, lst in recent.items():
                 out[shopper].recent = lst[-limit:]
         return out
+
+    def entry_contexts(self) -> dict[str, EntryContext]:
+        rows = self._readers.get().execute("SELECT shopper, payload FROM events ORDER BY shopper, ts, seq")
+        return entry_contexts((shopper, orjson.loads(payload).get("context")) for shopper, payload in rows)
 
     def count(self) -> int:
         db = self._readers.get()
