@@ -16,6 +16,7 @@ from shelfwise.pipeline import Model, Observer, Pipeline
 from shelfwise.ranking.features import FeatureContext
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.retrieval.als import ALSRetriever
+from shelfwise.retrieval.cohort import CohortRetriever
 from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.retrieval.embedding import IndexFactory
 from shelfwise.retrieval.sequence import SequenceRetriever
@@ -72,9 +73,10 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None)
     n_candidate_stages = len(stages)
     if model.ranker is not None and model.ranker.stats is not None:
         ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
-        stages.append(RankStage(model.ranker, ctx))
+        stages.append(RankStage(model.ranker, ctx, tuple(n for n, r in retrievers.items() if r.new_shoppers_only)))
     slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
-                      model.version, rules, {n: r.fallback_reason for n, r in retrievers.items() if not r.evidence})
+                      model.version, rules, {n: r.fallback_reason for n, r in retrievers.items() if not r.evidence},
+                      cohort if isinstance(cohort := retrievers.get("cohort"), CohortRetriever) else None)
     stages += [MerchandiseStage(business, s.preferences), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
                     observer=observer)

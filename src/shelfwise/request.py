@@ -65,6 +65,17 @@ class RecRequest:
     variant: str = ""
 
 
+@dataclass(frozen=True)
+class Visit:
+    """What a request says about the visit, in cohort terms (case-folded): device, placement, entry category (the
+    root of its category filter) and the shopper's segments."""
+
+    device: str = ""
+    placement: str = ""
+    category: str = ""
+    segments: tuple[str, ...] = ()
+
+
 @dataclass
 class Query:
     """One recommendation request, resolved to model indices."""
@@ -76,6 +87,7 @@ class Query:
     anchors: np.ndarray = field(default_factory=lambda: np.array([], np.int32))  # product page / cart items
     fresh: bool = False  # history has events the trained model has not seen
     now: float = 0.0
+    visit: Visit = Visit()  # the cohort a new shopper is in
 
     def within(self, n_items: int) -> "Query":
         """This query as a source that knows only the first ``n_items`` items sees it: the history and anchors
@@ -84,7 +96,7 @@ class Query:
             return self
         keep = self.history < n_items
         return Query(self.user, self.history[keep], self.history_kind[keep], self.history_ts[keep],
-                     self.anchors[self.anchors < n_items], self.fresh, self.now)
+                     self.anchors[self.anchors < n_items], self.fresh, self.now, self.visit)
 
 
 @dataclass

@@ -213,11 +213,13 @@ class PlacementSettings(_Section):
 
 
 def _default_placements() -> dict[str, PlacementSettings]:
-    # homepage: BENCHMARKS.md (Offline quality; Sequence model). `content` (items like the page's or cart's, by
-    # catalog data: the only evidence about an item added after training) weighs in on the item pages and the cart,
+    # homepage: BENCHMARKS.md (Offline quality; Sequence model); `cohort` speaks only for a shopper without history
+    # (a new shopper's first request), where the other sources have nothing. `content` (items like the page's or
+    # cart's, by catalog data: the only evidence about an item added after training) weighs in on the item pages and the cart,
     # not on the homepage, whose measured ranking (and the ranker trained on its sources) it would change.
     return {
-        "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "trending": 0.02}),
+        "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
+                                               "trending": 0.02}),
         "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02}),
         "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
         "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "content": 0.05,
@@ -370,6 +372,42 @@ class ContentSettings(_Section):
                 raise ValueError(f"{name} must be a non-empty list of positive numbers")
         return self
 
+COHORT_DIMENSIONS = ("device", "placement", "category", "segment")
+
+
+def _default_cohort_levels() -> list[list[str]]:
+    return [["segment", "device", "category"], ["segment", "device"], ["segment", "category"], ["segment"],
+            ["device", "placement", "category"], ["device", "category"], ["category"], ["device", "placement"],
+            ["device"]]
+
+
+class CohortSettings(_Section):
+    """Cohort centroids for a new shopper's first request (``retrieval/cohort.py``): shoppers are grouped by what
+    their first events said (device, placement, segments; ``context`` of events) and the root category of the first
+    item they looked at; a cohort's centroid is the mean of its shoppers' (time-decayed, event-weighted) interest
+    in each item, every shopper counting once. A request without history, product page or cart is answered from
+    the first level of ``levels`` at which its own device / placement / segments / category (the root of its
+    ``category`` filter) name a cohort of at least ``min_support`` shoppers; with none, trending answers."""
+
+    source: bool = Field(True, description="`shelfwise train` fits the cohort source with every model (it scores "
+                                           "only requests without history, product page or cart)")
+    levels: list[list[Literal["device", "placement", "category", "segment"]]] = Field(
+        default_factory=_default_cohort_levels, min_length=1,
+        description="cohort definitions tried in order, finest first; a request with several segments takes the "
+                    "smallest of its segments' cohorts that is large enough (the most specific)")
+    min_support: int = Field(50, ge=1, description="a cohort with fewer shoppers is too small to answer: the next "
+                                                   "(coarser) level is tried, finally trending")
+    half_life_days: float = Field(30.0, gt=0, description="time decay of the events forming the centroids")
+    top_items: int = Field(500, ge=1, description="items kept per cohort centroid")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "CohortSettings":
+        for level in self.levels:
+            if not level or len(set(level)) != len(level):
+                raise ValueError(f"a cohort level names each dimension at most once and at least one, got {level}")
+        return self
+
+
 class PreferenceSettings(_Section):
     """How a shopper's explicit preferences (``PUT /v1/shoppers/{id}/preferences``) shape their rails
     (``rules/preferences.py``; the merchandise stage boosts, the resolve stage filters)."""
@@ -411,6 +449,7 @@ class ModelSettings(_Section):
     candidates: CandidateSettings = CandidateSettings()
     content: ContentSettings = ContentSettings()
     preferences: PreferenceSettings = PreferenceSettings()
+    cohort: CohortSettings = CohortSettings()
 
 
 class APISettings(_Section):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from shelfwise.domain import EventType
-from shelfwise.items import ItemTable
-from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest
+from shelfwise.items import ItemTable, category_path
+from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest, Visit
 from shelfwise.rules.preferences import PreferenceMasks
 from shelfwise.stages.base import Batch
 
@@ -39,9 +39,12 @@ class ResolveStage:
             anchors = [idx[c] for c in req.cart if c in idx]
         user = self.shopper_index.get(req.shopper, -1) if req.shopper else -1
         fresh = bool(ts) and max(ts) > self.trained_until
+        visit = Visit((req.device or "").casefold(), req.placement.casefold(),
+                      category_path(req.category)[0].casefold() if req.category else "",
+                      tuple(s.casefold() for s in req.segments))
         return Query(user=user, history=np.array(hist, np.int32), history_kind=np.array(kinds, np.int8),
                      history_ts=np.array(ts, np.float64), anchors=np.array(anchors, np.int32), fresh=fresh,
-                     now=req.now)
+                     now=req.now, visit=visit)
 
     def excluded(self, req: RecRequest, q: Query, exclude_history: str) -> np.ndarray:
         """Item indices this request must not show (besides the catalog's unservable items)."""

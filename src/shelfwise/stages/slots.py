@@ -18,6 +18,7 @@ from shelfwise.request import Answer, Recommendation
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.rerank.mmr import Similarity, price_bands
 from shelfwise.rerank.slots import Placed, fill
+from shelfwise.retrieval.cohort import CohortRetriever
 from shelfwise.rules.compile import LocalEffects, apply_local, localize
 from shelfwise.rules.log import ShadowRecord
 from shelfwise.rules.stage import RulesStage, ShadowJob
@@ -49,12 +50,13 @@ class SlotStage:
 
     def __init__(self, items: ItemTable, business: BusinessScorer, signals: BusinessSignals,
                  unit: np.ndarray | None, version: str, rules: RulesStage | None,
-                 fallbacks: dict[str, str] | None = None) -> None:
+                 fallbacks: dict[str, str] | None = None, cohort: CohortRetriever | None = None) -> None:
         """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None. ``fallbacks``: the
         sources whose scores are no evidence about the shopper or item (a slot only they support is a fallback),
-        each with the reason its slots give (``popular``, ``cohort``)."""
+        each with the reason its slots give (``popular``, ``cohort``). ``cohort``: the cohort source (explanations
+        name the cohort that answered)."""
         self.items, self.business, self.signals, self.unit = items, business, signals, unit
-        self.version, self.rules, self.fallbacks = version, rules, fallbacks or {}
+        self.version, self.rules, self.fallbacks, self.cohort = version, rules, fallbacks or {}, cohort
         self._sim: dict[str, Similarity] = {}
         self._bands: np.ndarray | None = None
 
@@ -210,4 +212,7 @@ class SlotStage:
                                "mmr_lambda": conf.diversity.mmr_lambda}
         if self.rules is not None:
             out["rulesets"] = batch.rulesets
+        cohort = self.cohort.describe(batch.queries[r]) if self.cohort is not None else None
+        if cohort is not None:
+            out["cohort"] = cohort
         return out
