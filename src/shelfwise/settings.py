@@ -215,8 +215,9 @@ class PlacementSettings(_Section):
 def _default_placements() -> dict[str, PlacementSettings]:
     # homepage: BENCHMARKS.md (Offline quality; Sequence model); `cohort` speaks only for a shopper without history
     # (a new shopper's first request), where the other sources have nothing. `content` (items like the page's or
-    # cart's, by catalog data: the only evidence about an item added after training) weighs in on the item pages and the cart,
-    # not on the homepage, whose measured ranking (and the ranker trained on its sources) it would change.
+    # cart's, by catalog data: the only evidence about an item added after training) weighs in on the item pages
+    # and the cart, not on the homepage, whose measured ranking (and the ranker trained on its sources) it would
+    # change.
     return {
         "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
                                                "trending": 0.02}),

@@ -371,7 +371,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     @app.put("/v1/shoppers/{shopper:path}/preferences", response_model=m.PreferencesView, tags=["preferences"],
              summary="Store a shopper's explicit preferences, replacing what was stored (scope: ingest)",
              responses={409: _error_response("the shopper has not granted personalisation consent: nothing was "
-                                             "stored")},
+                                             "stored"),
+                        404: _error_response("the path names no shopper (an id with a line break cannot travel in "
+                                             "a path)")},
              openapi_extra=m.json_body(m.schema_ref("Preferences"), "categories, brands, sizes, price range and "
                                                                    "style tags (each optional)"))
     async def put_preferences(shopper: Shopper, request: Request) -> Response:

@@ -1,9 +1,10 @@
 """One ASGI middleware in front of every route: CORS, body size, authentication + scope, rate limits.
 
 Which scope a route needs is decided here, from its method and path (``required_scope``): ``ingest`` for
-``POST /v1/events``, ``/v1/consent`` and ``/v1/shoppers/{id}/preferences``, ``read`` for ``GET /v1/recommendations/…`` (and ``/v1/rerank``),
-``admin`` for everything else under ``/v1`` (a route added later is admin-only until listed here). The health
-checks and the API documentation are public; ``/metrics`` is admin unless ``security.public_metrics``.
+``POST /v1/events``, ``/v1/consent`` and ``/v1/shoppers/{id}/preferences``, ``read`` for
+``GET /v1/recommendations/…`` (and ``/v1/rerank``), ``admin`` for everything else under ``/v1`` (a route added
+later is admin-only until listed here). The health checks and the API documentation are public; ``/metrics`` is
+admin unless ``security.public_metrics``.
 
 Order: a CORS preflight is answered at once (browsers send no credentials with it); a body announced larger
 than ``max_body_bytes`` gets 413 before it is read (a chunked body is counted as it streams); then the key is
