@@ -159,6 +159,30 @@ def migrate(conn: Connection) -> list[int]:
     return applied_now
 
 
+class PostgresRole:
+    """What a role with a small pool of its own on a PostgreSQL database shares (keys and consent, preferences): the
+    schema migrated first (``postgres://`` accepted; the events' ``pool_min``/``pool_max`` are not its own), the
+    checkpoint note after an erasure, and closing."""
+
+    def __init__(self, dsn: str, name: str, max_size: int = 4) -> None:
+        if dsn.startswith("postgres://"):
+            dsn = with_scheme(dsn, "postgresql")
+        conninfo, _ = split_options(dsn, {"pool_min", "pool_max"})
+        self.pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=True, name=name)
+        with self.pool.connection() as conn:
+            migrate(conn)
+        self._closed = False
+
+    def checkpoint(self) -> str:
+        return ("PostgreSQL: deleted rows are invisible at once; their space is reclaimed by (auto)vacuum "
+                "(see SECURITY.md)")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.pool.close()
+
+
 class PostgresStore:
     """EventStore + Catalog on PostgreSQL. Thread-safe (a pool of connections); many processes may share it."""
 

@@ -6,25 +6,17 @@ from __future__ import annotations
 from typing import Sequence
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from shelfwise.domain import Preferences
-from shelfwise.stores._dsn import split_options, with_scheme
-from shelfwise.stores.postgres import migrate
+from shelfwise.stores.postgres import PostgresRole
 from shelfwise.stores.protocols import ShopperPreferences
 
 
-class PostgresPreferenceStore:
+class PostgresPreferenceStore(PostgresRole):
     """PreferenceStore on PostgreSQL. Thread-safe; shared by every replica."""
 
     def __init__(self, dsn: str) -> None:
-        if dsn.startswith("postgres://"):
-            dsn = with_scheme(dsn, "postgresql")
-        conninfo, _ = split_options(dsn, {"pool_min", "pool_max"})
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=4, open=True, name="shelfwise-preferences")
-        with self.pool.connection() as conn:
-            migrate(conn)
-        self._closed = False
+        super().__init__(dsn, "shelfwise-preferences")
 
     def preferences(self, shoppers: Sequence[str]) -> dict[str, ShopperPreferences]:
         if not shoppers:
@@ -43,12 +35,3 @@ class PostgresPreferenceStore:
     def delete_preferences(self, shopper: str) -> int:
         with self.pool.connection() as conn:
             return conn.execute("DELETE FROM shopper_preferences WHERE shopper = %s", (shopper,)).rowcount
-
-    def checkpoint(self) -> str:
-        return ("PostgreSQL: deleted rows are invisible at once; their space is reclaimed by (auto)vacuum "
-                "(see SECURITY.md)")
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.pool.close()

@@ -6,14 +6,13 @@ asked, so erased preferences are overwritten in the file rather than left on fre
 
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
 import orjson
 
 from shelfwise.domain import Preferences
 from shelfwise.stores.protocols import ShopperPreferences
-from shelfwise.stores.sqlite import Readers, connect, path_from_dsn
+from shelfwise.stores.sqlite import SQLiteRole
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shopper_preferences (
@@ -24,15 +23,11 @@ CREATE TABLE IF NOT EXISTS shopper_preferences (
 """
 
 
-class SQLitePreferenceStore:
+class SQLitePreferenceStore(SQLiteRole):
     """PreferenceStore on one SQLite file. Thread-safe."""
 
     def __init__(self, dsn: str, secure_delete: bool = True) -> None:
-        self.path = path_from_dsn(dsn)
-        self._lock = threading.Lock()
-        self._db = connect(self.path, secure_delete=secure_delete)
-        self._db.executescript(SCHEMA)
-        self._readers = Readers(self.path)
+        super().__init__(dsn, SCHEMA, secure_delete)
 
     def preferences(self, shoppers: Sequence[str]) -> dict[str, ShopperPreferences]:
         out: dict[str, ShopperPreferences] = {}
@@ -56,14 +51,3 @@ class SQLitePreferenceStore:
     def delete_preferences(self, shopper: str) -> int:
         with self._lock:
             return self._db.execute("DELETE FROM shopper_preferences WHERE shopper = ?", (shopper,)).rowcount
-
-    def checkpoint(self) -> str:
-        """Fold the WAL into the database file and truncate it (erased rows must not linger in the WAL)."""
-        with self._lock:
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return "WAL checkpointed and truncated" if not busy else "WAL checkpoint blocked by a reader; retried later"
-
-    def close(self) -> None:
-        self._readers.close()
-        with self._lock:
-            self._db.close()
