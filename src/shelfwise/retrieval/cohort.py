@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from shelfwise.items import category_path
 from shelfwise.request import Query, Visit
 from shelfwise.retrieval.base import Retriever, SourceScores, SparseScores, TrainData
-from shelfwise.settings import CohortSettings
+from shelfwise.settings import CohortSettings, known_fields
 
 SEP = "\x1f"
 
@@ -173,7 +173,7 @@ class CohortRetriever(Retriever):
     @classmethod
     def load(cls, path: Path) -> "CohortRetriever":
         z = np.load(path / "cohort.npz")
-        obj = cls(CohortSettings.model_validate_json(str(z["settings"])))
+        obj = cls(CohortSettings.model_validate(known_fields(CohortSettings, json.loads(str(z["settings"])))))
         obj.levels = json.loads(str(z["levels"]))
         obj.keys = json.loads(str(z["keys"]))
         obj._n_items = int(z["n_items"])
