@@ -75,7 +75,7 @@ class CandidateStage:
         return np.flatnonzero(~banned).astype(np.int64)
 
     def _most_popular(self, want: dict[int, int], ex: Exclusions, have: np.ndarray | None = None,
-                 match: list[np.ndarray | None] | None = None) -> np.ndarray:
+                      match: list[np.ndarray | None] | None = None) -> np.ndarray:
         """For each row r of ``want``: its ``want[r]`` most popular items that it may show, not in ``have[r]`` and,
         with ``match``, among the items ``match[r]`` marks; (B, m) with -1 pads."""
         rows = [np.zeros(0, np.int64)] * len(ex)
