@@ -9,10 +9,9 @@ from typing import Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from shelfwise.stores._dsn import split_options, with_scheme
-from shelfwise.stores.postgres import migrate
+from shelfwise.stores.postgres import POOL_OPTIONS, connection_pool, migrate
 from shelfwise.stores.privacy_common import (
     KEY_COLUMNS, consent_from_row, consent_row, key_from_row, key_row, marker, merge_consent,
 )
@@ -27,8 +26,8 @@ class PostgresPrivacyStore:
     def __init__(self, dsn: str) -> None:
         if dsn.startswith("postgres://"):
             dsn = with_scheme(dsn, "postgresql")
-        conninfo, _ = split_options(dsn, {"pool_min", "pool_max"})
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=4, open=True, name="shelfwise-privacy")
+        conninfo, opts = split_options(dsn, POOL_OPTIONS)
+        self.pool = connection_pool(conninfo, opts, "shelfwise-privacy")
         with self.pool.connection() as conn:
             migrate(conn)
             conn.execute("INSERT INTO privacy_meta VALUES ('marker_salt', %s), ('keys_generation', '0') "
