@@ -224,15 +224,24 @@ class Shelfwise:
     def _watch_models(self, interval_s: float) -> None:
         settled = time.monotonic()
         while not self._stop.wait(interval_s):
-            try:
-                if self.refresh_model(0.0):
-                    self.settle_heap()
-                    settled = time.monotonic()
-                elif time.monotonic() - settled >= self.settings.api.freeze_heap_s:
-                    self.settle_heap(everything=False)
-                    settled = time.monotonic()
-            except Exception:  # a broken version on disk: keep serving the current one, say so
-                log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
+            if self.refresh_model_safely():
+                self.settle_heap()
+                settled = time.monotonic()
+            elif time.monotonic() - settled >= self.settings.api.freeze_heap_s:
+                self.settle_heap(everything=False)
+                settled = time.monotonic()
+
+    def refresh_model_safely(self) -> bool:
+        """``refresh_model`` for the watcher: a version that cannot be read (corrupt or unreadable files) leaves the
+        current model serving; the ``model_store`` breaker says why (``/readyz``) until a version loads."""
+        try:
+            swapped = self.refresh_model(0.0)
+        except Exception as exc:
+            log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
+            self.breakers["model_store"].failure(f"{self.models.current()}: {type(exc).__name__}: {str(exc)[:200]}")
+            return False
+        self.breakers["model_store"].success()
+        return swapped
 
     # ---- events --------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> AppendResult:

@@ -237,3 +237,32 @@ def test_a_model_that_fails_falls_back_to_the_previous_one_then_to_best_sellers(
 def test_a_bad_request_is_still_an_error_not_a_fallback(engine):
     with pytest.raises(ValueError, match="unknown placement"):
         engine.recommend(RecRequest("checkout", k=3))
+
+
+def copy_version(engine, source: str) -> tuple[str, object]:
+    import json
+    import shutil
+
+    version, path = engine.models.new_version()
+    shutil.copytree(engine.models.path(source), path, dirs_exist_ok=True)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
+    return version, path
+
+
+def test_an_unreadable_model_version_leaves_the_current_one_serving(engine):
+    live = engine.pipeline.version
+    before = ask(engine)
+    bad, path = copy_version(engine, live)
+    (path / "items.npz").write_bytes(b"not a numpy archive")  # a torn copy, a full disk, a bad permission...
+    engine.models.publish(bad)
+    assert engine.refresh_model_safely() is False
+    assert engine.pipeline.version == live
+    assert [r.item_id for r in ask(engine).items] == [r.item_id for r in before.items]
+    status = engine.breakers.all()["model_store"]
+    assert status["consecutive_failures"] == 1 and bad in status["last_error"]
+    good, _ = copy_version(engine, live)
+    engine.models.publish(good)
+    assert engine.refresh_model_safely() is True and engine.pipeline.version == good
+    assert engine.breakers.all()["model_store"]["state"] == "closed"
+    assert engine.last_good is not None and engine.last_good.version == live
