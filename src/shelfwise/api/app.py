@@ -173,7 +173,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
 
     @app.exception_handler(BusTimeout)
     async def _bus_timeout(request: Request, exc: BusTimeout) -> JSONResponse:
-        return error(503, f"{exc}", None, None)
+        resp = error(503, f"{exc}", None, None)
+        resp.headers["Retry-After"] = str(settings.resilience.retry_after_s)
+        return resp
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
