@@ -266,3 +266,14 @@ def test_an_unreadable_model_version_leaves_the_current_one_serving(engine):
     assert engine.refresh_model_safely() is True and engine.pipeline.version == good
     assert engine.breakers.all()["model_store"]["state"] == "closed"
     assert engine.last_good is not None and engine.last_good.version == live
+
+
+def test_events_not_committed_in_time_answer_503_with_retry_after(settings, redis_url):
+    from contract_helpers import redis_prefix
+
+    base, prefix = redis_url.split("?")[0], redis_prefix(redis_url)
+    bus = f"redis-stream{base[len('redis'):]}?stream={prefix}events&group=g"
+    s = configured(settings, {"bus": bus, "ack": "commit", "ack_timeout_s": 0.3})  # and no worker running
+    with api_client(s) as client:
+        r = client.post("/v1/events", json=view("late1", "u1", "p1", 1).model_dump(mode="json"))
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) == s.resilience.retry_after_s, r.text
