@@ -205,6 +205,7 @@ class EventPoster(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.shoppers, self.items, self.rate, self.key = url, shoppers, items, rate, key
         self.sent = self.failed = 0
+        self.acked: list[str] = []  # ids of the events the API acknowledged (202)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -231,6 +232,8 @@ class EventPoster(threading.Thread):
                     ok = False
                 self.sent += 10 if ok else 0
                 self.failed += 0 if ok else 10
+                if ok:
+                    self.acked += [e["event_id"] for e in batch]
                 next_at += period
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
