@@ -24,6 +24,7 @@ from shelfwise.retrieval.trending import TrendingRetriever
 from shelfwise.rules.preferences import PreferenceMasks
 from shelfwise.rules.stage import RulesStage
 from shelfwise.stages.base import Stage
+from shelfwise.stages.budget import StageGuard
 from shelfwise.stages.candidates import CandidateStage
 from shelfwise.stages.merchandise import MerchandiseStage, RulesPlanStage
 from shelfwise.stages.rank import RankStage
@@ -39,10 +40,10 @@ def attach_indexes(model: Model, index_factory: IndexFactory | None) -> None:
 
 
 def assemble(model: Model, rules: RulesStage | None = None, index_factory: IndexFactory | None = None,
-             observer: Observer | None = None) -> Pipeline:
+             observer: Observer | None = None, guard: StageGuard | None = None) -> Pipeline:
     if index_factory is not None:  # (without one, the sources keep what they have: none, or the live model's)
         attach_indexes(model, index_factory)
-    return _pipeline(model, rules, observer)
+    return _pipeline(model, rules, observer, guard)
 
 
 def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | None = None) -> Pipeline:
@@ -52,10 +53,11 @@ def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | No
     table = pipeline.items.with_items(items)
     if table is pipeline.items:
         return pipeline
-    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer)
+    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer, pipeline.guard)
 
 
-def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None) -> Pipeline:
+def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
+              guard: StageGuard | None = None) -> Pipeline:
     s = model.settings
     items, retrievers = model.items, model.retrievers
     trending = retrievers.get("trending")
@@ -79,4 +81,4 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None)
                       cohort if isinstance(cohort := retrievers.get("cohort"), CohortRetriever) else None)
     stages += [MerchandiseStage(business, s.preferences), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
-                    observer=observer)
+                    observer=observer, guard=guard)

@@ -244,6 +244,8 @@ class Answer:
     model_version: str = ""  # the model version that computed this answer
     rulesets: str = ""  # the live rule set versions applied ("id@version,..."; empty when none)
     experiments: list[dict[str, str]] = field(default_factory=list)  # [{"experiment", "variant"}] it served
+    degraded: list[str] = field(default_factory=list)  # what was left out of it (a source, the ranker, the
+    # shopper's state, the model) and why; empty for a full answer (README "Graceful degradation")
 
     @property
     def fallback(self) -> bool:

@@ -483,6 +483,32 @@ class APISettings(_Section):
                            "marked fallback")
 
 
+class ResilienceSettings(_Section):
+    """Graceful degradation while serving (``stages/budget.py``, ``stores/breaker.py``): time budgets for the request
+    path's stages and candidate sources, and circuit breakers around what may fail. Offline evaluation runs
+    without them."""
+
+    stage_budget_ms: dict[str, float] = Field(
+        default_factory=lambda: {"resolve": 20.0, "rules": 20.0, "candidates": 100.0, "rank": 50.0,
+                                 "merchandise": 20.0, "slots": 50.0},
+        description="per stage, for one micro-batch (about 10x what each takes on the 12k demo shop under load): "
+                    "the optional stage (rank) over its budget or failing `breaker_failures` times in a row is "
+                    "skipped until its breaker's probe succeeds (the answer keeps the blend's order and names "
+                    "`rank` in `degraded`); a required stage over its budget is logged")
+    source_budget_ms: float = Field(50.0, gt=0, description="one candidate source for one micro-batch: over it, or "
+                                    "failing, `breaker_failures` times in a row, the source is left out until its "
+                                    "breaker's probe succeeds (the answer names it in `degraded`); the other "
+                                    "sources and the best sellers fill the rail")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures (errors, or calls over budget) that "
+                                  "open a circuit breaker")
+    breaker_reset_s: float = Field(10.0, gt=0, description="an open breaker lets one probe call through after this "
+                                   "long (half-open): success closes it")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (the event store is down: events are "
+                               "refused, never acknowledged and lost)")
+    bestsellers: int = Field(200, ge=1, description="the static best-seller list kept in memory: the last fallback "
+                             "when no model can answer")
+
+
 class RulesSettings(_Section):
     """Merchandising rules (``rules/``): shadow traffic, exposure log, reload."""
 
@@ -618,6 +644,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     security: SecuritySettings = SecuritySettings()
     privacy: PrivacySettings = PrivacySettings()
+    resilience: ResilienceSettings = ResilienceSettings()
 
     @model_validator(mode="after")
     def _pseudonym_key(self) -> "Settings":

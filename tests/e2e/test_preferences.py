@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from shelfwise.domain import Item
+from shelfwise.domain import Item, Preferences
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from tests.conftest import api_client, make_key, tiny_catalog
 
@@ -255,3 +255,22 @@ def test_preferences_of_a_shopper_without_consent_are_not_used(trained_settings)
         c.put("/v1/consent", params={"user_id": "withdrew"}, json={"personalisation": "denied"})
         assert c.get(prefs_path("withdrew")).status_code == 200  # kept (erase_on_withdrawal off) ...
         assert shown(rail(c, user_id="withdrew")) == anonymous  # ... but not used
+
+
+def test_a_preference_store_that_is_down_costs_the_preferences_not_the_answer(trained_engine, monkeypatch):
+    import sqlite3
+
+    from shelfwise.request import RecRequest
+
+    trained_engine.set_preferences("quiz-taker", Preferences(brands=["Volt"]))
+    stated = trained_engine.recommend(RecRequest(placement="homepage", shopper="quiz-taker", k=4))
+    assert stated.items[0].reason == "preference" and not stated.degraded
+
+    def down(shoppers):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(trained_engine.preference_store, "preferences", down)
+    trained_engine.cache.clear()
+    ans = trained_engine.recommend(RecRequest(placement="homepage", shopper="quiz-taker", k=4))
+    assert ans.items and all(r.reason != "preference" for r in ans.items)
+    assert any(d.startswith("preferences: unavailable (OperationalError)") for d in ans.degraded), ans.degraded

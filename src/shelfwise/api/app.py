@@ -38,6 +38,7 @@ from shelfwise.security.middleware import SecurityMiddleware, required_scope
 from shelfwise.service import Shelfwise
 from shelfwise.settings import Settings, load_settings
 from shelfwise.stores import open_rate_limiter
+from shelfwise.stores.breaker import Unavailable
 from shelfwise.stores.bus import BusTimeout
 
 log = logging.getLogger("shelfwise.api")
@@ -102,7 +103,8 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": m.ErrorBody, "description": "rate limit exceeded: retry after the Retry-After header's seconds",
           "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
     500: _error_response("internal error (a bug: nothing half-written is kept)"),
-    503: _error_response("events queued but not yet committed (stores.ack = commit): resending is safe"),
+    503: _error_response("the event store is unavailable, or events queued but not yet committed (stores.ack = "
+                         "commit): nothing was acknowledged, resending is safe (see Retry-After)"),
 }
 
 
@@ -172,7 +174,15 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
 
     @app.exception_handler(BusTimeout)
     async def _bus_timeout(request: Request, exc: BusTimeout) -> JSONResponse:
-        return error(503, f"{exc}", None, None)
+        resp = error(503, f"{exc}", None, None)
+        resp.headers["Retry-After"] = str(settings.resilience.retry_after_s)
+        return resp
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        resp = error(503, str(exc), None, None)
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -197,6 +207,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                          "ranker": model.ranker is not None, "full": model.full,
                                          "trained_until": model.trained_until},
                                "content": eng.content_status(),
+                               "degraded": eng.breakers.open(),
                                "training": training and {
                                    k: training.get(k) for k in ("state", "what", "started_at", "expected_s",
                                                                 "finished_at", "version", "error")}})
@@ -291,6 +302,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         costs the others theirs (each failure is reported by index). Fails only when every event does."""
         try:
             return [sw().ingest(valid)]
+        except Unavailable:  # the store is down: one by one would fail the same way (503, nothing stored)
+            raise
         except Exception:
             if len(valid) == 1:
                 raise
@@ -299,6 +312,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         for i, ev in zip(where, valid):
             try:
                 results.append(sw().ingest([ev]))
+            except Unavailable:
+                raise
             except Exception as exc:  # noqa: BLE001 - reported to the client by index
                 failed.append({"index": i, "field": "(event)", "reason": f"could not be stored "
                                                                          f"({type(exc).__name__})"})
@@ -507,6 +522,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             "rulesets": answer.rulesets,
             "experiments": answer.experiments,
             "fallback": answer.fallback,
+            "degraded": answer.degraded,
             "items": items,
         }
         if explain:

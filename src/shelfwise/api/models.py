@@ -112,6 +112,9 @@ class Ready(BaseModel):
     content: LiveContent | None = Field(None, description="the content source's background encoder (none when "
                                                           "the model has no content source)")
     training: TrainingRun | None = Field(None, description="the last training run started on this model store")
+    degraded: dict[str, dict[str, Any]] = Field(default_factory=dict, description="circuit breakers that are open "
+                                                "or probing (a backend or a part of the request path being left "
+                                                "out), with their last error; empty when everything answers")
 
 
 # ---- events -----------------------------------------------------------------------------------------------------
@@ -169,6 +172,9 @@ class RecommendationAnswer(BaseModel):
                                                                                 "served it: [{experiment, variant}]")
     fallback: bool = Field(description="nothing about this shopper or item went into the rail: every slot is a "
                                        "fallback (an empty rail too)")
+    degraded: list[str] = Field(default_factory=list, description="what this answer was computed without (a "
+                                "candidate source, the learned ranker, the shopper's recent events, the current "
+                                "model) and why, while a backend or model part is down or slow; empty when whole")
     items: list[RecommendedItem]
     explanation: dict[str, Any] | None = None
 

@@ -24,6 +24,7 @@ import orjson
 
 from shelfwise.security.keys import KeyVerifier
 from shelfwise.settings import SecuritySettings
+from shelfwise.stores.breaker import Unavailable
 from shelfwise.stores.protocols import ApiKey, RateLimiter
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
@@ -194,7 +195,10 @@ class SecurityMiddleware:
                          challenge), None
         hit, key = self.verifier.cached(token)
         if not hit:
-            key = await anyio.to_thread.run_sync(self.verifier.verify, token)
+            try:
+                key = await anyio.to_thread.run_sync(self.verifier.verify, token)
+            except Unavailable as exc:
+                return _json(503, str(exc), None, [(b"retry-after", b"5")]), None
         if key is None:
             return _json(401, "unknown or revoked API key", "Authorization",
                          [(b"www-authenticate", b'Bearer realm="shelfwise", error="invalid_token"')]), None

@@ -16,6 +16,7 @@ from shelfwise.request import Answer, Candidates, Exclusions, Query, RecRequest
 from shelfwise.rules.compile import LocalEffects
 from shelfwise.rules.stage import RequestRules
 from shelfwise.settings import PlacementSettings
+from shelfwise.stages.budget import StageGuard
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Batch:
     relevance_best: np.ndarray | None = None  # (B,) best relevance per row (explanations, shadow records)
     answers: list[Answer] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds (whole batch)
+    guard: StageGuard | None = None  # serving's budgets and breakers (stages/budget.py); None offline
+    degraded: list[str] = field(default_factory=list)  # parts left out of this batch's answers, and why
 
     def __len__(self) -> int:
         return len(self.requests)

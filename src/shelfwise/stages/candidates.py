@@ -21,6 +21,8 @@ source's score of them (``cold_weights``): the content source is the only one th
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from shelfwise.request import Candidates, Exclusions, take_rows
@@ -178,13 +180,41 @@ class CandidateStage:
         blend = np.where(items >= 0, val, 0.0).astype(np.float32)
         return Candidates(items, sources, blend, np.where(items >= 0, val, -np.inf).astype(np.float32))
 
+    def _guarded(self, batch: Batch, weights: dict[str, float],
+                 n_items: int) -> tuple[dict[str, SourceScores], dict[str, np.ndarray]]:
+        """The sources' scores while serving: a source whose breaker is open, or that fails now, is left out (and
+        named in ``batch.degraded``); each call's time counts against the source's budget."""
+        guard = batch.guard
+        assert guard is not None
+        scored: dict[str, SourceScores] = {}
+        peaks: dict[str, np.ndarray] = {}
+        for n in weights:
+            skip = guard.source_skipped(n)
+            if skip is not None:
+                batch.degraded.append(skip)
+                continue
+            t0 = time.perf_counter()
+            try:
+                sc = scores_over(self.sources[n], batch.queries, n_items)
+                peaks[n] = sc.peak()
+            except Exception as exc:
+                batch.degraded.append(guard.source_failed(n, exc))
+                continue
+            scored[n] = sc
+            guard.source_done(n, time.perf_counter() - t0)
+        return scored, peaks
+
     def run(self, batch: Batch) -> None:
         ex = batch.exclusions
         assert ex is not None
         weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
         n_items = len(ex.banned)  # the request's catalog (it may have items some sources were not fitted on)
-        scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
-        peaks = {n: sc.peak() for n, sc in scored.items()}
+        if batch.guard is None:
+            scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
+            peaks = {n: sc.peak() for n, sc in scored.items()}
+        else:
+            scored, peaks = self._guarded(batch, weights, n_items)
+            weights = {n: w for n, w in weights.items() if n in scored}
         dense = n_items <= self.settings.dense_max_items
         cold = self.cold_weights(weights, n_items)
         cand = (self._dense if dense else self._union)(batch, scored, peaks, weights, cold)

@@ -159,16 +159,31 @@ def migrate(conn: Connection) -> list[int]:
     return applied_now
 
 
+POOL_OPTIONS = {"pool_min", "pool_max", "pool_timeout"}
+
+
+def connection_pool(conninfo: str, opts: dict[str, str], name: str, min_size: int = 1, max_size: int = 4,
+                    configure=None) -> ConnectionPool:
+    """A connection pool as every PostgreSQL role opens it (DSN options ``pool_min``, ``pool_max``,
+    ``pool_timeout``). A connection is checked before it is handed out (a server restart leaves broken ones in
+    the pool), a caller waits at most ``pool_timeout`` seconds (default 5) for one, and connecting gives up after
+    5 s: a PostgreSQL that is down fails fast, and the circuit breakers (``stores/breaker.py``) take over."""
+    return ConnectionPool(conninfo, min_size=int(opts.get("pool_min", min_size)),
+                          max_size=int(opts.get("pool_max", max_size)), open=True, configure=configure, name=name,
+                          timeout=float(opts.get("pool_timeout", 5.0)), check=ConnectionPool.check_connection,
+                          kwargs={"connect_timeout": 5})
+
+
 class PostgresRole:
     """What a role with a small pool of its own on a PostgreSQL database shares (keys and consent, preferences): the
-    schema migrated first (``postgres://`` accepted; the events' ``pool_min``/``pool_max`` are not its own), the
-    checkpoint note after an erasure, and closing."""
+    pool (``connection_pool``), the schema migrated first (``postgres://`` accepted), the checkpoint note after an
+    erasure, and closing."""
 
-    def __init__(self, dsn: str, name: str, max_size: int = 4) -> None:
+    def __init__(self, dsn: str, name: str) -> None:
         if dsn.startswith("postgres://"):
             dsn = with_scheme(dsn, "postgresql")
-        conninfo, _ = split_options(dsn, {"pool_min", "pool_max"})
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=True, name=name)
+        conninfo, opts = split_options(dsn, POOL_OPTIONS)
+        self.pool = connection_pool(conninfo, opts, name)
         with self.pool.connection() as conn:
             migrate(conn)
         self._closed = False
@@ -189,11 +204,9 @@ class PostgresStore:
     def __init__(self, dsn: str) -> None:
         if dsn.startswith("postgres://"):
             dsn = with_scheme(dsn, "postgresql")
-        conninfo, opts = split_options(dsn, {"pool_min", "pool_max"})
+        conninfo, opts = split_options(dsn, POOL_OPTIONS)
         self.dsn = conninfo
-        self.pool = ConnectionPool(conninfo, min_size=int(opts.get("pool_min", 1)),
-                                   max_size=int(opts.get("pool_max", 8)), open=True, configure=self._configure,
-                                   name="shelfwise-events")
+        self.pool = connection_pool(conninfo, opts, "shelfwise-events", max_size=8, configure=self._configure)
         self._closed = threading.Event()
         with self.pool.connection() as conn:
             self.applied_migrations = migrate(conn)
