@@ -4,7 +4,9 @@ how each check is decided), and the Prometheus gauges that expose the last repor
 
 Check names: ``ranker.<feature>`` (the live ranker's most important features), ``scores.<placement>`` (the score
 of a shown slot), ``items.new_share`` (impressions of items created less than ``new_item_days`` before),
-``events.type``, ``events.category`` (root category of viewed items), ``events.log_price_paid``.
+``events.type``, ``events.category`` (root category of viewed items), ``events.log_price_paid`` and
+``events.price_index`` (log of the price paid over the item's catalog price now: moves when prices change between
+the windows, whatever is bought).
 """
 
 from __future__ import annotations
@@ -159,13 +161,12 @@ def _new_item_check(items: Any, path: Any, exposures: list[samples.Exposures], s
 
 
 def _event_checks(engine: Any, windows: tuple[Window, Window], s: MonitorSettings) -> list[Check]:
-    cats = samples.top_categories(engine.pipeline.items)
-    mixes = [samples.event_mix(samples.read_events(engine.store, w, s.scan_hours), cats, _rng(s, 20 + i))
-             for i, w in enumerate(windows)]
-    (types_r, cats_r, paid_r), (types_c, cats_c, paid_c) = mixes
-    return [categorical("events.type", "events", types_r, types_c, s),
-            categorical("events.category", "events", cats_r, cats_c, s),
-            numeric("events.log_price_paid", "events", paid_r, paid_c, s)]
+    ref, cur = (samples.event_mix(samples.read_events(engine.store, w, s.scan_hours), engine.pipeline.items,
+                                  _rng(s, 20 + i)) for i, w in enumerate(windows))
+    return [categorical("events.type", "events", ref.types, cur.types, s),
+            categorical("events.category", "events", ref.categories, cur.categories, s),
+            numeric("events.log_price_paid", "events", ref.log_price_paid, cur.log_price_paid, s),
+            numeric("events.price_index", "events", ref.price_index, cur.price_index, s)]
 
 
 # ---- Prometheus ----------------------------------------------------------------------------------------------

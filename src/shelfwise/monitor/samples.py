@@ -8,8 +8,8 @@
   it was (the shopper's events before it, at its time) and run through the live model's candidate stages and
   the one feature code path (``ranking.features.compute_features``), exactly as serving computes them; one random
   row among the candidates the ranker scores is kept per request. The catalog side of the features (price,
-  margin, stock) is the catalog as it is now, for both windows: catalog changes show in the prices paid
-  (``events.log_price_paid``), not here.
+  margin, stock) is the catalog as it is now, for both windows: a price change shows in the prices paid against
+  the catalog's (``events.price_index``), not here.
 """
 
 from __future__ import annotations
@@ -136,28 +136,41 @@ def read_events(store: EventStore, window: Window, max_hours: float) -> EventLog
     return EventLog(**{k: np.concatenate([getattr(lg, k) for lg in logs]) for k in EventLog.__dataclass_fields__})
 
 
-def event_mix(log: EventLog, category_of: dict[str, str], rng: np.random.Generator
-              ) -> tuple[dict[str, int], dict[str, int], np.ndarray]:
-    """The event mix of a window, from independent draws: the type of one random event per session, the root
-    category of one random viewed item per session, and the log price of one random line per purchase (the events
-    of one session, or the lines of one order, are alike: counting each would make the tests see far more
-    evidence than there is)."""
+@dataclass
+class EventMix:
+    """A window's event mix, from independent draws (one per session, or per purchase)."""
+
+    types: dict[str, int]  # type of one random event per session
+    categories: dict[str, int]  # root category of one random viewed item per session
+    log_price_paid: np.ndarray  # one random line per purchase
+    price_index: np.ndarray  # the same lines: log(price paid / the item's catalog price now)
+
+
+def event_mix(log: EventLog, items: Any, rng: np.random.Generator) -> EventMix:
+    """The event mix of a window (``items``: the live ``ItemTable``). The events of one session, or the lines of
+    one order, are alike: counting each would make the tests see far more evidence than there is, so each
+    session (order) contributes one random draw."""
     kind = log.kind.astype(np.int64)
     session = np.array([f"{a}\x1f{b}" for a, b in zip(log.shopper.tolist(), log.session.tolist())], object)
     types: dict[str, int] = defaultdict(int)
     for k in kind[_one_per(session, rng)].tolist():
         types[EventType(int(k)).name] += 1
     views = np.flatnonzero(kind == EventType.product_viewed)
+    category_of = top_categories(items)
     cats: dict[str, int] = defaultdict(int)
     for item in log.item[views[_one_per(session[views], rng)]].tolist():
         cats[category_of.get(item, "(not in the catalog)")] += 1
     lines = np.flatnonzero(kind == EventType.purchase_completed)
     order = np.array([f"{a}\x1f{b}\x1f{t}" for a, b, t in zip(log.shopper[lines].tolist(), log.order[lines].tolist(),
                                                                log.ts[lines].tolist())], object)
-    price = log.price[lines[_one_per(order, rng)]]
+    lines = lines[_one_per(order, rng)]
+    price = log.price[lines]
+    rows = np.array([items.index.get(str(i), -1) for i in log.item[lines].tolist()], np.int64)
+    catalog = np.where(rows >= 0, items.price[np.maximum(rows, 0)], np.nan) if len(rows) else np.zeros(0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        paid = np.log(price[np.isfinite(price) & (price > 0)])
-    return dict(types), dict(cats), paid
+        paid = np.log(price)
+        index = np.log(price / catalog)
+    return EventMix(dict(types), dict(cats), paid[np.isfinite(paid)], index[np.isfinite(index)])
 
 
 def _one_per(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
