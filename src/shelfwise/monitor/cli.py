@@ -77,6 +77,11 @@ def monitor(
                         raise CLIError(str(e)) from None
                     console.print(f"[red]error:[/red] {e}")
                     code = 2
+                except Exception as e:  # a scheduled job outlives one failed run (a locked database, a full disk)
+                    if period is None:
+                        raise
+                    console.print(f"[red]drift run failed:[/red] {type(e).__name__}: {e}")
+                    code = 2
                 done += 1
                 if period is None or (runs and done >= runs):
                     break

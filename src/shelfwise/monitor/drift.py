@@ -110,7 +110,8 @@ def _ranker_checks(engine: Any, exposures: list[samples.Exposures], notes: list[
     s: MonitorSettings = engine.settings.monitor
     pipeline = engine.pipeline
     ranker = pipeline.ranker
-    if ranker is None or ranker.booster is None:
+    stage = next((st for st in pipeline.stages if st.name == "rank"), None)
+    if ranker is None or ranker.booster is None or stage is None:
         notes.append("the live model has no learned ranker: no ranker-feature checks")
         return []
     gain = ranker.importances("gain")
@@ -123,7 +124,7 @@ def _ranker_checks(engine: Any, exposures: list[samples.Exposures], notes: list[
         rng = _rng(s, 10 + i)
         if len(rows) > s.sample_requests:
             rows = np.sort(rng.choice(rows, s.sample_requests, replace=False))
-        values.append(samples.ranker_rows(pipeline, engine.store, _take(exp, rows),
+        values.append(samples.ranker_rows(pipeline, stage.ctx, engine.store, _take(exp, rows),
                                           pipeline.settings.history_length, s.history_events, rng))
     return [numeric(f"ranker.{n}", "ranker", values[0][n], values[1][n], s) for n in names]
 

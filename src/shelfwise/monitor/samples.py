@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shelfwise.domain import EventType
-from shelfwise.ranking.features import compute_features, feature_names
+from shelfwise.ranking.features import FeatureContext, compute_features, feature_names
 from shelfwise.request import RecRequest
 from shelfwise.stores.protocols import EventLog, EventStore, Interaction, ShopperState
 
@@ -205,13 +205,12 @@ def rebuilt_requests(store: EventStore, exp: Exposures, history_length: int, his
     return out
 
 
-def ranker_rows(pipeline: Any, store: EventStore, exp: Exposures, history_length: int, history_events: int,
-                rng: np.random.Generator, batch: int = 256) -> dict[str, np.ndarray]:
-    """Feature name → one value per logged request of the ranker's placements (a random candidate row each)."""
-    ranker = pipeline.ranker
-    ctx = pipeline.stage("rank").ctx
+def ranker_rows(pipeline: Any, ctx: FeatureContext, store: EventStore, exp: Exposures, history_length: int,
+                history_events: int, rng: np.random.Generator, batch: int = 256) -> dict[str, np.ndarray]:
+    """Feature name → one value per logged request of the ranker's placements (a random candidate row among the
+    ones the ranker scores, each); ``ctx`` is the rank stage's feature context."""
     names = feature_names(ctx.spec)
-    n = ranker.settings.candidates
+    n = pipeline.ranker.settings.candidates
     rows: list[np.ndarray] = []
     reqs = rebuilt_requests(store, exp, history_length, history_events, n)
     by_placement: dict[str, list[RecRequest]] = defaultdict(list)
