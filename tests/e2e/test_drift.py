@@ -102,14 +102,16 @@ def scenario(base, name: str, day: list[Event] | None = None, items: list[Item] 
     engine = Shelfwise(settings)
     if items:
         engine.upsert_items(items)
-    played = Traffic()
-    played.history = {k: list(v) for k, v in traffic.history.items()}
     engine.ingest(generated if day is None else day)
-    played.play(engine, generated if day is None else day)
-    if retrain:  # a quick model that knows the new items (trending and co-visitation)
+    if retrain:  # a quick model that knows the new items (trending and co-visitation) serves the day
         train(engine.store, engine.catalog, engine.models, settings.models.model_copy(update={
             "ranker": settings.models.ranker.model_copy(update={"enabled": False})}),
             sources=("trending", "covisit", "copurchase"))
+        engine.close()
+        engine = Shelfwise(settings)
+    played = Traffic()
+    played.history = {k: list(v) for k, v in traffic.history.items()}
+    played.play(engine, generated if day is None else day)
     engine.close()
     return settings
 
@@ -197,7 +199,7 @@ def test_a_new_item_flood_is_flagged_on_the_new_item_share(base):
     v = verdicts(rep)
     assert v["items.new_share"] == "drift"
     new = next(c for c in rep.checks if c.feature == "items.new_share")
-    assert new.shares_current["new"] > new.shares_reference["new"] + 0.1
+    assert new.shares_reference["new"] == 0 and new.shares_current["new"] > 0.02
     assert v["events.type"] == "ok" and v["events.price_index"] == "ok"
     assert "the live model has no learned ranker: no ranker-feature checks" in rep.notes
 
@@ -211,6 +213,7 @@ def run_cli(settings: Settings, monkeypatch, *args: str):
                        ("RULES__EXPOSURE_RETENTION_DAYS", "36500")):
         monkeypatch.setenv(f"SHELFWISE_{key}", value)
     monkeypatch.setenv("SHELFWISE_MODELS__CONTENT__SOURCE", "false")
+    monkeypatch.delenv("COLUMNS", raising=False)  # the table is 160 wide off a terminal
     return CliRunner().invoke(app, ["monitor", *args])
 
 
@@ -228,7 +231,9 @@ def test_cli_exit_codes_json_and_plot(base, unshifted, monkeypatch, tmp_path):
     bad = run_cli(settings, monkeypatch, "--until", until, "--reference-days", "6", "--current", "1d", "--reference", "training",
                   "--plot", str(png))
     assert bad.exit_code == 1, bad.output
-    assert "DRIFT: events.category" in bad.output and "chi2 p =" in bad.output
+    assert "DRIFT: events.category" in bad.output
+    row = next(line for line in bad.output.splitlines() if "│ events.category" in line)
+    assert "│ drift" in row and "│ chi2" in row and "Smart Home" in row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

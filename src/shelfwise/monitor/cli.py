@@ -7,6 +7,8 @@ message, never a traceback). Registered on the main app in ``shelfwise/cli.py``.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +19,6 @@ from rich.table import Table
 
 from shelfwise.console import CLIError, console, friendly
 
-out = Console()
 STYLE = {"drift": "bold red", "ok": "green", "insufficient": "yellow"}
 
 
@@ -101,6 +102,7 @@ def _run_once(engine: Any, reference: str | None, reference_days: float | None, 
     engine.refresh_model(0.0)
     report = run_drift(engine, reference, reference_days, hours, until)
     publish(report)
+    out = _stdout()
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
@@ -116,13 +118,21 @@ def _run_once(engine: Any, reference: str | None, reference_days: float | None, 
     return 1 if report.status == "drift" else 0
 
 
+def _stdout() -> Console:
+    """The report's console: a terminal's width, else (a log file, a pipe) 160 columns or $COLUMNS, so the table
+    keeps one line per check."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=int(os.environ.get("COLUMNS", "") or 160))
+
+
 def table(report: Any) -> Table:
     ref, cur = report.reference.to_dict(), report.current.to_dict()
     t = Table(title=f"drift: reference {ref['start']} – {ref['end']} ({ref['label']})\nvs current {cur['start']} – "
                     f"{cur['end']}", title_justify="left")
     for col, just in (("check", "left"), ("verdict", "left"), ("decided by", "left"), ("n ref / cur", "right"),
                       ("p", "right"), ("distance", "right"), ("reference → current", "left"), ("why", "left")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+        t.add_column(col, justify=just, no_wrap=col != "why")  # type: ignore[arg-type]
     order = {"drift": 0, "insufficient": 1, "ok": 2}
     for c in sorted(report.checks, key=lambda c: order[c.verdict]):
         p = c.p_adjusted if c.p_adjusted is not None else c.p_value

@@ -35,8 +35,8 @@ def plot_drift(report: Any, path: Path) -> int:
         ax.set_title(f"{check.feature}\n{'; '.join(check.reasons)}", fontsize=8)
     for ax in axes.ravel()[len(checks):]:
         ax.axis("off")
-    fig.suptitle(f"drift: reference {report.reference.to_dict()['start']} – {report.reference.to_dict()['end']}  vs  "
-                 f"current {report.current.to_dict()['start']} – {report.current.to_dict()['end']}", fontsize=9)
+    ref, cur = report.reference.to_dict(), report.current.to_dict()
+    fig.suptitle(f"reference {ref['start']} – {ref['end']}\ncurrent {cur['start']} – {cur['end']}", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

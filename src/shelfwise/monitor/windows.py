@@ -50,7 +50,8 @@ class Window:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(ts, timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
