@@ -169,6 +169,6 @@ def decide(checks: Sequence[Check], settings: MonitorSettings) -> None:
     for ch, p in zip(tested, holm([c.p_value for c in tested])):
         ch.p_adjusted = float(p)
         if p < settings.ks_alpha:
-            ch.reasons.append(f"{ch.test} p = {p:.2g} < {settings.ks_alpha} (Holm-adjusted over "
-                              f"{len(tested)} tests)")
+            family = f"Holm-adjusted over {len(tested)} tests" if len(tested) > 1 else "one test"
+            ch.reasons.append(f"{ch.test} p = {p:.2g} < {settings.ks_alpha} ({family})")
             ch.verdict = "drift"
