@@ -142,3 +142,19 @@ def test_long_windows_are_read_in_evenly_spaced_slices():
     assert len(parts) == 24 and sum(b - a for a, b in parts) == pytest.approx(DAY)
     assert parts[0][0] == 0.0 and parts[-1][1] <= 7 * DAY
     assert len({int(a % DAY // 3600) for a, _ in parts}) == 24  # every hour of the day is read once
+
+
+def test_the_shipped_alert_rules_query_the_drift_gauges():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from shelfwise.monitor import drift
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "prometheus" /
+                          "drift-alerts.yml").read_text())
+    exprs = [r["expr"] for g in doc["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in re.findall(r"shelfwise_[a-z_]+", e)}
+    exported = {g._name for g in drift.GAUGES}
+    assert used and used <= exported, used - exported
