@@ -1,5 +1,5 @@
 """Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate | keys |
-erase``."""
+erase | monitor``."""
 
 from __future__ import annotations
 
@@ -563,6 +563,10 @@ def erase(
 from shelfwise.experiments.cli import experiments_app  # noqa: E402 - online experiments
 
 app.add_typer(experiments_app, name="experiments")
+
+from shelfwise.monitor.cli import monitor as monitor_cmd  # noqa: E402 - drift monitoring
+
+app.command("monitor")(monitor_cmd)
 
 
 def main() -> None:  # pragma: no cover

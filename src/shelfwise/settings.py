@@ -630,6 +630,59 @@ class ExperimentSettings(_Section):
     bandit_history_days: float = Field(7.0, gt=0, description="the item bandit starts from this much log history")
 
 
+class MonitorSettings(_Section):
+    """Drift monitoring (``monitor/``, ``shelfwise monitor``, ``GET /v1/monitor/drift``): a reference window of
+    traffic against a current one, on the learned ranker's features, the served items' scores, the share of new
+    items among impressions and the event mix. Each check's verdict is ok, drift or insufficient (too few samples).
+
+    Which statistic decides: up to ``ks_max_samples`` values in the smaller window, a test (Kolmogorov-Smirnov for
+    numbers, chi-square for categories) at ``ks_alpha`` for the whole report (Holm's correction over its tests);
+    above it, an effect size against a threshold (``distance``: Wasserstein distance in reference standard
+    deviations, or PSI over reference-quantile bins; categories always PSI), since a test flags shifts too small to
+    matter once samples are large."""
+
+    reference: Literal["training", "previous"] = Field(
+        "training", description="the reference window: training = the reference_days before the live model's "
+                                "newest training event (cut where the current window starts); previous = the "
+                                "reference_days right before the current window")
+    reference_days: float = Field(7.0, gt=0, description="length of the reference window")
+    current_hours: float = Field(24.0, gt=0, description="length of the current window, ending now")
+    sample_rows: int = Field(20_000, ge=100, description="exposure-log rows read per window (a uniform sample when "
+                                                         "the window holds more): served scores, new items, and the "
+                                                         "requests whose ranker features are computed")
+    sample_requests: int = Field(2_000, ge=10, description="logged requests of the ranker's placements per window "
+                                                           "whose features are computed (one random candidate row "
+                                                           "each, so the values are independent)")
+    scan_hours: float = Field(24.0, gt=0, description="hours of events read per window for the event mix at most: "
+                                                      "a longer window is read as evenly spaced slices adding up "
+                                                      "to this")
+    history_events: int = Field(10_000, ge=50, description="events read per sampled shopper to rebuild their "
+                                                           "history as it was at the logged request")
+    new_item_days: float = Field(14.0, gt=0, description="an impression is of a new item when the item was created "
+                                                         "(catalog created_at, else first shown) less than this "
+                                                         "many days before it")
+    max_features: int = Field(25, ge=0, description="ranker features checked: the most important ones by gain "
+                                                    "(0 = every feature)")
+    min_samples: int = Field(50, ge=2, description="fewer values than this in either window: verdict "
+                                                   "insufficient, no statistic decides")
+    ks_max_samples: int = Field(1_000, ge=0, description="up to this many values in the smaller window the test "
+                                                         "decides; above it the effect size (0 = always the effect "
+                                                         "size)")
+    ks_alpha: float = Field(0.01, gt=0, lt=0.5, description="family-wise significance level of the tests of one "
+                                                            "report (Holm)")
+    distance: Literal["wasserstein", "psi"] = Field(
+        "wasserstein", description="effect size deciding numeric checks on large samples: Wasserstein distance of "
+                                   "values standardised by the reference's standard deviation, or PSI")
+    wasserstein_threshold: float = Field(0.1, gt=0, description="drift above this many reference standard "
+                                                                "deviations of Wasserstein distance")
+    psi_threshold: float = Field(0.2, gt=0, description="drift above this population stability index (0.1 is "
+                                                        "usually read as a small shift, 0.25 as a large one)")
+    psi_bins: int = Field(10, ge=2, le=100, description="reference-quantile bins of the PSI of numbers")
+    max_missing_delta: float = Field(0.1, gt=0, le=1, description="drift when a feature's share of missing values "
+                                                                  "moves by more than this between the windows")
+    seed: int = Field(0, description="seed of the samples (the same data give the same report)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHELFWISE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -662,6 +715,7 @@ class Settings(BaseSettings):
         return self
 
     experiments: ExperimentSettings = ExperimentSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -20,8 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("stages",),
     ("pipeline", "assemble"),
     ("training",),
-    ("service", "evaluation", "worker"),
-    ("api", "cli", "rules.cli", "security.cli", "experiments.cli"),
+    ("service", "evaluation", "worker", "monitor"),
+    ("api", "cli", "rules.cli", "security.cli", "experiments.cli", "monitor.cli"),
 ]
 
 

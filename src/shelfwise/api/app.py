@@ -27,8 +27,10 @@ from threadpoolctl import threadpool_limits
 from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
+from shelfwise.api.monitor import build_router as monitor_router
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.domain import ConsentUpdate, Event, Item, Preferences, Text, split_field
+from shelfwise.monitor.drift import register as register_drift_gauges
 from shelfwise.request import ITEM_PAGES, RecRequest, new_request_id
 from shelfwise.privacy.guard import ConsentRequired
 from shelfwise.privacy.pseudonym import shopper_key
@@ -540,6 +542,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
     app.include_router(experiments_router(lambda: experiments_of(sw()), changed=lambda: sw().experiments.reload()))
+    app.include_router(monitor_router(sw))  # drift report (api/monitor.py)
+    register_drift_gauges(metrics.registry)  # the drift gauges on /metrics too (monitor/drift.py)
 
     # ---- the OpenAPI document: the body models, the bearer scheme and each route's scope ---------------------
     def openapi() -> dict[str, Any]:
