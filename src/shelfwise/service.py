@@ -26,7 +26,7 @@ from shelfwise.experiments.config import apply_config, effective_k
 from shelfwise.experiments.interleaving import team_draft
 from shelfwise.experiments.runtime import Assignments, ExperimentRuntime
 from shelfwise.domain import ConsentUpdate, Event, Item
-from shelfwise.pipeline import Model, Pipeline
+from shelfwise.pipeline import Model, Observer, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
 from shelfwise.privacy.guard import PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
@@ -80,6 +80,7 @@ class Shelfwise:
         self.erasure_hooks.append(("experiment log", self.experiments.forget))
         self._variants: dict[tuple, Pipeline] = {}  # (model version, rule set) -> the pipeline serving a variant
         self.encoder: BackgroundEncoder | None = None  # content vectors of items added or changed after training
+        self.observer: Observer | None = None  # told each stage's time by every pipeline (the API's metrics)
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -90,6 +91,13 @@ class Shelfwise:
             self._watcher = threading.Thread(target=self._watch_models, args=(interval_s,), daemon=True,
                                              name="shelfwise-model-watch")
             self._watcher.start()
+
+    def observe_stages(self, observer: Observer | None) -> None:
+        """Report each stage's time of every pipeline call (this pipeline, the variants', the ones to come)."""
+        self.observer = observer
+        self.pipeline.observer = observer
+        for variant in list(self._variants.values()):
+            variant.observer = observer
 
     # ---- models --------------------------------------------------------------------------------------
     def _load_pipeline(self) -> Pipeline:
@@ -103,7 +111,7 @@ class Shelfwise:
             self._scanned_at = self._forget_applied = float("inf")
             model = fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).model
             factory = None
-        pipeline = assemble(model, self.merch.stage, factory)
+        pipeline = assemble(model, self.merch.stage, factory, self.observer)
         self.merch.attach(pipeline.items)
         self._start_encoder(pipeline, changed)
         return pipeline
@@ -447,7 +455,7 @@ class Shelfwise:
                         model, factory = live.model, None
                     rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
                              if ruleset else self.merch.stage)
-                    got = assemble(model, rules, factory)
+                    got = assemble(model, rules, factory, self.observer)
                     self._variants = {k: v for k, v in self._variants.items() if k[2] == key[2]}
                     self._variants[key] = got
         return got
