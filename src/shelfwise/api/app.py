@@ -280,10 +280,16 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             except ValidationError as exc:
                 errors.extend(_errors(exc, i))
         stored, duplicates, unknown, withheld = 0, [], [], 0
+        types: dict[str, int] = {}
         if valid:
             results = await run_in_threadpool(ingest_isolating, valid, where, errors)
+            type_of = {ev.event_id: ev.type for ev in valid}
             for r in results:
                 stored += len(r.stored)
+                for eid in r.stored:
+                    kind = type_of.get(eid)
+                    if kind is not None:
+                        types[kind] = types.get(kind, 0) + 1
                 duplicates += r.duplicates
                 unknown += r.unknown_items
                 withheld += len(r.withheld)
@@ -292,6 +298,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         metrics.events.labels("duplicate").inc(len(duplicates))
         metrics.events.labels("invalid").inc(invalid)
         metrics.events.labels("withheld").inc(withheld)
+        for kind, n in types.items():
+            metrics.event_types.labels(kind).inc(n)
         body = {"stored": stored, "duplicates": len(duplicates), "duplicate_ids": duplicates,
                 "unknown_items": sorted(set(unknown)), "invalid": invalid, "withheld": withheld}
         if errors:

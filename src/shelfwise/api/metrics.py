@@ -88,6 +88,10 @@ class Metrics:
         self.requests = Counter("shelfwise_http_requests_total", "HTTP requests by method, route template and status",
                                 ["method", "route", "status"], registry=r)
         self.events = Counter("shelfwise_events_total", "ingested events by outcome", ["outcome"], registry=r)
+        self.event_types = Counter("shelfwise_events_by_type_total", "events stored (or appended to the bus) by "
+                                                                     "type: recommendation_clicked over served rails "
+                                                                     "is the rails' click-through rate",
+                                   ["type"], registry=r)
         self.latency = Histogram("shelfwise_recommendation_seconds", "recommendation latency (whole request)",
                                  ["placement"], registry=r, buckets=LATENCY_BUCKETS)
         self.stage = Histogram("shelfwise_stage_seconds", "time one stage of the request path took for one "
