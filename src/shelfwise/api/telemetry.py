@@ -73,6 +73,10 @@ class RequestTelemetry:
             route = getattr(scope.get("route"), "path", None) or "(unmatched)"  # a template: never an id
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
+            if self.access_log:  # inside the request's span: the line carries its trace ids
+                access.info("%s %s %d %.1f ms", method, route, status, seconds * 1000.0,
+                            extra={"method": method, "route": route, "status": status,
+                                   "duration_ms": round(seconds * 1000.0, 3)})
             if span is not None:
                 span.update_name(f"{method} {route}")
                 span.set_attribute("http.route", route)
@@ -84,10 +88,6 @@ class RequestTelemetry:
                     span.set_status(Status(StatusCode.ERROR))
                 span.end()
                 otel_context.detach(token)
-            if self.access_log:
-                access.info("%s %s %d %.1f ms", method, route, status, seconds * 1000.0,
-                            extra={"method": method, "route": route, "status": status,
-                                   "duration_ms": round(seconds * 1000.0, 3)})
 
 
 class Telemetry:
