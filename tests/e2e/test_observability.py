@@ -22,7 +22,6 @@ from shelfwise.api.telemetry import Telemetry
 from shelfwise.observability import tracing
 from shelfwise.observability.context import request_id
 from shelfwise.observability.logs import configure_logging
-from shelfwise.service import Shelfwise
 from shelfwise.settings import ObservabilitySettings
 from tests.conftest import api_client
 
@@ -50,10 +49,8 @@ def value(samples, name, **labels) -> float:
 
 
 @pytest.fixture
-def engine(trained_settings):
-    eng = Shelfwise(trained_settings)
-    yield eng
-    eng.close()
+def engine(trained_engine):
+    return trained_engine
 
 
 @pytest.fixture

@@ -33,8 +33,10 @@ def traces_url(endpoint: str) -> str:
     return endpoint.rstrip("/") + "/v1/traces" if urlsplit(endpoint).path in ("", "/") else endpoint
 
 
-def configure_tracing(conf: ObservabilitySettings, exporter: Any = None) -> bool:
-    """Start tracing when an OTLP endpoint is set (or an exporter is given); returns whether tracing is on."""
+def configure_tracing(conf: ObservabilitySettings, exporter: Any = None, batch: bool | None = None) -> bool:
+    """Start tracing when an OTLP endpoint is set (or an exporter is given); returns whether tracing is on. Spans
+    are exported in batches from a background thread (``batch``: the default for OTLP), or as each ends (the default
+    for a given exporter: tests read them at once)."""
     global tracer, _provider
     shutdown_tracing()
     if exporter is None and not conf.otlp_endpoint:
@@ -47,10 +49,10 @@ def configure_tracing(conf: ObservabilitySettings, exporter: Any = None) -> bool
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        processor: Any = BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(conf.otlp_endpoint),
-                                                             headers=dict(conf.otlp_headers) or None, timeout=10))
-    else:
-        processor = SimpleSpanProcessor(exporter)
+        exporter = OTLPSpanExporter(endpoint=traces_url(conf.otlp_endpoint), headers=dict(conf.otlp_headers) or None,
+                                    timeout=10)
+        batch = True if batch is None else batch
+    processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     resource = Resource.create({"service.name": conf.service_name,
                                 "service.instance.id": f"{socket.gethostname()}:{os.getpid()}"})
     provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(conf.trace_sample_ratio)))
