@@ -18,6 +18,8 @@ import argparse
 import contextvars
 import gc
 import json
+import logging
+import os
 import platform
 import sys
 import time
@@ -28,8 +30,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from shelfwise.api.metrics import Metrics
-from shelfwise.api.telemetry import Telemetry
+from shelfwise.api.telemetry import RequestTelemetry, Telemetry
 from shelfwise.observability import tracing
+from shelfwise.observability.logs import configure_logging
 from shelfwise.request import RecRequest
 from shelfwise.settings import ModelSettings, ObservabilitySettings
 from shelfwise.training import fit_pipeline
@@ -51,6 +54,40 @@ class Drop:
 
     def force_flush(self, timeout_millis: int = 0) -> bool:
         return True
+
+
+def middleware(n: int = 20_000) -> dict[str, float]:
+    """Microseconds the request middleware adds to an ASGI app that answers at once: request id, request count,
+    (the span when tracing: off here) and the JSON access-log line (to /dev/null)."""
+    import asyncio
+
+    async def app(scope, receive, send) -> None:  # noqa: ANN001
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict:
+        return {"type": "http.request"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    def per_request(asgi) -> float:  # noqa: ANN001
+        async def loop() -> float:
+            t = time.perf_counter()
+            for _ in range(n):
+                await asgi({"type": "http", "method": "GET", "path": "/x", "headers": []}, receive, send)
+            return (time.perf_counter() - t) / n * 1e6
+        return asyncio.run(loop())
+
+    root = logging.getLogger()
+    handler = configure_logging(ObservabilitySettings(log_format="json"), open(os.devnull, "w"))
+    try:
+        bare = per_request(app)
+        quiet = per_request(RequestTelemetry(app, Metrics(), access_log=False))
+        logged = per_request(RequestTelemetry(app, Metrics(), access_log=True))
+    finally:
+        root.removeHandler(handler)
+    return {"middleware": round(quiet - bare, 2), "middleware_with_access_log": round(logged - bare, 2)}
 
 
 def per_call(telemetry: Telemetry, n: int = 200_000) -> dict[str, float]:
@@ -128,7 +165,7 @@ def main() -> None:
                 out[m].append(timed(m, kw))
         gc.enable()
         tracing.shutdown_tracing()
-        result_calls = per_call(telemetry)
+        result_calls = per_call(telemetry) | middleware()
     base = np.array(out["none"]) * 1000
     result = {"storefront": {"items": args.items, "shoppers": args.shoppers, "events": args.events,
                              "seed": args.seed}, "sources": args.sources, "requests": args.requests,

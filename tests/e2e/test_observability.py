@@ -15,6 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from shelfwise.api.metrics import Metrics
@@ -171,6 +172,21 @@ def test_json_log_lines_carry_the_request_id(client, engine, log_lines, monkeypa
     assert len(refused) == 1 and refused[0]["status"] == 401
     leaked = [x for x in lines if "u3" in json.dumps(x) and not x["logger"].startswith("httpx")]  # the test client
     assert leaked == []  # query strings (shopper ids) are never logged
+
+
+def test_a_crash_is_logged_under_its_request_id(trained_settings, engine, log_lines, monkeypatch):
+    def broken(item_id):
+        raise RuntimeError("catalog unreachable")
+
+    monkeypatch.setattr(engine, "get_item", broken)
+    with api_client(trained_settings, engine=engine) as c:  # started; a second client answers 500s as a server
+        r = TestClient(c.app, raise_server_exceptions=False, headers=c.headers).get("/v1/items/p1")
+    assert r.status_code == 500
+    rid = r.headers["x-request-id"]
+    lines = [x for x in log_lines() if x.get("request_id") == rid]
+    crash = [x for x in lines if x["level"] == "error"]
+    assert len(crash) == 1 and "RuntimeError: catalog unreachable" in crash[0]["exc"]
+    assert [x["status"] for x in lines if x["logger"] == "shelfwise.access"] == [500]
 
 
 def test_a_micro_batch_logs_under_every_request_id_it_answers(log_lines):

@@ -191,7 +191,11 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, m.short(request.url.path, 200), exc_info=exc)
-        return error(500, f"internal error ({type(exc).__name__}); nothing half-written was kept")
+        answer = error(500, f"internal error ({type(exc).__name__}); nothing half-written was kept")
+        rid = current_request_id()  # answered outside the request middleware: it adds no header here
+        if rid is not None:
+            answer.headers["X-Request-ID"] = rid
+        return answer
 
     # ---- health, metrics, docs -------------------------------------------------------------------------------
     @app.get("/healthz", response_model=m.Health, tags=["operations"])
