@@ -133,6 +133,18 @@ def test_the_exposure_log_dropping_rows_shows(client, engine):
     assert dropped >= 1 and dropped == lg.dropped
 
 
+def test_an_unreachable_bus_reads_as_down_and_the_scrape_still_answers(client, engine, monkeypatch):
+    def down():
+        raise ConnectionError("the bus is unreachable")
+
+    monkeypatch.setattr(engine.bus, "backlog", down)
+    got = scrape(client)
+    assert value(got, "shelfwise_bus_up", bus="inprocess") == 0
+    assert not [k for k in got if k[0].startswith("shelfwise_bus_") and k[0] != "shelfwise_bus_up"]
+    assert value(got, "shelfwise_model_info", version=engine.pipeline.version, full="true",
+                 ranker=str(engine.pipeline.ranker is not None).lower()) == 1
+
+
 # ---- logs ---------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def log_lines():
