@@ -100,6 +100,8 @@ def test_metrics_move_with_what_is_served(client, engine):
     route = "/v1/recommendations/{placement}"
     assert delta("shelfwise_http_requests_total", method="GET", route=route, status="200") == 5
     assert delta("shelfwise_http_requests_total", method="GET", route=route, status="404") == 1
+    assert client.get("/nowhere/u1").status_code == 404  # no route: counted without its path
+    assert value(scrape(client), "shelfwise_http_requests_total", method="GET", route="(unmatched)", status="404") >= 1
     assert delta("shelfwise_http_requests_total", method="POST", route="/v1/events", status="422") == 1
     assert delta("shelfwise_events_total", outcome="stored") == 2
     assert delta("shelfwise_events_total", outcome="duplicate") == 1
@@ -181,7 +183,7 @@ def test_json_log_lines_carry_the_request_id(client, engine, log_lines, monkeypa
     assert len(ours) == 1 and ours[0]["route"] == "/v1/recommendations/{placement}" and ours[0]["status"] == 200
     assert ours[0]["duration_ms"] > 0
     refused = [x for x in access if x.get("request_id") == denied.headers["x-request-id"]]
-    assert len(refused) == 1 and refused[0]["status"] == 401
+    assert len(refused) == 1 and refused[0]["status"] == 401 and refused[0]["route"] == ours[0]["route"]
     leaked = [x for x in lines if "u3" in json.dumps(x) and not x["logger"].startswith("httpx")]  # the test client
     assert leaked == []  # query strings (shopper ids) are never logged
 

@@ -166,7 +166,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     app.add_middleware(SecurityMiddleware, settings=sec, verifier=verifier, limiter=limiter,
                        limiter_blocks=use_redis)
     # outermost (added last): requests refused by the security layer get a request id, a count and a log line too
-    app.add_middleware(RequestTelemetry, metrics=metrics, access_log=settings.observability.access_log)
+    app.add_middleware(RequestTelemetry, metrics=metrics, access_log=settings.observability.access_log,
+                       router=app.router)
     app.state.verifier = verifier
     app.state.limiter = limiter
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from starlette.routing import Match
 
 from shelfwise.api.metrics import Metrics
 from shelfwise.observability import tracing
@@ -32,10 +33,26 @@ access = logging.getLogger("shelfwise.access")
 
 
 class RequestTelemetry:
-    def __init__(self, app: Any, metrics: Metrics, access_log: bool = True) -> None:
+    def __init__(self, app: Any, metrics: Metrics, access_log: bool = True, router: Any = None) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.router = router  # names the route of a request refused before routing (401, 403, 413, 429)
+
+    def route(self, scope: dict) -> str:
+        """The route template of a request (never its path: it may hold ids); "(unmatched)" for no route."""
+        route = scope.get("route")
+        if route is None and self.router is not None:
+            partial = None
+            for r in self.router.routes:
+                match, _ = r.matches(scope)
+                if match is Match.FULL:
+                    route = r
+                    break
+                if match is Match.PARTIAL and partial is None:
+                    partial = r
+            route = route or partial
+        return getattr(route, "path", None) or "(unmatched)"
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -70,7 +87,7 @@ class RequestTelemetry:
             raise
         finally:
             seconds = time.perf_counter() - t0
-            route = getattr(scope.get("route"), "path", None) or "(unmatched)"  # a template: never an id
+            route = self.route(scope)
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             if self.access_log:  # inside the request's span: the line carries its trace ids
