@@ -31,7 +31,7 @@ from shelfwise.settings import DiversitySettings, ModelSettings
 from shelfwise.training import fit_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shop_common import sqlite_storefront  # noqa: E402
+from shop_common import single_requests, sqlite_storefront  # noqa: E402
 
 SEGMENTS = ["vip", "new", "b2b", "student", "returning"]
 DEVICES = ["mobile", "desktop", "tablet"]
@@ -129,21 +129,11 @@ def main() -> None:
     CompiledRules([("bench", rs)], pipe.items, ItemFacts.build(pipe.items, catalog))
     compile_s = time.perf_counter() - tc
     stage = RulesStage(StaticRules({"bench": rs}), catalog)
-    shoppers = rng_shoppers = random.Random(1).sample(sorted(pipe.shopper_index), min(2000, len(pipe.shopper_index)))
-    states = store.history(rng_shoppers, ModelSettings().history_length)
     print(f"setup {time.perf_counter() - t0:.0f}s; compile 50 rules over {len(pipe.items)} items: "
           f"{compile_s * 1000:.1f} ms", file=sys.stderr)
-
-    rng = random.Random(3)
-    reqs = []
-    for i in range(args.requests):
-        s = rng.choice(shoppers)
-        st = states[s]
-        placement = "homepage" if i % 3 else "pdp_similar"
-        item = st.recent[-1].item_id if st.recent else shop.items[0].id
-        reqs.append(dict(placement=placement, shopper=s, state=st, k=12, now=now, device=rng.choice(DEVICES),
-                         segments=rng.sample(SEGMENTS, rng.randint(0, 2)),
-                         item_id=item if placement == "pdp_similar" else None, request_id=f"r{i}"))
+    reqs = single_requests(shop, pipe, store, args.requests, now, ModelSettings().history_length,
+                           lambda rng: {"device": rng.choice(DEVICES),
+                                        "segments": rng.sample(SEGMENTS, rng.randint(0, 2))})
 
     confs = list(pipe.settings.placements.values())
     plain, diverse = DiversitySettings(), DiversitySettings(mmr_lambda=0.8)

@@ -160,22 +160,26 @@ def serve(
     """Start the HTTP API."""
     import uvicorn
 
-    from shelfwise.api.app import create_app
+    from shelfwise.api.app import serve_app
+    from shelfwise.api.metrics import multiprocess_metrics
 
     with friendly():
         settings = _settings()
         h, p = host or settings.api.host, port or settings.api.port
         console.print(f"API listening on http://{h}:{p}  ({workers} process{'es' if workers > 1 else ''}; docs "
                       f"http://{h}:{p}/docs, readiness and the live model http://{h}:{p}/readyz)")
+        # our log handler (observability.log_format) takes uvicorn's records too; the access log is ours
+        quiet = {"log_level": "warning", "log_config": None, "access_log": False}
         if workers == 1:
-            uvicorn.run(create_app(settings), host=h, port=p, log_level="warning")
+            uvicorn.run(serve_app(settings), host=h, port=p, **quiet)
             return
         if settings.stores.online.startswith("memory:"):
             raise CLIError("--workers > 1 needs shared online state: set SHELFWISE_STORES__ONLINE=redis://… "
                            "(with memory:// each process would only see the events it ingested itself)")
-        # Each process builds its own app from the same settings (file + environment).
-        uvicorn.run("shelfwise.api.app:create_app", factory=True, host=h, port=p, workers=workers,
-                    log_level="warning")
+        # Each process builds its own app from the same settings (file + environment); /metrics adds up every
+        # process's metrics (prometheus-client's multiprocess mode: api/metrics.py)
+        with multiprocess_metrics():
+            uvicorn.run("shelfwise.api.app:serve_app", factory=True, host=h, port=p, workers=workers, **quiet)
 
 
 @app.command()

@@ -26,7 +26,7 @@ from shelfwise.experiments.config import apply_config, effective_k
 from shelfwise.experiments.interleaving import team_draft
 from shelfwise.experiments.runtime import Assignments, ExperimentRuntime
 from shelfwise.domain import ConsentUpdate, Event, Item, Preferences
-from shelfwise.pipeline import Model, Pipeline
+from shelfwise.pipeline import Model, Observer, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
 from shelfwise.privacy.guard import ConsentRequired, PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
@@ -90,6 +90,7 @@ class Shelfwise:
         self.stage_guard = StageGuard(res, self.breakers)
         self.last_good: Pipeline | None = None
         self.bestsellers: list[str] = []
+        self.observer: Observer | None = None  # told each stage's time by every pipeline (the API's metrics)
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -100,6 +101,13 @@ class Shelfwise:
             self._watcher = threading.Thread(target=self._watch_models, args=(interval_s,), daemon=True,
                                              name="shelfwise-model-watch")
             self._watcher.start()
+
+    def observe_stages(self, observer: Observer | None) -> None:
+        """Report each stage's time of every pipeline call (this pipeline, the variants', the ones to come)."""
+        self.observer = observer
+        self.pipeline.observer = observer
+        for variant in list(self._variants.values()):
+            variant.observer = observer
 
     # ---- models --------------------------------------------------------------------------------------
     def _load_pipeline(self) -> Pipeline:
@@ -113,7 +121,7 @@ class Shelfwise:
             self._scanned_at = self._forget_applied = float("inf")
             model = fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).model
             factory = None
-        pipeline = assemble(model, self.merch.stage, factory, guard=self.stage_guard)
+        pipeline = assemble(model, self.merch.stage, factory, self.observer, guard=self.stage_guard)
         self.bestsellers = bestsellers(pipeline, self.settings.resilience.bestsellers)
         self.merch.attach(pipeline.items)
         self._start_encoder(pipeline, changed)
@@ -529,7 +537,7 @@ class Shelfwise:
                         model, factory = live.model, None
                     rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
                              if ruleset else self.merch.stage)
-                    got = assemble(model, rules, factory, guard=self.stage_guard)
+                    got = assemble(model, rules, factory, self.observer, guard=self.stage_guard)
                     self._variants = {k: v for k, v in self._variants.items() if k[2] == key[2]}
                     self._variants[key] = got
         return got

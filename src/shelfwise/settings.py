@@ -509,6 +509,27 @@ class ResilienceSettings(_Section):
                              "when no model can answer")
 
 
+class ObservabilitySettings(_Section):
+    """Logs and traces (``observability/``); Prometheus metrics are always on at ``GET /metrics``."""
+
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="log lines as JSON objects (one per line: time, level, logger, message, request_id, "
+                            "trace ids, extra fields) or plain text; auto = JSON unless stderr is a terminal (a "
+                            "container, systemd or a pipe gets JSON, a developer's shell gets text)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="lowest level logged")
+    access_log: bool = Field(True, description="one INFO line per HTTP request (method, route template, status, "
+                                               "duration, request id; never the query string or a shopper id)")
+    otlp_endpoint: str = Field("", description="OpenTelemetry traces over OTLP/HTTP (protobuf) to this collector, "
+                                               "e.g. http://otel-collector:4318 (/v1/traces is added when the URL "
+                                               "has no path); empty = tracing off (no span is made at all)")
+    otlp_headers: dict[str, str] = Field(default_factory=dict, description="extra headers of the OTLP export "
+                                                                           "(e.g. an API key of the backend)")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="share of traces kept (parent-based: a request "
+                                                                   "whose caller sent a sampled traceparent is "
+                                                                   "always kept)")
+    service_name: str = Field("shelfwise", description="service.name of the spans")
+
+
 class RulesSettings(_Section):
     """Merchandising rules (``rules/``): shadow traffic, exposure log, reload."""
 
@@ -698,6 +719,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     privacy: PrivacySettings = PrivacySettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     @model_validator(mode="after")
     def _pseudonym_key(self) -> "Settings":

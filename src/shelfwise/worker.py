@@ -94,10 +94,11 @@ class Worker:
 
 
 def _consume(settings_doc: dict[str, Any], index: int) -> None:
+    from shelfwise.observability.logs import configure_logging
     from shelfwise.stores.bus import consumer_name
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     settings = Settings(**settings_doc)
+    configure_logging(settings.observability)
     worker = Worker(settings, consumer_name(index))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())
@@ -109,6 +110,9 @@ def _consume(settings_doc: dict[str, Any], index: int) -> None:
 
 def run_workers(settings: Settings, consumers: int = 1) -> None:
     """Run ``consumers`` consumer processes until SIGTERM/SIGINT; restart any that dies."""
+    from shelfwise.observability.logs import configure_logging
+
+    configure_logging(settings.observability)
     doc = settings.model_dump(mode="json")
     if consumers == 1:
         _consume(doc, 0)

@@ -290,3 +290,47 @@ def test_a_restarted_consumer_resumes_its_own_pending_entries_at_once(harness):
     restarted = harness.consumer("same-name")
     assert restarted.poll(timeout_s=0.1) == 30
     assert harness.store.count() == 30 and b.pending_count() == 0
+
+
+def backlog_when(harness, check, timeout_s: float = 10.0):
+    """The bus's backlog once ``check`` holds for it (Kafka's committed offsets and watermarks settle within a
+    moment of the commit)."""
+    deadline = time.monotonic() + timeout_s
+    got = harness.bus.backlog()
+    while not check(got) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = harness.bus.backlog()
+    return got
+
+
+def test_backlog_counts_what_waits_what_is_pending_and_the_dead_letters(harness):
+    """What a metrics scrape reads: every published event waits until a consumer takes it; a batch a consumer
+    holds without acknowledging is pending (Redis Streams); processed entries leave the backlog; invalid entries
+    are counted as dead letters."""
+    empty = harness.bus.backlog()
+    assert (empty.waiting, empty.dead_letters) == (0, 0)
+    harness.bus.publish(events(40))
+    if harness.kind == "inprocess":  # processed before publish returned: nothing ever waits
+        assert harness.bus.backlog() == empty and harness.store.count() == 40
+        return
+    waiting = backlog_when(harness, lambda b: b.waiting == 40)
+    assert waiting.waiting == 40 and waiting.dead_letters == 0
+    if harness.kind == "redis-stream":
+        time.sleep(0.05)
+        assert waiting.pending == 0 and harness.bus.backlog().oldest_age_s >= 0.05
+        b = harness.bus
+        b.redis.xreadgroup(b.group, "holder", {b.stream: ">"}, count=15)  # taken, not acknowledged
+        held = harness.bus.backlog()
+        assert (held.waiting, held.pending) == (25, 15)
+        b.claim_idle_ms = 0  # let the test's consumer take the held entries over at once
+    else:
+        assert waiting.pending is None and waiting.oldest_age_s is None
+    harness.inject_raw(b"not json at all")
+    consumer = harness.consumer()
+    harness.drain(40, [consumer])
+    for _ in range(3):
+        consumer.poll(timeout_s=0.2)
+    done = backlog_when(harness, lambda b: b.waiting == 0 and b.dead_letters == 1)
+    assert (done.waiting, done.dead_letters) == (0, 1)
+    if harness.kind == "redis-stream":
+        assert done.pending == 0 and done.oldest_age_s == 0.0

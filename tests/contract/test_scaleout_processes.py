@@ -3,6 +3,7 @@ against PostgreSQL, Redis online state and a Redis stream; plus the CLI's guard 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,6 +84,36 @@ def test_api_replicas_and_workers_share_one_state(pg_dsn, redis_url, tmp_path: P
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         assert store.count() == len(events) + 1
+        # /metrics adds up both API processes whichever one is scraped (prometheus-client multiprocess mode).
+        # Each call on a new connection, so that both processes answer; a request id starts with its process's
+        # random prefix.
+        def fresh(path: str, **params: str) -> httpx.Response:
+            r = httpx.get(f"http://127.0.0.1:{port}{path}", params=params, timeout=10,
+                          headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            return r
+
+        def scrape(name: str, **labels: str) -> tuple[float, str]:
+            r = fresh("/metrics")
+            return metric(r.text, name, **labels), r.headers["x-request-id"][:16]
+
+        before, _ = scrape("shelfwise_recommendation_seconds_count", placement="pdp_similar")
+        served, answered_by = 0, set()
+        while len(answered_by) < 2 or served < 12:
+            assert served < 80, "one API process answered every request"
+            answered_by.add(fresh("/v1/recommendations/pdp_similar", item_id="p1").headers["x-request-id"][:16])
+            served += 1
+        scraped_by: set[str] = set()
+        for _ in range(80):
+            count, pid = scrape("shelfwise_recommendation_seconds_count", placement="pdp_similar")
+            assert count - before == served, (pid, count - before, served)
+            assert scrape("shelfwise_bus_up", bus="redis-stream")[0] == 1
+            assert scrape("shelfwise_bus_waiting_entries", bus="redis-stream")[0] == 0
+            assert scrape("shelfwise_events_total", outcome="stored")[0] == len(events) + 1
+            scraped_by.add(pid)
+            if len(scraped_by) == 2:
+                break
+        assert len(scraped_by) == 2, "one API process answered every scrape"
     finally:
         procs[0].send_signal(signal.SIGTERM)
         os.killpg(procs[1].pid, signal.SIGTERM)
@@ -95,3 +126,14 @@ def test_api_replicas_and_workers_share_one_state(pg_dsn, redis_url, tmp_path: P
         online.close()
     assert procs[0].returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+    # services log JSON lines (stderr is not a terminal): every line of the API and worker processes parses
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
+    assert any(x["logger"] == "shelfwise.access" and x["route"] == "/v1/recommendations/{placement}" for x in lines)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and s.labels == labels)

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "shelfwise"
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
     ("domain", "settings"),
-    ("items", "request", "stores", "synthetic", "console"),
+    ("items", "request", "stores", "synthetic", "console", "observability"),
     ("importers", "retrieval", "content"),
     ("ranking", "rerank", "rules", "privacy", "cache", "security", "experiments"),
     ("stages",),

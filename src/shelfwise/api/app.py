@@ -5,9 +5,12 @@ limits. Request and response bodies are declared with the models of ``api/models
 """
 
 
+import atexit
 import hashlib
 import logging
+import os
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -20,17 +23,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import Field, ValidationError
 from threadpoolctl import threadpool_limits
 
 from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
+from shelfwise.api.metrics import EngineCollector, Metrics, multiprocess_dir
 from shelfwise.api.monitor import build_router as monitor_router
 from shelfwise.api.rules import build_router as rules_router
+from shelfwise.api.telemetry import RequestTelemetry, Telemetry
 from shelfwise.domain import ConsentUpdate, Event, Item, Preferences, Text, split_field
 from shelfwise.monitor.drift import register as register_drift_gauges
+from shelfwise.observability.context import current_request_id
+from shelfwise.observability.logs import configure_logging
+from shelfwise.observability.tracing import configure_tracing, shutdown_tracing
 from shelfwise.request import ITEM_PAGES, RecRequest, new_request_id
 from shelfwise.privacy.guard import ConsentRequired
 from shelfwise.privacy.pseudonym import shopper_key
@@ -65,16 +73,6 @@ def _errors(exc: ValidationError, index: int | None = None, whole: str = "(event
             item = {"index": index, **item}
         out.append(item)
     return out
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.events = Counter("shelfwise_events_total", "ingested events by outcome", ["outcome"],
-                              registry=self.registry)
-        self.latency = Histogram("shelfwise_recommendation_seconds", "recommendation latency", ["placement"],
-                                 registry=self.registry,
-                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 
 
 class ORJSONResponse(JSONResponse):
@@ -113,7 +111,11 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 def create_app(settings: Settings | None = None, engine: Shelfwise | None = None) -> FastAPI:
     settings = settings or load_settings()
     state: dict[str, Any] = {}
-    metrics = Metrics()
+    metrics = Metrics()  # api/metrics.py: what they are, and how several API processes add up
+    telemetry = Telemetry(metrics)
+    metrics.collector = EngineCollector(lambda: state.get("engine"))
+    if multiprocess_dir() is None:
+        metrics.registry.register(metrics.collector)
     sec = settings.security
     verifier = KeyVerifier(None, cache_s=sec.key_cache_s)  # type: ignore[arg-type]  # store set at start-up
     use_redis = sec.rate_limiter == "redis" or (sec.rate_limiter == "auto"
@@ -133,7 +135,11 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         verifier.store = state["engine"].privacy_store
         # concurrent recommendation requests share one pipeline call (api/batcher.py)
         state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch,
-                                        settings.api.recommend_workers)
+                                        settings.api.recommend_workers, scope=telemetry.batch_scope)
+        state["engine"].observe_stages(telemetry.stage_observer)
+        stop_sync = threading.Event()
+        if multiprocess_dir() is not None:
+            metrics.keep_synced(lambda: state.get("engine"), stop_sync)
         if "torch" in sys.modules:  # the sequence model is loaded: same reasoning for torch's intra-op threads
             sys.modules["torch"].set_num_threads(1)
         state["engine"].settle_heap()  # the loaded model out of the garbage collector's full passes
@@ -143,9 +149,16 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             log.warning("no API key exists yet: every /v1 request will get 401; create one with "
                         "`shelfwise keys create --scope read --scope ingest`")
         yield
+        stop_sync.set()
         state["batcher"].close()
         if engine is None:
             state["engine"].close()
+        else:
+            engine.observe_stages(None)
+        if multiprocess_dir() is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
         close = getattr(limiter, "close", None)
         if close is not None:
             close()
@@ -157,6 +170,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                               "SECURITY.md.")
     app.add_middleware(SecurityMiddleware, settings=sec, verifier=verifier, limiter=limiter,
                        limiter_blocks=use_redis)
+    # outermost (added last): requests refused by the security layer get a request id, a count and a log line too
+    app.add_middleware(RequestTelemetry, metrics=metrics, access_log=settings.observability.access_log,
+                       router=app.router)
     app.state.verifier = verifier
     app.state.limiter = limiter
 
@@ -189,7 +205,11 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, m.short(request.url.path, 200), exc_info=exc)
-        return error(500, f"internal error ({type(exc).__name__}); nothing half-written was kept")
+        answer = error(500, f"internal error ({type(exc).__name__}); nothing half-written was kept")
+        rid = current_request_id()  # answered outside the request middleware: it adds no header here
+        if rid is not None:
+            answer.headers["X-Request-ID"] = rid
+        return answer
 
     # ---- health, metrics, docs -------------------------------------------------------------------------------
     @app.get("/healthz", response_model=m.Health, tags=["operations"])
@@ -218,7 +238,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                               "description": "Prometheus text format"}})
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(state.get("engine")), media_type=CONTENT_TYPE_LATEST)
 
     static = files("fastapi_offline") / "static"
 
@@ -279,10 +299,16 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             except ValidationError as exc:
                 errors.extend(_errors(exc, i))
         stored, duplicates, unknown, withheld = 0, [], [], 0
+        types: dict[str, int] = {}
         if valid:
             results = await run_in_threadpool(ingest_isolating, valid, where, errors)
+            type_of = {ev.event_id: ev.type for ev in valid}
             for r in results:
                 stored += len(r.stored)
+                for eid in r.stored:
+                    kind = type_of.get(eid)
+                    if kind is not None:
+                        types[kind] = types.get(kind, 0) + 1
                 duplicates += r.duplicates
                 unknown += r.unknown_items
                 withheld += len(r.withheld)
@@ -290,6 +316,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         metrics.events.labels("stored").inc(stored)
         metrics.events.labels("duplicate").inc(len(duplicates))
         metrics.events.labels("invalid").inc(invalid)
+        metrics.events.labels("withheld").inc(withheld)
+        for kind, n in types.items():
+            metrics.event_types.labels(kind).inc(n)
         body = {"stored": stored, "duplicates": len(duplicates), "duplicate_ids": duplicates,
                 "unknown_items": sorted(set(unknown)), "invalid": invalid, "withheld": withheld}
         if errors:
@@ -504,16 +533,19 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                 return error(422, "invalid request", name, "at most 200 ids of at most 256 characters")
         req = RecRequest(placement=placement, shopper=shopper_key(user_id, session_id), item_id=item_id,
                          cart=cart_ids, k=k, exclude=excl, category=category, device=device, segments=segments,
-                         request_id=new_request_id(), explain=explain)
+                         request_id=current_request_id() or new_request_id(), explain=explain)
+        anchor = "known"
         if not engine.anchors_known(req):  # a product page or cart the model does not know (reads the catalog)
             unknown = await run_in_threadpool(engine.unknown_anchor, req)
             if unknown is not None and settings.api.unknown_item == "404":
                 reason = (f"no item {m.short(item_id or '')!r} in the catalog" if unknown == "item_id" else
                           f"none of the {len(cart_ids)} cart item(s) is in the catalog, e.g. {m.short(cart_ids[0])!r}")
                 return error(404, f"unknown {unknown}: {reason}", unknown, reason)
+            anchor = "unknown_item" if unknown is not None else "new_item"
         personal = req.shopper is not None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
+        metrics.served(req, answer, anchor, req.shopper in engine.pipeline.shopper_index)
         items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources, "reason": r.reason,
                   "fallback": r.fallback}
                  | ({"explanation": r.explanation} if explain else {}) for r in answer.items]
@@ -578,3 +610,13 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def serve_app(settings: Settings | None = None) -> FastAPI:
+    """The app as ``shelfwise serve`` runs it (each API process calls this): logs and traces configured from the
+    settings (``observability``), then ``create_app``."""
+    settings = settings or load_settings()
+    configure_logging(settings.observability)
+    if configure_tracing(settings.observability):
+        atexit.register(shutdown_tracing)  # export the spans still queued
+    return create_app(settings)

@@ -6,25 +6,32 @@ the queue, up to ``max_batch`` requests a call. A second worker overlaps the par
 GIL (BLAS, torch, LightGBM) with another call's Python. An idle server answers a lone request at once (no waiting
 window): batches form only from requests that queue up behind a busy pipeline, so batching adds no latency of
 its own.
+
+Each request's context (its request id, its trace span) is captured when it is queued; a pipeline call runs in the
+first request's context, inside ``scope(contexts)`` when one is given (``api/telemetry.py``: the batch's request
+ids on its log lines, its trace span).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, ContextManager, Generic, Sequence, TypeVar
 
 Req = TypeVar("Req")
 Ans = TypeVar("Ans")
 
 
 class MicroBatcher(Generic[Req, Ans]):
-    def __init__(self, answer: Callable[[Sequence[Req]], list[Ans]], max_batch: int = 32, workers: int = 1) -> None:
+    def __init__(self, answer: Callable[[Sequence[Req]], list[Ans]], max_batch: int = 32, workers: int = 1,
+                 scope: Callable[[Sequence[contextvars.Context]], ContextManager] | None = None) -> None:
         self.answer = answer
         self.max_batch = max(1, max_batch)
         self.workers = max(1, workers)
-        self._pending: list[tuple[Req, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self.scope = scope
+        self._pending: list[tuple[Req, asyncio.Future, asyncio.AbstractEventLoop, contextvars.Context]] = []
         self._lock = threading.Lock()
         self._active = 0  # drain loops running
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shelfwise-batch")
@@ -35,7 +42,7 @@ class MicroBatcher(Generic[Req, Ans]):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         with self._lock:
-            self._pending.append((req, fut, loop))
+            self._pending.append((req, fut, loop, contextvars.copy_context()))
             start = self._active < self.workers
             if start:
                 self._active += 1
@@ -52,14 +59,21 @@ class MicroBatcher(Generic[Req, Ans]):
                     return
                 self.batches += 1
                 self.requests += len(batch)
+            contexts = [c for _, _, _, c in batch]
             try:
-                answers = self.answer([r for r, _, _ in batch])
+                answers = contexts[0].run(self._call, [r for r, _, _, _ in batch], contexts)
             except BaseException as exc:  # every request of the batch gets the error (the API answers 500)
-                for _, fut, loop in batch:
+                for _, fut, loop, _ in batch:
                     loop.call_soon_threadsafe(_set_exception, fut, exc)
                 continue
-            for (_, fut, loop), ans in zip(batch, answers):
+            for (_, fut, loop, _), ans in zip(batch, answers):
                 loop.call_soon_threadsafe(_set_result, fut, ans)
+
+    def _call(self, reqs: list[Req], contexts: list[contextvars.Context]) -> list[Ans]:
+        if self.scope is None:
+            return self.answer(reqs)
+        with self.scope(contexts):
+            return self.answer(reqs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -171,6 +171,7 @@ class LoggedRequest:
 @runtime_checkable
 class ExperimentLog(Protocol):
     dropped: int
+    queued: int  # records waiting for the writer (metrics)
 
     def record(self, exposures: Sequence[ExposureRecord]) -> None:
         """Enqueue served rails; never blocks the caller."""
@@ -398,6 +399,11 @@ class QueuedLog:
     def dropped(self) -> int:
         """Records lost: refused by a full queue, or in a batch the writer could not commit."""
         return self._q.dropped + self._lost
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer."""
+        return len(self._q)
 
     def _put(self, item: tuple) -> None:
         if not self._closed:

@@ -185,6 +185,7 @@ def _col(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
 class MemoryExperimentLog:
     def __init__(self) -> None:
         self.dropped = 0
+        self.queued = 0  # written at once
         self._lock = threading.Lock()
         self._requests: dict[str, ExposureRecord] = {}
         self._exposures: list[tuple] = []  # (experiment, request, variant, propensity, unit, shopper, visit, ts, n, latency, error)

@@ -157,6 +157,11 @@ class SQLiteExposureLog:
         """Rows lost: refused by a full queue, or in a batch the writer could not commit."""
         return self._q.dropped + self._lost
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer."""
+        return len(self._q)
+
     def _put(self, item: tuple) -> None:
         if not self._closed:
             self._q.put(item)

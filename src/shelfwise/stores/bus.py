@@ -13,12 +13,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from shelfwise.domain import Event, EventType
 from shelfwise.stores.protocols import AppendResult, EventStore, Interaction, OnlineState
 
 log = logging.getLogger("shelfwise.bus")
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits on a bus, as a metrics scrape reads it (None: this bus cannot tell)."""
+
+    waiting: int | None  # not yet delivered to a consumer (Redis: in the stream, not pending; Kafka: consumer lag)
+    pending: int | None  # delivered to a consumer, not yet acknowledged (Redis Streams)
+    oldest_age_s: float | None  # how long the oldest unprocessed entry has waited (0 when none waits)
+    dead_letters: int | None  # entries in the dead-letter stream or topic
 
 
 class BusTimeout(TimeoutError):
@@ -113,6 +124,10 @@ class InProcessBus:
 
     def publish(self, events: Sequence[Event]) -> AppendResult:
         return self.processor.process(events)
+
+    def backlog(self) -> Backlog:
+        """Nothing ever waits: ``publish`` returns after processing, and invalid events are refused, not queued."""
+        return Backlog(waiting=0, pending=0, oldest_age_s=0.0, dead_letters=0)
 
     def consumer(self, processor: EventProcessor, name: str | None = None) -> _IdleConsumer:
         return _IdleConsumer()

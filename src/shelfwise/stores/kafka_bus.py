@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from pydantic import ValidationError
 
 from shelfwise.domain import Event
-from shelfwise.stores.bus import EventProcessor, consumer_name, dedupe, unknown_items
+from shelfwise.stores.bus import Backlog, EventProcessor, consumer_name, dedupe, unknown_items
 from shelfwise.stores.protocols import AppendResult
 
 log = logging.getLogger("shelfwise.kafka")
@@ -52,6 +52,7 @@ class KafkaBus:
         self.timeout_s = float(opts.get("timeout_s", ack_timeout_s))
         self.known_items = known_items
         self._producer: Producer | None = None
+        self._probe: Consumer | None = None  # backlog reads (never subscribes: it does not join the group)
         self._lock = threading.Lock()
 
     def _base(self) -> dict:
@@ -86,9 +87,35 @@ class KafkaBus:
     def consumer(self, processor: EventProcessor, name: str | None = None) -> "KafkaConsumer":
         return KafkaConsumer(self, processor, name or consumer_name())
 
+    def backlog(self, timeout_s: float = 2.0) -> Backlog:
+        """The group's lag (end offset minus committed offset, summed over the topic's partitions; a partition
+        without a commit counts from its first offset) and the messages the dead-letter topic holds. Kafka has no
+        per-message acknowledgement, hence no pending count, and reading the oldest waiting message's time would
+        mean fetching it: both are None."""
+        with self._lock:
+            if self._probe is None:
+                self._probe = Consumer({**self._base(), "group.id": self.group, "enable.auto.commit": False})
+            probe = self._probe
+        lag = 0
+        topic = probe.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+        if topic is not None and topic.error is None:
+            committed = probe.committed([TopicPartition(self.topic, p) for p in topic.partitions], timeout=timeout_s)
+            for tp in committed:
+                low, high = probe.get_watermark_offsets(tp, timeout=timeout_s)
+                lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
+        dead = 0
+        topic = probe.list_topics(self.dead_topic, timeout=timeout_s).topics.get(self.dead_topic)
+        if topic is not None and topic.error is None:
+            for p in topic.partitions:
+                low, high = probe.get_watermark_offsets(TopicPartition(self.dead_topic, p), timeout=timeout_s)
+                dead += max(0, high - low)
+        return Backlog(waiting=lag, pending=None, oldest_age_s=None, dead_letters=dead)
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(self.timeout_s)
+        if self._probe is not None:
+            self._probe.close()
 
 
 def produce_all(producer: Producer, topic: str, messages: list[tuple[bytes, bytes, list | None]],

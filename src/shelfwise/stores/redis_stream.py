@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from shelfwise.domain import Event
 from shelfwise.stores._dsn import split_options, with_scheme
-from shelfwise.stores.bus import BusTimeout, EventProcessor, consumer_name, dedupe, unknown_items
+from shelfwise.stores.bus import Backlog, BusTimeout, EventProcessor, consumer_name, dedupe, unknown_items
 from shelfwise.stores.protocols import AppendResult
 
 log = logging.getLogger("shelfwise.bus")
@@ -58,6 +58,7 @@ class RedisStreamBus:
         self.known_items = known_items
         self.url = url
         self.redis = redis.Redis.from_url(url, health_check_interval=30)
+        self._probe: redis.Redis | None = None  # backlog reads: short timeouts, never behind a blocked publish
         self.ensure_group()
 
     def ensure_group(self) -> None:
@@ -135,8 +136,30 @@ class RedisStreamBus:
     def pending_count(self) -> int:
         return int(self.redis.xpending(self.stream, self.group)["pending"])
 
+    def backlog(self, timeout_s: float = 2.0) -> Backlog:
+        """One round trip: the stream's length (consumers delete what they acknowledge, so it holds what waits
+        and what is pending), the group's pending count, the oldest entry (its id is the Redis time of its XADD)
+        and the dead-letter stream's length."""
+        if self._probe is None:
+            self._probe = redis.Redis.from_url(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        pipe = self._probe.pipeline(transaction=False)
+        pipe.xlen(self.stream)
+        pipe.xpending(self.stream, self.group)
+        pipe.xrange(self.stream, count=1)
+        pipe.xlen(self.dead)
+        pipe.time()
+        length, pending, first, dead, (sec, usec) = pipe.execute()
+        waiting = int(pending["pending"])
+        age = 0.0
+        if first:
+            age = max(0.0, sec + usec / 1e6 - int(first[0][0].split(b"-", 1)[0]) / 1000.0)
+        return Backlog(waiting=max(0, int(length) - waiting), pending=waiting, oldest_age_s=age,
+                       dead_letters=int(dead))
+
     def close(self) -> None:
         self.redis.close()
+        if self._probe is not None:
+            self._probe.close()
 
 
 class RedisStreamConsumer:
