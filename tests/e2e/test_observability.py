@@ -348,6 +348,7 @@ def live_metrics(client):
     assert client.post("/v1/events", json=[event(10), event(11, type="recommendation_clicked")]).status_code == 202
     assert client.put("/v1/rulesets/default", json=PIN_H1, params={"publish": "true"}).status_code == 201
     assert client.get("/readyz").json()["model"]["full"]
+    assert client.get("/v1/monitor/drift").status_code == 200  # a drift report sets the drift gauges
     return exported(client)
 
 
