@@ -208,15 +208,44 @@ class PlacementSettings(_Section):
     exclude_history: Literal["purchased", "all", "none"] = "purchased"
     score: ScoreWeights = ScoreWeights()
     diversity: DiversitySettings = DiversitySettings()
+    explore: float = Field(0.0, ge=0, le=0.5, description="share of the rail's slots given to new items "
+                                                          "(models.explore; 1/12 = one slot of 12; a fractional "
+                                                          "slot is a coin flip per request); 0 = none")
+
+
+class ExploreSettings(_Section):
+    """Exploration slots for new items (``stages/explore.py``): each placement's ``explore`` share of its slots
+    goes to items younger than ``max_age_days`` with fewer than ``max_impressions`` impressions, drawn by content
+    match to the shopper or page (softmax at ``temperature``), so they gather feedback before any model knows
+    them. Rules win: only items the request may show, never in a slot a rule claims."""
+
+    enabled: bool = Field(True, description="false = no exploration slots on any placement")
+    max_age_days: float = Field(14.0, gt=0, description="an item is new this long after it came to the shop: its "
+                                                        "catalog created_at, else when Shelfwise first saw it "
+                                                        "(first stored in the catalog, or its first event)")
+    max_impressions: int = Field(1000, ge=1, description="a new item leaves exploration once shown this often "
+                                                         "(counted from the exposure log, rules.exposure_log)")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature over the content cosine of new items "
+                                                      "with the shopper's recent items or the page's item: lower "
+                                                      "picks the best match more often, higher spreads slots "
+                                                      "more evenly")
+    seed: int = Field(0, description="with the request id, seeds each request's draw (the same request id and "
+                                     "seed draw the same slots)")
+    refresh_s: float = Field(10.0, gt=0, description="how often impression counts are re-read from the exposure "
+                                                     "log, which other processes writing it share")
 
 
 def _default_placements() -> dict[str, PlacementSettings]:
     # homepage: BENCHMARKS.md (Offline quality; Sequence model). `content` (items like the page's or cart's, by
     # catalog data: the only evidence about an item added after training) weighs in on the item pages and the cart,
     # not on the homepage, whose measured ranking (and the ranker trained on its sources) it would change.
+    # explore: one slot of 12 for new items on the homepage and similar-items rail, where a content match to the
+    # shopper or page is a fair guess; none on "bought together" and the cart, which sell complements.
     return {
-        "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "trending": 0.02}),
-        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02}),
+        "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "trending": 0.02},
+                                      explore=1 / 12),
+        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02},
+                                         explore=1 / 12),
         "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
         "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "content": 0.05,
                                                   "trending": 0.02}),
@@ -381,6 +410,7 @@ class ModelSettings(_Section):
     ranker: RankerSettings = RankerSettings()
     candidates: CandidateSettings = CandidateSettings()
     content: ContentSettings = ContentSettings()
+    explore: ExploreSettings = ExploreSettings()
 
 
 class APISettings(_Section):

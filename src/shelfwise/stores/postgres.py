@@ -92,6 +92,11 @@ CREATE INDEX forgotten_at ON forgotten (at);
 CREATE TABLE erasure_receipts (receipt_id text PRIMARY KEY, created_at double precision NOT NULL, doc jsonb NOT NULL);
 CREATE TABLE privacy_meta (key text PRIMARY KEY, value text NOT NULL);
 """),
+    # items stored before this migration keep an unknown (NULL) first-seen time rather than the migration's
+    (3, "items first seen", """
+ALTER TABLE items ADD COLUMN first_seen timestamptz;
+ALTER TABLE items ALTER COLUMN first_seen SET DEFAULT now();
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -309,6 +314,13 @@ class PostgresStore:
     def ids(self) -> set[str]:
         with self.pool.connection() as conn:
             return {r[0] for r in conn.execute("SELECT id FROM items")}
+
+    def first_seen(self, item_ids: Sequence[str] | None = None) -> dict[str, float]:
+        sql = "SELECT id, extract(epoch FROM first_seen)::float8 FROM items WHERE first_seen IS NOT NULL"
+        with self.pool.connection() as conn:
+            if item_ids is None:
+                return dict(conn.execute(sql).fetchall())
+            return dict(conn.execute(sql + " AND id = ANY(%s)", (list(item_ids),)).fetchall())
 
     def close(self) -> None:
         if not self._closed.is_set():
