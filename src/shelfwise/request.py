@@ -201,16 +201,18 @@ class Candidates:
         return self.take(order)
 
 
-SLOT_REASONS = ("evidence", "popular", "pinned", "reserved")
+SLOT_REASONS = ("evidence", "popular", "pinned", "reserved", "exploration")
 
 
 @dataclass
 class Recommendation:
     """One slot of an answer. ``reason`` says why the item is there: ``evidence`` (a source scored it from this
     shopper's history or model row, or from the page's / cart's items), ``popular`` (popularity only: the global or
-    the category's best sellers, or catalog order), ``pinned`` / ``reserved`` (placed by a merchandising rule).
-    ``fallback`` is true when no source had evidence about this shopper or item for it (every ``popular`` slot,
-    and a rule's slot that the sources did not support)."""
+    the category's best sellers, or catalog order), ``pinned`` / ``reserved`` (placed by a merchandising rule),
+    ``exploration`` (a new item drawn for an exploration slot, ``stages.explore``). ``fallback`` is true when no
+    source had evidence about this shopper or item for it (every ``popular`` slot, a rule's slot that the sources
+    did not support, an exploration slot drawn without a content match). ``propensity``: the probability the slot
+    holds this item (below 1 only for exploration slots; logged with the exposure)."""
 
     item_id: str
     score: float
@@ -218,6 +220,7 @@ class Recommendation:
     explanation: dict[str, Any] | None = None
     reason: str = "evidence"
     fallback: bool = False
+    propensity: float = 1.0
 
 
 @dataclass

@@ -131,6 +131,8 @@ def test_catalog_first_seen_is_the_first_upsert(open_store):
     store.upsert([Item(id="p2", title="Phone 2 again")])
     assert store.first_seen(["p2"])["p2"] > seen["p2"]  # deleted, then stored anew
     assert store.first_seen([]) == {}
+    assert set(store.first_seen(since=again["new"] - 0.001)) == {"new", "p2"}
+    assert set(store.first_seen(["p1", "p2"], since=again["new"] - 0.001)) == {"p2"}
 
 
 def test_catalog_from_before_first_seen_is_migrated(open_store):

@@ -315,12 +315,18 @@ class PostgresStore:
         with self.pool.connection() as conn:
             return {r[0] for r in conn.execute("SELECT id FROM items")}
 
-    def first_seen(self, item_ids: Sequence[str] | None = None) -> dict[str, float]:
+    def first_seen(self, item_ids: Sequence[str] | None = None,
+                   since: float | None = None) -> dict[str, float]:
         sql = "SELECT id, extract(epoch FROM first_seen)::float8 FROM items WHERE first_seen IS NOT NULL"
+        args: list = []
+        if since is not None:
+            sql += " AND first_seen >= to_timestamp(%s)"
+            args.append(since)
+        if item_ids is not None:
+            sql += " AND id = ANY(%s)"
+            args.append(list(item_ids))
         with self.pool.connection() as conn:
-            if item_ids is None:
-                return dict(conn.execute(sql).fetchall())
-            return dict(conn.execute(sql + " AND id = ANY(%s)", (list(item_ids),)).fetchall())
+            return dict(conn.execute(sql, args).fetchall())
 
     def close(self) -> None:
         if not self._closed.is_set():

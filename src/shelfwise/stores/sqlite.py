@@ -297,16 +297,17 @@ class SQLiteStore:
         db = self._readers.get()
         return {r[0] for r in db.execute("SELECT id FROM items").fetchall()}
 
-    def first_seen(self, item_ids: Sequence[str] | None = None) -> dict[str, float]:
+    def first_seen(self, item_ids: Sequence[str] | None = None,
+                   since: float | None = None) -> dict[str, float]:
         db = self._readers.get()
+        sql = "SELECT id, first_seen FROM items WHERE first_seen >= ?"
+        after = float("-inf") if since is None else since
         if item_ids is None:
-            return dict(db.execute("SELECT id, first_seen FROM items WHERE first_seen IS NOT NULL").fetchall())
+            return dict(db.execute(sql, (after,)).fetchall())
         out: dict[str, float] = {}
         for start in range(0, len(item_ids), 500):
             chunk = list(item_ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            out.update(db.execute(f"SELECT id, first_seen FROM items WHERE id IN ({marks}) AND first_seen IS NOT "
-                                  "NULL", chunk).fetchall())
+            out.update(db.execute(f"{sql} AND id IN ({','.join('?' * len(chunk))})", [after, *chunk]).fetchall())
         return out
 
     def close(self) -> None:
