@@ -151,7 +151,8 @@ class RecommendedItem(BaseModel):
     reason: Literal[SLOT_REASONS] = Field(  # type: ignore[valid-type]
         description="why the item is in this slot: evidence (a source scored it from this shopper's history or "
                     "this page's / cart's items), popular (popularity only: best sellers overall or of the "
-                    "category), pinned or reserved (a merchandising rule)")
+                    "category), pinned or reserved (a merchandising rule), exploration (a new item shown so it "
+                    "gathers feedback: models.explore)")
     fallback: bool = Field(description="no source had evidence about this shopper or item for this slot")
     explanation: dict[str, Any] | None = None
 

@@ -8,6 +8,9 @@ request, the best *allowed* candidate not already on the rail wins the slot. ``a
 stock, margin floor, merchandising rules — so exploration never shows what the shop forbids. The slot position is
 drawn uniformly among the rail's positions; the deterministic items keep their order around it.
 
+``explore_count``, ``explore_positions`` and ``weighted_draw`` are the pieces the new items' exploration slots
+(``stages.explore``) share with it: how many slots, where, and a draw with exact propensities.
+
 **Propensities.** The probability that TS picks item i is P(θ_i is the largest draw among the eligible items),
 which has no closed form; it is estimated by Monte-Carlo over ``draws`` independent posterior samples, the
 first of which *is* the sample that made the choice — so the chosen item's estimate is at least 1/draws (never 0,

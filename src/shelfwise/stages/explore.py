@@ -149,9 +149,9 @@ class ExploreStage:
         if prof is not None and pool.vectors is not None:
             match = prof @ pool.vectors.T
             evidence = (np.abs(prof).sum(axis=1) > 0)[:, None] & (np.abs(pool.vectors).sum(axis=1) > 0)[None, :]
-        best = np.where(ok, match, -np.inf).max(axis=1, keepdims=True, initial=-np.inf)
-        weight = np.where(ok, np.exp((match - np.where(np.isfinite(best), best, 0.0)) / self.settings.temperature)
-                          * pool.room, 0.0)
+        masked = np.where(ok, match, -np.inf)
+        best = masked.max(axis=1, keepdims=True, initial=-np.inf)
+        weight = np.exp((masked - np.where(np.isfinite(best), best, 0.0)) / self.settings.temperature) * pool.room
         if batch.extra is None:
             batch.extra = [np.zeros(0, np.int64)] * len(batch)
         batch.explore = [None] * len(batch)
