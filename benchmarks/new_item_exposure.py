@@ -121,6 +121,9 @@ def replay(data: Path, explore: bool, a: argparse.Namespace, new: list[Item], da
     eng = Shelfwise(s)
     assert eng.encoder is not None, "the trained model has no content source"
     eng.encoder.flush(300)  # the warm items' texts (the text encoder loads at start, off the requests)
+    stage_s: dict[str, list[float]] = defaultdict(list)  # "placement/stage" -> seconds of each pipeline call
+    eng.pipeline.observer = lambda placement, stage, dt: stage_s[f"{placement}/{stage}"].append(dt)  # (kept by
+    # the pipelines that add the new items' rows)
     shown: dict[str, Counter] = defaultdict(Counter)  # placement -> item -> impressions
     by_placement: dict[str, Counter] = defaultdict(Counter)  # placement -> new / warm / exploration slots
     new_ids = {it.id for it in new}
@@ -176,7 +179,10 @@ def replay(data: Path, explore: bool, a: argparse.Namespace, new: list[Item], da
     lat = {p: {"n": len(v), "p50_ms": round(1000 * float(np.percentile(v, 50)), 2),
                "p99_ms": round(1000 * float(np.percentile(v, 99)), 2), "max_ms": round(1000 * max(v), 1),
                "total_s": round(sum(v), 1)} for p, v in latency.items()}
-    return {"explore": explore, "requests": requests, "sessions": len(sessions), "events": len(day),
+    stages = {k: {"calls": len(v), "mean_ms": round(1000 * float(np.mean(v)), 3),
+                  "p99_ms": round(1000 * float(np.percentile(v, 99)), 3)}
+              for k, v in sorted(stage_s.items()) if k.split("/")[1] in ("explore", "slots")}
+    return {"explore": explore, "requests": requests, "stages": stages, "sessions": len(sessions), "events": len(day),
             "put_ms": round(put_s * 1000, 1), "encoded_s": round(encoded_s, 2), "replay_s": round(replay_s, 1),
             "shown": {p: dict(c) for p, c in shown.items()}, "placements": {p: dict(c) for p, c in by_placement.items()}, "latency": lat}
 
