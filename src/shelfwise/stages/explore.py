@@ -30,7 +30,7 @@ import numpy as np
 
 from shelfwise.experiments.bandits import explore_count, explore_positions, weighted_draw
 from shelfwise.items import ItemTable
-from shelfwise.request import Query, RecRequest
+from shelfwise.request import Exclusions, Query, RecRequest
 from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.rules.log import ImpressionCounts
 from shelfwise.settings import ExploreSettings
@@ -44,13 +44,14 @@ class Pool:
     items: np.ndarray  # int64 item indices
     room: np.ndarray  # (P,) share of each item's impression budget left, in (0, 1]
     vectors: np.ndarray | None  # (P, d) unit content vectors (zero rows: not encoded yet); None: no content source
+    encoded: np.ndarray  # (P,) bool: has a content vector
     key: tuple
     built: float  # monotonic time
     waiting: bool = False  # some new items' impressions were not counted yet (they join once they are)
 
 
 def _empty_pool(key: tuple, waiting: bool = False) -> Pool:
-    return Pool(np.zeros(0, np.int64), np.zeros(0), None, key, time.monotonic(), waiting)
+    return Pool(np.zeros(0, np.int64), np.zeros(0), None, np.zeros(0, bool), key, time.monotonic(), waiting)
 
 
 class ExploreStage:
@@ -98,7 +99,7 @@ class ExploreStage:
         limit = self.settings.max_impressions
         keep = (shown >= 0) & (shown < limit)  # -1: not counted yet, so not known to be few
         items, room, waiting = young[keep], 1.0 - shown[keep] / limit, bool((shown < 0).any())
-        vectors = None
+        vectors, encoded = None, np.zeros(len(items), bool)
         if content is not None:
             space = content.vectors.vectors
             vectors = np.zeros((len(items), space.shape[1]), np.float32)
@@ -106,7 +107,9 @@ class ExploreStage:
             vectors[inside] = space[items[inside]]
             norm = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = np.divide(vectors, norm, out=np.zeros_like(vectors), where=norm > 0)
-        self._pool = Pool(items.astype(np.int64), room, vectors, key + (counted,), time.monotonic(), waiting)
+            encoded = norm[:, 0] > 0
+        self._pool = Pool(items.astype(np.int64), room, vectors, encoded, key + (counted,), time.monotonic(),
+                          waiting)
         return self._pool
 
     def rng(self, req: RecRequest) -> np.random.Generator:
@@ -116,6 +119,17 @@ class ExploreStage:
             return self._rng
         h = hashlib.blake2b(req.request_id.encode(), digest_size=8).digest()
         return np.random.default_rng([self.settings.seed & 0xFFFFFFFF, int.from_bytes(h, "little")])
+
+    @staticmethod
+    def showable(items: np.ndarray, ex: Exclusions, r: int) -> np.ndarray:
+        """Which of ``items`` (servable: the pool is) request ``r`` may show: not excluded, within its category
+        filter, not dropped by its rules."""
+        ok = np.ones(len(items), bool) if not len(ex.rows[r]) else ~np.isin(items, ex.rows[r])
+        if ex.allowed[r] is not None:
+            ok &= ex.allowed[r][items]
+        if ex.dropped[r] is not None:
+            ok &= ~ex.dropped[r][items]
+        return ok
 
     def profiles(self, queries: list[Query]) -> np.ndarray | None:
         """(B, d) unit content profiles of the requests (zero rows: no evidence), None without a content source."""
@@ -139,16 +153,15 @@ class ExploreStage:
                 todo.append((r, rng, n))
         if not todo:
             return
-        rows = np.array([r for r, _, _ in todo])
         ex = batch.exclusions
         assert ex is not None
-        ok = ex.subset(rows).keep(np.broadcast_to(pool.items, (len(rows), len(pool.items))))
+        ok = np.stack([self.showable(pool.items, ex, r) for r, _, _ in todo])
         match = np.zeros(ok.shape, np.float32)
-        evidence = np.zeros(ok.shape, bool)
-        prof = self.profiles([batch.queries[r] for r in rows]) if pool.vectors is not None else None
+        profiled = np.zeros(len(todo), bool)
+        prof = self.profiles([batch.queries[r] for r, _, _ in todo]) if pool.vectors is not None else None
         if prof is not None and pool.vectors is not None:
             match = prof @ pool.vectors.T
-            evidence = (np.abs(prof).sum(axis=1) > 0)[:, None] & (np.abs(pool.vectors).sum(axis=1) > 0)[None, :]
+            profiled = np.abs(prof).sum(axis=1) > 0
         masked = np.where(ok, match, -np.inf)
         best = masked.max(axis=1, keepdims=True, initial=-np.inf)
         weight = np.exp((masked - np.where(np.isfinite(best), best, 0.0)) / self.settings.temperature) * pool.room
@@ -160,6 +173,7 @@ class ExploreStage:
             if not picks:
                 continue
             positions = explore_positions(batch.requests[r].k, len(picks), rng)
-            batch.explore[r] = {int(pool.items[j]): Explored(at, p, float(match[s, j]), bool(evidence[s, j]))
+            batch.explore[r] = {int(pool.items[j]): Explored(at, p, float(match[s, j]),
+                                                             bool(profiled[s] and pool.encoded[j]))
                                 for (j, p), at in zip(picks, positions)}
             batch.extra[r] = np.union1d(batch.extra[r], pool.items[[j for j, _ in picks]])
