@@ -131,7 +131,7 @@ def replay(data: Path, explore: bool, a: argparse.Namespace, new: list[Item], da
     requests = 0
     with TestClient(create_app(s, engine=eng), headers={"Authorization": f"Bearer {key}"}) as client:
         # before the new items come: what the exploration stage costs a request when nothing is new
-        before = [ev.user_id for ev in day if ev.user_id][:300]
+        before = list(dict.fromkeys(ev.user_id for ev in day if ev.user_id))[:300]
         for who in before:
             assert client.get("/v1/recommendations/homepage", params={"user_id": who, "k": HOME_K}).status_code == 200
         no_new = {k: v for k, v in stage_s.items()}
@@ -185,19 +185,21 @@ def replay(data: Path, explore: bool, a: argparse.Namespace, new: list[Item], da
     lat = {p: {"n": len(v), "p50_ms": round(1000 * float(np.percentile(v, 50)), 2),
                "p99_ms": round(1000 * float(np.percentile(v, 99)), 2), "max_ms": round(1000 * max(v), 1),
                "total_s": round(sum(v), 1)} for p, v in latency.items()}
-    stages = {k: {"calls": len(v), "mean_ms": round(1000 * float(np.mean(v)), 3),
-                  "p99_ms": round(1000 * float(np.percentile(v, 99)), 3)} for k, v in sorted(stage_s.items())}
+    stages = {k: timing(v) for k, v in sorted(stage_s.items())}
     for p in {k.split("/")[0] for k in stage_s}:
         stages[f"{p}/all stages"] = {"mean_ms": round(sum(v["mean_ms"] for k, v in stages.items()
-                                                        if k.startswith(p + "/")), 3)}
+                                                        if k.startswith(p + "/")), 4)}
     if explore:
-        v = no_new["homepage/explore"]
-        stages["homepage/explore before any new item"] = {
-            "calls": len(v), "mean_ms": round(1000 * float(np.mean(v)), 4),
-            "p99_ms": round(1000 * float(np.percentile(v, 99)), 4)}
+        stages["homepage/explore before any new item"] = timing(no_new["homepage/explore"])
     return {"explore": explore, "requests": requests, "stages": stages, "sessions": len(sessions), "events": len(day),
             "put_ms": round(put_s * 1000, 1), "encoded_s": round(encoded_s, 2), "replay_s": round(replay_s, 1),
             "shown": {p: dict(c) for p, c in shown.items()}, "placements": {p: dict(c) for p, c in by_placement.items()}, "latency": lat}
+
+
+def timing(seconds: list[float]) -> dict:
+    v = 1000 * np.array(seconds)
+    return {"calls": len(v), "mean_ms": round(float(v.mean()), 4), "p50_ms": round(float(np.percentile(v, 50)), 4),
+            "p99_ms": round(float(np.percentile(v, 99)), 4)}
 
 
 def shares(run: dict, warm: list[Item], new: list[Item]) -> dict:
