@@ -181,6 +181,7 @@ def replay(data: Path, explore: bool, a: argparse.Namespace, new: list[Item], da
             latency["POST /v1/events"].append(time.perf_counter() - t)
             assert r.status_code == 202, r.text
         replay_s = time.perf_counter() - t0
+    isolated = stage_cost(eng, day) if explore else None
     eng.close()
     lat = {p: {"n": len(v), "p50_ms": round(1000 * float(np.percentile(v, 50)), 2),
                "p99_ms": round(1000 * float(np.percentile(v, 99)), 2), "max_ms": round(1000 * max(v), 1),
@@ -191,9 +192,40 @@ def replay(data: Path, explore: bool, a: argparse.Namespace, new: list[Item], da
                                                         if k.startswith(p + "/")), 4)}
     if explore:
         stages["homepage/explore before any new item"] = timing(no_new["homepage/explore"])
-    return {"explore": explore, "requests": requests, "stages": stages, "sessions": len(sessions), "events": len(day),
+    return {"explore": explore, "requests": requests, "stages": stages, "isolated": isolated, "sessions": len(sessions), "events": len(day),
             "put_ms": round(put_s * 1000, 1), "encoded_s": round(encoded_s, 2), "replay_s": round(replay_s, 1),
             "shown": {p: dict(c) for p, c in shown.items()}, "placements": {p: dict(c) for p, c in by_placement.items()}, "latency": lat}
+
+
+def stage_cost(eng: Shelfwise, day: list[Event], n: int = 1000) -> dict:
+    """After the day, the API closed (no other thread busy): each stage of the serving pipeline timed on ``n``
+    requests of each exploring placement, one request a call, against the same model assembled without the
+    exploration stage."""
+    from shelfwise.assemble import assemble
+    from shelfwise.request import RecRequest
+    from shelfwise.stages.base import Batch
+
+    live = eng.pipeline
+    plain = assemble(live.model, eng.merch.stage)
+    views = [ev for ev in day if ev.type == "product_viewed" and ev.user_id and ev.item_id in live.items.index]
+    states = eng.shopper_states(list(dict.fromkeys(ev.user_id for ev in views)))
+    out = {}
+    for placement in ("homepage", "pdp_similar"):
+        for name, pipe in (("with exploration", live), ("without", plain)):
+            times: dict[str, list[float]] = defaultdict(list)
+            for i in range(n):
+                ev = views[i % len(views)]
+                req = RecRequest(placement, shopper=ev.user_id, item_id=ev.item_id, k=HOME_K, now=time.time(),
+                                 state=states[ev.user_id], request_id=f"cost-{i}")
+                batch = Batch(placement, pipe.placement(placement), [req], req.k)
+                for stage in pipe.stages:
+                    t = time.perf_counter()
+                    stage.run(batch)
+                    times[stage.name].append(time.perf_counter() - t)
+            total = [sum(x) for x in zip(*times.values())]
+            out[f"{placement} {name}"] = {"all stages": timing(total)} | {
+                k: timing(v) for k, v in times.items() if k in ("explore", "candidates", "slots")}
+    return out
 
 
 def timing(seconds: list[float]) -> dict:
