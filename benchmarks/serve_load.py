@@ -19,8 +19,10 @@
    a trivial FastAPI endpoint returning a 12-item JSON, driven the same way; the ratio is what to compare across
    machines and runs.
 
-Reports requests/s, latency p50/p95/p99/max, errors (non-2xx and socket errors), events posted and failed, and the
-API processes' resident memory at the end.
+Reports requests/s, latency p50/p95/p99/max, errors (non-2xx and socket errors), events posted and failed, the
+API processes' resident memory at the end, and their CPU time per request over the window
+(``server_cpu_ms_per_request``, events ingested meanwhile included): the cost measure that other jobs on a shared
+machine disturb least, for comparing two versions of the code.
 """
 
 from __future__ import annotations
@@ -90,16 +92,34 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> None:
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True, cwd=env["PWD_FOR_BENCH"])
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn workers), MB."""
-    total = 0
+def family(pid: int) -> list[int]:
+    """A process and its children (uvicorn workers)."""
     pids = [pid]
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
         pids += [int(x) for x in out]
     except FileNotFoundError:
         pass
-    for p in pids:
+    return pids
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children: per request, a measure of cost that
+    other jobs on a shared machine disturb far less than latency or throughput."""
+    total = 0
+    for p in family(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn workers), MB."""
+    total = 0
+    for p in family(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -185,6 +205,7 @@ class EventPoster(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.shoppers, self.items, self.rate, self.key = url, shoppers, items, rate, key
         self.sent = self.failed = 0
+        self.acked: list[str] = []  # ids of the events the API acknowledged (202)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -211,6 +232,8 @@ class EventPoster(threading.Thread):
                     ok = False
                 self.sent += 10 if ok else 0
                 self.failed += 0 if ok else 10
+                if ok:
+                    self.acked += [e["event_id"] for e in batch]
                 next_at += period
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -263,6 +286,7 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
             poster = EventPoster(url, shoppers, items, args.events_per_s, key) if events else None
             if poster:
                 poster.start()
+            cpu0 = cpu_s(proc.pid)
             if args.rate:
                 res = fixed_rate(url, paths(shoppers, items), key, args.rate, args.seconds)
             else:
@@ -272,7 +296,9 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
                 poster.join(15)
                 res.update(events_posted=poster.sent, events_failed=poster.failed,
                            events_per_s=round(poster.sent / res["seconds"], 1))
+            used = cpu_s(proc.pid) - cpu0  # the server's CPU over the window, the events it ingested included
             res.update(setup=name, kind=kind, processes=processes, connections=c, rss_mb=rss_mb(proc.pid),
+                       server_cpu_ms_per_request=round(1000 * used / max(res["requests"], 1), 3),
                        load_average_1m=round(os.getloadavg()[0], 2))
             print(json.dumps(res), flush=True)
             rows.append(res)

@@ -19,12 +19,15 @@ from shelfwise.pipeline import Exploration, Model, Observer, Pipeline
 from shelfwise.ranking.features import FeatureContext
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.retrieval.als import ALSRetriever
+from shelfwise.retrieval.cohort import CohortRetriever
 from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.retrieval.embedding import IndexFactory
 from shelfwise.retrieval.sequence import SequenceRetriever
 from shelfwise.retrieval.trending import TrendingRetriever
+from shelfwise.rules.preferences import PreferenceMasks
 from shelfwise.rules.stage import RulesStage
 from shelfwise.stages.base import Stage
+from shelfwise.stages.budget import StageGuard
 from shelfwise.stages.candidates import CandidateStage
 from shelfwise.stages.explore import ExploreStage
 from shelfwise.stages.merchandise import MerchandiseStage, RulesPlanStage
@@ -41,12 +44,13 @@ def attach_indexes(model: Model, index_factory: IndexFactory | None) -> None:
 
 
 def assemble(model: Model, rules: RulesStage | None = None, index_factory: IndexFactory | None = None,
-             observer: Observer | None = None, explore: Exploration | None = None) -> Pipeline:
+             observer: Observer | None = None, guard: StageGuard | None = None,
+             explore: Exploration | None = None) -> Pipeline:
     """``explore``: give new items exploration slots (``stages.explore``), counting their impressions with
     ``explore.counts`` (None: only their age limits exploration)."""
     if index_factory is not None:  # (without one, the sources keep what they have: none, or the live model's)
         attach_indexes(model, index_factory)
-    return _pipeline(model, rules, observer, explore)
+    return _pipeline(model, rules, observer, guard, explore)
 
 
 def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | None = None,
@@ -58,11 +62,12 @@ def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | No
     table = pipeline.items.with_items(items, first_seen)
     if table is pipeline.items:
         return pipeline
-    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer, pipeline.explore)
+    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer, pipeline.guard,
+                     pipeline.explore)
 
 
 def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
-              explore: Exploration | None = None) -> Pipeline:
+              guard: StageGuard | None = None, explore: Exploration | None = None) -> Pipeline:
     s = model.settings
     items, retrievers = model.items, model.retrievers
     trending = retrievers.get("trending")
@@ -70,8 +75,10 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
                               trending.global_score if isinstance(trending, TrendingRetriever) else None)
     als = retrievers.get("als")
     depth = {p: model.ranker.settings.candidates for p in model.ranker.settings.placements} if model.ranker else {}
-    candidates = CandidateStage(retrievers, s.candidates, depth)
-    stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until)]
+    candidates = CandidateStage(retrievers, s.candidates, depth, s.preferences.candidates)
+    # a shopper's stated preferences: tags and size attributes are read through the rules' catalog facts
+    preferences = PreferenceMasks(items, rules.facts if rules is not None else lambda _: None, s.preferences)
+    stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until, preferences)]
     if rules is not None:
         stages.append(RulesPlanStage(rules, items, candidates.fallback_order))
     content = retrievers.get("content")
@@ -82,9 +89,10 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
     n_candidate_stages = len(stages)
     if model.ranker is not None and model.ranker.stats is not None:
         ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
-        stages.append(RankStage(model.ranker, ctx))
+        stages.append(RankStage(model.ranker, ctx, tuple(n for n, r in retrievers.items() if r.new_shoppers_only)))
     slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
-                      model.version, rules, frozenset(n for n, r in retrievers.items() if not r.evidence))
-    stages += [MerchandiseStage(business), slots]
+                      model.version, rules, {n: r.fallback_reason for n, r in retrievers.items() if not r.evidence},
+                      cohort if isinstance(cohort := retrievers.get("cohort"), CohortRetriever) else None)
+    stages += [MerchandiseStage(business, s.preferences), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
-                    observer=observer, explore=explore)
+                    observer=observer, guard=guard, explore=explore)

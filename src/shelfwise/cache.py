@@ -2,8 +2,9 @@
 
 An answer is keyed by everything that decides it: the placement and request parameters, the model version, the
 live rule set versions, the catalog version of the item table (every price, stock or availability change bumps it,
-so such a change reaches every cached answer at once) and a fingerprint of the shopper's recent events (their next
-event changes it, so a shopper's own event always changes their next answer). Entries expire after ``ttl_s``
+so such a change reaches every cached answer at once), a fingerprint of the shopper's recent events (their next
+event changes it, so a shopper's own event always changes their next answer) and when their preferences were last
+stored (new preferences make a new answer at once). Entries expire after ``ttl_s``
 (time-dependent scores: freshness, seasons) and the least recently used go when ``max_entries`` is reached.
 Each API process has its own cache; replicas never serve each other's entries.
 """
@@ -29,9 +30,11 @@ def state_fingerprint(state: ShopperState | None) -> tuple:
 
 
 def request_key(req: RecRequest, model: str, rulesets: str, catalog: int) -> tuple:
+    """Everything that decides an answer; the shopper's preferences by the time they were stored (a change made
+    through any replica makes a new key there at once)."""
     return (req.placement, req.shopper, req.item_id, tuple(req.cart), req.k, tuple(req.exclude), req.category,
             req.device, tuple(req.segments), req.explain, req.variant, model, rulesets, catalog,
-            state_fingerprint(req.state))
+            state_fingerprint(req.state), req.preferences.updated_at if req.preferences is not None else None)
 
 
 class AnswerCache:

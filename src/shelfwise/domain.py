@@ -120,6 +120,58 @@ class ConsentUpdate(BaseModel):
     def decided(self) -> dict[str, str]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
+# ---- explicit preferences (the onboarding "style quiz") --------------------------------------------------------
+MAX_PREFERENCE_VALUES = 50  # values per preference field (part of the OpenAPI schema, hence a constant)
+PREFERENCE_FIELDS = ("categories", "brands", "sizes", "price", "style_tags")
+PreferenceValue = Annotated[Text, Field(min_length=1, max_length=256)]
+
+
+class PriceRange(BaseModel):
+    """Inclusive price bounds; either may be omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
+    max: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PriceRange":
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        return self
+
+
+class Preferences(BaseModel):
+    """A shopper's explicit preferences. A field left out (or empty) says nothing; values are matched to the
+    catalog without regard to case; a value given twice is kept once."""
+
+    model_config = ConfigDict(extra="forbid")
+    categories: list[PreferenceValue] = Field(default_factory=list, max_length=MAX_PREFERENCE_VALUES,
+                                              description="category path prefixes, e.g. 'Audio > Headphones'")
+    brands: list[PreferenceValue] = Field(default_factory=list, max_length=MAX_PREFERENCE_VALUES)
+    sizes: list[Annotated[Text, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_PREFERENCE_VALUES,
+        description="sizes that fit, compared with the items' size attributes (preferences.size_attributes)")
+    price: PriceRange | None = Field(None, description="the price range the shopper shops in")
+    style_tags: list[PreferenceValue] = Field(default_factory=list, max_length=MAX_PREFERENCE_VALUES,
+                                              description="compared with the items' tags")
+
+    @field_validator("categories", "brands", "sizes", "style_tags")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        out: dict[str, str] = {}
+        for i, v in enumerate(values):
+            v = " > ".join(p.strip() for p in v.split(">")) if ">" in v else v.strip()
+            if not v or any(not p for p in v.split(" > ")):
+                raise ValueError(f"value {i} is blank (or has a blank category level)")
+            out.setdefault(v.casefold(), v)
+        return list(out.values())
+
+    def is_empty(self) -> bool:
+        return not (self.categories or self.brands or self.sizes or self.style_tags or self.price is not None)
+
+
 EventTypeName = Literal[
     "product_viewed", "add_to_cart", "remove_from_cart", "purchase_completed", "search", "recommendation_clicked"
 ]
@@ -146,6 +198,9 @@ class EventContext(BaseModel):
     placement: Text | None = Field(None, max_length=64)
     position: int | None = Field(None, ge=0, le=100_000)
     request_id: Text | None = Field(None, max_length=128)
+    segments: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=32, description="the shopper's segments the storefront knows (e.g. vip, student); they "
+                                         "place new shoppers in cohorts")
 
 
 class PurchasedItem(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +23,7 @@ from shelfwise.retrieval.base import Retriever
 from shelfwise.rules.log import ImpressionCounts
 from shelfwise.settings import ModelSettings, PlacementSettings, known_fields
 from shelfwise.stages.base import Batch, Stage
+from shelfwise.stages.budget import StageGuard
 
 Observer = Callable[[str, str, float], None]  # (placement, stage, seconds of the batch)
 
@@ -86,13 +87,14 @@ class Pipeline:
 
     def __init__(self, model: Model, stages: Sequence[Stage], candidate_stages: int,
                  on_catalog_change: Sequence[Callable[[], None]] = (), observer: Observer | None = None,
-                 explore: Exploration | None = None) -> None:
+                 guard: StageGuard | None = None, explore: Exploration | None = None) -> None:
         self.model = model
         self.explore = explore  # assembled with exploration slots (kept when items are added: with_items)
         self.stages = list(stages)
         self._candidate_stages = candidate_stages  # the leading stages that produce the candidates
         self._on_catalog_change = list(on_catalog_change)
         self.observer = observer
+        self.guard = guard  # serving's budgets and breakers (stages/budget.py); None: offline, nothing left out
 
     # ---- the model's parts ---------------------------------------------------------------------------
     @property
@@ -134,11 +136,29 @@ class Pipeline:
 
     # ---- answering -----------------------------------------------------------------------------------
     def _run(self, batch: Batch, stages: Sequence[Stage]) -> None:
+        guard = batch.guard = self.guard
         for stage in stages:
+            if guard is not None:
+                skip = guard.skip_stage(stage.name)
+                if skip is not None:
+                    batch.degraded.append(skip)
+                    continue
             t0 = time.perf_counter()
-            stage.run(batch)
+            if guard is None:
+                stage.run(batch)
+            else:
+                try:
+                    stage.run(batch)
+                except Exception as exc:
+                    note = guard.stage_failed(stage.name, exc)
+                    if note is None:  # a required stage: the service answers from its fallbacks
+                        raise
+                    batch.degraded.append(note)
+                    continue
             dt = time.perf_counter() - t0
             batch.timings[stage.name] = dt
+            if guard is not None:
+                guard.stage_done(stage.name, dt)
             if self.observer is not None:
                 self.observer(batch.placement, stage.name, dt)
 
@@ -163,7 +183,7 @@ class Pipeline:
         for rows, batch in self._batches(requests):
             self._run(batch, self.stages)
             for i, ans in zip(rows, batch.answers):
-                answers[i] = ans
+                answers[i] = replace(ans, degraded=ans.degraded + batch.degraded) if batch.degraded else ans
         return answers  # type: ignore[return-value]
 
     def candidates(self, requests: Sequence[RecRequest], n: int) -> tuple[list[Query], Candidates]:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shelfwise.settings import PlacementSettings
-from shelfwise.stores.protocols import ShopperState
+from shelfwise.stores.protocols import ShopperPreferences, ShopperState
 
 PLACEMENTS = ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell")
 ITEM_PAGES = ("pdp_similar", "pdp_fbt")  # placements about one product page's item (item_id required)
@@ -54,7 +54,8 @@ class RecRequest:
     state: ShopperState | None = None  # the shopper's recent events (from online state)
     now: float = 0.0
     device: str | None = None  # desktop / mobile / tablet / app (a ranker feature)
-    segments: Sequence[str] = ()  # shopper segments the storefront knows (e.g. "vip"), for rule conditions
+    segments: Sequence[str] = ()  # shopper segments the storefront knows (e.g. "vip"): rule conditions, cohorts
+    preferences: ShopperPreferences | None = None  # the shopper's explicit preferences (boosts, hard filters)
     request_id: str | None = None  # exposure log and shadow sampling key
     explain: bool = False  # attach why each item is where it is (score parts, rules, diversity)
     # an experiment's variant: its placement settings (blend weights, score, diversity) instead of the configured
@@ -62,6 +63,17 @@ class RecRequest:
     conf: PlacementSettings | None = None
     ranker: bool = True
     variant: str = ""
+
+
+@dataclass(frozen=True)
+class Visit:
+    """What a request says about the visit, in cohort terms (case-folded): device, placement, entry category (the
+    root of its category filter) and the shopper's segments."""
+
+    device: str = ""
+    placement: str = ""
+    category: str = ""
+    segments: tuple[str, ...] = ()
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Query:
     anchors: np.ndarray = field(default_factory=lambda: np.array([], np.int32))  # product page / cart items
     fresh: bool = False  # history has events the trained model has not seen
     now: float = 0.0
+    visit: Visit = Visit()  # the cohort a new shopper is in
 
     def within(self, n_items: int) -> "Query":
         """This query as a source that knows only the first ``n_items`` items sees it: the history and anchors
@@ -83,7 +96,7 @@ class Query:
             return self
         keep = self.history < n_items
         return Query(self.user, self.history[keep], self.history_kind[keep], self.history_ts[keep],
-                     self.anchors[self.anchors < n_items], self.fresh, self.now)
+                     self.anchors[self.anchors < n_items], self.fresh, self.now, self.visit)
 
 
 @dataclass
@@ -201,17 +214,20 @@ class Candidates:
         return self.take(order)
 
 
-SLOT_REASONS = ("evidence", "popular", "pinned", "reserved", "exploration")
+SLOT_REASONS = ("evidence", "preference", "cohort", "popular", "pinned", "reserved", "exploration")
 
 
 @dataclass
 class Recommendation:
     """One slot of an answer. ``reason`` says why the item is there: ``evidence`` (a source scored it from this
-    shopper's history or model row, or from the page's / cart's items), ``popular`` (popularity only: the global or
-    the category's best sellers, or catalog order), ``pinned`` / ``reserved`` (placed by a merchandising rule),
-    ``exploration`` (a new item drawn for an exploration slot, ``stages.explore``). ``fallback`` is true when no
-    source had evidence about this shopper or item for it (every ``popular`` slot, a rule's slot that the sources
-    did not support, an exploration slot drawn without a content match). ``propensity``: the probability the slot
+    shopper's history or model row, or from the page's / cart's items), ``preference`` (it matches what the shopper
+    stated in their preferences, and no source had evidence for it), ``cohort`` (the best of the shopper's cohort:
+    shoppers on the same device, with the same segments, entering the same way — a new shopper's first request),
+    ``popular`` (popularity only: the global or the category's best sellers, or catalog order), ``pinned`` /
+    ``reserved`` (placed by a merchandising rule), ``exploration`` (a new item drawn for an exploration slot,
+    ``stages.explore``). ``fallback`` is true when nothing about this shopper or item went into it — no source's
+    evidence, no stated preference (every ``cohort`` and ``popular`` slot, a rule's slot that nothing else
+    supported, and an exploration slot drawn without a content match). ``propensity``: the probability the slot
     holds this item (below 1 only for exploration slots; logged with the exposure)."""
 
     item_id: str
@@ -231,6 +247,8 @@ class Answer:
     model_version: str = ""  # the model version that computed this answer
     rulesets: str = ""  # the live rule set versions applied ("id@version,..."; empty when none)
     experiments: list[dict[str, str]] = field(default_factory=list)  # [{"experiment", "variant"}] it served
+    degraded: list[str] = field(default_factory=list)  # what was left out of it (a source, the ranker, the
+    # shopper's state, the model) and why; empty for a full answer (README "Graceful degradation")
 
     @property
     def fallback(self) -> bool:

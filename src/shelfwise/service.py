@@ -25,22 +25,24 @@ from shelfwise.experiments.admin import ExperimentService
 from shelfwise.experiments.config import apply_config, effective_k
 from shelfwise.experiments.interleaving import team_draft
 from shelfwise.experiments.runtime import Assignments, ExperimentRuntime
-from shelfwise.domain import ConsentUpdate, Event, Item
+from shelfwise.domain import ConsentUpdate, Event, Item, Preferences
 from shelfwise.pipeline import Exploration, Model, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
-from shelfwise.privacy.guard import PrivacyGuard
+from shelfwise.privacy.guard import ConsentRequired, PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
-from shelfwise.request import ITEM_PAGES, Answer, RecRequest, new_request_id
+from shelfwise.request import ITEM_PAGES, Answer, RecRequest, Recommendation, new_request_id
 from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
 from shelfwise.settings import Settings
 from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
-                              open_privacy_store, vector_index_factory)
+                              open_preference_store, open_privacy_store, vector_index_factory)
+from shelfwise.stages.budget import StageGuard
+from shelfwise.stores.breaker import Breakers, Unavailable, unavailable
 from shelfwise.stores.bus import EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperState
+from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperPreferences, ShopperState
 from shelfwise.training import SCAN_FILE, fit_pipeline
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class Shelfwise:
         self.privacy_store = open_privacy_store(settings.events_dsn, secure_delete=secure)
         self.pseudonyms = Pseudonymizer(settings.privacy.pseudonym_key if settings.privacy.pseudonymize else None)
         self.guard = PrivacyGuard(settings.privacy, self.privacy_store, self.privacy_store, self.pseudonyms)
+        self.preference_store = open_preference_store(settings.preferences_dsn, secure_delete=secure)
         self._catalog_ids = self.catalog.ids()
         # online experiments: assignment, variants, exposure and outcome log, guardrails (experiments/)
         self.experiments = ExperimentRuntime(settings, monitor=True)
@@ -90,6 +93,13 @@ class Shelfwise:
         self.erasure_hooks.append(("experiment log", self.experiments.forget))
         self._variants: dict[tuple, Pipeline] = {}  # (model version, rule set) -> the pipeline serving a variant
         self.encoder: BackgroundEncoder | None = None  # content vectors of items added or changed after training
+        # graceful degradation: breakers around the backends and the request path's optional parts, the model
+        # served before the current one, and a best-seller list in memory (README "Graceful degradation")
+        res = settings.resilience
+        self.breakers = Breakers(res.breaker_failures, res.breaker_reset_s)
+        self.stage_guard = StageGuard(res, self.breakers)
+        self.last_good: Pipeline | None = None
+        self.bestsellers: list[str] = []
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -114,7 +124,8 @@ class Shelfwise:
             model = fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).model
             model.items.seen(self._recently_seen())
             factory = None
-        pipeline = assemble(model, self.merch.stage, factory, explore=self._exploration())
+        pipeline = assemble(model, self.merch.stage, factory, guard=self.stage_guard, explore=self._exploration())
+        self.bestsellers = bestsellers(pipeline, self.settings.resilience.bestsellers)
         self.merch.attach(pipeline.items)
         self._start_encoder(pipeline, changed)
         return pipeline
@@ -209,7 +220,9 @@ class Shelfwise:
         with self._swap_lock:
             if version == self.pipeline.version:
                 return False
+            previous = self.pipeline
             self.pipeline = self._load_pipeline()
+            self.last_good = previous  # answers when the new one fails on a request
         return True
 
     def settle_heap(self, everything: bool = True) -> None:
@@ -235,15 +248,24 @@ class Shelfwise:
     def _watch_models(self, interval_s: float) -> None:
         settled = time.monotonic()
         while not self._stop.wait(interval_s):
-            try:
-                if self.refresh_model(0.0):
-                    self.settle_heap()
-                    settled = time.monotonic()
-                elif time.monotonic() - settled >= self.settings.api.freeze_heap_s:
-                    self.settle_heap(everything=False)
-                    settled = time.monotonic()
-            except Exception:  # a broken version on disk: keep serving the current one, say so
-                log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
+            if self.refresh_model_safely():
+                self.settle_heap()
+                settled = time.monotonic()
+            elif time.monotonic() - settled >= self.settings.api.freeze_heap_s:
+                self.settle_heap(everything=False)
+                settled = time.monotonic()
+
+    def refresh_model_safely(self) -> bool:
+        """``refresh_model`` for the watcher: a version that cannot be read (corrupt or unreadable files) leaves the
+        current model serving; the ``model_store`` breaker says why (``/readyz``) until a version loads."""
+        try:
+            swapped = self.refresh_model(0.0)
+        except Exception as exc:
+            log.exception("loading the new model version failed; still serving %s", self.pipeline.version)
+            self.breakers["model_store"].failure(f"{self.models.current()}: {type(exc).__name__}: {str(exc)[:200]}")
+            return False
+        self.breakers["model_store"].success()
+        return swapped
 
     # ---- events --------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> AppendResult:
@@ -255,12 +277,26 @@ class Shelfwise:
 
         Before that, shopper ids are pseudonymised (``privacy.pseudonymize``), the consent the events carry is
         stored, and events of shoppers without personalisation consent are withheld (``withheld``)."""
-        admitted, withheld, withdrawn = self.guard.admit(events)
-        for shopper in withdrawn:
-            if self.settings.privacy.erase_on_withdrawal:
-                erase(self, shopper, "user" if not shopper.startswith("session:") else "session",
-                      keep_consent=True, reason="personalisation consent withdrawn")
-        result = self.bus.publish(admitted) if admitted else AppendResult()
+        breaker = self.breakers["event_store"]
+        if not breaker.allow():  # down a moment ago: refuse at once (503), do not make the client wait on it
+            raise Unavailable(f"event store unavailable ({breaker.last_error}); nothing was stored",
+                              self.settings.resilience.retry_after_s)
+        try:
+            admitted, withheld, withdrawn = self.guard.admit(events)
+            for shopper in withdrawn:
+                if self.settings.privacy.erase_on_withdrawal:
+                    erase(self, shopper, "user" if not shopper.startswith("session:") else "session",
+                          keep_consent=True, reason="personalisation consent withdrawn")
+            result = self.bus.publish(admitted) if admitted else AppendResult()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            breaker.failure(f"{type(exc).__name__}: {str(exc)[:200]}")
+            # nothing is acknowledged: the batch is one transaction, and a retry of stored events is a duplicate
+            raise Unavailable(f"event store unavailable ({type(exc).__name__}); resend the events (a retry of "
+                              "events already stored counts as a duplicate)",
+                              self.settings.resilience.retry_after_s) from exc
+        breaker.success()
         return replace(result, withheld=result.withheld + withheld) if withheld else result
 
     def shopper_state(self, shopper: str) -> ShopperState:
@@ -303,6 +339,30 @@ class Shelfwise:
             erase(self, key, "session" if key.startswith("session:") else "user", keep_consent=True,
                   reason="personalisation consent withdrawn")
         return self.consent(shopper)
+
+    # ---- explicit preferences ------------------------------------------------------------------------
+    def preferences(self, shopper: str) -> ShopperPreferences | None:
+        """A shopper's stored preferences (a user id, or ``session:<id>``)."""
+        key = self.pseudonyms.shopper(shopper)
+        return self.preference_store.preferences([key]).get(key)
+
+    def set_preferences(self, shopper: str, preferences: Preferences, at: float | None = None) -> ShopperPreferences:
+        """Store a shopper's preferences, replacing what was stored; their cached answers go at once (other
+        replicas key answers by the preferences' time, so they follow with their next request). Personal data:
+        only with personalisation consent (``ConsentRequired`` otherwise, nothing stored)."""
+        key = self.pseudonyms.shopper(shopper)
+        if self.guard.consents([key])[key]["personalisation"] != "granted":
+            raise ConsentRequired("personalisation")
+        record = ShopperPreferences(key, preferences, at or time.time())
+        self.preference_store.set_preferences(record)
+        self.cache.forget(key)
+        return record
+
+    def delete_preferences(self, shopper: str) -> bool:
+        key = self.pseudonyms.shopper(shopper)
+        removed = self.preference_store.delete_preferences(key) > 0
+        self.cache.forget(key)
+        return removed
 
     # ---- catalog -------------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
@@ -385,18 +445,38 @@ class Shelfwise:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
         if self._watcher is None:
             self.refresh_model()
-        self.admit_requests(reqs)
+        for req in reqs:  # a bad request is an error, not a fault for the fallbacks to hide
+            self.pipeline.placement(req.placement)
+        notes: list[str] = []  # what this batch's answers go without (README "Graceful degradation")
+        try:
+            self.admit_requests(reqs)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            notes.append(f"consent: store unavailable ({type(exc).__name__}), answered without personalisation")
+            for req in reqs:  # without the shopper's consent at hand, nothing personal is used
+                req.shopper, req.state = None, ShopperState(recent=[], purchased=set())
         need = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None and r.state is None))
-        states = self.shopper_states(need) if need else {}
+        states = self._states(need, notes) if need else {}
+        shoppers = list(dict.fromkeys(r.shopper for r in reqs if r.shopper is not None))
+        stated = self._stated(shoppers, notes) if shoppers else {}
         now = time.time()
         for req in reqs:
             if req.shopper is not None and req.state is None:
-                req.state = states[req.shopper]
+                req.state = states.get(req.shopper) or ShopperState(recent=[], purchased=set())
+            if req.shopper is not None and req.preferences is None:
+                req.preferences = stated.get(req.shopper)
             if not req.now:
                 req.now = now
             if req.request_id is None:
                 req.request_id = new_request_id()
-        assigned = self._assign(reqs)
+        try:
+            assigned = self._assign(reqs)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            notes.append(f"experiments: store unavailable ({type(exc).__name__}), no variant assigned")
+            assigned = [None] * len(reqs)
         pipeline = self.pipeline
         answers: list[Answer | None] = [None] * len(reqs)
         keys: list[tuple | None] = []
@@ -408,8 +488,10 @@ class Shelfwise:
             answers = [self.cache.get(k) if k is not None else None for k in keys]
         todo = [i for i, a in enumerate(answers) if a is None]
         for i, ans in zip(todo, self._answer([reqs[i] for i in todo], [assigned[i] for i in todo])):
+            if notes:
+                ans = replace(ans, degraded=notes + ans.degraded)
             answers[i] = ans
-            if keys and keys[i] is not None:
+            if keys and keys[i] is not None and not ans.degraded:  # a degraded answer is never reused
                 self.cache.put(keys[i], ans)
         for req, answer, got in zip(reqs, answers, assigned):
             if not log:  # a simulation asks for rails whose exposures it logs itself
@@ -471,7 +553,7 @@ class Shelfwise:
                         model, factory = live.model, None
                     rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
                              if ruleset else self.merch.stage)
-                    got = assemble(model, rules, factory, explore=self._exploration())
+                    got = assemble(model, rules, factory, guard=self.stage_guard, explore=self._exploration())
                     self._variants = {k: v for k, v in self._variants.items() if k[2] == key[2]}
                     self._variants[key] = got
         return got
@@ -506,7 +588,7 @@ class Shelfwise:
             by_pipe.setdefault(id(pipe), []).append(j)
         for js in by_pipe.values():
             pipe = jobs[js[0]][2]
-            for j, ans in zip(js, pipe.recommend([jobs[j][1] for j in js])):
+            for j, ans in zip(js, self._recommend(pipe, [jobs[j][1] for j in js])):
                 results[j] = ans
         out: list[Answer] = []
         for i, (req, got) in enumerate(zip(reqs, assigned)):
@@ -524,6 +606,68 @@ class Shelfwise:
                 ans = replace(ans, experiments=got.labels())
             out.append(ans)
         return out
+
+    def _optional(self, breaker: str, what: str, without: str, call: Callable[[], dict], notes: list[str]) -> dict:
+        """``call()``; {} (and a note: the answers go ``without`` it) while the backend behind ``breaker`` cannot
+        answer."""
+        b = self.breakers[breaker]
+        if not b.allow():
+            notes.append(f"{what}: skipped ({b.last_error}), answered without {without}")
+            return {}
+        try:
+            got = call()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            b.failure(reason)
+            log.warning("%s unavailable: %s", what, reason)
+            notes.append(f"{what}: unavailable ({type(exc).__name__}), answered without {without}")
+            return {}
+        b.success()
+        return got
+
+    def _states(self, shoppers: list[str], notes: list[str]) -> dict[str, ShopperState]:
+        """The shoppers' recent events; {} (and a note) while the online state and the event store cannot say."""
+        return self._optional("online_state", "shopper state", "recent events",
+                              lambda: self.shopper_states(shoppers), notes)
+
+    def _stated(self, shoppers: list[str], notes: list[str]) -> dict[str, ShopperPreferences]:
+        """The shoppers' explicit preferences; {} (and a note) while the preference store cannot say."""
+        return self._optional("preference_store", "preferences", "stated preferences",
+                              lambda: self.preference_store.preferences(shoppers), notes)
+
+    def _recommend(self, pipe: Pipeline, reqs: list[RecRequest]) -> list[Answer]:
+        """``pipe``'s answers; when it fails, the model served before it, then the best sellers kept in memory —
+        never an error for what a fallback can answer, never an empty rail."""
+        try:
+            return pipe.recommend(reqs)
+        except Exception as exc:
+            log.exception("model %s failed on %d request(s); answering from the fallbacks", pipe.version, len(reqs))
+            why = f"model {pipe.version}: failed ({type(exc).__name__})"
+        last = self.last_good
+        if last is not None and last is not pipe:
+            try:
+                return [replace(a, degraded=[why + f", answered by the previous model {last.version}"] + a.degraded)
+                        for a in last.recommend(reqs)]
+            except Exception:
+                log.exception("the previous model %s failed too", last.version)
+        return [self._bestseller_answer(r, why + ", answered with the best sellers") for r in reqs]
+
+    def _bestseller_answer(self, req: RecRequest, why: str) -> Answer:
+        """The last fallback: the in-memory best sellers that are in stock and not the page's or cart's items."""
+        items = self.pipeline.items
+        skip = set(req.exclude) | set(req.cart) | ({req.item_id} if req.item_id else set())
+        row, ok = items.index, items.servable
+        out = []
+        for x in self.bestsellers:
+            i = row.get(x)
+            if x in skip or i is None or not ok[i]:
+                continue
+            out.append(Recommendation(x, 0.0, [], reason="popular", fallback=True))
+            if len(out) == req.k:
+                break
+        return Answer(out, req.placement, model_version=self.pipeline.version, degraded=[why])
 
     def _explored(self, got: Assignments, ans: Answer) -> Answer:
         """Thompson-sampled exploration: about the variant's share of the ``shown_k`` slots goes to items drawn from
@@ -547,7 +691,20 @@ class Shelfwise:
         self.experiments.close()
         self.merch.close()
         self.privacy_store.close()
+        self.preference_store.close()
         self.store.close()
         close_online = getattr(self.online, "close", None)
         if close_online is not None:
             close_online()
+
+
+def bestsellers(pipeline: Pipeline, n: int) -> list[str]:
+    """The ``n`` most popular items of the pipeline's model (its trending source), else the catalog's first: the
+    list the service keeps in memory for when no model can answer."""
+    items = pipeline.items
+    trending = pipeline.retrievers.get("trending")
+    score = getattr(trending, "global_score", None)
+    if score is None or not len(score):
+        return [str(x) for x in items.ids[:n]]
+    order = np.argsort(-score, kind="stable")[:n]
+    return [str(items.ids[i]) for i in order]

@@ -37,6 +37,8 @@ class StoreSettings(_Section):
                                      "recall@200 0.988 on Beauty at these values, benchmarks/ann_recall.py), "
                                      "exact://, or pgvector://… (shared by every replica)")
     bus: str = Field("inprocess://", description="event bus: inprocess:// or redis-stream:// or kafka://")
+    preferences: str = Field("", description="shoppers' explicit preferences: sqlite:///path or postgresql://...; "
+                                             "empty = the event store's database")
     models: str = Field("", description="model store: a directory (file:///path), shared by every replica")
     ack: Literal["stream", "commit"] = Field(
         "stream", description="when POST /v1/events answers on a stream bus: after the durable append to the stream "
@@ -236,14 +238,15 @@ class ExploreSettings(_Section):
 
 
 def _default_placements() -> dict[str, PlacementSettings]:
-    # homepage: BENCHMARKS.md (Offline quality; Sequence model). `content` (items like the page's or cart's, by
-    # catalog data: the only evidence about an item added after training) weighs in on the item pages and the cart,
-    # not on the homepage, whose measured ranking (and the ranker trained on its sources) it would change.
-    # explore: one slot of 12 for new items on the homepage and similar-items rail, where a content match to the
-    # shopper or page is a fair guess; none on "bought together" and the cart, which sell complements.
+    # homepage: BENCHMARKS.md (Offline quality; Sequence model); `cohort` speaks only for a shopper without history
+    # (a new shopper's first request), where the other sources have nothing. `content` (items like the page's or
+    # cart's, by catalog data: the only evidence about an item added after training) weighs in on the item pages
+    # and the cart, not on the homepage, whose measured ranking (and the ranker trained on its sources) it would
+    # change. explore: one slot of 12 for new items on the homepage and similar-items rail, where a content match
+    # to the shopper or page is a fair guess; none on "bought together" and the cart, which sell complements.
     return {
-        "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "trending": 0.02},
-                                      explore=1 / 12),
+        "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
+                                               "trending": 0.02}, explore=1 / 12),
         "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02},
                                          explore=1 / 12),
         "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
@@ -397,6 +400,69 @@ class ContentSettings(_Section):
                 raise ValueError(f"{name} must be a non-empty list of positive numbers")
         return self
 
+COHORT_DIMENSIONS = ("device", "placement", "category", "segment")
+
+
+def _default_cohort_levels() -> list[list[str]]:
+    return [["segment", "device", "category"], ["segment", "device"], ["segment", "category"], ["segment"],
+            ["device", "placement", "category"], ["device", "category"], ["category"], ["device", "placement"],
+            ["device"]]
+
+
+class CohortSettings(_Section):
+    """Cohort centroids for a new shopper's first request (``retrieval/cohort.py``): shoppers are grouped by what
+    their first events said (device, placement, segments; ``context`` of events) and the root category of the first
+    item they looked at; a cohort's centroid is the mean of its shoppers' (time-decayed, event-weighted) interest
+    in each item, every shopper counting once. A request without history, product page or cart is answered from
+    the first level of ``levels`` at which its own device / placement / segments / category (the root of its
+    ``category`` filter) name a cohort of at least ``min_support`` shoppers; with none, trending answers."""
+
+    source: bool = Field(True, description="`shelfwise train` fits the cohort source with every model (it scores "
+                                           "only requests without history, product page or cart)")
+    levels: list[list[Literal["device", "placement", "category", "segment"]]] = Field(
+        default_factory=_default_cohort_levels, min_length=1,
+        description="cohort definitions tried in order, finest first; a request with several segments takes the "
+                    "smallest of its segments' cohorts that is large enough (the most specific)")
+    min_support: int = Field(50, ge=1, description="a cohort with fewer shoppers is too small to answer: the next "
+                                                   "(coarser) level is tried, finally trending")
+    half_life_days: float = Field(30.0, gt=0, description="time decay of the events forming the centroids")
+    top_items: int = Field(500, ge=1, description="items kept per cohort centroid")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "CohortSettings":
+        for level in self.levels:
+            if not level or len(set(level)) != len(level):
+                raise ValueError(f"a cohort level names each dimension at most once and at least one, got {level}")
+        return self
+
+
+class PreferenceSettings(_Section):
+    """How a shopper's explicit preferences (``PUT /v1/shoppers/{id}/preferences``) shape their rails
+    (``rules/preferences.py``; the merchandise stage boosts, the resolve stage filters)."""
+
+    hard: list[Literal["categories", "brands", "sizes", "price", "style_tags"]] = Field(
+        default_factory=lambda: ["sizes", "price"],
+        description="fields that are hard constraints: an item with a value for the field that matches none of the "
+                    "shopper's (a size attribute not in their sizes, a price outside their range, ...) is never "
+                    "shown to them, not even when pinned; items without a value for the field are kept. The other "
+                    "fields given are soft: a boost")
+    boost: float = Field(1.0, ge=0, description="the lift of an item matching every soft field, as a share of the "
+                                                "spread of the request's scores (best minus worst candidate): at 1 "
+                                                "it ranks level with the best item matching none, so stated "
+                                                "preferences outrank older implicit evidence; an item matching some "
+                                                "of the soft fields gets that share of it")
+    session_boost: float = Field(0.15, ge=0, description="the lift instead while the shopper is in a session (an "
+                                                         "event within session_minutes): what they are doing now "
+                                                         "stays in front, preferences break near ties")
+    session_minutes: float = Field(30.0, gt=0, description="events this recent are the current session")
+    size_attributes: list[str] = Field(default_factory=lambda: ["size"], min_length=1,
+                                       description="item attributes holding a size (a value or a list of values), "
+                                                   "compared with the shopper's sizes without regard to case")
+    candidates: int = Field(100, ge=0, description="the most popular items matching the shopper's soft preferences "
+                                                   "join the request's candidates, so preferences can show items no "
+                                                   "source proposed (a new shopper's, say)")
+
+
 class ModelSettings(_Section):
     event_weights: EventWeights = EventWeights()
     trending: TrendingSettings = TrendingSettings()
@@ -410,6 +476,8 @@ class ModelSettings(_Section):
     ranker: RankerSettings = RankerSettings()
     candidates: CandidateSettings = CandidateSettings()
     content: ContentSettings = ContentSettings()
+    preferences: PreferenceSettings = PreferenceSettings()
+    cohort: CohortSettings = CohortSettings()
     explore: ExploreSettings = ExploreSettings()
 
 
@@ -441,6 +509,33 @@ class APISettings(_Section):
                            "`fallback`: the best sellers, marked fallback. An item in the catalog that the model "
                            "does not know yet (added after training) always gets its category's best sellers, "
                            "marked fallback")
+
+
+class ResilienceSettings(_Section):
+    """Graceful degradation while serving (``stages/budget.py``, ``stores/breaker.py``): time budgets for the request
+    path's stages and candidate sources, and circuit breakers around what may fail. Offline evaluation runs
+    without them."""
+
+    stage_budget_ms: dict[str, float] = Field(
+        default_factory=lambda: {"resolve": 20.0, "rules": 20.0, "explore": 20.0, "candidates": 100.0, "rank": 50.0,
+                                 "merchandise": 20.0, "slots": 50.0},
+        description="per stage, for one micro-batch (about 10x what each takes on the 12k demo shop under load): "
+                    "an optional stage (rank, explore) over its budget or failing `breaker_failures` times in a "
+                    "row is skipped until its breaker's probe succeeds (without rank the answer keeps the blend's "
+                    "order, without explore it has no exploration slots; either is named in `degraded`); a "
+                    "required stage over its budget is logged")
+    source_budget_ms: float = Field(50.0, gt=0, description="one candidate source for one micro-batch: over it, or "
+                                    "failing, `breaker_failures` times in a row, the source is left out until its "
+                                    "breaker's probe succeeds (the answer names it in `degraded`); the other "
+                                    "sources and the best sellers fill the rail")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures (errors, or calls over budget) that "
+                                  "open a circuit breaker")
+    breaker_reset_s: float = Field(10.0, gt=0, description="an open breaker lets one probe call through after this "
+                                   "long (half-open): success closes it")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (the event store is down: events are "
+                               "refused, never acknowledged and lost)")
+    bestsellers: int = Field(200, ge=1, description="the static best-seller list kept in memory: the last fallback "
+                             "when no model can answer")
 
 
 class RulesSettings(_Section):
@@ -578,6 +673,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     security: SecuritySettings = SecuritySettings()
     privacy: PrivacySettings = PrivacySettings()
+    resilience: ResilienceSettings = ResilienceSettings()
 
     @model_validator(mode="after")
     def _pseudonym_key(self) -> "Settings":
@@ -614,6 +710,10 @@ class Settings(BaseSettings):
     @property
     def events_dsn(self) -> str:
         return self.stores.events or f"sqlite:///{self.data_dir / 'shelfwise.db'}"
+
+    @property
+    def preferences_dsn(self) -> str:
+        return self.stores.preferences or self.events_dsn
 
     @property
     def content_cache_dir(self) -> Path:

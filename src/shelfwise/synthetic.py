@@ -8,6 +8,7 @@ item popularity is Zipf-like within each category, so every model has something 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from bisect import bisect_right
@@ -145,6 +146,7 @@ HOURLY = np.array([1, .6, .4, .3, .3, .4, .8, 1.5, 2.2, 2.6, 2.8, 3, 3.2, 3, 2.8
 ZIPF_S = 1.2  # item popularity exponent within a category
 OUT_OF_STOCK, UNAVAILABLE, BRAND_NEW = 0.03, 0.01, 0.04
 ANONYMOUS = 0.22  # share of sessions without a user id
+SEGMENTED = 0.75  # share of shoppers whose interest segment the storefront knows
 P_SEARCH, P_SWITCH = 0.3, 0.3  # a session starts with a search; a session moves to a second category
 P_CART, P_REMOVE, P_BUY = 0.1, 0.1, 0.42
 MEAN_VIEWS = 6.0
@@ -160,6 +162,7 @@ class Taste:
     brands: tuple[str, ...]
     price_sensitivity: float  # 0 = indifferent to price, 1 = strongly prefers the cheap end of a category
     device: str
+    segments: tuple[str, ...] = ()  # what the storefront knows of the shopper (sent with their events)
 
 
 @dataclass
@@ -209,8 +212,9 @@ class Storefront:
             n += 1
 
     def _event(self, n: int, entry: tuple[float, int, tuple]) -> Event:
-        t, _, (type_, user, session, item, lines, order, device, props) = entry
-        context = _trusted(EventContext, {"device": device, "placement": None, "position": None, "request_id": None})
+        t, _, (type_, user, session, item, lines, order, device, segments, props) = entry
+        context = _trusted(EventContext, {"device": device, "placement": None, "position": None, "request_id": None,
+                                          "segments": list(segments) if segments and user else None})
         return _trusted(Event, {
             "event_id": f"e{n:09d}", "type": type_, "user_id": user, "session_id": session, "item_id": item,
             "items": lines, "order_id": order, "timestamp": self.start + timedelta(seconds=t), "context": context,
@@ -333,7 +337,7 @@ class _Session:
         self.t += gap
         item_id = None if item is None else self.x.ids[item]
         self.out.append((self.t, (type_, *self.who, item_id, lines, self.order if lines else None,
-                                  self.device, props or {})))
+                                  self.device, self.taste.segments, props or {})))
 
     def gap(self, median: float) -> float:
         return median * self.r.lognormvariate(0.0, 0.8)
@@ -568,8 +572,17 @@ def _tastes(rng: np.random.Generator, shoppers: list[str], leaves: list[int]) ->
         tastes[user] = Taste(categories=tuple(LEAVES[lf].name for lf in chosen),
                              weights=tuple(round(w / sum(weights), 4) for w in weights),
                              brands=tuple(names[j] for j in makers[: n_brands[u]]),
-                             price_sensitivity=sensitivity[u], device=DEVICES[device[u]])
+                             price_sensitivity=sensitivity[u], device=DEVICES[device[u]],
+                             segments=_segments(user, LEAVES[chosen[0]]))
     return tastes
+
+
+def _segments(user: str, favourite: Leaf) -> tuple[str, ...]:
+    """The segment a storefront's CRM would know for most shoppers: an interest in their favourite department
+    (e.g. ``cameras-fan``), for SEGMENTED of them. Drawn from a hash of the id, not the generator's random stream,
+    so the rest of the shop is what it was before segments existed."""
+    u = int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "big") / 2.0**64
+    return (favourite.root.lower().replace(" ", "-") + "-fan",) if u < SEGMENTED else ()
 
 
 def _plan(rng: np.random.Generator, n_shoppers: int, n_events: int, days: int) -> _Plan:

@@ -26,12 +26,12 @@ from shelfwise.domain import Item
 from shelfwise.pipeline import Model, Pipeline
 from shelfwise.ranking.labels import split_history
 from shelfwise.ranking.train import resolve_split, train_ranker, without_ranker
-from shelfwise.retrieval import SOURCES, build_retrievers, with_content
+from shelfwise.retrieval import SOURCES, build_retrievers, with_cohort, with_content
 from shelfwise.retrieval.base import Retriever, TrainData
 from shelfwise.settings import ModelSettings
 from shelfwise.stores import vector_index_factory
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import Catalog, EventLog, EventStore
+from shelfwise.stores.protocols import Catalog, EntryContext, EventLog, EventStore
 
 Progress = Callable[[str], None]
 logger = logging.getLogger(__name__)
@@ -65,17 +65,19 @@ class Fitted:
         return got
 
 
-def train_data(log: EventLog, catalog: dict[str, Item], settings: ModelSettings) -> TrainData:
+def train_data(log: EventLog, catalog: dict[str, Item], settings: ModelSettings,
+               contexts: dict[str, EntryContext] | None = None) -> TrainData:
     return TrainData.from_log(log, catalog, settings.event_weights,
-                              session_gap_s=settings.covisit.session_gap_minutes * 60)
+                              session_gap_s=settings.covisit.session_gap_minutes * 60, contexts=contexts)
 
 
 def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings, sources: tuple[str, ...],
                 warm: Fitted | None = None, progress: Progress | None = None, data: TrainData | None = None,
-                previous: Path | None = None) -> Fitted:
+                previous: Path | None = None, contexts: dict[str, EntryContext] | None = None) -> Fitted:
     """Fit the named sources on an event log (no ranker), in order (each sees those fitted before it), each from
-    its fit in ``warm`` where it can, or else from the serving model version in ``previous``."""
-    data = data if data is not None else train_data(log, catalog, settings)
+    its fit in ``warm`` where it can, or else from the serving model version in ``previous``. ``contexts``: the
+    shoppers' entry contexts (the cohort source groups shoppers by them)."""
+    data = data if data is not None else train_data(log, catalog, settings, contexts)
     retrievers = build_retrievers(settings, sources)
     seconds: dict[str, float] = {}
     done: dict[str, Retriever] = {}
@@ -97,20 +99,23 @@ def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings
 
 
 def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
-                 progress: Progress | None = None, previous: Path | None = None) -> Fitted:
+                 progress: Progress | None = None, previous: Path | None = None,
+                 contexts: dict[str, EntryContext] | None = None) -> Fitted:
     """Fit the named sources, and the learned ranker when enabled, on an event log (not saved). ``previous``:
-    the serving model version's directory (sources reuse what still holds, e.g. encoded item texts)."""
+    the serving model version's directory (sources reuse what still holds, e.g. encoded item texts); ``contexts``:
+    the shoppers' entry contexts (``EventStore.entry_contexts``, for cohorts)."""
     items = {it.id: it for it in catalog.all()}
     if not (settings.ranker.enabled and len(log)):
-        return fit_sources(log, items, settings, sources, progress=progress, previous=previous)
+        return fit_sources(log, items, settings, sources, progress=progress, previous=previous, contexts=contexts)
     t0 = time.perf_counter()
     settings = resolve_split(settings, log)
     split = split_history(log, settings.ranker, settings.history_length,
                           settings.covisit.session_gap_minutes * 60.0)
     if progress:
         progress("ranker sources (prefix)")
-    prefix = fit_sources(split.prefix, items, without_ranker(settings), sources, previous=previous)
-    final_data = train_data(log, items, settings)
+    prefix = fit_sources(split.prefix, items, without_ranker(settings), sources, previous=previous,
+                         contexts=contexts)
+    final_data = train_data(log, items, settings, contexts)
     ranker = train_ranker(prefix.pipeline, prefix.model.items, prefix.model.retrievers, prefix.data, final_data, log,
                           items, settings, split, progress)
     ranker_s = time.perf_counter() - t0
@@ -170,8 +175,10 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
         logger.warning(note)
         if progress:
             progress(note)
+    chosen = with_cohort(chosen, settings)
+    contexts = store.entry_contexts() if "cohort" in chosen else None
     fitted = fit_pipeline(log, catalog, settings, sources=chosen, progress=progress,
-                          previous=models.path(current) if current is not None else None)
+                          previous=models.path(current) if current is not None else None, contexts=contexts)
     version, path = models.new_version()
     fitted.model.version = version
     fitted.model.save(path)

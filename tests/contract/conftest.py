@@ -170,3 +170,11 @@ def open_privacy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sto
     from shelfwise.stores import open_privacy_store
 
     yield from reopener(request, tmp_path, open_privacy_store)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_preferences(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens the shopper preference store under test (in the event store's database)."""
+    from shelfwise.stores import open_preference_store
+
+    yield from reopener(request, tmp_path, open_preference_store)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from contract_helpers import kafka_dsn, redis_prefix
-from shelfwise.domain import ConsentUpdate, Event
+from shelfwise.domain import ConsentUpdate, Event, Preferences
 from shelfwise.request import RecRequest
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from shelfwise.service import Shelfwise
@@ -98,6 +98,7 @@ def test_erasure_on_postgres_redis_and_the_stream(pg_dsn, redis_url, tmp_path, p
         train(eng.store, eng.catalog, eng.models, settings.models)
         eng.refresh_model(min_interval_s=0)
         eng.set_consent(WHO, ConsentUpdate(analytics="granted"))
+        eng.set_preferences(WHO, Preferences(brands=["Volt"], sizes=["M"]))  # in PostgreSQL (stores.preferences)
         eng.recommend(RecRequest("homepage", shopper=WHO, k=4))  # online state cached in Redis, exposure logged
         assert eng.online.get([stored])[stored] is not None and stored in eng.pipeline.shopper_index
         eng.ingest([ev(50, item="h1", minute=50), ev(51, user="u3", item="h0", minute=51)])  # queued, not processed
@@ -116,6 +117,7 @@ def test_erasure_on_postgres_redis_and_the_stream(pg_dsn, redis_url, tmp_path, p
         assert got[f"event bus: dead letters ({prefix}events:dead)"] == 1
         assert got["event store: events (and their purchase lines)"] == 4
         assert got["online state"] == 1 and got["exposure log"] == 4 and got["consent record"] == 1
+        assert got["shopper preferences"] == 1 and eng.preferences(WHO) is None
         assert got["model store: shopper index rows and ALS user factors"] == 1
         assert got["running model: shopper index"] == 1
         assert {p["backend"] for p in receipt["places"]} >= {"postgresql", "redis", "redis-stream", "sqlite"}

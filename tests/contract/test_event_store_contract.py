@@ -9,8 +9,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from shelfwise.domain import Event, EventType, Item
-from shelfwise.stores.protocols import Interaction
+from shelfwise.domain import Event, EventContext, EventType, Item
+from shelfwise.stores.protocols import EntryContext, Interaction
 from tests.conftest import T0, buy, tiny_catalog, tiny_events, view
 
 
@@ -155,7 +155,7 @@ def test_catalog_from_before_first_seen_is_migrated(open_store):
 
         with psycopg.connect(split_options(open_store.dsn, {"pool_min", "pool_max"})[0], autocommit=True) as conn:
             conn.execute("ALTER TABLE items DROP COLUMN first_seen")
-            conn.execute("DELETE FROM shelfwise_migrations WHERE version = 3")
+            conn.execute("DELETE FROM shelfwise_migrations WHERE version = 4")
     old = open_store()
     assert len(old.all()) == 10 and old.first_seen() == {}
     old.upsert([Item(id="p1", title="Phone 1"), Item(id="later", title="Stored after the migration")])
@@ -228,3 +228,24 @@ def test_bulk_append_in_one_call(open_store, n):
     events = [view(f"bulk{i}", f"u{i % 97}", f"p{i % 4}", i / 10) for i in range(n)]
     assert len(store.append(events).stored) == n
     assert len(store.scan()) == n
+
+
+def test_entry_contexts_are_each_field_as_first_said(open_store):
+    store = open_store()
+
+    def ev(eid, shopper, minute, **context):
+        return view(eid, shopper, "p0", minute).model_copy(update={"context": EventContext(**context)})
+
+    store.append([
+        ev("c3", "u1", 30, device="desktop", segments=["late"], placement="pdp_similar"),
+        ev("c1", "u1", 10, device="mobile"),  # u1's first event (arrived second): its device wins
+        ev("c2", "u1", 20, segments=["vip", "student"]),  # the first segments said
+        ev("c4", "u2", 5),  # u2's events say nothing: left out
+        ev("c5", "session:s/1", 1, placement="homepage", device="tablet"),
+        search("c6", "u3", 1).model_copy(update={"context": EventContext(device="app")}),  # any event counts
+    ])
+    got = open_store().entry_contexts()
+    assert got == {"u1": EntryContext("mobile", "pdp_similar", ("vip", "student")),
+                   "session:s/1": EntryContext("tablet", "homepage", ()), "u3": EntryContext("app", "", ())}
+    store.delete_shopper("u1")
+    assert "u1" not in store.entry_contexts()

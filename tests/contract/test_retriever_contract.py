@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shelfwise.request import Exclusions, Query
+from shelfwise.request import Exclusions, Query, Visit
 from shelfwise.retrieval import REGISTRY, build_retrievers, load_retriever
 from shelfwise.retrieval.base import Retriever, TrainData
 from shelfwise.settings import ModelSettings, SequenceSettings
@@ -24,7 +24,8 @@ def data(tmp_path_factory) -> TrainData:
     store.upsert(shop.items)
     store.append(list(shop.events()))
     ms = ModelSettings()
-    out = TrainData.from_log(store.scan(), {it.id: it for it in shop.items}, ms.event_weights)
+    out = TrainData.from_log(store.scan(), {it.id: it for it in shop.items}, ms.event_weights,
+                             contexts=store.entry_contexts())
     store.close()
     return out
 
@@ -49,6 +50,7 @@ def queries(data: TrainData) -> list[Query]:
                      history_ts=np.arange(3.0), fresh=True))  # unknown shopper, fresh history
     out.append(Query(anchors=np.array([int(data.item[0])], np.int32)))  # a product page
     out.append(Query(anchors=np.array([int(data.item[1]), int(data.item[2])], np.int32)))  # a cart
+    out.append(Query(visit=Visit("mobile", "homepage")))  # a new shopper on a phone: their cohort is known
     return out
 
 
@@ -72,9 +74,11 @@ def test_shapes_dtypes_and_no_evidence_for_the_unknown(name, fitted, data):
     assert sc.peak().shape == (len(qs),) and sc.dense().shape == (len(qs), data.n_items)
     assert sc.at(idx).shape == idx.shape and sc.at(idx).dtype == np.float32
     assert ((idx >= -1) & (idx < data.n_items)).all() and (val[idx < 0] == 0).all() and (val[idx >= 0] > 0).all()
-    empty = qs[len(qs) - 4]  # unknown shopper, no history: only a popularity source has evidence
+    empty = qs[len(qs) - 5]  # unknown shopper, no history: only a popularity source has evidence
     row = r.scores([empty]).dense()[0]
     assert row.any() == (name == "trending")
+    row = r.scores([qs[-1]]).dense()[0]  # ... and, for a new shopper whose cohort is known, the cohort source
+    assert row.any() == (name in ("trending", "cohort"))
 
 
 @pytest.mark.parametrize("name", SOURCES)

@@ -27,7 +27,10 @@ def test_run_serves_a_quick_model_then_the_full_one(tmp_path):
     settings = load_settings(data_dir=tmp_path / "data")
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
         ready = client.get("/readyz").json()
-        assert ready["model"]["full"] is False and ready["model"]["sources"] == ["trending", "covisit", "copurchase"]
+        assert ready["model"]["full"] is False
+        assert ready["model"]["sources"] == ["trending", "covisit", "copurchase", "cohort"]  # cohorts from the start
+        new = client.get("/v1/recommendations/homepage", params={"user_id": "brand-new", "device": "mobile"}).json()
+        assert new["items"] and all(it["reason"] == "cohort" for it in new["items"])
         assert ready["training"]["state"] in ("running", "done") and ready["training"]["expected_s"] > 0
         rail = client.get("/v1/recommendations/homepage", params={"user_id": "u00001", "k": 5})
         assert rail.status_code == 200 and len(rail.json()["items"]) == 5

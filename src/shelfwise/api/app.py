@@ -28,8 +28,9 @@ from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.rules import build_router as rules_router
-from shelfwise.domain import ConsentUpdate, Event, Item, Text, split_field
+from shelfwise.domain import ConsentUpdate, Event, Item, Preferences, Text, split_field
 from shelfwise.request import ITEM_PAGES, RecRequest, new_request_id
+from shelfwise.privacy.guard import ConsentRequired
 from shelfwise.privacy.pseudonym import shopper_key
 from shelfwise.rules.schema import RuleSet
 from shelfwise.security.keys import KeyVerifier
@@ -37,6 +38,7 @@ from shelfwise.security.middleware import SecurityMiddleware, required_scope
 from shelfwise.service import Shelfwise
 from shelfwise.settings import Settings, load_settings
 from shelfwise.stores import open_rate_limiter
+from shelfwise.stores.breaker import Unavailable
 from shelfwise.stores.bus import BusTimeout
 
 log = logging.getLogger("shelfwise.api")
@@ -101,7 +103,8 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": m.ErrorBody, "description": "rate limit exceeded: retry after the Retry-After header's seconds",
           "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
     500: _error_response("internal error (a bug: nothing half-written is kept)"),
-    503: _error_response("events queued but not yet committed (stores.ack = commit): resending is safe"),
+    503: _error_response("the event store is unavailable, or events queued but not yet committed (stores.ack = "
+                         "commit): nothing was acknowledged, resending is safe (see Retry-After)"),
 }
 
 
@@ -171,7 +174,15 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
 
     @app.exception_handler(BusTimeout)
     async def _bus_timeout(request: Request, exc: BusTimeout) -> JSONResponse:
-        return error(503, f"{exc}", None, None)
+        resp = error(503, f"{exc}", None, None)
+        resp.headers["Retry-After"] = str(settings.resilience.retry_after_s)
+        return resp
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        resp = error(503, str(exc), None, None)
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -196,6 +207,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                          "ranker": model.ranker is not None, "full": model.full,
                                          "trained_until": model.trained_until},
                                "content": eng.content_status(),
+                               "degraded": eng.breakers.open(),
                                "training": training and {
                                    k: training.get(k) for k in ("state", "what", "started_at", "expected_s",
                                                                 "finished_at", "version", "error")}})
@@ -290,6 +302,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         costs the others theirs (each failure is reported by index). Fails only when every event does."""
         try:
             return [sw().ingest(valid)]
+        except Unavailable:  # the store is down: one by one would fail the same way (503, nothing stored)
+            raise
         except Exception:
             if len(valid) == 1:
                 raise
@@ -298,6 +312,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         for i, ev in zip(where, valid):
             try:
                 results.append(sw().ingest([ev]))
+            except Unavailable:
+                raise
             except Exception as exc:  # noqa: BLE001 - reported to the client by index
                 failed.append({"index": i, "field": "(event)", "reason": f"could not be stored "
                                                                          f"({type(exc).__name__})"})
@@ -359,6 +375,56 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             raise RequestValidationError([{"loc": ("query", "user_id"), "msg": "give exactly one of user_id and "
                                                                                "session_id", "type": "value_error"}])
         return shopper_key(user_id, session_id)  # type: ignore[return-value]
+
+    # preferences first: their paths would otherwise match the erasure by path below
+    Shopper = Annotated[Text, Path(min_length=1, max_length=264, description="a user id, or session:<id>")]
+
+    def preferences_view(record) -> ORJSONResponse:
+        return ORJSONResponse({"preferences": record.preferences.model_dump(mode="json"),
+                               "updated_at": record.updated_at})
+
+    @app.put("/v1/shoppers/{shopper:path}/preferences", response_model=m.PreferencesView, tags=["preferences"],
+             summary="Store a shopper's explicit preferences, replacing what was stored (scope: ingest)",
+             responses={409: _error_response("the shopper has not granted personalisation consent: nothing was "
+                                             "stored"),
+                        404: _error_response("the path names no shopper (an id with a line break cannot travel in "
+                                             "a path)")},
+             openapi_extra=m.json_body(m.schema_ref("Preferences"), "categories, brands, sizes, price range and "
+                                                                   "style tags (each optional)"))
+    async def put_preferences(shopper: Shopper, request: Request) -> Response:
+        """The onboarding "style quiz": boosts the shopper's categories, brands and style tags above older implicit
+        evidence, and keeps items of other sizes or outside the price range out of their rails
+        (``preferences.hard``). Personal data: needs personalisation consent; erased with the shopper."""
+        payload = await m.read_json(request)
+        try:
+            prefs = Preferences.model_validate(payload)
+        except ValidationError as exc:
+            return ORJSONResponse({"detail": "invalid preferences; nothing was stored",
+                                   "errors": _errors(exc, whole="body")}, status_code=422)
+        try:
+            record = await run_in_threadpool(sw().set_preferences, shopper, prefs)
+        except ConsentRequired:
+            return error(409, "the shopper has not granted personalisation consent; nothing was stored",
+                         "personalisation", "no personalisation consent (record it with PUT /v1/consent)")
+        return preferences_view(record)
+
+    @app.get("/v1/shoppers/{shopper:path}/preferences", response_model=m.PreferencesView, tags=["preferences"],
+             summary="A shopper's explicit preferences (scope: ingest)",
+             responses={404: _error_response("no preferences stored for this shopper")})
+    def get_preferences(shopper: Shopper) -> Response:
+        record = sw().preferences(shopper)
+        if record is None:
+            return error(404, f"no preferences stored for {m.short(shopper)!r}", "shopper", "no preferences")
+        return preferences_view(record)
+
+    @app.delete("/v1/shoppers/{shopper:path}/preferences", status_code=204, response_class=Response,
+                tags=["preferences"], summary="Remove a shopper's explicit preferences (scope: ingest)",
+                responses={204: {"description": "removed"},
+                           404: _error_response("no preferences stored for this shopper")})
+    def delete_preferences(shopper: Shopper) -> Response:
+        if not sw().delete_preferences(shopper):
+            return error(404, f"no preferences stored for {m.short(shopper)!r}", "shopper", "no preferences")
+        return Response(status_code=204)
 
     @app.delete("/v1/shoppers", response_model=m.ErasureReceipt, tags=["privacy"],
                 summary="Erase a shopper everywhere; returns the deletion receipt (scope: admin)")
@@ -456,6 +522,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
             "rulesets": answer.rulesets,
             "experiments": answer.experiments,
             "fallback": answer.fallback,
+            "degraded": answer.degraded,
             "items": items,
         }
         if explain:
@@ -485,7 +552,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         from pydantic.json_schema import models_json_schema
 
         _, defs = models_json_schema([(Event, "validation"), (Item, "validation"), (m.ItemBatch, "validation"),
-                                      (RuleSet, "validation")], ref_template="#/components/schemas/{model}")
+                                      (RuleSet, "validation"), (Preferences, "validation")],
+                                     ref_template="#/components/schemas/{model}")
         for name, schema in defs.get("$defs", {}).items():
             schemas.setdefault(name, schema)
         comps["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",

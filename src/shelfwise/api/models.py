@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from shelfwise.domain import ConsentValue, Item
+from shelfwise.domain import ConsentValue, Item, Preferences
 from shelfwise.request import SLOT_REASONS
 
 
@@ -112,6 +112,9 @@ class Ready(BaseModel):
     content: LiveContent | None = Field(None, description="the content source's background encoder (none when "
                                                           "the model has no content source)")
     training: TrainingRun | None = Field(None, description="the last training run started on this model store")
+    degraded: dict[str, dict[str, Any]] = Field(default_factory=dict, description="circuit breakers that are open "
+                                                "or probing (a backend or a part of the request path being left "
+                                                "out), with their last error; empty when everything answers")
 
 
 # ---- events -----------------------------------------------------------------------------------------------------
@@ -146,14 +149,18 @@ ItemView = create_model("ItemView", **{name: (f.annotation, f) for name, f in It
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
-    sources: list[str] = Field(description="candidate sources that proposed the item, strongest first "
-                                           "('fallback' when none scored it)")
+    sources: list[str] = Field(description="candidate sources that proposed the item, strongest first, then "
+                                           "'preferences' when it matches the shopper's stated preferences "
+                                           "('fallback' when nothing did)")
     reason: Literal[SLOT_REASONS] = Field(  # type: ignore[valid-type]
         description="why the item is in this slot: evidence (a source scored it from this shopper's history or "
-                    "this page's / cart's items), popular (popularity only: best sellers overall or of the "
-                    "category), pinned or reserved (a merchandising rule), exploration (a new item shown so it "
-                    "gathers feedback: models.explore)")
-    fallback: bool = Field(description="no source had evidence about this shopper or item for this slot")
+                    "this page's / cart's items), preference (it matches the shopper's stated preferences), "
+                    "cohort (the best of the shopper's cohort: device, segments, entry; a new shopper), popular "
+                    "(popularity only: best sellers overall or of the category), pinned or reserved (a "
+                    "merchandising rule), exploration (a new item shown so it gathers feedback: models.explore)")
+    fallback: bool = Field(description="nothing about this shopper or item went into this slot: no source's evidence, "
+                                       "no stated preference (cohort and popular slots, and an exploration slot "
+                                       "drawn without a content match)")
     explanation: dict[str, Any] | None = None
 
 
@@ -166,6 +173,9 @@ class RecommendationAnswer(BaseModel):
                                                                                 "served it: [{experiment, variant}]")
     fallback: bool = Field(description="nothing about this shopper or item went into the rail: every slot is a "
                                        "fallback (an empty rail too)")
+    degraded: list[str] = Field(default_factory=list, description="what this answer was computed without (a "
+                                "candidate source, the learned ranker, the shopper's recent events, the current "
+                                "model) and why, while a backend or model part is down or slow; empty when whole")
     items: list[RecommendedItem]
     explanation: dict[str, Any] | None = None
 
@@ -201,6 +211,11 @@ class ConsentView(BaseModel):
     decided: list[str] = Field(description="purposes the shopper decided")
     updated_at: float | None = None
     source: Literal["api", "event", "default"]
+
+
+class PreferencesView(BaseModel):
+    preferences: Preferences = Field(description="as stored: values trimmed, each kept once")
+    updated_at: float = Field(description="unix time they were stored")
 
 
 class AnonymousCount(BaseModel):

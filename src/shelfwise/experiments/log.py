@@ -2,7 +2,7 @@
 did next — joined for analysis.
 
 Writing is off the hot path: ``record`` / ``record_outcomes`` / ``record_events`` only enqueue, and a writer
-thread commits what queued while it was writing as one transaction (like ``rules/log.py``). A full queue drops
+thread commits what queued within ``linger_s`` (0.25 s) as one transaction (like ``rules/log.py``). A full queue drops
 rows and counts them (``dropped``) rather than slowing requests down. Exposures are idempotent by (experiment,
 request id), outcomes by event id (the event bus delivers at least once).
 
@@ -24,7 +24,6 @@ only through identity changes) are left out of A/B analysis and counted in ``mix
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import orjson
 
 from shelfwise.experiments.sql import _Exec, sqlite_connect
+from shelfwise.stores.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -384,23 +384,24 @@ def outcome_rows(batch: Sequence[OutcomeRecord]) -> list[tuple]:
 class QueuedLog:
     """The enqueue side and the writer thread; backends implement ``_connect_writer`` and ``_write``."""
 
-    def __init__(self, retention_days: float, max_queue: int, batch: int) -> None:
+    def __init__(self, retention_days: float, max_queue: int, batch: int, linger_s: float = 0.25) -> None:
         self.retention_s = retention_days * 86400.0
         self.batch = batch
-        self.dropped = 0
-        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._q = Handoff(max_queue, linger_s)  # a batch gathers for linger_s: few transactions, not one per call
+        self._lost = 0
         self._closed = False
         self._pruned_at = 0.0
         self._writer = threading.Thread(target=self._run, name="shelfwise-experiment-log", daemon=True)
         self._writer.start()
 
+    @property
+    def dropped(self) -> int:
+        """Records lost: refused by a full queue, or in a batch the writer could not commit."""
+        return self._q.dropped + self._lost
+
     def _put(self, item: tuple) -> None:
-        if self._closed:
-            return
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
+        if not self._closed:
+            self._q.put(item)
 
     def record(self, exposures: Sequence[ExposureRecord]) -> None:
         for e in exposures:
@@ -417,19 +418,14 @@ class QueuedLog:
         if self._closed or not self._writer.is_alive():
             return
         done = threading.Event()
-        self._q.put(("flush", done))
+        self._q.put_control(("flush", done))
         done.wait(60)
 
     def _run(self) -> None:
         conn = self._connect_writer()
         stop = False
         while not stop:
-            items = [self._q.get()]
-            while len(items) < self.batch:
-                try:
-                    items.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            items = self._q.take(self.batch)
             waiters = [x[1] for x in items if x[0] == "flush"]
             stop = any(x[0] == "stop" for x in items)
             exposures = [x[1] for x in items if x[0] == "exposure"]
@@ -443,7 +439,7 @@ class QueuedLog:
                     self._write(conn, exposures, outcomes, now - self.retention_s if prune else None)
                 except Exception:  # a bad row, a full disk, a lost connection: the writer must survive
                     log.exception("experiment log: %d rows could not be written", len(exposures) + len(outcomes))
-                    self.dropped += len(exposures) + len(outcomes)
+                    self._lost += len(exposures) + len(outcomes)
                     conn = self._reconnect(conn)
             for w in waiters:
                 w.set()
@@ -455,8 +451,8 @@ class QueuedLog:
     def _stop_writer(self) -> None:
         if self._writer.is_alive():
             done = threading.Event()
-            self._q.put(("flush", done))
-            self._q.put(("stop", None))
+            self._q.put_control(("flush", done))
+            self._q.put_control(("stop", None))
             done.wait(60)
             self._writer.join(60)
         self._closed = True

@@ -19,6 +19,7 @@ from shelfwise.experiments import log as xlog
 from shelfwise.experiments.sql import _Exec
 from shelfwise.experiments.store import SQLExperimentStore
 from shelfwise.stores._dsn import split_options, with_scheme
+from shelfwise.stores.postgres import POOL_OPTIONS, connection_pool
 
 _MIGRATION_LOCK = 0x5E1F_0015
 _WRITE_LOCK = 0x5E1F_0016
@@ -140,9 +141,8 @@ def migrate(conn: Connection) -> list[int]:
 def open_pool(dsn: str, name: str) -> ConnectionPool:
     if dsn.startswith("postgres://"):
         dsn = with_scheme(dsn, "postgresql")
-    conninfo, opts = split_options(dsn, {"pool_min", "pool_max"})
-    pool = ConnectionPool(conninfo, min_size=int(opts.get("pool_min", 1)), max_size=int(opts.get("pool_max", 4)),
-                          open=True, name=name)
+    conninfo, opts = split_options(dsn, POOL_OPTIONS)
+    pool = connection_pool(conninfo, opts, name)
     with pool.connection() as conn:
         migrate(conn)
     return pool

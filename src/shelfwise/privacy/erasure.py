@@ -3,8 +3,9 @@
 Order matters: the erasure marker is written first (a keyed hash in the ledger, never the id), so a worker that
 picks up one of the shopper's queued events from now on drops it; then the queued events themselves (Redis
 stream and its dead letters), the event store, the online state, the exposure and shadow logs, the consent record,
-the model rows (the shopper index of every stored model version and the ALS user factors, on disk and in the
-running model), and the in-process caches. SQLite files are then checkpointed so no erased row stays in a WAL.
+the shopper's explicit preferences, the model rows (the shopper index of every stored model version and the ALS
+user factors, on disk and in the running model), and the in-process caches. SQLite files are then checkpointed so
+no erased row stays in a WAL.
 
 The receipt lists every place with what was removed there, is stored in the ledger (fetch it again with
 ``GET /v1/erasures/{receipt_id}``) and names neither the shopper nor their pseudonym. Erasing again is harmless:
@@ -31,7 +32,7 @@ from shelfwise.rules.engine import Merchandising
 from shelfwise.settings import Settings
 from shelfwise.stores import PrivacyStore
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import EventBus, EventStore, OnlineState
+from shelfwise.stores.protocols import EventBus, EventStore, OnlineState, PreferenceStore
 
 
 class ServingModel(Protocol):
@@ -43,6 +44,7 @@ class Engine(Protocol):
 
     settings: Settings
     privacy_store: PrivacyStore
+    preference_store: PreferenceStore
     guard: PrivacyGuard
     pseudonyms: Pseudonymizer
     bus: EventBus
@@ -159,6 +161,9 @@ def erase(engine: Engine, shopper: str, subject: str, keep_consent: bool = False
         places.append(Place("consent record", _backend(settings.events_dsn),
                             engine.privacy_store.delete_consent(shopper)))
 
+    places.append(Place("shopper preferences", _backend(settings.preferences_dsn),
+                        engine.preference_store.delete_preferences(shopper)))
+
     rows, versions = scrub_models(engine, {shopper})
     places.append(Place("model store: shopper index rows and ALS user factors", "directory", rows,
                         f"{versions} model version(s) rewritten"))
@@ -171,6 +176,8 @@ def erase(engine: Engine, shopper: str, subject: str, keep_consent: bool = False
 
     if settings.privacy.sqlite_secure_delete:
         notes = [engine.privacy_store.checkpoint()]
+        if settings.preferences_dsn != settings.events_dsn:  # a database of their own
+            notes.append(engine.preference_store.checkpoint())
         log_checkpoint = getattr(engine.merch.log, "checkpoint", None)
         if log_checkpoint is not None and engine.merch.log.path != getattr(engine.store, "path", None):
             notes.append(log_checkpoint())

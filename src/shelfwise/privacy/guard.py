@@ -11,6 +11,8 @@ a purpose never decided takes ``privacy.default_consent``. Anything but ``grante
 * ``pending`` stores nothing personal: an update that only says "pending" for a shopper with no record is not
   stored at all.
 * Withdrawing personalisation (granted → denied) erases the shopper's data (``privacy.erase_on_withdrawal``).
+* Explicit preferences are stored only with personalisation consent (``ConsentRequired`` otherwise) and used only
+  while it holds (a shopper without it is an anonymous visitor).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from shelfwise.domain import Event, EventType
 from shelfwise.privacy.pseudonym import Pseudonymizer
 from shelfwise.settings import PrivacySettings
 from shelfwise.stores.protocols import PURPOSES, Consent, ConsentStore, ErasureLedger, ShopperState
+
+
+class ConsentRequired(Exception):
+    """Personal data the shopper has not consented to (the purpose is the message): nothing was stored."""
 
 
 class PrivacyGuard:

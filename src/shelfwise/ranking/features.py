@@ -61,7 +61,8 @@ class FeatureSpec:
     @classmethod
     def from_sources(cls, weights: dict[str, float], retrievers: dict[str, Retriever], items: ItemTable,
                      session_gap_s: float) -> "FeatureSpec":
-        sources = [n for n, w in weights.items() if w and n in retrievers]
+        # a new shoppers' source (cohort) is zero on every training request (they all have a history): no feature
+        sources = [n for n, w in weights.items() if w and n in retrievers and not retrievers[n].new_shoppers_only]
         embeddings = [n for n in EMBEDDINGS if embedding_of(retrievers, n, len(items)) is not None]
         return cls(sources, embeddings, session_gap_s)
 

@@ -12,6 +12,7 @@ from typing import Callable
 
 from shelfwise.retrieval.als import ALSRetriever
 from shelfwise.retrieval.base import Retriever, SourceScores, TrainData
+from shelfwise.retrieval.cohort import CohortRetriever
 from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.retrieval.covisit import CovisitRetriever
 from shelfwise.retrieval.ease import EASERetriever
@@ -40,6 +41,8 @@ REGISTRY: dict[str, SourceKind] = {
     "sequence": SourceKind(lambda s: SequenceRetriever(s.sequence), SequenceRetriever.load),
     # not in SOURCES: `shelfwise train` adds it to a full model when `models.content.source` (with_content)
     "content": SourceKind(lambda s: ContentRetriever(s.content), ContentRetriever.load),
+    # not in SOURCES: `shelfwise train` adds it to every served model (with_cohort); new shoppers only
+    "cohort": SourceKind(lambda s: CohortRetriever(s.cohort), CohortRetriever.load),
 }
 
 
@@ -60,6 +63,14 @@ def with_content(sources: tuple[str, ...], settings: ModelSettings, n_items: int
     return sources
 
 
+def with_cohort(sources: tuple[str, ...], settings: ModelSettings) -> tuple[str, ...]:
+    """The sources of a served model: the cohort source joins every one (unless ``models.cohort.source`` is off).
+    Offline evaluation leaves it out: it answers only shoppers without history, whom no protocol asks about."""
+    if settings.cohort.source and "cohort" not in sources:
+        return (*sources, "cohort")
+    return sources
+
+
 def build_retrievers(settings: ModelSettings, names: tuple[str, ...] = SOURCES) -> dict[str, Retriever]:
     """Unfitted retrievers for the named sources, configured from settings."""
     _known(names)
@@ -73,4 +84,4 @@ def load_retriever(name: str, path: Path) -> Retriever:
 
 
 __all__ = ["Retriever", "SourceScores", "TrainData", "build_retrievers", "load_retriever", "REGISTRY", "SOURCES",
-           "with_content"]
+           "with_cohort", "with_content"]

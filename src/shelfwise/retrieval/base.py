@@ -24,7 +24,7 @@ from shelfwise.domain import EventType, Item
 from shelfwise.items import ItemTable
 from shelfwise.request import Exclusions, Query, take_rows
 from shelfwise.settings import EventWeights
-from shelfwise.stores.protocols import EventLog
+from shelfwise.stores.protocols import EntryContext, EventLog
 
 
 @dataclass
@@ -42,6 +42,7 @@ class TrainData:
     weight: np.ndarray  # float32 implicit-feedback weight of the event type
     shopper_index: dict[str, int] = field(default_factory=dict)
     catalog: dict[str, Item] = field(default_factory=dict)  # the catalog's items by id (content: titles, brands)
+    contexts: dict[str, EntryContext] = field(default_factory=dict)  # shopper -> entry context (cohorts)
 
     def __post_init__(self) -> None:
         if not self.shopper_index:
@@ -69,8 +70,9 @@ class TrainData:
 
     @classmethod
     def from_log(cls, log: EventLog, catalog: dict[str, Item], weights: EventWeights,
-                 session_gap_s: float = 1800.0) -> "TrainData":
-        """Index an event log. The item vocabulary is every catalog item plus every item seen in events."""
+                 session_gap_s: float = 1800.0, contexts: dict[str, EntryContext] | None = None) -> "TrainData":
+        """Index an event log. The item vocabulary is every catalog item plus every item seen in events.
+        ``contexts``: the shoppers' entry contexts (``EventStore.entry_contexts``), for cohorts."""
         seen = np.unique(log.item.astype(str)) if len(log) else np.array([], dtype=str)
         vocab = sorted(set(catalog) | set(seen.tolist()))
         table = ItemTable.build(vocab, catalog)
@@ -92,7 +94,7 @@ class TrainData:
             keys = np.char.add(log.shopper[is_buy].astype(str), np.char.add("\x1f", log.order[is_buy].astype(str)))
             order[is_buy] = np.unique(keys, return_inverse=True)[1]
         return cls(table, shoppers.astype(object), user.astype(np.int32), item, kind, log.ts.astype(np.float64),
-                   session, order, weight_of[kind], catalog=catalog)
+                   session, order, weight_of[kind], catalog=catalog, contexts=contexts or {})
 
     def sequences(self) -> list[np.ndarray]:
         """Item indices of each shopper, oldest first (row u = shopper u)."""
@@ -313,6 +315,10 @@ class Retriever(ABC):
     # True when the source scores an item only from this request's own context (the shopper's history or model
     # row, the page's or cart's items): its score is evidence about this shopper or item. Popularity is not.
     evidence: ClassVar[bool] = True
+    fallback_reason: ClassVar[str] = "popular"  # a source without evidence: the reason its slots give
+    # True when the source scores only requests without history, product page or cart (a new shopper's first
+    # request): it is no ranker feature (zero on every training request) and the ranker leaves its rows alone
+    new_shoppers_only: ClassVar[bool] = False
     progress: Callable[[str], None] | None = None  # training reports long fits' steps here (one progress display)
 
     @abstractmethod

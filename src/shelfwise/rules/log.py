@@ -11,7 +11,6 @@ rule versions), plus a per-item summary (last shown, impressions) that the zero-
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 import orjson
 
+from shelfwise.stores.handoff import Handoff
 from shelfwise.stores.sqlite import connect
 
 log = logging.getLogger(__name__)
@@ -200,16 +200,15 @@ class SQLiteExposureLog:
                  counts_refresh_s: float = 10.0) -> None:
         self.path = Path(path)
         self.counts = ImpressionCounts(counts_refresh_s)
-        self.counts.wake = lambda: self._put(("count", None))
+        self.counts.wake = self._wake_counts
         self.secure_delete = secure_delete
         # consent: a log keeps a shopper's id only when this says so (service wires it to the privacy guard)
         self.redact: Callable[[str | None, str], str | None] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400.0
         self.batch = batch
-        self.linger_s = linger_s  # a batch gathers rows this long: a few large transactions, not one per request
-        self.dropped = 0
-        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._lost = 0
+        self._q = Handoff(max_queue, linger_s)
         self._read_lock = threading.Lock()
         self._read = self._connect()
         self._read.executescript(SCHEMA)
@@ -224,13 +223,19 @@ class SQLiteExposureLog:
         return connect(self.path, synchronous="NORMAL", secure_delete=self.secure_delete)
 
     # ---- writing -------------------------------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        """Rows lost: refused by a full queue, or in a batch the writer could not commit."""
+        return self._q.dropped + self._lost
+
     def _put(self, item: tuple) -> None:
-        if self._closed:
-            return
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
+        if not self._closed:
+            self._q.put(item)
+
+    def _wake_counts(self) -> None:
+        """Items started being watched: the writer reads their totals now (a control item: no lingering)."""
+        if not self._closed:
+            self._q.put_control(("count", None))
 
     def record(self, exposures: Sequence[Exposure]) -> None:
         for e in exposures:
@@ -267,20 +272,14 @@ class SQLiteExposureLog:
         if self._closed or not self._writer.is_alive():
             return
         done = threading.Event()
-        self._q.put(("flush", done))
+        self._q.put_control(("flush", done))
         done.wait(30)
 
     def _run(self) -> None:
         db = self._connect()
         stop = False
         while not stop:
-            items = [self._q.get()]  # blocks until there is work; what queues for linger_s more is one batch
-            until = time.monotonic() + self.linger_s
-            while len(items) < self.batch and items[-1][0] not in ("flush", "stop"):
-                try:
-                    items.append(self._q.get(timeout=max(0.0, until - time.monotonic())))
-                except queue.Empty:
-                    break
+            items = self._q.take(self.batch)  # waits for work; what queues for linger_s more is one batch
             waiters = [x[1] for x in items if x[0] == "flush"]
             stop = any(x[0] == "stop" for x in items)
             rows = [x for x in items if x[0] in ("exposure", "shadow")]
@@ -288,7 +287,7 @@ class SQLiteExposureLog:
                 self.counts.add(self._write(db, rows))
             except Exception:  # disk full, a bad row...: the writer must survive; count the loss
                 log.exception("exposure log: %d rows could not be written", len(rows))
-                self.dropped += len(rows)
+                self._lost += len(rows)
             try:
                 self._read_counts(db)
             except Exception:  # counts stay as they are until the next read
@@ -393,8 +392,8 @@ class SQLiteExposureLog:
             return
         if self._writer.is_alive():
             done = threading.Event()
-            self._q.put(("flush", done))
-            self._q.put(("stop", None))
+            self._q.put_control(("flush", done))
+            self._q.put_control(("stop", None))
             done.wait(30)
             self._writer.join(30)
         self._closed = True

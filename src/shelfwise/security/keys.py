@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from urllib.parse import urlsplit
 
+from shelfwise.stores.breaker import Unavailable, unavailable
 from shelfwise.stores.protocols import SCOPES, ApiKey, KeyStore
 
 PUBLISHABLE_SCOPES = ("ingest", "read")
@@ -91,9 +92,11 @@ class KeyVerifier:
     """Verifies bearer tokens against the key store; a result (also a refusal) is trusted for ``cache_s`` seconds,
     so a request normally costs one dictionary lookup. At most ``max_cached`` tokens are remembered."""
 
-    def __init__(self, store: KeyStore, cache_s: float = 5.0, max_cached: int = 10_000) -> None:
+    def __init__(self, store: KeyStore, cache_s: float = 5.0, max_cached: int = 10_000,
+                 stale_s: float = 600.0) -> None:
         self.store = store
         self.cache_s = cache_s
+        self.stale_s = stale_s  # while the key store is down, a key verified this recently is still trusted
         self.max_cached = max_cached
         self._cache: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
         self._lock = threading.Lock()
@@ -113,7 +116,12 @@ class KeyVerifier:
         key = None
         key_id = parse_token(token)
         if key_id is not None:
-            record = self.store.get_key(key_id)
+            try:
+                record = self.store.get_key(key_id)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                return self._while_down(token, exc)
             if record is not None and record.active and hmac.compare_digest(record.secret_hash, hash_key(token)):
                 key = record
         with self._lock:
@@ -122,6 +130,14 @@ class KeyVerifier:
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         return key
+
+    def _while_down(self, token: str, exc: BaseException) -> ApiKey | None:
+        """The key store is down: a key verified within ``stale_s`` is still trusted (a revocation cannot be read
+        now anyway); any other token is refused with 503, never let in unverified."""
+        hit = self._cache.get(token)
+        if hit is not None and hit[0] is not None and hit[1] - self.cache_s + self.stale_s > time.monotonic():
+            return hit[0]
+        raise Unavailable(f"the key store is unavailable ({type(exc).__name__}): the API key cannot be verified now")
 
     def forget_cache(self) -> None:
         with self._lock:

@@ -1,9 +1,10 @@
 """One ASGI middleware in front of every route: CORS, body size, authentication + scope, rate limits.
 
 Which scope a route needs is decided here, from its method and path (``required_scope``): ``ingest`` for
-``POST /v1/events`` and ``/v1/consent``, ``read`` for ``GET /v1/recommendations/…`` (and ``/v1/rerank``),
-``admin`` for everything else under ``/v1`` (a route added later is admin-only until listed here). The health
-checks and the API documentation are public; ``/metrics`` is admin unless ``security.public_metrics``.
+``POST /v1/events``, ``/v1/consent`` and ``/v1/shoppers/{id}/preferences``, ``read`` for
+``GET /v1/recommendations/…`` (and ``/v1/rerank``), ``admin`` for everything else under ``/v1`` (a route added
+later is admin-only until listed here). The health checks and the API documentation are public; ``/metrics`` is
+admin unless ``security.public_metrics``.
 
 Order: a CORS preflight is answered at once (browsers send no credentials with it); a body announced larger
 than ``max_body_bytes`` gets 413 before it is read (a chunked body is counted as it streams); then the key is
@@ -23,6 +24,7 @@ import orjson
 
 from shelfwise.security.keys import KeyVerifier
 from shelfwise.settings import SecuritySettings
+from shelfwise.stores.breaker import Unavailable
 from shelfwise.stores.protocols import ApiKey, RateLimiter
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
@@ -36,7 +38,8 @@ def required_scope(method: str, path: str, public_metrics: bool = False) -> str 
         return None
     if path == "/metrics":
         return None if public_metrics else "admin"
-    if path == "/v1/events" or path == "/v1/consent":
+    if path == "/v1/events" or path == "/v1/consent" or (path.startswith("/v1/shoppers/")
+                                                         and path.endswith("/preferences")):
         return "ingest"
     if path.startswith("/v1/recommendations/") or path == "/v1/rerank" or path.startswith("/v1/rerank/"):
         return "read"
@@ -192,7 +195,10 @@ class SecurityMiddleware:
                          challenge), None
         hit, key = self.verifier.cached(token)
         if not hit:
-            key = await anyio.to_thread.run_sync(self.verifier.verify, token)
+            try:
+                key = await anyio.to_thread.run_sync(self.verifier.verify, token)
+            except Unavailable as exc:
+                return _json(503, str(exc), None, [(b"retry-after", b"5")]), None
         if key is None:
             return _json(401, "unknown or revoked API key", "Authorization",
                          [(b"www-authenticate", b'Bearer realm="shelfwise", error="invalid_token"')]), None

@@ -1,8 +1,8 @@
 """What the stages of the request path share: the batch they pass along and the stage protocol.
 
 A ``Batch`` is the requests of one placement on their way through the stages; each stage reads what earlier
-stages put there and adds its own part (``queries`` and ``exclusions`` → ``plans`` → ``explore`` → ``candidates``
-→ re-scored ``candidates`` → ``answers``). A stage never reaches into another stage.
+stages put there and adds its own part (``queries``, ``exclusions`` and ``preferred`` → ``plans`` → ``explore``
+→ ``candidates`` → re-scored ``candidates`` → ``answers``). A stage never reaches into another stage.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from shelfwise.request import Answer, Candidates, Exclusions, Query, RecRequest
 from shelfwise.rules.compile import LocalEffects
 from shelfwise.rules.stage import RequestRules
 from shelfwise.settings import PlacementSettings
+from shelfwise.stages.budget import StageGuard
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Batch:
     use_ranker: bool = True  # an experiment's variant may switch the learned ranker off
     queries: list[Query] = field(default_factory=list)
     exclusions: Exclusions | None = None
+    preferred: list[np.ndarray | None] = field(default_factory=list)  # row -> soft preference match per item
+    lift: np.ndarray | None = None  # (B,) score the preference boost added to a fully matching item
     plans: list[RequestRules] | None = None  # active merchandising rules per request (None: no rules at all)
     rulesets: str = ""  # the live rule set versions the plans come from ("id@v,...")
     extra: list[np.ndarray] | None = None  # per request: items rules need among the candidates (pins, slots)
@@ -48,6 +51,8 @@ class Batch:
     relevance_best: np.ndarray | None = None  # (B,) best relevance per row (explanations, shadow records)
     answers: list[Answer] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds (whole batch)
+    guard: StageGuard | None = None  # serving's budgets and breakers (stages/budget.py); None offline
+    degraded: list[str] = field(default_factory=list)  # parts left out of this batch's answers, and why
 
     def __len__(self) -> int:
         return len(self.requests)

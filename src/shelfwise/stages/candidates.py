@@ -10,8 +10,9 @@ Catalogs up to ``dense_max_items`` take the exact path instead: every source sco
 the blend's best are the candidates — on 12k items that is faster than building a union, and it is
 what the union approximates (a test checks they agree).
 
-Either way the items the request's rules need (pins, reserved slots) are added, and popular items when evidence
-runs out, so a rail is never empty while the catalog has servable items.
+Either way the items the request's rules need (pins, reserved slots) are added, the most popular items matching
+the shopper's soft preferences (``preferences.candidates``; the merchandise stage boosts them), and popular items
+when evidence runs out, so a rail is never empty while the catalog has servable items.
 
 Items added to the catalog after training are scored by the sources as having no evidence from those fitted
 without them (``scores_over``), except that ``cold_transfer`` of those sources' weight goes to the content
@@ -19,6 +20,8 @@ source's score of them (``cold_weights``): the content source is the only one th
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -60,8 +63,9 @@ class CandidateStage:
     name = "candidates"
 
     def __init__(self, sources: dict[str, Retriever], settings: CandidateSettings,
-                 depth: dict[str, int] | None = None) -> None:
+                 depth: dict[str, int] | None = None, preferred: int = 0) -> None:
         self.sources, self.settings = sources, settings
+        self.preferred_n = preferred  # popular items matching a shopper's soft preferences added per request
         self.depth = depth or {}  # placement -> candidates the learned ranker re-scores
         trending = sources.get("trending")
         self._popular = trending if isinstance(trending, TrendingRetriever) else None
@@ -72,20 +76,18 @@ class CandidateStage:
             return self._popular.order(banned)
         return np.flatnonzero(~banned).astype(np.int64)
 
-    def _fill(self, have: np.ndarray, need: int, ex: Exclusions) -> np.ndarray:
-        """Per row, popular items not in ``have`` until the row has ``need`` candidates (rails never empty)."""
-        count = (have >= 0).sum(axis=1)
-        short = np.flatnonzero(count < need)
-        rows = [np.zeros(0, np.int64)] * len(have)
-        if not len(short):
-            return padded(rows)
-        order = self.fallback_order(ex.banned)
-        for r in short:
-            want = need - count[r]
-            drop = np.union1d(ex.rows[r], have[r][have[r] >= 0])
+    def _most_popular(self, want: dict[int, int], ex: Exclusions, have: np.ndarray | None = None,
+                      match: list[np.ndarray | None] | None = None) -> np.ndarray:
+        """For each row r of ``want``: its ``want[r]`` most popular items that it may show, not in ``have[r]`` and,
+        with ``match``, among the items ``match[r]`` marks; (B, m) with -1 pads."""
+        rows = [np.zeros(0, np.int64)] * len(ex)
+        order = self.fallback_order(ex.banned) if want else None
+        for r, k in want.items():
+            drop = ex.rows[r] if have is None else np.union1d(ex.rows[r], have[r][have[r] >= 0])
             allow, rule = ex.allowed[r], ex.dropped[r]
-            got, start, step = [], 0, max(2 * want + len(drop), 64)
-            while sum(len(g) for g in got) < want and start < len(order):
+            wanted = match[r] if match is not None else None
+            got, start, step = [], 0, max(2 * k + len(drop), 64)
+            while sum(len(g) for g in got) < k and start < len(order):
                 part = order[start:start + step]
                 start += step
                 part = part[~np.isin(part, drop)]
@@ -93,10 +95,27 @@ class CandidateStage:
                     part = part[allow[part]]
                 if rule is not None:
                     part = part[~rule[part]]
+                if wanted is not None:
+                    part = part[wanted[part]]
                 got.append(part)
                 step *= 4
-            rows[r] = np.concatenate(got)[:want] if got else np.zeros(0, np.int64)
+            rows[r] = np.concatenate(got)[:k] if got else np.zeros(0, np.int64)
         return padded(rows)
+
+    def _fill(self, have: np.ndarray, need: int, ex: Exclusions) -> np.ndarray:
+        """Per row, popular items not in ``have`` until the row has ``need`` candidates (rails never empty)."""
+        count = (have >= 0).sum(axis=1)
+        return self._most_popular({int(r): int(need - count[r]) for r in np.flatnonzero(count < need)}, ex, have)
+
+    def _preferred(self, batch: Batch, ex: Exclusions) -> np.ndarray | None:
+        """Per row with soft preferences, the most popular items matching them (None when no row has any)."""
+        rows = [r for r, p in enumerate(batch.preferred) if p is not None]
+        if not rows or not self.preferred_n:
+            return None
+        match: list[np.ndarray | None] = [None] * len(batch)
+        for r in rows:
+            match[r] = batch.preferred[r] > 0
+        return self._most_popular({r: self.preferred_n for r in rows}, ex, match=match)
 
     def cold_weights(self, weights: dict[str, float], n_items: int) -> np.ndarray | None:
         """(n_items,) the extra weight of the content source's score of each item: ``cold_transfer`` of the weights
@@ -161,13 +180,41 @@ class CandidateStage:
         blend = np.where(items >= 0, val, 0.0).astype(np.float32)
         return Candidates(items, sources, blend, np.where(items >= 0, val, -np.inf).astype(np.float32))
 
+    def _guarded(self, batch: Batch, weights: dict[str, float],
+                 n_items: int) -> tuple[dict[str, SourceScores], dict[str, np.ndarray]]:
+        """The sources' scores while serving: a source whose breaker is open, or that fails now, is left out (and
+        named in ``batch.degraded``); each call's time counts against the source's budget."""
+        guard = batch.guard
+        assert guard is not None
+        scored: dict[str, SourceScores] = {}
+        peaks: dict[str, np.ndarray] = {}
+        for n in weights:
+            skip = guard.source_skipped(n)
+            if skip is not None:
+                batch.degraded.append(skip)
+                continue
+            t0 = time.perf_counter()
+            try:
+                sc = scores_over(self.sources[n], batch.queries, n_items)
+                peaks[n] = sc.peak()
+            except Exception as exc:
+                batch.degraded.append(guard.source_failed(n, exc))
+                continue
+            scored[n] = sc
+            guard.source_done(n, time.perf_counter() - t0)
+        return scored, peaks
+
     def run(self, batch: Batch) -> None:
         ex = batch.exclusions
         assert ex is not None
         weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
         n_items = len(ex.banned)  # the request's catalog (it may have items some sources were not fitted on)
-        scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
-        peaks = {n: sc.peak() for n, sc in scored.items()}
+        if batch.guard is None:
+            scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
+            peaks = {n: sc.peak() for n, sc in scored.items()}
+        else:
+            scored, peaks = self._guarded(batch, weights, n_items)
+            weights = {n: w for n, w in weights.items() if n in scored}
         dense = n_items <= self.settings.dense_max_items
         cold = self.cold_weights(weights, n_items)
         cand = (self._dense if dense else self._union)(batch, scored, peaks, weights, cold)
@@ -175,6 +222,9 @@ class CandidateStage:
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
             e = extra[0]
             extra[0] = np.where(ex.keep(e, rules=False), e, -1)
+        preferred = self._preferred(batch, ex) if batch.preferred else None
+        if preferred is not None:  # items matching the shopper's stated preferences
+            extra.append(without(preferred, cand.items))
         fill = self._fill(union_rows([cand.items] + extra), batch.kmax, ex)
         more = union_rows(extra + [fill]) if extra or fill.shape[1] else fill
         if more.shape[1] and (more >= 0).any():

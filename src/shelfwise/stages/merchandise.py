@@ -6,8 +6,13 @@ effects.
 filter, margin floor "drop") becomes part of the request's exclusions, so sources only propose showable items;
 pinned items and the most popular items eligible for reserved slots are handed to candidate generation.
 
-``MerchandiseStage`` (stage 6): the placement's business score (``rerank.business``) over the candidates, then
-each request's rule multipliers / offsets and drops, all gathered at the candidates' indices.
+``MerchandiseStage`` (stage 6): the placement's business score (``rerank.business``) over the candidates, the
+shopper's stated preferences, then each request's rule multipliers / offsets and drops, all gathered at the
+candidates' indices. Preferences lift a candidate by its share of the soft fields it matches times
+``preferences.boost`` times the spread of the request's scores (best minus worst): at 1, an item matching them all
+ranks level with the best item matching none, however old evidence scored it. While the shopper is in a session
+(an event within ``preferences.session_minutes``) the lift is ``session_boost`` instead: what they do now stays in
+front, preferences break near ties. Rules come last: they are the shop's final word.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from shelfwise.rerank.business import BusinessScorer
 from shelfwise.rerank.slots import SlotSpec
 from shelfwise.rules.compile import Effects, apply_local, localize
 from shelfwise.rules.stage import RulesStage
+from shelfwise.settings import PreferenceSettings
 from shelfwise.stages.base import Batch
 
 
@@ -81,8 +87,29 @@ class RulesPlanStage:
 class MerchandiseStage:
     name = "merchandise"
 
-    def __init__(self, business: BusinessScorer) -> None:
-        self.business = business
+    def __init__(self, business: BusinessScorer, preferences: PreferenceSettings | None = None) -> None:
+        self.business, self.preferences = business, preferences or PreferenceSettings()
+
+    def lift(self, batch: Batch) -> None:
+        """Add each request's preference boost to its candidates' scores (in place); ``batch.lift`` records it."""
+        cand = batch.candidates
+        assert cand is not None
+        batch.lift = np.zeros(len(batch), np.float32)
+        s = self.preferences
+        for r, pref in enumerate(batch.preferred):
+            if pref is None:
+                continue
+            row = cand.score[r]
+            finite = np.isfinite(row)
+            match = np.where(finite & cand.valid[r], pref[np.maximum(cand.items[r], 0)], 0.0)
+            if not match.any():
+                continue
+            spread = float(row[finite].max() - row[finite].min())
+            q = batch.queries[r]
+            now = batch.requests[r].now
+            recent = len(q.history_ts) and float(q.history_ts.max()) >= now - s.session_minutes * 60.0
+            batch.lift[r] = (s.session_boost if recent else s.boost) * (spread if spread > 0 else 1.0)
+            row += (batch.lift[r] * match).astype(np.float32)
 
     def run(self, batch: Batch) -> None:
         cand = batch.candidates
@@ -94,6 +121,8 @@ class MerchandiseStage:
             batch.relevance_best = np.where(np.isfinite(score), score, 0.0).max(axis=1, initial=0.0)
         if not w.relevance_only:
             self.business.apply(score, cand.items, w, [r.now for r in batch.requests])
+        if any(p is not None for p in batch.preferred):
+            self.lift(batch)
         batch.pre = [None] * len(batch)
         batch.local = [None] * len(batch)
         if plans is None:

@@ -1,7 +1,9 @@
 """Stage 5: the learned ranker re-scores the blend's best ``ranker.candidates`` items of each request.
 
 Its candidates keep the ranker's final scores (relevance, plus margin when ``margin_weight`` is set); every other
-candidate follows in blend order below all of them, so pins and reserved slots can still reach it.
+candidate follows in blend order below all of them, so pins and reserved slots can still reach it. A request that a
+new shoppers' source answered (a cohort centroid: no history, page or cart) keeps the blend's order: the ranker
+learned only from requests with a history (``ranking.labels.split_history``) and knows nothing of cohorts.
 """
 
 from __future__ import annotations
@@ -31,16 +33,26 @@ def ranked_scores(cand: Candidates, n: int, final: np.ndarray) -> np.ndarray:
 class RankStage:
     name = "rank"
 
-    def __init__(self, ranker: Ranker, ctx: FeatureContext) -> None:
-        self.ranker, self.ctx = ranker, ctx
+    def __init__(self, ranker: Ranker, ctx: FeatureContext, new_shoppers: tuple[str, ...] = ()) -> None:
+        """``new_shoppers``: the sources that score only a new shopper's request (whose rows keep blend order)."""
+        self.ranker, self.ctx, self.new_shoppers = ranker, ctx, new_shoppers
 
     def run(self, batch: Batch) -> None:
         if not batch.use_ranker or not self.ranker.applies(batch.placement):
             return
         cand = batch.candidates
         assert cand is not None
+        cold = np.zeros(len(batch), bool)
+        for name in self.new_shoppers:
+            if name in cand.sources:
+                cold |= (cand.sources[name] > 0).any(axis=1)
+        if cold.all():
+            return
         n = min(self.ranker.settings.candidates, cand.shape[1])
         head = cand.take(np.broadcast_to(np.arange(n), (len(batch), n)))
         final = self.ranker.score(self.ctx, batch.requests, batch.queries, head)
+        blend = cand.score.copy() if cold.any() else None
         cand.score = ranked_scores(cand, n, final)
+        if blend is not None:
+            cand.score[cold] = blend[cold]
         batch.candidates = cand.sorted()

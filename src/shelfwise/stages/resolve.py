@@ -1,22 +1,26 @@
 """Stage 1: requests in the storefront's terms → model indices (``Query``) and what may not be shown
 (``Exclusions``: unservable items, the page's and cart's own items, excluded ids, already bought or seen items as
-the placement says, and a category filter)."""
+the placement says, a category filter and the hard fields of the shopper's preferences), and how well each item
+matches their soft preferences (``Batch.preferred``, boosted by the merchandise stage)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from shelfwise.domain import EventType
-from shelfwise.items import ItemTable
-from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest
+from shelfwise.items import ItemTable, category_path
+from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest, Visit
+from shelfwise.rules.preferences import PreferenceMasks
 from shelfwise.stages.base import Batch
 
 
 class ResolveStage:
     name = "resolve"
 
-    def __init__(self, items: ItemTable, shopper_index: dict[str, int], trained_until: float) -> None:
+    def __init__(self, items: ItemTable, shopper_index: dict[str, int], trained_until: float,
+                 preferences: PreferenceMasks | None = None) -> None:
         self.items, self.shopper_index, self.trained_until = items, shopper_index, trained_until
+        self.preferences = preferences
 
     def query(self, req: RecRequest) -> Query:
         idx = self.items.index
@@ -35,9 +39,12 @@ class ResolveStage:
             anchors = [idx[c] for c in req.cart if c in idx]
         user = self.shopper_index.get(req.shopper, -1) if req.shopper else -1
         fresh = bool(ts) and max(ts) > self.trained_until
+        visit = Visit((req.device or "").casefold(), req.placement.casefold(),
+                      category_path(req.category)[0].casefold() if req.category else "",
+                      tuple(s.casefold() for s in req.segments))
         return Query(user=user, history=np.array(hist, np.int32), history_kind=np.array(kinds, np.int8),
                      history_ts=np.array(ts, np.float64), anchors=np.array(anchors, np.int32), fresh=fresh,
-                     now=req.now)
+                     now=req.now, visit=visit)
 
     def excluded(self, req: RecRequest, q: Query, exclude_history: str) -> np.ndarray:
         """Item indices this request must not show (besides the catalog's unservable items)."""
@@ -58,4 +65,12 @@ class ResolveStage:
         batch.queries = [self.query(r) for r in batch.requests]
         rows = [self.excluded(r, q, batch.conf.exclude_history) for r, q in zip(batch.requests, batch.queries)]
         allowed = [self.items.category_mask(r.category) if r.category else None for r in batch.requests]
+        batch.preferred = [None] * len(batch)
+        for r, req in enumerate(batch.requests):
+            if req.preferences is None or self.preferences is None:
+                continue
+            hard = self.preferences.hard(req.preferences.preferences)
+            if hard is not None:
+                allowed[r] = hard if allowed[r] is None else allowed[r] & hard
+            batch.preferred[r] = self.preferences.soft(req.preferences.preferences)
         batch.exclusions = Exclusions(self.items.unservable, rows, allowed)

@@ -20,6 +20,7 @@ from shelfwise.request import Answer, Recommendation
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.rerank.mmr import Similarity, price_bands
 from shelfwise.rerank.slots import Constraints, Placed, SlotSpec, fill
+from shelfwise.retrieval.cohort import CohortRetriever
 from shelfwise.rules.compile import LocalEffects, apply_local, localize
 from shelfwise.rules.log import ShadowRecord
 from shelfwise.rules.stage import RulesStage, ShadowJob
@@ -53,11 +54,13 @@ class SlotStage:
 
     def __init__(self, items: ItemTable, business: BusinessScorer, signals: BusinessSignals,
                  unit: np.ndarray | None, version: str, rules: RulesStage | None,
-                 popularity: frozenset[str] = frozenset()) -> None:
-        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None. ``popularity``: the
-        sources whose scores are no evidence about the shopper or item (a slot only they support is a fallback)."""
+                 fallbacks: dict[str, str] | None = None, cohort: CohortRetriever | None = None) -> None:
+        """``unit``: unit-length item embeddings for the diversity similarity (ALS), or None. ``fallbacks``: the
+        sources whose scores are no evidence about the shopper or item (a slot only they support is a fallback),
+        each with the reason its slots give (``popular``, ``cohort``). ``cohort``: the cohort source (explanations
+        name the cohort that answered)."""
         self.items, self.business, self.signals, self.unit = items, business, signals, unit
-        self.version, self.rules, self.popularity = version, rules, popularity
+        self.version, self.rules, self.fallbacks, self.cohort = version, rules, fallbacks or {}, cohort
         self._sim: dict[str, Similarity] = {}
         self._bands: np.ndarray | None = None
 
@@ -127,15 +130,19 @@ class SlotStage:
             if plan is not None and plan.shadows and r in batch.base:
                 for job in plan.shadows:
                     self._shadow(batch, r, job, slate, row_sim)
-            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names, explore[r])
+            stated = batch.preferred[r] if batch.preferred and batch.lift is not None and batch.lift[r] else None
+            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names, stated, explore[r])
             note = self._explain(batch, r, slate, conflicts, recs) if req.explain else None
             answers.append(Answer(recs, batch.placement, note, self.version, batch.rulesets))
         batch.answers = answers
 
     def _slots(self, slate: list[Placed], items: np.ndarray, contrib: np.ndarray | None,
-               names: list[str], explored: dict[int, Explored] | None = None) -> list[Recommendation]:
-        """The answer's slots: each item with the sources that proposed it (strongest first, "fallback" when none
-        did), why it is there and whether any source had evidence about this shopper or item for it. An
+               names: list[str], stated: np.ndarray | None = None,
+               explored: dict[int, Explored] | None = None) -> list[Recommendation]:
+        """The answer's slots: each item with the sources that proposed it (strongest first; then "preferences" when
+        it matches the shopper's stated preferences; "fallback" when nothing did), why it is there and whether
+        anything about this shopper or item (a source's evidence, their stated preferences) went into it.
+        ``stated``: the shopper's soft preference match per item when it lifted this request's scores. An
         exploration slot's item was proposed by its content match (evidence when the request had a profile and
         the item a vector), with the propensity of its draw."""
         ids = self.items.ids
@@ -145,17 +152,25 @@ class SlotStage:
         recs = []
         for pos, p in enumerate(slate):
             src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
-            fallback = all(s in self.popularity for s in src)
+            evidence = [s for s in src if s not in self.fallbacks]
+            if stated is not None and stated[items[p.item]] > 0:
+                src.append("preferences")
+                evidence.append("preferences")
             propensity = 1.0
             if p.reason == "exploration" and explored is not None:
                 e = explored[int(items[p.item])]
                 propensity = e.propensity
                 if e.evidence:
-                    src, fallback = ["content"] + [s for s in src if s != "content"], False
-            reason = p.reason if p.reason in ("pinned", "reserved", "exploration") else \
-                "popular" if fallback else "evidence"
+                    src = ["content"] + [s for s in src if s != "content"]
+                    evidence = ["content"] + [s for s in evidence if s != "content"]
+            if p.reason in ("pinned", "reserved", "exploration"):
+                reason = p.reason
+            elif evidence:
+                reason = "evidence" if evidence[0] != "preferences" else "preference"
+            else:
+                reason = "cohort" if "cohort" in {self.fallbacks[s] for s in src} else "popular"
             recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"], reason=reason,
-                                       fallback=fallback, propensity=propensity))
+                                       fallback=not evidence, propensity=propensity))
         return recs
 
     # ---- shadow --------------------------------------------------------------------------------------
@@ -190,6 +205,14 @@ class SlotStage:
             blocked=[str(ids[cand.items[r, p.item]]) for p in live if not np.isfinite(row[p.item])]))
 
     # ---- explanation ---------------------------------------------------------------------------------
+    @staticmethod
+    def _stated(batch: Batch, r: int, j: int) -> dict[str, float]:
+        """The preference boost of item j in row r, when the shopper's preferences lifted it."""
+        pref = batch.preferred[r] if batch.preferred else None
+        if pref is None or batch.lift is None or not batch.lift[r] or not pref[j]:
+            return {}
+        return {"preferences": round(float(batch.lift[r] * pref[j]), 6)}
+
     def _explain(self, batch: Batch, r: int, slate: list[Placed], conflicts: list[str],
                  recs: list[Recommendation]) -> dict[str, Any]:
         cand = batch.candidates
@@ -214,7 +237,7 @@ class SlotStage:
                 "position": pos + 1,
                 "reason": why,
                 "score": round(p.score, 6),
-                "components": self.business.explain(j, conf.score, req.now, rel),
+                "components": self.business.explain(j, conf.score, req.now, rel) | self._stated(batch, r, j),
                 "rules": plan.world.explain(plan.sig, j) if plan is not None else [],
                 "diversity_penalty": round(p.penalty, 6),
             }
@@ -222,4 +245,7 @@ class SlotStage:
                                "mmr_lambda": conf.diversity.mmr_lambda}
         if self.rules is not None:
             out["rulesets"] = batch.rulesets
+        cohort = self.cohort.describe(batch.queries[r]) if self.cohort is not None else None
+        if cohort is not None:
+            out["cohort"] = cohort
         return out

@@ -7,6 +7,7 @@
 | vector index             | ``hnsw://``/``exact://`` (in-process) | ``pgvector://``   |
 | event bus                | ``inprocess://``     | ``redis-stream://``, ``kafka://``   |
 | keys, consent, erasures  | the event store's SQLite file | the event store's PostgreSQL |
+| shopper preferences      | ``sqlite:///path`` (default: the event store's) | ``postgresql://`` |
 | rate limiter             | ``memory://``        | ``redis://`` (the online state's)   |
 
 Backends are imported lazily, so the embedded default never imports a database driver.
@@ -14,6 +15,7 @@ Backends are imported lazily, so the embedded default never imports a database d
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from shelfwise.stores.protocols import (
-    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, RateLimiter, VectorIndex,
+    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, PreferenceStore, RateLimiter,
+    VectorIndex,
 )
 
 if TYPE_CHECKING:
@@ -44,33 +47,36 @@ def _scheme(dsn: str) -> str:
     return dsn.split("://", 1)[0] if "://" in dsn else ""
 
 
+def _sql_role(dsn: str, role: str, sqlite: str, postgres: str, **sqlite_options: object):
+    """A role kept in a SQL database, by the DSN's scheme: ``sqlite`` / ``postgres`` name the backend class as
+    ``module.Class`` in this package (imported only when picked)."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        name, options = sqlite, sqlite_options
+    elif scheme in ("postgresql", "postgres"):
+        name, options = postgres, {}
+    else:
+        raise UnsupportedDSN(f"no {role} backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+    module, cls = name.rsplit(".", 1)
+    return getattr(importlib.import_module(f"shelfwise.stores.{module}"), cls)(dsn, **options)
+
+
 def open_event_store(dsn: str, secure_delete: bool = True) -> EventStore:
     """Event store + catalog for a DSN (both live in the same database). ``secure_delete``: SQLite overwrites
     deleted rows with zeros."""
-    scheme = _scheme(dsn)
-    if scheme == "sqlite":
-        from shelfwise.stores.sqlite import SQLiteStore
-
-        return SQLiteStore(dsn, secure_delete=secure_delete)
-    if scheme in ("postgresql", "postgres"):
-        from shelfwise.stores.postgres import PostgresStore
-
-        return PostgresStore(dsn)
-    raise UnsupportedDSN(f"no event store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+    return _sql_role(dsn, "event store", "sqlite.SQLiteStore", "postgres.PostgresStore", secure_delete=secure_delete)
 
 
 def open_privacy_store(dsn: str, secure_delete: bool = True) -> "PrivacyStore":
     """Key store + consent store + erasure ledger, in the event store's database (picked by the events DSN)."""
-    scheme = _scheme(dsn)
-    if scheme == "sqlite":
-        from shelfwise.stores.sqlite_privacy import SQLitePrivacyStore
+    return _sql_role(dsn, "key/consent store", "sqlite_privacy.SQLitePrivacyStore",
+                     "postgres_privacy.PostgresPrivacyStore", secure_delete=secure_delete)
 
-        return SQLitePrivacyStore(dsn, secure_delete=secure_delete)
-    if scheme in ("postgresql", "postgres"):
-        from shelfwise.stores.postgres_privacy import PostgresPrivacyStore
 
-        return PostgresPrivacyStore(dsn)
-    raise UnsupportedDSN(f"no key/consent store backend for {dsn!r} (supported: sqlite:///path, postgresql://…)")
+def open_preference_store(dsn: str, secure_delete: bool = True) -> PreferenceStore:
+    """Shoppers' explicit preferences (``stores.preferences``; by default the event store's database)."""
+    return _sql_role(dsn, "preference store", "sqlite_preferences.SQLitePreferenceStore",
+                     "postgres_preferences.PostgresPreferenceStore", secure_delete=secure_delete)
 
 
 def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:

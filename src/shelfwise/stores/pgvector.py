@@ -19,11 +19,11 @@ import re
 import numpy as np
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from shelfwise.stores._dsn import split_options, with_scheme
+from shelfwise.stores.postgres import POOL_OPTIONS, connection_pool
 
-_OPTIONS = {"table", "m", "ef_construction", "ef_search", "pool_max"}
+_OPTIONS = {"table", "m", "ef_construction", "ef_search"} | POOL_OPTIONS
 
 
 def _literal(v: np.ndarray) -> str:
@@ -39,8 +39,7 @@ class PgVectorIndex:
         self.m = int(opts.get("m", 16))
         self.ef_construction = int(opts.get("ef_construction", 128))
         self.ef_search = int(opts.get("ef_search", 100))
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=int(opts.get("pool_max", 4)), open=True,
-                                   name="shelfwise-vectors")
+        self.pool = connection_pool(conninfo, opts, "shelfwise-vectors")
         with self.pool.connection() as conn:
             try:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")

@@ -26,7 +26,9 @@ from psycopg_pool import ConnectionPool
 
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores._dsn import split_options, with_scheme
-from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+from shelfwise.stores.protocols import (
+    AppendResult, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+)
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "events, lines, items", """
@@ -92,8 +94,15 @@ CREATE INDEX forgotten_at ON forgotten (at);
 CREATE TABLE erasure_receipts (receipt_id text PRIMARY KEY, created_at double precision NOT NULL, doc jsonb NOT NULL);
 CREATE TABLE privacy_meta (key text PRIMARY KEY, value text NOT NULL);
 """),
+    (3, "shopper preferences", """
+CREATE TABLE shopper_preferences (
+    shopper    text COLLATE "C" PRIMARY KEY,
+    doc        jsonb NOT NULL,
+    updated_at double precision NOT NULL
+);
+"""),
     # items stored before this migration keep an unknown (NULL) first-seen time rather than the migration's
-    (3, "items first seen", """
+    (4, "items first seen", """
 ALTER TABLE items ADD COLUMN first_seen timestamptz;
 ALTER TABLE items ALTER COLUMN first_seen SET DEFAULT now();
 """),
@@ -155,17 +164,54 @@ def migrate(conn: Connection) -> list[int]:
     return applied_now
 
 
+POOL_OPTIONS = {"pool_min", "pool_max", "pool_timeout"}
+
+
+def connection_pool(conninfo: str, opts: dict[str, str], name: str, min_size: int = 1, max_size: int = 4,
+                    configure=None) -> ConnectionPool:
+    """A connection pool as every PostgreSQL role opens it (DSN options ``pool_min``, ``pool_max``,
+    ``pool_timeout``). A connection is checked before it is handed out (a server restart leaves broken ones in
+    the pool), a caller waits at most ``pool_timeout`` seconds (default 5) for one, and connecting gives up after
+    5 s: a PostgreSQL that is down fails fast, and the circuit breakers (``stores/breaker.py``) take over."""
+    return ConnectionPool(conninfo, min_size=int(opts.get("pool_min", min_size)),
+                          max_size=int(opts.get("pool_max", max_size)), open=True, configure=configure, name=name,
+                          timeout=float(opts.get("pool_timeout", 5.0)), check=ConnectionPool.check_connection,
+                          kwargs={"connect_timeout": 5})
+
+
+class PostgresRole:
+    """What a role with a small pool of its own on a PostgreSQL database shares (keys and consent, preferences): the
+    pool (``connection_pool``), the schema migrated first (``postgres://`` accepted), the checkpoint note after an
+    erasure, and closing."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        if dsn.startswith("postgres://"):
+            dsn = with_scheme(dsn, "postgresql")
+        conninfo, opts = split_options(dsn, POOL_OPTIONS)
+        self.pool = connection_pool(conninfo, opts, name)
+        with self.pool.connection() as conn:
+            migrate(conn)
+        self._closed = False
+
+    def checkpoint(self) -> str:
+        return ("PostgreSQL: deleted rows are invisible at once; their space is reclaimed by (auto)vacuum "
+                "(see SECURITY.md)")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.pool.close()
+
+
 class PostgresStore:
     """EventStore + Catalog on PostgreSQL. Thread-safe (a pool of connections); many processes may share it."""
 
     def __init__(self, dsn: str) -> None:
         if dsn.startswith("postgres://"):
             dsn = with_scheme(dsn, "postgresql")
-        conninfo, opts = split_options(dsn, {"pool_min", "pool_max"})
+        conninfo, opts = split_options(dsn, POOL_OPTIONS)
         self.dsn = conninfo
-        self.pool = ConnectionPool(conninfo, min_size=int(opts.get("pool_min", 1)),
-                                   max_size=int(opts.get("pool_max", 8)), open=True, configure=self._configure,
-                                   name="shelfwise-events")
+        self.pool = connection_pool(conninfo, opts, "shelfwise-events", max_size=8, configure=self._configure)
         self._closed = threading.Event()
         with self.pool.connection() as conn:
             self.applied_migrations = migrate(conn)
@@ -268,6 +314,12 @@ class PostgresStore:
                 out[shopper].recent = lst[-limit:]
         return out
 
+    def entry_contexts(self) -> dict[str, EntryContext]:
+        with self.pool.connection() as conn, conn.cursor(name="shelfwise_contexts") as cur:
+            cur.itersize = 10_000
+            cur.execute("SELECT shopper, payload->'context' FROM events ORDER BY shopper, ts, seq")
+            return entry_contexts(cur)
+
     def count(self) -> int:
         with self.pool.connection() as conn:
             return conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -341,5 +393,5 @@ def drop_schema(dsn: str) -> None:
     conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max"})
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for table in ("lines", "events", "items", "api_keys", "consents", "anonymous_counts", "forgotten",
-                      "erasure_receipts", "privacy_meta", "shelfwise_migrations"):
+                      "erasure_receipts", "privacy_meta", "shopper_preferences", "shelfwise_migrations"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))

@@ -9,10 +9,8 @@ from typing import Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
-from shelfwise.stores._dsn import split_options, with_scheme
-from shelfwise.stores.postgres import migrate
+from shelfwise.stores.postgres import PostgresRole
 from shelfwise.stores.privacy_common import (
     KEY_COLUMNS, consent_from_row, consent_row, key_from_row, key_row, marker, merge_consent,
 )
@@ -21,21 +19,16 @@ from shelfwise.stores.protocols import ApiKey, Consent, KeyExists
 _CONSENT_COLUMNS = "shopper, personalisation, analytics, experiments, updated_at, source"
 
 
-class PostgresPrivacyStore:
+class PostgresPrivacyStore(PostgresRole):
     """KeyStore + ConsentStore + ErasureLedger on PostgreSQL. Thread-safe; shared by every replica."""
 
     def __init__(self, dsn: str) -> None:
-        if dsn.startswith("postgres://"):
-            dsn = with_scheme(dsn, "postgresql")
-        conninfo, _ = split_options(dsn, {"pool_min", "pool_max"})
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=4, open=True, name="shelfwise-privacy")
+        super().__init__(dsn, "shelfwise-privacy")
         with self.pool.connection() as conn:
-            migrate(conn)
             conn.execute("INSERT INTO privacy_meta VALUES ('marker_salt', %s), ('keys_generation', '0') "
                          "ON CONFLICT (key) DO NOTHING", (os.urandom(32).hex(),))
             self._salt = bytes.fromhex(conn.execute(
                 "SELECT value FROM privacy_meta WHERE key = 'marker_salt'").fetchone()[0])
-        self._closed = False
 
     # ---- keys --------------------------------------------------------------------------------------------
     def add_key(self, key: ApiKey) -> None:
@@ -162,12 +155,3 @@ class PostgresPrivacyStore:
         with self.pool.connection() as conn:
             return [r[0] for r in conn.execute("SELECT doc FROM erasure_receipts ORDER BY created_at DESC LIMIT %s",
                                                (limit,)).fetchall()]
-
-    def checkpoint(self) -> str:
-        return ("PostgreSQL: deleted rows are invisible at once; their space is reclaimed by (auto)vacuum "
-                "(see SECURITY.md)")
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.pool.close()

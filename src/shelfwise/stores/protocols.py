@@ -7,7 +7,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from shelfwise.domain import Event, Item
+from shelfwise.domain import Event, Item, Preferences
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,34 @@ class ShopperState:
     version: int = 0
 
 
+@dataclass(frozen=True)
+class EntryContext:
+    """What a shopper's events said about their visits, each field as first said (events ``context``): the keys of
+    the cohorts a new shopper like them is placed in."""
+
+    device: str = ""
+    placement: str = ""
+    segments: tuple[str, ...] = ()
+
+
+def entry_contexts(rows: Iterable[tuple[str, dict | None]]) -> dict[str, EntryContext]:
+    """Each shopper's ``EntryContext`` from (shopper, event context) rows in time order per shopper: the first
+    device, placement and segments each one's events name (shoppers whose events name none are left out)."""
+    out: dict[str, EntryContext] = {}
+    for shopper, ctx in rows:
+        if not ctx:
+            continue
+        got = out.get(shopper)
+        if got is not None and got.device and got.placement and got.segments:
+            continue
+        got = got or EntryContext()
+        segments = ctx.get("segments") or ()
+        out[shopper] = EntryContext(got.device or str(ctx.get("device") or ""),
+                                    got.placement or str(ctx.get("placement") or ""),
+                                    got.segments or tuple(str(x) for x in segments))
+    return {s: c for s, c in out.items() if c.device or c.placement or c.segments}
+
+
 @runtime_checkable
 class EventStore(Protocol):
     def append(self, events: Sequence[Event], known_items: set[str] | None = None) -> AppendResult:
@@ -72,6 +100,9 @@ class EventStore(Protocol):
 
     def history(self, shoppers: Sequence[str], limit: int) -> dict[str, ShopperState]:
         """Last ``limit`` item interactions and every purchased item of each shopper."""
+
+    def entry_contexts(self) -> dict[str, EntryContext]:
+        """Every shopper's ``EntryContext`` (training places shoppers in cohorts by it)."""
 
     def count(self) -> int: ...
 
@@ -274,6 +305,33 @@ class ErasureLedger(Protocol):
 
     def receipts(self, limit: int = 100) -> list[dict]:
         """Newest first."""
+
+
+# ---- shoppers' explicit preferences (their own database role, by default the event store's database) ------------
+@dataclass(frozen=True)
+class ShopperPreferences:
+    """A shopper's explicit preferences as last stored (``PUT /v1/shoppers/{id}/preferences``)."""
+
+    shopper: str  # the stored form of the id (pseudonymised when that is on)
+    preferences: Preferences
+    updated_at: float
+
+
+@runtime_checkable
+class PreferenceStore(Protocol):
+    def preferences(self, shoppers: Sequence[str]) -> dict[str, ShopperPreferences]:
+        """The records of those shoppers that have one."""
+
+    def set_preferences(self, record: ShopperPreferences) -> None:
+        """Store a shopper's preferences, replacing what was stored."""
+
+    def delete_preferences(self, shopper: str) -> int:
+        """Remove a shopper's preferences; returns how many records were removed (0 or 1)."""
+
+    def checkpoint(self) -> str:
+        """After an erasure: make sure deleted rows do not linger (SQLite: fold and truncate the WAL)."""
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable

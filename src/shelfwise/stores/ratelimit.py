@@ -10,6 +10,7 @@ call per request on the Redis of the online state, shared by every API replica, 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -17,6 +18,9 @@ from collections import OrderedDict
 from typing import Sequence
 
 from shelfwise.stores._dsn import split_options
+from shelfwise.stores.breaker import unavailable
+
+log = logging.getLogger(__name__)
 
 
 def gcra(tat: float | None, now: float, rate: float, burst: int) -> tuple[float, float]:
@@ -90,9 +94,13 @@ class RedisRateLimiter:
         url, opts = split_options(dsn, {"prefix", "ttl", "max_purchased"})
         self.url = url
         self.prefix = opts.get("prefix", "shelfwise:") + "rl:"
-        self.redis = redis.Redis.from_url(url, health_check_interval=30)
+        self.redis = redis.Redis.from_url(url, health_check_interval=30, socket_timeout=2.0,
+                                          socket_connect_timeout=2.0)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._async: dict[int, tuple] = {}  # event loop id -> (asyncio client, script)
+        # while Redis is down, each replica limits on its own (never unlimited, never an error for the request)
+        self.local = MemoryRateLimiter()
+        self._down_logged = 0.0
 
     def _call(self, buckets: Sequence[tuple[str, float, int]]) -> tuple[list[str], list] | None:
         live = [(name, rate, burst) for name, rate, burst in buckets if rate > 0]
@@ -110,7 +118,20 @@ class RedisRateLimiter:
 
     def acquire(self, buckets: Sequence[tuple[str, float, int]]) -> float:
         call = self._call(buckets)
-        return 0.0 if call is None else self._wait(self._acquire(keys=call[0], args=call[1]))
+        if call is None:
+            return 0.0
+        try:
+            return self._wait(self._acquire(keys=call[0], args=call[1]))
+        except Exception as exc:  # noqa: BLE001 - Redis down or unreachable
+            return self._locally(buckets, exc)
+
+    def _locally(self, buckets: Sequence[tuple[str, float, int]], exc: Exception) -> float:
+        if not unavailable(exc):
+            raise exc
+        if time.monotonic() - self._down_logged > 10.0:
+            self._down_logged = time.monotonic()
+            log.warning("rate limiter: Redis unavailable (%s); limiting in this process meanwhile", exc)
+        return self.local.acquire(buckets)
 
     async def acquire_async(self, buckets: Sequence[tuple[str, float, int]]) -> float:
         """``acquire`` for the API's event loop: one round trip, without blocking the loop or a thread hop."""
@@ -124,9 +145,13 @@ class RedisRateLimiter:
         loop = id(asyncio.get_running_loop())
         client = self._async.get(loop)
         if client is None:
-            conn = aredis.Redis.from_url(self.url, health_check_interval=30)
+            conn = aredis.Redis.from_url(self.url, health_check_interval=30, socket_timeout=2.0,
+                                         socket_connect_timeout=2.0)
             client = self._async[loop] = (conn, conn.register_script(_ACQUIRE))
-        return self._wait(await client[1](keys=call[0], args=call[1]))
+        try:
+            return self._wait(await client[1](keys=call[0], args=call[1]))
+        except Exception as exc:  # noqa: BLE001 - Redis down or unreachable
+            return self._locally(buckets, exc)
 
     def close(self) -> None:
         self.redis.close()

@@ -99,7 +99,10 @@ class RedisOnlineState:
         self.ttl_ms = int(float(opts.get("ttl", 7 * 86400)) * 1000)
         self.max_purchased = int(opts.get("max_purchased", 200))
         self.history_length = history_length
-        self.redis = redis.Redis.from_url(url, health_check_interval=30)
+        # on the request path: a Redis that hangs fails the call in 2 s (then the breaker answers without it),
+        # instead of holding the request forever (``?socket_timeout=`` in the DSN overrides)
+        self.redis = redis.Redis.from_url(url, health_check_interval=30, socket_timeout=2.0,
+                                          socket_connect_timeout=2.0)
         self._record = self.redis.register_script(_RECORD)
         self._put_if = self.redis.register_script(_PUT_IF_UNCHANGED)
         self.redis.ping()

@@ -13,7 +13,9 @@ import numpy as np
 import orjson
 
 from shelfwise.domain import Event, EventType, Item
-from shelfwise.stores.protocols import AppendResult, EventLog, Interaction, ShopperState
+from shelfwise.stores.protocols import (
+    AppendResult, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -114,6 +116,30 @@ def path_from_dsn(dsn: str) -> Path:
     if not dsn.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite DSN: {dsn!r} (expected sqlite:///path/to/file.db)")
     return Path(dsn.removeprefix("sqlite:///"))
+
+
+class SQLiteRole:
+    """What a role with connections of its own to a SQLite file shares (keys and consent, preferences): its schema
+    created, one write connection (``_db``, used under ``_lock``) with ``secure_delete`` when asked, one read-only
+    connection per thread (``_readers``), the checkpoint after an erasure, and closing."""
+
+    def __init__(self, dsn: str, schema: str, secure_delete: bool = True) -> None:
+        self.path = path_from_dsn(dsn)
+        self._lock = threading.RLock()
+        self._db = connect(self.path, secure_delete=secure_delete)
+        self._db.executescript(schema)
+        self._readers = Readers(self.path)
+
+    def checkpoint(self) -> str:
+        """Fold the WAL into the database file and truncate it (erased rows must not linger in the WAL)."""
+        with self._lock:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return "WAL checkpointed and truncated" if not busy else "WAL checkpoint blocked by a reader; retried later"
+
+    def close(self) -> None:
+        self._readers.close()
+        with self._lock:
+            self._db.close()
 
 
 class SQLiteStore:
@@ -237,6 +263,10 @@ class SQLiteStore:
             for shopper, lst in recent.items():
                 out[shopper].recent = lst[-limit:]
         return out
+
+    def entry_contexts(self) -> dict[str, EntryContext]:
+        rows = self._readers.get().execute("SELECT shopper, payload FROM events ORDER BY shopper, ts, seq")
+        return entry_contexts((shopper, orjson.loads(payload).get("context")) for shopper, payload in rows)
 
     def count(self) -> int:
         db = self._readers.get()

@@ -18,7 +18,7 @@ from shelfwise.stores.privacy_common import (
     KEY_COLUMNS, consent_from_row, consent_row, key_from_row, key_row, marker, merge_consent,
 )
 from shelfwise.stores.protocols import ApiKey, Consent, KeyExists
-from shelfwise.stores.sqlite import Readers, connect, path_from_dsn
+from shelfwise.stores.sqlite import SQLiteRole
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -55,15 +55,11 @@ CREATE TABLE IF NOT EXISTS privacy_meta (key TEXT PRIMARY KEY, value TEXT NOT NU
 """
 
 
-class SQLitePrivacyStore:
+class SQLitePrivacyStore(SQLiteRole):
     """KeyStore + ConsentStore + ErasureLedger on one SQLite file. Thread-safe."""
 
     def __init__(self, dsn: str, secure_delete: bool = True) -> None:
-        self.path = path_from_dsn(dsn)
-        self._lock = threading.RLock()
-        self._db = connect(self.path, secure_delete=secure_delete)
-        self._db.executescript(SCHEMA)
-        self._readers = Readers(self.path)
+        super().__init__(dsn, SCHEMA, secure_delete)
         self._db.execute("INSERT OR IGNORE INTO privacy_meta (key, value) VALUES ('marker_salt', ?)",
                          (os.urandom(32).hex(),))
         self._db.execute("INSERT OR IGNORE INTO privacy_meta (key, value) VALUES ('keys_generation', '0')")
@@ -204,15 +200,3 @@ class SQLitePrivacyStore:
         with self._lock:
             rows = self._db.execute("SELECT doc FROM erasure_receipts ORDER BY created_at DESC LIMIT ?", (limit,))
             return [orjson.loads(r[0]) for r in rows]
-
-    # ---- maintenance -------------------------------------------------------------------------------------
-    def checkpoint(self) -> str:
-        """Fold the WAL into the database file and truncate it (erased rows must not linger in the WAL)."""
-        with self._lock:
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return "WAL checkpointed and truncated" if not busy else "WAL checkpoint blocked by a reader; retried later"
-
-    def close(self) -> None:
-        self._readers.close()
-        with self._lock:
-            self._db.close()
