@@ -40,17 +40,20 @@ def buy(eid: str, shopper: str, items: list[str], minute: float, session: str | 
                  timestamp=T0 + timedelta(minutes=minute))
 
 
+CATALOG_SINCE = T0 - timedelta(days=365)  # when the tiny shop's items came out: long before any new item
+
+
 def tiny_catalog() -> list[Item]:
-    """Phones p0..p3, cases c0..c3 (case ci fits phone pi), chargers h0..h1."""
+    """Phones p0..p3, cases c0..c3 (case ci fits phone pi), chargers h0..h1; none of them new."""
     items = []
     for i in range(4):
         items.append(Item(id=f"p{i}", title=f"Phone {i}", category=["Phones", "Smartphones"], brand="Nova",
-                          price=500 + i, cost=450, stock=10))
+                          price=500 + i, cost=450, stock=10, created_at=CATALOG_SINCE))
         items.append(Item(id=f"c{i}", title=f"Case for phone {i}", category=["Accessories", "Phone Cases"],
-                          brand="Shield", price=20, cost=6, stock=50))
+                          brand="Shield", price=20, cost=6, stock=50, created_at=CATALOG_SINCE))
     for i in range(2):
         items.append(Item(id=f"h{i}", title=f"Charger {i}", category=["Accessories", "Chargers"], brand="Volt",
-                          price=30, cost=10, stock=40))
+                          price=30, cost=10, stock=40, created_at=CATALOG_SINCE))
     return items
 
 

@@ -1,7 +1,10 @@
 """The request path, assembled once from settings and a model version's artefacts. Read this to see the order:
 
-    resolve → rules plan → candidates (each source's top-K, union, blend) → learned ranker
+    resolve → rules plan → exploration slots → candidates (each source's top-K, union, blend) → learned ranker
             → business score + rules → diversity and slots → answer
+
+Exploration slots for new items are part of the serving pipelines only (``explore``: the impression counts the
+engine keeps); offline evaluation and training measure and learn the ranking without them.
 
 Used by the API (``service``), the CLI and offline evaluation alike.
 """
@@ -12,7 +15,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from shelfwise.domain import Item
-from shelfwise.pipeline import Model, Observer, Pipeline
+from shelfwise.pipeline import Exploration, Model, Observer, Pipeline
 from shelfwise.ranking.features import FeatureContext
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.retrieval.als import ALSRetriever
@@ -26,6 +29,7 @@ from shelfwise.rules.stage import RulesStage
 from shelfwise.stages.base import Stage
 from shelfwise.stages.budget import StageGuard
 from shelfwise.stages.candidates import CandidateStage
+from shelfwise.stages.explore import ExploreStage
 from shelfwise.stages.merchandise import MerchandiseStage, RulesPlanStage
 from shelfwise.stages.rank import RankStage
 from shelfwise.stages.resolve import ResolveStage
@@ -40,24 +44,30 @@ def attach_indexes(model: Model, index_factory: IndexFactory | None) -> None:
 
 
 def assemble(model: Model, rules: RulesStage | None = None, index_factory: IndexFactory | None = None,
-             observer: Observer | None = None, guard: StageGuard | None = None) -> Pipeline:
+             observer: Observer | None = None, guard: StageGuard | None = None,
+             explore: Exploration | None = None) -> Pipeline:
+    """``explore``: give new items exploration slots (``stages.explore``), counting their impressions with
+    ``explore.counts`` (None: only their age limits exploration)."""
     if index_factory is not None:  # (without one, the sources keep what they have: none, or the live model's)
         attach_indexes(model, index_factory)
-    return _pipeline(model, rules, observer, guard)
+    return _pipeline(model, rules, observer, guard, explore)
 
 
-def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | None = None) -> Pipeline:
+def with_items(pipeline: Pipeline, items: Sequence[Item], rules: RulesStage | None = None,
+               first_seen: dict[str, float] | None = None) -> Pipeline:
     """``pipeline`` for its item table plus a row per item its model does not know (added after training): a new
     pipeline on a new table, the sources as fitted (their indexes too), so requests running on ``pipeline``
-    finish on the table they began with. ``pipeline`` itself when every item is known."""
-    table = pipeline.items.with_items(items)
+    finish on the table they began with. ``pipeline`` itself when every item is known. ``first_seen``: when the
+    catalog first stored them (``ItemTable.with_items``)."""
+    table = pipeline.items.with_items(items, first_seen)
     if table is pipeline.items:
         return pipeline
-    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer, pipeline.guard)
+    return _pipeline(replace(pipeline.model, items=table), rules, pipeline.observer, pipeline.guard,
+                     pipeline.explore)
 
 
 def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
-              guard: StageGuard | None = None) -> Pipeline:
+              guard: StageGuard | None = None, explore: Exploration | None = None) -> Pipeline:
     s = model.settings
     items, retrievers = model.items, model.retrievers
     trending = retrievers.get("trending")
@@ -71,6 +81,10 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
     stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until, preferences)]
     if rules is not None:
         stages.append(RulesPlanStage(rules, items, candidates.fallback_order))
+    content = retrievers.get("content")
+    if explore is not None and s.explore.enabled and any(p.explore > 0 for p in s.placements.values()):
+        stages.append(ExploreStage(items, s.explore, content if isinstance(content, ContentRetriever) else None,
+                                   explore.counts))
     stages.append(candidates)
     n_candidate_stages = len(stages)
     if model.ranker is not None and model.ranker.stats is not None:
@@ -81,4 +95,4 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
                       cohort if isinstance(cohort := retrievers.get("cohort"), CohortRetriever) else None)
     stages += [MerchandiseStage(business, s.preferences), slots]
     return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
-                    observer=observer, guard=guard)
+                    observer=observer, guard=guard, explore=explore)

@@ -313,6 +313,7 @@ def recommend(
     """Batch export: the placement's top-k for every shopper in a file, one JSON object a line."""
     import time
 
+    from shelfwise.assemble import assemble
     from shelfwise.request import RecRequest
 
     with friendly():
@@ -323,7 +324,8 @@ def recommend(
         if not engine.trained:
             raise CLIError("no trained model yet: run `shelfwise train` first")
         ids = [line.strip() for line in users.read_text().splitlines() if line.strip()]
-        pipe = engine.pipeline
+        # the ranked rails, without exploration slots (an export's impressions are neither shown nor logged)
+        pipe = assemble(engine.pipeline.model, engine.merch.stage)
         now = (pipe.trained_until if at == "trained" else time.time() if at == "now"
                else _parse_time(at, "--at"))
         if now == float("inf"):  # a model saved without its training time

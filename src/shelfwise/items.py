@@ -11,6 +11,7 @@ the trained vocabulary are then shorter than the table; ``pad_rows`` extends the
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -40,10 +41,15 @@ class ItemTable:
     index: dict[str, int] = field(default_factory=dict)
     brand_names: list[str] = field(default_factory=list)  # per brand code (empty for models saved without them)
     version: int = 0  # bumped by every catalog change applied to the table
+    # float64 unix seconds Shelfwise first saw the item: its first event in the training data or its first catalog
+    # upsert, the earlier (nan unknown; see ``seen``)
+    first_seen: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.index:
             self.index = {str(x): i for i, x in enumerate(self.ids)}
+        if self.first_seen is None:
+            self.first_seen = np.full(len(self.ids), np.nan)
         self._lock = threading.Lock()
         self._servable: tuple[int, np.ndarray, np.ndarray] | None = None
         self._prefix_codes: dict[str, np.ndarray] = {}
@@ -106,13 +112,15 @@ class ItemTable:
         return cls(np.array(item_ids, dtype=object), category, top, brand, price, margin, stock, available,
                    created, category_names=list(cat_codes), brand_names=list(brand_codes))
 
-    def with_items(self, items: Sequence[Item]) -> "ItemTable":
+    def with_items(self, items: Sequence[Item], first_seen: dict[str, float] | None = None) -> "ItemTable":
         """A new table: this one's rows, then a row per item it does not know (in order; the last version of an
         id wins), with a higher ``version``. This table is left as it is, so a request running on it is
-        unaffected; category and brand codes of this table keep their meaning."""
+        unaffected; category and brand codes of this table keep their meaning. A new row's ``first_seen`` is the
+        catalog's (``first_seen``: id -> unix time), else now."""
         latest = {it.id: it for it in items if it.id not in self.index}
         if not latest:
             return self
+        now, first_seen = time.time(), first_seen or {}
         new = list(latest.values())
         categories = list(self.category_names)
         cat_codes = {n: i for i, n in enumerate(categories)}
@@ -150,8 +158,22 @@ class ItemTable:
                 np.concatenate([self.available, [it.available for it in new]]).astype(bool),
                 np.concatenate([self.created_at, [np.nan if it.created_at is None else it.created_at.timestamp()
                                                   for it in new]]),
-                category_names=categories, brand_names=brands, version=self.version + 1)
+                category_names=categories, brand_names=brands, version=self.version + 1,
+                first_seen=np.concatenate([self.first_seen, [first_seen.get(it.id, now) for it in new]]))
         return out
+
+    def seen(self, times: dict[str, float]) -> None:
+        """Fold in when the catalog first stored items (id -> unix time): ``first_seen`` keeps the earlier time."""
+        rows = [(self.index[i], t) for i, t in times.items() if i in self.index]
+        if rows:
+            r, t = (np.array(x) for x in zip(*rows))
+            with self._lock:
+                self.first_seen[r] = np.fmin(self.first_seen[r], t)
+
+    def born(self) -> np.ndarray:
+        """(n,) unix time each item came to the shop: its catalog ``created_at``, else ``first_seen`` (nan: not
+        known). A new array."""
+        return np.where(np.isfinite(self.created_at), self.created_at, self.first_seen)
 
     def update(self, item: Item) -> bool:
         """Apply a catalog change (stock, availability, price) to an item the model knows; False when unknown."""
@@ -210,7 +232,7 @@ class ItemTable:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("ids", "category", "top_category", "brand", "price", "margin",
-                                              "stock", "available", "created_at")}
+                                              "stock", "available", "created_at", "first_seen")}
 
 
 def pad_rows(a: np.ndarray, n: int, fill: float = 0) -> np.ndarray:

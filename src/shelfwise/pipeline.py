@@ -20,11 +20,19 @@ from shelfwise.ranking.model import Ranker
 from shelfwise.request import Answer, Candidates, Query, RecRequest
 from shelfwise.retrieval import SOURCES, load_retriever
 from shelfwise.retrieval.base import Retriever
+from shelfwise.rules.log import ImpressionCounts
 from shelfwise.settings import ModelSettings, PlacementSettings, known_fields
 from shelfwise.stages.base import Batch, Stage
 from shelfwise.stages.budget import StageGuard
 
 Observer = Callable[[str, str, float], None]  # (placement, stage, seconds of the batch)
+
+
+@dataclass
+class Exploration:
+    """What a serving pipeline's exploration slots need from the engine (``stages.explore``)."""
+
+    counts: ImpressionCounts | None  # impressions per new item (None: the exposure log is off)
 
 
 @dataclass
@@ -79,8 +87,9 @@ class Pipeline:
 
     def __init__(self, model: Model, stages: Sequence[Stage], candidate_stages: int,
                  on_catalog_change: Sequence[Callable[[], None]] = (), observer: Observer | None = None,
-                 guard: StageGuard | None = None) -> None:
+                 guard: StageGuard | None = None, explore: Exploration | None = None) -> None:
         self.model = model
+        self.explore = explore  # assembled with exploration slots (kept when items are added: with_items)
         self.stages = list(stages)
         self._candidate_stages = candidate_stages  # the leading stages that produce the candidates
         self._on_catalog_change = list(on_catalog_change)

@@ -214,7 +214,7 @@ class Candidates:
         return self.take(order)
 
 
-SLOT_REASONS = ("evidence", "preference", "cohort", "popular", "pinned", "reserved")
+SLOT_REASONS = ("evidence", "preference", "cohort", "popular", "pinned", "reserved", "exploration")
 
 
 @dataclass
@@ -224,9 +224,11 @@ class Recommendation:
     stated in their preferences, and no source had evidence for it), ``cohort`` (the best of the shopper's cohort:
     shoppers on the same device, with the same segments, entering the same way — a new shopper's first request),
     ``popular`` (popularity only: the global or the category's best sellers, or catalog order), ``pinned`` /
-    ``reserved`` (placed by a merchandising rule). ``fallback`` is true when nothing about this shopper or item
-    went into it — no source's evidence, no stated preference (every ``cohort`` and ``popular`` slot, and a rule's
-    slot that nothing else supported)."""
+    ``reserved`` (placed by a merchandising rule), ``exploration`` (a new item drawn for an exploration slot,
+    ``stages.explore``). ``fallback`` is true when nothing about this shopper or item went into it — no source's
+    evidence, no stated preference (every ``cohort`` and ``popular`` slot, a rule's slot that nothing else
+    supported, and an exploration slot drawn without a content match). ``propensity``: the probability the slot
+    holds this item (below 1 only for exploration slots; logged with the exposure)."""
 
     item_id: str
     score: float
@@ -234,6 +236,7 @@ class Recommendation:
     explanation: dict[str, Any] | None = None
     reason: str = "evidence"
     fallback: bool = False
+    propensity: float = 1.0
 
 
 @dataclass

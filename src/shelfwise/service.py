@@ -26,7 +26,7 @@ from shelfwise.experiments.config import apply_config, effective_k
 from shelfwise.experiments.interleaving import team_draft
 from shelfwise.experiments.runtime import Assignments, ExperimentRuntime
 from shelfwise.domain import ConsentUpdate, Event, Item, Preferences
-from shelfwise.pipeline import Model, Observer, Pipeline
+from shelfwise.pipeline import Exploration, Model, Observer, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
 from shelfwise.privacy.guard import ConsentRequired, PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
@@ -46,6 +46,16 @@ from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperP
 from shelfwise.training import SCAN_FILE, fit_pipeline
 
 log = logging.getLogger(__name__)
+
+
+def propensities(answer: Answer, got: Assignments | None) -> list[float] | None:
+    """Per slot, the probability it holds its item, for the exposure log (None: every slot ranked): an experiment's
+    exploration slot's, else a new item's exploration slot's (``stages.explore``), else 1."""
+    own = [r.propensity for r in answer.items]
+    theirs = got.propensities if got is not None else None
+    if theirs is None:
+        return own if any(p < 1.0 for p in own) else None
+    return [t if t < 1.0 else (own[i] if i < len(own) else 1.0) for i, t in enumerate(theirs)]
 
 
 class Shelfwise:
@@ -120,12 +130,24 @@ class Shelfwise:
         else:  # not trained yet: serve the catalog by (empty) popularity so no rail is ever empty
             self._scanned_at = self._forget_applied = float("inf")
             model = fit_pipeline(EventLog.empty(), self.catalog, self.settings.models, sources=("trending",)).model
+            model.items.seen(self._recently_seen())
             factory = None
-        pipeline = assemble(model, self.merch.stage, factory, self.observer, guard=self.stage_guard)
+        pipeline = assemble(model, self.merch.stage, factory, self.observer, guard=self.stage_guard,
+                            explore=self._exploration())
         self.bestsellers = bestsellers(pipeline, self.settings.resilience.bestsellers)
         self.merch.attach(pipeline.items)
         self._start_encoder(pipeline, changed)
         return pipeline
+
+    def _exploration(self) -> Exploration:
+        """Exploration slots for new items in every serving pipeline, their impressions counted by the exposure
+        log's writer (when the log is on)."""
+        return Exploration(self.merch.log.counts if self.settings.rules.exposure_log else None)
+
+    def _recently_seen(self) -> dict[str, float]:
+        """When the catalog first stored the items it stored within ``models.explore.max_age_days``: what decides
+        which items are new (older times do not matter)."""
+        return self.catalog.first_seen(since=time.time() - self.settings.models.explore.max_age_days * 86400.0)
 
     def _loaded(self, path: Path) -> tuple[Model, list[Item]]:
         """Load the model version to serve (see ``_loaded_model``) and note when its training read the data."""
@@ -144,7 +166,9 @@ class Shelfwise:
         # stock, prices and availability changed since training read the catalog (a minute of slack for clocks)
         changed = self.catalog.changed_since(scanned_at - 60.0) if scanned_at else self.catalog.all()
         model.items.sync(changed)
-        model.items = model.items.with_items(changed)
+        first_seen = self._recently_seen()
+        model.items = model.items.with_items(changed, first_seen)
+        model.items.seen(first_seen)
         latest = self.privacy_store.latest_forget()
         if latest > 0 and latest >= scanned_at:
             erased = self.privacy_store.forgotten([s for s in model.shopper_index if s is not None])
@@ -362,7 +386,8 @@ class Shelfwise:
             self.pipeline = self._load_pipeline()
         elif any(it.id not in self.pipeline.items.index for it in items):
             with self._swap_lock:
-                self.pipeline = with_items(self.pipeline, items, self.merch.stage)
+                fresh = [it.id for it in items if it.id not in self.pipeline.items.index]
+                self.pipeline = with_items(self.pipeline, items, self.merch.stage, self.catalog.first_seen(fresh))
         pipeline = self.pipeline
         for it in items:
             pipeline.items.update(it)
@@ -481,7 +506,7 @@ class Shelfwise:
             if not log:  # a simulation asks for rails whose exposures it logs itself
                 break
             # exposure log (queued, off the hot path), with the slots' propensities when the rail explored
-            self.merch.record(req, answer, got.propensities if got is not None else None)
+            self.merch.record(req, answer, propensities(answer, got))
             if got is not None:
                 self.experiments.record(got, req.request_id or "", req.placement, [r.item_id for r in answer.items],
                                         teams=got.teams, propensities=got.propensities,
@@ -537,7 +562,8 @@ class Shelfwise:
                         model, factory = live.model, None
                     rules = (RulesStage(OverrideRules.parse(self.merch.source, ruleset), self.catalog.all)
                              if ruleset else self.merch.stage)
-                    got = assemble(model, rules, factory, self.observer, guard=self.stage_guard)
+                    got = assemble(model, rules, factory, self.observer, guard=self.stage_guard,
+                                   explore=self._exploration())
                     self._variants = {k: v for k, v in self._variants.items() if k[2] == key[2]}
                     self._variants[key] = got
         return got

@@ -210,6 +210,31 @@ class PlacementSettings(_Section):
     exclude_history: Literal["purchased", "all", "none"] = "purchased"
     score: ScoreWeights = ScoreWeights()
     diversity: DiversitySettings = DiversitySettings()
+    explore: float = Field(0.0, ge=0, le=0.5, description="share of the rail's slots given to new items "
+                                                          "(models.explore; 1/12 = one slot of 12; a fractional "
+                                                          "slot is a coin flip per request); 0 = none")
+
+
+class ExploreSettings(_Section):
+    """Exploration slots for new items (``stages/explore.py``): each placement's ``explore`` share of its slots
+    goes to items younger than ``max_age_days`` with fewer than ``max_impressions`` impressions, drawn by content
+    match to the shopper or page (softmax at ``temperature``), so they gather feedback before any model knows
+    them. Rules win: only items the request may show, never in a slot a rule claims."""
+
+    enabled: bool = Field(True, description="false = no exploration slots on any placement")
+    max_age_days: float = Field(14.0, gt=0, description="an item is new this long after it came to the shop: its "
+                                                        "catalog created_at, else when Shelfwise first saw it "
+                                                        "(first stored in the catalog, or its first event)")
+    max_impressions: int = Field(1000, ge=1, description="a new item leaves exploration once shown this often "
+                                                         "(counted from the exposure log, rules.exposure_log)")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature over the content cosine of new items "
+                                                      "with the shopper's recent items or the page's item: lower "
+                                                      "picks the best match more often, higher spreads slots "
+                                                      "more evenly")
+    seed: int = Field(0, description="with the request id, seeds each request's draw (the same request id and "
+                                     "seed draw the same slots)")
+    refresh_s: float = Field(10.0, gt=0, description="how often impression counts are re-read from the exposure "
+                                                     "log, which other processes writing it share")
 
 
 def _default_placements() -> dict[str, PlacementSettings]:
@@ -217,11 +242,13 @@ def _default_placements() -> dict[str, PlacementSettings]:
     # (a new shopper's first request), where the other sources have nothing. `content` (items like the page's or
     # cart's, by catalog data: the only evidence about an item added after training) weighs in on the item pages
     # and the cart, not on the homepage, whose measured ranking (and the ranker trained on its sources) it would
-    # change.
+    # change. explore: one slot of 12 for new items on the homepage and similar-items rail, where a content match
+    # to the shopper or page is a fair guess; none on "bought together" and the cart, which sell complements.
     return {
         "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
-                                               "trending": 0.02}),
-        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02}),
+                                               "trending": 0.02}, explore=1 / 12),
+        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02},
+                                         explore=1 / 12),
         "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
         "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "content": 0.05,
                                                   "trending": 0.02}),
@@ -451,6 +478,7 @@ class ModelSettings(_Section):
     content: ContentSettings = ContentSettings()
     preferences: PreferenceSettings = PreferenceSettings()
     cohort: CohortSettings = CohortSettings()
+    explore: ExploreSettings = ExploreSettings()
 
 
 class APISettings(_Section):
@@ -489,12 +517,13 @@ class ResilienceSettings(_Section):
     without them."""
 
     stage_budget_ms: dict[str, float] = Field(
-        default_factory=lambda: {"resolve": 20.0, "rules": 20.0, "candidates": 100.0, "rank": 50.0,
+        default_factory=lambda: {"resolve": 20.0, "rules": 20.0, "explore": 20.0, "candidates": 100.0, "rank": 50.0,
                                  "merchandise": 20.0, "slots": 50.0},
         description="per stage, for one micro-batch (about 10x what each takes on the 12k demo shop under load): "
-                    "the optional stage (rank) over its budget or failing `breaker_failures` times in a row is "
-                    "skipped until its breaker's probe succeeds (the answer keeps the blend's order and names "
-                    "`rank` in `degraded`); a required stage over its budget is logged")
+                    "an optional stage (rank, explore) over its budget or failing `breaker_failures` times in a "
+                    "row is skipped until its breaker's probe succeeds (without rank the answer keeps the blend's "
+                    "order, without explore it has no exploration slots; either is named in `degraded`); a "
+                    "required stage over its budget is logged")
     source_budget_ms: float = Field(50.0, gt=0, description="one candidate source for one micro-batch: over it, or "
                                     "failing, `breaker_failures` times in a row, the source is left out until its "
                                     "breaker's probe succeeds (the answer names it in `degraded`); the other "

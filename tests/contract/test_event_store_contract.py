@@ -113,6 +113,55 @@ def test_catalog_changed_since(open_store):
     assert len(store.changed_since(0.0)) == 11 and store.changed_since(time.time() + 60) == []
 
 
+def test_catalog_first_seen_is_the_first_upsert(open_store):
+    store = open_store()
+    before = time.time()
+    store.upsert(tiny_catalog())
+    after = time.time()
+    seen = store.first_seen()
+    assert set(seen) == {it.id for it in tiny_catalog()}
+    assert all(before - 1 <= t <= after + 1 for t in seen.values())
+    time.sleep(0.05)
+    store.upsert([Item(id="p1", title="Phone 1, new price", price=400), Item(id="new", title="A new item")])
+    again = store.first_seen(["p1", "new", "nope"])
+    assert set(again) == {"p1", "new"} and again["p1"] == seen["p1"]  # a later upsert keeps it
+    assert again["new"] > seen["p1"]
+    store.delete("p2")
+    time.sleep(0.05)
+    store.upsert([Item(id="p2", title="Phone 2 again")])
+    assert store.first_seen(["p2"])["p2"] > seen["p2"]  # deleted, then stored anew
+    assert store.first_seen([]) == {}
+    assert set(store.first_seen(since=again["new"] - 0.001)) == {"new", "p2"}
+    assert set(store.first_seen(["p1", "p2"], since=again["new"] - 0.001)) == {"p2"}
+
+
+def test_catalog_from_before_first_seen_is_migrated(open_store):
+    """A database whose items table has no first_seen column: opening it adds the column; the items already there
+    have no first-seen time (unknown, not the migration's), items stored afterwards do."""
+    store = open_store()
+    store.upsert(tiny_catalog())
+    store.close()
+    if open_store.backend == "sqlite":
+        import sqlite3
+
+        db = sqlite3.connect(open_store.dsn.removeprefix("sqlite:///"))
+        db.execute("ALTER TABLE items DROP COLUMN first_seen")
+        db.commit()
+        db.close()
+    else:
+        import psycopg
+
+        from shelfwise.stores._dsn import split_options
+
+        with psycopg.connect(split_options(open_store.dsn, {"pool_min", "pool_max"})[0], autocommit=True) as conn:
+            conn.execute("ALTER TABLE items DROP COLUMN first_seen")
+            conn.execute("DELETE FROM shelfwise_migrations WHERE version = 4")
+    old = open_store()
+    assert len(old.all()) == 10 and old.first_seen() == {}
+    old.upsert([Item(id="p1", title="Phone 1"), Item(id="later", title="Stored after the migration")])
+    assert set(old.first_seen()) == {"later"}
+
+
 def test_concurrent_writers_store_each_event_once(open_store):
     store = open_store()
     events = [view(f"c{i}", f"u{i % 13}", f"p{i % 4}", i) for i in range(1200)]

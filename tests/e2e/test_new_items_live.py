@@ -93,8 +93,14 @@ def test_warm_answers_do_not_change_when_items_are_added(client, engine):
     client.put("/v1/items", json=[NEW_PHONE, NEW_PHONE | {"id": "x1", "title": "Garden hose", "category": ["Garden"],
                                                           "brand": "Aqua"}])
     assert engine.encoder.flush(5)
-    again = client.get("/v1/recommendations/homepage", params={"user_id": "u3", "k": 8}).json()
-    assert again["items"] == home["items"]  # the homepage does not weigh content: new items have no evidence there
+    for n in range(20):
+        again = client.get("/v1/recommendations/homepage", params={"user_id": "u3", "k": 8}).json()
+        # the homepage does not weigh content: new items have no evidence there and come only in exploration slots
+        ranked = [x for x in again["items"] if x["reason"] != "exploration"]
+        assert ranked == home["items"][:len(ranked)]
+        assert all(x["item_id"] in ("p9", "x1") for x in again["items"] if x["reason"] == "exploration")
+        engine.merch.log.flush()  # the new items' impressions are counted: they may be explored
+        engine.cache.clear()
     fbt_again = client.get("/v1/recommendations/pdp_fbt", params={"item_id": "p2", "k": 8}).json()
     warm = [x["item_id"] for x in fbt["items"]]
     kept = [x["item_id"] for x in fbt_again["items"] if x["item_id"] in warm]
@@ -113,3 +119,23 @@ def test_new_items_with_odd_texts_are_encoded(client, engine):
     for item_id in ("q2", "q3"):  # items with a category or a text have content neighbours
         body = similar(client, item_id, k=3)
         assert all("content" in x["sources"] for x in body["items"]), item_id
+
+
+def test_new_items_get_exploration_slots_marked_in_the_answer(client, engine):
+    """Issue 14, item 3: a share of the homepage's slots (1 of 12 by default) goes to new items, chosen by content
+    match; the answer says which slots explore."""
+    phones = [NEW_PHONE | {"id": f"n{i}", "title": f"Nova phone {i}"} for i in range(3)]
+    assert client.put("/v1/items", json=phones).status_code == 200
+    assert engine.encoder.flush(5)
+    seen = []
+    for n in range(40):
+        body = client.get("/v1/recommendations/homepage", params={"user_id": "u1", "k": 4}).json()
+        slots = [x for x in body["items"] if x["reason"] == "exploration"]
+        assert len(slots) <= 1 and all(x["item_id"] in ("n0", "n1", "n2") for x in slots)
+        assert all(not x["fallback"] and x["sources"][0] == "content" for x in slots)  # u1 viewed phones
+        seen += [x["item_id"] for x in slots]
+        engine.merch.log.flush()
+        engine.cache.clear()
+    assert 3 <= len(seen) <= 27  # k=4: a third of the requests explore one slot
+    off = client.get("/v1/recommendations/pdp_fbt", params={"item_id": "p1", "k": 12}).json()
+    assert all(x["reason"] != "exploration" for x in off["items"])

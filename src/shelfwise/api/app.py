@@ -564,7 +564,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         if personal:  # never kept by a shared cache
             return ORJSONResponse(body, headers={"Cache-Control": "private, no-store"})
         # not personal (a product page or cart without a shopper): an edge cache or CDN may keep it; the ETag is
-        # the answer's content, the same on every replica serving the same model, rule sets and catalog
+        # the answer's content, the same on every replica serving the same model, rule sets and catalog (unless an
+        # exploration slot drew a new item: each replica draws its own)
         tag = '"' + hashlib.blake2b(orjson.dumps([answer.model_version, answer.rulesets, answer.fallback, items]),
                                     digest_size=12).hexdigest() + '"'
         headers = {"ETag": tag, "Cache-Control": f"public, max-age={settings.api.edge_ttl_s}"}

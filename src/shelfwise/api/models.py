@@ -157,9 +157,10 @@ class RecommendedItem(BaseModel):
                     "this page's / cart's items), preference (it matches the shopper's stated preferences), "
                     "cohort (the best of the shopper's cohort: device, segments, entry; a new shopper), popular "
                     "(popularity only: best sellers overall or of the category), pinned or reserved (a "
-                    "merchandising rule)")
+                    "merchandising rule), exploration (a new item shown so it gathers feedback: models.explore)")
     fallback: bool = Field(description="nothing about this shopper or item went into this slot: no source's evidence, "
-                                       "no stated preference (cohort and popular slots)")
+                                       "no stated preference (cohort and popular slots, and an exploration slot "
+                                       "drawn without a content match)")
     explanation: dict[str, Any] | None = None
 
 

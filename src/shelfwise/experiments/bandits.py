@@ -8,6 +8,9 @@ request, the best *allowed* candidate not already on the rail wins the slot. ``a
 stock, margin floor, merchandising rules — so exploration never shows what the shop forbids. The slot position is
 drawn uniformly among the rail's positions; the deterministic items keep their order around it.
 
+``explore_count``, ``explore_positions`` and ``weighted_draw`` are the pieces the new items' exploration slots
+(``stages.explore``) share with it: how many slots, where, and a draw with exact propensities.
+
 **Propensities.** The probability that TS picks item i is P(θ_i is the largest draw among the eligible items),
 which has no closed form; it is estimated by Monte-Carlo over ``draws`` independent posterior samples, the
 first of which *is* the sample that made the choice — so the chosen item's estimate is at least 1/draws (never 0,
@@ -136,12 +139,11 @@ class ItemBandit:
         if not 0 <= share <= 1:
             raise ValueError("share must be in [0, 1]")
         base = list(ranked[:k])
-        expected = k * share
-        n_explore = int(expected) + int(rng.random() < expected - int(expected))
+        n_explore = explore_count(k, share, rng)
         picks = self.choose(candidates, allowed, n_explore, rng, exclude=ranked[:k]) if n_explore else []
         if not picks:
             return base, [1.0] * len(base)
-        positions = sorted(rng.choice(k, size=len(picks), replace=False).tolist())
+        positions = explore_positions(k, len(picks), rng)
         items: list[str] = []
         props: list[float] = []
         rest = iter(base)
@@ -174,6 +176,36 @@ class ItemBandit:
         if items:
             self.update(items, clicked)
         return len(items)
+
+
+def explore_count(k: int, share: float, rng: np.random.Generator) -> int:
+    """How many of a rail's ``k`` slots explore: ``k × share``, its fractional part by a coin."""
+    expected = k * share
+    return int(expected) + int(rng.random() < expected - int(expected))
+
+
+def explore_positions(k: int, n: int, rng: np.random.Generator) -> list[int]:
+    """``n`` distinct positions of a rail of ``k``, uniformly drawn, ascending."""
+    return sorted(rng.choice(k, size=n, replace=False).tolist())
+
+
+def weighted_draw(weights: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, float]]:
+    """``n`` distinct indices drawn one after the other with probability proportional to ``weights`` (>= 0; 0
+    never drawn), each with its exact propensity: the probability of that draw given the earlier ones, like
+    ``ItemBandit.choose``'s (no Monte-Carlo needed: the probabilities are the weights)."""
+    w = np.asarray(weights, np.float64).copy()
+    out: list[tuple[int, float]] = []
+    for _ in range(n):
+        total = float(w.sum())
+        if total <= 0:
+            break
+        cum = np.cumsum(w)
+        j = min(int(np.searchsorted(cum, rng.random() * total, side="right")), len(w) - 1)
+        while w[j] <= 0:  # rounding at the very top of the range
+            j -= 1
+        out.append((j, float(w[j] / total)))
+        w[j] = 0.0
+    return out
 
 
 # ---- contextual bandit over variants -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class SlotSpec:
     count: int
     priority: int
     order: int
+    reason: str = "reserved"  # what a slot it fills says (exploration slots are reservations too)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Constraints:
 class Placed:
     item: int
     score: float
-    reason: str  # "ranked" | "pinned" | "reserved"
+    reason: str  # "ranked" | "pinned" | a reservation's reason ("reserved", "exploration")
     rule: str | None = None
     penalty: float = 0.0  # (1 - lam) * max similarity to the items above, when diversity is on
 
@@ -278,7 +279,7 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
             got = pick(sp)
             if got is not None:
                 b, pen = got
-                place(int(sp.idx[b]), float(sp.score[b]), "reserved", spec.rule, pen)
+                place(int(sp.idx[b]), float(sp.score[b]), spec.reason, spec.rule, pen)
                 continue
             notes.append(f"slot {spec.rule}: no eligible matching item left for position {pos}; filled by rank")
         got = pick(organic)

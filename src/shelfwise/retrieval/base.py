@@ -79,6 +79,7 @@ class TrainData:
         shoppers, user = (np.unique(log.shopper.astype(str), return_inverse=True) if len(log)
                           else (np.array([], dtype=str), np.array([], np.int64)))
         item = np.array([table.index[str(x)] for x in log.item], dtype=np.int32)
+        np.fmin.at(table.first_seen, item, log.ts)  # an item's first event (a model saves it with the table)
         weight_of = np.array([getattr(weights, t.name) for t in EventType], dtype=np.float32)
         kind = log.kind.astype(np.int8)
         # sessions: a new one when the shopper or session id changes, or after a gap

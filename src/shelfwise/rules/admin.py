@@ -37,7 +37,8 @@ def open_rule_store(settings: Settings) -> SQLiteRuleStore:
 
 def open_exposure_log(settings: Settings) -> SQLiteExposureLog:
     return SQLiteExposureLog(rules_db_path(settings), retention_days=settings.rules.exposure_retention_days,
-                             secure_delete=settings.privacy.sqlite_secure_delete)
+                             secure_delete=settings.privacy.sqlite_secure_delete,
+                             counts_refresh_s=settings.models.explore.refresh_s)
 
 
 # ---- views ------------------------------------------------------------------------------------------------

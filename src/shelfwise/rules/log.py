@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import orjson
 
@@ -98,10 +98,78 @@ class ShadowRecord:
                              "blocked": self.blocked})
 
 
+class ImpressionCounts:
+    """Impressions of the items being watched (the new ones: ``stages.explore``), in memory, so a request reads
+    them with a dict lookup per item and no query. The exposure log's writer thread keeps them: it adds what each
+    batch it commits showed, reads the log's per-item totals of items newly watched (at once: ``watch`` wakes it)
+    and re-reads every watched item's total every ``refresh_s``, which brings in what other processes writing
+    the same log file showed. An item whose total has not been read yet counts as unknown (-1). Several pipelines
+    may watch (each its new items); an item nobody asked about for ``forget_s`` is no longer counted."""
+
+    def __init__(self, refresh_s: float = 10.0, forget_s: float = 3600.0) -> None:
+        self.refresh_s, self.forget_s = refresh_s, forget_s
+        self.version = 0  # bumped whenever a count changes or an item starts being watched
+        self.wake: Callable[[], None] | None = None  # asks the writer to read (set by the log)
+        self._n: dict[str, int] = {}  # watched item -> impressions (absent: not read yet)
+        self._wanted: dict[str, float] = {}  # watched item -> when it was last asked for (monotonic)
+        self._unread: set[str] = set()
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+
+    def watch(self, item_ids: Iterable[str]) -> None:
+        """Count these items (besides the others watched)."""
+        ids, now = list(item_ids), time.monotonic()
+        with self._lock:
+            fresh = [i for i in ids if i not in self._wanted]
+            self._wanted.update(dict.fromkeys(ids, now))
+            if fresh:
+                self._unread.update(fresh)
+                self.version += 1
+        if fresh and self.wake is not None:
+            self.wake()
+
+    def get(self, item_ids: Sequence[str]) -> list[int]:
+        n = self._n
+        return [n.get(i, -1) for i in item_ids]
+
+    def add(self, shown: dict[str, int]) -> None:
+        """A committed batch's impressions per item (the writer)."""
+        with self._lock:
+            hit = [(i, k) for i, k in shown.items() if i in self._n]
+            for i, k in hit:
+                self._n[i] += k
+            if hit:
+                self.version += 1
+
+    def to_read(self, now: float) -> list[str]:
+        """The items whose totals the writer should read now: the newly watched, or all when a refresh is due
+        (which first forgets the items nobody asked about for ``forget_s``)."""
+        with self._lock:
+            if now - self._read_at < self.refresh_s:
+                return sorted(self._unread)
+            self._read_at = now
+            for i in [i for i, t in self._wanted.items() if now - t > self.forget_s]:
+                del self._wanted[i]
+                self._n.pop(i, None)
+                self._unread.discard(i)
+            return sorted(self._wanted)
+
+    def read(self, item_ids: Sequence[str], totals: dict[str, int]) -> None:
+        """Totals read from the log for ``item_ids`` (an item without a row has none)."""
+        with self._lock:
+            for i in item_ids:
+                if i in self._wanted:
+                    self._n[i] = int(totals.get(i, 0))
+                    self._unread.discard(i)
+            self.version += 1
+
+
 @runtime_checkable
 class ExposureLog(Protocol):
     def record(self, exposures: Sequence[Exposure]) -> None:
         """Enqueue; never blocks the caller."""
+
+    counts: ImpressionCounts  # impressions of the watched items, kept in memory
 
     def record_shadow(self, records: Sequence[ShadowRecord]) -> None: ...
 
@@ -128,8 +196,11 @@ class ExposureLog(Protocol):
 
 class SQLiteExposureLog:
     def __init__(self, path: Path | str, retention_days: float = 30.0, max_queue: int = 200_000,
-                 batch: int = 2000, secure_delete: bool = True, linger_s: float = 0.25) -> None:
+                 batch: int = 2000, secure_delete: bool = True, linger_s: float = 0.25,
+                 counts_refresh_s: float = 10.0) -> None:
         self.path = Path(path)
+        self.counts = ImpressionCounts(counts_refresh_s)
+        self.counts.wake = self._wake_counts
         self.secure_delete = secure_delete
         # consent: a log keeps a shopper's id only when this says so (service wires it to the privacy guard)
         self.redact: Callable[[str | None, str], str | None] | None = None
@@ -165,6 +236,11 @@ class SQLiteExposureLog:
     def _put(self, item: tuple) -> None:
         if not self._closed:
             self._q.put(item)
+
+    def _wake_counts(self) -> None:
+        """Items started being watched: the writer reads their totals now (a control item: no lingering)."""
+        if not self._closed:
+            self._q.put_control(("count", None))
 
     def record(self, exposures: Sequence[Exposure]) -> None:
         for e in exposures:
@@ -213,17 +289,32 @@ class SQLiteExposureLog:
             stop = any(x[0] == "stop" for x in items)
             rows = [x for x in items if x[0] in ("exposure", "shadow")]
             try:
-                self._write(db, rows)
+                self.counts.add(self._write(db, rows))
             except Exception:  # disk full, a bad row...: the writer must survive; count the loss
                 log.exception("exposure log: %d rows could not be written", len(rows))
                 self._lost += len(rows)
+            try:
+                self._read_counts(db)
+            except Exception:  # counts stay as they are until the next read
+                log.exception("exposure log: reading impression counts failed")
             for w in waiters:
                 w.set()
         db.close()
 
-    def _write(self, db: sqlite3.Connection, items: list[tuple]) -> None:
+    def _read_counts(self, db: sqlite3.Connection) -> None:
+        ids = self.counts.to_read(time.monotonic())
+        totals: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            totals.update(db.execute(f"SELECT item_id, impressions FROM item_impressions WHERE item_id IN "
+                                     f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        if ids:
+            self.counts.read(ids, totals)
+
+    def _write(self, db: sqlite3.Connection, items: list[tuple]) -> dict[str, int]:
+        """Commit a batch; returns the impressions per item it added."""
         if not items:
-            return
+            return {}
         exp_rows, shadow_rows, seen = [], [], {}
         for kind, x in items:
             if kind == "exposure":
@@ -260,6 +351,7 @@ class SQLiteExposureLog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return {k: v[2] for k, v in seen.items()}
 
     # ---- reading -------------------------------------------------------------------------------------
     def last_shown(self, since: float) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """What the stages of the request path share: the batch they pass along and the stage protocol.
 
 A ``Batch`` is the requests of one placement on their way through the stages; each stage reads what earlier
-stages put there and adds its own part (``queries``, ``exclusions`` and ``preferred`` → ``plans`` → ``candidates``
-→ re-scored ``candidates`` → ``answers``). A stage never reaches into another stage.
+stages put there and adds its own part (``queries``, ``exclusions`` and ``preferred`` → ``plans`` → ``explore``
+→ ``candidates`` → re-scored ``candidates`` → ``answers``). A stage never reaches into another stage.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ from shelfwise.stages.budget import StageGuard
 
 
 @dataclass
+class Explored:
+    """An exploration slot of one request (``stages.explore``): where, and how its new item was drawn."""
+
+    position: int  # 0-based
+    propensity: float  # probability of this item given that the slot explores (and the request's earlier draws)
+    match: float  # content cosine of the item with the request's profile
+    evidence: bool  # the request had a content profile and the item a content vector (else a blind draw)
+
+
+@dataclass
 class Batch:
     placement: str
     conf: PlacementSettings
@@ -33,6 +43,7 @@ class Batch:
     plans: list[RequestRules] | None = None  # active merchandising rules per request (None: no rules at all)
     rulesets: str = ""  # the live rule set versions the plans come from ("id@v,...")
     extra: list[np.ndarray] | None = None  # per request: items rules need among the candidates (pins, slots)
+    explore: list[dict[int, Explored] | None] | None = None  # per request: new item index -> its exploration slot
     candidates: Candidates | None = None
     base: dict[int, np.ndarray] = field(default_factory=dict)  # row -> scores before rules (shadow answers)
     local: list[LocalEffects | None] = field(default_factory=list)  # row -> its rules over its candidates

@@ -1,7 +1,7 @@
 """Time budgets and breakers for the request path while serving (offline evaluation runs without a guard).
 
-What may be left out of an answer is: a candidate source (a model, or the vector index behind it) and the learned
-ranker. Each has a circuit breaker (``stores/breaker.py``): an error, or a call over its budget, counts as a
+What may be left out of an answer is: a candidate source (a model, or the vector index behind it), the learned
+ranker and the exploration slots for new items. Each has a circuit breaker (``stores/breaker.py``): an error, or a call over its budget, counts as a
 failure; ``breaker_failures`` in a row open it, and while it is open the part is skipped at once (no waiting on
 what is down), until a probe call succeeds. Every part left out is named in the answer's ``degraded`` list. A
 required stage (resolve, rules, candidates, merchandise, slots) cannot be left out: over its budget it is logged;
@@ -18,7 +18,7 @@ from shelfwise.stores.breaker import Breakers
 
 log = logging.getLogger(__name__)
 
-OPTIONAL_STAGES = frozenset({"rank"})
+OPTIONAL_STAGES = frozenset({"rank", "explore"})
 
 
 class StageGuard:

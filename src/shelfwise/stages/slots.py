@@ -1,7 +1,8 @@
 """Stage 7: diversity and slot filling over each request's candidates, then the answer.
 
 Rows without diversity and without pins, reserved slots or caps are simply the best ``k`` by score. Others go
-through ``rerank.slots.fill`` (pins, reserved slots, caps, MMR) on the request's candidate row. Requests sampled
+through ``rerank.slots.fill`` (pins, reserved slots, caps, MMR) on the request's candidate row; a request's
+exploration slots (``stages.explore``) are reserved slots of the lowest priority there. Requests sampled
 for a draft rule set in shadow get the draft's answer computed from the same candidates and logged. The
 answer is stamped with the model version and the live rule set versions that computed it.
 """
@@ -9,6 +10,7 @@ answer is stamped with the model version and the live rule set versions that com
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,13 +19,15 @@ from shelfwise.items import ItemTable
 from shelfwise.request import Answer, Recommendation
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.rerank.mmr import Similarity, price_bands
-from shelfwise.rerank.slots import Placed, fill
+from shelfwise.rerank.slots import Constraints, Placed, SlotSpec, fill
 from shelfwise.retrieval.cohort import CohortRetriever
 from shelfwise.rules.compile import LocalEffects, apply_local, localize
 from shelfwise.rules.log import ShadowRecord
 from shelfwise.rules.stage import RulesStage, ShadowJob
 from shelfwise.settings import BusinessSignals
-from shelfwise.stages.base import Batch
+from shelfwise.stages.base import Batch, Explored
+
+EXPLORATION_PRIORITY = -2**31  # below every rule's priority (rules: -1,000,000 to 1,000,000): rules claim first
 
 
 class LocalSimilarity(Similarity):
@@ -74,10 +78,21 @@ class SlotStage:
                                                                 self.unit, self._bands)
         return got
 
-    def _slate(self, row: np.ndarray, items: np.ndarray, k: int, local: LocalEffects | None,
+    @staticmethod
+    def _constraints(local: LocalEffects | None, explored: dict[int, Explored] | None,
+                     items: np.ndarray) -> Constraints | None:
+        """A request's slot constraints: its rules', and a reserved slot of the lowest priority per exploration
+        slot (its new item's column, at its position)."""
+        c = local.constraints if local is not None else None
+        if not explored:
+            return c
+        slots = [SlotSpec("exploration", items == j, e.position, 1, EXPLORATION_PRIORITY, n, reason="exploration")
+                 for n, (j, e) in enumerate(sorted(explored.items(), key=lambda x: x[1].position))]
+        return Constraints(slots=slots) if c is None else replace(c, slots=c.slots + slots)
+
+    def _slate(self, row: np.ndarray, items: np.ndarray, k: int, c: Constraints | None,
                pre: np.ndarray | None, sim: Similarity | None, lam: float, pool: int
                ) -> tuple[list[Placed], list[str]]:
-        c = local.constraints if local is not None else None
         if lam >= 1 and (c is None or c.empty):
             top = _tops(row[None, :], items[None, :], k)[0]
             return [Placed(int(j), float(row[j]), "ranked") for j in top if np.isfinite(row[j])], []
@@ -92,7 +107,9 @@ class SlotStage:
         weights = {n: batch.conf.weights.get(n, 0.0) for n in cand.sources}
         local = batch.local or [None] * len(batch)
         pre = batch.pre or [None] * len(batch)
-        plain = lam >= 1 and not any(lc is not None and not lc.constraints.empty for lc in local)
+        explore = batch.explore or [None] * len(batch)
+        cons = [self._constraints(lc, ec, items) for lc, ec, items in zip(local, explore, cand.items)]
+        plain = lam >= 1 and not any(c is not None and not c.empty for c in cons)
         tops = _tops(cand.score, cand.items, batch.kmax) if plain else None
         names = list(cand.sources)
         contrib = np.stack([weights[n] * cand.sources[n] for n in names], axis=2) if names else None  # (B, M, S)
@@ -105,7 +122,7 @@ class SlotStage:
                 slate = [Placed(j, float(row[j]), "ranked") for j in tops[r, :req.k].tolist() if np.isfinite(row[j])]
                 conflicts: list[str] = []
             else:
-                slate, conflicts = self._slate(cand.score[r], items, req.k, local[r], pre[r], row_sim, lam,
+                slate, conflicts = self._slate(cand.score[r], items, req.k, cons[r], pre[r], row_sim, lam,
                                                div.pool)
             if local[r] is not None:
                 conflicts = local[r].notes + conflicts
@@ -114,17 +131,20 @@ class SlotStage:
                 for job in plan.shadows:
                     self._shadow(batch, r, job, slate, row_sim)
             stated = batch.preferred[r] if batch.preferred and batch.lift is not None and batch.lift[r] else None
-            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names, stated)
+            recs = self._slots(slate, items, contrib[r] if contrib is not None else None, names, stated, explore[r])
             note = self._explain(batch, r, slate, conflicts, recs) if req.explain else None
             answers.append(Answer(recs, batch.placement, note, self.version, batch.rulesets))
         batch.answers = answers
 
     def _slots(self, slate: list[Placed], items: np.ndarray, contrib: np.ndarray | None,
-               names: list[str], stated: np.ndarray | None = None) -> list[Recommendation]:
+               names: list[str], stated: np.ndarray | None = None,
+               explored: dict[int, Explored] | None = None) -> list[Recommendation]:
         """The answer's slots: each item with the sources that proposed it (strongest first; then "preferences" when
         it matches the shopper's stated preferences; "fallback" when nothing did), why it is there and whether
         anything about this shopper or item (a source's evidence, their stated preferences) went into it.
-        ``stated``: the shopper's soft preference match per item when it lifted this request's scores."""
+        ``stated``: the shopper's soft preference match per item when it lifted this request's scores. An
+        exploration slot's item was proposed by its content match (evidence when the request had a profile and
+        the item a vector), with the propensity of its draw."""
         ids = self.items.ids
         cols = [p.item for p in slate]
         c = contrib[cols] if contrib is not None else np.zeros((len(cols), 0), np.float32)  # (slots, sources)
@@ -136,14 +156,21 @@ class SlotStage:
             if stated is not None and stated[items[p.item]] > 0:
                 src.append("preferences")
                 evidence.append("preferences")
-            if p.reason in ("pinned", "reserved"):
+            propensity = 1.0
+            if p.reason == "exploration" and explored is not None:
+                e = explored[int(items[p.item])]
+                propensity = e.propensity
+                if e.evidence:
+                    src = ["content"] + [s for s in src if s != "content"]
+                    evidence = ["content"] + [s for s in evidence if s != "content"]
+            if p.reason in ("pinned", "reserved", "exploration"):
                 reason = p.reason
             elif evidence:
                 reason = "evidence" if evidence[0] != "preferences" else "preference"
             else:
                 reason = "cohort" if "cohort" in {self.fallbacks[s] for s in src} else "popular"
             recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"], reason=reason,
-                                       fallback=not evidence))
+                                       fallback=not evidence, propensity=propensity))
         return recs
 
     # ---- shadow --------------------------------------------------------------------------------------
@@ -155,7 +182,8 @@ class SlotStage:
         row = batch.base[r].copy()
         local = localize(job.eff, cand.items[r], job.world.items)
         pre = apply_local(row, local)
-        slate, _ = self._slate(row, cand.items[r], req.k, local, pre, sim, div.mmr_lambda, div.pool)
+        c = self._constraints(local, batch.explore[r] if batch.explore else None, cand.items[r])
+        slate, _ = self._slate(row, cand.items[r], req.k, c, pre, sim, div.mmr_lambda, div.pool)
         ids, price, margin = self.items.ids, self.items.price, self.items.margin
         best = float(batch.relevance_best[r]) if batch.relevance_best is not None else 0.0
         weights = batch.conf.weights
@@ -200,6 +228,11 @@ class SlotStage:
                 rel = rel / best if best > 0 else 0.0
             why = {"pinned": f"pinned by {p.rule}", "reserved": f"reserved slot of {p.rule}"}.get(
                 p.reason, "ranked by score" + (" with diversity" if conf.diversity.mmr_lambda < 1 else ""))
+            if p.reason == "exploration" and batch.explore and batch.explore[r]:
+                e = batch.explore[r][j]
+                why = (f"exploration slot for a new item: content match {e.match:.3f}" if e.evidence else
+                       "exploration slot for a new item: no content match (no profile or vector)") + \
+                    f", drawn with probability {e.propensity:.3f}"
             rec.explanation = {
                 "position": pos + 1,
                 "reason": why,

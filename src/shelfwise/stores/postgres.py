@@ -101,6 +101,11 @@ CREATE TABLE shopper_preferences (
     updated_at double precision NOT NULL
 );
 """),
+    # items stored before this migration keep an unknown (NULL) first-seen time rather than the migration's
+    (4, "items first seen", """
+ALTER TABLE items ADD COLUMN first_seen timestamptz;
+ALTER TABLE items ALTER COLUMN first_seen SET DEFAULT now();
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -361,6 +366,19 @@ class PostgresStore:
     def ids(self) -> set[str]:
         with self.pool.connection() as conn:
             return {r[0] for r in conn.execute("SELECT id FROM items")}
+
+    def first_seen(self, item_ids: Sequence[str] | None = None,
+                   since: float | None = None) -> dict[str, float]:
+        sql = "SELECT id, extract(epoch FROM first_seen)::float8 FROM items WHERE first_seen IS NOT NULL"
+        args: list = []
+        if since is not None:
+            sql += " AND first_seen >= to_timestamp(%s)"
+            args.append(since)
+        if item_ids is not None:
+            sql += " AND id = ANY(%s)"
+            args.append(list(item_ids))
+        with self.pool.connection() as conn:
+            return dict(conn.execute(sql, args).fetchall())
 
     def close(self) -> None:
         if not self._closed.is_set():

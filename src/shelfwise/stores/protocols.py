@@ -127,6 +127,12 @@ class Catalog(Protocol):
 
     def ids(self) -> set[str]: ...
 
+    def first_seen(self, item_ids: Sequence[str] | None = None,
+                   since: float | None = None) -> dict[str, float]:
+        """Unix time each item was first stored (later upserts keep it; a deleted item stored again starts anew),
+        for the ids given (all by default), only those first stored at or after ``since`` when given; items stored
+        before the catalog kept it are left out."""
+
 
 @runtime_checkable
 class OnlineState(Protocol):

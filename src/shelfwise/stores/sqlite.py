@@ -40,11 +40,13 @@ CREATE TABLE IF NOT EXISTS lines (
 );
 CREATE INDEX IF NOT EXISTS lines_seq ON lines (seq);
 CREATE TABLE IF NOT EXISTS items (
-    id      TEXT PRIMARY KEY,
-    doc     BLOB NOT NULL,
-    updated REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0))
+    id         TEXT PRIMARY KEY,
+    doc        BLOB NOT NULL,
+    updated    REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0)),
+    first_seen REAL  -- when the item was first stored (NULL: stored before the column existed)
 );
 """
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 # Every item interaction, purchases expanded to one row per line. Single-item events keep item_id in `events`.
 _INTERACTIONS = """
@@ -149,6 +151,9 @@ class SQLiteStore:
         self._db = connect(self.path, secure_delete=secure_delete)
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        if "first_seen" not in {r[1] for r in self._db.execute("PRAGMA table_info(items)")}:
+            # a database from before the column: its items' first-seen times are unknown (NULL), not now
+            self._db.execute("ALTER TABLE items ADD COLUMN first_seen REAL")
         self._readers = Readers(self.path)
 
     # ---- event store -------------------------------------------------------------------------------
@@ -284,8 +289,8 @@ class SQLiteStore:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 cur.executemany(
-                    "INSERT INTO items (id, doc) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc,"
-                    " updated = ((julianday('now') - 2440587.5) * 86400.0)",
+                    f"INSERT INTO items (id, doc, first_seen) VALUES (?, ?, {_NOW}) ON CONFLICT(id) DO UPDATE SET"
+                    f" doc = excluded.doc, updated = {_NOW}",
                     rows,
                 )
                 cur.execute("COMMIT")
@@ -321,6 +326,19 @@ class SQLiteStore:
     def ids(self) -> set[str]:
         db = self._readers.get()
         return {r[0] for r in db.execute("SELECT id FROM items").fetchall()}
+
+    def first_seen(self, item_ids: Sequence[str] | None = None,
+                   since: float | None = None) -> dict[str, float]:
+        db = self._readers.get()
+        sql = "SELECT id, first_seen FROM items WHERE first_seen >= ?"
+        after = float("-inf") if since is None else since
+        if item_ids is None:
+            return dict(db.execute(sql, (after,)).fetchall())
+        out: dict[str, float] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start:start + 500])
+            out.update(db.execute(f"{sql} AND id IN ({','.join('?' * len(chunk))})", [after, *chunk]).fetchall())
+        return out
 
     def close(self) -> None:
         self._readers.close()
