@@ -77,7 +77,7 @@ def run_drift(engine: Any, reference: str | None = None, reference_days: float |
     """Compare the windows on everything ``engine`` (a running ``Shelfwise``) holds; raises ``WindowError`` for
     windows that cannot be used."""
     s: MonitorSettings = engine.settings.monitor
-    pipeline = engine.pipeline
+    pipeline = engine.pipeline  # one model for the whole report, even if a new one is swapped in meanwhile
     trained = pipeline.trained_until if engine.trained else None
     ref, cur = resolve(s, trained, reference, reference_days, current_hours, until)
     notes: list[str] = []
@@ -92,9 +92,9 @@ def run_drift(engine: Any, reference: str | None = None, reference_days: float |
     windows = (ref, cur)
     exposures = [samples.read_exposures(path, w, s.sample_rows, _rng(s, i)) if path else
                  samples.empty_exposures() for i, w in enumerate(windows)]
-    checks = _ranker_checks(engine, exposures, notes) + _score_checks(exposures, s)
+    checks = _ranker_checks(pipeline, engine.store, exposures, s, notes) + _score_checks(exposures, s)
     checks.append(_new_item_check(pipeline.items, path, exposures, s, notes))
-    checks += _event_checks(engine, windows, s)
+    checks += _event_checks(pipeline, engine.store, windows, s)
     decide(checks, s)
     for w, e in zip(("reference", "current"), exposures):
         if e.rows_in_window > s.sample_rows:
@@ -106,9 +106,8 @@ def _rng(s: MonitorSettings, window: int) -> np.random.Generator:
     return np.random.default_rng([s.seed, window])
 
 
-def _ranker_checks(engine: Any, exposures: list[samples.Exposures], notes: list[str]) -> list[Check]:
-    s: MonitorSettings = engine.settings.monitor
-    pipeline = engine.pipeline
+def _ranker_checks(pipeline: Any, store: Any, exposures: list[samples.Exposures], s: MonitorSettings,
+                   notes: list[str]) -> list[Check]:
     ranker = pipeline.ranker
     stage = next((st for st in pipeline.stages if st.name == "rank"), None)
     if ranker is None or ranker.booster is None or stage is None:
@@ -124,7 +123,7 @@ def _ranker_checks(engine: Any, exposures: list[samples.Exposures], notes: list[
         rng = _rng(s, 10 + i)
         if len(rows) > s.sample_requests:
             rows = np.sort(rng.choice(rows, s.sample_requests, replace=False))
-        values.append(samples.ranker_rows(pipeline, stage.ctx, engine.store, _take(exp, rows),
+        values.append(samples.ranker_rows(pipeline, stage.ctx, store, _take(exp, rows),
                                           pipeline.settings.history_length, s.history_events, rng))
     return [numeric(f"ranker.{n}", "ranker", values[0][n], values[1][n], s) for n in names]
 
@@ -161,8 +160,8 @@ def _new_item_check(items: Any, path: Any, exposures: list[samples.Exposures], s
     return categorical("items.new_share", "items", counts[0], counts[1], s)
 
 
-def _event_checks(engine: Any, windows: tuple[Window, Window], s: MonitorSettings) -> list[Check]:
-    ref, cur = (samples.event_mix(samples.read_events(engine.store, w, s.scan_hours), engine.pipeline.items,
+def _event_checks(pipeline: Any, store: Any, windows: tuple[Window, Window], s: MonitorSettings) -> list[Check]:
+    ref, cur = (samples.event_mix(samples.read_events(store, w, s.scan_hours), pipeline.items,
                                   _rng(s, 20 + i)) for i, w in enumerate(windows))
     return [categorical("events.type", "events", ref.types, cur.types, s),
             categorical("events.category", "events", ref.categories, cur.categories, s),
