@@ -158,3 +158,8 @@ def test_the_shipped_alert_rules_query_the_drift_gauges():
     used = {m for e in exprs for m in re.findall(r"shelfwise_[a-z_]+", e)}
     exported = {g._name for g in drift.GAUGES}
     assert used and used <= exported, used - exported
+    root = Path(__file__).resolve().parents[2]
+    assert "/etc/prometheus/drift-alerts.yml" in yaml.safe_load(
+        (root / "deploy" / "prometheus" / "prometheus.yml").read_text())["rule_files"]
+    assert "./deploy/prometheus/drift-alerts.yml:/etc/prometheus/drift-alerts.yml:ro" in yaml.safe_load(
+        (root / "docker-compose.yml").read_text())["services"]["prometheus"]["volumes"]
