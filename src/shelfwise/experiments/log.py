@@ -389,7 +389,6 @@ class QueuedLog:
         self.retention_s = retention_days * 86400.0
         self.batch = batch
         self._q = Handoff(max_queue, linger_s)  # a batch gathers for linger_s: few transactions, not one per call
-        self._lost = 0
         self._closed = False
         self._pruned_at = 0.0
         self._writer = threading.Thread(target=self._run, name="shelfwise-experiment-log", daemon=True)
@@ -398,7 +397,7 @@ class QueuedLog:
     @property
     def dropped(self) -> int:
         """Records lost: refused by a full queue, or in a batch the writer could not commit."""
-        return self._q.dropped + self._lost
+        return self._q.dropped
 
     @property
     def queued(self) -> int:
@@ -445,7 +444,7 @@ class QueuedLog:
                     self._write(conn, exposures, outcomes, now - self.retention_s if prune else None)
                 except Exception:  # a bad row, a full disk, a lost connection: the writer must survive
                     log.exception("experiment log: %d rows could not be written", len(exposures) + len(outcomes))
-                    self._lost += len(exposures) + len(outcomes)
+                    self._q.lost(len(exposures) + len(outcomes))
                     conn = self._reconnect(conn)
             for w in waiters:
                 w.set()

@@ -207,7 +207,6 @@ class SQLiteExposureLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400.0
         self.batch = batch
-        self._lost = 0
         self._q = Handoff(max_queue, linger_s)
         self._read_lock = threading.Lock()
         self._read = self._connect()
@@ -226,7 +225,7 @@ class SQLiteExposureLog:
     @property
     def dropped(self) -> int:
         """Rows lost: refused by a full queue, or in a batch the writer could not commit."""
-        return self._q.dropped + self._lost
+        return self._q.dropped
 
     @property
     def queued(self) -> int:
@@ -292,7 +291,7 @@ class SQLiteExposureLog:
                 self.counts.add(self._write(db, rows))
             except Exception:  # disk full, a bad row...: the writer must survive; count the loss
                 log.exception("exposure log: %d rows could not be written", len(rows))
-                self._lost += len(rows)
+                self._q.lost(len(rows))
             try:
                 self._read_counts(db)
             except Exception:  # counts stay as they are until the next read

@@ -18,7 +18,7 @@ class Handoff:
     def __init__(self, max_items: int, linger_s: float = 0.0) -> None:
         self.max_items = max_items
         self.linger_s = linger_s
-        self.dropped = 0  # items refused because the writer fell ``max_items`` behind
+        self.dropped = 0  # items lost: refused because the writer fell ``max_items`` behind, or reported by ``lost``
         self._items: deque = deque()
         self._wake = threading.Event()  # something to take
         self._urgent = threading.Event()  # a control item: take at once, without lingering
@@ -32,6 +32,10 @@ class Handoff:
         if not self._wake.is_set():
             self._wake.set()
         return True
+
+    def lost(self, n: int) -> None:
+        """The writer could not commit ``n`` items it took: they count as dropped too."""
+        self.dropped += n
 
     def put_control(self, item: Any) -> None:
         """Queue an item the writer must see now (a flush or stop marker); never refused."""
