@@ -569,7 +569,10 @@ class RulesSettings(_Section):
     zero_impression_hours: float = Field(72.0, gt=0, description="default window of the zero-impression report")
     reload_interval_s: float = Field(0.0, ge=0, description="how often a replica checks the store for rule "
                                                              "changes (0 = every request; a check is a PRAGMA)")
-    dsn: str = Field("", description="rule store + exposure log; empty = the event store's SQLite file")
+    dsn: str = Field("", description="rule store + exposure/shadow log: sqlite:///path or postgresql://… (every "
+                                     "replica then serves the same rule sets; DSN option refresh_s: how often a "
+                                     "replica reads the store's generation, default 1 s); empty = the event "
+                                     "store's database")
 
 
 class SecuritySettings(_Section):

@@ -146,20 +146,28 @@ SELECT e.seq, e.shopper, coalesce(e.session_id, ''), l.item_id, e.type, e.ts, co
 
 def migrate(conn: Connection) -> list[int]:
     """Apply pending migrations (idempotent, safe to run from several processes at once)."""
+    return apply_migrations(conn, MIGRATIONS, "shelfwise_migrations", _LOCK_KEY, "database schema")
+
+
+def apply_migrations(conn: Connection, migrations: list[tuple[int, str, str]], table: str, lock_key: int,
+                     what: str) -> list[int]:
+    """Apply a role's numbered migrations not yet recorded in ``table``, under the advisory lock ``lock_key`` (once,
+    however many replicas start together); a database newer than this code is refused."""
     applied_now: list[int] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute("CREATE TABLE IF NOT EXISTS shelfwise_migrations (version int PRIMARY KEY, name text NOT NULL,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
-        done = {r[0] for r in conn.execute("SELECT version FROM shelfwise_migrations")}
-        known = {v for v, _, _ in MIGRATIONS}
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version int PRIMARY KEY, name text NOT NULL, "
+                             "applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(table)))
+        done = {r[0] for r in conn.execute(sql.SQL("SELECT version FROM {}").format(sql.Identifier(table)))}
+        known = {v for v, _, _ in migrations}
         if done - known:
-            raise RuntimeError(f"database schema version {max(done)} is newer than this Shelfwise "
-                               f"({max(known)}): upgrade Shelfwise")
-        for version, name, ddl in MIGRATIONS:
+            raise RuntimeError(f"{what} version {max(done)} is newer than this Shelfwise ({max(known)}): "
+                               "upgrade Shelfwise")
+        for version, name, ddl in migrations:
             if version not in done:
                 conn.execute(ddl)
-                conn.execute("INSERT INTO shelfwise_migrations (version, name) VALUES (%s, %s)", (version, name))
+                conn.execute(sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(sql.Identifier(table)),
+                             (version, name))
                 applied_now.append(version)
     return applied_now
 
