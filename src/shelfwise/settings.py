@@ -500,6 +500,10 @@ class APISettings(_Section):
                                  "collector's reach (gc.freeze), so its full passes stop walking the model, the "
                                  "online state and the answer cache and stop stalling requests (BENCHMARKS.md "
                                  "Serving); 0 = off")
+    catalog_sync_s: float = Field(1.0, ge=0, description="how often each API process applies catalog changes made "
+                                                         "through other replicas or the CLI (prices, stock, "
+                                                         "availability, new and deleted items; its cached answers "
+                                                         "follow); 0 = only its own changes")
     edge_ttl_s: int = Field(90, ge=0, description="Cache-Control max-age of non-personal rails (product pages "
                                                   "without a shopper): an edge cache or CDN may keep them this long; "
                                                   "their ETag changes with the model, rule sets and catalog")
