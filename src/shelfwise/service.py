@@ -41,7 +41,7 @@ from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, op
 from shelfwise.stages.budget import StageGuard
 from shelfwise.stores.breaker import Breakers, Unavailable, unavailable
 from shelfwise.stores.catalog_feed import CatalogFeed
-from shelfwise.stores.bus import EventProcessor
+from shelfwise.stores.bus import BusTimeout, EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
 from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperPreferences, ShopperState
 from shelfwise.training import SCAN_FILE, fit_pipeline
@@ -100,6 +100,7 @@ class Shelfwise:
         res = settings.resilience
         self.breakers = Breakers(res.breaker_failures, res.breaker_reset_s)
         self.stage_guard = StageGuard(res, self.breakers)
+        self.merch.source.breaker = self.breakers["rule_store"]  # down: the rules last loaded keep serving
         self.last_good: Pipeline | None = None
         self.bestsellers: list[str] = []
         self.observer: Observer | None = None  # told each stage's time by every pipeline (the API's metrics)
@@ -313,6 +314,8 @@ class Shelfwise:
                     erase(self, shopper, "user" if not shopper.startswith("session:") else "session",
                           keep_consent=True, reason="personalisation consent withdrawn")
             result = self.bus.publish(admitted) if admitted else AppendResult()
+        except BusTimeout:  # queued, not committed in time (503 + Retry-After): the worker lags, the store is up
+            raise
         except Exception as exc:
             if not unavailable(exc):
                 raise
@@ -495,7 +498,12 @@ class Shelfwise:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
         if self._watcher is None:
             self.refresh_model()
-            self.sync_catalog(self.settings.api.catalog_sync_s or float("inf"))
+            try:
+                self.sync_catalog(self.settings.api.catalog_sync_s or float("inf"))
+            except Exception as exc:  # the catalog's store is down: answer from the catalog as last applied
+                if not unavailable(exc):
+                    raise
+                log.warning("following the catalog's changes failed: %s", type(exc).__name__)
         for req in reqs:  # a bad request is an error, not a fault for the fallbacks to hide
             self.pipeline.placement(req.placement)
         notes: list[str] = []  # what this batch's answers go without (README "Graceful degradation")
