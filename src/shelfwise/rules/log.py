@@ -196,10 +196,10 @@ class ExposureLog(Protocol):
     def close(self) -> None: ...
 
 
-_INSERT_EXPOSURE = ("INSERT INTO exposures (request_id, ts, shopper, placement, position, item_id, score, model_version, "
-                    "rules, propensity) VALUES (?,?,?,?,?,?,?,?,?,?)")
-_INSERT_SHADOW = ("INSERT INTO shadow_log (ts, request_id, shopper, placement, ruleset_id, live_version, shadow_version, "
-                  "record) VALUES (?,?,?,?,?,?,?,?)")
+_INSERT_EXPOSURE = ("INSERT INTO exposures (request_id, ts, shopper, placement, position, item_id, score, "
+                    "model_version, rules, propensity) VALUES (?,?,?,?,?,?,?,?,?,?)")
+_INSERT_SHADOW = ("INSERT INTO shadow_log (ts, request_id, shopper, placement, ruleset_id, live_version, "
+                  "shadow_version, record) VALUES (?,?,?,?,?,?,?,?)")
 _UPSERT_IMPRESSIONS = ("INSERT INTO item_impressions (item_id, first_ts, last_ts, impressions) VALUES (?,?,?,?) "
                        "ON CONFLICT (item_id) DO UPDATE SET "
                        "last_ts = {greatest}(item_impressions.last_ts, excluded.last_ts), "

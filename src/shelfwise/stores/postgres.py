@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import (
-    AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
 )
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -372,6 +372,8 @@ class PostgresStore:
             if gone:
                 conn.execute("INSERT INTO item_deletions (id) VALUES (%s) ON CONFLICT (id) DO UPDATE "
                              "SET deleted = excluded.deleted", (item_id,))
+                conn.execute("DELETE FROM item_deletions WHERE deleted < now() - make_interval(secs => %s)",
+                             (TOMBSTONE_S,))
         return gone
 
     def all(self) -> list[Item]:

@@ -139,6 +139,9 @@ class Catalog(Protocol):
         before the catalog kept it are left out."""
 
 
+TOMBSTONE_S = 86400.0  # how long a catalog keeps a deleted item's id for the replicas following its changes
+
+
 @dataclass(frozen=True)
 class CatalogChanges:
     upserted: list[Item]

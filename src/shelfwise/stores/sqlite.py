@@ -14,7 +14,7 @@ import orjson
 
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores.protocols import (
-    AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
 )
 
 SCHEMA = """
@@ -326,6 +326,8 @@ class SQLiteStore:
                 if gone:
                     cur.execute(f"INSERT INTO item_deletions (id, deleted) VALUES (?, {_NOW}) ON CONFLICT (id) "
                                 f"DO UPDATE SET deleted = excluded.deleted", (item_id,))
+                    # running replicas read a tombstone within seconds; one that starts reads the whole catalog
+                    cur.execute(f"DELETE FROM item_deletions WHERE deleted < {_NOW} - ?", (TOMBSTONE_S,))
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
