@@ -287,7 +287,8 @@ class RankerSettings(_Section):
     valid_fraction: float = Field(0.2, ge=0, lt=1, description="latest requests (or shoppers) for early stopping")
     ipw_eta: float = Field(1.0, ge=0, description="logged impressions: propensity (1/(position+1))**eta")
     ipw_max_weight: float = Field(20.0, ge=1, description="clip of inverse-propensity weights")
-    exposure_log: str = Field("", description="SQLite file with the exposure log (rules/log.py); its requests "
+    exposure_log: str = Field("", description="SQLite file, or PostgreSQL DSN, with the exposure log "
+                                              "(rules/log.py, rules/pg.py); its requests "
                                               "after the cut become training points with IPW by position "
                                               "(split=time only); empty = not used")
     # LightGBM

@@ -177,6 +177,24 @@ def test_exposures_are_logged_and_read_by_every_replica(open_log):
     until(lambda: b.counts.get(["p2", "p3"]) == [4, 1])
 
 
+def test_the_ranker_reads_the_logged_impressions(open_log, rules_settings):
+    from shelfwise.ranking.exposures import read_exposures
+
+    where = admin.rules_dsn(rules_settings)
+    where = where if where.startswith("postgres") else admin.rules_db_path(rules_settings)
+    assert len(read_exposures(where, "homepage")) == 0  # no log yet
+    lg = open_log()
+    now = time.time()
+    lg.record([exposure("r1", "u1", ["p1", "p2"], now - 10), exposure("r2", None, ["p3"], now)])
+    lg.flush()
+    got = read_exposures(where, "homepage", since=now - 5)
+    assert list(got.item) == ["p3"] and list(got.shopper) == [""]
+    got = read_exposures(where, "homepage")
+    assert list(got.request_id) == ["r1", "r1", "r2"] and list(got.position) == [0, 1, 0]
+    assert list(got.propensity) == [1.0, 0.5, 1.0]
+    assert len(read_exposures(where, "pdp_fbt")) == 0
+
+
 def test_shadow_records_round_trip_and_erasure_removes_a_shopper(open_log):
     a, b = open_log(), open_log()
     now = time.time()
