@@ -120,7 +120,9 @@ def test_erasure_on_postgres_redis_and_the_stream(pg_dsn, redis_url, tmp_path, p
         assert got["shopper preferences"] == 1 and eng.preferences(WHO) is None
         assert got["model store: shopper index rows and ALS user factors"] == 1
         assert got["running model: shopper index"] == 1
-        assert {p["backend"] for p in receipt["places"]} >= {"postgresql", "redis", "redis-stream", "sqlite"}
+        assert {p["backend"] for p in receipt["places"]} >= {"postgresql", "redis", "redis-stream"}
+        # the exposure and shadow logs live in PostgreSQL too (rules/pg.py), searched by postgres_hits below
+        assert {p["backend"] for p in receipt["places"] if p["place"] in ("exposure log", "shadow log")} == {"postgresql"}
         assert not (hits := postgres_hits(pg_dsn, needles)), hits
         assert not (hits := redis_hits(redis_url, prefix, needles)), hits
         assert not (hits := file_hits(settings.data_dir, needles)), hits
