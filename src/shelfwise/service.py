@@ -40,7 +40,8 @@ from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, op
                               open_preference_store, open_privacy_store, vector_index_factory)
 from shelfwise.stages.budget import StageGuard
 from shelfwise.stores.breaker import Breakers, Unavailable, unavailable
-from shelfwise.stores.bus import EventProcessor
+from shelfwise.stores.catalog_feed import CatalogFeed
+from shelfwise.stores.bus import BusTimeout, EventProcessor
 from shelfwise.stores.models import DirectoryModelStore
 from shelfwise.stores.protocols import AppendResult, Consent, EventLog, ShopperPreferences, ShopperState
 from shelfwise.training import SCAN_FILE, fit_pipeline
@@ -71,6 +72,7 @@ class Shelfwise:
         self.pseudonyms = Pseudonymizer(settings.privacy.pseudonym_key if settings.privacy.pseudonymize else None)
         self.guard = PrivacyGuard(settings.privacy, self.privacy_store, self.privacy_store, self.pseudonyms)
         self.preference_store = open_preference_store(settings.preferences_dsn, secure_delete=secure)
+        self.catalog_feed = CatalogFeed(self.catalog)  # before reading the catalog: changes from here on follow
         self._catalog_ids = self.catalog.ids()
         # online experiments: assignment, variants, exposure and outcome log, guardrails (experiments/)
         self.experiments = ExperimentRuntime(settings, monitor=True)
@@ -98,12 +100,15 @@ class Shelfwise:
         res = settings.resilience
         self.breakers = Breakers(res.breaker_failures, res.breaker_reset_s)
         self.stage_guard = StageGuard(res, self.breakers)
+        self.merch.source.breaker = self.breakers["rule_store"]  # down: the rules last loaded keep serving
         self.last_good: Pipeline | None = None
         self.bestsellers: list[str] = []
         self.observer: Observer | None = None  # told each stage's time by every pipeline (the API's metrics)
         self.pipeline = self._load_pipeline()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._catalog_watcher: threading.Thread | None = None
+        self._catalog_synced = 0.0
 
     def watch_models(self, interval_s: float = 2.0) -> None:
         """Check for new model versions on a background thread (the API does): requests never wait for a load."""
@@ -111,6 +116,11 @@ class Shelfwise:
             self._watcher = threading.Thread(target=self._watch_models, args=(interval_s,), daemon=True,
                                              name="shelfwise-model-watch")
             self._watcher.start()
+        if self._catalog_watcher is None and self.settings.api.catalog_sync_s > 0:
+            self._catalog_watcher = threading.Thread(target=self._watch_catalog, daemon=True,
+                                                     args=(self.settings.api.catalog_sync_s,),
+                                                     name="shelfwise-catalog-sync")
+            self._catalog_watcher.start()
 
     def observe_stages(self, observer: Observer | None) -> None:
         """Report each stage's time of every pipeline call (this pipeline, the variants', the ones to come)."""
@@ -266,6 +276,13 @@ class Shelfwise:
                 self.settle_heap(everything=False)
                 settled = time.monotonic()
 
+    def _watch_catalog(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.sync_catalog()
+            except Exception as exc:  # the store is down: try again at the next tick (the breakers say so)
+                log.warning("following the catalog's changes failed: %s: %s", type(exc).__name__, str(exc)[:200])
+
     def refresh_model_safely(self) -> bool:
         """``refresh_model`` for the watcher: a version that cannot be read (corrupt or unreadable files) leaves the
         current model serving; the ``model_store`` breaker says why (``/readyz``) until a version loads."""
@@ -299,6 +316,8 @@ class Shelfwise:
                     erase(self, shopper, "user" if not shopper.startswith("session:") else "session",
                           keep_consent=True, reason="personalisation consent withdrawn")
             result = self.bus.publish(admitted) if admitted else AppendResult()
+        except BusTimeout:  # queued, not committed in time (503 + Retry-After): the worker lags, the store is up
+            raise
         except Exception as exc:
             if not unavailable(exc):
                 raise
@@ -379,8 +398,35 @@ class Shelfwise:
     def upsert_items(self, items: Sequence[Item]) -> int:
         """Store items; the serving model sees them at once: changes apply to its item table, items it does not
         know get a row (a new table, swapped in), and their content vectors are computed in the background
-        (they join the content source within a second or so; until then no source has evidence about them)."""
+        (they join the content source within a second or so; until then no source has evidence about them).
+        Other replicas apply them within ``api.catalog_sync_s`` (``sync_catalog``)."""
         n = self.catalog.upsert(items)
+        self.catalog_feed.applied(items)
+        self._apply_items(items)
+        return n
+
+    def delete_item(self, item_id: str) -> bool:
+        ok = self.catalog.delete(item_id)
+        self.catalog_feed.deleted([item_id])
+        self._apply_deletions([item_id])
+        return ok
+
+    def sync_catalog(self, min_interval_s: float = 0.0) -> int:
+        """Apply the catalog changes made elsewhere (another replica, the CLI) since the last call: prices, stock,
+        availability, new and deleted items, exactly as if upserted here; the changed item table's version keys
+        this process's cached answers, so none of them is served stale. Returns how many changes applied."""
+        now = time.monotonic()
+        if now - self._catalog_synced < min_interval_s:
+            return 0
+        self._catalog_synced = now
+        items, gone = self.catalog_feed.poll(self._catalog_ids)
+        if items:
+            self._apply_items(items)
+        if gone:
+            self._apply_deletions(gone)
+        return len(items) + len(gone)
+
+    def _apply_items(self, items: Sequence[Item]) -> None:
         with self._lock:
             new = {it.id for it in items} - self._catalog_ids
             self._catalog_ids |= new
@@ -398,17 +444,15 @@ class Shelfwise:
         self.merch.catalog_changed(pipeline.items, items)
         if self.encoder is not None:
             self.encoder.submit(items)
-        return n
 
-    def delete_item(self, item_id: str) -> bool:
-        ok = self.catalog.delete(item_id)
+    def _apply_deletions(self, item_ids: Sequence[str]) -> None:
         with self._lock:
-            self._catalog_ids.discard(item_id)
+            self._catalog_ids.difference_update(item_ids)
         pipeline = self.pipeline
-        pipeline.items.remove(item_id)
+        for item_id in item_ids:
+            pipeline.items.remove(item_id)
         pipeline.catalog_changed()
         self.merch.catalog_changed(pipeline.items)
-        return ok
 
     def get_item(self, item_id: str) -> Item | None:
         return self.catalog.get([item_id]).get(item_id)
@@ -456,6 +500,12 @@ class Shelfwise:
         """Answer a batch of requests with one pipeline call (the API's micro-batcher sends concurrent ones)."""
         if self._watcher is None:
             self.refresh_model()
+            try:
+                self.sync_catalog(self.settings.api.catalog_sync_s or float("inf"))
+            except Exception as exc:  # the catalog's store is down: answer from the catalog as last applied
+                if not unavailable(exc):
+                    raise
+                log.warning("following the catalog's changes failed: %s", type(exc).__name__)
         for req in reqs:  # a bad request is an error, not a fault for the fallbacks to hide
             self.pipeline.placement(req.placement)
         notes: list[str] = []  # what this batch's answers go without (README "Graceful degradation")
@@ -694,8 +744,9 @@ class Shelfwise:
 
     def close(self) -> None:
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(10)
+        for watcher in (self._watcher, self._catalog_watcher):
+            if watcher is not None:
+                watcher.join(10)
         if self.encoder is not None:
             self.encoder.close()
         self.bus.close()

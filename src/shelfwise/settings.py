@@ -287,7 +287,8 @@ class RankerSettings(_Section):
     valid_fraction: float = Field(0.2, ge=0, lt=1, description="latest requests (or shoppers) for early stopping")
     ipw_eta: float = Field(1.0, ge=0, description="logged impressions: propensity (1/(position+1))**eta")
     ipw_max_weight: float = Field(20.0, ge=1, description="clip of inverse-propensity weights")
-    exposure_log: str = Field("", description="SQLite file with the exposure log (rules/log.py); its requests "
+    exposure_log: str = Field("", description="SQLite file, or PostgreSQL DSN, with the exposure log "
+                                              "(rules/log.py, rules/pg.py); its requests "
                                               "after the cut become training points with IPW by position "
                                               "(split=time only); empty = not used")
     # LightGBM
@@ -500,6 +501,10 @@ class APISettings(_Section):
                                  "collector's reach (gc.freeze), so its full passes stop walking the model, the "
                                  "online state and the answer cache and stop stalling requests (BENCHMARKS.md "
                                  "Serving); 0 = off")
+    catalog_sync_s: float = Field(1.0, ge=0, description="how often each API process applies catalog changes made "
+                                                         "through other replicas or the CLI (prices, stock, "
+                                                         "availability, new and deleted items; its cached answers "
+                                                         "follow); 0 = only its own changes")
     edge_ttl_s: int = Field(90, ge=0, description="Cache-Control max-age of non-personal rails (product pages "
                                                   "without a shopper): an edge cache or CDN may keep them this long; "
                                                   "their ETag changes with the model, rule sets and catalog")
@@ -569,7 +574,10 @@ class RulesSettings(_Section):
     zero_impression_hours: float = Field(72.0, gt=0, description="default window of the zero-impression report")
     reload_interval_s: float = Field(0.0, ge=0, description="how often a replica checks the store for rule "
                                                              "changes (0 = every request; a check is a PRAGMA)")
-    dsn: str = Field("", description="rule store + exposure log; empty = the event store's SQLite file")
+    dsn: str = Field("", description="rule store + exposure/shadow log: sqlite:///path or postgresql://… (every "
+                                     "replica then serves the same rule sets; DSN option refresh_s: how often a "
+                                     "replica reads the store's generation, default 1 s); empty = the event "
+                                     "store's database")
 
 
 class SecuritySettings(_Section):

@@ -120,7 +120,9 @@ def test_erasure_on_postgres_redis_and_the_stream(pg_dsn, redis_url, tmp_path, p
         assert got["shopper preferences"] == 1 and eng.preferences(WHO) is None
         assert got["model store: shopper index rows and ALS user factors"] == 1
         assert got["running model: shopper index"] == 1
-        assert {p["backend"] for p in receipt["places"]} >= {"postgresql", "redis", "redis-stream", "sqlite"}
+        assert {p["backend"] for p in receipt["places"]} >= {"postgresql", "redis", "redis-stream"}
+        # the exposure and shadow logs live in PostgreSQL too (rules/pg.py), searched by postgres_hits below
+        assert {p["backend"] for p in receipt["places"] if p["place"] in ("exposure log", "shadow log")} == {"postgresql"}
         assert not (hits := postgres_hits(pg_dsn, needles)), hits
         assert not (hits := redis_hits(redis_url, prefix, needles)), hits
         assert not (hits := file_hits(settings.data_dir, needles)), hits
@@ -162,6 +164,43 @@ def test_queued_events_of_an_erased_shopper_are_dropped_by_the_worker(kind, pg_d
         assert [i.item_id for i in eng.store.history([WHO], 50)[WHO].recent] == ["p1"]
         purge = eng.bus.purge_shopper(WHO)
         assert purge and all(isinstance(n, int) for _, n, _ in purge)
+    finally:
+        worker.close()
+        eng.close()
+
+
+@pytest.mark.parametrize("kind", ["redis-stream", "kafka"])
+def test_an_erasure_landing_while_the_worker_stores_the_shoppers_events_wins(kind, pg_dsn, redis_url, tmp_path,
+                                                                           request):
+    """The worker checked the erasure markers (none yet), then the shopper is erased — marker written, events
+    deleted — before the worker's append commits: the events it just stored are removed again, nothing of the
+    shopper stays in the event store or the online state, and the other shoppers of the batch are kept."""
+    if kind == "kafka":
+        bus = kafka_dsn(request.getfixturevalue("kafka_bootstrap"))
+    else:
+        bus = f"redis-stream{redis_url.split('?')[0][len('redis'):]}?stream={redis_prefix(redis_url)}q"
+    settings = load_settings(data_dir=tmp_path / "data", stores={"events": pg_dsn, "online": redis_url, "bus": bus})
+    eng = Shelfwise(settings)
+    eng.ingest([ev(1), ev(2, user="u3"), ev(3, item="p2")])
+    worker = Worker(settings)
+    real_append = worker.store.append
+    erasures: list[dict] = []
+
+    def append_racing_an_erasure(events, known_items=None):
+        if not erasures:  # the erasure runs to completion between the worker's marker check and its commit
+            erasures.append(eng.forget_shopper(WHO))
+        return real_append(events, known_items=known_items)
+
+    worker.store.append = append_racing_an_erasure
+    try:
+        deadline = time.monotonic() + 30
+        while eng.store.count() < 1 or not erasures:
+            assert time.monotonic() < deadline
+            worker.consumer.poll(timeout_s=0.5)
+        worker.run(max_idle_s=1.0)
+        assert eng.store.history([WHO], 50)[WHO].recent == [] and eng.online.get([WHO])[WHO] is None
+        assert [i.item_id for i in eng.store.history(["u3"], 50)["u3"].recent] == ["p1"]
+        assert eng.store.count() == 1
     finally:
         worker.close()
         eng.close()

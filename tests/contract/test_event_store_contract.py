@@ -113,6 +113,26 @@ def test_catalog_changed_since(open_store):
     assert len(store.changed_since(0.0)) == 11 and store.changed_since(time.time() + 60) == []
 
 
+def test_catalog_changes_list_upserts_and_deletions_seen_by_another_replica(open_store):
+    writer, reader = open_store(), open_store()
+    writer.upsert(tiny_catalog())
+    first = reader.changes(0.0)
+    assert {it.id for it in first.upserted} == {it.id for it in tiny_catalog()} and first.deleted == []
+    assert abs(first.as_of - time.time()) < 5  # the database's clock
+    time.sleep(0.05)
+    writer.upsert([Item(id="c1", title="Case 1", stock=0)])
+    assert writer.delete("p2") and not writer.delete("nope")
+    got = reader.changes(first.as_of)
+    assert [(it.id, it.stock) for it in got.upserted] == [("c1", 0)] and got.deleted == ["p2"]
+    assert got.as_of >= first.as_of
+    time.sleep(0.05)
+    writer.upsert([Item(id="p2", title="Phone 2 is back")])  # stored again: no longer a deletion
+    again = reader.changes(first.as_of)
+    assert [it.id for it in again.upserted] == ["c1", "p2"] and again.deleted == []
+    later = reader.changes(time.time() + 60)
+    assert later.upserted == [] and later.deleted == []
+
+
 def test_catalog_first_seen_is_the_first_upsert(open_store):
     store = open_store()
     before = time.time()

@@ -24,22 +24,25 @@ def _name() -> str:
 def test_burst_then_429_then_recovery(limiter_dsn):
     rl = open_rate_limiter(limiter_dsn)
     b = _name()
-    assert [rl.acquire([(b, 20.0, 3)]) for _ in range(3)] == [0.0, 0.0, 0.0]
-    wait = rl.acquire([(b, 20.0, 3)])
-    assert 0.0 < wait <= 0.051  # one request every 50 ms once the burst is spent
-    assert rl.acquire([(b, 20.0, 3)]) > 0.0  # a refused request takes nothing ...
+    # 2 per second: a token comes back every 500 ms, so a stall of the test (a loaded machine) shorter than that
+    # cannot refill the bucket between the calls (at 20 per second, one of 50 ms did: the refusal did not come)
+    assert [rl.acquire([(b, 2.0, 3)]) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = rl.acquire([(b, 2.0, 3)])
+    assert 0.0 < wait <= 0.501  # one request every 500 ms once the burst is spent
+    assert rl.acquire([(b, 2.0, 3)]) > 0.0  # a refused request takes nothing ...
     time.sleep(wait + 0.01)
-    assert rl.acquire([(b, 20.0, 3)]) == 0.0  # ... so the client recovers after waiting
-    assert rl.acquire([(_name(), 20.0, 3)]) == 0.0  # other buckets are independent
+    assert rl.acquire([(b, 2.0, 3)]) == 0.0  # ... so the client recovers after waiting
+    assert rl.acquire([(_name(), 2.0, 3)]) == 0.0  # other buckets are independent
 
 
 def test_all_or_nothing_across_buckets(limiter_dsn):
     rl = open_rate_limiter(limiter_dsn)
     tight, loose = _name(), _name()
-    assert rl.acquire([(tight, 1.0, 1), (loose, 1.0, 2)]) == 0.0
-    assert rl.acquire([(tight, 1.0, 1), (loose, 1.0, 2)]) > 0.5  # refused by the tight bucket
-    assert rl.acquire([(loose, 1.0, 2)]) == 0.0  # the loose one was not charged for the refused request
-    assert rl.acquire([(loose, 1.0, 2)]) > 0.0
+    # one token per 100 s: no stall of the test refills a bucket between the calls
+    assert rl.acquire([(tight, 0.01, 1), (loose, 0.01, 2)]) == 0.0
+    assert rl.acquire([(tight, 0.01, 1), (loose, 0.01, 2)]) > 50  # refused by the tight bucket
+    assert rl.acquire([(loose, 0.01, 2)]) == 0.0  # the loose one was not charged for the refused request
+    assert rl.acquire([(loose, 0.01, 2)]) > 0.0
 
 
 def test_zero_rate_means_unlimited(limiter_dsn):

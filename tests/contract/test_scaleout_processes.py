@@ -137,3 +137,75 @@ def metric(text: str, name: str, **labels: str) -> float:
 
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
                if s.name == name and s.labels == labels)
+
+
+def test_two_replicas_follow_each_others_rules_and_catalog(pg_dsn, redis_url, tmp_path: Path):
+    """Two API replicas (separate `shelfwise serve` processes, as behind a load balancer) on one PostgreSQL: a rule
+    set published through replica A is served by replica B, and a catalog change made through A (stock, a new
+    item, a deletion) reaches B's answers, its cached ones included, within seconds."""
+    from shelfwise.rules.pg import drop_schema as drop_rules
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
+    env.update({"SHELFWISE_DATA_DIR": str(tmp_path / "data"), "SHELFWISE_STORES__EVENTS": pg_dsn,
+                "SHELFWISE_STORES__ONLINE": redis_url, "SHELFWISE_API__CACHE_TTL_S": "300"})
+    key = subprocess.run(CLI + ["keys", "create", "--scope", "read", "--scope", "admin", "--quiet"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    log = tmp_path / "replicas.log"
+    ports = [free_port(), free_port()]
+    # each replica with a data directory of its own, as on two machines: PostgreSQL and Redis are all they share
+    procs = [subprocess.Popen(CLI + ["serve", "--port", str(p)], env=env | {"SHELFWISE_DATA_DIR": str(tmp_path / n)},
+                              stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+             for p, n in zip(ports, ("a", "b"))]
+    a, b = (httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=10, headers={"Authorization": f"Bearer {key}"})
+            for p in ports)
+    try:
+        deadline = time.monotonic() + 90
+        for http in (a, b):
+            while True:
+                assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, log.read_text()
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+        assert a.put("/v1/items", json=[it.model_dump(mode="json") for it in tiny_catalog()]).status_code == 200
+
+        def shown(http: httpx.Client) -> tuple[list[str], str]:
+            r = http.get("/v1/recommendations/homepage", params={"k": 20})
+            assert r.status_code == 200, r.text
+            return [x["item_id"] for x in r.json()["items"]], r.json()["rulesets"]
+
+        def eventually(what: str, cond) -> None:  # within seconds: B polls every api.catalog_sync_s / refresh_s
+            end = time.monotonic() + 15
+            while not cond():
+                assert time.monotonic() < end, f"replica B did not follow: {what}; shows {shown(b)}"
+                time.sleep(0.1)
+
+        eventually("the catalog written through A", lambda: "p0" in shown(b)[0] and "h1" in shown(b)[0])
+        assert shown(b) == shown(b)  # the same answer again: from B's answer cache
+        # stock, deletion and a new item, written through A
+        assert a.put("/v1/items", json=[{"id": "p0", "title": "Phone 0", "stock": 0},
+                                        {"id": "n1", "title": "New charger", "category": ["Accessories", "Chargers"],
+                                         "stock": 5}]).status_code == 200
+        assert a.delete("/v1/items/h1").status_code in (200, 204)
+        eventually("p0 out of stock, h1 deleted, n1 added",
+                   lambda: "p0" not in shown(b)[0] and "h1" not in shown(b)[0] and "n1" in shown(b)[0])
+        assert b.get("/v1/items/n1").json()["title"] == "New charger"
+        # a rule set published through A is served by B
+        put = a.put("/v1/rulesets/main", params={"publish": "true", "author": "ann"},
+                    json={"rules": [{"id": "no-cases", "action": {"type": "block"},
+                                     "match": {"ids": ["c0", "c1", "c2", "c3"]}}]})
+        assert put.status_code == 201, put.text
+        eventually("rule set main@1", lambda: shown(b)[1] == "main@1" and not any(
+            i.startswith("c") for i in shown(b)[0]))
+        assert [v["version"] for v in b.get("/v1/rulesets/main/versions").json()["versions"]] == [1]
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        drop_rules(pg_dsn)
+    assert "Traceback" not in log.read_text(), log.read_text()

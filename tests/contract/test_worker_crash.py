@@ -21,6 +21,16 @@ from tests.conftest import view
 from contract_helpers import redis_prefix
 
 N = 12_000
+BATCH = 1500
+
+
+def freeze(proc: subprocess.Popen) -> None:
+    """SIGSTOP, and wait until the kernel says the process is stopped (delivery is asynchronous)."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        assert time.monotonic() < deadline, "the worker did not stop"
+        time.sleep(0.001)
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -31,7 +41,7 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
 def test_sigkill_mid_batch_loses_and_duplicates_nothing(pg_dsn, redis_url, tmp_path):
     prefix = redis_prefix(redis_url)
     bus_dsn = (f"redis-stream{redis_url.split('?')[0][len('redis'):]}?stream={prefix}events&group=workers"
-               "&claim_idle_ms=500&batch=1500")
+               f"&claim_idle_ms=500&batch={BATCH}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFWISE_")}
     env.update({"SHELFWISE_DATA_DIR": str(tmp_path / "data"), "SHELFWISE_STORES__EVENTS": pg_dsn,
                 "SHELFWISE_STORES__ONLINE": redis_url, "SHELFWISE_STORES__BUS": bus_dsn,
@@ -48,12 +58,19 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(pg_dsn, redis_url, tmp_p
     victim = start_worker(env, log)
     killed_holding = 0
     try:
+        def mid_batch() -> bool:  # busy with a batch, some committed, and the batch in flight cannot be the last
+            return api.pending_count() > 0 and N // 5 < store.count() < N - 2 * BATCH
+
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            held = api.pending_count()
-            if held and store.count() > N // 5:  # busy with a batch, some already committed
-                victim.send_signal(signal.SIGKILL)
-                break
+            if mid_batch():
+                # Frozen, the worker cannot acknowledge or take a batch between this check and the kill (it could,
+                # between a check and a kill of a running process: then it held nothing when killed)
+                freeze(victim)
+                if mid_batch():
+                    victim.send_signal(signal.SIGKILL)
+                    break
+                victim.send_signal(signal.SIGCONT)
             assert victim.poll() is None, log.read_text()
             time.sleep(0.002)
         victim.wait(10)

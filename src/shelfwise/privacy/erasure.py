@@ -150,7 +150,7 @@ def erase(engine: Engine, shopper: str, subject: str, keep_consent: bool = False
     places.append(Place("online state", _backend(settings.stores.online), int(had_state)))
 
     exposures, shadows = engine.merch.log.erase(shopper)
-    log_backend = "sqlite"
+    log_backend = _backend(settings.rules.dsn or settings.events_dsn)  # where the exposure log lives
     places.append(Place("exposure log", log_backend, exposures))
     places.append(Place("shadow log", log_backend, shadows))
 

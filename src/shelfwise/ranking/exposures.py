@@ -9,7 +9,8 @@ explored are learned from without bias. Only requests after the time cut are use
 before it), so the exposure log adds no leakage.
 
 Enabled with ``models.ranker.exposure_log`` = the path of the SQLite file holding the ``exposures`` table (by
-default the event store's file, see ``rules.admin.rules_db_path``).
+default the event store's file, see ``rules.admin.rules_db_path``), or the PostgreSQL DSN of the database holding
+it (``rules/pg.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfwise.ranking.labels import Point, grade_of, point_at
+from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import EventLog
 
 
@@ -40,6 +42,9 @@ class ExposureRows:
 def read_exposures(path: Path | str, placement: str, since: float = float("-inf"),
                    until: float = float("inf")) -> ExposureRows:
     """Rows of the ``exposures`` table for one placement in ``[since, until)`` (empty when there is no log)."""
+    bounds = (placement, since if np.isfinite(since) else -1e18, until if np.isfinite(until) else 1e18)
+    if str(path).startswith(("postgresql://", "postgres://")):
+        return _rows(_read_postgres(str(path), bounds))
     path = Path(path)
     if not path.is_file():
         return _empty()
@@ -49,12 +54,28 @@ def read_exposures(path: Path | str, placement: str, since: float = float("-inf"
         propensity = "COALESCE(propensity, 1.0)" if "propensity" in columns else "1.0"  # a log from before it
         rows = db.execute(f"SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, {propensity} "
                           "FROM exposures WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id, "
-                          "position", (placement, since if np.isfinite(since) else -1e18,
-                                       until if np.isfinite(until) else 1e18)).fetchall()
+                          "position", bounds).fetchall()
     except sqlite3.OperationalError:  # no exposures table yet
         return _empty()
     finally:
         db.close()
+    return _rows(rows)
+
+
+def _read_postgres(dsn: str, bounds: tuple[str, float, float]) -> list[tuple]:
+    import psycopg
+
+    conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max", "pool_timeout",
+                                                                  "refresh_s"})
+    with psycopg.connect(conninfo, connect_timeout=5) as conn:
+        if conn.execute("SELECT to_regclass('exposures')").fetchone()[0] is None:
+            return []  # no exposure log in this database yet
+        return conn.execute("SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, "
+                            "COALESCE(propensity, 1.0) FROM exposures WHERE placement = %s AND ts >= %s AND ts < %s "
+                            "ORDER BY ts, request_id, position", bounds).fetchall()
+
+
+def _rows(rows: list[tuple]) -> ExposureRows:
     if not rows:
         return _empty()
     cols = list(zip(*rows))

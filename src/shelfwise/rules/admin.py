@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from shelfwise.items import ItemTable
 from shelfwise.rules.compile import pin_warnings
-from shelfwise.rules.log import SQLiteExposureLog
+from shelfwise.rules.log import ExposureLog, SQLiteExposureLog
 from shelfwise.rules.schema import RuleSet, RuleSetInvalid, lint, parse_ruleset
 from shelfwise.rules.store import NotFound, RuleSetState, RuleStore, RuleVersion, SQLiteRuleStore
 from shelfwise.settings import Settings
@@ -22,20 +22,43 @@ class Conflict(ValueError):
     """The request contradicts the rule set's state (e.g. an id in the body that differs from the URL)."""
 
 
+def rules_dsn(settings: Settings) -> str:
+    """Where rule sets and the exposure log live: ``rules.dsn``, else the event store's database."""
+    return settings.rules.dsn or settings.events_dsn
+
+
 def rules_db_path(settings: Settings) -> Path:
-    """The SQLite file of rule sets and the exposure log: ``rules.dsn``, else the event store's own file
-    (next to the catalog), else ``data_dir/merchandising.db`` (until a PostgreSQL rule store exists)."""
-    dsn = settings.rules.dsn or settings.events_dsn
+    """The SQLite file of rule sets and the exposure log when they live in one (``rules_dsn`` is a sqlite:///
+    DSN); with a PostgreSQL DSN there is none: ``data_dir/merchandising.db`` is named (it held them before the
+    PostgreSQL backend existed)."""
+    dsn = rules_dsn(settings)
     if dsn.startswith("sqlite:///"):
         return Path(dsn.removeprefix("sqlite:///"))
     return settings.data_dir / "merchandising.db"
 
 
-def open_rule_store(settings: Settings) -> SQLiteRuleStore:
+def _postgres(dsn: str) -> bool:
+    return dsn.startswith(("postgresql://", "postgres://"))
+
+
+def open_rule_store(settings: Settings) -> RuleStore:
+    """The rule store of ``rules_dsn``: SQLite (a file) or PostgreSQL (shared by every replica)."""
+    dsn = rules_dsn(settings)
+    if _postgres(dsn):
+        from shelfwise.rules.pg import PostgresRuleStore
+
+        return PostgresRuleStore(dsn)
     return SQLiteRuleStore(rules_db_path(settings))
 
 
-def open_exposure_log(settings: Settings) -> SQLiteExposureLog:
+def open_exposure_log(settings: Settings) -> ExposureLog:
+    """The exposure and shadow log of ``rules_dsn`` (SQLite or PostgreSQL)."""
+    dsn = rules_dsn(settings)
+    if _postgres(dsn):
+        from shelfwise.rules.pg import PostgresExposureLog
+
+        return PostgresExposureLog(dsn, retention_days=settings.rules.exposure_retention_days,
+                                   counts_refresh_s=settings.models.explore.refresh_s)
     return SQLiteExposureLog(rules_db_path(settings), retention_days=settings.rules.exposure_retention_days,
                              secure_delete=settings.privacy.sqlite_secure_delete,
                              counts_refresh_s=settings.models.explore.refresh_s)

@@ -14,12 +14,14 @@ import logging
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import orjson
 
+from shelfwise.experiments.sql import _Exec
 from shelfwise.stores.handoff import Handoff
 from shelfwise.stores.sqlite import connect
 
@@ -194,32 +196,70 @@ class ExposureLog(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteExposureLog:
-    def __init__(self, path: Path | str, retention_days: float = 30.0, max_queue: int = 200_000,
-                 batch: int = 2000, secure_delete: bool = True, linger_s: float = 0.25,
-                 counts_refresh_s: float = 10.0) -> None:
-        self.path = Path(path)
+_INSERT_EXPOSURE = ("INSERT INTO exposures (request_id, ts, shopper, placement, position, item_id, score, "
+                    "model_version, rules, propensity) VALUES (?,?,?,?,?,?,?,?,?,?)")
+_INSERT_SHADOW = ("INSERT INTO shadow_log (ts, request_id, shopper, placement, ruleset_id, live_version, "
+                  "shadow_version, record) VALUES (?,?,?,?,?,?,?,?)")
+_UPSERT_IMPRESSIONS = ("INSERT INTO item_impressions (item_id, first_ts, last_ts, impressions) VALUES (?,?,?,?) "
+                       "ON CONFLICT (item_id) DO UPDATE SET "
+                       "last_ts = {greatest}(item_impressions.last_ts, excluded.last_ts), "
+                       "first_ts = {least}(item_impressions.first_ts, excluded.first_ts), "
+                       "impressions = item_impressions.impressions + excluded.impressions")
+_STARTED = "INSERT INTO exposure_meta (key, value) VALUES ('started', ?) ON CONFLICT (key) DO NOTHING"
+
+
+@dataclass
+class Batch:
+    """What the writer commits in one transaction (rows ready for the SQL above)."""
+
+    exposures: list[tuple]
+    impressions: list[tuple]  # (item_id, first_ts, last_ts, impressions)
+    shadows: list[tuple]
+    started: float | None  # the earliest exposure of the batch
+    prune_before: float | None  # delete rows older than this (None: not this time)
+
+
+class QueuedExposureLog:
+    """The exposure log's queue, writer thread and SQL, whatever the database; backends provide the connections:
+    ``_connect_writer``/``_close_writer``, ``_commit(conn, batch)`` (one transaction), ``_reading()`` (an
+    ``_Exec`` for reads), ``_erase(shopper)`` and ``_close_readers``."""
+
+    pg = False  # placeholders and functions of PostgreSQL
+
+    def __init__(self, retention_days: float = 30.0, max_queue: int = 200_000, batch: int = 2000,
+                 linger_s: float = 0.25, counts_refresh_s: float = 10.0) -> None:
         self.counts = ImpressionCounts(counts_refresh_s)
         self.counts.wake = self._wake_counts
-        self.secure_delete = secure_delete
         # consent: a log keeps a shopper's id only when this says so (service wires it to the privacy guard)
         self.redact: Callable[[str | None, str], str | None] | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_days * 86400.0
         self.batch = batch
         self._q = Handoff(max_queue, linger_s)
-        self._read_lock = threading.Lock()
-        self._read = self._connect()
-        self._read.executescript(SCHEMA)
-        if "propensity" not in {r[1] for r in self._read.execute("PRAGMA table_info(exposures)")}:
-            self._read.execute("ALTER TABLE exposures ADD COLUMN propensity REAL")  # a log from before the column
         self._pruned_at = 0.0
         self._closed = False
         self._writer = threading.Thread(target=self._run, name="shelfwise-exposure-log", daemon=True)
-        self._writer.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        return connect(self.path, synchronous="NORMAL", secure_delete=self.secure_delete)
+    # ---- backend hooks -------------------------------------------------------------------------------
+    def _connect_writer(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close_writer(self, conn: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _commit(self, conn: Any, batch: Batch) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _reading(self) -> ContextManager[_Exec]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _erase(self, shopper: str) -> tuple[int, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close_readers(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _totals(self, conn: Any, item_ids: list[str]) -> dict[str, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     # ---- writing -------------------------------------------------------------------------------------
     @property
@@ -255,22 +295,7 @@ class SQLiteExposureLog:
 
     def erase(self, shopper: str) -> tuple[int, int]:
         self.flush()
-        with self._read_lock:
-            db = self._read
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                exposures = db.execute("DELETE FROM exposures WHERE shopper = ?", (shopper,)).rowcount
-                shadows = db.execute("DELETE FROM shadow_log WHERE shopper = ?", (shopper,)).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return exposures, shadows
-
-    def checkpoint(self) -> str:
-        with self._read_lock:
-            busy, _, _ = self._read.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return "exposure log WAL " + ("checkpointed and truncated" if not busy else "busy: checkpointed later")
+        return self._erase(shopper)
 
     def flush(self) -> None:
         if self._closed or not self._writer.is_alive():
@@ -280,7 +305,7 @@ class SQLiteExposureLog:
         done.wait(30)
 
     def _run(self) -> None:
-        db = self._connect()
+        conn, connected = None, False
         stop = False
         while not stop:
             items = self._q.take(self.batch)  # waits for work; what queues for linger_s more is one batch
@@ -288,29 +313,31 @@ class SQLiteExposureLog:
             stop = any(x[0] == "stop" for x in items)
             rows = [x for x in items if x[0] in ("exposure", "shadow")]
             try:
-                self.counts.add(self._write(db, rows))
-            except Exception:  # disk full, a bad row...: the writer must survive; count the loss
+                if not connected:
+                    conn, connected = self._connect_writer(), True
+                self.counts.add(self._write(conn, rows))
+            except Exception:  # disk full, database down, a bad row...: the writer must survive; count the loss
                 log.exception("exposure log: %d rows could not be written", len(rows))
                 self._q.lost(len(rows))
             try:
-                self._read_counts(db)
+                if connected:
+                    self._read_counts(conn)
             except Exception:  # counts stay as they are until the next read
                 log.exception("exposure log: reading impression counts failed")
             for w in waiters:
                 w.set()
-        db.close()
+        if connected:
+            self._close_writer(conn)
 
-    def _read_counts(self, db: sqlite3.Connection) -> None:
+    def _read_counts(self, conn: Any) -> None:
         ids = self.counts.to_read(time.monotonic())
         totals: dict[str, int] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            totals.update(db.execute(f"SELECT item_id, impressions FROM item_impressions WHERE item_id IN "
-                                     f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            totals.update(self._totals(conn, ids[start:start + 500]))
         if ids:
             self.counts.read(ids, totals)
 
-    def _write(self, db: sqlite3.Connection, items: list[tuple]) -> dict[str, int]:
+    def _write(self, conn: Any, items: list[tuple]) -> dict[str, int]:
         """Commit a batch; returns the impressions per item it added."""
         if not items:
             return {}
@@ -328,46 +355,44 @@ class SQLiteExposureLog:
                 shadow_rows.append((x.ts, x.request_id, x.shopper, x.placement, x.ruleset_id, x.live_version,
                                     x.shadow_version, x.payload()))
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT INTO exposures (request_id, ts, shopper, placement, position, item_id, score, "
-                           "model_version, rules, propensity) VALUES (?,?,?,?,?,?,?,?,?,?)", exp_rows)
-            db.executemany(
-                "INSERT INTO item_impressions (item_id, first_ts, last_ts, impressions) VALUES (?,?,?,?) "
-                "ON CONFLICT(item_id) DO UPDATE SET last_ts = max(last_ts, excluded.last_ts), "
-                "first_ts = min(first_ts, excluded.first_ts), impressions = impressions + excluded.impressions",
-                [(k, *v) for k, v in seen.items()])
-            if exp_rows:
-                db.execute("INSERT OR IGNORE INTO exposure_meta (key, value) VALUES ('started', ?)",
-                           (min(r[1] for r in exp_rows),))
-            db.executemany("INSERT INTO shadow_log (ts, request_id, shopper, placement, ruleset_id, live_version, "
-                           "shadow_version, record) VALUES (?,?,?,?,?,?,?,?)", shadow_rows)
-            if now - self._pruned_at > 600:
-                self._pruned_at = now
-                db.execute("DELETE FROM exposures WHERE ts < ?", (now - self.retention_s,))
-                db.execute("DELETE FROM shadow_log WHERE ts < ?", (now - self.retention_s,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        prune = None
+        if now - self._pruned_at > 600:
+            self._pruned_at = now
+            prune = now - self.retention_s
+        self._commit(conn, Batch(exp_rows, [(k, *v) for k, v in sorted(seen.items())], shadow_rows,
+                                 min((r[1] for r in exp_rows), default=None), prune))
         return {k: v[2] for k, v in seen.items()}
+
+    def _statements(self, x: _Exec, batch: Batch) -> None:
+        """The batch's SQL, inside the backend's transaction."""
+        many = x.cur.executemany
+        if batch.exposures:
+            many(x._sql(_INSERT_EXPOSURE), batch.exposures)
+        if batch.impressions:
+            many(x._sql(_UPSERT_IMPRESSIONS.format(greatest="greatest" if self.pg else "max",
+                                                   least="least" if self.pg else "min")), batch.impressions)
+        if batch.started is not None:
+            x.run(_STARTED, (batch.started,))
+        if batch.shadows:
+            many(x._sql(_INSERT_SHADOW), batch.shadows)
+        if batch.prune_before is not None:
+            x.run("DELETE FROM exposures WHERE ts < ?", (batch.prune_before,))
+            x.run("DELETE FROM shadow_log WHERE ts < ?", (batch.prune_before,))
 
     # ---- reading -------------------------------------------------------------------------------------
     def last_shown(self, since: float) -> dict[str, float]:
-        with self._read_lock:
-            rows = self._read.execute("SELECT item_id, last_ts FROM item_impressions WHERE last_ts >= ?",
-                                      (since,)).fetchall()
-        return dict(rows)
+        with self._reading() as x:
+            return dict(x.all("SELECT item_id, last_ts FROM item_impressions WHERE last_ts >= ?", (since,)))
 
     def started_at(self) -> float | None:
-        with self._read_lock:
-            row = self._read.execute("SELECT value FROM exposure_meta WHERE key = 'started'").fetchone()
+        with self._reading() as x:
+            row = x.one("SELECT value FROM exposure_meta WHERE key = 'started'")
         return row[0] if row else None
 
     def request(self, request_id: str) -> list[tuple[int, str]]:
-        with self._read_lock:
-            return self._read.execute("SELECT position, item_id FROM exposures WHERE request_id = ? ORDER BY position",
-                                      (request_id,)).fetchall()
+        with self._reading() as x:
+            return [tuple(r) for r in x.all("SELECT position, item_id FROM exposures WHERE request_id = ? "
+                                            "ORDER BY position", (request_id,))]
 
     def shadow_records(self, ruleset_id: str, version: int | None = None, since: float | None = None,
                        limit: int = 100_000) -> list[ShadowRecord]:
@@ -382,8 +407,8 @@ class SQLiteExposureLog:
             params.append(since)
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(limit)
-        with self._read_lock:
-            rows = self._read.execute(sql, params).fetchall()
+        with self._reading() as x:
+            rows = x.all(sql, params)
         out = []
         for *head, blob in rows:
             rec = orjson.loads(blob)
@@ -401,5 +426,72 @@ class SQLiteExposureLog:
             done.wait(30)
             self._writer.join(30)
         self._closed = True
+        self._close_readers()
+
+
+class SQLiteExposureLog(QueuedExposureLog):
+    """The exposure log in a SQLite file (the event store's, by default): a writer connection of its own and one
+    read connection."""
+
+    def __init__(self, path: Path | str, retention_days: float = 30.0, max_queue: int = 200_000,
+                 batch: int = 2000, secure_delete: bool = True, linger_s: float = 0.25,
+                 counts_refresh_s: float = 10.0) -> None:
+        super().__init__(retention_days, max_queue, batch, linger_s, counts_refresh_s)
+        self.path = Path(path)
+        self.secure_delete = secure_delete
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._read_lock = threading.Lock()
+        self._read = self._connect()
+        self._read.executescript(SCHEMA)
+        if "propensity" not in {r[1] for r in self._read.execute("PRAGMA table_info(exposures)")}:
+            self._read.execute("ALTER TABLE exposures ADD COLUMN propensity REAL")  # a log from before the column
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        return connect(self.path, synchronous="NORMAL", secure_delete=self.secure_delete)
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        return self._connect()
+
+    def _close_writer(self, conn: sqlite3.Connection) -> None:
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._statements(_Exec(conn.cursor(), pg=False), batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _totals(self, conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, int]:
+        return dict(conn.execute(f"SELECT item_id, impressions FROM item_impressions WHERE item_id IN "
+                                 f"({','.join('?' * len(item_ids))})", item_ids).fetchall())
+
+    @contextmanager
+    def _reading(self) -> Iterator[_Exec]:
+        with self._read_lock:
+            yield _Exec(self._read.cursor(), pg=False)
+
+    def _erase(self, shopper: str) -> tuple[int, int]:
+        with self._read_lock:
+            db = self._read
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                exposures = db.execute("DELETE FROM exposures WHERE shopper = ?", (shopper,)).rowcount
+                shadows = db.execute("DELETE FROM shadow_log WHERE shopper = ?", (shopper,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return exposures, shadows
+
+    def checkpoint(self) -> str:
+        with self._read_lock:
+            busy, _, _ = self._read.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return "exposure log WAL " + ("checkpointed and truncated" if not busy else "busy: checkpointed later")
+
+    def _close_readers(self) -> None:
         with self._read_lock:
             self._read.close()

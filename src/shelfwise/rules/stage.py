@@ -22,6 +22,7 @@ from shelfwise.rules.compile import CompiledRules, Effects, ItemFacts
 from shelfwise.rules.log import ExposureLog, ShadowRecord
 from shelfwise.rules.schema import ItemMatch, RuleSet
 from shelfwise.rules.store import RuleStore
+from shelfwise.stores.breaker import Breaker, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class Snapshot:
     @property
     def label(self) -> str:
         return ",".join(f"{rid}@{v}" for rid, v, _ in self.live)
+
+
+_NO_RULES = Snapshot(token=None)  # the store could not be read yet
 
 
 class RuleSource(Protocol):
@@ -61,10 +65,14 @@ class StaticRules:
 
 
 class StoreRules:
-    """Live and shadow rule sets from a RuleStore, reloaded when its generation changes."""
+    """Live and shadow rule sets from a RuleStore, reloaded when its generation changes. A store that is down (a
+    PostgreSQL rule store unreachable) leaves the rules last loaded serving (none before the first load); with a
+    ``breaker`` the store is not asked again until it half-opens."""
 
-    def __init__(self, store: RuleStore, default_share: float = 0.05, reload_interval_s: float = 0.0):
+    def __init__(self, store: RuleStore, default_share: float = 0.05, reload_interval_s: float = 0.0,
+                 breaker: Breaker | None = None):
         self.store, self.default_share, self.interval = store, default_share, reload_interval_s
+        self.breaker = breaker
         self._lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._checked = 0.0
@@ -78,14 +86,26 @@ class StoreRules:
         now = time.monotonic()
         if snap is not None and now - self._checked < self.interval:
             return snap
-        gen = self.store.generation()
-        self._checked = now
-        if snap is not None and snap.token == gen:
-            return snap
-        with self._lock:
-            if self._snap is None or self._snap.token != gen:
-                self._snap = self._load(gen)
-            return self._snap
+        if self.breaker is not None and not self.breaker.allow():
+            return snap if snap is not None else _NO_RULES
+        try:
+            gen = self.store.generation()
+            self._checked = now
+            if snap is None or snap.token != gen:
+                with self._lock:
+                    if self._snap is None or self._snap.token != gen:
+                        self._snap = self._load(gen)
+                    snap = self._snap
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            if self.breaker is not None:
+                self.breaker.failure(f"{type(exc).__name__}: {str(exc)[:200]}")
+            log.warning("rule store unavailable (%s): serving the rules last loaded", type(exc).__name__)
+            return self._snap if self._snap is not None else _NO_RULES
+        if self.breaker is not None:
+            self.breaker.success()
+        return snap
 
     def _load(self, gen: int) -> Snapshot:
         live, shadows = [], []

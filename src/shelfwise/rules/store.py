@@ -1,4 +1,5 @@
-"""Versioned rule sets: a small ``RuleStore`` protocol and its SQLite backend (tables next to the catalog).
+"""Versioned rule sets: a small ``RuleStore`` protocol, its SQLite backend (tables next to the catalog) and the
+shared SQL of the PostgreSQL backend (``rules/pg.py``), picked by DSN (``rules.admin.open_rule_store``).
 
 Every change is a new immutable version (author, time, comment). A rule set has at most one *live* (published)
 version and at most one *shadow* version (a draft run beside the live one on a share of traffic). Rolling back
@@ -8,15 +9,16 @@ every write; replicas compare it to reload rules without a restart.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ContextManager, Iterator, Protocol, runtime_checkable
 
 import orjson
 
+from shelfwise.experiments.sql import _Exec
 from shelfwise.stores.sqlite import connect
 
 SCHEMA = """
@@ -100,7 +102,7 @@ class NotFound(KeyError):
 
 @runtime_checkable
 class RuleStore(Protocol):
-    """Versioned rule set documents. Implementations: SQLite (here); a PostgreSQL one maps table for table."""
+    """Versioned rule set documents. Implementations: SQLite (here), PostgreSQL (``rules/pg.py``)."""
 
     def save(self, ruleset_id: str, document: dict[str, Any], author: str, comment: str,
              based_on: int | None = None) -> RuleVersion:
@@ -128,76 +130,67 @@ class RuleStore(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteRuleStore:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        self._db = connect(self.path, secure_delete=False)  # holds no shopper data
-        with self._lock:
-            self._db.executescript(SCHEMA)
-        self._data_version = -1
-        self._generation = -1
+class SQLRuleStore:
+    """Everything but the connection handling (SQLite here, PostgreSQL in ``rules/pg.py``); subclasses provide
+    ``_write()`` (one transaction, serialised with every other writer of the database) and ``_read()``."""
+
+    def _write(self) -> ContextManager[_Exec]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _read(self) -> ContextManager[_Exec]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     # ---- writes --------------------------------------------------------------------------------------
-    def _tx(self):
-        return _Tx(self._db, self._lock)
-
-    def _bump(self, cur: sqlite3.Cursor) -> None:
-        cur.execute("UPDATE rules_meta SET value = value + 1 WHERE key = 'generation'")
-        self._generation = -1  # our own commits do not change our PRAGMA data_version
-
-    def _audit(self, cur: sqlite3.Cursor, rid: str, version: int | None, action: str, author: str, comment: str,
-               now: float) -> None:
-        cur.execute("INSERT INTO ruleset_audit (ruleset_id, version, action, author, comment, ts) VALUES (?,?,?,?,?,?)",
-                    (rid, version, action, author, comment, now))
+    @staticmethod
+    def _audit(x: _Exec, rid: str, version: int | None, action: str, author: str, comment: str, now: float) -> None:
+        x.run("INSERT INTO ruleset_audit (ruleset_id, version, action, author, comment, ts) VALUES (?,?,?,?,?,?)",
+              (rid, version, action, author, comment, now))
+        x.run("UPDATE rules_meta SET value = value + 1 WHERE key = 'generation'")
 
     def save(self, ruleset_id: str, document: dict[str, Any], author: str, comment: str,
              based_on: int | None = None) -> RuleVersion:
         now = time.time()
-        with self._tx() as cur:
-            cur.execute("INSERT INTO rulesets (id, created, updated) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
-                        "SET updated = excluded.updated", (ruleset_id, now, now))
-            (latest,) = cur.execute("SELECT coalesce(max(version), 0) FROM ruleset_versions WHERE ruleset_id = ?",
-                                    (ruleset_id,)).fetchone()
+        with self._write() as x:
+            x.run("INSERT INTO rulesets (id, created, updated) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                  "SET updated = excluded.updated", (ruleset_id, now, now))
+            (latest,) = x.one("SELECT coalesce(max(version), 0) FROM ruleset_versions WHERE ruleset_id = ?",
+                              (ruleset_id,))
             version = latest + 1
-            cur.execute("INSERT INTO ruleset_versions (ruleset_id, version, document, author, comment, created, "
-                        "based_on) VALUES (?,?,?,?,?,?,?)",
-                        (ruleset_id, version, orjson.dumps(document), author, comment, now, based_on))
-            self._audit(cur, ruleset_id, version, "save", author, comment, now)
-            self._bump(cur)
+            x.run("INSERT INTO ruleset_versions (ruleset_id, version, document, author, comment, created, based_on) "
+                  "VALUES (?,?,?,?,?,?,?)", (ruleset_id, version, orjson.dumps(document), author, comment, now,
+                                             based_on))
+            self._audit(x, ruleset_id, version, "save", author, comment, now)
         return RuleVersion(ruleset_id, version, document, author, comment, now, None, based_on)
 
     def publish(self, ruleset_id: str, version: int, author: str, comment: str, action: str = "publish") -> RuleSetState:
         now = time.time()
-        with self._tx() as cur:
-            self._require(cur, ruleset_id, version)
-            cur.execute("UPDATE ruleset_versions SET published_at = coalesce(published_at, ?) "
-                        "WHERE ruleset_id = ? AND version = ?", (now, ruleset_id, version))
-            cur.execute("UPDATE rulesets SET live_version = ?, updated = ?, shadow_version = CASE WHEN shadow_version "
-                        "<= ? THEN NULL ELSE shadow_version END WHERE id = ?", (version, now, version, ruleset_id))
-            self._audit(cur, ruleset_id, version, action, author, comment, now)
-            self._bump(cur)
+        with self._write() as x:
+            self._require(x, ruleset_id, version)
+            x.run("UPDATE ruleset_versions SET published_at = coalesce(published_at, ?) "
+                  "WHERE ruleset_id = ? AND version = ?", (now, ruleset_id, version))
+            x.run("UPDATE rulesets SET live_version = ?, updated = ?, shadow_version = CASE WHEN shadow_version "
+                  "<= ? THEN NULL ELSE shadow_version END WHERE id = ?", (version, now, version, ruleset_id))
+            self._audit(x, ruleset_id, version, action, author, comment, now)
         return self.state(ruleset_id)
 
     def set_shadow(self, ruleset_id: str, version: int | None, share: float | None, author: str,
                    comment: str = "") -> RuleSetState:
         now = time.time()
-        with self._tx() as cur:
+        with self._write() as x:
             if version is not None:
-                self._require(cur, ruleset_id, version)
-            elif cur.execute("SELECT 1 FROM rulesets WHERE id = ?", (ruleset_id,)).fetchone() is None:
+                self._require(x, ruleset_id, version)
+            elif x.one("SELECT 1 FROM rulesets WHERE id = ?", (ruleset_id,)) is None:
                 raise NotFound(f"no rule set {ruleset_id!r}")
-            cur.execute("UPDATE rulesets SET shadow_version = ?, shadow_share = ?, updated = ? WHERE id = ?",
-                        (version, share if version is not None else None, now, ruleset_id))
-            self._audit(cur, ruleset_id, version, "shadow" if version is not None else "shadow_stop", author,
+            x.run("UPDATE rulesets SET shadow_version = ?, shadow_share = ?, updated = ? WHERE id = ?",
+                  (version, share if version is not None else None, now, ruleset_id))
+            self._audit(x, ruleset_id, version, "shadow" if version is not None else "shadow_stop", author,
                         comment, now)
-            self._bump(cur)
         return self.state(ruleset_id)
 
-    def _require(self, cur: sqlite3.Cursor, rid: str, version: int) -> None:
-        if cur.execute("SELECT 1 FROM ruleset_versions WHERE ruleset_id = ? AND version = ?",
-                       (rid, version)).fetchone() is None:
-            if cur.execute("SELECT 1 FROM rulesets WHERE id = ?", (rid,)).fetchone() is None:
+    @staticmethod
+    def _require(x: _Exec, rid: str, version: int) -> None:
+        if x.one("SELECT 1 FROM ruleset_versions WHERE ruleset_id = ? AND version = ?", (rid, version)) is None:
+            if x.one("SELECT 1 FROM rulesets WHERE id = ?", (rid,)) is None:
                 raise NotFound(f"no rule set {rid!r}")
             raise NotFound(f"rule set {rid!r} has no version {version}")
 
@@ -207,13 +200,13 @@ class SQLiteRuleStore:
               "FROM rulesets r")
 
     def states(self) -> list[RuleSetState]:
-        with self._lock:
-            rows = self._db.execute(self._STATE + " ORDER BY r.id").fetchall()
+        with self._read() as x:
+            rows = x.all(self._STATE + " ORDER BY r.id")
         return [RuleSetState(*row) for row in rows]
 
     def state(self, ruleset_id: str) -> RuleSetState:
-        with self._lock:
-            row = self._db.execute(self._STATE + " WHERE r.id = ?", (ruleset_id,)).fetchone()
+        with self._read() as x:
+            row = x.one(self._STATE + " WHERE r.id = ?", (ruleset_id,))
         if row is None:
             raise NotFound(f"no rule set {ruleset_id!r}")
         return RuleSetState(*row)
@@ -222,30 +215,63 @@ class SQLiteRuleStore:
                 "FROM ruleset_versions")
 
     def version(self, ruleset_id: str, version: int | None = None) -> RuleVersion:
-        with self._lock:
+        with self._read() as x:
             if version is None:
-                row = self._db.execute(self._VERSION + " WHERE ruleset_id = ? ORDER BY version DESC LIMIT 1",
-                                       (ruleset_id,)).fetchone()
+                row = x.one(self._VERSION + " WHERE ruleset_id = ? ORDER BY version DESC LIMIT 1", (ruleset_id,))
             else:
-                row = self._db.execute(self._VERSION + " WHERE ruleset_id = ? AND version = ?",
-                                       (ruleset_id, version)).fetchone()
+                row = x.one(self._VERSION + " WHERE ruleset_id = ? AND version = ?", (ruleset_id, version))
         if row is None:
             self.state(ruleset_id)  # raises when the rule set does not exist
             raise NotFound(f"rule set {ruleset_id!r} has no version {version}")
         return _version(row)
 
     def versions(self, ruleset_id: str) -> list[RuleVersion]:
-        with self._lock:
-            rows = self._db.execute(self._VERSION + " WHERE ruleset_id = ? ORDER BY version", (ruleset_id,)).fetchall()
+        with self._read() as x:
+            rows = x.all(self._VERSION + " WHERE ruleset_id = ? ORDER BY version", (ruleset_id,))
         if not rows:
             self.state(ruleset_id)
         return [_version(r) for r in rows]
 
     def audit(self, ruleset_id: str) -> list[AuditEntry]:
-        with self._lock:
-            rows = self._db.execute("SELECT ruleset_id, version, action, author, comment, ts FROM ruleset_audit "
-                                    "WHERE ruleset_id = ? ORDER BY seq", (ruleset_id,)).fetchall()
+        with self._read() as x:
+            rows = x.all("SELECT ruleset_id, version, action, author, comment, ts FROM ruleset_audit "
+                         "WHERE ruleset_id = ? ORDER BY seq", (ruleset_id,))
         return [AuditEntry(*r) for r in rows]
+
+    def generation(self) -> int:
+        with self._read() as x:
+            return x.one("SELECT value FROM rules_meta WHERE key = 'generation'")[0]
+
+
+class SQLiteRuleStore(SQLRuleStore):
+    """Tables next to the events and catalog in the event store's SQLite file. Thread-safe."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db = connect(self.path, secure_delete=False)  # holds no shopper data
+        with self._lock:
+            self._db.executescript(SCHEMA)
+        self._data_version = -1
+        self._generation = -1
+
+    @contextmanager
+    def _write(self) -> Iterator[_Exec]:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Exec(cur, pg=False)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+            self._generation = -1  # our own commits do not change our PRAGMA data_version
+
+    @contextmanager
+    def _read(self) -> Iterator[_Exec]:
+        with self._lock:
+            yield _Exec(self._db.cursor(), pg=False)
 
     def generation(self) -> int:
         """Cheap when nothing changed: ``PRAGMA data_version`` first, the counter only after a commit elsewhere."""
@@ -260,23 +286,6 @@ class SQLiteRuleStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
-        self.db, self.lock = db, lock
-
-    def __enter__(self) -> sqlite3.Cursor:
-        self.lock.acquire()
-        self.cur = self.db.cursor()
-        self.cur.execute("BEGIN IMMEDIATE")
-        return self.cur
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.cur.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self.lock.release()
 
 
 def _version(row: tuple) -> RuleVersion:

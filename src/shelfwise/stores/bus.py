@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from shelfwise.domain import Event, EventType
@@ -57,11 +57,20 @@ class EventProcessor:
                 keep = [erased.get(ev.shopper, -1.0) < t for ev, t in zip(events, enqueued_at)]
                 dropped = [ev.event_id for ev, k in zip(events, keep) if not k]
                 events = [ev for ev, k in zip(events, keep) if k]
+                enqueued_at = [t for t, k in zip(enqueued_at, keep) if k]
                 log.info("dropped %d queued event(s) of erased shoppers", len(dropped))
         if not events:
             return AppendResult(withheld=dropped)
         result = self.store.append(events, known_items=self.known_items())
         stored = set(result.stored)
+        if stored and enqueued_at is not None and self.forgotten is not None:
+            late = self._erased_meanwhile([(ev, t) for ev, t in zip(events, enqueued_at) if ev.event_id in stored])
+            if late:
+                gone = [ev.event_id for ev in events if ev.shopper in late and ev.event_id in stored]
+                events = [ev for ev in events if ev.shopper not in late]
+                stored -= set(gone)
+                result = replace(result, stored=[e for e in result.stored if e in stored],
+                                 withheld=result.withheld + gone)
         updates: dict[str, tuple[list[Interaction], list[str]]] = {}
         stale: set[str] = set()
         for ev in events:
@@ -83,9 +92,21 @@ class EventProcessor:
         if self.on_stored is not None and stored:
             self.on_stored([ev for ev in events if ev.event_id in stored])
         if dropped:
-            result = AppendResult(stored=result.stored, duplicates=result.duplicates,
-                                  unknown_items=result.unknown_items, withheld=dropped)
+            result = replace(result, withheld=result.withheld + dropped)
         return result
+
+    def _erased_meanwhile(self, stored: list[tuple[Event, float]]) -> set[str]:
+        """Shoppers erased while this batch was being stored (their marker written after the check before the
+        append, their events deleted before the append committed): the erasure wins, their events just stored
+        go again (all of the shopper's events: any stored after the marker came within this same moment) and
+        so does their online state. Returns those shoppers."""
+        erased = self.forgotten(list({ev.shopper for ev, _ in stored}))
+        late = {ev.shopper for ev, t in stored if erased.get(ev.shopper, -1.0) >= t}
+        for shopper in late:
+            n = self.store.delete_shopper(shopper)
+            self.online.forget(shopper)
+            log.info("a shopper was erased while their queued events were stored: %d event(s) removed again", n)
+        return late
 
 
 def dedupe(events: Sequence[Event]) -> tuple[list[Event], list[str]]:

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import (
-    AppendResult, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
 )
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -106,6 +106,15 @@ CREATE TABLE shopper_preferences (
 ALTER TABLE items ADD COLUMN first_seen timestamptz;
 ALTER TABLE items ALTER COLUMN first_seen SET DEFAULT now();
 """),
+    # every replica polls the catalog's changes (Catalog.changes): upserts by time, deletions from tombstones
+    (5, "catalog changes", """
+CREATE INDEX items_updated ON items (updated);
+CREATE TABLE item_deletions (
+    id      text COLLATE "C" PRIMARY KEY,
+    deleted timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX item_deletions_deleted ON item_deletions (deleted);
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -146,20 +155,28 @@ SELECT e.seq, e.shopper, coalesce(e.session_id, ''), l.item_id, e.type, e.ts, co
 
 def migrate(conn: Connection) -> list[int]:
     """Apply pending migrations (idempotent, safe to run from several processes at once)."""
+    return apply_migrations(conn, MIGRATIONS, "shelfwise_migrations", _LOCK_KEY, "database schema")
+
+
+def apply_migrations(conn: Connection, migrations: list[tuple[int, str, str]], table: str, lock_key: int,
+                     what: str) -> list[int]:
+    """Apply a role's numbered migrations not yet recorded in ``table``, under the advisory lock ``lock_key`` (once,
+    however many replicas start together); a database newer than this code is refused."""
     applied_now: list[int] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute("CREATE TABLE IF NOT EXISTS shelfwise_migrations (version int PRIMARY KEY, name text NOT NULL,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
-        done = {r[0] for r in conn.execute("SELECT version FROM shelfwise_migrations")}
-        known = {v for v, _, _ in MIGRATIONS}
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version int PRIMARY KEY, name text NOT NULL, "
+                             "applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(table)))
+        done = {r[0] for r in conn.execute(sql.SQL("SELECT version FROM {}").format(sql.Identifier(table)))}
+        known = {v for v, _, _ in migrations}
         if done - known:
-            raise RuntimeError(f"database schema version {max(done)} is newer than this Shelfwise "
-                               f"({max(known)}): upgrade Shelfwise")
-        for version, name, ddl in MIGRATIONS:
+            raise RuntimeError(f"{what} version {max(done)} is newer than this Shelfwise ({max(known)}): "
+                               "upgrade Shelfwise")
+        for version, name, ddl in migrations:
             if version not in done:
                 conn.execute(ddl)
-                conn.execute("INSERT INTO shelfwise_migrations (version, name) VALUES (%s, %s)", (version, name))
+                conn.execute(sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(sql.Identifier(table)),
+                             (version, name))
                 applied_now.append(version)
     return applied_now
 
@@ -339,6 +356,7 @@ class PostgresStore:
             cur = conn.cursor()
             cur.executemany("INSERT INTO items (id, doc) VALUES (%s, %s::jsonb) ON CONFLICT (id) DO UPDATE"
                             " SET doc = excluded.doc, updated = now()", list(latest.items()))
+            cur.execute("DELETE FROM item_deletions WHERE id = ANY(%s)", (list(latest),))
         return len(items)
 
     def get(self, item_ids: Sequence[str]) -> dict[str, Item]:
@@ -349,8 +367,14 @@ class PostgresStore:
         return {i: Item.model_validate(doc) for i, doc in rows}
 
     def delete(self, item_id: str) -> bool:
-        with self.pool.connection() as conn:
-            return conn.execute("DELETE FROM items WHERE id = %s", (item_id,)).rowcount > 0
+        with self.pool.connection() as conn, conn.transaction():
+            gone = conn.execute("DELETE FROM items WHERE id = %s", (item_id,)).rowcount > 0
+            if gone:
+                conn.execute("INSERT INTO item_deletions (id) VALUES (%s) ON CONFLICT (id) DO UPDATE "
+                             "SET deleted = excluded.deleted", (item_id,))
+                conn.execute("DELETE FROM item_deletions WHERE deleted < now() - make_interval(secs => %s)",
+                             (TOMBSTONE_S,))
+        return gone
 
     def all(self) -> list[Item]:
         with self.pool.connection() as conn:
@@ -362,6 +386,16 @@ class PostgresStore:
             docs = conn.execute("SELECT doc FROM items WHERE updated >= to_timestamp(%s) ORDER BY id",
                                 (ts,)).fetchall()
         return [Item.model_validate(d) for (d,) in docs]
+
+    def changes(self, since: float) -> CatalogChanges:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot for the three reads
+            (as_of,) = conn.execute("SELECT extract(epoch from clock_timestamp())::float8").fetchone()
+            docs = conn.execute("SELECT doc FROM items WHERE updated >= to_timestamp(%s) ORDER BY id",
+                                (since,)).fetchall()
+            gone = conn.execute("SELECT id FROM item_deletions WHERE deleted >= to_timestamp(%s) ORDER BY id",
+                                (since,)).fetchall()
+        return CatalogChanges([Item.model_validate(d) for (d,) in docs], [i for (i,) in gone], as_of)
 
     def ids(self) -> set[str]:
         with self.pool.connection() as conn:
@@ -393,5 +427,6 @@ def drop_schema(dsn: str) -> None:
     conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max"})
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for table in ("lines", "events", "items", "api_keys", "consents", "anonymous_counts", "forgotten",
-                      "erasure_receipts", "privacy_meta", "shopper_preferences", "shelfwise_migrations"):
+                      "erasure_receipts", "privacy_meta", "shopper_preferences", "item_deletions",
+                      "shelfwise_migrations"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))

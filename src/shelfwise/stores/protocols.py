@@ -125,6 +125,11 @@ class Catalog(Protocol):
     def changed_since(self, ts: float) -> list[Item]:
         """Items upserted at or after unix time ``ts`` (a model loaded later applies just these)."""
 
+    def changes(self, since: float) -> "CatalogChanges":
+        """What changed at or after unix time ``since`` by the database's clock: items upserted, ids deleted (and
+        not stored again since), and the database's time of the read (pass it back, less a slack for writes that
+        were still committing, as the next ``since``). Every replica polls this to apply other replicas' changes."""
+
     def ids(self) -> set[str]: ...
 
     def first_seen(self, item_ids: Sequence[str] | None = None,
@@ -132,6 +137,16 @@ class Catalog(Protocol):
         """Unix time each item was first stored (later upserts keep it; a deleted item stored again starts anew),
         for the ids given (all by default), only those first stored at or after ``since`` when given; items stored
         before the catalog kept it are left out."""
+
+
+TOMBSTONE_S = 86400.0  # how long a catalog keeps a deleted item's id for the replicas following its changes
+
+
+@dataclass(frozen=True)
+class CatalogChanges:
+    upserted: list[Item]
+    deleted: list[str]
+    as_of: float  # the database's clock when read (unix seconds)
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ import orjson
 
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores.protocols import (
-    AppendResult, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
 )
 
 SCHEMA = """
@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS items (
     updated    REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0)),
     first_seen REAL  -- when the item was first stored (NULL: stored before the column existed)
 );
+CREATE INDEX IF NOT EXISTS items_updated ON items (updated);
+-- deleted items, so that other replicas polling the catalog's changes drop them too (a later upsert removes the row)
+CREATE TABLE IF NOT EXISTS item_deletions (
+    id      TEXT PRIMARY KEY,
+    deleted REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS item_deletions_deleted ON item_deletions (deleted);
 """
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -293,6 +300,7 @@ class SQLiteStore:
                     f" doc = excluded.doc, updated = {_NOW}",
                     rows,
                 )
+                cur.executemany("DELETE FROM item_deletions WHERE id = ?", [(r[0],) for r in rows])
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -311,7 +319,20 @@ class SQLiteStore:
 
     def delete(self, item_id: str) -> bool:
         with self._lock:
-            return self._db.execute("DELETE FROM items WHERE id = ?", (item_id,)).rowcount > 0
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                gone = cur.execute("DELETE FROM items WHERE id = ?", (item_id,)).rowcount > 0
+                if gone:
+                    cur.execute(f"INSERT INTO item_deletions (id, deleted) VALUES (?, {_NOW}) ON CONFLICT (id) "
+                                f"DO UPDATE SET deleted = excluded.deleted", (item_id,))
+                    # running replicas read a tombstone within seconds; one that starts reads the whole catalog
+                    cur.execute(f"DELETE FROM item_deletions WHERE deleted < {_NOW} - ?", (TOMBSTONE_S,))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return gone
 
     def all(self) -> list[Item]:
         db = self._readers.get()
@@ -322,6 +343,17 @@ class SQLiteStore:
         db = self._readers.get()
         docs = db.execute("SELECT doc FROM items WHERE updated >= ? ORDER BY id", (ts,)).fetchall()
         return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
+
+    def changes(self, since: float) -> CatalogChanges:
+        db = self._readers.get()
+        db.execute("BEGIN")  # one snapshot for the three reads
+        try:
+            (as_of,) = db.execute(f"SELECT {_NOW}").fetchone()
+            docs = db.execute("SELECT doc FROM items WHERE updated >= ? ORDER BY id", (since,)).fetchall()
+            gone = db.execute("SELECT id FROM item_deletions WHERE deleted >= ? ORDER BY id", (since,)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return CatalogChanges([Item.model_validate(orjson.loads(d)) for (d,) in docs], [i for (i,) in gone], as_of)
 
     def ids(self) -> set[str]:
         db = self._readers.get()
