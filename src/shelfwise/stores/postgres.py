@@ -106,6 +106,19 @@ CREATE TABLE shopper_preferences (
 ALTER TABLE items ADD COLUMN first_seen timestamptz;
 ALTER TABLE items ALTER COLUMN first_seen SET DEFAULT now();
 """),
+    (5, "model registry", """
+CREATE TABLE model_versions (
+    version    text COLLATE "C" PRIMARY KEY,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    status     text NOT NULL,
+    doc        bytea NOT NULL
+);
+CREATE TABLE model_rollout (id int PRIMARY KEY CHECK (id = 1), revision bigint NOT NULL, doc bytea NOT NULL);
+CREATE TABLE model_audit (ts double precision NOT NULL, action text NOT NULL, version text NOT NULL,
+                          author text NOT NULL, detail text NOT NULL);
+CREATE INDEX model_audit_ts ON model_audit (ts);
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -393,5 +406,6 @@ def drop_schema(dsn: str) -> None:
     conninfo, _ = split_options(with_scheme(dsn, "postgresql"), {"pool_min", "pool_max"})
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for table in ("lines", "events", "items", "api_keys", "consents", "anonymous_counts", "forgotten",
-                      "erasure_receipts", "privacy_meta", "shopper_preferences", "shelfwise_migrations"):
+                      "erasure_receipts", "privacy_meta", "shopper_preferences", "model_versions", "model_rollout",
+                      "model_audit", "shelfwise_migrations"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))
