@@ -96,9 +96,9 @@ def _visit(eng, shoppers, click_p: dict[str, float], rng, minute: float) -> dict
     """Each shopper asks for their homepage; clicks the first slot with their arm's probability."""
     served: dict[str, int] = {}
     clicks = []
-    for s in shoppers:
-        req = RecRequest("homepage", shopper=s, k=6)
-        ans = eng.recommend(req)
+    reqs = [RecRequest("homepage", shopper=s, k=6) for s in shoppers]
+    answers = [a for i in range(0, len(reqs), 250) for a in eng.recommend_many(reqs[i:i + 250])]
+    for s, req, ans in zip(shoppers, reqs, answers):
         arm = next((x["variant"] for x in ans.experiments if x["experiment"].startswith("rollout-")), "outside")
         served[ans.model_version] = served.get(ans.model_version, 0) + 1
         if arm == "candidate":
