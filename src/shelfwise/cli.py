@@ -124,12 +124,10 @@ def run_training(engine, quick: bool = False):
                 if not console.is_terminal:  # a log file (e.g. the background training of `run`): a line a step
                     console.print(f"training {name}")
 
-            released: dict = {}
+            from shelfwise.evaluation.holdout import released as release_through_gates
 
-            def release(version, fitted, log) -> None:  # the registry and its gates decide what goes live
-                step("held-out metrics and gates")
-                released.update(engine.releases.after_training(version, fitted, log))
-
+            released: dict = {}  # the registry and its gates decide what goes live
+            release = release_through_gates(engine.releases, into=released)
             report = train_models(engine.store, engine.catalog, engine.models, ms, progress=step,
                                   vectors=settings.stores.vectors, consenting=engine.guard.consenting,
                                   release=release,

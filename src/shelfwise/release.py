@@ -127,15 +127,9 @@ class Releases:
         return r if r is not None and r.state == "running" else None
 
     # ---- after training ---------------------------------------------------------------------------------------
-    def after_training(self, version: str, fitted: Any, log_: EventLog, author: str = "training") -> dict:
-        """``training.train``'s ``release`` hook: register the stored version with its held-out metrics, then
-        release it through the gates."""
-        from shelfwise.evaluation.holdout import holdout_metrics
-
-        metrics: dict[str, Any] = {}
-        if fitted.holdout is not None:
-            metrics = holdout_metrics(fitted.holdout)
-            metrics["slice"] = fitted.holdout.what
+    def after_training(self, version: str, metrics: dict, log_: EventLog, author: str = "training") -> dict:
+        """Register a version just stored by training with its held-out metrics (``evaluation.holdout.released``
+        computes them: ``training.train``'s ``release`` hook), then release it through the gates."""
         self.registry.register(ModelVersion(version, time.time(), metrics=metrics, window=data_window(log_),
                                             settings=self.settings.models.model_dump(mode="json")))
         self.registry.audit("register", version, author, f"held-out: {metrics}")

@@ -13,6 +13,7 @@ from shelfwise.release import GateBlocked, ReleaseConflict, UnknownVersion
 from shelfwise.request import RecRequest
 from shelfwise.settings import load_settings
 from shelfwise.synthetic import generate_storefront
+from shelfwise.evaluation.holdout import released
 from shelfwise.training import train
 
 SOURCES = ("trending", "covisit", "copurchase")
@@ -51,9 +52,7 @@ def shop_engine(settings, tmp_path):
 def _train(eng, store=None):
     got = {}
 
-    def release(version, fitted, log):
-        got.update(eng.releases.after_training(version, fitted, log))
-
+    release = released(eng.releases, into=got)
     train(store or eng.store, eng.catalog, eng.models, eng.settings.models, sources=SOURCES, release=release)
     eng.refresh_model(0)
     return got

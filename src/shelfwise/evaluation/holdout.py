@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any, Callable
 
 from shelfwise.evaluation import metrics as M
-from shelfwise.training import Holdout
+from shelfwise.release import Releases
+from shelfwise.stores.protocols import EventLog
+from shelfwise.training import Fitted, Holdout
 
 K = 12
 
@@ -30,3 +33,18 @@ def holdout_metrics(holdout: Holdout, batch_size: int = 512) -> dict[str, float]
             f"coverage@{K}": round(M.coverage(lists, len(ids), K), 6),
             f"long_tail@{K}": round(M.long_tail_share(lists, tail, K), 6),
             "requests": len(lists), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def released(releases: Releases, author: str = "training", into: dict | None = None
+             ) -> Callable[[str, Fitted, EventLog], None]:
+    """``training.train``'s ``release`` hook: the version's held-out metrics, then ``Releases.after_training``
+    (registered, judged by the gates, released); what happened is put in ``into``."""
+    def release(version: str, fitted: Fitted, log: EventLog) -> None:
+        metrics: dict[str, Any] = {}
+        if fitted.holdout is not None:
+            metrics = holdout_metrics(fitted.holdout)
+            metrics["slice"] = fitted.holdout.what
+        got = releases.after_training(version, metrics, log, author)
+        if into is not None:
+            into.update(got)
+    return release
