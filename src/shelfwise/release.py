@@ -168,6 +168,9 @@ class Releases:
         live_version = self.live()
         if version == live_version:
             raise ReleaseConflict(f"model version {version} is already live")
+        if not self.models.path(version).is_dir():
+            raise ReleaseConflict(f"model version {version} is registered but its files are no longer in the model "
+                                  "store (pruned: registry.keep_versions)")
         running = self.running()
         if running is not None and running.candidate != version:
             raise ReleaseConflict(f"a rollout of {running.candidate} is running (at {running.share:.0%}); roll it "

@@ -145,3 +145,28 @@ def test_staged_rollout_advances_then_rolls_back_when_ctr_drops(shop_engine):
     served = _visit(eng, shoppers[:300], {}, rng, 9)
     assert set(served) == {live}  # every shopper is back on the live model
     assert [e.action for e in eng.registry.history()][:1] == ["rollback"]
+
+
+def test_train_every_keeps_its_schedule_through_a_failed_run():
+    from shelfwise.console import CLIError
+    from shelfwise.release_cli import every, parse_every
+
+    assert parse_every("6h") == 21600 and parse_every("30m") == 1800 and parse_every("90") == 90
+    for bad in ("0h", "-1m", "six hours", "h"):
+        with pytest.raises(CLIError, match="--every"):
+            parse_every(bad)
+    runs, sleeps = [], []
+
+    def once():
+        runs.append(len(runs))
+        if len(runs) == 2:
+            raise RuntimeError("the event store is down")
+
+    def sleep(s):
+        sleeps.append(s)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        every(60.0, once, sleep=sleep)
+    assert runs == [0, 1, 2] and all(55 < s <= 60 for s in sleeps)  # the failed run did not stop the schedule
