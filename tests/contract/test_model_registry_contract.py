@@ -9,7 +9,6 @@ from typing import Iterator
 
 import pytest
 
-from contract_helpers import tag  # noqa: F401 - the suite's helpers are importable
 from conftest import reopener
 from shelfwise.stores.protocols import ModelRegistry, ModelVersion, Rollout
 
