@@ -8,9 +8,12 @@ Uses the 12k-item storefront of ``serve_load.py`` (set up, or reused from ``--da
 embedded default, wrk at ``--connections`` (8: the connection count of the serving target, ~400-600 requests/s on a
 2-core machine) with the placement mix, ``--events-per-s`` events posted meanwhile. (An open-loop Python client
 cannot keep 400 requests/s on the same 2 cores: it measured itself.) At 25 % of the run a new model version is
-published (a copy of the live one under a new version: the API loads it beside serving and swaps it in), at 50 %
-the rule set is re-published (a new version), at 75 % the previous model version is made current again (a
-rollback). Afterwards every acknowledged event id is looked up in the event store: acknowledged but not stored
+promoted (a copy of the live one under a new version, registered with the live version's held-out metrics — it is
+the same model — and promoted through the registry's gates with `shelfwise models promote VERSION --now`: the API
+loads it beside serving and swaps it in), at 50 % the rule set is re-published (a new version), at 75 % the promotion
+is rolled back (`shelfwise models rollback`: the previous version is current again). A live version the registry
+does not know (trained before it existed) cannot pass the gates: the copy is then published and rolled back
+directly in the model store, as before the registry, and the timeline says so. Afterwards every acknowledged event id is looked up in the event store: acknowledged but not stored
 counts as lost. Reports the load's latency percentiles and errors, the events acknowledged / stored / lost, and
 when each model version became live (``/readyz``).
 """
@@ -33,17 +36,31 @@ import serve_load as sl
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def copy_version(models: Path, source: str) -> str:
-    """Publish a copy of model version ``source`` as a new version (what a retraining would publish)."""
+def copy_version(models: Path, source: str, registry_dsn: str) -> tuple[str, bool]:
+    """Store a copy of model version ``source`` as a new version (what a retraining would store) and register it
+    with ``source``'s held-out metrics (the same model). Returns (version, registered); not registered (and
+    published at once, as before the registry) when the registry does not know ``source``."""
+    from shelfwise.stores import open_model_registry
     from shelfwise.stores.models import DirectoryModelStore
+    from shelfwise.stores.protocols import ModelVersion
 
     store = DirectoryModelStore(models)
     version, path = store.new_version()
     shutil.copytree(store.path(source), path, dirs_exist_ok=True)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
-    store.publish(version)
-    return version
+    store.store(version)
+    registry = open_model_registry(registry_dsn)
+    try:
+        live = registry.get(source)
+        if live is None:
+            store.publish(version)
+            return version, False
+        registry.register(ModelVersion(version, time.time(), metrics=live.metrics, window=live.window,
+                                       settings=live.settings, note=f"soak: a copy of {source}"))
+        return version, True
+    finally:
+        registry.close()
 
 
 def rollback(models: Path, version: str) -> None:
@@ -95,15 +112,25 @@ def main() -> None:
             import httpx
 
             at(0.25)
-            new = copy_version(models, live)
-            timeline.append({"t_s": round(time.monotonic() - t0, 1), "what": f"published model {new}"})
+            new, registered = copy_version(models, live, f"sqlite:///{models / 'registry.db'}")
+            if registered:
+                sl.run(sl.CLI + ["models", "promote", new, "--now", "--author", "soak"], env, log)
+                timeline.append({"t_s": round(time.monotonic() - t0, 1),
+                                 "what": f"promoted model {new} through the registry's gates"})
+            else:
+                timeline.append({"t_s": round(time.monotonic() - t0, 1),
+                                 "what": f"published model {new} (live {live} not in the registry: no gates)"})
             at(0.5)
             sl.run(sl.CLI + ["rules", "put", "bench", str(data / "rules.json"), "--publish", "--author", "soak"],
                    env, log)
             timeline.append({"t_s": round(time.monotonic() - t0, 1), "what": "re-published rule set bench"})
             at(0.75)
-            rollback(models, live)
-            timeline.append({"t_s": round(time.monotonic() - t0, 1), "what": f"rolled back to model {live}"})
+            if registered:
+                sl.run(sl.CLI + ["models", "rollback", "--reason", "soak", "--author", "soak"], env, log)
+            else:
+                rollback(models, live)
+            timeline.append({"t_s": round(time.monotonic() - t0, 1), "what": f"rolled back to model {live}"
+                             + (" through the registry" if registered else "")})
             seen = None
             while time.monotonic() - t0 < args.seconds + 5:
                 try:

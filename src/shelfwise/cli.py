@@ -1,5 +1,5 @@
 """Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate | keys |
-erase | monitor``."""
+erase | monitor | models``."""
 
 from __future__ import annotations
 
@@ -69,16 +69,29 @@ def load_storefront(engine, n_items: int, n_shoppers: int, n_events: int, seed: 
 @app.command()
 def train(
     quick: bool = typer.Option(False, "--quick", help="trending and co-visitation only: a first model in seconds"),
+    every_: Optional[str] = typer.Option(None, "--every", help="train again on this schedule (6h, 30m, 90s) until "
+                                                               "stopped; serving goes on meanwhile"),
 ) -> None:
-    """Train the default pipeline on everything in the event store and publish a new model version."""
+    """Train the default pipeline on everything in the event store, register the new model version with its
+    held-out metrics and release it through the gates (live at once, a staged rollout, or stored but rejected)."""
+    from shelfwise.release_cli import every, parse_every
+
     with friendly():
         settings = _settings()
-        engine = _engine(settings)
-        try:
-            report = run_training(engine, quick=quick)
-        finally:
-            engine.close()
-        typer.echo(report.version)
+        seconds = parse_every(every_)
+
+        def once() -> None:
+            engine = _engine(settings)
+            try:
+                report = run_training(engine, quick=quick)
+            finally:
+                engine.close()
+            typer.echo(report.version)
+
+        if seconds is None:
+            once()
+        else:
+            every(seconds, once)
 
 
 QUICK_SOURCES = ("trending", "covisit", "copurchase")
@@ -111,8 +124,13 @@ def run_training(engine, quick: bool = False):
                 if not console.is_terminal:  # a log file (e.g. the background training of `run`): a line a step
                     console.print(f"training {name}")
 
+            from shelfwise.evaluation.holdout import released as release_through_gates
+
+            released: dict = {}  # the registry and its gates decide what goes live
+            release = release_through_gates(engine.releases, into=released)
             report = train_models(engine.store, engine.catalog, engine.models, ms, progress=step,
                                   vectors=settings.stores.vectors, consenting=engine.guard.consenting,
+                                  release=release,
                                   **({"sources": sources} if sources else {}))  # only shoppers who consent now
             bar.update(task, description="trained", total=1, completed=1)
     except BaseException as exc:
@@ -127,6 +145,11 @@ def run_training(engine, quick: bool = False):
     table.add_row(str(report.events), str(report.shoppers), str(report.items),
                   ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
     console.print(table)
+    if released:
+        gates = released.get("gates", {})
+        what = {"promoted": "live now", "rollout": "staged rollout started",
+                "rejected": "stored, not promoted", "registered": "stored"}.get(released["action"], released["action"])
+        console.print(f"model {report.version}: {what} — gates: {gates.get('reason', '-')}")
     return report
 
 
@@ -139,7 +162,9 @@ def train_in_background(engine, sequence_minutes: float) -> Path:
 
     settings = engine.settings
     log = settings.data_dir / "train.log"
+    # the demo's full model replaces its quick first model at once (through the gates, without a staged rollout)
     env = dict(os.environ, SHELFWISE_MODELS__SEQUENCE__MAX_TRAIN_MINUTES=str(sequence_minutes),
+               SHELFWISE_REGISTRY__ROLLOUT="immediate",
                SHELFWISE_MODELS__SEQUENCE__FINETUNE_EPOCHS="1", SHELFWISE_DATA_DIR=str(settings.data_dir))
     with log.open("w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "shelfwise.cli", "train"], stdout=fh,
@@ -569,6 +594,10 @@ def erase(
 from shelfwise.experiments.cli import experiments_app  # noqa: E402 - online experiments
 
 app.add_typer(experiments_app, name="experiments")
+
+from shelfwise.release_cli import models_app  # noqa: E402 - model registry and releases
+
+app.add_typer(models_app, name="models")
 
 from shelfwise.monitor.cli import monitor as monitor_cmd  # noqa: E402 - drift monitoring
 

@@ -36,7 +36,8 @@ from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
 from shelfwise.settings import Settings
-from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
+from shelfwise.release import Releases
+from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_model_registry, open_online_state,
                               open_preference_store, open_privacy_store, vector_index_factory)
 from shelfwise.stages.budget import StageGuard
 from shelfwise.stores.breaker import Breakers, Unavailable, unavailable
@@ -92,6 +93,11 @@ class Shelfwise:
         self._scanned_at = 0.0  # when the current model's training read the event store
         self._forget_applied = 0.0  # erasure markers up to this time are applied to the current model's index
         self.experiments_admin = ExperimentService(settings, store=self.experiments.store, xlog=self.experiments.log)
+        # model registry and releases: gates, staged rollout (an experiment of the rollout layer), rollback
+        self.registry = open_model_registry(settings.registry_dsn)
+        self.releases = Releases(settings, self.models, self.registry, self.experiments.store, self.experiments.log,
+                                 changed=self.experiments.reload)
+        self._releaser: threading.Thread | None = None
         self.erasure_hooks.append(("experiment log", self.experiments.forget))
         self._variants: dict[tuple, Pipeline] = {}  # (model version, rule set) -> the pipeline serving a variant
         self.encoder: BackgroundEncoder | None = None  # content vectors of items added or changed after training
@@ -121,6 +127,20 @@ class Shelfwise:
                                                      args=(self.settings.api.catalog_sync_s,),
                                                      name="shelfwise-catalog-sync")
             self._catalog_watcher.start()
+        if self._releaser is None and self.settings.registry.check_interval_s > 0:
+            self._releaser = threading.Thread(target=self._check_releases, daemon=True, name="shelfwise-releases")
+            self._releaser.start()
+
+    def _check_releases(self) -> None:
+        """Advance or roll back the staged rollout every ``registry.check_interval_s`` (each replica may: the
+        registry's compare-and-set makes one of them do each step)."""
+        while not self._stop.wait(self.settings.registry.check_interval_s):
+            try:
+                got = self.releases.check()
+                if got["action"] not in ("none", "waiting"):
+                    log.warning("model rollout: %s", got["action"])
+            except Exception:  # a database hiccup must not end the checks
+                log.exception("checking the model rollout failed")
 
     def observe_stages(self, observer: Observer | None) -> None:
         """Report each stage's time of every pipeline call (this pipeline, the variants', the ones to come)."""
@@ -744,7 +764,7 @@ class Shelfwise:
 
     def close(self) -> None:
         self._stop.set()
-        for watcher in (self._watcher, self._catalog_watcher):
+        for watcher in (self._watcher, self._catalog_watcher, self._releaser):
             if watcher is not None:
                 watcher.join(10)
         if self.encoder is not None:
@@ -755,6 +775,7 @@ class Shelfwise:
         self.merch.close()
         self.privacy_store.close()
         self.preference_store.close()
+        self.registry.close()
         self.store.close()
         close_online = getattr(self.online, "close", None)
         if close_online is not None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,10 @@ class StoreSettings(_Section):
     preferences: str = Field("", description="shoppers' explicit preferences: sqlite:///path or postgresql://...; "
                                              "empty = the event store's database")
     models: str = Field("", description="model store: a directory (file:///path), shared by every replica")
+    registry: str = Field("", description="model registry (versions, offline metrics, gate results, the staged "
+                                          "rollout): sqlite:///path or postgresql://...; empty = registry.db in the "
+                                          "model store's directory, or the event store's database when that is "
+                                          "PostgreSQL (so every replica reads the same rollout)")
     ack: Literal["stream", "commit"] = Field(
         "stream", description="when POST /v1/events answers on a stream bus: after the durable append to the stream "
                               "(durable as far as Redis persists: use appendonly yes), or after a worker committed "
@@ -645,6 +649,50 @@ class PrivacySettings(_Section):
     sqlite_secure_delete: bool = Field(True, description="SQLite: overwrite deleted rows with zeros "
                                                          "(PRAGMA secure_delete) and truncate the WAL after an "
                                                          "erasure, so erased data does not linger in the file")
+class RegistrySettings(_Section):
+    """Model registry and release (``release.py``, ``shelfwise models``, ``/v1/models``): every trained version is
+    stored with offline metrics on a held-out slice; promoting one requires passing the gates, then it reaches the
+    shoppers in stages (sticky hashing through an experiment in ``rollout_layer``) and is rolled back by itself when
+    its CTR falls more than ``max_ctr_drop`` below the live model's (the experiments' CTR guardrail)."""
+
+    max_ndcg_drop: float = Field(0.05, ge=0, lt=1, description="gate: a version's held-out NDCG@12 may be at most "
+                                                                "this share below the live version's (0.05 = 5 % "
+                                                                "relative)")
+    min_coverage: float = Field(0.02, ge=0, le=1, description="gate: a version's held-out catalog coverage@12 (share "
+                                                              "of the catalog in at least one top-12 list) must "
+                                                              "be at least this")
+    min_requests: int = Field(20, ge=1, description="gate: held-out requests a version's metrics need (fewer: the "
+                                                    "metrics say too little, the version is not promoted)")
+    rollout: Literal["staged", "immediate"] = Field(
+        "staged", description="how a version that passed the gates reaches shoppers when a model is live: staged "
+                              "(stages below, guarded by CTR) or immediate (every shopper at once). With no live "
+                              "model it goes live at once")
+    stages: list[float] = Field([0.1, 0.5, 1.0], description="shares of shoppers the candidate serves, stage by "
+                                                             "stage; every share but the last at most 0.5, the last 1")
+    stage_minutes: float = Field(60.0, ge=0, description="a stage lasts at least this long, and until the CTR "
+                                                         "guardrail has min_units shoppers per arm and is not "
+                                                         "breached, before the next one")
+    max_ctr_drop: float = Field(0.03, gt=0, lt=1, description="roll back when the candidate's CTR is this share "
+                                                              "below the live model's (and the experiments' "
+                                                              "anytime-valid interval says it is worse)")
+    min_units: int = Field(200, ge=1, description="shoppers per arm before the CTR guardrail judges")
+    check_interval_s: float = Field(60.0, ge=0, description="how often a serving process advances or rolls back "
+                                                            "the rollout (0 = never: `shelfwise models check`)")
+    rollout_layer: str = Field("model-rollout", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+                               description="experiment layer of rollouts (other experiments of this layer never "
+                                           "share a shopper with a rollout)")
+    keep_versions: int = Field(10, ge=2, description="model versions kept on disk (the live one, the one rolling "
+                                                     "out and the one before the live one are always kept)")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[float]) -> list[float]:
+        if not v or v[-1] != 1.0 or any(not 0 < x <= 0.5 for x in v[:-1]) or v != sorted(set(v)):
+            raise ValueError("stages: increasing shares, each but the last in (0, 0.5], the last 1.0 "
+                             f"(got {v})")
+        return v
+
+
 class ExperimentSettings(_Section):
     """Online experiments (``experiments/``): assignment, exposure & outcome log, analysis, guardrails, bandits."""
 
@@ -775,6 +823,7 @@ class Settings(BaseSettings):
 
     experiments: ExperimentSettings = ExperimentSettings()
     monitor: MonitorSettings = MonitorSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -798,6 +847,14 @@ class Settings(BaseSettings):
     @property
     def preferences_dsn(self) -> str:
         return self.stores.preferences or self.events_dsn
+
+    @property
+    def registry_dsn(self) -> str:
+        if self.stores.registry:
+            return self.stores.registry
+        if self.events_dsn.startswith(("postgresql://", "postgres://")):
+            return self.events_dsn
+        return f"sqlite:///{self.models_dir / 'registry.db'}"
 
     @property
     def content_cache_dir(self) -> Path:

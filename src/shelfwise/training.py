@@ -7,10 +7,15 @@ The order (``fit_pipeline``), with the ranker enabled:
 3. build the ranker's training rows from that pipeline's own candidates and fit the booster (``train_ranker``);
 4. fit the sources on the whole log, each starting from its prefix fit where it can (``Retriever.warm_start``:
    the sequence model then needs a few epochs instead of a full training).
+
+Between 3 and 4 the held-out slice of the model registry's offline metrics is set aside (``Holdout``): the prefix
+pipeline with the ranker, asked for the labelled requests after the cut that no part of training fitted on — the
+ranker's early-stopping requests (README "Model registry"). It costs no data: every model is served as before.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -24,7 +29,9 @@ import numpy as np
 from shelfwise.assemble import assemble, attach_indexes
 from shelfwise.domain import Item
 from shelfwise.pipeline import Model, Pipeline
-from shelfwise.ranking.labels import split_history
+from shelfwise.request import RecRequest
+from shelfwise.ranking.features import ItemStats
+from shelfwise.ranking.labels import Point, grade_of, split_history
 from shelfwise.ranking.train import resolve_split, train_ranker, without_ranker
 from shelfwise.retrieval import SOURCES, build_retrievers, with_cohort, with_content
 from shelfwise.retrieval.base import Retriever, TrainData
@@ -47,10 +54,25 @@ class TrainReport:
 
 
 @dataclass
+class Holdout:
+    """The held-out slice of a training run: requests after the ranker's cut that no part of training fitted on,
+    what each shopper did next (``targets``), and the pipeline fitted without them (sources on the prefix, plus the
+    ranker, its item statistics from the prefix too). The model registry's offline metrics are computed on it
+    (``evaluation.holdout``)."""
+
+    pipeline: Pipeline
+    requests: list[RecRequest]
+    targets: list[list[str]]
+    popularity: dict[str, int]  # positive interactions per item in the prefix (which items are the long tail)
+    what: str  # how the slice was chosen, for the registry
+
+
+@dataclass
 class Fitted:
     model: Model
     data: TrainData
     seconds: dict[str, float]
+    holdout: Holdout | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -100,13 +122,23 @@ def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings
 
 def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
                  progress: Progress | None = None, previous: Path | None = None,
-                 contexts: dict[str, EntryContext] | None = None) -> Fitted:
+                 contexts: dict[str, EntryContext] | None = None, hold_out: bool = False) -> Fitted:
     """Fit the named sources, and the learned ranker when enabled, on an event log (not saved). ``previous``:
     the serving model version's directory (sources reuse what still holds, e.g. encoded item texts); ``contexts``:
-    the shoppers' entry contexts (``EventStore.entry_contexts``, for cohorts)."""
+    the shoppers' entry contexts (``EventStore.entry_contexts``, for cohorts). ``hold_out``: also set aside the
+    held-out slice (``Fitted.holdout``; with the ranker off that costs a second fit of the sources, on the prefix)."""
     items = {it.id: it for it in catalog.all()}
     if not (settings.ranker.enabled and len(log)):
-        return fit_sources(log, items, settings, sources, progress=progress, previous=previous, contexts=contexts)
+        fitted = fit_sources(log, items, settings, sources, progress=progress, previous=previous, contexts=contexts)
+        if hold_out and len(log):
+            plain = without_ranker(resolve_split(settings, log))
+            split = split_history(log, plain.ranker, plain.history_length, plain.covisit.session_gap_minutes * 60.0)
+            if len(split.prefix):
+                if progress:
+                    progress("held-out slice (sources on the prefix)")
+                prefix = fit_sources(split.prefix, items, plain, sources, contexts=contexts)
+                fitted.holdout = held_out(prefix, None, split.points, split.prefix, items, plain)
+        return fitted
     t0 = time.perf_counter()
     settings = resolve_split(settings, log)
     split = split_history(log, settings.ranker, settings.history_length,
@@ -119,10 +151,42 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
     ranker = train_ranker(prefix.pipeline, prefix.model.items, prefix.model.retrievers, prefix.data, final_data, log,
                           items, settings, split, progress)
     ranker_s = time.perf_counter() - t0
+    # before the final fit, which may continue the prefix fit's sources in place
+    holdout = held_out(prefix, ranker, split.points, split.prefix, items, settings) if hold_out else None
     fitted = fit_sources(log, items, settings, sources, warm=prefix, progress=progress, data=final_data)
     fitted.model.ranker = ranker
     fitted.seconds = {"ranker": ranker_s, **fitted.seconds}
+    fitted.holdout = holdout
     return fitted
+
+
+def held_out(prefix: Fitted, ranker, points: Sequence[Point], prefix_log: EventLog, catalog: dict[str, Item],
+             settings: ModelSettings) -> Holdout | None:
+    """The held-out slice (``Holdout``) of a training run whose sources were fit on ``prefix`` and whose ranker (or
+    None: the blend order serves) learned from ``points``. With a ranker: the points only its early stopping saw
+    (the latest ``valid_fraction`` by time; ``split="last"``: the validation shoppers'); without one, every point.
+    Logged impressions (exposure-log points) are left out: their labels are clicks on what was shown."""
+    points = [p for p in points if not p.positions and any(g > 0 for g in p.labels.values())]
+    what = "every labelled request after the cut (no ranker was trained on them)"
+    model = prefix.model
+    if ranker is not None:
+        by_time, cut, shoppers = getattr(ranker, "validation", (True, float("inf"), set()))
+        points = [p for p in points if p.ts >= cut] if by_time else [p for p in points if p.shopper in shoppers]
+        what = ("the ranker's early-stopping requests (" + ("the latest by time" if by_time else
+                                                             "its validation shoppers") + "), not fitted on")
+        ranker = copy.copy(ranker)  # the served ranker keeps the full log's item statistics
+        ranker.stats = ItemStats.fit(prefix.data, catalog)
+        model = copy.copy(model)
+        model.ranker = ranker
+    if not points:
+        return None
+    placement = settings.ranker.placements[0]
+    pos = grade_of(prefix_log.kind) > 0
+    popularity: dict[str, int] = {}
+    for it in prefix_log.item[pos].tolist():
+        popularity[it] = popularity.get(it, 0) + 1
+    return Holdout(Fitted(model, prefix.data, {}).pipeline, [p.request(placement, 12) for p in points],
+                   [[i for i, g in p.labels.items() if g > 0] for p in points], popularity, what)
 
 
 def expected_seconds(events: int, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
@@ -150,8 +214,10 @@ SCAN_FILE = "scanned_at.json"  # when training read the event store: shoppers er
 
 def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, settings: ModelSettings,
           progress: Progress | None = None, vectors: str = "hnsw://", sources: tuple[str, ...] = SOURCES,
-          consenting: Callable[[Sequence[str]], set[str]] | None = None) -> TrainReport:
-    """Fit on everything in the event store and publish a new version.
+          consenting: Callable[[Sequence[str]], set[str]] | None = None,
+          release: Callable[[str, Fitted, EventLog], None] | None = None) -> TrainReport:
+    """Fit on everything in the event store and publish a new version (or, with ``release``, store it and hand it
+    over: ``release(version, fitted, log)`` decides whether it goes live; the fit then sets its held-out slice aside).
 
     ``vectors``: ``stores.vectors``, whose indexes of the embedding sources are built before the version goes live,
     so no replica builds them. ``consenting(shoppers)``: those whose personalisation consent is granted now; the
@@ -178,7 +244,8 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
     chosen = with_cohort(chosen, settings)
     contexts = store.entry_contexts() if "cohort" in chosen else None
     fitted = fit_pipeline(log, catalog, settings, sources=chosen, progress=progress,
-                          previous=models.path(current) if current is not None else None, contexts=contexts)
+                          previous=models.path(current) if current is not None else None, contexts=contexts,
+                          hold_out=release is not None)
     version, path = models.new_version()
     fitted.model.version = version
     fitted.model.save(path)
@@ -190,6 +257,10 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
     if progress:
         progress("vector indexes")
     attach_indexes(fitted.model, vector_index_factory(vectors, path, version))
-    models.publish(version)
-    models.prune()
+    if release is not None:
+        models.store(version)
+        release(version, fitted, log)
+    else:
+        models.publish(version)
+        models.prune()
     return TrainReport(version, len(log), fitted.data.n_users, fitted.data.n_items, fitted.seconds)

@@ -152,25 +152,38 @@ def check_once(store: ExperimentStore, xlog: ExperimentLog, window_s: float, alp
     for e in store.list("running"):
         if not e.spec.guardrails or e.spec.kind != "ab":  # bandit arms and interleaved rails have no control group
             continue
-        table = xlog.unit_table(e.id, window_s, since=e.started_at, until=now + 1e-6)
-        results = evaluate(e, table, {}, alpha, planned_units,
-                           recent_metrics=lambda w, eid=e.id: xlog.request_metrics(eid, since=now - w,
-                                                                                   until=now + 1e-6))
-        breached = [r for r in results if r.status == "breached"]
-        action = {"experiment": e.id, "guardrails": [r.view() for r in results], "stopped": False}
-        if breached:
-            reason = "guardrail breached: " + "; ".join(f"{r.metric} of {r.variant}: {r.detail}" for r in breached)
-            try:
-                store.stop(e.id, "guardrail", reason=reason, serve=e.spec.control_name)
-                action["stopped"] = True
-                log.warning("experiment %s stopped, traffic routed to control %r: %s", e.id, e.spec.control_name,
-                            reason)
-                if on_breach is not None:
-                    on_breach(e, breached)
-            except Conflict:  # another replica stopped it first
-                pass
-        actions.append(action)
+        actions.append(check_experiment(store, xlog, e, window_s, alpha, planned_units, now, on_breach,
+                                        flush=False)[0])
     return actions
+
+
+def check_experiment(store: ExperimentStore, xlog: ExperimentLog, e: Experiment, window_s: float,
+                     alpha: float = 0.05, planned_units: int = 10_000, now: float | None = None,
+                     on_breach: Callable[[Experiment, list[GuardrailResult]], None] | None = None,
+                     flush: bool = True) -> tuple[dict[str, Any], list[GuardrailResult]]:
+    """Evaluate one running experiment's guardrails; on a breach stop it, serving control. Returns what was done
+    and the results (a model rollout, ``release.py``, advances only when they are all ok)."""
+    now = time.time() if now is None else now
+    if flush:
+        xlog.flush()
+    table = xlog.unit_table(e.id, window_s, since=e.started_at, until=now + 1e-6)
+    results = evaluate(e, table, {}, alpha, planned_units,
+                       recent_metrics=lambda w, eid=e.id: xlog.request_metrics(eid, since=now - w,
+                                                                               until=now + 1e-6))
+    breached = [r for r in results if r.status == "breached"]
+    action = {"experiment": e.id, "guardrails": [r.view() for r in results], "stopped": False}
+    if breached:
+        reason = "guardrail breached: " + "; ".join(f"{r.metric} of {r.variant}: {r.detail}" for r in breached)
+        try:
+            store.stop(e.id, "guardrail", reason=reason, serve=e.spec.control_name)
+            action["stopped"] = True
+            log.warning("experiment %s stopped, traffic routed to control %r: %s", e.id, e.spec.control_name,
+                        reason)
+            if on_breach is not None:
+                on_breach(e, breached)
+        except Conflict:  # another replica stopped it first
+            pass
+    return action, results
 
 
 class GuardrailMonitor:

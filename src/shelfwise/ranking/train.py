@@ -94,6 +94,9 @@ def train_ranker(source: CandidateSource, items: ItemTable, retrievers: dict[str
     if progress:
         progress("ranker booster")
     ranker.fit(train_rows, valid_rows)
+    # which points only early stopping saw (the registry's held-out slice, ``training.held_out``); not saved
+    ranker.validation = (rs.split == "time", float(valid_rows.ts.min()) if len(valid_rows.group) else float("inf"),
+                         set(valid_rows.shopper.astype(str).tolist()))
     ranker.stats = ItemStats.fit(final_data, catalog)
     seconds["total"] = time.perf_counter() - t0
     seconds["total_cpu"] = time.process_time() - cpu0  # all threads of the process

@@ -9,6 +9,7 @@
 | keys, consent, erasures  | the event store's SQLite file | the event store's PostgreSQL |
 | shopper preferences      | ``sqlite:///path`` (default: the event store's) | ``postgresql://`` |
 | rate limiter             | ``memory://``        | ``redis://`` (the online state's)   |
+| model registry           | ``sqlite:///path`` (default: ``registry.db`` in the model store) | ``postgresql://`` |
 
 Backends are imported lazily, so the embedded default never imports a database driver.
 """
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from shelfwise.stores.protocols import (
-    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, OnlineState, PreferenceStore, RateLimiter,
-    VectorIndex,
+    Catalog, ConsentStore, ErasureLedger, EventBus, EventStore, KeyStore, ModelRegistry, OnlineState, PreferenceStore,
+    RateLimiter, VectorIndex,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +78,12 @@ def open_preference_store(dsn: str, secure_delete: bool = True) -> PreferenceSto
     """Shoppers' explicit preferences (``stores.preferences``; by default the event store's database)."""
     return _sql_role(dsn, "preference store", "sqlite_preferences.SQLitePreferenceStore",
                      "postgres_preferences.PostgresPreferenceStore", secure_delete=secure_delete)
+
+
+def open_model_registry(dsn: str) -> ModelRegistry:
+    """The model registry (``stores.registry``; by default a SQLite file beside the model store, or the event store's
+    PostgreSQL database: ``Settings.registry_dsn``)."""
+    return _sql_role(dsn, "model registry", "registry.SQLiteModelRegistry", "registry.PostgresModelRegistry")
 
 
 def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:

@@ -23,13 +23,20 @@ class DirectoryModelStore:
         path.mkdir(parents=True)
         return version, path
 
-    def publish(self, version: str) -> Path:
-        """Make a built version visible and current."""
+    def store(self, version: str) -> Path:
+        """Make a built version visible (loadable by its name) without making it current."""
         partial = self.root / f".{version}.partial"
         final = self.root / version
         if partial.exists():
             partial.rename(final)
-        tmp = self.root / "CURRENT.tmp"
+        return final
+
+    def publish(self, version: str) -> Path:
+        """Make a built version visible and current."""
+        final = self.store(version)
+        if not final.is_dir():
+            raise KeyError(version)
+        tmp = self.root / f"CURRENT.{os.getpid()}.tmp"
         tmp.write_text(version)
         os.replace(tmp, self.root / "CURRENT")
         return final
@@ -47,10 +54,11 @@ class DirectoryModelStore:
     def versions(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("v"))
 
-    def prune(self, keep: int = 5) -> None:
+    def prune(self, keep: int = 5, protect: tuple[str, ...] = ()) -> None:
+        """Remove all but the newest ``keep`` versions, never the current one nor those in ``protect``."""
         current = self.current()
         for v in self.versions()[:-keep]:
-            if v != current:
+            if v != current and v not in protect:
                 shutil.rmtree(self.root / v, ignore_errors=True)
 
     # ---- a training run in progress (so the API can say which model is expected next) -------------------

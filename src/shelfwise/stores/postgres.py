@@ -115,6 +115,19 @@ CREATE TABLE item_deletions (
 );
 CREATE INDEX item_deletions_deleted ON item_deletions (deleted);
 """),
+    (6, "model registry", """
+CREATE TABLE model_versions (
+    version    text COLLATE "C" PRIMARY KEY,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    status     text NOT NULL,
+    doc        bytea NOT NULL
+);
+CREATE TABLE model_rollout (id int PRIMARY KEY CHECK (id = 1), revision bigint NOT NULL, doc bytea NOT NULL);
+CREATE TABLE model_audit (ts double precision NOT NULL, action text NOT NULL, version text NOT NULL,
+                          author text NOT NULL, detail text NOT NULL);
+CREATE INDEX model_audit_ts ON model_audit (ts);
+"""),
 ]
 _LOCK_KEY = 0x5E1F_0001  # advisory lock serialising migrations across replicas
 
@@ -428,5 +441,5 @@ def drop_schema(dsn: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for table in ("lines", "events", "items", "api_keys", "consents", "anonymous_counts", "forgotten",
                       "erasure_receipts", "privacy_meta", "shopper_preferences", "item_deletions",
-                      "shelfwise_migrations"):
+                      "model_versions", "model_rollout", "model_audit", "shelfwise_migrations"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))

@@ -354,3 +354,95 @@ class RateLimiter(Protocol):
     def acquire(self, buckets: Sequence[tuple[str, float, int]]) -> float:
         """Take one request from every bucket (name, requests per second, burst), all or none. Returns 0.0 when
         allowed, else the seconds until the request would be allowed (nothing taken)."""
+
+
+# ---- model registry ---------------------------------------------------------------------------------------------
+VERSION_STATES = ("registered", "rejected", "rolling_out", "live", "retired", "rolled_back")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A trained model version as the registry holds it (the files are in the model store).
+
+    ``metrics``: offline metrics on the held-out slice at training time (``NDCG@12``, ``HR@12``, ``coverage@12``,
+    ``long_tail@12``, ``requests``); ``window``: the data it was trained on (first and last event time, events,
+    shoppers, items); ``settings``: the model settings; ``gates``: the last gate evaluation (``passed``, ``checks``,
+    ``baseline``); ``status`` one of ``VERSION_STATES``; ``note``: why it has that status (a gate that blocked it,
+    a rollback's reason)."""
+
+    version: str
+    created_at: float
+    status: str = "registered"
+    metrics: dict = field(default_factory=dict)
+    window: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)
+    note: str = ""
+    updated_at: float = 0.0
+
+    def view(self) -> dict:
+        return {"version": self.version, "created_at": self.created_at, "updated_at": self.updated_at,
+                "status": self.status, "note": self.note, "metrics": self.metrics, "window": self.window,
+                "gates": self.gates, "settings": self.settings}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The staged rollout of a candidate version (at most one at a time; kept in the registry, so every replica
+    reads the same). ``share``: the share of shoppers the candidate serves now; ``experiment``: the experiment that
+    splits shoppers (sticky hashing) and carries the CTR guardrail; ``state`` running, done (promoted to every
+    shopper), rolled_back (by the guardrail or an operator) or aborted."""
+
+    candidate: str
+    baseline: str | None
+    experiment: str
+    share: float
+    state: str = "running"
+    started_at: float = 0.0
+    stage_started_at: float = 0.0
+    finished_at: float | None = None
+    reason: str = ""
+    revision: int = 0
+
+    def view(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One line of the registry's audit trail."""
+
+    ts: float
+    action: str  # register | reject | rollout | advance | promote | rollback | abort
+    version: str
+    author: str
+    detail: str
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    def register(self, record: ModelVersion) -> ModelVersion:
+        """Store a new version (``ValueError`` when the version is already registered)."""
+
+    def get(self, version: str) -> ModelVersion | None: ...
+
+    def list(self, limit: int = 100) -> list[ModelVersion]:
+        """Versions, newest first."""
+
+    def update(self, version: str, *, status: str | None = None, note: str | None = None,
+               gates: dict | None = None) -> ModelVersion:
+        """Change a version's status / note / gate result (``KeyError`` for an unknown version)."""
+
+    def rollout(self) -> Rollout | None:
+        """The current (or last) rollout."""
+
+    def save_rollout(self, rollout: Rollout, expected_revision: int) -> Rollout | None:
+        """Write the rollout iff the stored one is still at ``expected_revision`` (0: none stored): returns it at its
+        new revision, or None when another process changed it first (compare-and-set across replicas)."""
+
+    def audit(self, action: str, version: str, author: str, detail: str = "") -> None: ...
+
+    def history(self, limit: int = 100) -> list[RegistryEntry]:
+        """The audit trail, newest first."""
+
+    def close(self) -> None: ...
