@@ -105,10 +105,11 @@ class AttributeKNN:
         self.sizes = np.asarray(self.matrix.sum(axis=1)).ravel()
 
     def lists(self, histories: Sequence[Sequence[str]], excludes: Sequence[Iterable[str]], k: int,
-              batch: int = 64) -> list[list[str]]:
+              batch: int = 64, only: set[str] | None = None) -> list[list[str]]:
         """Per shopper, the top ``k`` items by mean Jaccard to their last ``history`` items (excluded ones
-        left out); an empty list without a known history item."""
+        left out; with ``only``, only those items); an empty list without a known history item."""
         out: list[list[str]] = []
+        outside = np.array([i not in only for i in self.ids], bool) if only is not None else None
         for start in range(0, len(histories), batch):
             part = histories[start:start + batch]
             rows = [[self.index[h] for h in hist if h in self.index][-self.history:] for hist in part]
@@ -127,6 +128,8 @@ class AttributeKNN:
                 score = jac[:, [col[r] for r in rs]].mean(axis=1)
                 drop = [self.index[x] for x in excludes[start + j] if x in self.index]
                 score[drop] = -1.0
+                if outside is not None:
+                    score[outside] = -1.0
                 top = np.argsort(-score, kind="stable")[:k]
                 out.append([self.ids[t] for t in top if score[t] > 0])
         return out

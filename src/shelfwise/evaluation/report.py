@@ -156,6 +156,20 @@ def plot_split(split: dict, out: Path, prefix: str) -> list[str]:
     return files
 
 
+def among_new_table(split: dict) -> list[str]:
+    """Cold items: the same requests ranked among the held-out items only (every other item excluded)."""
+    models = {n: m for n, m in split["models"].items() if m.get("among_new")}
+    if not models:
+        return []
+    lines = ["Ranked among the held-out (new) items only — every other item excluded from each request:", "",
+             "| model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR@20 |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        a = m["among_new"]
+        lines.append(f"| {name} | {_f(a.get('HR@10', 0))} | {_f(a.get('NDCG@10', 0))} | {_f(a.get('HR@20', 0))} | "
+                     f"{_f(a.get('NDCG@20', 0))} | {_f(a.get('MRR', 0))} |")
+    return lines + [""]
+
+
 def importance_table(split: dict, top: int = 15) -> list[str]:
     """The learned ranker's feature importances (share of total gain), for models that have one."""
     lines: list[str] = []
@@ -179,6 +193,7 @@ def dataset_section(result: dict, out: Path, plots: bool = True) -> list[str]:
         lines += [f"### {split['name']}: {split_title(split)}", "",
                   f"{split['users']} shoppers evaluated; {split['train_events']} training events.", ""]
         lines += metric_table(split) + [""]
+        lines += among_new_table(split)
         lines += segment_table(split) + [""]
         lines += importance_table(split)
         if plots:

@@ -95,6 +95,7 @@ class ModelResult:
     recommend_s: float
     fit_detail: dict[str, float] = field(default_factory=dict)
     importances: dict[str, float] = field(default_factory=dict)  # the ranker's feature importances (gain)
+    among_new: dict[str, float] = field(default_factory=dict)  # cold items: the same, ranked among the held-out ones
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -163,13 +164,15 @@ def _given_views(split: Split, history_length: int) -> ShopperViews:
 
 
 def recommend_lists(pipeline, split: Split, views: ShopperViews, k: int, batch_size: int = 1024,
-                    report: Report | None = None, stage: str = "") -> list[list[str]]:
+                    report: Report | None = None, stage: str = "", also_exclude: Sequence[str] = ()) -> list[list[str]]:
+    """Each evaluated shopper's list (``also_exclude``: items no request may show, beside its own exclusions)."""
     lists: list[list[str]] = []
     n = len(split.users)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        reqs = [RecRequest(PLACEMENT, shopper=split.users[i], k=k, exclude=views.exclude[i], state=views.states[i],
-                           now=split.now) for i in range(start, stop)]
+        reqs = [RecRequest(PLACEMENT, shopper=split.users[i], k=k, state=views.states[i], now=split.now,
+                           exclude=[*views.exclude[i], *also_exclude] if also_exclude else views.exclude[i])
+                for i in range(start, stop)]
         lists += [[r.item_id for r in ans.items] for ans in pipeline.recommend(reqs)]
         if report:
             report(stage, stop, n)
@@ -208,9 +211,15 @@ def evaluate_model(spec: ModelSpec, split: Split, dataset: Dataset, settings: Mo
     t1 = time.perf_counter()
     lists = recommend_lists(pipeline, split, views, max(ks), batch_size, report, stage)
     rec_s = time.perf_counter() - t1
-    return _result(spec.name, list(spec.sources), lists, split, views, ks, len(pipeline.items), tail,
-                   segment_threshold, export, fit_s, rec_s, detail,
-                   fitted.pipeline.ranker.importances() if fitted.pipeline.ranker is not None else {})
+    result = _result(spec.name, list(spec.sources), lists, split, views, ks, len(pipeline.items), tail,
+                     segment_threshold, export, fit_s, rec_s, detail,
+                     fitted.pipeline.ranker.importances() if fitted.pipeline.ranker is not None else {})
+    if held:  # the same requests with every other item excluded: which of the new items
+        others = [i for i in pipeline.items.index if i not in held]
+        new_lists = recommend_lists(pipeline, split, views, max(ks), batch_size, report, f"{stage} (among new items)",
+                                    also_exclude=others)
+        result.among_new = M.summarise(M.per_user(new_lists, split.targets, ks))
+    return result
 
 
 class _Catalog:
@@ -253,10 +262,17 @@ def evaluate_baseline(name: str, split: Split, dataset: Dataset, settings: Model
         hist = [[e.item_id for e in st.recent if e.kind in positive] for st in views.states]
         lists = knn.lists(hist, views.exclude, k)
     rec_s = time.perf_counter() - t0 - fit_s
+    among_new: dict[str, float] = {}
+    if split.held_out:  # ranked among the held-out items only
+        held = set(split.held_out)
+        new_lists = lists if name == "popularity-cold" else knn.lists(hist, views.exclude, k, only=held)
+        among_new = M.summarise(M.per_user(new_lists, split.targets, ks))
     if report:
         report(f"{split.name} · {name}", len(split.users), len(split.users))
-    return _result(name, [name], lists, split, views, ks, len({it.id for it in dataset.items}), tail,
-                   segment_threshold, export, fit_s, rec_s, {}, {})
+    result = _result(name, [name], lists, split, views, ks, len({it.id for it in dataset.items}), tail,
+                     segment_threshold, export, fit_s, rec_s, {}, {})
+    result.among_new = among_new
+    return result
 
 
 def _result(name: str, sources: list[str], lists: list[list[str]], split: Split, views: ShopperViews,
