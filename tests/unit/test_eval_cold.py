@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shelfwise.domain import EventType, Item
-from shelfwise.evaluation.coldstart import AttributeKNN, facts, popularity_among
+from shelfwise.evaluation.coldstart import AttributeKNN, category_popularity, facts, popularity_among
 from shelfwise.evaluation.data import Dataset
 from shelfwise.evaluation.runner import evaluate_dataset, shopper_views
 from shelfwise.evaluation.splits import cold_items, cold_shoppers
@@ -83,6 +83,19 @@ def test_popularity_among_cold_items_leaves_out_the_targets():
     assert popularity_among(s, log) == ["n2", "n1"]  # n1: 3 - 2 target events = 1 < n2: 2
 
 
+def test_category_popularity_ranks_new_items_by_their_shelf():
+    log = make_log([("a", "w1", V, 1), ("a", "w2", V, 2), ("b", "w1", V, 1), ("b", "n1", V, 2),
+                    ("c", "w3", V, 1), ("c", "n2", V, 2)])
+    items = [Item(id="w1", category=["Audio", "Headphones"]), Item(id="w2", category=["Audio", "Speakers"]),
+             Item(id="w3", category=["TV"]), Item(id="n1", category=["TV", "OLED"]),
+             Item(id="n2", category=["Audio", "Headphones", "In-ear"]), Item(id="n3", category=["Garden"])]
+    s = cold_items(log, [it.id for it in items], fraction=0.5, seed=0)
+    s.held_out = ["n1", "n2", "n3"]
+    s.train = log.take(np.array([not str(i).startswith("n") for i in log.item]))
+    # n2's shelf: Audio > Headphones (2 events; its own leaf is unseen), n1's: TV (1), n3's: none
+    assert category_popularity(s, items) == ["n2", "n1", "n3"]
+
+
 def test_attribute_knn_ranks_by_jaccard_overlap():
     items = [Item(id="a", category=["Audio", "Headphones"], brand="Pulse", attributes={"colour": "black"}),
              Item(id="b", category=["Audio", "Headphones"], brand="Pulse", attributes={"colour": "white"}),
@@ -117,7 +130,7 @@ def test_cold_protocols_end_to_end_on_a_tiny_storefront(settings):
                            report=lambda stage, done, total: stages.append(stage), cache=cache)
     items, shoppers = res["splits"]
     assert items["name"] == "cold-items" and shoppers["name"] == "cold-shoppers"
-    assert list(items["models"]) == ["popularity-cold", "attr-knn", "content"]
+    assert list(items["models"]) == ["popularity-cold", "popularity-category", "attr-knn", "content"]
     assert list(shoppers["models"]) == ["popularity", "attr-knn", "covisit", "als", "content"]
     held = items["notes"]["held_out_items"]
     assert held == round(0.1 * items["notes"]["candidate_items"])

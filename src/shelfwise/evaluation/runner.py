@@ -25,7 +25,7 @@ import numpy as np
 
 from shelfwise.domain import EventType
 from shelfwise.evaluation import metrics as M
-from shelfwise.evaluation.coldstart import AttributeKNN, add_live_items, popularity_among
+from shelfwise.evaluation.coldstart import AttributeKNN, add_live_items, category_popularity, popularity_among
 from shelfwise.domain import Item
 from shelfwise.evaluation.data import Dataset
 from shelfwise.evaluation.splits import Split, positive_kinds, positive_mask, shopper_bounds
@@ -37,9 +37,9 @@ from shelfwise.training import fit_pipeline
 
 BASELINES = ("popularity", "covisit", "als", "ease")
 DEFAULT_MODELS = BASELINES + ("default",)
-COLD_BASELINES = ("popularity-cold", "attr-knn")  # computed in ``coldstart``, not pipelines
+COLD_BASELINES = ("popularity-cold", "popularity-category", "attr-knn")  # computed in ``coldstart``, not pipelines
 COLD_MODELS = {  # the models each cold-start protocol runs unless told otherwise
-    "cold-items": ("popularity-cold", "attr-knn", "content"),
+    "cold-items": ("popularity-cold", "popularity-category", "attr-knn", "content"),
     "cold-shoppers": ("popularity", "attr-knn", "covisit", "als", "content"),
 }
 COLD_PROTOCOLS = tuple(COLD_MODELS)
@@ -241,15 +241,16 @@ def _digest(ids: Sequence[str]) -> str:
 def evaluate_baseline(name: str, split: Split, dataset: Dataset, settings: ModelSettings, views: ShopperViews,
                       ks: Sequence[int] = M.KS, tail: set[str] | None = None, segment_threshold: int = 0,
                       export: Path | None = None, report: Report | None = None) -> ModelResult:
-    """``popularity-cold`` (cold items only) or ``attr-knn`` (``coldstart``), over the whole catalog."""
+    """``popularity-cold``, ``popularity-category`` (held-out items only) or ``attr-knn`` (``coldstart``)."""
     k = max(ks)
     if report:
         report(f"{split.name} · {name}", 0, len(split.users))
     t0 = time.perf_counter()
-    if name == "popularity-cold":
+    if name in ("popularity-cold", "popularity-category"):
         if not split.held_out:
-            raise ValueError("popularity-cold ranks held-out items: only for the cold-items protocol")
-        order = popularity_among(split, dataset.log)
+            raise ValueError(f"{name} ranks held-out items: only for the cold-items protocol")
+        order = popularity_among(split, dataset.log) if name == "popularity-cold" else \
+            category_popularity(split, dataset.items)
         lists = []
         for ex in views.exclude:
             drop = set(ex)
@@ -265,7 +266,7 @@ def evaluate_baseline(name: str, split: Split, dataset: Dataset, settings: Model
     among_new: dict[str, float] = {}
     if split.held_out:  # ranked among the held-out items only
         held = set(split.held_out)
-        new_lists = lists if name == "popularity-cold" else knn.lists(hist, views.exclude, k, only=held)
+        new_lists = knn.lists(hist, views.exclude, k, only=held) if name == "attr-knn" else lists
         among_new = M.summarise(M.per_user(new_lists, split.targets, ks))
     if report:
         report(f"{split.name} · {name}", len(split.users), len(split.users))
@@ -372,9 +373,9 @@ def evaluate_dataset(dataset: Dataset, settings: ModelSettings, protocols: Seque
     bad_models = [m for m in models or () if m not in known and m not in ("pop", "itemknn")]
     if bad_models:
         raise ValueError(f"unknown model(s) {', '.join(bad_models)}; known: {', '.join(known)}")
-    if models is not None and "popularity-cold" in models and wanted - {"cold-items"}:
-        raise ValueError("popularity-cold ranks the held-out items of the cold-items protocol: only with "
-                         "--protocol cold-items")
+    if models is not None and {"popularity-cold", "popularity-category"} & set(models) and wanted - {"cold-items"}:
+        raise ValueError("popularity-cold and popularity-category rank the held-out items of the cold-items "
+                         "protocol: only with --protocol cold-items")
     if len(dataset.log) == 0:
         raise ValueError("the dataset has no item interactions")
     splits: list[Split] = []
