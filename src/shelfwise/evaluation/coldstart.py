@@ -8,9 +8,9 @@ them, and the two baselines that have no served counterpart.
 * ``popularity_among`` (``popularity-cold``) — the held-out items ordered by how often they were interacted with,
   counting every held-out event except the evaluated targets themselves: what the shop learns about them *later*,
   an oracle no model trained before they arrived can know.
-* ``category_popularity`` (``popularity-category``) — the held-out items ordered by the training interactions of their category (the
-  longest prefix of their category path that training saw; ties by id): the popularity a shop knows about an item on
-  its first day, from its shelf.
+* ``category_popularity`` (``popularity-category``) — the held-out items ordered by the training interactions of
+  their category (their full category path; ties by id): the popularity a shop knows about an item on its first
+  day, from its shelf.
 * ``AttributeKNN`` — each item scored by its mean Jaccard overlap of catalog facts (every level of its category
   path, brand, ``key=value`` attributes, tags; facts no other item shares are dropped, as they only ever widen
   the union) with the shopper's last ``history`` items; ties by catalog order.
@@ -78,25 +78,17 @@ def popularity_among(split: Split, log: EventLog) -> list[str]:
 
 
 def category_popularity(split: Split, items: Sequence[Item]) -> list[str]:
-    """The held-out items, those of the most interacted category (in training) first; ties by id."""
+    """The held-out items, those of the most interacted category (their full category path, in training) first;
+    an item whose category training never saw counts 0 (a coarser level's count would not compare); ties by id."""
     by_id = {it.id: it for it in items}
     counts: dict[tuple[str, ...], int] = {}
     train = split.train
     for it in train.item[positive_mask(train)].tolist():
         item = by_id.get(it)
-        if item is not None:
-            for d in range(1, len(item.category) + 1):
-                path = tuple(item.category[:d])
-                counts[path] = counts.get(path, 0) + 1
-
-    def shelf(iid: str) -> int:
-        cat = by_id[iid].category if iid in by_id else []
-        for d in range(len(cat), 0, -1):
-            if tuple(cat[:d]) in counts:
-                return counts[tuple(cat[:d])]
-        return 0
-
-    score = {i: shelf(i) for i in split.held_out}
+        if item is not None and item.category:
+            path = tuple(item.category)
+            counts[path] = counts.get(path, 0) + 1
+    score = {i: counts.get(tuple(by_id[i].category), 0) if i in by_id else 0 for i in split.held_out}
     return sorted(score, key=lambda i: (-score[i], i))
 
 
