@@ -4,8 +4,9 @@ protocols (cold items, cold shoppers).
 A split is a training log (what the model may see, also what each shopper's request state is built from) plus,
 per evaluated shopper, the target items. The cold-start splits also say what each request knows (``history``:
 the shopper's events before the target, as online state would hold them) and, for cold items, which items were
-held out of training (``held_out``: served as items added to the catalog after training). Only positive-weight item events (views, carts, purchases; not removals)
-form a shopper's sequence; the log must be ordered per shopper by time, as ``EventStore.scan`` returns it.
+held out of training (``held_out``: served as items added to the catalog after training). Only positive-weight
+item events (views, carts, purchases; not removals) form a shopper's sequence; the log must be ordered per shopper
+by time, as ``EventStore.scan`` returns it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Ratings >= 4 become ``purchase_completed``, the rest ``product_viewed``; the movie's genres are its categories
 (the first listed genre is the category path, all genres are tags). The release date is the item's
-``created_at``, its year the ``release_year`` attribute; a release before 1970 (outside the catalog's time range) is kept
-as the attribute only. Event ids are ``movielens:<line>``.
+``created_at``, its year the ``release_year`` attribute; a release before 1970 (outside the catalog's time range)
+is kept as the attribute only. Event ids are ``movielens:<line>``.
 """
 
 from __future__ import annotations
