@@ -436,11 +436,12 @@ def evaluate(
     targets: str = typer.Option("test", help="leave-one-out targets: test (last item; the published protocol), "
                                              "valid (second-to-last: for tuning), or valid,test"),
     models: Optional[str] = typer.Option(
-        None, help="baselines (popularity, covisit, als, ease, any source; cold-start: popularity-cold, attr-knn), "
+        None, help="baselines (popularity, covisit, als, ease, any source; cold-start: popularity-cold, "
+                   "popularity-category, attr-knn), "
                    "'content' (the content source as served) and 'default' (the configured homepage blend); default: "
                    "popularity,covisit,als,ease,default, and for the cold-start protocols "
-                   "popularity-cold,attr-knn,content (cold-items) or popularity,attr-knn,covisit,als,content "
-                   "(cold-shoppers)"),
+                   "popularity-cold,popularity-category,attr-knn,content (cold-items) or "
+                   "popularity,attr-knn,covisit,als,content (cold-shoppers)"),
     k: str = typer.Option("5,10,20", help="cut-offs"),
     report: Optional[Path] = typer.Option(None, help="folder for report.md, results.json and plots"),
     export_recs: Optional[Path] = typer.Option(None, help="folder for the test-time top-k lists of every model "
