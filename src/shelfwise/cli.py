@@ -456,13 +456,17 @@ def evaluate(
     path: Optional[Path] = typer.Argument(None, help="dataset file or folder (also relative to settings.datasets_dir)"),
     attributes: Optional[str] = typer.Option(None, help="s3rec ITEM2ATTR.json[.gz]; default: the "
                                                         "<name>_item2attributes.json[.gz] beside the file, 'none' for none"),
-    protocol: str = typer.Option("auto", help="loo, temporal or loo,temporal; auto = loo, plus temporal when the "
-                                              "data have real timestamps"),
+    protocol: str = typer.Option("auto", help="loo, temporal, cold-items, cold-shoppers, comma-separated; auto = "
+                                              "loo, plus temporal when the data have real timestamps"),
     targets: str = typer.Option("test", help="leave-one-out targets: test (last item; the published protocol), "
                                              "valid (second-to-last: for tuning), or valid,test"),
-    models: str = typer.Option("popularity,covisit,als,ease,default",
-                               help="baselines (popularity, covisit, als, ease, any source) and 'default' (the "
-                                    "configured homepage blend)"),
+    models: Optional[str] = typer.Option(
+        None, help="baselines (popularity, covisit, als, ease, any source; cold-start: popularity-cold, "
+                   "popularity-category, attr-knn), "
+                   "'content' (the content source as served) and 'default' (the configured homepage blend); default: "
+                   "popularity,covisit,als,ease,default, and for the cold-start protocols "
+                   "popularity-cold,popularity-category,attr-knn,content (cold-items) or "
+                   "popularity,attr-knn,covisit,als,content (cold-shoppers)"),
     k: str = typer.Option("5,10,20", help="cut-offs"),
     report: Optional[Path] = typer.Option(None, help="folder for report.md, results.json and plots"),
     export_recs: Optional[Path] = typer.Option(None, help="folder for the test-time top-k lists of every model "
@@ -472,8 +476,13 @@ def evaluate(
                                                                      "when --split-time is not given"),
     batch_size: int = typer.Option(1024, min=1, help="requests per Pipeline.recommend call"),
     fresh: bool = typer.Option(False, "--fresh", help="re-import the dataset instead of reusing the cached import"),
+    cold_fraction: float = typer.Option(0.1, min=0.001, max=0.9, help="cold-start protocols: share of the items "
+                                                                       "(cold-items) or shoppers (cold-shoppers) "
+                                                                       "held out of training"),
+    seed: int = typer.Option(0, help="cold-start protocols: seed of the held-out draw"),
 ) -> None:
-    """Offline evaluation (leave-one-out full ranking, temporal split) of the baselines and the default pipeline."""
+    """Offline evaluation (leave-one-out full ranking, temporal split, cold items, cold shoppers) of the baselines and
+    the default pipeline."""
     import time
 
     with friendly():
@@ -524,8 +533,10 @@ def evaluate(
             result = evaluate_dataset(
                 dataset, settings.models, protocols=[p.strip() for p in protocol.split(",") if p.strip()],
                 targets=[t.strip() for t in targets.split(",") if t.strip()],
-                models=[m.strip() for m in models.split(",") if m.strip()], ks=ks, batch_size=batch_size,
-                export_dir=export_recs, split_time=when, test_fraction=test_fraction, report=step,
+                models=[m.strip() for m in models.split(",") if m.strip()] if models is not None else None, ks=ks,
+                batch_size=batch_size, export_dir=export_recs, split_time=when, test_fraction=test_fraction,
+                report=step, cold_fraction=cold_fraction, seed=seed,
+                cache=settings.data_dir / "cache" / "evaluate" / f"{dataset.fmt}-{dataset.name}",
                 command="shelfwise evaluate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None)
         result["import_s"] = round(import_s, 1)
         result["wall_s"] = round(time.perf_counter() - t0, 1)

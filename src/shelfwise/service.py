@@ -229,9 +229,7 @@ class Shelfwise:
         pipeline = self.pipeline
         if pipeline.retrievers.get("content") is not content:
             return  # another model version serves now
-        index = pipeline.items.index
-        keep = [r for r, i in enumerate(ids) if i in index]
-        content.add(np.array([index[ids[r]] for r in keep], np.int64), vectors[keep])
+        content.add_encoded(pipeline.items.index, ids, vectors)
         pipeline.items.touch()
 
     def content_status(self) -> dict | None:

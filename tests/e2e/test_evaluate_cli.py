@@ -86,6 +86,24 @@ def test_evaluate_friendly_errors(cli, tmp_path):
     assert r.exit_code == 2 and "not found" in r.output
     r = cli("evaluate", "tsv", data)
     assert r.exit_code == 2 and "unknown dataset format" in r.output
+    r = cli("evaluate", "s3rec", data, "--protocol", "loo,cold-items", "--models", "popularity-cold")
+    assert r.exit_code == 2 and "only with --protocol cold-items" in r.output
+    r = cli("evaluate", "s3rec", data, "--protocol", "cold-things")
+    assert r.exit_code == 2 and "cold-items, cold-shoppers" in r.output
+
+
+def test_evaluate_cold_start_protocols_from_the_command_line(cli, tmp_path):
+    data = write_sequences(tmp_path / "Toy.txt", users=200)
+    r = cli("evaluate", "s3rec", data, "--protocol", "cold-items,cold-shoppers", "--models",
+            "popularity,attr-knn", "--cold-fraction", "0.2", "--seed", "3", "--report", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    items, shoppers = json.loads((tmp_path / "rep" / "results.json").read_text())[0]["splits"]
+    assert items["notes"]["held_out_items"] == 8 and items["notes"]["seed"] == 3  # 20 % of the 40 items
+    assert shoppers["notes"]["held_out_shoppers"] == 40 and shoppers["users"] == 80  # asked with 0 and 1 events
+    assert items["models"]["attr-knn"]["among_new"]  # ranked among the new items too
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "cold items, full ranking" in md and "Ranked among the held-out (new) items only" in md
+    assert "0 prior events (40 requests), 1 prior event (40)" in md
 
 
 def test_evaluate_the_event_store(cli, tmp_path):

@@ -27,7 +27,8 @@ def ml_dir(tmp_path):
     (d / "u.item").write_text(
         f"1|Toy Story (1995)|01-Jan-1995||http://x/1|{genre_flags(3, 4, 5)}\n"
         f"2|GoldenEye (1995)|01-Jan-1995||http://x/2|{genre_flags(1, 2)}\n"
-        f"3|Nameless|||http://x/3|{FLAGS}\n", encoding="latin-1")
+        f"3|Nameless|||http://x/3|{FLAGS}\n"
+        f"4|Casablanca (1942)|01-Jan-1942||http://x/4|{genre_flags(8)}\n", encoding="latin-1")
     with gzip.open(d / "u.data.gz", "wt") as f:
         f.write("7\t1\t5\t881250949\n7\t2\t3\t881250950\n8\t3\t4\t881250000\n8\t1\t1\t881250100\n")
     return d
@@ -36,7 +37,7 @@ def ml_dir(tmp_path):
 def test_movielens(settings, ml_dir):
     eng = Shelfwise(settings)
     st = import_movielens(eng, ml_dir)
-    assert (st.items, st.stored) == (3, 4)
+    assert (st.items, st.stored) == (4, 4)
     log = eng.store.scan()
     rows = {(s, i): (int(k), t) for s, i, k, t in zip(log.shopper, log.item, log.kind, log.ts)}
     assert rows[("7", "1")] == (EventType.purchase_completed, 881250949)  # rating 5
@@ -45,6 +46,9 @@ def test_movielens(settings, ml_dir):
     toy = eng.get_item("1")
     assert toy.title == "Toy Story (1995)" and toy.category == ["Animation"]
     assert toy.tags == ["Animation", "Children's", "Comedy"] and toy.created_at.year == 1995
+    assert toy.attributes["release_year"] == 1995
+    old = eng.get_item("4")  # released before 1970: outside the catalog's time range, kept as the year only
+    assert old.created_at is None and old.attributes["release_year"] == 1942 and old.category == ["Drama"]
     assert import_movielens(eng, ml_dir).duplicates == 4
     eng.close()
 

@@ -42,6 +42,17 @@ def _f(x: float) -> str:
 
 
 def split_title(split: dict) -> str:
+    notes = split["notes"]
+    if split["protocol"] == "cold-items":
+        return (f"cold items, full ranking — {notes['held_out_items']} of {notes['candidate_items']} interacted "
+                f"items ({notes['fraction']:.0%}, seed {notes['seed']}) held out of training with their "
+                f"{notes['held_out_events']} events and added after it as new catalog items; target: each "
+                f"shopper's first held-out item after at least one other interaction")
+    if split["protocol"] == "cold-shoppers":
+        return (f"cold shoppers, full ranking — {notes['held_out_shoppers']} of {notes['candidate_shoppers']} "
+                f"shoppers ({notes['fraction']:.0%}, seed {notes['seed']}) held out of training with all their "
+                f"events; each asked with 0 prior events (target: their first item) and with 1 (their first "
+                f"event; target: the next different item)")
     if split["protocol"] == "loo":
         what = "leave-one-out, full ranking"
         target = "test: last item; trained on all but the last" if split["target"] == "test" else \
@@ -78,6 +89,15 @@ def segment_table(split: dict) -> list[str]:
         return []
     n_short = int(any_model["segments"]["short"].get("users", 0))
     n_long = int(any_model["segments"]["long"].get("users", 0))
+    if split["protocol"] == "cold-shoppers":
+        lines = [f"By what the request knows: 0 prior events ({n_short} requests), 1 prior event ({n_long}).", "",
+                 "| model | 0 prior HR@10 | 0 prior NDCG@10 | 1 prior HR@10 | 1 prior NDCG@10 |",
+                 "|---|---:|---:|---:|---:|"]
+        for name, m in models.items():
+            s, lg = m["segments"]["short"], m["segments"]["long"]
+            lines.append(f"| {name} | {_f(s.get('HR@10', 0))} | {_f(s.get('NDCG@10', 0))} | "
+                         f"{_f(lg.get('HR@10', 0))} | {_f(lg.get('NDCG@10', 0))} |")
+        return lines
     lines = [f"Segments by training-history length: short ≤ {t} interactions ({n_short} shoppers), "
              f"long > {t} ({n_long} shoppers).", "",
              "| model | short HR@10 | short NDCG@10 | long HR@10 | long NDCG@10 |", "|---|---:|---:|---:|---:|"]
@@ -136,6 +156,20 @@ def plot_split(split: dict, out: Path, prefix: str) -> list[str]:
     return files
 
 
+def among_new_table(split: dict) -> list[str]:
+    """Cold items: the same requests ranked among the held-out items only (every other item excluded)."""
+    models = {n: m for n, m in split["models"].items() if m.get("among_new")}
+    if not models:
+        return []
+    lines = ["Ranked among the held-out (new) items only — every other item excluded from each request:", "",
+             "| model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR@20 |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        a = m["among_new"]
+        lines.append(f"| {name} | {_f(a.get('HR@10', 0))} | {_f(a.get('NDCG@10', 0))} | {_f(a.get('HR@20', 0))} | "
+                     f"{_f(a.get('NDCG@20', 0))} | {_f(a.get('MRR', 0))} |")
+    return lines + [""]
+
+
 def importance_table(split: dict, top: int = 15) -> list[str]:
     """The learned ranker's feature importances (share of total gain), for models that have one."""
     lines: list[str] = []
@@ -159,6 +193,7 @@ def dataset_section(result: dict, out: Path, plots: bool = True) -> list[str]:
         lines += [f"### {split['name']}: {split_title(split)}", "",
                   f"{split['users']} shoppers evaluated; {split['train_events']} training events.", ""]
         lines += metric_table(split) + [""]
+        lines += among_new_table(split)
         lines += segment_table(split) + [""]
         lines += importance_table(split)
         if plots:

@@ -1,7 +1,9 @@
 """MovieLens 100K: ``u.data`` (user, item, rating, unix time) and ``u.item`` (title, release date, genres).
 
 Ratings >= 4 become ``purchase_completed``, the rest ``product_viewed``; the movie's genres are its categories
-(the first listed genre is the category path, all genres are tags). Event ids are ``movielens:<line>``.
+(the first listed genre is the category path, all genres are tags). The release date is the item's
+``created_at``, its year the ``release_year`` attribute; a release before 1970 (outside the catalog's time range)
+is kept as the attribute only. Event ids are ``movielens:<line>``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from shelfwise.domain import Event, EventContext, Item
+from shelfwise.domain import EARLIEST, Event, EventContext, Item
 from shelfwise.importers.base import (ImportFormatError, ImportStats, LineReader, Loader, Progress, check_id,
                                       find_file, parse_int, validated)
 
@@ -53,14 +55,18 @@ def parse_items(reader: LineReader, genres: list[str]) -> Iterator[Item]:
             raise ImportFormatError(path, lineno, "genre flags must be 0 or 1")
         names = [g for g, x in zip(genres, flags) if x == "1"]
         created = None
+        attributes: dict[str, object] = {"genres": names}
+        if f[4]:
+            attributes["imdb_url"] = f[4]
         if f[2].strip():
             try:
-                created = datetime.strptime(f[2].strip(), "%d-%b-%Y").replace(tzinfo=timezone.utc)
+                released = datetime.strptime(f[2].strip(), "%d-%b-%Y").replace(tzinfo=timezone.utc)
             except ValueError:
                 raise ImportFormatError(path, lineno, f"release date {f[2]!r} is not like 01-Jan-1995") from None
+            attributes["release_year"] = released.year
+            created = released if released >= EARLIEST else None
         yield validated(lambda: Item(id=item_id, title=f[1], category=names[:1], tags=names, created_at=created,
-                                     attributes={"genres": names, "imdb_url": f[4]} if f[4] else {"genres": names}),
-                        path, lineno)
+                                     attributes=attributes), path, lineno)
 
 
 def parse_ratings(reader: LineReader, loader: Loader) -> Iterator[Event]:

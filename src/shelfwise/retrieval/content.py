@@ -104,6 +104,14 @@ class ContentRetriever(Retriever):
             grown[rows] = vectors
             self.vectors = old.updated(grown)
 
+    def add_encoded(self, index: dict[str, int], ids: Sequence[str], vectors: np.ndarray) -> int:
+        """``add`` by item id: the vectors of the ids the serving item table (``index``: id → row) holds; ids it
+        does not hold are skipped. The engine's background encoder hands its results here (offline evaluation of
+        new items too). Returns how many were added."""
+        keep = [r for r, i in enumerate(ids) if i in index]
+        self.add(np.array([index[ids[r]] for r in keep], np.int64), np.asarray(vectors)[keep])
+        return len(keep)
+
     def profile(self, vectors: np.ndarray, q: Query) -> np.ndarray:
         """A query's vector (unit; zeros without evidence): its anchors' mean, else its recent history's."""
         anchors = q.anchors[q.anchors < len(vectors)]
