@@ -29,7 +29,7 @@ def terms(text: str) -> list[str]:
     for w in _WORD.findall(text.casefold()):
         if len(w) > 4 and w.endswith("ies"):
             w = w[:-3] + "y"
-        elif len(w) > 3 and w.endswith("es") and w[-3] in "sxz":
+        elif len(w) > 4 and w.endswith(("sses", "xes", "zes", "ches", "shes")):
             w = w[:-2]
         elif len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
             w = w[:-1]
