@@ -31,7 +31,7 @@ def terms(text: str) -> list[str]:
             w = w[:-3] + "y"
         elif len(w) > 4 and w.endswith(("sses", "xes", "zes", "ches", "shes")):
             w = w[:-2]
-        elif len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        elif len(w) > 2 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
             w = w[:-1]
         out.append(w)
     return out
