@@ -381,7 +381,8 @@ def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], 
         lines.append(f"[models.placements.{name}]\nexclude_history = \"{conf.exclude_history}\"\nkind = \"{conf.kind}\"\n"
                      f"ranker = {str(conf.ranker).lower()}\nquery_weight = {conf.query_weight}")
         lines.append(f"[models.placements.{name}.weights]\n" + "\n".join(f"{k} = {v}" for k, v in conf.weights.items()))
-        lines.append(f"[models.placements.{name}.diversity]\nmmr_lambda = {args.mmr_lambda}")
+        if conf.kind != "rerank":  # the shop's lists keep their configured order (no MMR by default)
+            lines.append(f"[models.placements.{name}.diversity]\nmmr_lambda = {args.mmr_lambda}")
     (data / "shelfwise.toml").write_text("\n".join(lines) + "\n")
     with sqlite3.connect(data / "shelfwise.db") as db:
         users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL LIMIT 50000")]
