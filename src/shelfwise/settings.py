@@ -229,6 +229,10 @@ class PlacementSettings(_Section):
     ranker: bool = Field(False, description="re-score with the learned ranker trained for models.ranker.placements "
                                             "even though this placement is not listed there (its features are the "
                                             "ranker's sources: weigh them here)")
+    popularity_weight: float = Field(0.0, ge=0, le=1, description="rerank placements: share of the personal order "
+                                                                  "given to the items' popularity (the trending "
+                                                                  "source's order of the list); the rest is the "
+                                                                  "ranker or blend (and the query's text match)")
     query_weight: float = Field(0.0, ge=0, le=1, description="rerank placements: share of the personal score given "
                                                              "to the query-item text match when a query is sent "
                                                              "(title, category, brand; the rest is the ranker or "
@@ -282,9 +286,12 @@ def _default_placements() -> dict[str, PlacementSettings]:
                                                                  "content": 0.05, "trending": 0.02}),
         # the shop's own lists (POST /v1/rerank): the homepage's sources re-scored by its learned ranker, content
         # for items the other sources do not know (added after training, never interacted with)
+        # popularity_weight: BENCHMARKS.md, Search re-ranking (the homepage ranker's order alone ranked the picked
+        # search result below the shop's order; popularity with a fifth of the ranker's order, above it)
         "search": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
-                                    query_weight=0.2),
-        "category": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True),
+                                    popularity_weight=0.8, query_weight=0.1),
+        "category": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
+                                      popularity_weight=0.8),
     }
 
 

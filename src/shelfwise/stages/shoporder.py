@@ -7,9 +7,10 @@ becomes
     impact · personal + (1 − impact) · shop
 
 where ``shop`` is 1 for the shop's first item down to 1/n for its last (``stages/candidates.py``), and ``personal``
-the item's rank in the personal order on the same scale. With a search query and the placement's
-``query_weight`` w, ``personal`` is (1 − w) · the ranker's rank score + w · the query-item text match
-(``ranking/query.py``). Ranks, not raw scores, are blended: the ranker's and the blend's scales mean nothing to the
+the item's rank in the personal order on the same scale: the learned ranker's (or the blend's) order, mixed with
+the list's popularity order (the trending source's) by the placement's ``popularity_weight`` p, so
+``(1 − p) · ranker + p · popular``. With a search query and the placement's ``query_weight`` w, ``personal`` is
+``(1 − w) ·`` that ``+ w ·`` the query-item text match (``ranking/query.py``). Ranks, not raw scores, are blended: the ranker's and the blend's scales mean nothing to the
 shop's order. ``impact`` is the request's ``personalization_impact``: 0 answers the shop's order (after stock,
 filters and rules), 1 the personal order alone. The merchandise and slot stages follow as on every rail (business
 score, stated preferences, rules, diversity).
@@ -48,6 +49,10 @@ class ShopOrderStage:
         assert cand is not None
         valid = cand.valid & np.isfinite(cand.score)
         personal = rank_scores(cand.score, valid)
+        pw = batch.conf.popularity_weight
+        if pw > 0 and "trending" in cand.sources:
+            popular = rank_scores(cand.sources["trending"], valid)
+            personal = (1 - pw) * personal + pw * popular
         w = batch.conf.query_weight
         if w > 0 and self.matcher is not None and any(r.query for r in batch.requests):
             match = np.zeros(cand.shape, np.float32)
