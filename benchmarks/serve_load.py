@@ -13,6 +13,8 @@
    wrk is absent) for ``--seconds`` at each ``--connections``: homepage 50 %, pdp_similar 25 %, pdp_fbt 15 %,
    cart_upsell 10 %, for random known shoppers (80 %) and unknown ones (20 %), while a second process posts
    ``--events-per-s`` events (product views and carts of random shoppers, in batches of 10).
+   With ``--rerank N`` the load is ``POST /v1/rerank`` instead: N-item lists of random catalog items with a query,
+   for the same shoppers (the rails' ``--processes``, ``--connections`` and ``--rate`` apply).
    With ``--rate R`` the load is open-loop instead: R requests/s whatever the server's latency, each request timed
    from when it was due (how to read "p99 at 100 requests/s"; wrk is closed-loop).
 3. In the same run, under the same server settings (uvicorn, uvloop, httptools, N workers), the framework ceiling:
@@ -46,6 +48,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "shelfwise.cli"]
 MIX = (("homepage", 0.50), ("pdp_similar", 0.25), ("pdp_fbt", 0.15), ("cart_upsell", 0.10))
+
+RERANK_SCRIPT = """
+wrk.headers["Authorization"] = "Bearer %s"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/v1/rerank", nil, bodies[(i %% #bodies) + 1])
+end
+"""
 
 WRK_SCRIPT = """
 wrk.headers["Authorization"] = "Bearer %s"
@@ -85,6 +98,23 @@ def rail(placement: str, user_id: str | None = None, item_id: str | None = None,
     return {"request_id": "0" * 32, "placement": placement, "model_version": "v0", "fallback": False,
             "items": ITEMS[:k]}
 '''
+
+
+RERANK_SCRIPT += WRK_SCRIPT[WRK_SCRIPT.index("local non2xx"):]
+
+
+def rerank_bodies(shoppers: list[str], items: list[str], n_items: int, n: int = 500, seed: int = 0) -> list[str]:
+    """``--rerank N``: JSON bodies of ``POST /v1/rerank`` (placement ``search``): N distinct random catalog items in
+    a random shop order, a query of two words of the catalog's titles, for random known shoppers (80 %) and
+    unknown ones (20 %), personalization_impact 0.5."""
+    rng = random.Random(seed)
+    words = ["case", "charger", "laptop", "smartphone", "headphones", "cable", "tv", "camera", "black", "pro"]
+    out = []
+    for _ in range(n):
+        who = rng.choice(shoppers) if rng.random() < 0.8 else f"anon-{rng.randrange(10**9)}"
+        out.append(json.dumps({"items": rng.sample(items, min(n_items, len(items))), "user_id": who,
+                               "query": " ".join(rng.sample(words, 2)), "personalization_impact": 0.5}))
+    return out
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path) -> None:
@@ -159,7 +189,8 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
             "max_ms": round(r["max_us"] / 1e3, 2), "seconds": round(secs, 1)}
 
 
-def fixed_rate(url: str, all_paths: list[str], key: str, rate: float, seconds: float, connections: int = 64) -> dict:
+def fixed_rate(url: str, all_paths: list[str], key: str, rate: float, seconds: float, connections: int = 64,
+               bodies: list[str] | None = None) -> dict:
     """Open-loop load at ``rate`` requests/s (as wrk2 does; Debian ships only wrk, whose load is closed-loop):
     request i is due at ``i / rate`` whatever the earlier ones are doing, and its latency is counted from when it
     was due, so a stall is charged to every request it delays (no coordinated omission)."""
@@ -181,7 +212,11 @@ def fixed_rate(url: str, all_paths: list[str], key: str, rate: float, seconds: f
                 due = t0 + i / rate
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 try:
-                    r = await http.get(all_paths[i % len(all_paths)])
+                    if bodies:
+                        r = await http.post("/v1/rerank", content=bodies[i % len(bodies)],
+                                            headers={"Content-Type": "application/json"})
+                    else:
+                        r = await http.get(all_paths[i % len(all_paths)])
                     errors += r.status_code >= 300
                 except httpx.HTTPError:
                     errors += 1
@@ -288,7 +323,8 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
                 poster.start()
             cpu0 = cpu_s(proc.pid)
             if args.rate:
-                res = fixed_rate(url, paths(shoppers, items), key, args.rate, args.seconds)
+                bodies = rerank_bodies(shoppers, items, args.rerank) if args.rerank and kind == "shelfwise" else None
+                res = fixed_rate(url, paths(shoppers, items), key, args.rate, args.seconds, bodies=bodies)
             else:
                 res = wrk(url, script, c, args.seconds)
             if poster:
@@ -342,9 +378,11 @@ def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], 
     ms = ModelSettings()
     lines = []
     for name, conf in ms.placements.items():
-        lines.append(f"[models.placements.{name}]\nexclude_history = \"{conf.exclude_history}\"")
+        lines.append(f"[models.placements.{name}]\nexclude_history = \"{conf.exclude_history}\"\nkind = \"{conf.kind}\"\n"
+                     f"ranker = {str(conf.ranker).lower()}\nquery_weight = {conf.query_weight}")
         lines.append(f"[models.placements.{name}.weights]\n" + "\n".join(f"{k} = {v}" for k, v in conf.weights.items()))
-        lines.append(f"[models.placements.{name}.diversity]\nmmr_lambda = {args.mmr_lambda}")
+        if conf.kind != "rerank":  # the shop's lists keep their configured order (no MMR by default)
+            lines.append(f"[models.placements.{name}.diversity]\nmmr_lambda = {args.mmr_lambda}")
     (data / "shelfwise.toml").write_text("\n".join(lines) + "\n")
     with sqlite3.connect(data / "shelfwise.db") as db:
         users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL LIMIT 50000")]
@@ -372,6 +410,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0,
                     help="open-loop load at this many requests/s (latency from each request's due time) instead "
                          "of wrk's closed loop; --connections is then ignored")
+    ap.add_argument("--rerank", type=int, default=0, metavar="N",
+                    help="drive POST /v1/rerank with N-item lists (placement search, a query, impact 0.5) instead "
+                         "of the rails' mix (the framework ceiling is not measured then)")
     ap.add_argument("--setup-only", action="store_true", help="generate, train and configure, then stop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -392,7 +433,12 @@ def main() -> None:
     if args.setup_only:
         return
     script = data / "mix.lua"
-    script.write_text(WRK_SCRIPT % (key, ",".join(f'"{p}"' for p in paths(users, items))))
+    if args.rerank:
+        args.skip_ceiling = True
+        lua = ",".join("[[" + b + "]]" for b in rerank_bodies(users, items, args.rerank))
+        script.write_text(RERANK_SCRIPT % (key, lua))
+    else:
+        script.write_text(WRK_SCRIPT % (key, ",".join(f'"{p}"' for p in paths(users, items))))
     ceiling_dir = Path(tempfile.mkdtemp(prefix="sw-ceiling-"))
     (ceiling_dir / "ceiling_app.py").write_text(CEILING_APP)
     results = []
@@ -423,6 +469,7 @@ def main() -> None:
             r["share_of_ceiling"] = round(r["requests_per_s"] / ceiling["requests_per_s"], 3)
     setup_info = json.loads((data / "setup.json").read_text())
     doc = {"command": " ".join(["python", *sys.argv]), "items": args.items, "shoppers": args.shoppers,
+           "load": f"POST /v1/rerank, {args.rerank}-item lists" if args.rerank else "rails mix",
            "events": args.events, "train_s": setup_info.get("train_s"), "env": args.env, "mix": dict(MIX),
            "events_per_s": args.events_per_s, "cpu_count": os.cpu_count(), "machine": _machine(),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -1,7 +1,8 @@
 """The request path, assembled once from settings and a model version's artefacts. Read this to see the order:
 
-    resolve → rules plan → exploration slots → candidates (each source's top-K, union, blend) → learned ranker
-            → business score + rules → diversity and slots → answer
+    resolve → rules plan → exploration slots → candidates (each source's top-K, union, blend; a rerank
+            placement: the shop's list) → learned ranker → shop order (rerank placements) → business score + rules
+            → diversity and slots → answer
 
 Exploration slots for new items are part of the serving pipelines only (``explore``: the impression counts the
 engine keeps); offline evaluation and training measure and learn the ranking without them.
@@ -17,6 +18,7 @@ from typing import Sequence
 from shelfwise.domain import Item
 from shelfwise.pipeline import Exploration, Model, Observer, Pipeline
 from shelfwise.ranking.features import FeatureContext
+from shelfwise.ranking.query import QueryMatcher
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.retrieval.als import ALSRetriever
 from shelfwise.retrieval.cohort import CohortRetriever
@@ -33,6 +35,7 @@ from shelfwise.stages.explore import ExploreStage
 from shelfwise.stages.merchandise import MerchandiseStage, RulesPlanStage
 from shelfwise.stages.rank import RankStage
 from shelfwise.stages.resolve import ResolveStage
+from shelfwise.stages.shoporder import ShopOrderStage
 from shelfwise.stages.slots import SlotStage
 
 
@@ -93,6 +96,9 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
     slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
                       model.version, rules, {n: r.fallback_reason for n, r in retrievers.items() if not r.evidence},
                       cohort if isinstance(cohort := retrievers.get("cohort"), CohortRetriever) else None)
-    stages += [MerchandiseStage(business, s.preferences), slots]
-    return Pipeline(model, stages, n_candidate_stages, on_catalog_change=[business.invalidate, slots.invalidate],
-                    observer=observer, guard=guard, explore=explore)
+    after = [MerchandiseStage(business, s.preferences), slots]
+    # rerank placements (the shop's own list) blend the personal order with the shop's before merchandising; the
+    # rails never run that stage
+    shop = ShopOrderStage(QueryMatcher(items, rules.facts if rules is not None else lambda _: None))
+    return Pipeline(model, stages + after, n_candidate_stages, observer=observer, guard=guard, explore=explore,
+                    on_catalog_change=[business.invalidate, slots.invalidate], rerank_stages=stages + [shop] + after)

@@ -34,7 +34,8 @@ def request_key(req: RecRequest, model: str, rulesets: str, catalog: int) -> tup
     through any replica makes a new key there at once)."""
     return (req.placement, req.shopper, req.item_id, tuple(req.cart), req.k, tuple(req.exclude), req.category,
             req.device, tuple(req.segments), req.explain, req.variant, model, rulesets, catalog,
-            state_fingerprint(req.state), req.preferences.updated_at if req.preferences is not None else None)
+            state_fingerprint(req.state), req.preferences.updated_at if req.preferences is not None else None,
+            req.filters, tuple(req.given) if req.given is not None else None, req.query, req.impact)
 
 
 class AnswerCache:

@@ -19,6 +19,8 @@ LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 # 20,000-character description is stored whole; the content tower reads the first content.max_chars of the text.
 MAX_TITLE_CHARS = 1_000
 MAX_DESCRIPTION_CHARS = 20_000
+# a search event: properties.query, and optionally the result ids the shop showed (properties.results, best first)
+MAX_SEARCH_RESULTS = 1_000
 
 
 def split_field(message: str) -> tuple[str | None, str]:
@@ -255,6 +257,11 @@ class Event(BaseModel):
             query = self.properties.get("query")
             if not isinstance(query, str) or not query.strip():
                 raise ValueError("properties.query: search needs properties.query (a non-empty string)")
+            results = self.properties.get("results")
+            if results is not None and (not isinstance(results, list) or len(results) > MAX_SEARCH_RESULTS or not all(
+                    isinstance(x, str) and 0 < len(x) <= 256 for x in results)):
+                raise ValueError(f"properties.results: the result item ids shown, best first (a list of at most "
+                                 f"{MAX_SEARCH_RESULTS:,} ids of 1-256 characters)")
         elif not self.item_id:
             raise ValueError(f"item_id: {t} needs item_id")
         if self.items and t != "purchase_completed":

@@ -87,10 +87,12 @@ class Pipeline:
 
     def __init__(self, model: Model, stages: Sequence[Stage], candidate_stages: int,
                  on_catalog_change: Sequence[Callable[[], None]] = (), observer: Observer | None = None,
-                 guard: StageGuard | None = None, explore: Exploration | None = None) -> None:
+                 guard: StageGuard | None = None, explore: Exploration | None = None,
+                 rerank_stages: Sequence[Stage] | None = None) -> None:
         self.model = model
         self.explore = explore  # assembled with exploration slots (kept when items are added: with_items)
         self.stages = list(stages)
+        self.rerank_stages = list(rerank_stages) if rerank_stages is not None else self.stages  # the shop's lists
         self._candidate_stages = candidate_stages  # the leading stages that produce the candidates
         self._on_catalog_change = list(on_catalog_change)
         self.observer = observer
@@ -181,7 +183,7 @@ class Pipeline:
         """Answer a batch of requests of possibly different placements."""
         answers: list[Answer | None] = [None] * len(requests)
         for rows, batch in self._batches(requests):
-            self._run(batch, self.stages)
+            self._run(batch, self.rerank_stages if batch.conf.kind == "rerank" else self.stages)
             for i, ans in zip(rows, batch.answers):
                 answers[i] = replace(ans, degraded=ans.degraded + batch.degraded) if batch.degraded else ans
         return answers  # type: ignore[return-value]

@@ -16,8 +16,6 @@ import numpy as np
 from shelfwise.settings import PlacementSettings
 from shelfwise.stores.protocols import ShopperPreferences, ShopperState
 
-PLACEMENTS = ("homepage", "pdp_similar", "pdp_fbt", "cart_upsell")
-ITEM_PAGES = ("pdp_similar", "pdp_fbt")  # placements about one product page's item (item_id required)
 
 
 def take_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -38,6 +36,27 @@ def new_request_id() -> str:
     """A unique request id: a random prefix drawn once per process, then a counter. (``uuid4`` reads the OS
     random source on every call: 0.44 ms a request on the benchmark VM, a tenth of the whole pipeline.)"""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"  # 32 hex characters, like uuid4().hex
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Request-time filters on catalog fields (every one given must match; within a field, any value): category
+    path prefixes, brands, a price range, attribute values (``{"color": ["Black", "Blue"]}``: the attribute holds
+    one of them, or a list with one of them; compared without regard to case), at least ``min_stock`` units in
+    stock (stock tracked: out-of-stock items are never shown anyway, this also leaves out items whose stock is not
+    tracked), and items new within ``new_days`` days (catalog ``created_at``, else when first seen)."""
+
+    categories: tuple[str, ...] = ()
+    brands: tuple[str, ...] = ()
+    price_min: float | None = None
+    price_max: float | None = None
+    attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    min_stock: int | None = None
+    new_days: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.categories or self.brands or self.price_min is not None or self.price_max is not None
+                    or self.attributes or self.min_stock is not None or self.new_days is not None)
 
 
 @dataclass
@@ -63,6 +82,12 @@ class RecRequest:
     conf: PlacementSettings | None = None
     ranker: bool = True
     variant: str = ""
+    filters: Filters | None = None  # request-time filters on catalog fields (every placement)
+    # a rerank placement (POST /v1/rerank): the shop's own list, best first by its own order, re-ranked for the
+    # shopper; its search query (query features), and how far the personal order moves the shop's (0..1)
+    given: Sequence[str] | None = None
+    query: str | None = None
+    impact: float = 1.0
 
 
 @dataclass(frozen=True)

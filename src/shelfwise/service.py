@@ -30,7 +30,7 @@ from shelfwise.pipeline import Exploration, Model, Observer, Pipeline
 from shelfwise.privacy.erasure import erase, scrub_model_dir
 from shelfwise.privacy.guard import ConsentRequired, PrivacyGuard
 from shelfwise.privacy.pseudonym import Pseudonymizer
-from shelfwise.request import ITEM_PAGES, Answer, RecRequest, Recommendation, new_request_id
+from shelfwise.request import Answer, RecRequest, Recommendation, new_request_id
 from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
@@ -479,9 +479,10 @@ class Shelfwise:
     def anchors_known(self, req: RecRequest) -> bool:
         """A product page's item, or one item of the cart, is in the model (in memory, no catalog read)."""
         index = self.pipeline.items.index
-        if req.placement in ITEM_PAGES and req.item_id is not None:
+        kind = self.kind(req.placement)
+        if kind == "item" and req.item_id is not None:
             return req.item_id in index
-        return req.placement != "cart_upsell" or not req.cart or any(c in index for c in req.cart)
+        return kind != "cart" or not req.cart or any(c in index for c in req.cart)
 
     def unknown_anchor(self, req: RecRequest) -> str | None:
         """For a request whose page or cart items the model does not know (``anchors_known`` is false): the field
@@ -490,7 +491,8 @@ class Shelfwise:
         A product page's item in the catalog but not in the model (added after training) gets its category's best
         sellers: the request's category filter becomes the longest prefix of the item's category path the model
         knows (unless the request has a filter of its own); the answer is a fallback (popularity only)."""
-        if req.placement in ITEM_PAGES and req.item_id is not None:
+        kind = self.kind(req.placement)
+        if kind == "item" and req.item_id is not None:
             item = self.catalog.get([req.item_id]).get(req.item_id)
             if item is None:
                 return "item_id"
@@ -501,9 +503,20 @@ class Shelfwise:
                     req.category = prefix
                 path.pop()
             return None
-        if req.placement == "cart_upsell" and req.cart and not self.catalog.get(list(dict.fromkeys(req.cart))):
+        if kind == "cart" and req.cart and not self.catalog.get(list(dict.fromkeys(req.cart))):
             return "cart"
         return None
+
+    def kind(self, placement: str) -> str:
+        """A configured placement's kind (``homepage``, ``item``, ``cart``, ``rerank``); ``ValueError`` naming the
+        known placements when there is no such placement."""
+        return self.pipeline.placement(placement).kind
+
+    def unknown_ids(self, ids: Sequence[str]) -> list[str]:
+        """The ids of a rerank list that neither the serving item table nor the catalog knows (in memory: the
+        table holds every catalog item)."""
+        index = self.pipeline.items.index
+        return [x for x in ids if x not in index]
 
     def recommend(self, req: RecRequest) -> Answer:
         return self.recommend_many([req])[0]

@@ -9,6 +9,7 @@ environment.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -207,10 +208,39 @@ class BusinessSignals(_Section):
     seasons: list[Season] = Field(default_factory=list)
 
 
-class PlacementSettings(_Section):
-    """Blend weights of each candidate source for one placement (a learned ranker replaces this later)."""
+PlacementKind = Literal["homepage", "item", "cart", "rerank"]
+PLACEMENT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DEFAULT_KINDS = {"pdp_similar": "item", "pdp_fbt": "item", "cart_upsell": "cart", "search": "rerank",
+                 "category": "rerank"}  # the kind of a placement configured without one, by its name
+PLACEMENT_KINDS: dict[str, str] = {
+    "homepage": "a rail about the shopper (user_id or session_id, optional): homepage, email",
+    "item": "a product page's rail: needs item_id (the page's item is the anchor)",
+    "cart": "a cart's rail: cart item ids are the anchors",
+    "rerank": "the shop's own list re-ranked for the shopper (POST /v1/rerank: search results, a category page)",
+}
 
+
+class PlacementSettings(_Section):
+    """One touchpoint, configured by name (``models.placements.<name>``): what it needs (``kind``), the blend
+    weights of its candidate sources, its default size, score and diversity (a learned ranker re-scores the
+    placements of ``models.ranker.placements``, and those with ``ranker = true``)."""
+
+    kind: PlacementKind = Field("homepage", description="which inputs the placement needs: " + "; ".join(
+        f"{k}: {v}" for k, v in PLACEMENT_KINDS.items()))
     weights: dict[str, float]
+    k: int | None = Field(None, ge=1, le=1000, description="items answered when the request gives no k (None: "
+                                                           "api.default_k; a rerank placement: the whole list)")
+    ranker: bool = Field(False, description="re-score with the learned ranker trained for models.ranker.placements "
+                                            "even though this placement is not listed there (its features are the "
+                                            "ranker's sources: weigh them here)")
+    popularity_weight: float = Field(0.0, ge=0, le=1, description="rerank placements: share of the personal order "
+                                                                  "given to the items' popularity (the trending "
+                                                                  "source's order of the list); the rest is the "
+                                                                  "ranker or blend (and the query's text match)")
+    query_weight: float = Field(0.0, ge=0, le=1, description="rerank placements: share of the personal score given "
+                                                             "to the query-item text match when a query is sent "
+                                                             "(title, category, brand; the rest is the ranker or "
+                                                             "blend)")
     exclude_history: Literal["purchased", "all", "none"] = "purchased"
     score: ScoreWeights = ScoreWeights()
     diversity: DiversitySettings = DiversitySettings()
@@ -248,14 +278,24 @@ def _default_placements() -> dict[str, PlacementSettings]:
     # and the cart, not on the homepage, whose measured ranking (and the ranker trained on its sources) it would
     # change. explore: one slot of 12 for new items on the homepage and similar-items rail, where a content match
     # to the shopper or page is a fair guess; none on "bought together" and the cart, which sell complements.
+    rerank = {"sequence": 1.0, "covisit": 1.0, "als": 0.3, "content": 0.1, "trending": 0.02}
     return {
         "homepage": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
                                                "trending": 0.02}, explore=1 / 12),
-        "pdp_similar": PlacementSettings(weights={"covisit": 1.0, "als": 0.5, "content": 0.3, "trending": 0.02},
-                                         explore=1 / 12),
-        "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
-        "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "content": 0.05,
-                                                  "trending": 0.02}),
+        "pdp_similar": PlacementSettings(kind="item", weights={"covisit": 1.0, "als": 0.5, "content": 0.3,
+                                                                 "trending": 0.02}, explore=1 / 12),
+        "pdp_fbt": PlacementSettings(kind="item", weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05,
+                                                             "trending": 0.02}),
+        "cart_upsell": PlacementSettings(kind="cart", weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2,
+                                                                 "content": 0.05, "trending": 0.02}),
+        # the shop's own lists (POST /v1/rerank): the homepage's sources re-scored by its learned ranker, content
+        # for items the other sources do not know (added after training, never interacted with)
+        # popularity_weight: BENCHMARKS.md, Search re-ranking (the homepage ranker's order alone ranked the picked
+        # search result below the shop's order; popularity with a fifth of the ranker's order, above it)
+        "search": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
+                                    popularity_weight=0.8, query_weight=0.1),
+        "category": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
+                                      popularity_weight=0.8),
     }
 
 
@@ -475,7 +515,12 @@ class ModelSettings(_Section):
     als: ALSSettings = ALSSettings()
     ease: EASESettings = EASESettings()
     sequence: SequenceSettings = SequenceSettings()
-    placements: dict[str, PlacementSettings] = Field(default_factory=_default_placements)
+    placements: dict[str, PlacementSettings] = Field(
+        default_factory=_default_placements,
+        description="touchpoints by name (1-64 letters, digits, '_' or '-'), each with its kind, sources and weights, "
+                    "k, score and diversity: homepage, pdp_similar, pdp_fbt, cart_upsell, search and category by "
+                    "default; add your own (homepage_hero, email_weekly, ...). A placement left without a kind takes "
+                    "its name's (pdp_similar/pdp_fbt: item, cart_upsell: cart, search/category: rerank), else homepage")
     history_length: int = Field(50, ge=1, description="events kept per shopper in online state")
     business: BusinessSignals = BusinessSignals()
     ranker: RankerSettings = RankerSettings()
@@ -484,6 +529,15 @@ class ModelSettings(_Section):
     preferences: PreferenceSettings = PreferenceSettings()
     cohort: CohortSettings = CohortSettings()
     explore: ExploreSettings = ExploreSettings()
+
+    @model_validator(mode="after")
+    def _placement_kinds(self) -> "ModelSettings":
+        for name, p in self.placements.items():
+            if not PLACEMENT_NAME.fullmatch(name):
+                raise ValueError(f"placements: name {name[:80]!r} must be 1-64 letters, digits, '_' or '-'")
+            if "kind" not in p.model_fields_set:
+                p.kind = DEFAULT_KINDS.get(name, "homepage")  # type: ignore[assignment]
+        return self
 
 
 class APISettings(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -190,10 +191,69 @@ class Storefront:
     days: int = 60
     _plan: _Plan | None = field(default=None, repr=False)
     _index: _Index | None = field(default=None, repr=False)
+    seed: int = 42
 
     @property
     def end(self) -> datetime:
         return self.start + timedelta(days=self.days)
+
+    def searches(self, n: int, at: datetime | None = None, hours: float = 24.0, results: int = 50,
+                 owned: dict[str, list[str]] | None = None, stream: int = 0) -> list[Search]:
+        """``n`` searches of known shoppers from ``at`` (default: the end of the event log, i.e. held out) over
+        ``hours``, each with the shop's own result order and the result the shopper picks.
+
+        Drawn from their own random stream (``seed`` and ``stream``), so ``events()`` is the same with or without
+        them. A shopper (by activity, as sessions are) searches one of their favourite categories as a session's
+        opening search does (``_Session.search``: a brand they like half the time, else now and then a variant).
+        The shop's search engine is not personal: the category's items (of the brand, when the query names one)
+        in stock, words of the query in the title first, then by popularity with noise, cut to ``results``. The
+        shopper picks among them as a session picks its first view (``_Session.draw``): by popularity thinned by
+        their brand and price preferences, variants the query names three times as likely, and (``owned``: the
+        item ids each shopper looked at before) accessories of a device they own three times as likely, as in a
+        cart. Where the pick sits in the shop's order plays no part: the benchmark measures the order itself."""
+        plan, x = self._plan, self._index
+        r = random.Random(f"shelfwise-searches:{self.seed}:{stream}")
+        at = at or self.end
+        sessions = np.flatnonzero(~plan.anonymous).tolist()
+        fits: dict[str, set[str]] = {}
+        for dev, accs in self.accessories.items():
+            for a in accs:
+                fits.setdefault(a, set()).add(dev)
+        out = []
+        while len(out) < n and sessions:
+            shopper = self.shoppers[int(plan.shopper[r.choice(sessions)])]
+            taste = self.tastes[shopper]
+            leaf = LEAVES[LEAF_POS[r.choices(taste.categories, taste.weights)[0]]]
+            members = x.by_leaf.get(LEAF_POS[leaf.name])
+            if members is None:
+                continue
+            brands = [b for b in taste.brands if _sells(b, leaf)]
+            brand = r.choice(brands) if brands and r.random() < 0.5 else None
+            spec = r.choice(leaf.specs) if not brand and leaf.specs and r.random() < 0.4 else None
+            query = " ".join(w for w in (brand, spec, leaf.noun) if w).lower()
+            words = set(query.split())
+            shown = [i for i in members[0] if x.in_stock[i] and (brand is None or x.brand[i] == brand)]
+            if len(shown) < 2:
+                continue
+            title = {i: self.items[i].title.lower() for i in shown}
+            key = {i: sum(w in title[i] for w in words) * 10.0 + math.log(self.popularity[x.ids[i]])
+                   + r.gauss(0.0, 1.0) for i in shown}
+            shown = sorted(shown, key=lambda i: -key[i])[:results]
+            mine = {d for d in (owned or {}).get(shopper, ()) if self.kinds.get(d) == DEVICE}
+            weight = []
+            for i in shown:
+                w = self.popularity[x.ids[i]] * (1.0 if x.brand[i] in taste.brands else 0.5)
+                w *= 1.0 - 0.7 * taste.price_sensitivity * x.price_q[i]
+                if spec and spec.lower() in title[i]:
+                    w *= 3.0
+                if mine and fits.get(x.ids[i], set()) & mine:
+                    w *= 3.0
+                weight.append(w)
+            picked = shown[min(bisect_right(list(accumulate(weight)), r.random() * sum(weight)), len(shown) - 1)]
+            when = at + timedelta(seconds=r.random() * hours * 3600.0)
+            out.append(Search(shopper, f"search-{stream}-{len(out):07d}", when, query,
+                              tuple(x.ids[i] for i in shown), x.ids[picked]))
+        return out
 
     def events(self) -> Iterator[Event]:
         """Every event of every planned session, in non-decreasing time order; the same on every call."""
@@ -219,6 +279,30 @@ class Storefront:
             "event_id": f"e{n:09d}", "type": type_, "user_id": user, "session_id": session, "item_id": item,
             "items": lines, "order_id": order, "timestamp": self.start + timedelta(seconds=t), "context": context,
             "properties": props, "consent": None})
+
+
+@dataclass(frozen=True)
+class Search:
+    """One search of a shopper (``Storefront.searches``): the query, the shop's results as it ordered them, the
+    result the shopper picked."""
+
+    shopper: str
+    session: str
+    at: datetime
+    query: str
+    results: tuple[str, ...]
+    picked: str
+
+    def events(self, prefix: str = "s") -> list[Event]:
+        """The search as the storefront reports it: a ``search`` event with the query and the result ids shown,
+        then the view of the picked result (from the search page, at its position)."""
+        ctx = EventContext(placement="search", position=self.results.index(self.picked))
+        return [Event(event_id=f"{prefix}{self.session}-q", type="search", user_id=self.shopper,
+                      session_id=self.session, timestamp=self.at,
+                      properties={"query": self.query, "results": list(self.results)}),
+                Event(event_id=f"{prefix}{self.session}-v", type="product_viewed", user_id=self.shopper,
+                      session_id=self.session, item_id=self.picked, timestamp=self.at + timedelta(seconds=5),
+                      context=ctx)]
 
 
 def _trusted(cls, values: dict):
@@ -629,4 +713,4 @@ def generate_storefront(n_items: int = 12_000, n_shoppers: int = 20_000, n_event
         kinds={it.id: LEAVES[lf].kind for it, lf in zip(items, catalog.leaf_of)},
         popularity={it.id: float(p) for it, p in zip(items, pop)},
         start=start.astimezone(timezone.utc), days=days,
-        _plan=_plan(rng, n_shoppers, n_events, days), _index=index)
+        _plan=_plan(rng, n_shoppers, n_events, days), _index=index, seed=seed)

@@ -46,6 +46,14 @@ def test_purchase_lines_and_search():
     assert p.lines() == [("a", 2, 3.5), ("b", 1, None)]
     s = ev(type="search", item_id=None, properties={"query": "usb-c cable"})
     assert s.lines() == []
+    s = ev(type="search", item_id=None, properties={"query": "usb-c cable", "results": ["a", "b"]})
+    assert s.properties["results"] == ["a", "b"] and s.lines() == []  # results shown are not interactions
+
+
+@pytest.mark.parametrize("results", ["a", [1, 2], [""], ["x" * 257], ["a"] * 1001])
+def test_search_results_must_be_a_list_of_ids(results):
+    with pytest.raises(ValueError, match="properties.results"):
+        ev(type="search", item_id=None, properties={"query": "q", "results": results})
 
 
 @pytest.mark.parametrize("kw, field", [

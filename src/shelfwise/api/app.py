@@ -35,12 +35,12 @@ from shelfwise.api.monitor import build_router as monitor_router
 from shelfwise.api.registry import build_router as registry_router
 from shelfwise.api.rules import build_router as rules_router
 from shelfwise.api.telemetry import RequestTelemetry, Telemetry
-from shelfwise.domain import ConsentUpdate, Event, Item, Preferences, Text, split_field
+from shelfwise.domain import ConsentUpdate, Event, Item, Preferences, PriceRange, Text, split_field
 from shelfwise.monitor.drift import register as register_drift_gauges
 from shelfwise.observability.context import current_request_id
 from shelfwise.observability.logs import configure_logging
 from shelfwise.observability.tracing import configure_tracing, shutdown_tracing
-from shelfwise.request import ITEM_PAGES, RecRequest, new_request_id
+from shelfwise.request import RecRequest, new_request_id
 from shelfwise.privacy.guard import ConsentRequired
 from shelfwise.privacy.pseudonym import shopper_key
 from shelfwise.rules.schema import RuleSet
@@ -57,6 +57,7 @@ log = logging.getLogger("shelfwise.api")
 Id = Annotated[Text, Query(min_length=1, max_length=256)]
 Ids = Annotated[list[Annotated[Text, Field(max_length=4096)]], Query(max_length=200)]
 ItemId = Annotated[Text, Path(min_length=1, max_length=256)]
+MAX_REMOVED = 1_000  # ids listed in a rerank answer's "removed"
 DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
               "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
 
@@ -497,6 +498,31 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         return ORJSONResponse({"days": days, "counts": sw().guard.anonymous_counts(days)})
 
     # ---- recommendations -------------------------------------------------------------------------------------
+    def unknown_placement(engine: Shelfwise, placement: str) -> Response:
+        known = sorted(engine.settings.models.placements)
+        return error(404, f"unknown placement {m.short(placement, 64)!r}; known: {', '.join(known)}", "placement",
+                     "no such placement (models.placements)", known=known)
+
+    def answer_body(req: RecRequest, answer: Any) -> dict[str, Any]:
+        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources, "reason": r.reason,
+                  "fallback": r.fallback}
+                 | ({"explanation": r.explanation} if req.explain else {}) for r in answer.items]
+        body = {
+            "request_id": req.request_id,
+            "placement": req.placement,
+            "model_version": answer.model_version,
+            "rulesets": answer.rulesets,
+            "experiments": answer.experiments,
+            "fallback": answer.fallback,
+            "degraded": answer.degraded,
+            "items": items,
+        }
+        if req.filters and not items:
+            body["detail"] = "no servable item matches the filters"
+        if req.explain:
+            body["explanation"] = answer.explanation
+        return body
+
     @app.get("/v1/recommendations/{placement}", response_model=m.RecommendationAnswer, tags=["recommendations"],
              summary="A rail (scope: read)", responses={
                  404: _error_response("unknown placement; or a product page's item_id, or every item of a "
@@ -505,7 +531,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                  304: {"description": "not personal and unchanged: the If-None-Match ETag is still current"}})
     async def recommendations(
         placement: Annotated[str, Path(max_length=64, json_schema_extra={
-            "enum": sorted(settings.models.placements)})],
+            "enum": sorted(n for n, p in settings.models.placements.items() if p.kind != "rerank")})],
         user_id: Id | None = None,
         session_id: Id | None = None,
         item_id: Id | None = None,
@@ -515,16 +541,31 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         category: Annotated[Text | None, Query(max_length=1024)] = None,
         device: Annotated[Text | None, Query(max_length=64)] = None,
         segment: Ids = [],  # noqa: B006
+        categories: Annotated[list[Annotated[Text, Field(min_length=1, max_length=256)]],
+                              Query(max_length=50, description="filter: category path prefixes (repeat; any)")] = [],  # noqa: B006,E501
+        brand: Annotated[list[Annotated[Text, Field(min_length=1, max_length=256)]],
+                         Query(max_length=50, description="filter: brands (repeat; any)")] = [],  # noqa: B006
+        price_min: Annotated[float | None, Query(ge=0, le=1e12, description="filter: lowest price")] = None,
+        price_max: Annotated[float | None, Query(ge=0, le=1e12, description="filter: highest price")] = None,
+        attr: Annotated[list[Annotated[Text, Field(min_length=3, max_length=330)]],
+                        Query(max_length=50, description="filter: name:value (repeat; values of one name: any, "
+                                                         "names: all), e.g. attr=color:Black&attr=color:Blue")] = [],  # noqa: B006,E501
+        in_stock: Annotated[bool, Query(description="filter: stock tracked and above 0")] = False,
+        min_stock: Annotated[int | None, Query(ge=1, le=10**12, description="filter: at least this stock")] = None,
+        new_days: Annotated[float | None, Query(gt=0, le=36_500, description="filter: new within N days")] = None,
         explain: bool = False,
         if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
     ) -> Response:
         t0 = time.perf_counter()
         engine = sw()
-        if placement not in engine.settings.models.placements:
-            raise HTTPException(404, f"unknown placement {m.short(placement, 64)!r}; known: "
-                                     f"{sorted(engine.settings.models.placements)}")
-        k = k or settings.api.default_k
-        if placement in ITEM_PAGES and not item_id:
+        conf = engine.settings.models.placements.get(placement)
+        if conf is None:
+            return unknown_placement(engine, placement)
+        if conf.kind == "rerank":
+            return error(422, "invalid request", "placement", f"{m.short(placement, 64)} re-ranks the shop's own "
+                                                              "list: POST /v1/rerank")
+        k = k or conf.k or settings.api.default_k
+        if conf.kind == "item" and not item_id:
             return error(422, "invalid request", "item_id", f"{placement} needs the product page's item_id")
         cart_ids = [c for part in cart for c in part.split(",") if c]
         excl = [c for part in exclude for c in part.split(",") if c]
@@ -532,9 +573,26 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         for name, values in (("cart", cart_ids), ("exclude", excl), ("segment", segments)):
             if len(values) > 200 or any(len(v) > 256 for v in values):
                 return error(422, "invalid request", name, "at most 200 ids of at most 256 characters")
+        filters = None
+        if categories or brand or price_min is not None or price_max is not None or attr or in_stock or \
+                min_stock is not None or new_days is not None:
+            attributes: dict[str, list[str]] = {}
+            for a in attr:
+                name, sep, value = a.partition(":")
+                if not sep or not name.strip() or not value.strip():
+                    return error(422, "invalid request", "attr", f"{m.short(a)!r} is not name:value")
+                attributes.setdefault(name.strip(), []).append(value.strip())
+            try:
+                price = PriceRange(min=price_min, max=price_max) if price_min is not None or price_max is not None \
+                    else None
+                filters = m.CatalogFilters(categories=categories, brands=brand, price=price, attributes=attributes,
+                                           in_stock=in_stock, min_stock=min_stock, new_days=new_days).filters()
+            except ValidationError as exc:
+                field = "price_min" if exc.title == "PriceRange" else "attr"
+                return error(422, "invalid request", field, _errors(exc)[0]["reason"])
         req = RecRequest(placement=placement, shopper=shopper_key(user_id, session_id), item_id=item_id,
                          cart=cart_ids, k=k, exclude=excl, category=category, device=device, segments=segments,
-                         request_id=current_request_id() or new_request_id(), explain=explain)
+                         request_id=current_request_id() or new_request_id(), explain=explain, filters=filters)
         anchor = "known"
         if not engine.anchors_known(req):  # a product page or cart the model does not know (reads the catalog)
             unknown = await run_in_threadpool(engine.unknown_anchor, req)
@@ -547,21 +605,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
         metrics.served(req, answer, anchor, req.shopper in engine.pipeline.shopper_index)
-        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources, "reason": r.reason,
-                  "fallback": r.fallback}
-                 | ({"explanation": r.explanation} if explain else {}) for r in answer.items]
-        body = {
-            "request_id": req.request_id,
-            "placement": placement,
-            "model_version": answer.model_version,
-            "rulesets": answer.rulesets,
-            "experiments": answer.experiments,
-            "fallback": answer.fallback,
-            "degraded": answer.degraded,
-            "items": items,
-        }
-        if explain:
-            body["explanation"] = answer.explanation
+        body = answer_body(req, answer)
+        items = body["items"]
         if personal:  # never kept by a shared cache
             return ORJSONResponse(body, headers={"Cache-Control": "private, no-store"})
         # not personal (a product page or cart without a shopper): an edge cache or CDN may keep it; the ETag is
@@ -573,6 +618,48 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         if tag in [t.strip() for t in (if_none_match or "").split(",")]:
             return Response(status_code=304, headers=headers)
         return ORJSONResponse(body, headers=headers)
+
+    @app.post("/v1/rerank", response_model=m.RerankAnswer, tags=["recommendations"],
+              summary="Re-rank the shop's own list for a shopper (scope: read)",
+              responses={404: _error_response("unknown placement (the error lists the known ones)")},
+              openapi_extra=m.json_body(m.schema_ref("RerankRequest"), "the shop's list (best first), the shopper, "
+                                                                      "an optional query, filters and impact"))
+    async def rerank(request: Request) -> Response:
+        """The shop's list — its search engine's results, a category page — re-ranked for the shopper by the same
+        sources, learned ranker, rules and diversity as the rails, keeping only the list's items. Items the model
+        has no evidence about are scored from their content; ids unknown to the catalog are listed in
+        ``unknown_items``, known items left out (out of stock, filtered, dropped by a rule) in ``removed``."""
+        t0 = time.perf_counter()
+        payload = await m.read_json(request)
+        try:
+            body = m.RerankRequest.model_validate(payload)
+        except ValidationError as exc:
+            return ORJSONResponse({"detail": "invalid rerank request", "errors": _errors(exc, whole="body")},
+                                  status_code=422)
+        engine = sw()
+        conf = engine.settings.models.placements.get(body.placement)
+        if conf is None:
+            return unknown_placement(engine, body.placement)
+        if conf.kind != "rerank":
+            reranks = sorted(n for n, p in engine.settings.models.placements.items() if p.kind == "rerank")
+            return error(422, "invalid request", "placement", f"{m.short(body.placement, 64)} is a rail of kind "
+                                                              f"{conf.kind}, not a rerank placement ({reranks})")
+        unknown = engine.unknown_ids(body.items)
+        req = RecRequest(placement=body.placement, shopper=shopper_key(body.user_id, body.session_id),
+                         k=body.k or conf.k or len(body.items), exclude=body.exclude, device=body.device,
+                         segments=body.segments, request_id=current_request_id() or new_request_id(),
+                         explain=body.explain, filters=body.filters.filters() if body.filters else None,
+                         given=body.items, query=body.query, impact=body.personalization_impact)
+        answer = await state["batcher"].submit(req)
+        metrics.latency.labels(body.placement).observe(time.perf_counter() - t0)
+        metrics.served(req, answer, "known", req.shopper in engine.pipeline.shopper_index)
+        out = answer_body(req, answer)
+        shown = {r.item_id for r in answer.items}
+        skip = set(unknown)
+        out["unknown_items"] = unknown
+        out["removed"] = [x for x in body.items if x not in shown and x not in skip][:MAX_REMOVED] \
+            if req.k >= len(body.items) else []
+        return ORJSONResponse(out, headers={"Cache-Control": "private, no-store"})
 
     app.include_router(rules_router(sw))  # rule sets, shadow report, zero-impression report (api/rules.py)
     app.include_router(experiments_router(lambda: experiments_of(sw()), changed=lambda: sw().experiments.reload()))
@@ -590,7 +677,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         from pydantic.json_schema import models_json_schema
 
         _, defs = models_json_schema([(Event, "validation"), (Item, "validation"), (m.ItemBatch, "validation"),
-                                      (RuleSet, "validation"), (Preferences, "validation")],
+                                      (RuleSet, "validation"), (Preferences, "validation"),
+                                      (m.RerankRequest, "validation")],
                                      ref_template="#/components/schemas/{model}")
         for name, schema in defs.get("$defs", {}).items():
             schemas.setdefault(name, schema)

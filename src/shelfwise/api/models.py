@@ -9,13 +9,13 @@ each ``field`` (or, for rule sets, the JSON ``path``), the batch ``index`` when 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from shelfwise.domain import ConsentValue, Item, Preferences
-from shelfwise.request import SLOT_REASONS
+from shelfwise.domain import ConsentValue, Item, Preferences, PriceRange, Text
+from shelfwise.request import SLOT_REASONS, Filters
 
 
 class FieldError(BaseModel):
@@ -178,6 +178,105 @@ class RecommendationAnswer(BaseModel):
                                 "model) and why, while a backend or model part is down or slow; empty when whole")
     items: list[RecommendedItem]
     explanation: dict[str, Any] | None = None
+    detail: str | None = Field(None, description="a note on the answer: 'no servable item matches the filters' when "
+                                                 "filters left nothing to show")
+
+
+# ---- request-time filters and re-ranking -------------------------------------------------------------------------
+MAX_RERANK_ITEMS = 1_000
+MAX_FILTER_VALUES = 50
+FilterValue = Annotated[Text, Field(min_length=1, max_length=256)]
+AttributeName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\u0000:]+$")]
+
+
+class CatalogFilters(BaseModel):
+    """Request-time filters on catalog fields: every field given must match, any value within a field. Items
+    without a value for a filtered field (no brand, no price, no such attribute) do not match."""
+
+    model_config = ConfigDict(extra="forbid")
+    categories: list[FilterValue] = Field(default_factory=list, max_length=MAX_FILTER_VALUES,
+                                          description="category path prefixes, e.g. 'Audio > Headphones'")
+    brands: list[FilterValue] = Field(default_factory=list, max_length=MAX_FILTER_VALUES,
+                                      description="brand names (without regard to case)")
+    price: PriceRange | None = Field(None, description="inclusive price range (items without a price do not match)")
+    attributes: dict[AttributeName, list[FilterValue]] = Field(
+        default_factory=dict, max_length=16,
+        description="attribute name -> values, e.g. {\"color\": [\"Black\", \"Blue\"], \"size\": [\"M\"]}: the "
+                    "item's attribute holds one of the values (or is a list holding one), without regard to case")
+    in_stock: bool = Field(False, description="only items whose stock is tracked and above 0 (out-of-stock items are "
+                                              "never shown; this also leaves out items whose stock is not tracked)")
+    min_stock: int | None = Field(None, ge=1, le=10**12, description="only items with at least this many units in "
+                                                                     "stock (tracked)")
+    new_days: float | None = Field(None, gt=0, le=36_500, allow_inf_nan=False,
+                                   description="only items that came to the shop within this many days (catalog "
+                                               "created_at, else when Shelfwise first saw them)")
+
+    @field_validator("attributes")
+    @classmethod
+    def _values(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in value.items():
+            if not values:
+                raise ValueError(f"attribute {name[:64]!r} needs at least one value")
+            if len(values) > MAX_FILTER_VALUES:
+                raise ValueError(f"attribute {name[:64]!r} has more than {MAX_FILTER_VALUES} values")
+        return value
+
+    def filters(self) -> Filters:
+        stock = max(self.min_stock or 0, 1 if self.in_stock else 0) or None
+        return Filters(categories=tuple(self.categories), brands=tuple(self.brands),
+                       price_min=self.price.min if self.price else None, price_max=self.price.max if self.price else None,
+                       attributes=tuple((k, tuple(v)) for k, v in sorted(self.attributes.items())),
+                       min_stock=stock, new_days=self.new_days)
+
+
+class RerankRequest(BaseModel):
+    """The shop's own list (its search engine's results, a category page), best first, to re-rank for a shopper."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_RERANK_ITEMS, description="the item ids in the shop's order, best first "
+                                                               f"(1 to {MAX_RERANK_ITEMS:,}, each once)")
+    placement: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        "search", description="a placement of kind rerank (models.placements): search or category by default")
+    user_id: Text | None = Field(None, min_length=1, max_length=256)
+    session_id: Text | None = Field(None, min_length=1, max_length=256)
+    query: Text | None = Field(None, max_length=1024, description="the shopper's search query (query-item text "
+                                                                  "match; the placement's query_weight)")
+    personalization_impact: float = Field(
+        0.75, ge=0, le=1, allow_inf_nan=False,
+        description="how far the personal order moves the shop's: 0 keeps the shop's order (after stock, filters and "
+                    "rules), 1 is the personal order alone; in between, a blend of the two ranks")
+    k: int | None = Field(None, ge=1, le=MAX_RERANK_ITEMS, description="answer the best k (default: the placement's k, "
+                                                                      "else every item kept)")
+    filters: CatalogFilters | None = None
+    exclude: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=200)
+    device: Text | None = Field(None, max_length=64)
+    segments: list[Annotated[Text, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=32)
+    explain: bool = False
+
+    @field_validator("items")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for i, x in enumerate(value):
+            if x in seen:
+                raise ValueError(f"item {x[:80]!r} is given twice (positions {seen[x]} and {i}); send each id once")
+            seen[x] = i
+        return value
+
+    @model_validator(mode="after")
+    def _one_shopper(self) -> "RerankRequest":
+        if self.user_id is not None and self.session_id is not None:
+            raise ValueError("user_id: give user_id or session_id, not both")
+        return self
+
+
+class RerankAnswer(RecommendationAnswer):
+    unknown_items: list[str] = Field(default_factory=list, description="ids of the list unknown to the catalog and "
+                                                                       "the model: left out of the answer")
+    removed: list[str] = Field(default_factory=list, description="ids of the list left out although known: not "
+                                                                 "servable (unavailable, out of stock), excluded, "
+                                                                 "filtered out or dropped by a rule")
 
 
 # ---- privacy ----------------------------------------------------------------------------------------------------

@@ -41,16 +41,18 @@ class ItemFacts:
     tags: list[frozenset[str]]
     attributes: list[dict[str, Any]]
     ids: np.ndarray | None = None  # the item ids of the table they were built for
+    titles: list[str] = field(default_factory=list)  # (search query features: ranking/query.py)
 
     @classmethod
     def build(cls, items: ItemTable, catalog: dict[str, Item]) -> "ItemFacts":
-        brand, tags, attrs = [], [], []
+        brand, tags, attrs, titles = [], [], [], []
         for iid in items.ids:
             it = catalog.get(str(iid))
             brand.append(it.brand if it else None)
             tags.append(frozenset(it.tags) if it else frozenset())
             attrs.append(it.attributes if it else {})
-        return cls(np.array(brand, dtype=object), tags, attrs, items.ids)
+            titles.append(it.title if it else "")
+        return cls(np.array(brand, dtype=object), tags, attrs, items.ids, titles)
 
     def grown(self, items: ItemTable, added: Sequence[Item]) -> "ItemFacts | None":
         """New facts for ``items`` when it is this table with rows appended (``ItemTable.with_items``), the
@@ -61,7 +63,8 @@ class ItemFacts:
             return None
         extra = len(items) - n
         out = ItemFacts(np.concatenate([self.brand, np.full(extra, None, dtype=object)]),
-                        self.tags + [frozenset()] * extra, self.attributes + [{} for _ in range(extra)], items.ids)
+                        self.tags + [frozenset()] * extra, self.attributes + [{} for _ in range(extra)], items.ids,
+                        self.titles + [""] * extra)
         out.update(items, [it for it in added if items.index.get(it.id, -1) >= n])
         return out
 
@@ -70,6 +73,8 @@ class ItemFacts:
             i = items.index.get(it.id)
             if i is not None:
                 self.brand[i], self.tags[i], self.attributes[i] = it.brand, frozenset(it.tags), it.attributes
+                if i < len(self.titles):
+                    self.titles[i] = it.title
 
 
 def _attribute_mask(facts: ItemFacts, key: str, test: AttributeTest) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 
 from shelfwise.domain import Preferences
 from shelfwise.items import ItemTable, category_prefix_mask
+from shelfwise.request import Filters
 from shelfwise.rules.compile import ItemFacts
 from shelfwise.settings import PreferenceSettings
 
@@ -40,6 +41,8 @@ class PreferenceMasks:
         self._masks: dict[tuple[str, str], np.ndarray] = {}  # (field, value or "") -> items with it (any value)
 
     def _values(self, field: str, facts: ItemFacts) -> list[set[str]]:
+        """Each item's case-folded values of ``field``: ``style_tags`` (its tags), ``sizes`` (its size attributes)
+        or ``attr:<name>`` (one attribute, a request-time filter's)."""
         key = (id(facts), self.items.version)
         if key != self._key or len(self._masks) > 4096:
             self._key, self._sets, self._masks = key, {}, {}
@@ -48,8 +51,10 @@ class PreferenceMasks:
             if field == "style_tags":
                 got = [{t.casefold() for t in tags} for tags in facts.tags]
             else:
-                keys = self.settings.size_attributes
+                keys = self.settings.size_attributes if field == "sizes" else [field.removeprefix("attr:")]
                 got = [set().union(*(_folded(a[k]) for k in keys if k in a)) for a in facts.attributes]
+            if len(self._sets) > 64:
+                self._sets.clear()
             self._sets[field] = got
         return got
 
@@ -92,6 +97,31 @@ class PreferenceMasks:
             return self._brands(prefs.brands)
         values = {"sizes": prefs.sizes, "style_tags": prefs.style_tags}.get(name)
         return self._text_field(name, values) if values else None
+
+    def filtered(self, f: Filters, now: float) -> np.ndarray:
+        """Items a request's filters allow (bool, n_items): every field given matches (``request.Filters``).
+        Attribute values are read through the catalog facts; without them (no rules stage) an attribute filter
+        matches nothing rather than everything."""
+        items = self.items
+        keep = np.ones(len(items), bool)
+        if f.categories:
+            keep &= category_prefix_mask(items, list(f.categories))
+        if f.brands:
+            keep &= self._brands(list(f.brands))[0]
+        if f.price_min is not None or f.price_max is not None:
+            lo = -np.inf if f.price_min is None else f.price_min
+            hi = np.inf if f.price_max is None else f.price_max
+            with np.errstate(invalid="ignore"):
+                keep &= np.isfinite(items.price) & (items.price >= lo) & (items.price <= hi)
+        if f.min_stock is not None:
+            keep &= np.isfinite(items.stock) & (items.stock >= f.min_stock)  # untracked (inf) stock fails
+        if f.new_days is not None:
+            with np.errstate(invalid="ignore"):
+                keep &= items.born() >= now - f.new_days * 86400.0
+        for name, values in f.attributes:
+            got = self._text_field(f"attr:{name}", list(values))
+            keep &= got[0] if got is not None else False
+        return keep
 
     def hard(self, prefs: Preferences) -> np.ndarray | None:
         """Items the shopper may be shown (bool, n_items), or None when no hard field constrains them."""

@@ -30,6 +30,16 @@ class Explored:
 
 
 @dataclass
+class Given:
+    """A rerank request's list (``RecRequest.given``) in the item table's terms: the indices of its ids the table
+    knows, in the shop's order, each with its position in the list as sent (ids unknown to the catalog skipped)."""
+
+    items: np.ndarray  # int64
+    positions: np.ndarray  # float32, 0-based
+    length: int  # ids sent
+
+
+@dataclass
 class Batch:
     placement: str
     conf: PlacementSettings
@@ -44,6 +54,7 @@ class Batch:
     rulesets: str = ""  # the live rule set versions the plans come from ("id@v,...")
     extra: list[np.ndarray] | None = None  # per request: items rules need among the candidates (pins, slots)
     explore: list[dict[int, Explored] | None] | None = None  # per request: new item index -> its exploration slot
+    given: list[Given] | None = None  # per request of a rerank placement: the shop's list (resolve)
     candidates: Candidates | None = None
     base: dict[int, np.ndarray] = field(default_factory=dict)  # row -> scores before rules (shadow answers)
     local: list[LocalEffects | None] = field(default_factory=list)  # row -> its rules over its candidates

@@ -204,6 +204,24 @@ class CandidateStage:
             guard.source_done(n, time.perf_counter() - t0)
         return scored, peaks
 
+    def _given(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+               weights: dict[str, float], cold: np.ndarray | None) -> Candidates:
+        """A rerank placement's candidates: the shop's own list (the items of it the request may show, nothing
+        else), scored by every source like any candidate, with the shop's order as the ``shop`` column (1 for its
+        first item down to 1/n for its last; not a blend source)."""
+        ex = batch.exclusions
+        assert ex is not None
+        assert batch.given is not None
+        items = padded([g.items for g in batch.given])
+        shop = np.zeros(items.shape, np.float32)
+        for r, g in enumerate(batch.given):
+            shop[r, :len(g.items)] = 1.0 - g.positions / max(g.length, 1)
+        ok = ex.keep(items)
+        items = np.where(ok, items, -1)
+        cand = self._score(items, scored, peaks, weights, cold)
+        cand.sources["shop"] = np.where(ok, shop, 0.0).astype(np.float32)
+        return cand.sorted()
+
     def run(self, batch: Batch) -> None:
         ex = batch.exclusions
         assert ex is not None
@@ -215,8 +233,11 @@ class CandidateStage:
         else:
             scored, peaks = self._guarded(batch, weights, n_items)
             weights = {n: w for n, w in weights.items() if n in scored}
-        dense = n_items <= self.settings.dense_max_items
         cold = self.cold_weights(weights, n_items)
+        if batch.conf.kind == "rerank":
+            batch.candidates = self._given(batch, scored, peaks, weights, cold)
+            return
+        dense = n_items <= self.settings.dense_max_items
         cand = (self._dense if dense else self._union)(batch, scored, peaks, weights, cold)
         extra = [] if batch.extra is None else [without(padded(batch.extra), cand.items)]
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet

@@ -1,7 +1,8 @@
 """Stage 5: the learned ranker re-scores the blend's best ``ranker.candidates`` items of each request.
 
 Its candidates keep the ranker's final scores (relevance, plus margin when ``margin_weight`` is set); every other
-candidate follows in blend order below all of them, so pins and reserved slots can still reach it. A request that a
+candidate follows in blend order below all of them, so pins and reserved slots can still reach it. A placement with
+``ranker = true`` (the rerank placements by default) is re-scored by the same ranker, every item of its list. A request that a
 new shoppers' source answered (a cohort centroid: no history, page or cart) keeps the blend's order: the ranker
 learned only from requests with a history (``ranking.labels.split_history``) and knows nothing of cohorts.
 """
@@ -38,7 +39,9 @@ class RankStage:
         self.ranker, self.ctx, self.new_shoppers = ranker, ctx, new_shoppers
 
     def run(self, batch: Batch) -> None:
-        if not batch.use_ranker or not self.ranker.applies(batch.placement):
+        applies = self.ranker.applies(batch.placement) or (batch.conf.ranker and self.ranker.applies(
+            self.ranker.settings.placements[0] if self.ranker.settings.placements else ""))
+        if not batch.use_ranker or not applies:
             return
         cand = batch.candidates
         assert cand is not None
@@ -48,7 +51,8 @@ class RankStage:
                 cold |= (cand.sources[name] > 0).any(axis=1)
         if cold.all():
             return
-        n = min(self.ranker.settings.candidates, cand.shape[1])
+        # a rerank placement's candidates are the shop's list: every item of it is re-scored
+        n = cand.shape[1] if batch.conf.kind == "rerank" else min(self.ranker.settings.candidates, cand.shape[1])
         head = cand.take(np.broadcast_to(np.arange(n), (len(batch), n)))
         final = self.ranker.score(self.ctx, batch.requests, batch.queries, head)
         blend = cand.score.copy() if cold.any() else None

@@ -1,7 +1,9 @@
 """Stage 1: requests in the storefront's terms → model indices (``Query``) and what may not be shown
 (``Exclusions``: unservable items, the page's and cart's own items, excluded ids, already bought or seen items as
-the placement says, a category filter and the hard fields of the shopper's preferences), and how well each item
-matches their soft preferences (``Batch.preferred``, boosted by the merchandise stage)."""
+the placement says, a category filter, the request's filters on catalog fields, the hard fields of the shopper's
+preferences and, for a rerank placement, every item not on the shop's list), and how well each item matches their
+soft preferences (``Batch.preferred``, boosted by the merchandise stage). What a request's anchors are follows the
+placement's kind: a product page's item (``item``), the cart's items (``cart``), none (``homepage``, ``rerank``)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import numpy as np
 
 from shelfwise.domain import EventType
 from shelfwise.items import ItemTable, category_path
-from shelfwise.request import ITEM_PAGES, Exclusions, Query, RecRequest, Visit
+from shelfwise.request import Exclusions, Query, RecRequest, Visit
 from shelfwise.rules.preferences import PreferenceMasks
-from shelfwise.stages.base import Batch
+from shelfwise.stages.base import Batch, Given
 
 
 class ResolveStage:
@@ -22,7 +24,7 @@ class ResolveStage:
         self.items, self.shopper_index, self.trained_until = items, shopper_index, trained_until
         self.preferences = preferences
 
-    def query(self, req: RecRequest) -> Query:
+    def query(self, req: RecRequest, kind: str = "homepage") -> Query:
         idx = self.items.index
         hist, kinds, ts = [], [], []
         if req.state is not None:
@@ -33,9 +35,9 @@ class ResolveStage:
                     kinds.append(it.kind)
                     ts.append(it.ts)
         anchors: list[int] = []
-        if req.placement in ITEM_PAGES and req.item_id is not None:
+        if kind == "item" and req.item_id is not None:
             anchors = [idx[req.item_id]] if req.item_id in idx else []
-        elif req.placement == "cart_upsell":
+        elif kind == "cart":
             anchors = [idx[c] for c in req.cart if c in idx]
         user = self.shopper_index.get(req.shopper, -1) if req.shopper else -1
         fresh = bool(ts) and max(ts) > self.trained_until
@@ -61,10 +63,31 @@ class ResolveStage:
             drop += q.history[q.history_kind == EventType.purchase_completed].tolist()
         return np.array(sorted(set(drop)), np.int64)
 
+    def allowed(self, req: RecRequest, given: Given | None = None) -> np.ndarray | None:
+        """The only items a request may show (None: no filter): its category, its filters, the shop's list."""
+        out = self.items.category_mask(req.category) if req.category else None
+        if req.filters and self.preferences is not None:
+            keep = self.preferences.filtered(req.filters, req.now)
+            out = keep if out is None else out & keep
+        if req.given is not None:
+            keep = np.zeros(len(self.items), bool)
+            keep[(given or self.given(req)).items] = True
+            out = keep if out is None else out & keep
+        return out
+
+    def given(self, req: RecRequest) -> Given:
+        idx = self.items.index
+        ids = req.given or ()
+        pos = [p for p, x in enumerate(ids) if x in idx]
+        return Given(np.array([idx[ids[p]] for p in pos], np.int64), np.array(pos, np.float32), len(ids))
+
     def run(self, batch: Batch) -> None:
-        batch.queries = [self.query(r) for r in batch.requests]
+        kind = batch.conf.kind
+        batch.queries = [self.query(r, kind) for r in batch.requests]
         rows = [self.excluded(r, q, batch.conf.exclude_history) for r, q in zip(batch.requests, batch.queries)]
-        allowed = [self.items.category_mask(r.category) if r.category else None for r in batch.requests]
+        given = batch.given = [self.given(r) for r in batch.requests] if kind == "rerank" else None
+        allowed = [self.allowed(r, given[i] if given else None) if r.category or r.filters or r.given is not None
+                   else None for i, r in enumerate(batch.requests)]
         batch.preferred = [None] * len(batch)
         for r, req in enumerate(batch.requests):
             if req.preferences is None or self.preferences is None:

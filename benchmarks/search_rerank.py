@@ -1,0 +1,144 @@
+"""Search re-ranking quality: does ``POST /v1/rerank`` put the result a shopper picks higher than the shop's order?
+
+    .venv/bin/python benchmarks/search_rerank.py [--items 6000] [--shoppers 8000] [--events 200000]
+        [--searches 2000] [--train-minutes 3] [--json benchmarks/results/search_rerank.json]
+
+1. Setup (reused when ``--data-dir`` already holds it): the synthetic storefront (``--seed`` 7), its events stored
+   through the engine's ingest path, the default pipeline trained on them (``shelfwise train``'s code; the sequence
+   model capped at ``--train-minutes``).
+2. Held-out searches (``Storefront.searches``: their own random stream, after the last training event): a known
+   shopper searches one of their favourite categories; the shop's search engine answers the category's items in
+   stock (of the brand the query names), title matches first, then by popularity with noise — the same for every
+   shopper; the shopper picks one as the simulator's sessions pick a first view (popularity thinned by their brand
+   and price preferences; a variant the query names and accessories of their devices 3x as likely). The position
+   of the pick in the shop's order plays no part in the pick.
+3. Each search goes through the API (``POST /v1/rerank``, a test client in process: the route, the micro-batcher,
+   the stages) with the shop's list, the shopper, the query, at several ``personalization_impact`` values, and
+   without the query. NDCG@10 (and HR@10, MRR) of the picked item in the shop's order and in each answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metrics(ranks: list[int]) -> dict[str, float]:
+    """NDCG@10, HR@10 and MRR of one relevant item per search at 0-based ``ranks`` (-1: missing)."""
+    r = np.array(ranks, float)
+    found = r >= 0
+    ndcg = np.where(found & (r < 10), 1.0 / np.log2(r + 2), 0.0)
+    return {"ndcg@10": round(float(ndcg.mean()), 4), "hr@10": round(float((found & (r < 10)).mean()), 4),
+            "mrr": round(float(np.where(found, 1.0 / (r + 1), 0.0).mean()), 4), "n": int(len(r))}
+
+
+def setup(args, data: Path):
+    from shelfwise.service import Shelfwise
+    from shelfwise.settings import load_settings
+    from shelfwise.synthetic import generate_storefront
+    from shelfwise.training import train
+
+    settings = load_settings(data_dir=data, models={"sequence": {"max_train_minutes": args.train_minutes}})
+    shop = generate_storefront(n_items=args.items, n_shoppers=args.shoppers, n_events=args.events, seed=args.seed)
+    done = data / "setup.json"
+    if not done.exists():
+        eng = Shelfwise(settings)
+        eng.upsert_items(shop.items)
+        batch = []
+        for ev in shop.events():
+            batch.append(ev)
+            if len(batch) == 5000:
+                eng.ingest(batch)
+                batch = []
+        if batch:
+            eng.ingest(batch)
+        t = time.perf_counter()
+        print("training the default pipeline …", flush=True)
+        train(eng.store, eng.catalog, eng.models, settings.models)
+        done.write_text(json.dumps({"train_s": round(time.perf_counter() - t, 1)}))
+        eng.close()
+    return settings, shop
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=6000)
+    ap.add_argument("--shoppers", type=int, default=8000)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--searches", type=int, default=1000)
+    ap.add_argument("--results", type=int, default=50, help="results the shop's search engine answers per query")
+    ap.add_argument("--train-minutes", type=float, default=3.0)
+    ap.add_argument("--impacts", default="0.5,0.75,1", help="personalization_impact values asked with the query (the "
+                                                           "largest also without it)")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    data = (args.data_dir or ROOT / "benchmarks" / "results" / ".work" /
+            f"search_rerank_{args.items}_{args.events}").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    os.chdir(data)
+    for k in [k for k in os.environ if k.startswith("SHELFWISE_")]:
+        del os.environ[k]
+    settings, shop = setup(args, data)
+    settings = settings.model_copy(update={"security": settings.security.model_copy(update={"auth": "off"})})
+
+    from fastapi.testclient import TestClient
+
+    from shelfwise.api.app import create_app
+    from shelfwise.service import Shelfwise
+
+    eng = Shelfwise(settings)
+    known = [s for s in shop.shoppers if s in eng.pipeline.shopper_index]
+    history = {s: [e.item_id for e in st.recent] for s, st in eng.shopper_states(known).items()}
+    searches = shop.searches(args.searches, owned=history, results=args.results)
+    impacts = [float(x) for x in args.impacts.split(",")]
+    ranks: dict[str, list[int]] = {"shop order": []}
+    t0 = time.perf_counter()
+    with TestClient(create_app(settings, engine=eng)) as client:
+        for n, s in enumerate(searches):
+            if n % 100 == 0:
+                print(f"search {n}/{len(searches)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            ranks["shop order"].append(s.results.index(s.picked))
+            for impact, with_query in [(i, True) for i in impacts] + [(max(impacts), False)]:
+                name = f"rerank impact {impact:g}" + ("" if with_query else ", no query")
+                body = {"items": list(s.results), "user_id": s.shopper, "personalization_impact": impact}
+                if with_query:
+                    body["query"] = s.query
+                r = client.post("/v1/rerank", json=body)
+                r.raise_for_status()
+                got = [x["item_id"] for x in r.json()["items"]]
+                ranks.setdefault(name, []).append(got.index(s.picked) if s.picked in got else -1)
+    seconds = time.perf_counter() - t0
+    eng.close()
+    base = metrics(ranks["shop order"])
+    rows = []
+    for name, rk in ranks.items():
+        m = metrics(rk)
+        m["vs_shop_ndcg"] = round(m["ndcg@10"] / base["ndcg@10"] - 1, 4) if base["ndcg@10"] else math.nan
+        rows.append({"order": name, **m})
+        print(f"{name:32s} NDCG@10 {m['ndcg@10']:.4f} ({m['vs_shop_ndcg']:+.1%})  HR@10 {m['hr@10']:.4f}  "
+              f"MRR {m['mrr']:.4f}", flush=True)
+    doc = {"command": " ".join(["python", *sys.argv]), "items": args.items, "shoppers": args.shoppers,
+           "events": args.events, "searches": len(searches), "results_per_search": args.results,
+           "train_s": json.loads((data / "setup.json").read_text()).get("train_s"),
+           "requests_seconds": round(seconds, 1), "load_average_1m": round(os.getloadavg()[0], 2),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip(), "rows": rows}
+    print(json.dumps(doc, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
