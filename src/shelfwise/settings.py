@@ -54,8 +54,16 @@ class EventWeights(_Section):
     add_to_cart: float = 4.0
     purchase_completed: float = 8.0
     recommendation_clicked: float = 1.0
-    remove_from_cart: float = 0.0
+    remove_from_cart: float = Field(0.0, description="training weight; negative values subtract from the shopper's "
+                                                    "summed weight of the item (clipped at 0). Request time treats "
+                                                    "a recent removal as negative evidence either way "
+                                                    "(models.caps.removed_penalty)")
     search: float = 0.0
+    wishlist_added: float = Field(2.0, ge=0, description="an item added to the wishlist: interest between a view "
+                                                          "and a cart (data without wishlist events trains as "
+                                                          "before)")
+    wishlist_removed: float = Field(0.0, le=0, description="an item taken off the wishlist (0 or negative, like "
+                                                           "remove_from_cart)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "EventWeights":

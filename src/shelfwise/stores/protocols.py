@@ -55,11 +55,29 @@ class Interaction:
     ts: float
 
 
+@dataclass(frozen=True)
+class SeenItem:
+    """What a shopper was shown of one item (online state): impressions after the shopper last engaged with it."""
+
+    reset: float  # unix time of the shopper's last click / cart / purchase of the item (0: none): earlier shows
+    # no longer count
+    shown: tuple[tuple[float, str], ...]  # (unix time, placement) of each impression since, oldest first
+
+    def since(self, t: float, placement: str | None = None) -> list[float]:
+        """Times of the impressions after ``t`` (and after the reset), of ``placement`` only when given."""
+        lo = max(t, self.reset)
+        return [ts for ts, p in self.shown if ts > lo and (placement is None or p == placement)]
+
+
+Seen = dict[str, SeenItem]  # item id -> what the shopper was shown of it
+
+
 @dataclass
 class ShopperState:
     recent: list[Interaction]  # oldest first, at most history_length
     purchased: set[str]
     version: int = 0
+    seen: Seen = field(default_factory=dict)  # impressions (frequency caps), read with the state (``read``)
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,17 @@ class Catalog(Protocol):
 class OnlineState(Protocol):
     """Per-shopper recent events, kept current on every ingested event. A miss returns None (read-through)."""
 
-    def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]: ...
+    def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]:
+        """The cached states (None: a miss), each with the shopper's impressions in ``seen``."""
+
+    def read(self, shoppers: Sequence[str]) -> tuple[dict[str, ShopperState | None], dict[str, Seen]]:
+        """``get`` and every shopper's impressions (hits and misses alike) in one round trip: impressions are not in
+        the event store, so a read-through load keeps the ones read here."""
+
+    def show(self, shown: dict[str, list[tuple[str, str]]], at: float) -> None:
+        """Record impressions at unix time ``at``: {shopper: [(item, placement), ...]}. Kept ``seen_keep_s``, at most
+        ``seen_max_shown`` per item and ``seen_max_items`` items per shopper (the least recently shown go first),
+        whether or not the shopper's state is cached."""
 
     def put(self, states: dict[str, ShopperState], if_unchanged: dict[str, str] | None = None) -> set[str]:
         """Cache states; returns the shoppers installed.
@@ -158,7 +186,10 @@ class OnlineState(Protocol):
         an event whose record() arrives after it."""
 
     def record_many(self, updates: dict[str, tuple[list[Interaction], list[str]]]) -> None:
-        """``record`` for many shoppers at once: {shopper: (interactions, purchased items)}."""
+        """``record`` for many shoppers at once: {shopper: (interactions, purchased items)}.
+
+        Interactions of the kinds in ``reset_kinds`` (a click, cart, purchase) also reset the shopper's impressions
+        of their item up to their time, cached or not."""
 
     def forget(self, shopper: str) -> None: ...
 
