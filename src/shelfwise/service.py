@@ -64,7 +64,8 @@ class Shelfwise:
         secure = settings.privacy.sqlite_secure_delete
         self.store = open_event_store(settings.events_dsn, secure_delete=secure)
         self.catalog = open_catalog(self.store)
-        self.online = open_online_state(settings.stores.online, settings.models.history_length)
+        self.online = open_online_state(settings.stores.online, settings.models.history_length,
+                                        settings.models.caps)
         self.models = DirectoryModelStore(settings.models_dir)
         # keys, consent and the erasure ledger live in the event store's database (privacy/, security/)
         self.privacy_store = open_privacy_store(settings.events_dsn, secure_delete=secure)

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shelfwise.domain import EventTypeName
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -260,6 +262,10 @@ def _default_placements() -> dict[str, PlacementSettings]:
         "pdp_fbt": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.3, "content": 0.05, "trending": 0.02}),
         "cart_upsell": PlacementSettings(weights={"copurchase": 1.0, "covisit": 0.5, "als": 0.2, "content": 0.05,
                                                   "trending": 0.02}),
+        # the weekly email (`shelfwise campaign run`): the homepage's sources, no exploration slots; its caps
+        # (models.caps) keep it from repeating itself or what the shop showed lately
+        "email_weekly": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
+                                                   "trending": 0.02}),
     }
 
 
@@ -471,6 +477,65 @@ class PreferenceSettings(_Section):
                                                    "source proposed (a new shopper's, say)")
 
 
+class CapSettings(_Section):
+    """Frequency cap and fatigue of one placement (``models.caps.placements.<name>``; ``stages/caps.py``). An
+    impression counts until the shopper engages with the item (``models.caps.reset_on``): "at most 3 impressions in
+    24 h without a click" is ``max_impressions = 3``, ``window_hours = 24``."""
+
+    max_impressions: int = Field(0, ge=0, description="hard cap: an item shown to the shopper this many times within "
+                                                      "window_hours (since they last engaged with it) is not shown "
+                                                      "again on this placement until the window lets it go; the "
+                                                      "next eligible item takes its slot. 0 = no hard cap")
+    window_hours: float = Field(24.0, gt=0, description="the cap's window")
+    scope: Literal["placement", "all"] = Field("placement", description="impressions counted: on this placement only, "
+                                                                        "or on every placement")
+    penalty: float = Field(0.0, ge=0, description="soft fatigue: each impression of an item (within window_hours, "
+                                                  "since the shopper last engaged with it) lowers its score by this "
+                                                  "share of the request's score spread (best minus worst), halving "
+                                                  "every half_life_hours; 0 = none")
+    half_life_hours: float = Field(6.0, gt=0, description="how fast an impression's penalty fades")
+    seen_elsewhere_hours: float = Field(0.0, ge=0, description="items shown to the shopper on any other placement "
+                                                               "within this many hours are not shown here (an email "
+                                                               "repeats nothing the shop showed them lately); 0 = off")
+
+
+def _default_caps() -> dict[str, CapSettings]:
+    # site placements: no cap unless configured (their measured ranking stays as it is); the weekly email repeats
+    # an item at most once in four weeks and nothing the shop showed the shopper in the last three days
+    return {"email_weekly": CapSettings(max_impressions=1, window_hours=28 * 24, seen_elsewhere_hours=72)}
+
+
+class CapsSettings(_Section):
+    """Frequency caps, fatigue and seen-item suppression (``stages/caps.py``), from each shopper's impressions kept in
+    online state (read with the shopper's state: no extra round trip)."""
+
+    placements: dict[str, CapSettings] = Field(default_factory=_default_caps,
+                                               description="caps by placement name (a placement without an entry "
+                                                           "has none)")
+    record: bool = Field(True, description="count the impressions of every rail served to a known shopper in online "
+                                           "state (one write per micro-batch); false: caps see no impressions")
+    reset_on: list[EventTypeName] = Field(
+        default_factory=lambda: ["product_viewed", "recommendation_clicked", "add_to_cart", "purchase_completed",
+                                 "wishlist_added"],
+        description="event types that count as engaging with an item: its impressions before them no longer count")
+    keep_days: float = Field(30.0, gt=0, description="impressions are kept this long (at least the longest window)")
+    max_items: int = Field(500, ge=1, description="items with impressions kept per shopper (least recently shown "
+                                                  "go first)")
+    max_shown: int = Field(20, ge=1, description="impressions kept per item and shopper (caps above it cannot bind)")
+    removed_penalty: float = Field(0.3, ge=0, description="negative evidence: an item the shopper took out of the "
+                                                          "cart (and has not carted or bought since) is lowered by "
+                                                          "this share of the request's score spread, halving every "
+                                                          "removed_half_life_hours; 0 = off")
+    removed_half_life_hours: float = Field(72.0, gt=0, description="how fast a removal's penalty fades")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "CapsSettings":
+        longest = max([max(c.window_hours, c.seen_elsewhere_hours) for c in self.placements.values()] + [0.0])
+        if longest > self.keep_days * 24:
+            raise ValueError(f"keep_days ({self.keep_days}) must cover the longest cap window ({longest} hours)")
+        return self
+
+
 class ModelSettings(_Section):
     event_weights: EventWeights = EventWeights()
     trending: TrendingSettings = TrendingSettings()
@@ -487,6 +552,7 @@ class ModelSettings(_Section):
     preferences: PreferenceSettings = PreferenceSettings()
     cohort: CohortSettings = CohortSettings()
     explore: ExploreSettings = ExploreSettings()
+    caps: CapsSettings = CapsSettings()
 
 
 class APISettings(_Section):
