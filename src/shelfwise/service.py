@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shelfwise.assemble import assemble, with_items
-from shelfwise.cache import AnswerCache, request_key
+from shelfwise.cache import AnswerCache, capped_now, request_key
 from shelfwise.content.tower import BackgroundEncoder
 from shelfwise.experiments.admin import ExperimentService
 from shelfwise.experiments.config import apply_config, effective_k
@@ -315,15 +315,31 @@ class Shelfwise:
 
     def shopper_states(self, shoppers: Sequence[str]) -> dict[str, ShopperState]:
         """Recent events of shoppers: one online-state read, one event-store read for the misses."""
-        got = self.online.get(list(shoppers))
+        got, seen = self.online.read(list(shoppers))  # the impressions (caps) come in the same round trip
         missing = [s for s in shoppers if got.get(s) is None]
         if missing:
             # Stamp before reading: if an event of a shopper is recorded meanwhile, its snapshot is not cached.
             token = self.online.stamp(missing)
             fresh = self.store.history(missing, self.settings.models.history_length)
             self.online.put(fresh, if_unchanged=token)
+            for s, st in fresh.items():
+                st.seen = seen.get(s) or {}
             got.update(fresh)
-        return {s: got[s] for s in shoppers}
+        return {s: got[s] for s in shoppers}  # type: ignore[misc]
+
+    def record_shown(self, reqs: Sequence[RecRequest], answers: Sequence[Answer]) -> None:
+        """Count what each known shopper was shown (frequency caps; ``models.caps.record``): one online-state write
+        for the batch, before the answers go out, so the shopper's next request sees it."""
+        if not self.settings.models.caps.record:
+            return
+        shown: dict[float, dict[str, list[tuple[str, str]]]] = {}
+        for req, ans in zip(reqs, answers):
+            if req.shopper is None or not ans.items:
+                continue
+            shown.setdefault(req.now or time.time(), {}).setdefault(req.shopper, []).extend(
+                (r.item_id, req.placement) for r in ans.items)
+        for at, batch in shown.items():
+            self.online.show(batch, at)
 
     def forget_shopper(self, shopper: str, subject: str | None = None) -> dict:
         """Erase a shopper (a user id, or ``session:<id>``) everywhere; returns the deletion receipt."""
@@ -493,7 +509,9 @@ class Shelfwise:
         if self.cache.enabled:
             label = self.merch.stage.label()
             # an explored rail is drawn afresh each time (its propensities are logged): never cached
-            keys = [request_key(r, pipeline.version, label, pipeline.items.version)
+            caps = self.settings.models.caps.placements
+            keys = [request_key(r, pipeline.version, label, pipeline.items.version,
+                                capped_now(r, caps.get(r.placement)))
                     if got is None or not got.shown_k else None for r, got in zip(reqs, assigned)]
             answers = [self.cache.get(k) if k is not None else None for k in keys]
         todo = [i for i, a in enumerate(answers) if a is None]
@@ -503,6 +521,9 @@ class Shelfwise:
             answers[i] = ans
             if keys and keys[i] is not None and not ans.degraded:  # a degraded answer is never reused
                 self.cache.put(keys[i], ans)
+        if log:
+            self._optional("online_state", "impressions", "counting this showing",
+                           lambda: self.record_shown(reqs, answers) or {}, notes)  # type: ignore[arg-type]
         for req, answer, got in zip(reqs, answers, assigned):
             if not log:  # a simulation asks for rails whose exposures it logs itself
                 break

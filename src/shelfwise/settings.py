@@ -591,8 +591,8 @@ class ResilienceSettings(_Section):
     without them."""
 
     stage_budget_ms: dict[str, float] = Field(
-        default_factory=lambda: {"resolve": 20.0, "rules": 20.0, "explore": 20.0, "candidates": 100.0, "rank": 50.0,
-                                 "merchandise": 20.0, "slots": 50.0},
+        default_factory=lambda: {"resolve": 20.0, "caps": 20.0, "rules": 20.0, "explore": 20.0, "candidates": 100.0,
+                                 "rank": 50.0, "merchandise": 20.0, "slots": 50.0},
         description="per stage, for one micro-batch (about 10x what each takes on the 12k demo shop under load): "
                     "an optional stage (rank, explore) over its budget or failing `breaker_failures` times in a "
                     "row is skipped until its breaker's probe succeeds (without rank the answer keeps the blend's "

@@ -213,6 +213,18 @@ class SlotStage:
             return {}
         return {"preferences": round(float(batch.lift[r] * pref[j]), 6)}
 
+    @staticmethod
+    def _fatigue(batch: Batch, r: int, j: int) -> dict[str, float]:
+        """The caps' penalty of item j in row r (impression fatigue, taken out of the cart), when it had one."""
+        got = batch.fatigue[r] if batch.fatigue else None
+        if got is None or batch.fatigue_scale is None or not batch.fatigue_scale[r]:
+            return {}
+        idx, val = got
+        pos = int(np.searchsorted(idx, j))
+        if pos >= len(idx) or idx[pos] != j:
+            return {}
+        return {"fatigue": round(-float(val[pos] * batch.fatigue_scale[r]), 6)}
+
     def _explain(self, batch: Batch, r: int, slate: list[Placed], conflicts: list[str],
                  recs: list[Recommendation]) -> dict[str, Any]:
         cand = batch.candidates
@@ -237,7 +249,8 @@ class SlotStage:
                 "position": pos + 1,
                 "reason": why,
                 "score": round(p.score, 6),
-                "components": self.business.explain(j, conf.score, req.now, rel) | self._stated(batch, r, j),
+                "components": (self.business.explain(j, conf.score, req.now, rel) | self._stated(batch, r, j)
+                               | self._fatigue(batch, r, j)),
                 "rules": plan.world.explain(plan.sig, j) if plan is not None else [],
                 "diversity_penalty": round(p.penalty, 6),
             }
@@ -245,6 +258,10 @@ class SlotStage:
                                "mmr_lambda": conf.diversity.mmr_lambda}
         if self.rules is not None:
             out["rulesets"] = batch.rulesets
+        capped = batch.capped[r] if batch.capped else None
+        if capped:  # not shown: the next eligible items took their slots
+            out["capped"] = [{"item_id": x, "reason": why} for x, why in sorted(capped.items())[:100]]
+            out["capped_total"] = len(capped)
         cohort = self.cohort.describe(batch.queries[r]) if self.cohort is not None else None
         if cohort is not None:
             out["cohort"] = cohort
