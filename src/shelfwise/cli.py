@@ -1,5 +1,5 @@
 """Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate | keys |
-erase | monitor``."""
+erase | monitor | campaign``."""
 
 from __future__ import annotations
 
@@ -571,6 +571,9 @@ from shelfwise.experiments.cli import experiments_app  # noqa: E402 - online exp
 app.add_typer(experiments_app, name="experiments")
 
 from shelfwise.monitor.cli import monitor as monitor_cmd  # noqa: E402 - drift monitoring
+from shelfwise.campaigns.cli import campaign_app  # noqa: E402 - email campaigns
+
+app.add_typer(campaign_app, name="campaign")
 
 app.command("monitor")(monitor_cmd)
 

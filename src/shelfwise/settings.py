@@ -807,6 +807,45 @@ class MonitorSettings(_Section):
     seed: int = Field(0, description="seed of the samples (the same data give the same report)")
 
 
+class EmailRail(_Section):
+    """One rail of an email: a placement's top ``k`` (an item page placement is anchored on the shopper's most
+    recently viewed item)."""
+
+    title: str = Field(min_length=1, max_length=200)
+    placement: str = Field(min_length=1, max_length=64)
+    k: int = Field(8, ge=1, le=50)
+
+
+def _default_emails() -> dict[str, list[EmailRail]]:
+    return {"email_weekly": [EmailRail(title="Picked for you", placement="email_weekly", k=8),
+                             EmailRail(title="More like what you viewed", placement="pdp_similar", k=4)]}
+
+
+class CampaignSettings(_Section):
+    """Email campaigns (``shelfwise campaign run``, ``GET /v1/email/{token}``; ``campaigns/``)."""
+
+    emails: dict[str, list[EmailRail]] = Field(default_factory=_default_emails,
+                                               description="each email (named by its placement, the name given to "
+                                                           "--placement) and its rails, in order; an item is shown "
+                                                           "once per email (the first rail that has it)")
+    spares: int = Field(4, ge=0, le=20, description="further items per rail carried in the token: at open time a "
+                                                    "sold-out or unavailable item is replaced by the next spare still "
+                                                    "servable (then by the rail computed afresh)")
+    token_ttl_days: float = Field(30.0, gt=0, description="an email's token (its link) expires this long after sending")
+    secret: str = Field("", description="HMAC-SHA256 key of the email tokens (at least 32 characters); empty = "
+                                        "secret_file. Set it with SHELFWISE_CAMPAIGN__SECRET, not in a committed file")
+    secret_file: str = Field("", description="file holding the key; empty = <data_dir>/campaign.secret, created "
+                                             "(mode 0600, 32 random bytes) on first use. Every API replica and the "
+                                             "campaign command must read the same key")
+    batch: int = Field(512, ge=1, le=10_000, description="shoppers per pipeline call")
+
+    @model_validator(mode="after")
+    def _secret(self) -> "CampaignSettings":
+        if self.secret and len(self.secret) < 32:
+            raise ValueError("campaign.secret must be at least 32 characters")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHELFWISE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -841,6 +880,7 @@ class Settings(BaseSettings):
 
     experiments: ExperimentSettings = ExperimentSettings()
     monitor: MonitorSettings = MonitorSettings()
+    campaign: CampaignSettings = CampaignSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -20,8 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("stages",),
     ("pipeline", "assemble"),
     ("training",),
-    ("service", "evaluation", "worker", "monitor"),
-    ("api", "cli", "rules.cli", "security.cli", "experiments.cli", "monitor.cli"),
+    ("service", "evaluation", "worker", "monitor", "campaigns"),
+    ("api", "cli", "rules.cli", "security.cli", "experiments.cli", "monitor.cli", "campaigns.cli"),
 ]
 
 
