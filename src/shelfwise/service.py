@@ -35,7 +35,7 @@ from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
-from shelfwise.settings import Settings
+from shelfwise.settings import WISHLIST_ALERTS, Settings
 from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_online_state,
                               open_preference_store, open_privacy_store, vector_index_factory)
 from shelfwise.stages.budget import StageGuard
@@ -291,6 +291,7 @@ class Shelfwise:
         if not breaker.allow():  # down a moment ago: refuse at once (503), do not make the client wait on it
             raise Unavailable(f"event store unavailable ({breaker.last_error}); nothing was stored",
                               self.settings.resilience.retry_after_s)
+        events = self._wishlist_facts(events)
         try:
             admitted, withheld, withdrawn = self.guard.admit(events)
             for shopper in withdrawn:
@@ -308,6 +309,49 @@ class Shelfwise:
                               self.settings.resilience.retry_after_s) from exc
         breaker.success()
         return replace(result, withheld=result.withheld + withheld) if withheld else result
+
+    def _wishlist_facts(self, events: Sequence[Event]) -> Sequence[Event]:
+        """A ``wishlist_added`` event without the price and stock the shopper saw gets the catalog's now
+        (``properties.price``, ``properties.in_stock``): the wishlist rail compares them with later ones."""
+        todo = [ev for ev in events if ev.type == "wishlist_added" and ev.item_id
+                and ("price" not in ev.properties or "in_stock" not in ev.properties)]
+        if not todo:
+            return events
+        known = self.catalog.get(list({ev.item_id for ev in todo if ev.item_id}))
+        for ev in todo:
+            it = known.get(ev.item_id or "")
+            if it is not None:
+                if "price" not in ev.properties and it.price is not None:
+                    ev.properties["price"] = it.price
+                ev.properties.setdefault("in_stock", bool(it.available and (it.stock is None or it.stock > 0)))
+        return events
+
+    def wishlist_alerts(self, req: RecRequest) -> Answer:
+        """"Back in stock / price drop from your wishlist": the shopper's wishlisted items that can be sold now and
+        were out of stock when wishlisted, or cost less now than then; the biggest price drops first, then the
+        items back in stock, the most recently wishlisted first."""
+        if req.shopper is None:
+            return Answer([], req.placement, model_version=self.pipeline.version)
+        wished = self.store.wishlist(req.shopper)
+        now = self.catalog.get(list(wished)) if wished else {}
+        skip = set(req.exclude)
+        found = []
+        for x, w in wished.items():
+            it = now.get(x)
+            if x in skip or it is None or not it.available or (it.stock is not None and it.stock <= 0):
+                continue
+            drop = (w.price - it.price) / w.price if w.price and it.price is not None and it.price < w.price else 0.0
+            back = w.in_stock is False
+            if drop > 0 or back:
+                why = (f"price dropped from {w.price:g} to {it.price:g}" if drop > 0 else "") + \
+                    (" and " if drop > 0 and back else "") + ("back in stock" if back else "")
+                found.append((drop, w.added_at, x, why))
+        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
+        recs = [Recommendation(x, round(drop, 6), ["wishlist"], reason="evidence",
+                               explanation={"reason": why} if req.explain else None)
+                for drop, _, x, why in found[:req.k]]
+        return Answer(recs, req.placement, explanation={"wishlisted": len(wished)} if req.explain else None,
+                      model_version=self.pipeline.version)
 
     def shopper_state(self, shopper: str) -> ShopperState:
         """Recent events of a shopper: online state, read through to the event store on a miss."""
@@ -514,6 +558,9 @@ class Shelfwise:
                                 capped_now(r, caps.get(r.placement)))
                     if got is None or not got.shown_k else None for r, got in zip(reqs, assigned)]
             answers = [self.cache.get(k) if k is not None else None for k in keys]
+        for i, req in enumerate(reqs):  # the wishlist rail is read from the wishlist, not ranked by the sources
+            if req.placement == WISHLIST_ALERTS and answers[i] is None:
+                answers[i] = self._optional_answer(req, notes)
         todo = [i for i, a in enumerate(answers) if a is None]
         for i, ans in zip(todo, self._answer([reqs[i] for i in todo], [assigned[i] for i in todo])):
             if notes:
@@ -638,6 +685,13 @@ class Shelfwise:
                 ans = replace(ans, experiments=got.labels())
             out.append(ans)
         return out
+
+    def _optional_answer(self, req: RecRequest, notes: list[str]) -> Answer:
+        """The wishlist rail; empty (and a note) while the event store cannot say."""
+        got = self._optional("event_store", "wishlist", "the wishlist", lambda: {"a": self.wishlist_alerts(req)},
+                             notes)
+        return got.get("a") or Answer([], req.placement, model_version=self.pipeline.version,
+                                      degraded=list(notes))
 
     def _optional(self, breaker: str, what: str, without: str, call: Callable[[], dict], notes: list[str]) -> dict:
         """``call()``; {} (and a note: the answers go ``without`` it) while the backend behind ``breaker`` cannot

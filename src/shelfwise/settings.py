@@ -247,6 +247,9 @@ class ExploreSettings(_Section):
                                                      "log, which other processes writing it share")
 
 
+WISHLIST_ALERTS = "wishlist_alerts"  # the placement answered from the shopper's wishlist, not by the sources
+
+
 def _default_placements() -> dict[str, PlacementSettings]:
     # homepage: BENCHMARKS.md (Offline quality; Sequence model); `cohort` speaks only for a shopper without history
     # (a new shopper's first request), where the other sources have nothing. `content` (items like the page's or
@@ -266,6 +269,9 @@ def _default_placements() -> dict[str, PlacementSettings]:
         # (models.caps) keep it from repeating itself or what the shop showed lately
         "email_weekly": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
                                                    "trending": 0.02}),
+        # "back in stock / price drop from your wishlist": the shopper's wishlisted items that came back in stock
+        # or got cheaper since they were wishlisted (service.wishlist_alerts; no candidate sources)
+        WISHLIST_ALERTS: PlacementSettings(weights={}, exclude_history="none"),
     }
 
 

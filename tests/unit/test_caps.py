@@ -73,3 +73,33 @@ def test_a_removed_item_ranks_lower(trained_settings):
         assert top in after and after.index(top) > 0
     finally:
         eng.close()
+
+
+def test_wishlist_rail_lists_items_back_in_stock_or_cheaper(trained_settings):
+    from shelfwise.domain import Item  # noqa: F401
+    from tests.conftest import tiny_catalog
+
+    eng = Shelfwise(trained_settings)
+    try:
+        catalog = {i.id: i for i in tiny_catalog()}
+        eng.upsert_items([catalog["c1"].model_copy(update={"stock": 0})])
+
+        def wish(eid: str, kind: str, item: str, minute: float) -> Event:
+            return Event(event_id=eid, type=kind, user_id="u7", item_id=item,
+                         timestamp=T0 + timedelta(days=10, minutes=minute))
+
+        eng.ingest([wish("w1", "wishlist_added", "c1", 1),  # sold out when wishlisted (from the catalog)
+                    wish("w2", "wishlist_added", "p2", 2), wish("w3", "wishlist_added", "h0", 3),
+                    wish("w4", "wishlist_added", "p3", 4), wish("w5", "wishlist_removed", "p3", 5)])
+        rail = lambda: eng.recommend(RecRequest("wishlist_alerts", shopper="u7", k=5, now=NOW, explain=True))  # noqa
+        assert ids(rail()) == []  # nothing changed yet
+        eng.upsert_items([catalog["c1"], catalog["p2"].model_copy(update={"price": 400.0}),
+                          catalog["h0"].model_copy(update={"price": 29.0}),
+                          catalog["p3"].model_copy(update={"price": 100.0})])  # p3 left the wishlist
+        got = rail()
+        assert ids(got) == ["p2", "h0", "c1"]  # the biggest drop first, then back in stock
+        assert got.items[0].explanation["reason"] == "price dropped from 502 to 400"
+        assert got.items[2].explanation["reason"] == "back in stock"
+        assert ids(eng.recommend(RecRequest("wishlist_alerts", shopper="u8", k=5, now=NOW))) == []
+    finally:
+        eng.close()

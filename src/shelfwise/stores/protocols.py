@@ -7,7 +7,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from shelfwise.domain import Event, Item, Preferences
+from shelfwise.domain import Event, EventType, Item, Preferences
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,34 @@ class ShopperState:
 
 
 @dataclass(frozen=True)
+class WishlistEntry:
+    """An item on a shopper's wishlist: when it was (last) added, and its price and stock then (the event's
+    ``properties.price`` / ``properties.in_stock``, filled from the catalog at ingest when the storefront sent none)."""
+
+    item_id: str
+    added_at: float
+    price: float | None
+    in_stock: bool | None
+
+
+def fold_wishlist(rows: Iterable[tuple[int, str, float, dict | None]]) -> dict[str, WishlistEntry]:
+    """The wishlist from its events (kind, item, ts, properties) in time order: an addition puts the item there
+    (again: anew), a removal takes it off."""
+    out: dict[str, WishlistEntry] = {}
+    for kind, item, ts, props in rows:
+        if kind == EventType.wishlist_removed:
+            out.pop(item, None)
+            continue
+        props = props or {}
+        price = props.get("price")
+        stock = props.get("in_stock")
+        out[item] = WishlistEntry(item, float(ts), float(price) if isinstance(price, (int, float))
+                                  and not isinstance(price, bool) else None,
+                                  stock if isinstance(stock, bool) else None)
+    return out
+
+
+@dataclass(frozen=True)
 class EntryContext:
     """What a shopper's events said about their visits, each field as first said (events ``context``): the keys of
     the cohorts a new shopper like them is placed in."""
@@ -121,6 +149,9 @@ class EventStore(Protocol):
 
     def entry_contexts(self) -> dict[str, EntryContext]:
         """Every shopper's ``EntryContext`` (training places shoppers in cohorts by it)."""
+
+    def wishlist(self, shopper: str) -> dict[str, WishlistEntry]:
+        """The items on a shopper's wishlist now (``wishlist_added`` not followed by ``wishlist_removed``)."""
 
     def count(self) -> int: ...
 
