@@ -525,9 +525,11 @@ class CapsSettings(_Section):
                                  "wishlist_added"],
         description="event types that count as engaging with an item: its impressions before them no longer count")
     keep_days: float = Field(30.0, gt=0, description="impressions are kept this long (at least the longest window)")
-    max_items: int = Field(500, ge=1, description="items with impressions kept per shopper (least recently shown "
-                                                  "go first)")
-    max_shown: int = Field(20, ge=1, description="impressions kept per item and shopper (caps above it cannot bind)")
+    max_items: int = Field(200, ge=1, description="items with impressions kept per shopper (least recently shown "
+                                                  "go first); each costs the online-state read of every request of "
+                                                  "the shopper (BENCHMARKS.md, Frequency caps)")
+    max_shown: int = Field(5, ge=1, description="impressions kept per item and shopper: at least every placement's "
+                                                "max_impressions (older ones no longer add fatigue worth keeping)")
     removed_penalty: float = Field(0.3, ge=0, description="negative evidence: an item the shopper took out of the "
                                                           "cart (and has not carted or bought since) is lowered by "
                                                           "this share of the request's score spread, halving every "
@@ -539,6 +541,9 @@ class CapsSettings(_Section):
         longest = max([max(c.window_hours, c.seen_elsewhere_hours) for c in self.placements.values()] + [0.0])
         if longest > self.keep_days * 24:
             raise ValueError(f"keep_days ({self.keep_days}) must cover the longest cap window ({longest} hours)")
+        most = max([c.max_impressions for c in self.placements.values()] + [0])
+        if most > self.max_shown:
+            raise ValueError(f"max_shown ({self.max_shown}) must be at least the largest max_impressions ({most})")
         return self
 
 

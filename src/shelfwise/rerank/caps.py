@@ -40,40 +40,49 @@ class CapView:
 
 def capped(seen: Seen, now: float, placement: str, conf: CapSettings | None) -> dict[str, str]:
     """Items the placement may not show the shopper at ``now``, each with the reason."""
+    return _scan(seen, now, placement, conf, False)[0]
+
+
+def _scan(seen: Seen, now: float, placement: str, conf: CapSettings | None,
+          fatigue: bool) -> tuple[dict[str, str], dict[str, float]]:
+    """One pass over the shopper's impressions: the capped items and (``fatigue``) each other item's penalty."""
     out: dict[str, str] = {}
+    pen: dict[str, float] = {}
     if conf is None or not seen:
-        return out
+        return out, pen
     window = now - conf.window_hours * HOUR
     only = placement if conf.scope == "placement" else None
     elsewhere = now - conf.seen_elsewhere_hours * HOUR if conf.seen_elsewhere_hours > 0 else None
+    oldest = min(window, elsewhere) if elsewhere is not None else window
+    cap = conf.max_impressions
+    rate = -1.0 / (conf.half_life_hours * HOUR)
+    fatigue = fatigue and conf.penalty > 0
     for item, s in seen.items():
-        if conf.max_impressions:
-            n = len([t for t in s.since(window, only) if t <= now])
-            if n >= conf.max_impressions:
-                where = f"on {placement}" if only else "on any placement"
-                out[item] = (f"frequency cap: shown {n} times {where} in the last {conf.window_hours:g} h without "
-                             f"a click (cap {conf.max_impressions})")
-                continue
+        shown = s.shown
+        if not shown or shown[-1][0] <= oldest:  # nothing recent enough to matter (the usual case)
+            continue
+        lo = s.reset if s.reset > window else window
+        times = [t for t, p in shown if lo < t <= now and (only is None or p == only)]
+        if cap and len(times) >= cap:
+            where = f"on {placement}" if only else "on any placement"
+            out[item] = (f"frequency cap: shown {len(times)} times {where} in the last {conf.window_hours:g} h "
+                         f"without a click (cap {cap})")
+            continue
         if elsewhere is not None:
-            other = [t for t, p in s.shown if p != placement and elsewhere < t <= now]
+            other = [t for t, p in shown if p != placement and elsewhere < t <= now]
             if other:
                 out[item] = (f"seen elsewhere: shown on the site {(now - max(other)) / HOUR:.1f} h ago (within "
                              f"{conf.seen_elsewhere_hours:g} h)")
-    return out
+                continue
+        if fatigue and times:
+            pen[item] = conf.penalty * sum(2.0 ** ((now - t) * rate) for t in times)
+    return out, pen
 
 
 def cap_view(seen: Seen, recent: list[Interaction], now: float, placement: str, conf: CapSettings | None,
              caps: CapsSettings) -> CapView:
-    view = CapView(capped=capped(seen, now, placement, conf))
-    if conf is not None and conf.penalty > 0:
-        window = now - conf.window_hours * HOUR
-        only = placement if conf.scope == "placement" else None
-        for item, s in seen.items():
-            if item in view.capped:
-                continue
-            ages = [now - t for t in s.since(window, only) if t <= now]
-            if ages:
-                view.penalty[item] = conf.penalty * sum(0.5 ** (a / (conf.half_life_hours * HOUR)) for a in ages)
+    hard, pen = _scan(seen, now, placement, conf, True)
+    view = CapView(capped=hard, penalty=pen)
     if caps.removed_penalty > 0 and recent:
         removed: dict[str, float] = {}
         for it in recent:  # oldest first: a later cart or purchase of the item takes the removal back

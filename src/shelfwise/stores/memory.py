@@ -23,6 +23,8 @@ def add_shown(seen: Seen, pairs: Iterable[tuple[str, str]], at: float, keep_s: f
     for item, placement in pairs:
         old = out.pop(item, None)
         shown = (old.shown if old is not None else ()) + ((at, placement),)
+        if len(shown) > 1 and shown[-2][0] > at:  # a request answered late: keep them in time order
+            shown = tuple(sorted(shown, key=lambda x: x[0]))
         out[item] = SeenItem(old.reset if old is not None else 0.0, shown[-max_shown:])
     cutoff = at - keep_s
     for item in [i for i, s in out.items() if not s.shown or s.shown[-1][0] <= cutoff]:
@@ -69,8 +71,8 @@ def merge_purchased(purchased: list[str], new: Iterable[str], limit: int) -> lis
 
 class MemoryOnlineState:
     def __init__(self, history_length: int = 50, max_shoppers: int = 1_000_000, max_purchased: int = 500,
-                 reset_kinds: Iterable[int] = (), seen_keep_s: float = 30 * 86400.0, seen_max_items: int = 500,
-                 seen_max_shown: int = 20) -> None:
+                 reset_kinds: Iterable[int] = (), seen_keep_s: float = 30 * 86400.0, seen_max_items: int = 200,
+                 seen_max_shown: int = 5) -> None:
         self.history_length = history_length
         self.max_shoppers = max_shoppers
         self.max_purchased = max_purchased

@@ -109,7 +109,9 @@ for _, p in ipairs(cjson.decode(ARGV[1])) do
   if type(e) ~= 'table' then e = {'0', {}} end
   local shown = e[2]
   if type(shown) ~= 'table' then shown = {} end
-  shown[#shown + 1] = {at, p[2]}
+  local pos = #shown + 1
+  while pos > 1 and tonumber(shown[pos - 1][1]) > tonumber(at) do pos = pos - 1 end
+  table.insert(shown, pos, {at, p[2]})
   while #shown > maxs do table.remove(shown, 1) end
   doc[p[1]] = {e[1], shown}
 end
@@ -147,7 +149,7 @@ def _ts(value: float) -> str:
 
 class RedisOnlineState:
     def __init__(self, dsn: str, history_length: int = 50, reset_kinds: Iterable[int] = (),
-                 seen_keep_s: float = 30 * 86400.0, seen_max_items: int = 500, seen_max_shown: int = 20) -> None:
+                 seen_keep_s: float = 30 * 86400.0, seen_max_items: int = 200, seen_max_shown: int = 5) -> None:
         url, opts = split_options(dsn, _OPTIONS)
         self.prefix = opts.get("prefix", "shelfwise:")
         if "{" in self.prefix or "}" in self.prefix:
