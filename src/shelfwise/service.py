@@ -669,6 +669,9 @@ class Shelfwise:
             pipe = jobs[js[0]][2]
             for j, ans in zip(js, self._recommend(pipe, [jobs[j][1] for j in js])):
                 results[j] = ans
+        first_job: dict[int, int] = {}
+        for j, job in enumerate(jobs):
+            first_job.setdefault(job[0], j)
         out: list[Answer] = []
         for i, (req, got) in enumerate(zip(reqs, assigned)):
             if i in interleaved:
@@ -679,7 +682,7 @@ class Shelfwise:
                 ans = replace(a, items=[side[t][x] for x, t in zip(ids, teams)])
                 got.teams = teams
             else:
-                ans = next(results[j] for j, job in enumerate(jobs) if job[0] == i)
+                ans = results[first_job[i]]
             if got is not None:
                 ans = self._explored(got, ans) if got.shown_k else ans
                 ans = replace(ans, experiments=got.labels())

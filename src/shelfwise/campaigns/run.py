@@ -17,13 +17,14 @@ same stages as the API — caps, rules, stock — one online-state read per call
 from __future__ import annotations
 
 import csv
-import json
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+
+import orjson
 
 from shelfwise.domain import EventType
 from shelfwise.request import ITEM_PAGES, RecRequest
@@ -198,9 +199,9 @@ def write_rows(rows: Iterable[EmailRow], path: Path, fmt: str, email: str, campa
             for row in rows:
                 url = f"/v1/email/{row.token}"
                 if fmt == "jsonl":
-                    f.write(json.dumps({"shopper": row.shopper, "email": email, "campaign": campaign,
-                                        "token": row.token, "url": url, "fallback": row.fallback,
-                                        "rails": row.rails}, ensure_ascii=False) + "\n")
+                    f.write(orjson.dumps({"shopper": row.shopper, "email": email, "campaign": campaign,
+                                          "token": row.token, "url": url, "fallback": row.fallback,
+                                          "rails": row.rails}).decode("utf-8") + "\n")
                 else:
                     if writer is None:
                         writer = csv.writer(f)

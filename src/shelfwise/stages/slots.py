@@ -148,10 +148,11 @@ class SlotStage:
         ids = self.items.ids
         cols = [p.item for p in slate]
         c = contrib[cols] if contrib is not None else np.zeros((len(cols), 0), np.float32)  # (slots, sources)
-        order = np.argsort(-c, axis=1, kind="stable")
+        order = np.argsort(-c, axis=1, kind="stable").tolist()
+        positive = (c > 0).tolist()  # plain lists: indexing numpy scalars per slot and source is the slow part
         recs = []
         for pos, p in enumerate(slate):
-            src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
+            src = [names[s] for s in order[pos] if positive[pos][s]]
             evidence = [s for s in src if s not in self.fallbacks]
             if stated is not None and stated[items[p.item]] > 0:
                 src.append("preferences")
