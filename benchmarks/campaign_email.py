@@ -2,7 +2,8 @@
 synthetic storefront, the engine's batch path (``campaign.batch`` shoppers per pipeline call per rail), writing the
 JSONL for the mailer. Prints shoppers/s, the projected time for 100,000 and the load average before and after.
 
-    PYTHONPATH=src python benchmarks/campaign_email.py --shoppers 100000 --events 1000000 [--sources trending,covisit,als]
+    PYTHONPATH=src:benchmarks python benchmarks/campaign_email.py --shoppers 100000 --events 400000 \
+        [--sources trending,covisit,als] [--limit N] [--data DIR]
 
 The storefront (SQLite) and model are built in a temporary directory first (not timed). ``--sources`` picks the
 model's candidate sources (default: trending, co-visitation, ALS, the sequence model; the learned ranker with

@@ -4,7 +4,8 @@ An answer is keyed by everything that decides it: the placement and request para
 live rule set versions, the catalog version of the item table (every price, stock or availability change bumps it,
 so such a change reaches every cached answer at once), a fingerprint of the shopper's recent events (their next
 event changes it, so a shopper's own event always changes their next answer) and when their preferences were last
-stored (new preferences make a new answer at once), and the items capped for the shopper now (frequency caps). Entries expire after ``ttl_s``
+stored (new preferences make a new answer at once), and the items capped for the shopper now (frequency caps).
+Entries expire after ``ttl_s``
 (time-dependent scores: freshness, seasons) and the least recently used go when ``max_entries`` is reached.
 Each API process has its own cache; replicas never serve each other's entries.
 """

@@ -57,8 +57,8 @@ def email_rails(engine: Shelfwise, email: str) -> list[EmailRail]:
     """The rails of an email; ``CampaignError`` naming the known emails (and any rail placement unknown)."""
     rails = engine.settings.campaign.emails.get(email)
     if rails is None:
-        raise CampaignError(f"unknown placement {email!r} for an email; known: {sorted(engine.settings.campaign.emails)} "
-                            "(campaign.emails)")
+        raise CampaignError(f"unknown placement {email!r} for an email; known: "
+                            f"{sorted(engine.settings.campaign.emails)} (campaign.emails)")
     for rail in rails:
         try:
             engine.pipeline.placement(rail.placement)

@@ -9,8 +9,8 @@ pinned items and the most popular items eligible for reserved slots are handed t
 ``MerchandiseStage`` (stage 6): the placement's business score (``rerank.business``) over the candidates, the
 shopper's stated preferences, the caps' penalties (``stages.caps``: impression fatigue, items taken out of the
 cart, subtracted in units of the spread of the request's scores), then each request's rule multipliers / offsets
-and drops, all gathered at the candidates' indices. Preferences lift a candidate by its share of the soft fields it matches times
-``preferences.boost`` times the spread of the request's scores (best minus worst): at 1, an item matching them all
+and drops, all gathered at the candidates' indices. Preferences lift a candidate by its share of the soft fields it
+matches times ``preferences.boost`` times the spread of the request's scores (best minus worst): at 1, an item matching them all
 ranks level with the best item matching none, however old evidence scored it. While the shopper is in a session
 (an event within ``preferences.session_minutes``) the lift is ``session_boost`` instead: what they do now stays in
 front, preferences break near ties. Rules come last: they are the shop's final word.
