@@ -60,7 +60,9 @@ def main() -> None:
           f"events, sources {args.sources}, content {args.content}, ranker {args.ranker}, batch {args.batch}")
     eng = Shelfwise(settings)
     eng.refresh_model()
-    shoppers = sorted(eng.pipeline.shopper_index)
+    shoppers = sorted(eng.pipeline.shopper_index)  # shoppers with events (the generator leaves some without)
+    # the rest of the mailing list: subscribers who never browsed (cohort / best-seller rails, the same stages)
+    shoppers += [f"subscriber-{i:06d}" for i in range(max(0, args.shoppers - len(shoppers)))]
     if args.limit:
         shoppers = shoppers[:args.limit]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -81,7 +83,7 @@ def main() -> None:
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
     size = (Path(tmp.name) / "mail.jsonl").stat().st_size
-    print(f"commit {commit}: {n} shoppers in {dt:.1f} s = {n / dt:.0f}/s (100,000 → {100_000 / (n / dt):.0f} s); "
+    print(f"commit {commit}: {n} shoppers ({min(n, len(eng.pipeline.shopper_index))} with events) in {dt:.1f} s = {n / dt:.0f}/s (100,000 → {100_000 / (n / dt):.0f} s); "
           f"file {size / 1e6:.1f} MB; CPU {cpu:.1f} s = {n / cpu:.0f} shoppers per CPU second (100,000 → "
           f"{100_000 / (n / cpu):.0f} CPU s); load average before {before}, after {load()}; {os.cpu_count()} cores")
     eng.close()
