@@ -1,6 +1,6 @@
 """The request path, assembled once from settings and a model version's artefacts. Read this to see the order:
 
-    resolve → rules plan → exploration slots → candidates (each source's top-K, union, blend; a rerank
+    resolve → caps → rules plan → exploration slots → candidates (each source's top-K, union, blend; a rerank
             placement: the shop's list) → learned ranker → shop order (rerank placements) → business score + rules
             → diversity and slots → answer
 
@@ -31,6 +31,7 @@ from shelfwise.rules.stage import RulesStage
 from shelfwise.stages.base import Stage
 from shelfwise.stages.budget import StageGuard
 from shelfwise.stages.candidates import CandidateStage
+from shelfwise.stages.caps import CapStage
 from shelfwise.stages.explore import ExploreStage
 from shelfwise.stages.merchandise import MerchandiseStage, RulesPlanStage
 from shelfwise.stages.rank import RankStage
@@ -82,6 +83,8 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
     # a shopper's stated preferences: tags and size attributes are read through the rules' catalog facts
     preferences = PreferenceMasks(items, rules.facts if rules is not None else lambda _: None, s.preferences)
     stages: list[Stage] = [ResolveStage(items, model.shopper_index, model.trained_until, preferences)]
+    if s.caps.placements or s.caps.removed_penalty > 0:
+        stages.append(CapStage(items, s.caps))
     if rules is not None:
         stages.append(RulesPlanStage(rules, items, candidates.fallback_order))
     content = retrievers.get("content")

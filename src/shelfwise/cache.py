@@ -4,7 +4,8 @@ An answer is keyed by everything that decides it: the placement and request para
 live rule set versions, the catalog version of the item table (every price, stock or availability change bumps it,
 so such a change reaches every cached answer at once), a fingerprint of the shopper's recent events (their next
 event changes it, so a shopper's own event always changes their next answer) and when their preferences were last
-stored (new preferences make a new answer at once). Entries expire after ``ttl_s``
+stored (new preferences make a new answer at once), and the items capped for the shopper now (frequency caps).
+Entries expire after ``ttl_s``
 (time-dependent scores: freshness, seasons) and the least recently used go when ``max_entries`` is reached.
 Each API process has its own cache; replicas never serve each other's entries.
 """
@@ -17,6 +18,8 @@ from collections import OrderedDict
 from typing import Hashable
 
 from shelfwise.request import Answer, RecRequest
+from shelfwise.rerank.caps import capped
+from shelfwise.settings import CapSettings
 from shelfwise.stores.protocols import ShopperState
 
 
@@ -29,13 +32,22 @@ def state_fingerprint(state: ShopperState | None) -> tuple:
             last.ts if last else 0.0)
 
 
-def request_key(req: RecRequest, model: str, rulesets: str, catalog: int) -> tuple:
+def capped_now(req: RecRequest, conf: CapSettings | None) -> frozenset[str]:
+    """The items the request's placement may not show its shopper now (frequency caps, ``rerank.caps``)."""
+    if conf is None or req.state is None or not req.state.seen:
+        return frozenset()
+    return frozenset(capped(req.state.seen, req.now or time.time(), req.placement, conf))
+
+
+def request_key(req: RecRequest, model: str, rulesets: str, catalog: int,
+                capped: frozenset[str] = frozenset()) -> tuple:
     """Everything that decides an answer; the shopper's preferences by the time they were stored (a change made
-    through any replica makes a new key there at once)."""
+    through any replica makes a new key there at once); the items capped for the shopper now (an item reaching its
+    cap makes a new answer at once; the soft fatigue penalty may be ``ttl_s`` stale)."""
     return (req.placement, req.shopper, req.item_id, tuple(req.cart), req.k, tuple(req.exclude), req.category,
             req.device, tuple(req.segments), req.explain, req.variant, model, rulesets, catalog,
             state_fingerprint(req.state), req.preferences.updated_at if req.preferences is not None else None,
-            req.filters, tuple(req.given) if req.given is not None else None, req.query, req.impact)
+            req.filters, tuple(req.given) if req.given is not None else None, req.query, req.impact, capped)
 
 
 class AnswerCache:

@@ -1,5 +1,5 @@
 """Command line: ``shelfwise run | serve | worker | generate | import | train | recommend | evaluate | keys |
-erase | monitor | models``."""
+erase | monitor | models | campaign``."""
 
 from __future__ import annotations
 
@@ -611,6 +611,9 @@ from shelfwise.release_cli import models_app  # noqa: E402 - model registry and 
 app.add_typer(models_app, name="models")
 
 from shelfwise.monitor.cli import monitor as monitor_cmd  # noqa: E402 - drift monitoring
+from shelfwise.campaigns.cli import campaign_app  # noqa: E402 - email campaigns
+
+app.add_typer(campaign_app, name="campaign")
 
 app.command("monitor")(monitor_cmd)
 

@@ -175,7 +175,8 @@ class Preferences(BaseModel):
 
 
 EventTypeName = Literal[
-    "product_viewed", "add_to_cart", "remove_from_cart", "purchase_completed", "search", "recommendation_clicked"
+    "product_viewed", "add_to_cart", "remove_from_cart", "purchase_completed", "search", "recommendation_clicked",
+    "wishlist_added", "wishlist_removed"
 ]
 
 
@@ -188,10 +189,13 @@ class EventType(IntEnum):
     purchase_completed = 3
     search = 4
     recommendation_clicked = 5
+    wishlist_added = 6  # codes are stored: new types only ever append (old rows stay valid)
+    wishlist_removed = 7
 
 
 ITEM_EVENTS = {EventType.product_viewed, EventType.add_to_cart, EventType.remove_from_cart,
-               EventType.purchase_completed, EventType.recommendation_clicked}
+               EventType.purchase_completed, EventType.recommendation_clicked, EventType.wishlist_added,
+               EventType.wishlist_removed}
 
 
 class EventContext(BaseModel):

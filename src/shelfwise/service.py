@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shelfwise.assemble import assemble, with_items
-from shelfwise.cache import AnswerCache, request_key
+from shelfwise.cache import AnswerCache, capped_now, request_key
 from shelfwise.content.tower import BackgroundEncoder
 from shelfwise.experiments.admin import ExperimentService
 from shelfwise.experiments.config import apply_config, effective_k
@@ -35,7 +35,7 @@ from shelfwise.retrieval.content import ContentRetriever
 from shelfwise.rules.engine import Merchandising
 from shelfwise.rules.stage import OverrideRules, RulesStage
 from shelfwise.rules.store import NotFound
-from shelfwise.settings import Settings
+from shelfwise.settings import WISHLIST_ALERTS, Settings
 from shelfwise.release import Releases
 from shelfwise.stores import (open_catalog, open_event_bus, open_event_store, open_model_registry, open_online_state,
                               open_preference_store, open_privacy_store, vector_index_factory)
@@ -66,7 +66,8 @@ class Shelfwise:
         secure = settings.privacy.sqlite_secure_delete
         self.store = open_event_store(settings.events_dsn, secure_delete=secure)
         self.catalog = open_catalog(self.store)
-        self.online = open_online_state(settings.stores.online, settings.models.history_length)
+        self.online = open_online_state(settings.stores.online, settings.models.history_length,
+                                        settings.models.caps)
         self.models = DirectoryModelStore(settings.models_dir)
         # keys, consent and the erasure ledger live in the event store's database (privacy/, security/)
         self.privacy_store = open_privacy_store(settings.events_dsn, secure_delete=secure)
@@ -327,6 +328,7 @@ class Shelfwise:
         if not breaker.allow():  # down a moment ago: refuse at once (503), do not make the client wait on it
             raise Unavailable(f"event store unavailable ({breaker.last_error}); nothing was stored",
                               self.settings.resilience.retry_after_s)
+        events = self._wishlist_facts(events)
         try:
             admitted, withheld, withdrawn = self.guard.admit(events)
             for shopper in withdrawn:
@@ -347,21 +349,80 @@ class Shelfwise:
         breaker.success()
         return replace(result, withheld=result.withheld + withheld) if withheld else result
 
+    def _wishlist_facts(self, events: Sequence[Event]) -> Sequence[Event]:
+        """A ``wishlist_added`` event without the price and stock the shopper saw gets the catalog's now
+        (``properties.price``, ``properties.in_stock``): the wishlist rail compares them with later ones."""
+        todo = [ev for ev in events if ev.type == "wishlist_added" and ev.item_id
+                and ("price" not in ev.properties or "in_stock" not in ev.properties)]
+        if not todo:
+            return events
+        known = self.catalog.get(list({ev.item_id for ev in todo if ev.item_id}))
+        for ev in todo:
+            it = known.get(ev.item_id or "")
+            if it is not None:
+                if "price" not in ev.properties and it.price is not None:
+                    ev.properties["price"] = it.price
+                ev.properties.setdefault("in_stock", bool(it.available and (it.stock is None or it.stock > 0)))
+        return events
+
+    def wishlist_alerts(self, req: RecRequest) -> Answer:
+        """"Back in stock / price drop from your wishlist": the shopper's wishlisted items that can be sold now and
+        were out of stock when wishlisted, or cost less now than then; the biggest price drops first, then the
+        items back in stock, the most recently wishlisted first."""
+        if req.shopper is None:
+            return Answer([], req.placement, model_version=self.pipeline.version)
+        wished = self.store.wishlist(req.shopper)
+        now = self.catalog.get(list(wished)) if wished else {}
+        skip = set(req.exclude)
+        found = []
+        for x, w in wished.items():
+            it = now.get(x)
+            if x in skip or it is None or not it.available or (it.stock is not None and it.stock <= 0):
+                continue
+            drop = (w.price - it.price) / w.price if w.price and it.price is not None and it.price < w.price else 0.0
+            back = w.in_stock is False
+            if drop > 0 or back:
+                why = (f"price dropped from {w.price:g} to {it.price:g}" if drop > 0 else "") + \
+                    (" and " if drop > 0 and back else "") + ("back in stock" if back else "")
+                found.append((drop, w.added_at, x, why))
+        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
+        recs = [Recommendation(x, round(drop, 6), ["wishlist"], reason="evidence",
+                               explanation={"reason": why} if req.explain else None)
+                for drop, _, x, why in found[:req.k]]
+        return Answer(recs, req.placement, explanation={"wishlisted": len(wished)} if req.explain else None,
+                      model_version=self.pipeline.version)
+
     def shopper_state(self, shopper: str) -> ShopperState:
         """Recent events of a shopper: online state, read through to the event store on a miss."""
         return self.shopper_states([shopper])[shopper]
 
     def shopper_states(self, shoppers: Sequence[str]) -> dict[str, ShopperState]:
         """Recent events of shoppers: one online-state read, one event-store read for the misses."""
-        got = self.online.get(list(shoppers))
+        got, seen = self.online.read(list(shoppers))  # the impressions (caps) come in the same round trip
         missing = [s for s in shoppers if got.get(s) is None]
         if missing:
             # Stamp before reading: if an event of a shopper is recorded meanwhile, its snapshot is not cached.
             token = self.online.stamp(missing)
             fresh = self.store.history(missing, self.settings.models.history_length)
             self.online.put(fresh, if_unchanged=token)
+            for s, st in fresh.items():
+                st.seen = seen.get(s) or {}
             got.update(fresh)
-        return {s: got[s] for s in shoppers}
+        return {s: got[s] for s in shoppers}  # type: ignore[misc]
+
+    def record_shown(self, reqs: Sequence[RecRequest], answers: Sequence[Answer]) -> None:
+        """Count what each known shopper was shown (frequency caps; ``models.caps.record``): one online-state write
+        for the batch, before the answers go out, so the shopper's next request sees it."""
+        if not self.settings.models.caps.record:
+            return
+        shown: dict[float, dict[str, list[tuple[str, str]]]] = {}
+        for req, ans in zip(reqs, answers):
+            if req.shopper is None or not ans.items:
+                continue
+            shown.setdefault(req.now or time.time(), {}).setdefault(req.shopper, []).extend(
+                (r.item_id, req.placement) for r in ans.items)
+        for at, batch in shown.items():
+            self.online.show(batch, at)
 
     def forget_shopper(self, shopper: str, subject: str | None = None) -> dict:
         """Erase a shopper (a user id, or ``session:<id>``) everywhere; returns the deletion receipt."""
@@ -575,9 +636,14 @@ class Shelfwise:
         if self.cache.enabled:
             label = self.merch.stage.label()
             # an explored rail is drawn afresh each time (its propensities are logged): never cached
-            keys = [request_key(r, pipeline.version, label, pipeline.items.version)
+            caps = self.settings.models.caps.placements
+            keys = [request_key(r, pipeline.version, label, pipeline.items.version,
+                                capped_now(r, caps.get(r.placement)))
                     if got is None or not got.shown_k else None for r, got in zip(reqs, assigned)]
             answers = [self.cache.get(k) if k is not None else None for k in keys]
+        for i, req in enumerate(reqs):  # the wishlist rail is read from the wishlist, not ranked by the sources
+            if req.placement == WISHLIST_ALERTS and answers[i] is None:
+                answers[i] = self._optional_answer(req, notes)
         todo = [i for i, a in enumerate(answers) if a is None]
         for i, ans in zip(todo, self._answer([reqs[i] for i in todo], [assigned[i] for i in todo])):
             if notes:
@@ -585,6 +651,9 @@ class Shelfwise:
             answers[i] = ans
             if keys and keys[i] is not None and not ans.degraded:  # a degraded answer is never reused
                 self.cache.put(keys[i], ans)
+        if log:
+            self._optional("online_state", "impressions", "counting this showing",
+                           lambda: self.record_shown(reqs, answers) or {}, notes)  # type: ignore[arg-type]
         for req, answer, got in zip(reqs, answers, assigned):
             if not log:  # a simulation asks for rails whose exposures it logs itself
                 break
@@ -683,6 +752,9 @@ class Shelfwise:
             pipe = jobs[js[0]][2]
             for j, ans in zip(js, self._recommend(pipe, [jobs[j][1] for j in js])):
                 results[j] = ans
+        first_job: dict[int, int] = {}
+        for j, job in enumerate(jobs):
+            first_job.setdefault(job[0], j)
         out: list[Answer] = []
         for i, (req, got) in enumerate(zip(reqs, assigned)):
             if i in interleaved:
@@ -693,12 +765,19 @@ class Shelfwise:
                 ans = replace(a, items=[side[t][x] for x, t in zip(ids, teams)])
                 got.teams = teams
             else:
-                ans = next(results[j] for j, job in enumerate(jobs) if job[0] == i)
+                ans = results[first_job[i]]
             if got is not None:
                 ans = self._explored(got, ans) if got.shown_k else ans
                 ans = replace(ans, experiments=got.labels())
             out.append(ans)
         return out
+
+    def _optional_answer(self, req: RecRequest, notes: list[str]) -> Answer:
+        """The wishlist rail; empty (and a note) while the event store cannot say."""
+        got = self._optional("event_store", "wishlist", "the wishlist", lambda: {"a": self.wishlist_alerts(req)},
+                             notes)
+        return got.get("a") or Answer([], req.placement, model_version=self.pipeline.version,
+                                      degraded=list(notes))
 
     def _optional(self, breaker: str, what: str, without: str, call: Callable[[], dict], notes: list[str]) -> dict:
         """``call()``; {} (and a note: the answers go ``without`` it) while the backend behind ``breaker`` cannot

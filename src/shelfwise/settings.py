@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shelfwise.domain import EventTypeName
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,8 +61,16 @@ class EventWeights(_Section):
     add_to_cart: float = 4.0
     purchase_completed: float = 8.0
     recommendation_clicked: float = 1.0
-    remove_from_cart: float = 0.0
+    remove_from_cart: float = Field(0.0, description="training weight; negative values subtract from the shopper's "
+                                                    "summed weight of the item (clipped at 0). Request time treats "
+                                                    "a recent removal as negative evidence either way "
+                                                    "(models.caps.removed_penalty)")
     search: float = 0.0
+    wishlist_added: float = Field(2.0, ge=0, description="an item added to the wishlist: interest between a view "
+                                                          "and a cart (data without wishlist events trains as "
+                                                          "before)")
+    wishlist_removed: float = Field(0.0, le=0, description="an item taken off the wishlist (0 or negative, like "
+                                                           "remove_from_cart)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "EventWeights":
@@ -271,6 +281,9 @@ class ExploreSettings(_Section):
                                                      "log, which other processes writing it share")
 
 
+WISHLIST_ALERTS = "wishlist_alerts"  # the placement answered from the shopper's wishlist, not by the sources
+
+
 def _default_placements() -> dict[str, PlacementSettings]:
     # homepage: BENCHMARKS.md (Offline quality; Sequence model); `cohort` speaks only for a shopper without history
     # (a new shopper's first request), where the other sources have nothing. `content` (items like the page's or
@@ -296,6 +309,13 @@ def _default_placements() -> dict[str, PlacementSettings]:
                                     popularity_weight=0.8, query_weight=0.1),
         "category": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
                                       popularity_weight=0.8),
+        # the weekly email (`shelfwise campaign run`): the homepage's sources, no exploration slots; its caps
+        # (models.caps) keep it from repeating itself or what the shop showed lately
+        "email_weekly": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,
+                                                   "trending": 0.02}),
+        # "back in stock / price drop from your wishlist": the shopper's wishlisted items that came back in stock
+        # or got cheaper since they were wishlisted (service.wishlist_alerts; no candidate sources)
+        WISHLIST_ALERTS: PlacementSettings(weights={}, exclude_history="none"),
     }
 
 
@@ -508,6 +528,70 @@ class PreferenceSettings(_Section):
                                                    "source proposed (a new shopper's, say)")
 
 
+class CapSettings(_Section):
+    """Frequency cap and fatigue of one placement (``models.caps.placements.<name>``; ``stages/caps.py``). An
+    impression counts until the shopper engages with the item (``models.caps.reset_on``): "at most 3 impressions in
+    24 h without a click" is ``max_impressions = 3``, ``window_hours = 24``."""
+
+    max_impressions: int = Field(0, ge=0, description="hard cap: an item shown to the shopper this many times within "
+                                                      "window_hours (since they last engaged with it) is not shown "
+                                                      "again on this placement until the window lets it go; the "
+                                                      "next eligible item takes its slot. 0 = no hard cap")
+    window_hours: float = Field(24.0, gt=0, description="the cap's window")
+    scope: Literal["placement", "all"] = Field("placement", description="impressions counted: on this placement only, "
+                                                                        "or on every placement")
+    penalty: float = Field(0.0, ge=0, description="soft fatigue: each impression of an item (within window_hours, "
+                                                  "since the shopper last engaged with it) lowers its score by this "
+                                                  "share of the request's score spread (best minus worst), halving "
+                                                  "every half_life_hours; 0 = none")
+    half_life_hours: float = Field(6.0, gt=0, description="how fast an impression's penalty fades")
+    seen_elsewhere_hours: float = Field(0.0, ge=0, description="items shown to the shopper on any other placement "
+                                                               "within this many hours are not shown here (an email "
+                                                               "repeats nothing the shop showed them lately); 0 = off")
+
+
+def _default_caps() -> dict[str, CapSettings]:
+    # site placements: no cap unless configured (their measured ranking stays as it is); the weekly email repeats
+    # an item at most once in four weeks and nothing the shop showed the shopper in the last three days
+    return {"email_weekly": CapSettings(max_impressions=1, window_hours=28 * 24, seen_elsewhere_hours=72)}
+
+
+class CapsSettings(_Section):
+    """Frequency caps, fatigue and seen-item suppression (``stages/caps.py``), from each shopper's impressions kept in
+    online state (read with the shopper's state: no extra round trip)."""
+
+    placements: dict[str, CapSettings] = Field(default_factory=_default_caps,
+                                               description="caps by placement name (a placement without an entry "
+                                                           "has none)")
+    record: bool = Field(True, description="count the impressions of every rail served to a known shopper in online "
+                                           "state (one write per micro-batch); false: caps see no impressions")
+    reset_on: list[EventTypeName] = Field(
+        default_factory=lambda: ["product_viewed", "recommendation_clicked", "add_to_cart", "purchase_completed",
+                                 "wishlist_added"],
+        description="event types that count as engaging with an item: its impressions before them no longer count")
+    keep_days: float = Field(30.0, gt=0, description="impressions are kept this long (at least the longest window)")
+    max_items: int = Field(200, ge=1, description="items with impressions kept per shopper (least recently shown "
+                                                  "go first); each costs the online-state read of every request of "
+                                                  "the shopper (BENCHMARKS.md, Frequency caps)")
+    max_shown: int = Field(5, ge=1, description="impressions kept per item and shopper: at least every placement's "
+                                                "max_impressions (older ones no longer add fatigue worth keeping)")
+    removed_penalty: float = Field(0.3, ge=0, description="negative evidence: an item the shopper took out of the "
+                                                          "cart (and has not carted or bought since) is lowered by "
+                                                          "this share of the request's score spread, halving every "
+                                                          "removed_half_life_hours; 0 = off")
+    removed_half_life_hours: float = Field(72.0, gt=0, description="how fast a removal's penalty fades")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "CapsSettings":
+        longest = max([max(c.window_hours, c.seen_elsewhere_hours) for c in self.placements.values()] + [0.0])
+        if longest > self.keep_days * 24:
+            raise ValueError(f"keep_days ({self.keep_days}) must cover the longest cap window ({longest} hours)")
+        most = max([c.max_impressions for c in self.placements.values()] + [0])
+        if most > self.max_shown:
+            raise ValueError(f"max_shown ({self.max_shown}) must be at least the largest max_impressions ({most})")
+        return self
+
+
 class ModelSettings(_Section):
     event_weights: EventWeights = EventWeights()
     trending: TrendingSettings = TrendingSettings()
@@ -529,6 +613,7 @@ class ModelSettings(_Section):
     preferences: PreferenceSettings = PreferenceSettings()
     cohort: CohortSettings = CohortSettings()
     explore: ExploreSettings = ExploreSettings()
+    caps: CapsSettings = CapsSettings()
 
     @model_validator(mode="after")
     def _placement_kinds(self) -> "ModelSettings":
@@ -580,8 +665,8 @@ class ResilienceSettings(_Section):
     without them."""
 
     stage_budget_ms: dict[str, float] = Field(
-        default_factory=lambda: {"resolve": 20.0, "rules": 20.0, "explore": 20.0, "candidates": 100.0, "rank": 50.0,
-                                 "merchandise": 20.0, "slots": 50.0},
+        default_factory=lambda: {"resolve": 20.0, "caps": 20.0, "rules": 20.0, "explore": 20.0, "candidates": 100.0,
+                                 "rank": 50.0, "merchandise": 20.0, "slots": 50.0},
         description="per stage, for one micro-batch (about 10x what each takes on the 12k demo shop under load): "
                     "an optional stage (rank, explore) over its budget or failing `breaker_failures` times in a "
                     "row is skipped until its breaker's probe succeeds (without rank the answer keeps the blend's "
@@ -843,6 +928,45 @@ class MonitorSettings(_Section):
     seed: int = Field(0, description="seed of the samples (the same data give the same report)")
 
 
+class EmailRail(_Section):
+    """One rail of an email: a placement's top ``k`` (an item page placement is anchored on the shopper's most
+    recently viewed item)."""
+
+    title: str = Field(min_length=1, max_length=200)
+    placement: str = Field(min_length=1, max_length=64)
+    k: int = Field(8, ge=1, le=50)
+
+
+def _default_emails() -> dict[str, list[EmailRail]]:
+    return {"email_weekly": [EmailRail(title="Picked for you", placement="email_weekly", k=8),
+                             EmailRail(title="More like what you viewed", placement="pdp_similar", k=4)]}
+
+
+class CampaignSettings(_Section):
+    """Email campaigns (``shelfwise campaign run``, ``GET /v1/email/{token}``; ``campaigns/``)."""
+
+    emails: dict[str, list[EmailRail]] = Field(default_factory=_default_emails,
+                                               description="each email (named by its placement, the name given to "
+                                                           "--placement) and its rails, in order; an item is shown "
+                                                           "once per email (the first rail that has it)")
+    spares: int = Field(4, ge=0, le=20, description="further items per rail carried in the token: at open time a "
+                                                    "sold-out or unavailable item is replaced by the next spare still "
+                                                    "servable (then by the rail computed afresh)")
+    token_ttl_days: float = Field(30.0, gt=0, description="an email's token (its link) expires this long after sending")
+    secret: str = Field("", description="HMAC-SHA256 key of the email tokens (at least 32 characters); empty = "
+                                        "secret_file. Set it with SHELFWISE_CAMPAIGN__SECRET, not in a committed file")
+    secret_file: str = Field("", description="file holding the key; empty = <data_dir>/campaign.secret, created "
+                                             "(mode 0600, 32 random bytes) on first use. Every API replica and the "
+                                             "campaign command must read the same key")
+    batch: int = Field(512, ge=1, le=10_000, description="shoppers per pipeline call")
+
+    @model_validator(mode="after")
+    def _secret(self) -> "CampaignSettings":
+        if self.secret and len(self.secret) < 32:
+            raise ValueError("campaign.secret must be at least 32 characters")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHELFWISE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -878,6 +1002,7 @@ class Settings(BaseSettings):
     experiments: ExperimentSettings = ExperimentSettings()
     monitor: MonitorSettings = MonitorSettings()
     registry: RegistrySettings = RegistrySettings()
+    campaign: CampaignSettings = CampaignSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -41,7 +41,8 @@ class Worker:
         self.store = open_event_store(settings.events_dsn, secure_delete=secure)
         self.ledger = open_privacy_store(settings.events_dsn, secure_delete=secure)  # erasure markers
         self.catalog = open_catalog(self.store)
-        self.online = open_online_state(settings.stores.online, settings.models.history_length)
+        self.online = open_online_state(settings.stores.online, settings.models.history_length,
+                                        settings.models.caps)
         self._known = self.catalog.ids()
         self._known_at = time.monotonic()
         self.outcomes = (open_experiment_log(experiments_dsn(settings), settings.experiments.retention_days)

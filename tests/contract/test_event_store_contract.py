@@ -269,3 +269,26 @@ def test_entry_contexts_are_each_field_as_first_said(open_store):
                    "session:s/1": EntryContext("tablet", "homepage", ()), "u3": EntryContext("app", "", ())}
     store.delete_shopper("u1")
     assert "u1" not in store.entry_contexts()
+
+
+def test_wishlist_is_the_additions_not_taken_back(open_store):
+    store = open_store()
+
+    def wish(eid: str, kind: str, item: str, minute: float, **props) -> Event:
+        return Event(event_id=eid, type=kind, user_id="u1", item_id=item, timestamp=T0 + timedelta(minutes=minute),
+                     properties=props)
+
+    store.append([wish("w1", "wishlist_added", "p0", 1, price=500.0, in_stock=False),
+                  wish("w2", "wishlist_added", "p1", 2),
+                  wish("w3", "wishlist_removed", "p1", 3),
+                  wish("w4", "wishlist_added", "c0", 4, price=20),
+                  wish("w5", "wishlist_removed", "c0", 5), wish("w6", "wishlist_added", "c0", 6, price=18.5),
+                  view("v1", "u1", "p2", 7)])
+    got = store.wishlist("u1")
+    assert sorted(got) == ["c0", "p0"] and store.wishlist("u2") == {}
+    assert got["p0"].price == 500.0 and got["p0"].in_stock is False
+    assert got["c0"].price == 18.5 and got["c0"].in_stock is None and got["c0"].added_at == (T0 + timedelta(
+        minutes=6)).timestamp()
+    # the new types are item interactions like the old ones (old rows keep their codes)
+    kinds = {int(k) for k in store.scan().kind}
+    assert {int(EventType.wishlist_added), int(EventType.wishlist_removed), int(EventType.product_viewed)} <= kinds

@@ -240,3 +240,74 @@ def test_redis_clear_touches_only_its_prefix(redis_url):
     assert client.ttl(f"{mine.prefix}{{u}}:s") == -2
     mine.close()
     other.close()
+
+
+# ---- impressions (frequency caps) ------------------------------------------------------------------------
+def _seen_online(open_online, **kw):
+    """An online state whose add-to-cart and clicks (kinds 1 and 5) reset impressions."""
+    from shelfwise.stores.memory import MemoryOnlineState
+    from shelfwise.stores.redis_state import RedisOnlineState
+
+    first = open_online()
+    opts = dict(reset_kinds=[1, 5], seen_keep_s=kw.get("keep_s", 1000.0), seen_max_items=kw.get("max_items", 3),
+                seen_max_shown=kw.get("max_shown", 4))
+    if isinstance(first, MemoryOnlineState):
+        return MemoryOnlineState(history_length=H, **opts)
+    assert isinstance(first, RedisOnlineState)
+    return RedisOnlineState(_redis_dsn(first), H, **opts)
+
+
+def _redis_dsn(state) -> str:
+    kw = state.redis.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}?prefix={state.prefix}"
+
+
+def test_impressions_are_read_with_the_state_cached_or_not(open_online):
+    online = _seen_online(open_online)
+    try:
+        online.show({"u1": [("a", "homepage"), ("b", "homepage")], "u2": [("a", "email_weekly")]}, at=100.0)
+        online.show({"u1": [("a", "pdp_similar")]}, at=101.5)
+        states, seen = online.read(["u1", "u2", "u3"])
+        assert states == {"u1": None, "u2": None, "u3": None}  # impressions live apart from the cached state
+        assert seen["u1"]["a"].shown == ((100.0, "homepage"), (101.5, "pdp_similar"))
+        assert seen["u1"]["b"].shown == ((100.0, "homepage"),) and seen["u1"]["a"].reset == 0.0
+        assert seen["u2"]["a"].since(0.0, "homepage") == [] and seen["u2"]["a"].since(0.0) == [100.0]
+        assert seen["u3"] == {}
+        online.put({"u1": state(it("z", 5.0))})
+        got = online.get(["u1"])["u1"]
+        assert [i.item_id for i in got.recent] == ["z"] and set(got.seen) == {"a", "b"}
+    finally:
+        online.clear()
+
+
+def test_engaging_with_an_item_resets_its_impressions(open_online):
+    online = _seen_online(open_online)
+    try:
+        online.show({"u1": [("a", "homepage"), ("b", "homepage")]}, at=100.0)
+        online.show({"u1": [("a", "homepage")]}, at=110.0)
+        # a view (kind 0) does not reset here; a click (5) at 105 forgets a's impressions up to 105, cached or not
+        online.record_many({"u1": ([it("a", 105.0, kind=5), it("b", 106.0, kind=0)], [])})
+        seen = online.read(["u1"])[1]["u1"]
+        assert seen["a"].reset == 105.0 and seen["a"].shown == ((110.0, "homepage"),)
+        assert seen["b"].shown == ((100.0, "homepage"),) and seen["b"].reset == 0.0
+        assert seen["a"].since(0.0) == [110.0]
+    finally:
+        online.clear()
+
+
+def test_impressions_are_bounded_and_expire(open_online):
+    online = _seen_online(open_online, keep_s=50.0, max_items=3, max_shown=4)
+    try:
+        for t in range(6):
+            online.show({"u1": [("a", "homepage")]}, at=100.0 + t)
+        assert len(online.read(["u1"])[1]["u1"]["a"].shown) == 4  # the last max_shown
+        online.show({"u1": [("b", "homepage")]}, at=110.0)
+        online.show({"u1": [("c", "homepage")]}, at=111.0)
+        online.show({"u1": [("d", "homepage")]}, at=112.0)
+        assert set(online.read(["u1"])[1]["u1"]) == {"b", "c", "d"}  # a, least recently shown, went first
+        online.show({"u1": [("e", "homepage")]}, at=161.5)  # b and c are older than keep_s now
+        assert set(online.read(["u1"])[1]["u1"]) == {"d", "e"}
+        online.forget("u1")
+        assert online.read(["u1"])[1]["u1"] == {}
+    finally:
+        online.clear()

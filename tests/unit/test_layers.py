@@ -20,8 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("stages",),
     ("pipeline", "assemble"),
     ("training",),
-    ("service", "evaluation", "worker", "monitor", "release"),
-    ("api", "cli", "rules.cli", "security.cli", "experiments.cli", "monitor.cli", "release_cli"),
+    ("service", "evaluation", "worker", "monitor", "release", "campaigns"),
+    ("api", "cli", "rules.cli", "security.cli", "experiments.cli", "monitor.cli", "release_cli", "campaigns.cli"),
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from shelfwise.domain import EventType
 from shelfwise.request import Query
 from shelfwise.retrieval.base import Retriever, SourceScores, TrainData, stack_rows
 from shelfwise.retrieval.embedding import IndexFactory, ItemVectors, vector_scores
@@ -27,7 +28,7 @@ class ALSRetriever(Retriever):
         self.settings = settings or ALSSettings()
         self.user_factors = np.zeros((0, self.settings.factors), np.float32)
         self.item_factors = np.zeros((0, self.settings.factors), np.float32)
-        self.kind_weight = np.ones(6, np.float32)
+        self.kind_weight = np.ones(len(EventType), np.float32)
 
     def fit(self, data: TrainData) -> "ALSRetriever":
         from implicit.cpu.als import AlternatingLeastSquares
@@ -40,8 +41,8 @@ class ALSRetriever(Retriever):
             model.fit(data.user_item_matrix(), show_progress=False)
         self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-        kinds = np.zeros(6, np.float32)
-        for k in range(6):
+        kinds = np.zeros(len(EventType), np.float32)
+        for k in range(len(EventType)):
             sel = data.kind == k
             kinds[k] = data.weight[sel][0] if sel.any() else 0.0
         self.kind_weight = kinds
@@ -130,6 +131,8 @@ class ALSRetriever(Retriever):
         obj = cls(ALSSettings.model_validate_json((path / "als.json").read_text()))
         z = np.load(path / "als.npz")
         obj.user_factors, obj.item_factors, obj.kind_weight = z["user_factors"], z["item_factors"], z["kind_weight"]
+        if len(obj.kind_weight) < len(EventType):  # saved before the wishlist types: they weigh nothing there
+            obj.kind_weight = np.pad(obj.kind_weight, (0, len(EventType) - len(obj.kind_weight)))
         obj._gram = None
         obj._spaces = None
         return obj

@@ -62,10 +62,13 @@ class TrainData:
 
     def user_item_matrix(self) -> sp.csr_matrix:
         """Shopper × item matrix of summed event weights (events with weight 0 dropped)."""
-        keep = self.weight > 0
+        keep = self.weight != 0  # negative weights (removals, when configured so) subtract from the sum
         m = sp.csr_matrix((self.weight[keep], (self.user[keep], self.item[keep])),
                           shape=(self.n_users, self.n_items), dtype=np.float32)
         m.sum_duplicates()
+        if (m.data < 0).any() or (m.data == 0).any():
+            m.data = np.maximum(m.data, 0)
+            m.eliminate_zeros()
         return m
 
     @classmethod

@@ -48,7 +48,12 @@ from shelfwise.settings import CandidateSettings, SequenceSettings, known_fields
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
-N_KINDS = len(EventType)
+N_KINDS = 6  # the kind embedding's rows: the first six event types (saved models keep this shape)
+# event types added later are read as the first six: a wishlist addition as interest (a view), a removal from
+# the wishlist as a removal (from the cart); data without them trains exactly as before
+KIND_CODES = np.array([int(t) if int(t) < N_KINDS else
+                       {EventType.wishlist_added: int(EventType.product_viewed),
+                        EventType.wishlist_removed: int(EventType.remove_from_cart)}[t] for t in EventType], np.int64)
 PAD = 0  # item index 0 of the model is padding; catalog item i is model item i + 1
 _SMALL_BATCH = 64  # up to this many queries: one forward pass on the caller's thread count (the request path)
 
@@ -68,7 +73,7 @@ def collapse(items: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def user_sequences(data: TrainData) -> list[tuple[np.ndarray, np.ndarray]]:
     """(items, kinds) of every shopper, oldest first, consecutive repeats collapsed."""
     order = np.lexsort((np.arange(len(data.user)), data.user))  # stable by shopper, keeps time order
-    user, item, kind = data.user[order], data.item[order], data.kind[order]
+    user, item, kind = data.user[order], data.item[order], KIND_CODES[data.kind[order].astype(np.int64)]
     bounds = np.searchsorted(user, np.arange(data.n_users + 1))
     return [collapse(item[bounds[u]:bounds[u + 1]], kind[bounds[u]:bounds[u + 1]]) for u in range(data.n_users)]
 
@@ -82,7 +87,7 @@ def query_sequence(q: Query, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         items = np.concatenate([items, np.asarray(q.anchors, np.int64)])
         kinds = np.concatenate([kinds, np.full(len(q.anchors), int(EventType.product_viewed), np.int64)])
     items, kinds = collapse(items, kinds)
-    return items[-max_len:], np.clip(kinds[-max_len:], 0, N_KINDS - 1)
+    return items[-max_len:], KIND_CODES[np.clip(kinds[-max_len:], 0, len(KIND_CODES) - 1)]
 
 
 def _training_windows(seqs: list[tuple[np.ndarray, np.ndarray]], max_len: int

@@ -28,7 +28,7 @@ from shelfwise.stores.breaker import Unavailable
 from shelfwise.stores.protocols import ApiKey, RateLimiter
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-PUBLIC_PREFIXES = ("/docs/assets/",)
+PUBLIC_PREFIXES = ("/docs/assets/", "/v1/email/")  # an email's signed token is its own credential
 ALLOWED_REQUEST_HEADERS = ("authorization", "content-type", "x-author", "x-request-id")
 
 

@@ -1,7 +1,8 @@
 """What the stages of the request path share: the batch they pass along and the stage protocol.
 
 A ``Batch`` is the requests of one placement on their way through the stages; each stage reads what earlier
-stages put there and adds its own part (``queries``, ``exclusions`` and ``preferred`` → ``plans`` → ``explore``
+stages put there and adds its own part (``queries``, ``exclusions`` and ``preferred`` → ``capped`` and
+``fatigue`` → ``plans`` → ``explore``
 → ``candidates`` → re-scored ``candidates`` → ``answers``). A stage never reaches into another stage.
 """
 
@@ -55,6 +56,10 @@ class Batch:
     extra: list[np.ndarray] | None = None  # per request: items rules need among the candidates (pins, slots)
     explore: list[dict[int, Explored] | None] | None = None  # per request: new item index -> its exploration slot
     given: list[Given] | None = None  # per request of a rerank placement: the shop's list (resolve)
+    capped: list[dict[str, str] | None] = field(default_factory=list)  # per request: capped item id -> why
+    fatigue: list[tuple[np.ndarray, np.ndarray] | None] = field(default_factory=list)  # per request: (sorted item
+    # indices, penalty in units of the score spread) from ``stages.caps``, subtracted by the merchandise stage
+    fatigue_scale: np.ndarray | None = None  # (B,) the score spread the penalties were scaled by
     candidates: Candidates | None = None
     base: dict[int, np.ndarray] = field(default_factory=dict)  # row -> scores before rules (shadow answers)
     local: list[LocalEffects | None] = field(default_factory=list)  # row -> its rules over its candidates

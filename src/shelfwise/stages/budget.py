@@ -4,7 +4,7 @@ What may be left out of an answer is: a candidate source (a model, or the vector
 ranker and the exploration slots for new items. Each has a circuit breaker (``stores/breaker.py``): an error, or a call over its budget, counts as a
 failure; ``breaker_failures`` in a row open it, and while it is open the part is skipped at once (no waiting on
 what is down), until a probe call succeeds. Every part left out is named in the answer's ``degraded`` list. A
-required stage (resolve, rules, candidates, merchandise, slots) cannot be left out: over its budget it is logged;
+required stage (resolve, caps, rules, candidates, merchandise, slots) cannot be left out: over its budget it is logged;
 if it fails, the service answers from its fallbacks (``service.py``).
 """
 

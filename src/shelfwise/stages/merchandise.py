@@ -7,9 +7,10 @@ filter, margin floor "drop") becomes part of the request's exclusions, so source
 pinned items and the most popular items eligible for reserved slots are handed to candidate generation.
 
 ``MerchandiseStage`` (stage 6): the placement's business score (``rerank.business``) over the candidates, the
-shopper's stated preferences, then each request's rule multipliers / offsets and drops, all gathered at the
-candidates' indices. Preferences lift a candidate by its share of the soft fields it matches times
-``preferences.boost`` times the spread of the request's scores (best minus worst): at 1, an item matching them all
+shopper's stated preferences, the caps' penalties (``stages.caps``: impression fatigue, items taken out of the
+cart, subtracted in units of the spread of the request's scores), then each request's rule multipliers / offsets
+and drops, all gathered at the candidates' indices. Preferences lift a candidate by its share of the soft fields it
+matches times ``preferences.boost`` times the spread of the request's scores (best minus worst): at 1, an item matching them all
 ranks level with the best item matching none, however old evidence scored it. While the shopper is in a session
 (an event within ``preferences.session_minutes``) the lift is ``session_boost`` instead: what they do now stays in
 front, preferences break near ties. Rules come last: they are the shop's final word.
@@ -111,6 +112,29 @@ class MerchandiseStage:
             batch.lift[r] = (s.session_boost if recent else s.boost) * (spread if spread > 0 else 1.0)
             row += (batch.lift[r] * match).astype(np.float32)
 
+    @staticmethod
+    def fatigue(batch: Batch) -> None:
+        """Subtract each request's cap penalties (``stages.caps``: impression fatigue, items taken out of the cart)
+        from its candidates' scores, in units of the spread of its scores; ``batch.fatigue_scale`` records it."""
+        cand = batch.candidates
+        assert cand is not None
+        batch.fatigue_scale = np.zeros(len(batch), np.float32)
+        for r, got in enumerate(batch.fatigue):
+            if got is None:
+                continue
+            idx, val = got
+            row, items = cand.score[r], cand.items[r]
+            finite = np.isfinite(row)
+            if not finite.any():
+                continue
+            pos = np.minimum(np.searchsorted(idx, items), len(idx) - 1)
+            hit = (idx[pos] == items) & finite & (items >= 0)
+            if not hit.any():
+                continue
+            spread = float(row[finite].max() - row[finite].min())
+            scale = batch.fatigue_scale[r] = spread if spread > 0 else 1.0
+            row[hit] -= (val[pos[hit]] * scale).astype(np.float32)
+
     def run(self, batch: Batch) -> None:
         cand = batch.candidates
         assert cand is not None
@@ -123,6 +147,8 @@ class MerchandiseStage:
             self.business.apply(score, cand.items, w, [r.now for r in batch.requests])
         if any(p is not None for p in batch.preferred):
             self.lift(batch)
+        if any(f is not None for f in batch.fatigue):
+            self.fatigue(batch)
         batch.pre = [None] * len(batch)
         batch.local = [None] * len(batch)
         if plans is None:

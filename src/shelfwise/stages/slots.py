@@ -148,10 +148,11 @@ class SlotStage:
         ids = self.items.ids
         cols = [p.item for p in slate]
         c = contrib[cols] if contrib is not None else np.zeros((len(cols), 0), np.float32)  # (slots, sources)
-        order = np.argsort(-c, axis=1, kind="stable")
+        order = np.argsort(-c, axis=1, kind="stable").tolist()
+        positive = (c > 0).tolist()  # plain lists: indexing numpy scalars per slot and source is the slow part
         recs = []
         for pos, p in enumerate(slate):
-            src = [names[s] for s in order[pos].tolist() if c[pos, s] > 0]
+            src = [names[s] for s in order[pos] if positive[pos][s]]
             evidence = [s for s in src if s not in self.fallbacks]
             if stated is not None and stated[items[p.item]] > 0:
                 src.append("preferences")
@@ -213,6 +214,18 @@ class SlotStage:
             return {}
         return {"preferences": round(float(batch.lift[r] * pref[j]), 6)}
 
+    @staticmethod
+    def _fatigue(batch: Batch, r: int, j: int) -> dict[str, float]:
+        """The caps' penalty of item j in row r (impression fatigue, taken out of the cart), when it had one."""
+        got = batch.fatigue[r] if batch.fatigue else None
+        if got is None or batch.fatigue_scale is None or not batch.fatigue_scale[r]:
+            return {}
+        idx, val = got
+        pos = int(np.searchsorted(idx, j))
+        if pos >= len(idx) or idx[pos] != j:
+            return {}
+        return {"fatigue": round(-float(val[pos] * batch.fatigue_scale[r]), 6)}
+
     def _explain(self, batch: Batch, r: int, slate: list[Placed], conflicts: list[str],
                  recs: list[Recommendation]) -> dict[str, Any]:
         cand = batch.candidates
@@ -237,7 +250,8 @@ class SlotStage:
                 "position": pos + 1,
                 "reason": why,
                 "score": round(p.score, 6),
-                "components": self.business.explain(j, conf.score, req.now, rel) | self._stated(batch, r, j),
+                "components": (self.business.explain(j, conf.score, req.now, rel) | self._stated(batch, r, j)
+                               | self._fatigue(batch, r, j)),
                 "rules": plan.world.explain(plan.sig, j) if plan is not None else [],
                 "diversity_penalty": round(p.penalty, 6),
             }
@@ -245,6 +259,10 @@ class SlotStage:
                                "mmr_lambda": conf.diversity.mmr_lambda}
         if self.rules is not None:
             out["rulesets"] = batch.rulesets
+        capped = batch.capped[r] if batch.capped else None
+        if capped:  # not shown: the next eligible items took their slots
+            out["capped"] = [{"item_id": x, "reason": why} for x, why in sorted(capped.items())[:100]]
+            out["capped_total"] = len(capped)
         cohort = self.cohort.describe(batch.queries[r]) if self.cohort is not None else None
         if cohort is not None:
             out["cohort"] = cohort

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -106,16 +106,24 @@ def open_catalog(store: EventStore) -> Catalog:
     raise UnsupportedDSN("this event store does not hold a catalog")
 
 
-def open_online_state(dsn: str, history_length: int) -> OnlineState:
+def open_online_state(dsn: str, history_length: int, caps: Any = None) -> OnlineState:
+    """``caps``: the frequency caps' settings (``CapsSettings``): which events reset impressions, how long and how
+    many impressions are kept."""
     scheme = _scheme(dsn)
+    opts: dict[str, Any] = {}
+    if caps is not None:
+        from shelfwise.domain import EventType
+
+        opts = {"reset_kinds": [int(EventType[k]) for k in caps.reset_on], "seen_keep_s": caps.keep_days * 86400.0,
+                "seen_max_items": caps.max_items, "seen_max_shown": caps.max_shown}
     if scheme == "memory":
         from shelfwise.stores.memory import MemoryOnlineState
 
-        return MemoryOnlineState(history_length=history_length)
+        return MemoryOnlineState(history_length=history_length, **opts)
     if scheme in ("redis", "rediss"):
         from shelfwise.stores.redis_state import RedisOnlineState
 
-        return RedisOnlineState(dsn, history_length=history_length)
+        return RedisOnlineState(dsn, history_length=history_length, **opts)
     raise UnsupportedDSN(f"no online state backend for {dsn!r} (supported: memory://, redis://…)")
 
 

@@ -11,7 +11,39 @@ import threading
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
-from shelfwise.stores.protocols import Interaction, ShopperState
+from shelfwise.stores.protocols import Interaction, Seen, SeenItem, ShopperState
+
+
+def add_shown(seen: Seen, pairs: Iterable[tuple[str, str]], at: float, keep_s: float, max_items: int,
+              max_shown: int) -> Seen:
+    """``seen`` with impressions of (item, placement) at ``at`` added, older than ``keep_s`` dropped, at most
+    ``max_shown`` per item and ``max_items`` items (the least recently shown go first). Items in insertion order =
+    least recently shown first."""
+    out = dict(seen)
+    for item, placement in pairs:
+        old = out.pop(item, None)
+        shown = (old.shown if old is not None else ()) + ((at, placement),)
+        if len(shown) > 1 and shown[-2][0] > at:  # a request answered late: keep them in time order
+            shown = tuple(sorted(shown, key=lambda x: x[0]))
+        out[item] = SeenItem(old.reset if old is not None else 0.0, shown[-max_shown:])
+    cutoff = at - keep_s
+    for item in [i for i, s in out.items() if not s.shown or s.shown[-1][0] <= cutoff]:
+        del out[item]
+    if len(out) > max_items:
+        ranked = sorted(out, key=lambda i: out[i].shown[-1][0])
+        for item in ranked[:len(out) - max_items]:
+            del out[item]
+    return out
+
+
+def reset_seen(seen: Seen, resets: dict[str, float]) -> Seen:
+    """``seen`` with each reset item's impressions up to its time dropped (the time kept for late arrivals)."""
+    out = dict(seen)
+    for item, ts in resets.items():
+        old = out.get(item)
+        if old is not None and ts > old.reset:
+            out[item] = SeenItem(ts, tuple(x for x in old.shown if x[0] > ts))
+    return out
 
 
 def merge_interactions(recent: list[Interaction], new: Iterable[Interaction], limit: int) -> list[Interaction]:
@@ -38,26 +70,48 @@ def merge_purchased(purchased: list[str], new: Iterable[str], limit: int) -> lis
 
 
 class MemoryOnlineState:
-    def __init__(self, history_length: int = 50, max_shoppers: int = 1_000_000, max_purchased: int = 500) -> None:
+    def __init__(self, history_length: int = 50, max_shoppers: int = 1_000_000, max_purchased: int = 500,
+                 reset_kinds: Iterable[int] = (), seen_keep_s: float = 30 * 86400.0, seen_max_items: int = 200,
+                 seen_max_shown: int = 5) -> None:
         self.history_length = history_length
         self.max_shoppers = max_shoppers
         self.max_purchased = max_purchased
+        self.reset_kinds = frozenset(int(k) for k in reset_kinds)
+        self.seen_keep_s, self.seen_max_items, self.seen_max_shown = seen_keep_s, seen_max_items, seen_max_shown
+        self._seen: OrderedDict[str, Seen] = OrderedDict()  # shopper -> impressions (not read through: kept apart)
         self._states: OrderedDict[str, tuple[list[Interaction], list[str], int]] = OrderedDict()
         self._loading: OrderedDict[str, str] = OrderedDict()  # shopper -> stamp of a read-through load
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
 
     def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]:
+        return self.read(shoppers)[0]
+
+    def read(self, shoppers: Sequence[str]) -> tuple[dict[str, ShopperState | None], dict[str, Seen]]:
         with self._lock:
             out: dict[str, ShopperState | None] = {}
+            seen: dict[str, Seen] = {}
             for s in shoppers:
+                got = self._seen.get(s)
+                seen[s] = dict(got) if got else {}
                 st = self._states.get(s)
                 if st is None:
                     out[s] = None
                     continue
                 self._states.move_to_end(s)
-                out[s] = ShopperState(recent=list(st[0]), purchased=set(st[1]), version=st[2])
-            return out
+                out[s] = ShopperState(recent=list(st[0]), purchased=set(st[1]), version=st[2], seen=seen[s])
+            return out, seen
+
+    def show(self, shown: dict[str, list[tuple[str, str]]], at: float) -> None:
+        with self._lock:
+            for shopper, pairs in shown.items():
+                if not pairs:
+                    continue
+                self._seen[shopper] = add_shown(self._seen.get(shopper) or {}, pairs, at, self.seen_keep_s,
+                                                self.seen_max_items, self.seen_max_shown)
+                self._seen.move_to_end(shopper)
+            while len(self._seen) > self.max_shoppers:
+                self._seen.popitem(last=False)
 
     def stamp(self, shoppers: Sequence[str]) -> dict[str, str]:
         with self._lock:
@@ -93,6 +147,14 @@ class MemoryOnlineState:
         with self._lock:
             for shopper, (interactions, purchased) in updates.items():
                 self._loading.pop(shopper, None)
+                got = self._seen.get(shopper)
+                if got and self.reset_kinds:
+                    resets: dict[str, float] = {}
+                    for it in interactions:
+                        if it.kind in self.reset_kinds and it.ts > resets.get(it.item_id, 0.0):
+                            resets[it.item_id] = it.ts
+                    if resets:
+                        self._seen[shopper] = reset_seen(got, resets)
                 st = self._states.get(shopper)
                 if st is None:
                     continue
@@ -103,8 +165,10 @@ class MemoryOnlineState:
         with self._lock:
             self._states.pop(shopper, None)
             self._loading.pop(shopper, None)
+            self._seen.pop(shopper, None)
 
     def clear(self) -> None:
         with self._lock:
             self._states.clear()
             self._loading.clear()
+            self._seen.clear()

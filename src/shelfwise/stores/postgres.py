@@ -27,7 +27,8 @@ from psycopg_pool import ConnectionPool
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import (
-    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, WishlistEntry,
+    entry_contexts, fold_wishlist,
 )
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -343,6 +344,13 @@ class PostgresStore:
             for shopper, lst in recent.items():
                 out[shopper].recent = lst[-limit:]
         return out
+
+    def wishlist(self, shopper: str) -> dict[str, WishlistEntry]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT type, item_id, ts, payload->'properties' FROM events WHERE shopper = %s "
+                                "AND type IN (%s, %s) ORDER BY ts, seq",
+                                (shopper, int(EventType.wishlist_added), int(EventType.wishlist_removed))).fetchall()
+        return fold_wishlist(rows)
 
     def entry_contexts(self) -> dict[str, EntryContext]:
         with self.pool.connection() as conn, conn.cursor(name="shelfwise_contexts") as cur:

@@ -7,7 +7,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from shelfwise.domain import Event, Item, Preferences
+from shelfwise.domain import Event, EventType, Item, Preferences
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,57 @@ class Interaction:
     ts: float
 
 
+@dataclass(frozen=True)
+class SeenItem:
+    """What a shopper was shown of one item (online state): impressions after the shopper last engaged with it."""
+
+    reset: float  # unix time of the shopper's last click / cart / purchase of the item (0: none): earlier shows
+    # no longer count
+    shown: tuple[tuple[float, str], ...]  # (unix time, placement) of each impression since, oldest first
+
+    def since(self, t: float, placement: str | None = None) -> list[float]:
+        """Times of the impressions after ``t`` (and after the reset), of ``placement`` only when given."""
+        lo = max(t, self.reset)
+        return [ts for ts, p in self.shown if ts > lo and (placement is None or p == placement)]
+
+
+Seen = dict[str, SeenItem]  # item id -> what the shopper was shown of it
+
+
 @dataclass
 class ShopperState:
     recent: list[Interaction]  # oldest first, at most history_length
     purchased: set[str]
     version: int = 0
+    seen: Seen = field(default_factory=dict)  # impressions (frequency caps), read with the state (``read``)
+
+
+@dataclass(frozen=True)
+class WishlistEntry:
+    """An item on a shopper's wishlist: when it was (last) added, and its price and stock then (the event's
+    ``properties.price`` / ``properties.in_stock``, filled from the catalog at ingest when the storefront sent none)."""
+
+    item_id: str
+    added_at: float
+    price: float | None
+    in_stock: bool | None
+
+
+def fold_wishlist(rows: Iterable[tuple[int, str, float, dict | None]]) -> dict[str, WishlistEntry]:
+    """The wishlist from its events (kind, item, ts, properties) in time order: an addition puts the item there
+    (again: anew), a removal takes it off."""
+    out: dict[str, WishlistEntry] = {}
+    for kind, item, ts, props in rows:
+        if kind == EventType.wishlist_removed:
+            out.pop(item, None)
+            continue
+        props = props or {}
+        price = props.get("price")
+        stock = props.get("in_stock")
+        out[item] = WishlistEntry(item, float(ts), float(price) if isinstance(price, (int, float))
+                                  and not isinstance(price, bool) else None,
+                                  stock if isinstance(stock, bool) else None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -103,6 +149,9 @@ class EventStore(Protocol):
 
     def entry_contexts(self) -> dict[str, EntryContext]:
         """Every shopper's ``EntryContext`` (training places shoppers in cohorts by it)."""
+
+    def wishlist(self, shopper: str) -> dict[str, WishlistEntry]:
+        """The items on a shopper's wishlist now (``wishlist_added`` not followed by ``wishlist_removed``)."""
 
     def count(self) -> int: ...
 
@@ -153,7 +202,17 @@ class CatalogChanges:
 class OnlineState(Protocol):
     """Per-shopper recent events, kept current on every ingested event. A miss returns None (read-through)."""
 
-    def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]: ...
+    def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]:
+        """The cached states (None: a miss), each with the shopper's impressions in ``seen``."""
+
+    def read(self, shoppers: Sequence[str]) -> tuple[dict[str, ShopperState | None], dict[str, Seen]]:
+        """``get`` and every shopper's impressions (hits and misses alike) in one round trip: impressions are not in
+        the event store, so a read-through load keeps the ones read here."""
+
+    def show(self, shown: dict[str, list[tuple[str, str]]], at: float) -> None:
+        """Record impressions at unix time ``at``: {shopper: [(item, placement), ...]}. Kept ``seen_keep_s``, at most
+        ``seen_max_shown`` per item and ``seen_max_items`` items per shopper (the least recently shown go first),
+        whether or not the shopper's state is cached."""
 
     def put(self, states: dict[str, ShopperState], if_unchanged: dict[str, str] | None = None) -> set[str]:
         """Cache states; returns the shoppers installed.
@@ -173,7 +232,10 @@ class OnlineState(Protocol):
         an event whose record() arrives after it."""
 
     def record_many(self, updates: dict[str, tuple[list[Interaction], list[str]]]) -> None:
-        """``record`` for many shoppers at once: {shopper: (interactions, purchased items)}."""
+        """``record`` for many shoppers at once: {shopper: (interactions, purchased items)}.
+
+        Interactions of the kinds in ``reset_kinds`` (a click, cart, purchase) also reset the shopper's impressions
+        of their item up to their time, cached or not."""
 
     def forget(self, shopper: str) -> None: ...
 

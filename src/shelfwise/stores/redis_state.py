@@ -6,6 +6,9 @@ Layout (``prefix`` defaults to ``shelfwise:``; the shopper is a hash tag so both
   with a TTL (``ttl``, default 7 days) renewed by every write: a shopper idle that long is reloaded from the event
   store on the next request (read-through), so eviction is always safe.
 - ``{prefix}{<shopper>}:l`` — a read-through load in flight (a token, 60 s TTL); see ``stamp``/``put``.
+- ``{prefix}{<shopper>}:i`` — the shopper's impressions (frequency caps), JSON ``{item: [reset, [[ts, placement],
+  …]]}`` (times as text), TTL ``seen_keep_s`` renewed by each impression; read in the same pipeline as the state,
+  appended by Lua (``show``), reset by ``record_many`` for interactions of the ``reset_kinds`` (cached or not).
 
 Memory per shopper is bounded: at most ``history_length`` interactions and ``max_purchased`` (default 200)
 purchased items, so a state is about ``history_length × (len(item_id) + 30) + max_purchased × (len(item_id) + 3)
@@ -30,9 +33,29 @@ import orjson
 import redis
 
 from shelfwise.stores._dsn import split_options
-from shelfwise.stores.protocols import Interaction, ShopperState
+from shelfwise.stores.protocols import Interaction, Seen, SeenItem, ShopperState
 
 _RECORD = """
+local resets = cjson.decode(ARGV[6])
+if next(resets) ~= nil then
+  local sraw = redis.call('GET', KEYS[3])
+  if sraw then
+    local doc = cjson.decode(sraw)
+    local changed = false
+    for item, ts in pairs(resets) do
+      local e = doc[item]
+      if type(e) == 'table' and tonumber(ts) > tonumber(e[1]) then
+        local kept = {}
+        if type(e[2]) == 'table' then
+          for _, x in ipairs(e[2]) do if tonumber(x[1]) > tonumber(ts) then kept[#kept + 1] = x end end
+        end
+        doc[item] = {ts, kept}
+        changed = true
+      end
+    end
+    if changed then redis.call('SET', KEYS[3], cjson.encode(doc), 'KEEPTTL') end
+  end
+end
 local raw = redis.call('GET', KEYS[1])
 redis.call('DEL', KEYS[2])
 if not raw then return 0 end
@@ -75,6 +98,40 @@ redis.call('SET', KEYS[1], cjson.encode(st), 'PX', ARGV[5])
 return 1
 """
 
+_SHOW = """
+local raw = redis.call('GET', KEYS[1])
+local doc = {}
+if raw then doc = cjson.decode(raw) end
+local at = ARGV[2]
+local maxs = tonumber(ARGV[5])
+for _, p in ipairs(cjson.decode(ARGV[1])) do
+  local e = doc[p[1]]
+  if type(e) ~= 'table' then e = {'0', {}} end
+  local shown = e[2]
+  if type(shown) ~= 'table' then shown = {} end
+  local pos = #shown + 1
+  while pos > 1 and tonumber(shown[pos - 1][1]) > tonumber(at) do pos = pos - 1 end
+  table.insert(shown, pos, {at, p[2]})
+  while #shown > maxs do table.remove(shown, 1) end
+  doc[p[1]] = {e[1], shown}
+end
+local cutoff = tonumber(at) - tonumber(ARGV[3])
+local lasts = {}
+for item, e in pairs(doc) do
+  local shown = e[2]
+  local last = nil
+  if type(shown) == 'table' and #shown > 0 then last = tonumber(shown[#shown][1]) end
+  if last == nil or last <= cutoff then doc[item] = nil else lasts[#lasts + 1] = {last, item} end
+end
+local maxi = tonumber(ARGV[4])
+if #lasts > maxi then
+  table.sort(lasts, function(a, b) return a[1] < b[1] end)
+  for i = 1, #lasts - maxi do doc[lasts[i][2]] = nil end
+end
+redis.call('SET', KEYS[1], cjson.encode(doc), 'PX', ARGV[6])
+return 1
+"""
+
 _PUT_IF_UNCHANGED = """
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[2])
@@ -91,7 +148,8 @@ def _ts(value: float) -> str:
 
 
 class RedisOnlineState:
-    def __init__(self, dsn: str, history_length: int = 50) -> None:
+    def __init__(self, dsn: str, history_length: int = 50, reset_kinds: Iterable[int] = (),
+                 seen_keep_s: float = 30 * 86400.0, seen_max_items: int = 200, seen_max_shown: int = 5) -> None:
         url, opts = split_options(dsn, _OPTIONS)
         self.prefix = opts.get("prefix", "shelfwise:")
         if "{" in self.prefix or "}" in self.prefix:
@@ -99,17 +157,35 @@ class RedisOnlineState:
         self.ttl_ms = int(float(opts.get("ttl", 7 * 86400)) * 1000)
         self.max_purchased = int(opts.get("max_purchased", 200))
         self.history_length = history_length
+        self.reset_kinds = frozenset(int(k) for k in reset_kinds)
+        self.seen_keep_s, self.seen_max_items, self.seen_max_shown = seen_keep_s, seen_max_items, seen_max_shown
         # on the request path: a Redis that hangs fails the call in 2 s (then the breaker answers without it),
         # instead of holding the request forever (``?socket_timeout=`` in the DSN overrides)
         self.redis = redis.Redis.from_url(url, health_check_interval=30, socket_timeout=2.0,
                                           socket_connect_timeout=2.0)
         self._record = self.redis.register_script(_RECORD)
         self._put_if = self.redis.register_script(_PUT_IF_UNCHANGED)
+        self._show = self.redis.register_script(_SHOW)
         self.redis.ping()
 
     def _keys(self, shopper: str) -> tuple[str, str]:
         base = f"{self.prefix}{{{shopper}}}"
         return base + ":s", base + ":l"
+
+    def _seen_key(self, shopper: str) -> str:
+        return f"{self.prefix}{{{shopper}}}:i"
+
+    @staticmethod
+    def _decode_seen(raw: bytes | None) -> Seen:
+        if not raw:
+            return {}
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict):  # Lua's cjson writes an empty object as {} and an empty list as {} too
+            return {}
+        out: Seen = {}
+        for item, (reset, shown) in doc.items():
+            out[item] = SeenItem(float(reset), tuple((float(t), str(p)) for t, p in (shown or [])))
+        return out
 
     def _encode(self, st: ShopperState) -> bytes:
         recent = sorted(st.recent, key=lambda x: x.ts)[-self.history_length:]
@@ -125,12 +201,36 @@ class RedisOnlineState:
                             purchased={str(p) for p in bought}, version=int(doc.get("v", 0)))
 
     def get(self, shoppers: Sequence[str]) -> dict[str, ShopperState | None]:
+        return self.read(shoppers)[0]
+
+    def read(self, shoppers: Sequence[str]) -> tuple[dict[str, ShopperState | None], dict[str, Seen]]:
         if not shoppers:
-            return {}
+            return {}, {}
         pipe = self.redis.pipeline(transaction=False)
         for s in shoppers:
             pipe.get(self._keys(s)[0])
-        return {s: None if raw is None else self._decode(raw) for s, raw in zip(shoppers, pipe.execute())}
+            pipe.get(self._seen_key(s))
+        got = pipe.execute()
+        states: dict[str, ShopperState | None] = {}
+        seen: dict[str, Seen] = {}
+        for n, s in enumerate(shoppers):
+            seen[s] = self._decode_seen(got[2 * n + 1])
+            raw = got[2 * n]
+            states[s] = None if raw is None else self._decode(raw)
+            if states[s] is not None:
+                states[s].seen = seen[s]  # type: ignore[union-attr]
+        return states, seen
+
+    def show(self, shown: dict[str, list[tuple[str, str]]], at: float) -> None:
+        pairs = {s: p for s, p in shown.items() if p}
+        if not pairs:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for shopper, p in pairs.items():
+            self._show(keys=[self._seen_key(shopper)],
+                       args=[orjson.dumps([[i, pl] for i, pl in p]), _ts(at), self.seen_keep_s, self.seen_max_items,
+                             self.seen_max_shown, int(self.seen_keep_s * 1000)], client=pipe)
+        pipe.execute()
 
     def stamp(self, shoppers: Sequence[str]) -> dict[str, str]:
         tokens = {s: uuid.uuid4().hex for s in shoppers}
@@ -164,13 +264,17 @@ class RedisOnlineState:
         pipe = self.redis.pipeline(transaction=False)
         for shopper, (interactions, purchased) in updates.items():
             new = orjson.dumps([[i.item_id, int(i.kind), _ts(i.ts)] for i in interactions])
-            self._record(keys=list(self._keys(shopper)),
+            resets: dict[str, float] = {}
+            for i in interactions:
+                if int(i.kind) in self.reset_kinds and i.ts > resets.get(i.item_id, 0.0):
+                    resets[i.item_id] = i.ts
+            self._record(keys=[*self._keys(shopper), self._seen_key(shopper)],
                          args=[new, orjson.dumps(list(purchased)), self.history_length, self.max_purchased,
-                               self.ttl_ms], client=pipe)
+                               self.ttl_ms, orjson.dumps({k: _ts(v) for k, v in resets.items()})], client=pipe)
         pipe.execute()
 
     def forget(self, shopper: str) -> None:
-        self.redis.delete(*self._keys(shopper))
+        self.redis.delete(*self._keys(shopper), self._seen_key(shopper))
 
     def clear(self) -> None:
         """Remove every key under this prefix (SCAN, so it never blocks the server)."""

@@ -14,7 +14,8 @@ import orjson
 
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores.protocols import (
-    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, entry_contexts,
+    TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, WishlistEntry,
+    entry_contexts, fold_wishlist,
 )
 
 SCHEMA = """
@@ -250,6 +251,12 @@ class SQLiteStore:
             quantity=np.array(cols[7], dtype=np.int32),
             price=np.array([np.nan if p is None else p for p in cols[8]], dtype=np.float64),
         )
+
+    def wishlist(self, shopper: str) -> dict[str, WishlistEntry]:
+        rows = self._readers.get().execute(
+            "SELECT type, item_id, ts, payload FROM events WHERE shopper = ? AND type IN (?, ?) ORDER BY ts, seq",
+            (shopper, int(EventType.wishlist_added), int(EventType.wishlist_removed))).fetchall()
+        return fold_wishlist((k, i, t, orjson.loads(p).get("properties")) for k, i, t, p in rows)
 
     def history(self, shoppers: Sequence[str], limit: int) -> dict[str, ShopperState]:
         out = {s: ShopperState(recent=[], purchased=set()) for s in shoppers}
