@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import orjson
 
 from shelfwise.domain import EventType
-from shelfwise.request import ITEM_PAGES, RecRequest
+from shelfwise.request import RecRequest
 from shelfwise.rerank.caps import capped
 from shelfwise.security.tokens import load_secret, sign
 from shelfwise.service import Shelfwise
@@ -137,7 +137,7 @@ class Campaign:
             rows, reqs = [], []
             for i, s in enumerate(shoppers):
                 anchor = None
-                if rail.placement in ITEM_PAGES:
+                if engine.pipeline.placement(rail.placement).kind == "item":
                     anchor = last_viewed[i]
                     if anchor is None:  # nothing viewed: no "more like what you viewed" for them
                         continue
