@@ -37,7 +37,8 @@ def errors(document: dict) -> list[dict[str, str]]:
     (doc(variants=[{"name": "a", "share": 0.5},
                    {"name": "b", "share": 0.5, "config": {"placements": {"checkout": {"k": 3}}}}]),
      "variants[1].config.placements.checkout", "unknown placement 'checkout'; known: cart_upsell, category, "
-                                               "homepage, pdp_fbt, pdp_similar, search"),
+                                               "email_weekly, homepage, pdp_fbt, pdp_similar, search, "
+                                               "wishlist_alerts"),
     (doc(variants=[{"name": "a", "share": 0.5},
                    {"name": "b", "share": 0.5, "config": {"placements": {"homepage": {"weights": {"magic": 1}}}}}]),
      "variants[1].config.placements.homepage.weights.magic", "unknown candidate source 'magic'"),

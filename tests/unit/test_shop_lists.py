@@ -26,7 +26,8 @@ def test_rank_scores_blend_scale():
 def test_placement_kinds_follow_names_and_rails_run_their_own_stages(trained_engine):
     kinds = {n: p.kind for n, p in ModelSettings().placements.items()}
     assert kinds == {"homepage": "homepage", "pdp_similar": "item", "pdp_fbt": "item", "cart_upsell": "cart",
-                     "search": "rerank", "category": "rerank"}
+                     "search": "rerank", "category": "rerank", "email_weekly": "homepage",
+                     "wishlist_alerts": "homepage"}
     pipe = trained_engine.pipeline
     assert "shop_order" not in [s.name for s in pipe.stages]  # the rails pay nothing for re-ranking
     assert "shop_order" in [s.name for s in pipe.rerank_stages]
