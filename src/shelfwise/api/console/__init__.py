@@ -95,15 +95,19 @@ def build_router(engine: Callable[[], Any], settings: Any, verifier: Any, limite
 
     def page(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         key = session.key_of(request)
+        csrf, fresh = session.csrf_token(request)
         body = _env.get_template(template).render(
             request=request, pages=PAGES, active=ctx.pop("active", ""), can_change=session.can_change(request, auth_on),
-            csrf=session.csrf_token(request), key_name=key.name if key is not None else None,
+            csrf=csrf, key_name=key.name if key is not None else None,
             scopes=list(key.scopes) if key is not None else [], auth_on=auth_on,
             msg=request.query_params.get("msg", "")[:500], **ctx)
-        return HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": CSP,
+        resp = HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": CSP,
                                                                "Cache-Control": "no-store",
                                                                "X-Frame-Options": "DENY",
                                                                "Referrer-Policy": "same-origin"})
+        if fresh is not None:
+            session.set_csrf_cookie(resp, request, fresh)
+        return resp
 
     def back(url: str, msg: str = "") -> RedirectResponse:
         return RedirectResponse(url + (("&" if "?" in url else "?") + urlencode({"msg": msg}) if msg else ""),

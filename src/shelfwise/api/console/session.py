@@ -7,9 +7,10 @@
   only, so keys, scopes, revocation and rate limits work exactly as for the API: a revoked key stops working within
   ``security.key_cache_s``.
 * **Scopes**: ``read`` to look (every GET), ``admin`` to change (every POST; the pages show no buttons without it).
-* **CSRF**: every form carries a token, an HMAC of the key (or, with authentication off, of a secret of this
-  process) that another site can neither read nor compute; a POST without the right token is refused (403), and so
-  is a POST whose ``Origin`` is another host.
+* **CSRF**: every form carries a token, an HMAC of the key that another site can neither read nor compute; before
+  sign-in (and with authentication off) the HMAC of a random value in a second cookie (``shelfwise_console_csrf``,
+  HttpOnly, SameSite=Strict: the double-submit pattern, valid across API processes). A POST without the right
+  token is refused (403), and so is a POST whose ``Origin`` is another host.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fastapi import Request
 from shelfwise.security.middleware import CONSOLE_COOKIE, cookie_value
 
 MAX_AGE_S = 8 * 3600
-_PROCESS_SECRET = secrets.token_hex(32)  # CSRF basis when authentication is off (no key to derive it from)
+CSRF_COOKIE = "shelfwise_console_csrf"  # the CSRF basis while no key is carried (sign-in; authentication off)
 
 
 class Refused(Exception):
@@ -41,9 +42,22 @@ def token_of(request: Request) -> str | None:
     return cookie_value(request.headers.get("cookie", "").encode("latin-1"), CONSOLE_COOKIE)
 
 
-def csrf_token(request: Request) -> str:
-    basis = token_of(request) or _PROCESS_SECRET
-    return hmac.new(basis.encode(), b"shelfwise-console-csrf", hashlib.sha256).hexdigest()[:40]
+def _basis(request: Request) -> str | None:
+    return token_of(request) or cookie_value(request.headers.get("cookie", "").encode("latin-1"), CSRF_COOKIE)
+
+
+def csrf_token(request: Request) -> tuple[str, str | None]:
+    """(the token a form of this page carries, a new CSRF cookie value to set when the visitor has none)."""
+    basis = _basis(request)
+    fresh = None
+    if basis is None:
+        basis = fresh = secrets.token_urlsafe(32)
+    return hmac.new(basis.encode(), b"shelfwise-console-csrf", hashlib.sha256).hexdigest()[:40], fresh
+
+
+def set_csrf_cookie(response: Any, request: Request, value: str) -> None:
+    response.set_cookie(CSRF_COOKIE, value, max_age=MAX_AGE_S, path="/console", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
 
 
 def key_of(request: Request) -> Any:
@@ -70,7 +84,9 @@ async def form(request: Request) -> dict[str, str]:
         host = request.headers.get("host", "")
         if urlsplit(origin).netloc.lower() != host.lower():
             raise Refused(f"a console form must be sent from the console itself, not from {origin[:100]}")
-    if not hmac.compare_digest(fields.get("csrf", ""), csrf_token(request)):
+    basis = _basis(request)
+    want = hmac.new(basis.encode(), b"shelfwise-console-csrf", hashlib.sha256).hexdigest()[:40] if basis else None
+    if want is None or not hmac.compare_digest(fields.get("csrf", ""), want):
         raise Refused("the form's security token is missing or stale: reload the page and try again")
     return fields
 
