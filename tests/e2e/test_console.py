@@ -161,3 +161,16 @@ def test_catalog_health_counts_add_up(client, shop):
     html = client.get("/console/health?hours=72").text
     assert n("zero-count") == zero - len(served) and n("oos-count") == 0
     assert 'id="coverage"' in html and "Accessories" in html and "Phones" in html
+
+
+def test_with_authentication_off_anyone_may_change_but_forms_still_need_their_token(shop):
+    settings, _ = shop
+    off = settings.model_copy(update={"security": settings.security.model_copy(update={"auth": "off"})})
+    with TestClient(create_app(off)) as c:
+        page = c.get("/console/rules/new")
+        assert page.status_code == 200 and "authentication is off" in page.text
+        assert "shelfwise_console_csrf=" in page.headers["set-cookie"]  # the token's basis, double-submitted
+        form = {"ruleset_id": "open", "new": "1", "action": "shadow", "document": '{"rules": []}'}
+        assert c.post("/console/rules/save", data=form).status_code == 403
+        r = c.post("/console/rules/save", data=form | {"csrf": csrf_of(page.text)}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/rules/open")
