@@ -195,7 +195,8 @@ def main() -> None:
             _screenshot(base, key, pages["rail: homepage, a shopper"], args.screenshot)
     srv.should_exit = True
     thread.join(30)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
     out = {"commit": commit, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "load_before": load_before, "load_after": load_after, "repeat": args.repeat, "traffic": args.traffic,
            "traffic_s": round(traffic_s, 1),
