@@ -51,7 +51,8 @@ PAGES = (("rail", "Rail preview"), ("rules", "Rules"), ("experiments", "Experime
 MAX_CLICKS = 20
 # What a page reads at most, so it answers in well under 300 ms however busy the shop: the latest sampled requests of
 # a shadow report (the API's report reads up to 100,000), and exposure-log rows behind the catalog-health shares.
-SHADOW_RECORDS = 2_000
+SHADOW_RECORDS = 1_000
+SHADOW_RECORDS_ALL = 100_000  # "read them all" on the page: the API's bound
 HEALTH_SAMPLE_ROWS = 5_000
 
 _env = Environment(loader=PackageLoader("shelfwise.api.console", "templates"), autoescape=select_autoescape(),
@@ -424,17 +425,17 @@ def build_router(engine: Callable[[], Any], settings: Any, verifier: Any, limite
 
     @r.get("/console/rules/{ruleset_id}/shadow-report")
     def shadow_report(request: Request, ruleset_id: str, version: int | None = None,
-                      hours: float | None = None) -> Response:
+                      hours: float | None = None, all: bool = False) -> Response:
         eng = engine()
         items = eng.pipeline.items
         try:
             rep = build_shadow_report(eng.merch.store, eng.merch.log, ruleset_id, version,
                                       hours if hours and hours > 0 else None, items, eng.merch.stage.facts(items),
-                                      limit=SHADOW_RECORDS)
+                                      limit=SHADOW_RECORDS_ALL if all else SHADOW_RECORDS)
         except NotFound as e:
             return page(request, "missing.html", 404, active="rules", what=str(e))
         return page(request, "shadow.html", active="rules", ruleset_id=ruleset_id, rep=rep, hours=hours,
-                    limit=SHADOW_RECORDS)
+                    limit=SHADOW_RECORDS_ALL if all else SHADOW_RECORDS, version=version)
 
     # ---- experiments -----------------------------------------------------------------------------------------
     def experiments():
