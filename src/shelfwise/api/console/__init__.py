@@ -501,7 +501,10 @@ def build_router(engine: Callable[[], Any], settings: Any, verifier: Any, limite
                     svc.start(experiment_id, who, fields.get("comment", "")[:2000])
                     done = "started"
                 elif action == "ramp":
-                    pct = float(fields.get("traffic", "").strip().rstrip("%"))
+                    try:
+                        pct = float(fields.get("traffic", "").strip().rstrip("%"))
+                    except ValueError:
+                        raise ValueError("traffic is a percentage, e.g. 50") from None
                     if not 0 < pct <= 100:
                         raise ValueError("traffic is a percentage above 0 and at most 100")
                     svc.ramp(experiment_id, pct / 100, who, fields.get("comment", "")[:2000])
