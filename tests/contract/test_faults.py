@@ -60,6 +60,18 @@ def wait_until(check, timeout: float = 10.0):
         time.sleep(0.1)
 
 
+def degraded_count(client, placement: str, cause: str) -> float:
+    """``shelfwise_recommendation_degraded_total`` of a placement and cause, as /metrics says."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            if (s.name == "shelfwise_recommendation_degraded_total" and s.labels.get("placement") == placement
+                    and s.labels.get("cause") == cause):
+                return s.value
+    return 0.0
+
+
 @pytest.fixture
 def redis_proxy(redis_url):
     parts = urlsplit(redis_url)
@@ -89,6 +101,7 @@ def test_redis_down_answers_without_the_shoppers_state_and_recovers(settings, re
             body = rail(client, user_id="u1")
             assert any(d.startswith("shopper state") for d in body["degraded"]), (body["degraded"], body["fallback"])
         assert time.monotonic() - t0 < 10  # failing fast, not waiting on timeouts
+        assert degraded_count(client, "homepage", "shopper_state") == 4  # on /metrics, by cause
         ready = client.get("/readyz").json()
         assert ready["degraded"]["online_state"]["state"] == "open"
         # events still land in the event store (SQLite here): the online state is not where they are kept

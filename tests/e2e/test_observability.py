@@ -341,10 +341,25 @@ def unknown_references(exprs: list[str], live: dict[str, set[str]]) -> list[str]
 
 
 @pytest.fixture
-def live_metrics(client):
-    """A scrape after recommendations (a fallback among them), events, a published rule set and a model load."""
+def live_metrics(client, engine, monkeypatch):
+    """A scrape after recommendations (a fallback and a degraded answer among them), events, a published rule set
+    and a model load."""
     for params in ({"user_id": "u1"}, {"user_id": "nobody"}):
         assert client.get("/v1/recommendations/homepage", params=params).status_code == 200
+    retriever = engine.pipeline.retrievers["covisit"]  # fails once: that answer goes without it, and says so
+    original = type(retriever).scores
+    failing = {"left": 1}
+
+    def scores(self, *a, **kw):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise OSError("covisit neighbours unreadable")
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(type(retriever), "scores", scores)
+    body = client.get("/v1/recommendations/homepage", params={"user_id": "u2"}).json()
+    assert any(d.startswith("source covisit: failed") for d in body["degraded"]), body["degraded"]
+    monkeypatch.undo()
     assert client.get("/v1/recommendations/pdp_similar", params={"item_id": "p1"}).status_code == 200
     assert client.post("/v1/events", json=[event(10), event(11, type="recommendation_clicked")]).status_code == 202
     assert client.put("/v1/rulesets/default", json=PIN_H1, params={"publish": "true"}).status_code == 201

@@ -82,6 +82,17 @@ def fallback_cause(req: RecRequest, answer: Answer, anchor: str, known_shopper: 
     return "no_evidence"
 
 
+def degraded_cause(note: str) -> str:
+    """The part of the request path a ``degraded`` note names (README "Graceful degradation"): ``model`` (the
+    served model failed: an older model or the best sellers answered), ``source_<name>`` (a candidate source
+    skipped or failed), or the stage or store before the note's colon (``rank``, ``explore``, ``consent``,
+    ``shopper_state``, ``preferences``, ``experiments``): a small, fixed set of label values."""
+    head = note.split(":", 1)[0].strip()
+    if head.startswith("model "):
+        return "model"
+    return head.replace(" ", "_") or "unknown"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -106,6 +117,9 @@ class Metrics:
         self.fallbacks = Counter("shelfwise_recommendation_fallbacks_total", "answers with no evidence about the "
                                                                              "shopper or item, by cause",
                                  ["placement", "cause"], registry=r)
+        self.degraded = Counter("shelfwise_recommendation_degraded_total", "answers that went without a part of "
+                                                                           "the request path (a fault), by cause",
+                                ["placement", "cause"], registry=r)
         self.cache = Counter("shelfwise_answer_cache_lookups_total", "answer cache lookups by result (hit, miss)",
                              ["result"], registry=r)
         self.cache_entries = Gauge("shelfwise_answer_cache_entries", "answers held by the answer cache",
@@ -128,7 +142,7 @@ class Metrics:
         child.observe(seconds)
 
     def served(self, req: RecRequest, answer: Answer, anchor: str, known_shopper: bool) -> None:
-        """Slots by reason, and the answer's fallback cause if it is one."""
+        """Slots by reason, the answer's fallback cause if it is one, and what it was degraded by."""
         reasons: dict[str, int] = {}
         for r in answer.items:
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
@@ -136,6 +150,8 @@ class Metrics:
             self.slots.labels(req.placement, reason).inc(n)
         if answer.fallback:
             self.fallbacks.labels(req.placement, fallback_cause(req, answer, anchor, known_shopper)).inc()
+        for cause in {degraded_cause(note) for note in answer.degraded}:
+            self.degraded.labels(req.placement, cause).inc()
 
     # ---- copied from the engine ----------------------------------------------------------------------------
     def sync(self, engine: Any) -> None:
