@@ -86,6 +86,12 @@ def _signed_in(browser, base: str, key: str):
     return ctx, page
 
 
+def _go(page, selector: str) -> None:
+    """Click what submits a form or follows a link, and wait for the next page."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def _slots(page) -> list[str]:
     return page.locator("#rail li.slot").evaluate_all("els => els.map(e => e.dataset.item)")
 
@@ -103,21 +109,21 @@ def test_merchandiser_walks_through_every_page(server, browser):
 
     # rail preview, then a simulated session
     page.fill("#user_id", "u1")
-    page.click("#show-rail")
+    _go(page, "#show-rail")
     before = _slots(page)
     assert before and "h1" != before[0]
-    page.locator("#rail li.slot").first.locator("a.view").click()
+    _go(page, "#rail li.slot >> nth=0 >> a.view")
     assert page.locator("#session .chip").count() == 1
     page.locator("#rail li.slot").first.locator("details.explain summary").click()
     assert "score" in page.locator("#rail li.slot").first.locator("details.explain").inner_text()
     _shot(page, "1-rail-preview")
 
     # an invalid rule: its error at the field, nothing saved
-    page.click("a[data-page=rules]")
-    page.click("#new-ruleset")
+    _go(page, "a[data-page=rules]")
+    _go(page, "#new-ruleset")
     page.fill("#ruleset-id", "promo")
     page.fill("#document", INVALID)
-    page.click("#save-publish")
+    _go(page, "#save-publish")
     err = page.locator('#annotated .field-error[data-path="rules[0].action.slot"]')
     assert err.count() == 1 and "greater than or equal to 1" in err.inner_text()
     assert '"slot": 0' in page.locator('#annotated li.bad[data-path="rules[0].action.slot"] pre').inner_text()
@@ -148,7 +154,7 @@ def test_merchandiser_walks_through_every_page(server, browser):
     for u in range(12):
         assert httpx.get(f"{base}/v1/recommendations/homepage", params={"user_id": f"u{u}", "k": 6},
                          headers=api).status_code == 200
-    page.click("#shadow-report")
+    _go(page, "#shadow-report")
     assert int(page.locator("#shadow-requests").inner_text()) >= 12
     assert "requests changed" in page.locator("#shadow-kpis").inner_text()
     _shot(page, "5-shadow-report")
@@ -157,7 +163,7 @@ def test_merchandiser_walks_through_every_page(server, browser):
     _shot(page, "6-rule-diff")
 
     # experiments: create and start one, then ramp it
-    page.click("a[data-page=experiments]")
+    _go(page, "a[data-page=experiments]")
     page.click("#create-start")
     page.wait_for_url("**/console/experiments/*")
     assert page.locator("#exp-status").inner_text() == "running"
@@ -168,12 +174,12 @@ def test_merchandiser_walks_through_every_page(server, browser):
     _shot(page, "7-experiment")
 
     # catalog health, models
-    page.click("a[data-page=health]")
+    _go(page, "a[data-page=health]")
     assert int(page.locator("#zero-count").inner_text().replace(",", "")) >= 0
     assert page.locator("#oos-count").inner_text() == "0"
     assert page.locator("#coverage table tr").count() >= 3  # header + Accessories + Phones
     _shot(page, "8-catalog-health")
-    page.click("a[data-page=models]")
+    _go(page, "a[data-page=models]")
     assert page.locator("#model-versions tr").count() >= 2
     assert "Not yet available" in page.locator("#not-yet").inner_text()
     _shot(page, "9-models")
