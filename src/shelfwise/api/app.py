@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from shelfwise.api import models as m
 from shelfwise.api.batcher import MicroBatcher
 from shelfwise.api.email import build_router as email_router
+from shelfwise.api.console import build_router as console_router
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.metrics import EngineCollector, Metrics, multiprocess_dir
 from shelfwise.api.monitor import build_router as monitor_router
@@ -667,6 +668,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
     app.include_router(monitor_router(sw))  # drift report (api/monitor.py)
     app.include_router(registry_router(lambda: sw().releases))  # model registry and releases (api/registry.py)
     app.include_router(email_router(sw))  # email campaigns at open time (api/email.py)
+    app.include_router(console_router(sw, settings, verifier, limiter))  # the merchandiser's console (api/console/)
     register_drift_gauges(metrics.registry)  # the drift gauges on /metrics too (monitor/drift.py)
 
     # ---- the OpenAPI document: the body models, the bearer scheme and each route's scope ---------------------

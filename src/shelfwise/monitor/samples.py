@@ -84,6 +84,23 @@ def read_exposures(path: Path | str, window: Window, limit: int, rng: np.random.
                      np.array([np.nan if s is None else s for s in cols[6]], np.float64), total)
 
 
+def sample_rows(path: Path | str, window: Window, limit: int, rng: np.random.Generator) -> tuple[list[tuple], int]:
+    """A uniform sample of the window's exposure rows (at most ``limit``; each ``request_id, ts, shopper,
+    placement, position, item_id, score``) and about how many rows the window holds."""
+    path = Path(path)
+    if not path.is_file():
+        return [], 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _sample_rows(db, window, limit, rng)
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return [], 0
+        raise
+    finally:
+        db.close()
+
+
 def _sample_rows(db: sqlite3.Connection, window: Window, limit: int,
                  rng: np.random.Generator) -> tuple[list[tuple], int]:
     select = f"SELECT {', '.join(_COLUMNS)} FROM exposures"
@@ -120,6 +137,29 @@ def first_shown(path: Path | str, item_ids: Sequence[str]) -> dict[str, float]:
             chunk = ids[start:start + 900]
             out.update(db.execute(f"SELECT item_id, first_ts FROM item_impressions WHERE item_id IN "
                                   f"({','.join('?' * len(chunk))})", chunk).fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    return out
+
+
+def impression_totals(path: Path | str, item_ids: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+    """Each item's (first shown, last shown, impressions) over the whole log (its per-item summary); items never
+    shown are absent."""
+    path = Path(path)
+    if not path.is_file() or not item_ids:
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    out: dict[str, tuple[float, float, int]] = {}
+    try:
+        ids = list(item_ids)
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            for iid, first, last, n in db.execute(
+                    f"SELECT item_id, first_ts, last_ts, impressions FROM item_impressions WHERE item_id IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall():
+                out[iid] = (first, last, n)
     except sqlite3.OperationalError:
         return {}
     finally:

@@ -141,15 +141,17 @@ def zero_impressions(items: Iterable[Item], log: ExposureLog, hours: float, now:
 
 
 def build_shadow_report(store: RuleStore, log: ExposureLog, ruleset_id: str, version: int | None,
-                        hours: float | None, items: ItemTable, facts: ItemFacts | None) -> dict[str, Any]:
-    """The shadow report of a rule set's shadow version (or ``version``), over the last ``hours`` (or all)."""
+                        hours: float | None, items: ItemTable, facts: ItemFacts | None,
+                        limit: int = 100_000) -> dict[str, Any]:
+    """The shadow report of a rule set's shadow version (or ``version``), over the last ``hours`` (or all), from
+    at most the ``limit`` latest sampled requests."""
     st = next((s for s in store.states() if s.id == ruleset_id), None)
     if st is None:
         raise NotFound(f"no rule set {ruleset_id!r}")
     version = version or st.shadow_version or st.latest_version
     log.flush()
     since = time.time() - hours * 3600 if hours else None
-    records = log.shadow_records(ruleset_id, version, since)
+    records = log.shadow_records(ruleset_id, version, since, limit=limit)
     doc = RuleSet.model_validate(store.version(ruleset_id, version).document)
     draft = CompiledRules([(ruleset_id, doc)], items, facts)
     blocked: set[str] = set()

@@ -4,7 +4,10 @@ Which scope a route needs is decided here, from its method and path (``required_
 ``POST /v1/events``, ``/v1/consent`` and ``/v1/shoppers/{id}/preferences``, ``read`` for
 ``GET /v1/recommendations/…`` (and ``/v1/rerank``), ``admin`` for everything else under ``/v1`` (a route added
 later is admin-only until listed here). The health checks and the API documentation are public; ``/metrics`` is
-admin unless ``security.public_metrics``.
+admin unless ``security.public_metrics``. The merchandiser's console (``/console``, ``api/console/``) needs
+``read`` to look (GET) and ``admin`` to change anything (every other method); its login page, logout and assets
+are public. A browser carries its key in the console's cookie (HttpOnly, SameSite=Strict, path ``/console``),
+read here for ``/console`` paths only; a console page refused for want of a key redirects to the login page.
 
 Order: a CORS preflight is answered at once (browsers send no credentials with it); a body announced larger
 than ``max_body_bytes`` gets 413 before it is read (a chunked body is counted as it streams); then the key is
@@ -28,7 +31,9 @@ from shelfwise.stores.breaker import Unavailable
 from shelfwise.stores.protocols import ApiKey, RateLimiter
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-PUBLIC_PREFIXES = ("/docs/assets/", "/v1/email/")  # an email's signed token is its own credential
+PUBLIC_PREFIXES = ("/docs/assets/", "/console/static/", "/v1/email/")  # an email's signed token is its own credential
+CONSOLE_PUBLIC = frozenset({"/console/login", "/console/logout"})
+CONSOLE_COOKIE = "shelfwise_console"
 ALLOWED_REQUEST_HEADERS = ("authorization", "content-type", "x-author", "x-request-id")
 
 
@@ -38,6 +43,10 @@ def required_scope(method: str, path: str, public_metrics: bool = False) -> str 
         return None
     if path == "/metrics":
         return None if public_metrics else "admin"
+    if path == "/console" or path.startswith("/console/"):
+        if path in CONSOLE_PUBLIC:
+            return None
+        return "read" if method in ("GET", "HEAD") else "admin"
     if path == "/v1/events" or path == "/v1/consent" or (path.startswith("/v1/shoppers/")
                                                          and path.endswith("/preferences")):
         return "ingest"
@@ -52,6 +61,21 @@ def publishable_route(method: str, path: str) -> bool:
                                                           and path.startswith("/v1/recommendations/"))
 
 
+def console_path(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
+
+
+def cookie_value(header: bytes | None, name: str) -> str | None:
+    """One cookie's value from a Cookie header (None when absent)."""
+    if not header:
+        return None
+    for part in header.decode("latin-1").split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name and v:
+            return v.strip('"')
+    return None
+
+
 class _TooLarge(Exception):
     pass
 
@@ -63,6 +87,15 @@ def _json(status: int, detail: str, field: str | None = None, headers: list[tupl
     raw = orjson.dumps(body)
     return status, [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
                     *headers], raw
+
+
+def _to_login(path: str, status: int) -> tuple:
+    """A console page asked for without a usable key: to the login page (303), saying why."""
+    from urllib.parse import quote
+
+    why = "scope" if status == 403 else "key"
+    where = f"/console/login?next={quote(path[:200], safe='/')}&why={why}".encode("latin-1")
+    return 303, [(b"location", where), (b"content-length", b"0"), (b"cache-control", b"no-store")], b""
 
 
 class SecurityMiddleware:
@@ -116,10 +149,12 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        auth = origin = length = preflight = forwarded = None
+        auth = origin = length = preflight = forwarded = cookie = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
+            elif name == b"cookie":
+                cookie = value
             elif name == b"origin":
                 origin = value.decode("latin-1")
             elif name == b"content-length":
@@ -149,11 +184,17 @@ class SecurityMiddleware:
             return
         key: ApiKey | None = None
         client = self.client_address(scope, forwarded)
+        console = console_path(path)
+        if console and auth is None:  # the console's browser carries its key in a cookie
+            token = cookie_value(cookie, CONSOLE_COOKIE)
+            auth = f"Bearer {token}".encode("latin-1") if token else None
         if self.auth:
             refusal, key = await self._authenticate(auth, origin, method, path, needed)
             if refusal is not None:  # failed attempts count against the client address (key guessing)
                 if not await self._limit(send, [("c:" + client, self.settings.rate_per_client,
                                                  self.settings.burst_per_client)], cors):
+                    if console and method in ("GET", "HEAD") and refusal[0] in (401, 403):
+                        refusal = _to_login(path, refusal[0])
                     await self._send(send, refusal, cors)
                 return
         buckets = [("c:" + client, self.settings.rate_per_client, self.settings.burst_per_client)]
