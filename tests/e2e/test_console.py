@@ -174,3 +174,51 @@ def test_with_authentication_off_anyone_may_change_but_forms_still_need_their_to
         assert c.post("/console/rules/save", data=form).status_code == 403
         r = c.post("/console/rules/save", data=form | {"csrf": csrf_of(page.text)}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/console/rules/open")
+
+
+def test_models_page_promotes_and_rolls_back_through_the_registry(client, shop):
+    """The Models page shows the registry's status and gates; promote and roll back go through its gates."""
+    import json
+    import shutil
+    import time
+    from urllib.parse import unquote_plus
+
+    from shelfwise.stores import open_model_registry
+    from shelfwise.stores.models import DirectoryModelStore
+    from shelfwise.stores.protocols import ModelVersion
+
+    settings, keys = shop
+    store = DirectoryModelStore(settings.models_dir)
+    first = store.current()
+    held_out = {"NDCG@12": 0.5, "HR@12": 0.8, "coverage@12": 0.5, "long_tail@12": 0.1, "requests": 100}
+    copy, path = store.new_version()  # what a retraining would store: here a copy of the live model
+    shutil.copytree(store.path(first), path, dirs_exist_ok=True)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "version": copy}))
+    store.store(copy)
+    registry = open_model_registry(settings.registry_dsn)
+    try:
+        registry.register(ModelVersion(first, time.time(), status="live", metrics=held_out))
+        registry.register(ModelVersion(copy, time.time(), metrics=held_out))
+    finally:
+        registry.close()
+
+    def act(action: str, **form: str) -> str:
+        html = client.get("/console/models").text
+        r = client.post(f"/console/models/{action}", data={"csrf": csrf_of(html)} | form, follow_redirects=False)
+        assert r.status_code == 303, r.text[:300]
+        return unquote_plus(r.headers["location"])
+
+    login(client, keys["read"])
+    html = client.get("/console/models").text
+    assert copy in html and "Promote" not in html  # a read-only key sees the versions, not the buttons
+    assert client.post("/console/models/_promote", data={"csrf": csrf_of(html), "version": copy}).status_code == 403
+    login(client, keys["admin"])
+    assert "not done: unknown model version 'v-nope'" in act("_promote", version="v-nope")
+    assert f"{copy}: promoted" in act("_promote", version=copy, now="1")
+    assert store.current() == copy
+    html = client.get("/console/models").text
+    assert "passed" in html  # its gate result
+    said = act("_rollback", reason="console test")
+    assert store.current() == first, said
+    assert "not done" in act("_promote", version=first)  # already live

@@ -31,6 +31,7 @@ from shelfwise.domain import EventType
 from shelfwise.experiments.admin import Conflict as ExperimentConflict, ExperimentInvalid
 from shelfwise.experiments.store import NotFound as ExperimentNotFound
 from shelfwise.monitor.health import catalog_health
+from shelfwise.release import GateBlocked, ReleaseConflict, UnknownVersion
 from shelfwise.request import RecRequest, new_request_id
 from shelfwise.rules import admin
 from shelfwise.rules.admin import rules_db_path
@@ -558,6 +559,28 @@ def build_router(engine: Callable[[], Any], settings: Any, verifier: Any, limite
             except WindowError as e:
                 drift_error = str(e)
         return page(request, "models.html", active="models", m=view, drift=report, drift_error=drift_error)
+
+    @r.post("/console/models/{action}")
+    async def model_action(request: Request, action: str) -> Response:
+        if action not in ("_promote", "_rollback"):
+            raise HTTPException(404, "no such action")
+        fields, refused = await change(request)
+        if refused is not None:
+            return refused
+
+        def go() -> str:
+            rel, who = engine().releases, session.author(request)
+            try:
+                if action == "_promote":
+                    version = fields.get("version", "").strip()[:200]
+                    out = rel.promote(version, who, immediate=fields.get("now") == "1")
+                    share = (out.get("rollout") or {}).get("share")
+                    return f"{version}: {out['action']}" + (f" (now {share:.0%} of shoppers)" if share else "")
+                out = rel.rollback(who, fields.get("reason", "")[:2000])
+                return f"{out['action']}: {out.get('version', '')}"
+            except (GateBlocked, UnknownVersion, ReleaseConflict) as e:
+                return f"not done: {e}"
+        return back("/console/models", await run_in_threadpool(go))
 
     return r
 
