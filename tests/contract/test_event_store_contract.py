@@ -116,6 +116,7 @@ def test_catalog_changed_since(open_store):
 def test_catalog_changes_list_upserts_and_deletions_seen_by_another_replica(open_store):
     writer, reader = open_store(), open_store()
     writer.upsert(tiny_catalog())
+    time.sleep(0.01)  # the database clock counts milliseconds: a poll within the write's millisecond reads it again
     first = reader.changes(0.0)
     assert {it.id for it in first.upserted} == {it.id for it in tiny_catalog()} and first.deleted == []
     assert abs(first.as_of - time.time()) < 5  # the database's clock
