@@ -19,17 +19,15 @@ map (``link_identity``) records the unit a logged-in shopper is bucketed by when
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import orjson
 
 from shelfwise.experiments.schema import Experiment, ExperimentInvalid, ExperimentSpec
-from shelfwise.experiments.sql import _Exec, sqlite_connect
+from shelfwise.experiments.sql import SQLiteTransactions, _Exec, sqlite_connect
 
 
 class NotFound(KeyError):
@@ -333,46 +331,11 @@ INSERT OR IGNORE INTO experiment_meta (key, value) VALUES ('generation', 0);
 """
 
 
-class SQLiteExperimentStore(SQLExperimentStore):
+class SQLiteExperimentStore(SQLiteTransactions, SQLExperimentStore):
     """Tables next to the events and catalog in the event store's SQLite file. Thread-safe."""
+
+    meta_table = "experiment_meta"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.RLock()
-        self._db = sqlite_connect(self.path)
-        with self._lock:
-            self._db.executescript(SQLITE_SCHEMA)
-        self._data_version = -1
-        self._generation = -1
-
-    @contextmanager
-    def _write(self) -> Iterator[_Exec]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Exec(cur, pg=False)
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-            self._generation = -1
-
-    @contextmanager
-    def _read(self) -> Iterator[_Exec]:
-        with self._lock:
-            yield _Exec(self._db.cursor(), pg=False)
-
-    def generation(self) -> int:
-        """Cheap when nothing changed: ``PRAGMA data_version`` first, the counter only after a commit elsewhere."""
-        with self._lock:
-            (dv,) = self._db.execute("PRAGMA data_version").fetchone()
-            if dv != self._data_version or self._generation < 0:
-                self._data_version = dv
-                (self._generation,) = self._db.execute(
-                    "SELECT value FROM experiment_meta WHERE key = 'generation'").fetchone()
-            return self._generation
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._open(sqlite_connect(self.path), SQLITE_SCHEMA)

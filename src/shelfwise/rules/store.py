@@ -9,16 +9,14 @@ every write; replicas compare it to reload rules without a restart.
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Protocol, runtime_checkable
+from typing import Any, ContextManager, Protocol, runtime_checkable
 
 import orjson
 
-from shelfwise.experiments.sql import _Exec
+from shelfwise.experiments.sql import SQLiteTransactions, _Exec
 from shelfwise.stores.sqlite import connect
 
 SCHEMA = """
@@ -243,49 +241,14 @@ class SQLRuleStore:
             return x.one("SELECT value FROM rules_meta WHERE key = 'generation'")[0]
 
 
-class SQLiteRuleStore(SQLRuleStore):
+class SQLiteRuleStore(SQLiteTransactions, SQLRuleStore):
     """Tables next to the events and catalog in the event store's SQLite file. Thread-safe."""
+
+    meta_table = "rules_meta"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.RLock()
-        self._db = connect(self.path, secure_delete=False)  # holds no shopper data
-        with self._lock:
-            self._db.executescript(SCHEMA)
-        self._data_version = -1
-        self._generation = -1
-
-    @contextmanager
-    def _write(self) -> Iterator[_Exec]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Exec(cur, pg=False)
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-            self._generation = -1  # our own commits do not change our PRAGMA data_version
-
-    @contextmanager
-    def _read(self) -> Iterator[_Exec]:
-        with self._lock:
-            yield _Exec(self._db.cursor(), pg=False)
-
-    def generation(self) -> int:
-        """Cheap when nothing changed: ``PRAGMA data_version`` first, the counter only after a commit elsewhere."""
-        with self._lock:
-            (dv,) = self._db.execute("PRAGMA data_version").fetchone()
-            if dv != self._data_version or self._generation < 0:
-                self._data_version = dv
-                (self._generation,) = self._db.execute(
-                    "SELECT value FROM rules_meta WHERE key = 'generation'").fetchone()
-            return self._generation
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._open(connect(self.path, secure_delete=False), SCHEMA)  # holds no shopper data
 
 
 def _version(row: tuple) -> RuleVersion:
