@@ -117,7 +117,18 @@ def test_a_pinned_slot_says_so(client):
     assert body["fallback"] is True  # a pin is the shop's choice, not evidence about this shopper
 
 
-def test_pins_that_cannot_apply_say_so_in_warnings_reports_and_explanations(client, trained_settings):
+@pytest.fixture
+def unsynced_client(trained_settings):
+    """A replica that does not follow the catalog's changes (``api.catalog_sync_s = 0``): an item another process
+    adds stays unknown to its model (a following replica learns it within a second, which would race the test)."""
+    settings = trained_settings.model_copy(deep=True)
+    settings.api.catalog_sync_s = 0
+    with api_client(settings) as c:
+        yield c
+
+
+def test_pins_that_cannot_apply_say_so_in_warnings_reports_and_explanations(unsynced_client, trained_settings):
+    client = unsynced_client
     add_unseen(trained_settings, CHARGER)
     sold_out = {"id": "h0", "title": "Charger 0", "category": ["Accessories", "Chargers"], "price": 30, "stock": 0}
     assert client.put("/v1/items", json=[sold_out]).status_code == 200

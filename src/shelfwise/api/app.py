@@ -17,7 +17,7 @@ from importlib.resources import files
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -530,35 +530,20 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                  404: _error_response("unknown placement; or a product page's item_id, or every item of a "
                                       "cart_upsell's cart, unknown to the catalog and the model (the error names "
                                       "the field; api.unknown_item = fallback answers best sellers instead)"),
-                 304: {"description": "not personal and unchanged: the If-None-Match ETag is still current"}})
+                 304: {"description": "not personal and unchanged: the If-None-Match ETag is still current"}},
+             openapi_extra={"parameters": [*m.RailQuery.openapi_parameters(settings.api.max_k), {
+                 "name": "if-none-match", "in": "header", "required": False,
+                 "schema": {"anyOf": [{"type": "string", "maxLength": 1024}, {"type": "null"}]}}]})
     async def recommendations(
+        request: Request,
         placement: Annotated[str, Path(max_length=64, json_schema_extra={
             "enum": sorted(n for n, p in settings.models.placements.items() if p.kind != "rerank")})],
-        user_id: Id | None = None,
-        session_id: Id | None = None,
-        item_id: Id | None = None,
-        cart: Ids = [],  # noqa: B006 - FastAPI query list
-        k: Annotated[int | None, Query(ge=1, le=settings.api.max_k)] = None,
-        exclude: Ids = [],  # noqa: B006
-        category: Annotated[Text | None, Query(max_length=1024)] = None,
-        device: Annotated[Text | None, Query(max_length=64)] = None,
-        segment: Ids = [],  # noqa: B006
-        categories: Annotated[list[Annotated[Text, Field(min_length=1, max_length=256)]],
-                              Query(max_length=50, description="filter: category path prefixes (repeat; any)")] = [],  # noqa: B006,E501
-        brand: Annotated[list[Annotated[Text, Field(min_length=1, max_length=256)]],
-                         Query(max_length=50, description="filter: brands (repeat; any)")] = [],  # noqa: B006
-        price_min: Annotated[float | None, Query(ge=0, le=1e12, description="filter: lowest price")] = None,
-        price_max: Annotated[float | None, Query(ge=0, le=1e12, description="filter: highest price")] = None,
-        attr: Annotated[list[Annotated[Text, Field(min_length=3, max_length=330)]],
-                        Query(max_length=50, description="filter: name:value (repeat; values of one name: any, "
-                                                         "names: all), e.g. attr=color:Black&attr=color:Blue")] = [],  # noqa: B006,E501
-        in_stock: Annotated[bool, Query(description="filter: stock tracked and above 0")] = False,
-        min_stock: Annotated[int | None, Query(ge=1, le=10**12, description="filter: at least this stock")] = None,
-        new_days: Annotated[float | None, Query(gt=0, le=36_500, description="filter: new within N days")] = None,
-        explain: bool = False,
-        if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
     ) -> Response:
         t0 = time.perf_counter()
+        q = m.RailQuery.from_query(request.query_params, settings.api.max_k)  # one validation (the hot route)
+        if_none_match = request.headers.get("if-none-match", "")
+        if len(if_none_match) > 1024:
+            return error(422, "invalid request", "header.if-none-match", "at most 1024 characters")
         engine = sw()
         conf = engine.settings.models.placements.get(placement)
         if conf is None:
@@ -566,32 +551,36 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         if conf.kind == "rerank":
             return error(422, "invalid request", "placement", f"{m.short(placement, 64)} re-ranks the shop's own "
                                                               "list: POST /v1/rerank")
-        k = k or conf.k or settings.api.default_k
+        k = q.k or conf.k or settings.api.default_k
+        item_id = q.item_id
         if conf.kind == "item" and not item_id:
             return error(422, "invalid request", "item_id", f"{placement} needs the product page's item_id")
-        cart_ids = [c for part in cart for c in part.split(",") if c]
-        excl = [c for part in exclude for c in part.split(",") if c]
-        segments = [c for part in segment for c in part.split(",") if c]
+        cart_ids = [c for part in q.cart for c in part.split(",") if c]
+        excl = [c for part in q.exclude for c in part.split(",") if c]
+        segments = [c for part in q.segment for c in part.split(",") if c]
         for name, values in (("cart", cart_ids), ("exclude", excl), ("segment", segments)):
             if len(values) > 200 or any(len(v) > 256 for v in values):
                 return error(422, "invalid request", name, "at most 200 ids of at most 256 characters")
         filters = None
-        if categories or brand or price_min is not None or price_max is not None or attr or in_stock or \
-                min_stock is not None or new_days is not None:
+        if q.categories or q.brand or q.price_min is not None or q.price_max is not None or q.attr or q.in_stock or \
+                q.min_stock is not None or q.new_days is not None:
             attributes: dict[str, list[str]] = {}
-            for a in attr:
+            for a in q.attr:
                 name, sep, value = a.partition(":")
                 if not sep or not name.strip() or not value.strip():
                     return error(422, "invalid request", "attr", f"{m.short(a)!r} is not name:value")
                 attributes.setdefault(name.strip(), []).append(value.strip())
             try:
-                price = PriceRange(min=price_min, max=price_max) if price_min is not None or price_max is not None \
-                    else None
-                filters = m.CatalogFilters(categories=categories, brands=brand, price=price, attributes=attributes,
-                                           in_stock=in_stock, min_stock=min_stock, new_days=new_days).filters()
+                price = PriceRange(min=q.price_min, max=q.price_max) \
+                    if q.price_min is not None or q.price_max is not None else None
+                filters = m.CatalogFilters(categories=q.categories, brands=q.brand, price=price, attributes=attributes,
+                                           in_stock=q.in_stock, min_stock=q.min_stock,
+                                           new_days=q.new_days).filters()
             except ValidationError as exc:
                 field = "price_min" if exc.title == "PriceRange" else "attr"
                 return error(422, "invalid request", field, _errors(exc)[0]["reason"])
+        user_id, session_id, explain = q.user_id, q.session_id, q.explain
+        category, device = q.category, q.device
         req = RecRequest(placement=placement, shopper=shopper_key(user_id, session_id), item_id=item_id,
                          cart=cart_ids, k=k, exclude=excl, category=category, device=device, segments=segments,
                          request_id=current_request_id() or new_request_id(), explain=explain, filters=filters)
@@ -617,7 +606,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         tag = '"' + hashlib.blake2b(orjson.dumps([answer.model_version, answer.rulesets, answer.fallback, items]),
                                     digest_size=12).hexdigest() + '"'
         headers = {"ETag": tag, "Cache-Control": f"public, max-age={settings.api.edge_ttl_s}"}
-        if tag in [t.strip() for t in (if_none_match or "").split(",")]:
+        if tag in [t.strip() for t in if_none_match.split(",")]:
             return Response(status_code=304, headers=headers)
         return ORJSONResponse(body, headers=headers)
 
