@@ -371,6 +371,9 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n)
     if k <= 0:
         return np.zeros((scores.shape[0], 0), np.int64), np.zeros((scores.shape[0], 0), scores.dtype)
+    if k == 1:  # the best alone (a source's peak): argmax keeps the lowest index of a tie
+        idx = scores.argmax(axis=1)[:, None]
+        return idx.astype(np.int64), take_rows(scores, idx)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
     part_scores = take_rows(scores, part)
     order = np.lexsort((part, -part_scores), axis=1)

@@ -101,6 +101,7 @@ class VectorScores(SourceScores):
     def __init__(self, space: ItemVectors, queries: np.ndarray, present: np.ndarray, clip: bool) -> None:
         self.space, self.q, self.present, self.clip = space, queries, present, clip
         self._peak: np.ndarray | None = None
+        self._dense: np.ndarray | None = None
 
     def _score(self, s: np.ndarray) -> np.ndarray:
         return np.maximum(s, 0.0) if self.clip else s
@@ -141,13 +142,17 @@ class VectorScores(SourceScores):
         return out
 
     def dense(self) -> np.ndarray:
-        out = self.q @ self.space.vectors.T
-        if self.clip:
-            np.maximum(out, 0.0, out=out)
-        out[~self.present] = 0.0
-        return out
+        if self._dense is None:  # kept: the exact path asks for it and for the peak, one product serves both
+            out = self.q @ self.space.vectors.T
+            if self.clip:
+                np.maximum(out, 0.0, out=out)
+            out[~self.present] = 0.0
+            self._dense = out
+        return self._dense
 
     def peak(self) -> np.ndarray:
+        if self._peak is None and self._dense is not None and self._dense.shape[1]:
+            self._peak = np.where(self.present, self._dense.max(axis=1), 0.0).astype(np.float32)
         if self._peak is None:
             p = np.zeros(len(self.q), np.float32)
             rows = np.flatnonzero(self.present)

@@ -158,16 +158,16 @@ class CandidateStage:
         union = union_rows(proposals) if proposals else np.full((len(batch), 0), -1, np.int64)
         return self._score(union, scored, peaks, weights, cold).sorted(self.need(batch))
 
-    def _dense(self, batch: Batch, scored: dict[str, SourceScores], peaks: dict[str, np.ndarray],
+    def _dense(self, batch: Batch, dense: dict[str, np.ndarray], peaks: dict[str, np.ndarray],
                weights: dict[str, float], cold: np.ndarray | None) -> Candidates:
         ex = batch.exclusions
         assert ex is not None
         n_items = len(ex.banned)
         total = np.zeros((len(batch), n_items), np.float32)
         normed = {}
-        for name, sc in scored.items():
+        for name in weights:
             pk = peaks[name][:, None]
-            s = np.divide(sc.dense(), pk, out=np.zeros(total.shape, np.float32), where=pk > 0)
+            s = np.divide(dense[name], pk, out=np.zeros(total.shape, np.float32), where=pk > 0)
             normed[name] = s
             total += weights[name] * s
         if cold is not None:
@@ -180,10 +180,12 @@ class CandidateStage:
         blend = np.where(items >= 0, val, 0.0).astype(np.float32)
         return Candidates(items, sources, blend, np.where(items >= 0, val, -np.inf).astype(np.float32))
 
-    def _guarded(self, batch: Batch, weights: dict[str, float],
-                 n_items: int) -> tuple[dict[str, SourceScores], dict[str, np.ndarray]]:
+    def _guarded(self, batch: Batch, weights: dict[str, float], n_items: int,
+                 dense: dict[str, np.ndarray] | None) -> tuple[dict[str, SourceScores], dict[str, np.ndarray]]:
         """The sources' scores while serving: a source whose breaker is open, or that fails now, is left out (and
-        named in ``batch.degraded``); each call's time counts against the source's budget."""
+        named in ``batch.degraded``); each call's time counts against the source's budget. With ``dense`` (the
+        exact path), each source's every-item scores go there, computed before its peak (which a source may read
+        off them: one product for both)."""
         guard = batch.guard
         assert guard is not None
         scored: dict[str, SourceScores] = {}
@@ -196,6 +198,8 @@ class CandidateStage:
             t0 = time.perf_counter()
             try:
                 sc = scores_over(self.sources[n], batch.queries, n_items)
+                if dense is not None:
+                    dense[n] = sc.dense()
                 peaks[n] = sc.peak()
             except Exception as exc:
                 batch.degraded.append(guard.source_failed(n, exc))
@@ -227,18 +231,23 @@ class CandidateStage:
         assert ex is not None
         weights = {n: w for n, w in batch.conf.weights.items() if w and n in self.sources}
         n_items = len(ex.banned)  # the request's catalog (it may have items some sources were not fitted on)
+        # the exact path (small catalogs): every source's every-item scores, fetched with the sources
+        dense: dict[str, np.ndarray] | None = \
+            {} if n_items <= self.settings.dense_max_items and batch.conf.kind != "rerank" else None
         if batch.guard is None:
             scored = {n: scores_over(self.sources[n], batch.queries, n_items) for n in weights}
+            if dense is not None:
+                dense.update((n, sc.dense()) for n, sc in scored.items())
             peaks = {n: sc.peak() for n, sc in scored.items()}
         else:
-            scored, peaks = self._guarded(batch, weights, n_items)
+            scored, peaks = self._guarded(batch, weights, n_items, dense)
             weights = {n: w for n, w in weights.items() if n in scored}
         cold = self.cold_weights(weights, n_items)
         if batch.conf.kind == "rerank":
             batch.candidates = self._given(batch, scored, peaks, weights, cold)
             return
-        dense = n_items <= self.settings.dense_max_items
-        cand = (self._dense if dense else self._union)(batch, scored, peaks, weights, cold)
+        cand = self._dense(batch, dense, peaks, weights, cold) if dense is not None else \
+            self._union(batch, scored, peaks, weights, cold)
         extra = [] if batch.extra is None else [without(padded(batch.extra), cand.items)]
         if extra:  # rules' items (pins, reserved slots) that may be shown and are not there yet
             e = extra[0]
