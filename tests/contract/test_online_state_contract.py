@@ -242,6 +242,42 @@ def test_redis_clear_touches_only_its_prefix(redis_url):
     other.close()
 
 
+def test_redis_scripts_run_in_one_round_trip_and_survive_a_script_cache_flush(redis_url):
+    """Scripts run by SHA in the request's one pipeline; a server that lost them (restart, SCRIPT FLUSH) gets them
+    loaded again and each call applied exactly once."""
+    import redis
+
+    from shelfwise.stores.redis_state import RedisOnlineState
+
+    online = RedisOnlineState(redis_url, H, reset_kinds=[5])
+    client = redis.Redis.from_url(redis_url.split("?")[0])
+    try:
+        online.put({"u": state(it("a", 1.0))})
+
+        def asked() -> int:  # SCRIPT EXISTS calls the server has answered (a round trip each)
+            return int(client.info("commandstats").get("cmdstat_script|exists", {}).get("calls", 0))
+
+        before = asked()
+        online.show({"u": [("a", "homepage")]}, at=10.0)
+        online.record_many({"u": ([it("a", 11.0)], [])})
+        assert asked() == before  # run by SHA: no question before each pipeline
+        for flush in range(2):
+            client.script_flush()
+            online.record_many({"u": ([it(f"b{flush}", 20.0 + flush, kind=5)], [])})
+            client.script_flush()
+            online.show({"u": [(f"b{flush}", "homepage")]}, at=30.0 + flush)
+        client.script_flush()
+        stamp = online.stamp(["v"])
+        assert online.put({"v": state(it("c", 2.0))}, if_unchanged=stamp) == {"v"}
+        got, seen = online.read(["u", "v"])
+        assert [i.item_id for i in got["u"].recent] == ["a", "a", "b0", "b1"]  # each record applied once
+        assert seen["u"]["b1"].shown == ((31.0, "homepage"),) and seen["u"]["a"].shown == ((10.0, "homepage"),)
+        assert [i.item_id for i in got["v"].recent] == ["c"]
+    finally:
+        online.clear()
+        online.close()
+
+
 # ---- impressions (frequency caps) ------------------------------------------------------------------------
 def _seen_online(open_online, **kw):
     """An online state whose add-to-cart and clicks (kinds 1 and 5) reset impressions."""

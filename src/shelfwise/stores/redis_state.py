@@ -27,10 +27,12 @@ DSN: ``redis://[:password@]host:6379/0?prefix=shelfwise:&ttl=604800&max_purchase
 from __future__ import annotations
 
 import uuid
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import orjson
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from shelfwise.stores._dsn import split_options
 from shelfwise.stores.protocols import Interaction, Seen, SeenItem, ShopperState
@@ -225,12 +227,32 @@ class RedisOnlineState:
         pairs = {s: p for s, p in shown.items() if p}
         if not pairs:
             return
+        self._run([(self._show, [self._seen_key(shopper)],
+                     [orjson.dumps([[i, pl] for i, pl in p]), _ts(at), self.seen_keep_s, self.seen_max_items,
+                      self.seen_max_shown, int(self.seen_keep_s * 1000)]) for shopper, p in pairs.items()])
+
+    def _run(self, calls: list[tuple[Script, list, list]]) -> list[Any]:
+        """Run scripts in one pipeline by their SHA alone: one round trip. (A script object called on a pipeline
+        asks the server whether it knows the script first, on every call: a second round trip on the request path.)
+        Scripts the server does not know (restarted, SCRIPT FLUSH) are loaded and only those calls run again."""
         pipe = self.redis.pipeline(transaction=False)
-        for shopper, p in pairs.items():
-            self._show(keys=[self._seen_key(shopper)],
-                       args=[orjson.dumps([[i, pl] for i, pl in p]), _ts(at), self.seen_keep_s, self.seen_max_items,
-                             self.seen_max_shown, int(self.seen_keep_s * 1000)], client=pipe)
-        pipe.execute()
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        got = pipe.execute(raise_on_error=False)
+        missing = [n for n, r in enumerate(got) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {calls[n][0].sha: calls[n][0] for n in missing}.values():
+                self.redis.script_load(script.script)
+            pipe = self.redis.pipeline(transaction=False)
+            for n in missing:
+                script, keys, args = calls[n]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for n, r in zip(missing, pipe.execute(raise_on_error=False)):
+                got[n] = r
+        for r in got:
+            if isinstance(r, Exception):
+                raise r
+        return got
 
     def stamp(self, shoppers: Sequence[str]) -> dict[str, str]:
         tokens = {s: uuid.uuid4().hex for s in shoppers}
@@ -243,16 +265,14 @@ class RedisOnlineState:
     def put(self, states: dict[str, ShopperState], if_unchanged: dict[str, str] | None = None) -> set[str]:
         if not states:
             return set()
-        pipe = self.redis.pipeline(transaction=False)
         names = list(states)
+        if if_unchanged is not None:
+            got = self._run([(self._put_if, list(self._keys(s)), [self._encode(states[s]), self.ttl_ms,
+                                                                  if_unchanged.get(s, "")]) for s in names])
+            return {s for s, ok in zip(names, got) if ok}
+        pipe = self.redis.pipeline(transaction=False)
         for s in names:
-            key, loading = self._keys(s)
-            payload = self._encode(states[s])
-            if if_unchanged is None:
-                pipe.set(key, payload, px=self.ttl_ms)
-            else:
-                self._put_if(keys=[key, loading], args=[payload, self.ttl_ms, if_unchanged.get(s, "")],
-                             client=pipe)
+            pipe.set(self._keys(s)[0], self._encode(states[s]), px=self.ttl_ms)
         return {s for s, ok in zip(names, pipe.execute()) if ok}
 
     def record(self, shopper: str, interactions: Iterable[Interaction], purchased: Iterable[str]) -> None:
@@ -261,17 +281,17 @@ class RedisOnlineState:
     def record_many(self, updates: dict[str, tuple[list[Interaction], list[str]]]) -> None:
         if not updates:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        calls = []
         for shopper, (interactions, purchased) in updates.items():
             new = orjson.dumps([[i.item_id, int(i.kind), _ts(i.ts)] for i in interactions])
             resets: dict[str, float] = {}
             for i in interactions:
                 if int(i.kind) in self.reset_kinds and i.ts > resets.get(i.item_id, 0.0):
                     resets[i.item_id] = i.ts
-            self._record(keys=[*self._keys(shopper), self._seen_key(shopper)],
-                         args=[new, orjson.dumps(list(purchased)), self.history_length, self.max_purchased,
-                               self.ttl_ms, orjson.dumps({k: _ts(v) for k, v in resets.items()})], client=pipe)
-        pipe.execute()
+            calls.append((self._record, [*self._keys(shopper), self._seen_key(shopper)],
+                          [new, orjson.dumps(list(purchased)), self.history_length, self.max_purchased, self.ttl_ms,
+                           orjson.dumps({k: _ts(v) for k, v in resets.items()})]))
+        self._run(calls)
 
     def forget(self, shopper: str) -> None:
         self.redis.delete(*self._keys(shopper), self._seen_key(shopper))
