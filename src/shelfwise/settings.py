@@ -633,7 +633,17 @@ class APISettings(_Section):
     max_k: int = Field(200, ge=1)
     recommend_batch: int = Field(32, ge=1, description="concurrent recommendation requests answered by one "
                                                        "pipeline call (api/batcher.py); 1 = one at a time")
-    recommend_workers: int = Field(1, ge=1, description="threads making pipeline calls for the micro-batcher")
+    recommend_workers: int | None = Field(None, ge=1, description=(
+        "threads making pipeline calls for the micro-batcher; unset: 1 with the in-process online state, 2 with a "
+        "networked one (Redis), where a call spends much of its time waiting for replies and a second thread "
+        "computes meanwhile (12k demo shop, 2 processes: 248 -> 420 requests/s; 1 process in-process: 541 with "
+        "one thread, 404 with two: BENCHMARKS.md, Serving)"))
+
+    def batch_workers(self, online_dsn: str) -> int:
+        """``recommend_workers``, or its default for this online state."""
+        if self.recommend_workers is not None:
+            return self.recommend_workers
+        return 1 if online_dsn.startswith("memory:") else 2
     cache_ttl_s: float = Field(30.0, ge=0, description="computed answers are reused this long (0 = no cache); a "
                                                        "shopper's event, a catalog change, a new model or rule "
                                                        "version makes a new answer at once (src/shelfwise/cache.py)")

@@ -139,7 +139,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         verifier.store = state["engine"].privacy_store
         # concurrent recommendation requests share one pipeline call (api/batcher.py)
         state["batcher"] = MicroBatcher(state["engine"].recommend_many, settings.api.recommend_batch,
-                                        settings.api.recommend_workers, scope=telemetry.batch_scope)
+                                        settings.api.batch_workers(settings.stores.online),
+                                        scope=telemetry.batch_scope)
         state["engine"].observe_stages(telemetry.stage_observer)
         stop_sync = threading.Event()
         if multiprocess_dir() is not None:
