@@ -197,6 +197,7 @@ class RulesStage:
         self._catalog = catalog
         self._facts: tuple[int, ItemFacts] | None = None
         self._worlds: dict[tuple, tuple[int, CompiledRules]] = {}
+        self._tables: list[int] = []  # the item tables (ids) whose compilations are kept: the last two
         self._gen = 0
         self._pending: set[tuple] = set()
         self._threads: list[threading.Thread] = []
@@ -241,7 +242,11 @@ class RulesStage:
         with self._lock:
             entry = self._worlds.get(key)
             if entry is None:
-                for k in [k for k in self._worlds if k[:2] != key[:2]]:
+                # kept: this rule snapshot's compilations for this item table and the one before it (a model
+                # compiled before it goes live must not evict the one still serving: ``Shelfwise._load_pipeline``)
+                if key[1] not in self._tables:
+                    self._tables = [*self._tables[-1:], key[1]]
+                for k in [k for k in self._worlds if k[0] != key[0] or k[1] not in self._tables]:
                     del self._worlds[k]
                 gen = self._gen
                 entry = (gen, self._compile(items, rulesets))
