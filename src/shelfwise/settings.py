@@ -333,6 +333,13 @@ class RankerSettings(_Section):
                                   description="placements re-ranked (training requests are history-based, "
                                               "like the homepage); the first one's sources become features")
     candidates: int = Field(120, ge=1, description="top-N blended candidates re-scored per request")
+    search_placements: list[str] = Field(default_factory=lambda: ["search"],
+                                         description="rerank placements scored by the search ranker: a second "
+                                                     "booster trained on logged searches (search events with "
+                                                     "properties.results; a view, cart or purchase of a result "
+                                                     "after it is the label) with query-item and shop-order "
+                                                     "features (ranking/search.py); empty = none. Trained only "
+                                                     "when the log has min_requests such searches after the cut")
     margin_weight: float = Field(0.0, ge=0, description="final = minmax(ranker score) + margin_weight · "
                                                         "price×margin / max over the candidates; 0 = relevance "
                                                         "only (see BENCHMARKS.md, Learning to rank)")
