@@ -100,7 +100,8 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
     search = model.search_ranker if model.search_ranker is not None and model.search_ranker.stats is not None else None
     if main is not None or search is not None:
         ctx = FeatureContext.build(items, main.stats, main.spec, retrievers) if main is not None else None
-        search_ctx = (search, FeatureContext.build(items, search.stats, search.spec, retrievers, matcher)) \
+        search_ctx = (search, FeatureContext.build(items, search.stats, search.spec, retrievers, matcher,
+                                                   search.searches)) \
             if search is not None else None
         stages.append(RankStage(main, ctx, tuple(n for n, r in retrievers.items() if r.new_shoppers_only),
                                 search_ctx))

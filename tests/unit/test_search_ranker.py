@@ -93,6 +93,8 @@ def test_training_with_logged_searches_gives_a_search_ranker_for_the_search_plac
     assert main.applies("homepage") and not set(SEARCH_FEATURES) & set(main.feature_names)
     assert search.feature_names[-len(SEARCH_FEATURES):] == SEARCH_FEATURES
     assert search.report["points_with_positive"] >= 50 and np.isfinite(search.report["cut"])
+    assert search.searches is not None and search.searches.picked.sum() > 0  # saved and loaded with it
+    assert (search.searches.picked <= search.searches.shown).all()
 
 
 def test_search_features_equal_between_training_and_serving(shop, monkeypatch):
@@ -113,7 +115,7 @@ def test_search_features_equal_between_training_and_serving(shop, monkeypatch):
     now = float(log.ts.max()) + 600.0
     facts = ItemFacts.build(pipe.items, {it.id: it for it in eng.catalog.all()})
     ctx = FeatureContext.build(pipe.items, ranker.stats, ranker.spec, pipe.retrievers,
-                               QueryMatcher(pipe.items, lambda _: facts))
+                               QueryMatcher(pipe.items, lambda _: facts), ranker.searches)
     held = store.searches(5, at=store.end, stream=2)
     seen = []
     original = ranker_module.compute_features

@@ -47,7 +47,8 @@ SHOPPER_FEATURES = ["category_affinity", "top_category_affinity", "brand_affinit
 SESSION_FEATURES = ["history_len_log", "session_len", "since_last_event_log", "device"]
 # the search ranker's only (``FeatureSpec.search``): the shop's own list and the query, per (search, result)
 SEARCH_FEATURES = ["shop_score", "shop_rank", "list_len_log", "query_match", "pop_rank_in_list", "pop_vs_list_best",
-                   "price_band_vs_history", "brand_share_in_category"]
+                   "price_band_vs_history", "brand_share_in_category", "search_shown_log", "search_picked_log",
+                   "search_pick_rate"]
 FEATURE_GROUPS = {"source": "<source>_score, <source>_rank, blend_score, blend_rank", "item": ITEM_FEATURES,
                   "shopper": SHOPPER_FEATURES, "embedding": "emb_sim_last_<source>, emb_sim_history_<source>",
                   "session": SESSION_FEATURES, "search": SEARCH_FEATURES}
@@ -145,6 +146,26 @@ class ItemStats:
         z = np.load(path / f"{prefix}.npz")
         return cls(z["pop_log"], z["pop_recent"], z["trend"], z["conversion"], z["first_seen"], z["price_band"],
                    sp.load_npz(path / f"{prefix}_tags.npz").tocsr().astype(np.float32), float(z["now"]))
+
+
+@dataclass
+class SearchStats:
+    """How each item fared in the logged searches before (``ranking.search.search_stats``): how often it was among
+    the results shown, how often a shopper then acted on it (aligned with the pipeline's item vocabulary)."""
+
+    shown: np.ndarray  # float32: logged searches that showed it
+    picked: np.ndarray  # float32: ... and whose shopper viewed, carted or bought it next
+
+    def padded(self, n: int) -> "SearchStats":
+        return SearchStats(pad_rows(self.shown, n), pad_rows(self.picked, n))
+
+    def save(self, path: Path, prefix: str) -> None:
+        np.savez(path / f"{prefix}.npz", shown=self.shown, picked=self.picked)
+
+    @classmethod
+    def load(cls, path: Path, prefix: str) -> "SearchStats":
+        z = np.load(path / f"{prefix}.npz")
+        return cls(z["shown"], z["picked"])
 
 
 def _price_band(price: np.ndarray, category: np.ndarray) -> np.ndarray:
@@ -251,12 +272,14 @@ class FeatureContext:
     spec: FeatureSpec
     embeddings: dict[str, np.ndarray]
     matcher: Any = None  # ``ranking.query.QueryMatcher`` over ``items`` (the search features' query match)
+    searches: SearchStats | None = None  # the search features' logged-search statistics
 
     @classmethod
-    def build(cls, items: ItemTable, stats: ItemStats, spec: FeatureSpec,
-              retrievers: dict[str, Retriever], matcher: Any = None) -> "FeatureContext":
+    def build(cls, items: ItemTable, stats: ItemStats, spec: FeatureSpec, retrievers: dict[str, Retriever],
+              matcher: Any = None, searches: SearchStats | None = None) -> "FeatureContext":
         emb = {s: e for s in spec.embeddings if (e := embedding_of(retrievers, s, len(items))) is not None}
-        return cls(items, stats.padded(len(items)), spec, emb, matcher)
+        return cls(items, stats.padded(len(items)), spec, emb, matcher,
+                   searches.padded(len(items)) if searches is not None else None)
 
 
 def compute_features(ctx: FeatureContext, requests: Sequence[RecRequest], queries: Sequence[Query],
@@ -404,5 +427,15 @@ def compute_features(ctx: FeatureContext, requests: Sequence[RecRequest], querie
         put(stats.price_band[c] - hb_mean[:, None])
         in_cat = cat_eq.sum(axis=2)  # the shopper's events in the candidate's category, of its brand among them
         put(np.where(in_cat > 0, (cat_eq & brand_eq).sum(axis=2) / np.maximum(in_cat, 1), np.nan))
+        st = ctx.searches
+        if st is not None and len(st.shown) == len(items):
+            shown, picked = st.shown[c], st.picked[c]
+            put(np.log1p(shown))
+            put(np.log1p(picked))
+            put((picked + 0.05) / (shown + 1.0))
+        else:
+            put(np.nan)
+            put(np.nan)
+            put(np.nan)
     assert next(col, None) is None, "feature columns out of sync with feature_names"
     return np.ascontiguousarray(X.transpose(1, 2, 0))

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from shelfwise.items import ItemTable
-from shelfwise.ranking.features import FeatureContext, FeatureSpec, ItemStats, compute_features, feature_names
+from shelfwise.ranking.features import (FeatureContext, FeatureSpec, ItemStats, SearchStats, compute_features,
+                                        feature_names)
 from shelfwise.ranking.labels import RankRows
 from shelfwise.request import Candidates, Query, RecRequest
 from shelfwise.settings import RankerSettings, known_fields
@@ -55,6 +56,7 @@ class Ranker:
         self.report: dict[str, Any] = report or {}
         self.feature_names = feature_names(spec)
         self.compiled: Any = None  # lleaves.Model once ``compile`` succeeded
+        self.searches: SearchStats | None = None  # the search ranker's: the logged searches' item statistics
 
     # ---- training -------------------------------------------------------------------------------------
     def fit(self, train: RankRows, valid: RankRows | None = None) -> "Ranker":
@@ -162,6 +164,8 @@ class Ranker:
                 "importance_gain": self.importances("gain")}
         (path / f"{self.name}.json").write_text(json.dumps(meta, indent=1))
         self.stats.save(path, f"{self.name}_stats")
+        if self.searches is not None:
+            self.searches.save(path, f"{self.name}_searches")
 
     @classmethod
     def load(cls, path: Path, settings: RankerSettings | None = None, name: str = RANKER) -> "Ranker":
@@ -175,6 +179,8 @@ class Ranker:
             settings = settings.model_copy(update={"placements": list(settings.search_placements)})
         obj = cls(settings, spec, ItemStats.load(path, f"{name}_stats"),
                   lgb.Booster(model_file=str(path / f"{name}.txt")), meta.get("report"), name)
+        if (path / f"{name}_searches.npz").exists():
+            obj.searches = SearchStats.load(path, f"{name}_searches")
         if obj.feature_names != meta["feature_names"]:
             raise ValueError("saved ranker's feature list does not match this code's features")
         return obj

@@ -8,12 +8,14 @@ its labels, graded as the main ranker's (purchase 3 > cart 2 > view 1); the othe
 the main ranker's (``compute_features``: the sources' scores of each result, item statistics, the shopper's
 category / brand / price affinity from their history before the search, embeddings, session) plus the search
 features (``FeatureSpec.search``: the shop's position of the result, the query's text match of its title /
-category / brand, its popularity within the list, the shopper's price band and brand share within the category).
+category / brand, its popularity within the list, the shopper's price band and brand share within the category,
+and how often logged searches showed it and how often their shoppers then acted on it: ``SearchStats``).
 
 Same time split as the main ranker (``labels.split_history``): only searches after the cut are requests, their
 candidates and features come from the pipeline fit on the events before it (through the API's own stages: a
 ``search`` rerank request with the logged list and query), so neither the sources nor the item statistics have
-seen a labelled interaction. Logs without real time (``split="last"``) train none. Served by the rank stage for
+seen a labelled interaction; the search statistics of training rows count the searches before the cut, the served
+ranker's every logged search. Logs without real time (``split="last"``) train none. Served by the rank stage for
 ``ranker.search_placements`` (``stages/rank.py``), every item of the list; the shop-order stage then blends its order
 with the shop's by ``personalization_impact`` alone (the popularity and query blends are its features here).
 """
@@ -28,7 +30,7 @@ import numpy as np
 
 from shelfwise.domain import Item
 from shelfwise.items import ItemTable
-from shelfwise.ranking.features import FeatureContext, FeatureSpec, ItemStats
+from shelfwise.ranking.features import FeatureContext, FeatureSpec, ItemStats, SearchStats
 from shelfwise.ranking.labels import CandidateSource, HistorySplit, Point, build_rows, grade_of, point_at
 from shelfwise.ranking.model import SEARCH_RANKER, Ranker
 from shelfwise.ranking.query import QueryMatcher
@@ -80,6 +82,21 @@ def search_points(searches: Sequence[LoggedSearch], log: EventLog, since: float,
     return out
 
 
+def search_stats(searches: Sequence[LoggedSearch], log: EventLog, items: ItemTable, session_gap_s: float = 1800.0,
+                 horizon: int = 5) -> SearchStats:
+    """``SearchStats`` of ``items`` from logged searches and the event log holding what the shoppers did next."""
+    shown = np.zeros(len(items), np.float32)
+    picked = np.zeros(len(items), np.float32)
+    index = items.index
+    for s in searches:
+        rows = [j for j in (index.get(i) for i in s.results) if j is not None]
+        shown[rows] += 1
+    for p in search_points(searches, log, -np.inf, 0, session_gap_s, horizon):
+        rows = [j for j in (index.get(i) for i in p.labels) if j is not None]
+        picked[rows] += 1
+    return SearchStats(shown, picked)
+
+
 def train_search_ranker(source: CandidateSource, items: ItemTable, retrievers: dict[str, Retriever],
                         prefix_data: TrainData, final_data: TrainData, log: EventLog, catalog: dict[str, Item],
                         settings: ModelSettings, split: HistorySplit, searches: Sequence[LoggedSearch],
@@ -108,7 +125,9 @@ def train_search_ranker(source: CandidateSource, items: ItemTable, retrievers: d
     spec = FeatureSpec.from_sources(settings.placements[placement].weights, retrievers, items, gap, search=True)
     facts = ItemFacts.build(items, catalog)  # titles for the query match, as the serving rules' catalog facts
     matcher = QueryMatcher(items, lambda _: facts)
-    ctx = FeatureContext.build(items, ItemStats.fit(prefix_data, catalog), spec, retrievers, matcher)
+    before = [s for s in searches if s.ts < split.cut]  # what the sources' prefix knew of the searches
+    ctx = FeatureContext.build(items, ItemStats.fit(prefix_data, catalog), spec, retrievers, matcher,
+                               search_stats(before, split.prefix, items, gap, rs.label_horizon))
     n = max(len(p.given or ()) for p in points)
     rows = build_rows(source, ctx, points, placement, n)
     ranker = Ranker(rs.model_copy(update={"placements": placements}), spec, name=SEARCH_RANKER)
@@ -121,6 +140,7 @@ def train_search_ranker(source: CandidateSource, items: ItemTable, retrievers: d
         progress("search ranker booster")
     ranker.fit(train_rows, valid_rows)
     ranker.stats = ItemStats.fit(final_data, catalog)
+    ranker.searches = search_stats(searches, log, final_data.items, gap, rs.label_horizon)
     ranker.report.update({"cut": split.cut, "searches": len(searches), "points": len(points),
                           "points_with_positive": rows.with_positive, "placements": placements,
                           "seconds": round(time.perf_counter() - t0, 1)})
