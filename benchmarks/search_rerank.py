@@ -1,7 +1,7 @@
 """Search re-ranking quality: does ``POST /v1/rerank`` put the result a shopper picks higher than the shop's order?
 
     .venv/bin/python benchmarks/search_rerank.py [--items 6000] [--shoppers 8000] [--events 200000]
-        [--searches 2000] [--train-searches 3000] [--search-days 10] [--train-minutes 3]
+        [--searches 2000] [--train-searches 5000] [--search-days 10] [--train-minutes 3]
         [--json benchmarks/results/search_rerank.json]
 
 1. Setup (reused when ``--data-dir`` already holds it): the synthetic storefront (``--seed`` 7), its events stored
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--searches", type=int, default=1000)
     ap.add_argument("--results", type=int, default=50, help="results the shop's search engine answers per query")
-    ap.add_argument("--train-searches", type=int, default=3000, help="logged searches in the training log")
+    ap.add_argument("--train-searches", type=int, default=5000, help="logged searches in the training log")
     ap.add_argument("--search-days", type=float, default=10.0, help="over the log's last this many days")
     ap.add_argument("--train-minutes", type=float, default=3.0)
     ap.add_argument("--impacts", default="0.5,0.75,1", help="personalization_impact values asked with the query (the "

@@ -139,7 +139,6 @@ def test_search_features_equal_between_training_and_serving(shop, monkeypatch):
         np.testing.assert_array_equal(items, cand_t.items)
         np.testing.assert_allclose(X, X_t, rtol=1e-5, atol=1e-6)
         assert np.any(X[0, :, -len(SEARCH_FEATURES) + SEARCH_FEATURES.index("query_match")] > 0)
-        final = ranker.predict(X)[0]
-        order = [str(pipe.items.ids[i]) for i in items[0][np.argsort(-final, kind="stable")]]
-        got = [r.item_id for r in ans.items]
-        assert got[:5] == [i for i in order if i in got][:5]
+        final = dict(zip((str(pipe.items.ids[i]) for i in items[0]), ranker.predict(X)[0]))
+        got = [final[r.item_id] for r in ans.items[:10]]
+        assert got == sorted(got, reverse=True) and len(set(got)) > 1  # the search ranker's order (ties aside)

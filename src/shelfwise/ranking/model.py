@@ -176,7 +176,7 @@ class Ranker:
         spec = FeatureSpec(**meta["spec"])
         settings = settings or RankerSettings.model_validate(known_fields(RankerSettings, meta["settings"]))
         if name == SEARCH_RANKER:
-            settings = settings.model_copy(update={"placements": list(settings.search_placements)})
+            settings = settings.for_search()
         obj = cls(settings, spec, ItemStats.load(path, f"{name}_stats"),
                   lgb.Booster(model_file=str(path / f"{name}.txt")), meta.get("report"), name)
         if (path / f"{name}_searches.npz").exists():

@@ -130,12 +130,13 @@ def train_search_ranker(source: CandidateSource, items: ItemTable, retrievers: d
                                search_stats(before, split.prefix, items, gap, rs.label_horizon))
     n = max(len(p.given or ()) for p in points)
     rows = build_rows(source, ctx, points, placement, n)
-    ranker = Ranker(rs.model_copy(update={"placements": placements}), spec, name=SEARCH_RANKER)
+    own = rs.for_search().model_copy(update={"placements": placements})
+    ranker = Ranker(own, spec, name=SEARCH_RANKER)
     if len(rows.group) < rs.min_requests:
         log_.info("search ranker not trained: %d searches with a labelled result among the known items (< %d)",
                   len(rows.group), rs.min_requests)
         return None
-    train_rows, valid_rows = split_rows(rows, rs.valid_fraction, "time", rs.seed)
+    train_rows, valid_rows = split_rows(rows, own.valid_fraction, "time", rs.seed)
     if progress:
         progress("search ranker booster")
     ranker.fit(train_rows, valid_rows)
