@@ -19,7 +19,9 @@
    of the pick in the shop's order plays no part in the pick.
 3. Each search goes through the API (``POST /v1/rerank``, a test client in process: the route, the micro-batcher,
    the stages) with the shop's list, the shopper, the query, at several ``personalization_impact`` values, and
-   without the query. NDCG@10 (and HR@10, MRR) of the picked item in the shop's order and in each answer, and in
+   without the query; then again with the same model version without its search ranker (``search_placements``
+   empty: the homepage ranker's order blended with popularity and the query's match, as served before the search
+   ranker). NDCG@10 (and HR@10, MRR) of the picked item in the shop's order and in each answer, and in
    the simulator's own order (``Search.odds``, each result's chance to be the pick: the best any ranker can do in
    expectation, the ceiling of the table).
 """
@@ -90,6 +92,29 @@ def setup(args, data: Path):
     return settings, shop
 
 
+def ask(eng, settings, searches, variants: list[tuple[float, bool]], label: str,
+        ranks: dict[str, list[int]]) -> None:
+    """Each search through ``POST /v1/rerank`` (a test client in process) at each (impact, with the query)."""
+    from fastapi.testclient import TestClient
+
+    from shelfwise.api.app import create_app
+
+    t0 = time.perf_counter()
+    with TestClient(create_app(settings, engine=eng)) as client:
+        for n, s in enumerate(searches):
+            if n % 100 == 0:
+                print(f"{label}: search {n}/{len(searches)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            for impact, with_query in variants:
+                name = f"{label}, impact {impact:g}" + ("" if with_query else ", no query")
+                body = {"items": list(s.results), "user_id": s.shopper, "personalization_impact": impact}
+                if with_query:
+                    body["query"] = s.query
+                r = client.post("/v1/rerank", json=body)
+                r.raise_for_status()
+                got = [x["item_id"] for x in r.json()["items"]]
+                ranks.setdefault(name, []).append(got.index(s.picked) if s.picked in got else -1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=6000)
@@ -115,9 +140,6 @@ def main() -> None:
     settings, shop = setup(args, data)
     settings = settings.model_copy(update={"security": settings.security.model_copy(update={"auth": "off"})})
 
-    from fastapi.testclient import TestClient
-
-    from shelfwise.api.app import create_app
     from shelfwise.service import Shelfwise
 
     eng = Shelfwise(settings)
@@ -126,24 +148,20 @@ def main() -> None:
     searches = shop.searches(args.searches, owned=history, results=args.results)
     impacts = [float(x) for x in args.impacts.split(",")]
     ranks: dict[str, list[int]] = {"shop order": [], "the simulator's pick odds (ceiling)": []}
+    for s in searches:
+        ranks["shop order"].append(s.results.index(s.picked))
+        best = sorted(range(len(s.results)), key=lambda i: -s.odds[i])  # ties: the shop's order
+        ranks["the simulator's pick odds (ceiling)"].append(best.index(s.results.index(s.picked)))
     t0 = time.perf_counter()
-    with TestClient(create_app(settings, engine=eng)) as client:
-        for n, s in enumerate(searches):
-            if n % 100 == 0:
-                print(f"search {n}/{len(searches)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-            ranks["shop order"].append(s.results.index(s.picked))
-            best = sorted(range(len(s.results)), key=lambda i: -s.odds[i])  # ties: the shop's order
-            ranks["the simulator's pick odds (ceiling)"].append(best.index(s.results.index(s.picked)))
-            for impact, with_query in [(i, True) for i in impacts] + [(max(impacts), False)]:
-                name = f"rerank impact {impact:g}" + ("" if with_query else ", no query")
-                body = {"items": list(s.results), "user_id": s.shopper, "personalization_impact": impact}
-                if with_query:
-                    body["query"] = s.query
-                r = client.post("/v1/rerank", json=body)
-                r.raise_for_status()
-                got = [x["item_id"] for x in r.json()["items"]]
-                ranks.setdefault(name, []).append(got.index(s.picked) if s.picked in got else -1)
+    ask(eng, settings, searches, [(i, True) for i in impacts] + [(max(impacts), False)], "rerank", ranks)
     seconds = time.perf_counter() - t0
+    eng.close()
+    # the same model version without its search ranker: the homepage ranker's order blended with popularity and
+    # the query's match, as the search placement served before the search ranker
+    ranker = settings.models.ranker.model_copy(update={"search_placements": []})
+    before = settings.model_copy(update={"models": settings.models.model_copy(update={"ranker": ranker})})
+    eng = Shelfwise(before)
+    ask(eng, before, searches, [(i, True) for i in impacts[-2:]], "without the search ranker", ranks)
     eng.close()
     base = metrics(ranks["shop order"])
     rows = []
@@ -151,7 +169,7 @@ def main() -> None:
         m = metrics(rk)
         m["vs_shop_ndcg"] = round(m["ndcg@10"] / base["ndcg@10"] - 1, 4) if base["ndcg@10"] else math.nan
         rows.append({"order": name, **m})
-        print(f"{name:32s} NDCG@10 {m['ndcg@10']:.4f} ({m['vs_shop_ndcg']:+.1%})  HR@10 {m['hr@10']:.4f}  "
+        print(f"{name:45s} NDCG@10 {m['ndcg@10']:.4f} ({m['vs_shop_ndcg']:+.1%})  HR@10 {m['hr@10']:.4f}  "
               f"MRR {m['mrr']:.4f}", flush=True)
     info = json.loads((data / "setup.json").read_text())
     doc = {"command": " ".join(["python", *sys.argv]), "items": args.items, "shoppers": args.shoppers,
