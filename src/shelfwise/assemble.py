@@ -93,15 +93,24 @@ def _pipeline(model: Model, rules: RulesStage | None, observer: Observer | None,
                                    explore.counts))
     stages.append(candidates)
     n_candidate_stages = len(stages)
-    if model.ranker is not None and model.ranker.stats is not None:
-        ctx = FeatureContext.build(items, model.ranker.stats, model.ranker.spec, retrievers)
-        stages.append(RankStage(model.ranker, ctx, tuple(n for n, r in retrievers.items() if r.new_shoppers_only)))
+    # the query-item text match (titles through the rules' catalog facts): the shop-order stage's and the search
+    # ranker's
+    matcher = QueryMatcher(items, rules.facts if rules is not None else lambda _: None)
+    main = model.ranker if model.ranker is not None and model.ranker.stats is not None else None
+    search = model.search_ranker if model.search_ranker is not None and model.search_ranker.stats is not None else None
+    if main is not None or search is not None:
+        ctx = FeatureContext.build(items, main.stats, main.spec, retrievers) if main is not None else None
+        search_ctx = (search, FeatureContext.build(items, search.stats, search.spec, retrievers, matcher,
+                                                   search.searches)) \
+            if search is not None else None
+        stages.append(RankStage(main, ctx, tuple(n for n, r in retrievers.items() if r.new_shoppers_only),
+                                search_ctx))
     slots = SlotStage(items, business, s.business, als.unit_factors if isinstance(als, ALSRetriever) else None,
                       model.version, rules, {n: r.fallback_reason for n, r in retrievers.items() if not r.evidence},
                       cohort if isinstance(cohort := retrievers.get("cohort"), CohortRetriever) else None)
     after = [MerchandiseStage(business, s.preferences), slots]
     # rerank placements (the shop's own list) blend the personal order with the shop's before merchandising; the
     # rails never run that stage
-    shop = ShopOrderStage(QueryMatcher(items, rules.facts if rules is not None else lambda _: None))
+    shop = ShopOrderStage(matcher)
     return Pipeline(model, stages + after, n_candidate_stages, observer=observer, guard=guard, explore=explore,
                     on_catalog_change=[business.invalidate, slots.invalidate], rerank_stages=stages + [shop] + after)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from shelfwise.items import ItemTable
-from shelfwise.ranking.model import Ranker
+from shelfwise.ranking.model import SEARCH_RANKER, Ranker
 from shelfwise.request import Answer, Candidates, Query, RecRequest
 from shelfwise.retrieval import SOURCES, load_retriever
 from shelfwise.retrieval.base import Retriever
@@ -46,6 +46,7 @@ class Model:
     version: str = "untrained"
     trained_until: float = float("inf")  # newest event the models were trained on
     ranker: Ranker | None = None  # re-scores the blend's top N for its placements (None: blend order)
+    search_ranker: Ranker | None = None  # scores the shop's lists of the search placements (None: the ranker's order)
 
     @property
     def full(self) -> bool:
@@ -62,8 +63,9 @@ class Model:
         (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for r in self.retrievers.values():
             r.save(path)
-        if self.ranker is not None:
-            self.ranker.save(path)
+        for ranker in (self.ranker, self.search_ranker):
+            if ranker is not None:
+                ranker.save(path)
 
     @classmethod
     def load(cls, path: Path, settings: ModelSettings | None = None) -> "Model":
@@ -76,10 +78,13 @@ class Model:
         retrievers = {name: load_retriever(name, path) for name in manifest["retrievers"]}
         model_settings = settings or ModelSettings.model_validate(known_fields(ModelSettings, manifest["settings"]))
         ranker = Ranker.load(path, model_settings.ranker) if Ranker.exists(path) else None
-        if ranker is not None:
-            ranker.compile(path)
+        search = (Ranker.load(path, model_settings.ranker, SEARCH_RANKER) if Ranker.exists(path, SEARCH_RANKER)
+                  else None)
+        for r in (ranker, search):
+            if r is not None:
+                r.compile(path)
         return cls(model_settings, items, retrievers, {s: i for i, s in enumerate(shoppers)}, manifest["version"],
-                   manifest["trained_until"], ranker)
+                   manifest["trained_until"], ranker, search)
 
 
 class Pipeline:

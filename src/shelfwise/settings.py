@@ -333,6 +333,20 @@ class RankerSettings(_Section):
                                   description="placements re-ranked (training requests are history-based, "
                                               "like the homepage); the first one's sources become features")
     candidates: int = Field(120, ge=1, description="top-N blended candidates re-scored per request")
+    search_placements: list[str] = Field(default_factory=lambda: ["search"],
+                                         description="rerank placements scored by the search ranker: a second "
+                                                     "booster trained on logged searches (search events with "
+                                                     "properties.results; a view, cart or purchase of a result "
+                                                     "after it is the label) with query-item and shop-order "
+                                                     "features (ranking/search.py); empty = none. Trained only "
+                                                     "when the log has min_requests such searches after the cut")
+    search_booster: dict[str, float | int | str] = Field(
+        default_factory=lambda: {"max_depth": 3, "learning_rate": 0.03, "early_stopping_rounds": 100},
+        description="the search ranker's LightGBM settings that differ from the ranker's (any of objective, "
+                    "learning_rate, num_boost_round, early_stopping_rounds, num_leaves, max_depth, min_data_in_leaf, "
+                    "feature_fraction, lambda_l2, valid_fraction): one labelled result per search is noisier than "
+                    "the homepage's sessions; shallow trees learned the synthetic storefront's picks better "
+                    "(BENCHMARKS.md, Search re-ranking)")
     margin_weight: float = Field(0.0, ge=0, description="final = minmax(ranker score) + margin_weight · "
                                                         "price×margin / max over the candidates; 0 = relevance "
                                                         "only (see BENCHMARKS.md, Learning to rank)")
@@ -378,6 +392,21 @@ class RankerSettings(_Section):
                                             "beside the model per CPU: the same scores, about 5x faster than "
                                             "LightGBM's predict on 120-candidate batches (BENCHMARKS.md, Serving)")
     seed: int = 0
+
+    @field_validator("search_booster")
+    @classmethod
+    def _search_booster(cls, value: dict[str, float | int | str]) -> dict[str, float | int | str]:
+        allowed = {"objective", "learning_rate", "num_boost_round", "early_stopping_rounds", "num_leaves",
+                   "max_depth", "min_data_in_leaf", "feature_fraction", "lambda_l2", "valid_fraction"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"unknown search_booster settings {unknown}; known: {sorted(allowed)}")
+        return value
+
+    def for_search(self) -> "RankerSettings":
+        """The search ranker's settings: these with ``search_booster`` applied, its placements the search ones."""
+        return RankerSettings.model_validate({**self.model_dump(), **self.search_booster,
+                                              "placements": list(self.search_placements)})
 
 
 class ContentSettings(_Section):

@@ -251,8 +251,9 @@ class Storefront:
                 weight.append(w)
             picked = shown[min(bisect_right(list(accumulate(weight)), r.random() * sum(weight)), len(shown) - 1)]
             when = at + timedelta(seconds=r.random() * hours * 3600.0)
+            total = sum(weight)
             out.append(Search(shopper, f"search-{stream}-{len(out):07d}", when, query,
-                              tuple(x.ids[i] for i in shown), x.ids[picked]))
+                              tuple(x.ids[i] for i in shown), x.ids[picked], tuple(w / total for w in weight)))
         return out
 
     def events(self) -> Iterator[Event]:
@@ -292,6 +293,7 @@ class Search:
     query: str
     results: tuple[str, ...]
     picked: str
+    odds: tuple[float, ...] = ()  # the chance of each result to be the pick: the best order any ranker could learn
 
     def events(self, prefix: str = "s") -> list[Event]:
         """The search as the storefront reports it: a ``search`` event with the query and the result ids shown,

@@ -32,13 +32,14 @@ from shelfwise.pipeline import Model, Pipeline
 from shelfwise.request import RecRequest
 from shelfwise.ranking.features import ItemStats
 from shelfwise.ranking.labels import Point, grade_of, split_history
+from shelfwise.ranking.search import train_search_ranker
 from shelfwise.ranking.train import resolve_split, train_ranker, without_ranker
 from shelfwise.retrieval import SOURCES, build_retrievers, with_cohort, with_content
 from shelfwise.retrieval.base import Retriever, TrainData
 from shelfwise.settings import ModelSettings
 from shelfwise.stores import vector_index_factory
 from shelfwise.stores.models import DirectoryModelStore
-from shelfwise.stores.protocols import Catalog, EntryContext, EventLog, EventStore
+from shelfwise.stores.protocols import Catalog, EntryContext, EventLog, EventStore, LoggedSearch
 
 Progress = Callable[[str], None]
 logger = logging.getLogger(__name__)
@@ -80,9 +81,10 @@ class Fitted:
         a loaded model's is (the same scores, so the same lists as a served model)."""
         got = getattr(self, "_pipeline", None)
         if got is None:
-            if self.model.ranker is not None:
-                with tempfile.TemporaryDirectory(prefix="shelfwise-ranker-") as tmp:
-                    self.model.ranker.compile(Path(tmp))
+            for ranker in (self.model.ranker, self.model.search_ranker):
+                if ranker is not None:
+                    with tempfile.TemporaryDirectory(prefix="shelfwise-ranker-") as tmp:
+                        ranker.compile(Path(tmp))
             got = self._pipeline = assemble(self.model)
         return got
 
@@ -122,8 +124,10 @@ def fit_sources(log: EventLog, catalog: dict[str, Item], settings: ModelSettings
 
 def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sources: tuple[str, ...] = SOURCES,
                  progress: Progress | None = None, previous: Path | None = None,
-                 contexts: dict[str, EntryContext] | None = None, hold_out: bool = False) -> Fitted:
-    """Fit the named sources, and the learned ranker when enabled, on an event log (not saved). ``previous``:
+                 contexts: dict[str, EntryContext] | None = None, hold_out: bool = False,
+                 searches: Sequence[LoggedSearch] = ()) -> Fitted:
+    """Fit the named sources, and the learned ranker when enabled, on an event log (not saved); with logged
+    searches (``EventStore.searches``), the search ranker too (``ranking/search.py``). ``previous``:
     the serving model version's directory (sources reuse what still holds, e.g. encoded item texts); ``contexts``:
     the shoppers' entry contexts (``EventStore.entry_contexts``, for cohorts). ``hold_out``: also set aside the
     held-out slice (``Fitted.holdout``; with the ranker off that costs a second fit of the sources, on the prefix)."""
@@ -150,11 +154,13 @@ def fit_pipeline(log: EventLog, catalog: Catalog, settings: ModelSettings, sourc
     final_data = train_data(log, items, settings, contexts)
     ranker = train_ranker(prefix.pipeline, prefix.model.items, prefix.model.retrievers, prefix.data, final_data, log,
                           items, settings, split, progress)
+    search = train_search_ranker(prefix.pipeline, prefix.model.items, prefix.model.retrievers, prefix.data,
+                                 final_data, log, items, settings, split, searches, progress)
     ranker_s = time.perf_counter() - t0
     # before the final fit, which may continue the prefix fit's sources in place
     holdout = held_out(prefix, ranker, split.points, split.prefix, items, settings) if hold_out else None
     fitted = fit_sources(log, items, settings, sources, warm=prefix, progress=progress, data=final_data)
-    fitted.model.ranker = ranker
+    fitted.model.ranker, fitted.model.search_ranker = ranker, search
     fitted.seconds = {"ranker": ranker_s, **fitted.seconds}
     fitted.holdout = holdout
     return fitted
@@ -243,17 +249,22 @@ def train(store: EventStore, catalog: Catalog, models: DirectoryModelStore, sett
             progress(note)
     chosen = with_cohort(chosen, settings)
     contexts = store.entry_contexts() if "cohort" in chosen else None
+    searches = store.searches() if settings.ranker.enabled and settings.ranker.search_placements else []
+    if consenting is not None and searches:
+        allowed_s = consenting(list(dict.fromkeys(s.shopper for s in searches)))
+        searches = [s for s in searches if s.shopper in allowed_s]
     fitted = fit_pipeline(log, catalog, settings, sources=chosen, progress=progress,
                           previous=models.path(current) if current is not None else None, contexts=contexts,
-                          hold_out=release is not None)
+                          hold_out=release is not None, searches=searches)
     version, path = models.new_version()
     fitted.model.version = version
     fitted.model.save(path)
     (path / SCAN_FILE).write_text(json.dumps({"scanned_at": scanned_at}))
-    if fitted.model.ranker is not None:
-        if progress:
-            progress("ranker (native code)")
-        fitted.model.ranker.compile(path)
+    for ranker in (fitted.model.ranker, fitted.model.search_ranker):
+        if ranker is not None:
+            if progress:
+                progress(f"{ranker.name} (native code)")
+            ranker.compile(path)
     if progress:
         progress("vector indexes")
     attach_indexes(fitted.model, vector_index_factory(vectors, path, version))

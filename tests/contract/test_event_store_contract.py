@@ -293,3 +293,16 @@ def test_wishlist_is_the_additions_not_taken_back(open_store):
     # the new types are item interactions like the old ones (old rows keep their codes)
     kinds = {int(k) for k in store.scan().kind}
     assert {int(EventType.wishlist_added), int(EventType.wishlist_removed), int(EventType.product_viewed)} <= kinds
+
+
+def test_searches_are_the_search_events_with_results_in_time_order(open_store):
+    store = open_store()
+    shown = search("q2", "u2", 3).model_copy(update={"properties": {"query": "case", "results": ["c2", "c1"]}})
+    first = search("q1", "u1", 1).model_copy(update={"properties": {"query": "phone", "results": ["p0", "p1"]},
+                                                      "session_id": "s1"})
+    store.append([shown, search("q0", "u1", 0), view("v", "u1", "p0", 2), first])  # q0: no results, left out
+    got = store.searches()
+    assert [(s.shopper, s.session, s.query, s.results) for s in got] == [
+        ("u1", "s1", "phone", ("p0", "p1")), ("u2", "", "case", ("c2", "c1"))]
+    assert got[0].ts == pytest.approx((T0 + timedelta(minutes=1)).timestamp())
+    assert [s.shopper for s in store.searches(since=got[1].ts)] == ["u2"]

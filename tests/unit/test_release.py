@@ -32,6 +32,9 @@ class Thinned:
     def entry_contexts(self):
         return self.store.entry_contexts()
 
+    def searches(self, since=None):
+        return self.store.searches(since)
+
 
 @pytest.fixture
 def shop_engine(settings, tmp_path):

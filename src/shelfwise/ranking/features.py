@@ -45,9 +45,13 @@ SHOPPER_FEATURES = ["category_affinity", "top_category_affinity", "brand_affinit
                     "brand_recency_h", "item_seen", "item_recency_h", "item_max_kind", "same_category_as_last",
                     "same_brand_as_last", "price_vs_history", "tag_sim_history", "tag_sim_last"]
 SESSION_FEATURES = ["history_len_log", "session_len", "since_last_event_log", "device"]
+# the search ranker's only (``FeatureSpec.search``): the shop's own list and the query, per (search, result)
+SEARCH_FEATURES = ["shop_score", "shop_rank", "list_len_log", "query_match", "pop_rank_in_list", "pop_vs_list_best",
+                   "price_band_vs_history", "brand_share_in_category", "search_shown_log", "search_picked_log",
+                   "search_pick_rate"]
 FEATURE_GROUPS = {"source": "<source>_score, <source>_rank, blend_score, blend_rank", "item": ITEM_FEATURES,
                   "shopper": SHOPPER_FEATURES, "embedding": "emb_sim_last_<source>, emb_sim_history_<source>",
-                  "session": SESSION_FEATURES}
+                  "session": SESSION_FEATURES, "search": SEARCH_FEATURES}
 
 
 @dataclass
@@ -57,21 +61,22 @@ class FeatureSpec:
     sources: list[str]  # sources with a score and a rank feature (the placement's blend sources)
     embeddings: list[str]  # sources whose item vectors give similarity features
     session_gap_s: float = 1800.0
+    search: bool = False  # the search ranker's: SEARCH_FEATURES too (the shop's list and the query)
 
     @classmethod
     def from_sources(cls, weights: dict[str, float], retrievers: dict[str, Retriever], items: ItemTable,
-                     session_gap_s: float) -> "FeatureSpec":
+                     session_gap_s: float, search: bool = False) -> "FeatureSpec":
         # a new shoppers' source (cohort) is zero on every training request (they all have a history): no feature
         sources = [n for n, w in weights.items() if w and n in retrievers and not retrievers[n].new_shoppers_only]
         embeddings = [n for n in EMBEDDINGS if embedding_of(retrievers, n, len(items)) is not None]
-        return cls(sources, embeddings, session_gap_s)
+        return cls(sources, embeddings, session_gap_s, search)
 
 
 def feature_names(spec: FeatureSpec) -> list[str]:
     names = [f"{s}_{k}" for s in spec.sources for k in ("score", "rank")] + ["blend_score", "blend_rank"]
     names += ITEM_FEATURES + SHOPPER_FEATURES
     names += [f"emb_sim_{k}_{s}" for s in spec.embeddings for k in ("last", "history")]
-    return names + SESSION_FEATURES
+    return names + SESSION_FEATURES + (SEARCH_FEATURES if spec.search else [])
 
 
 def embedding_of(retrievers: dict[str, Retriever], source: str, n_items: int) -> np.ndarray | None:
@@ -141,6 +146,26 @@ class ItemStats:
         z = np.load(path / f"{prefix}.npz")
         return cls(z["pop_log"], z["pop_recent"], z["trend"], z["conversion"], z["first_seen"], z["price_band"],
                    sp.load_npz(path / f"{prefix}_tags.npz").tocsr().astype(np.float32), float(z["now"]))
+
+
+@dataclass
+class SearchStats:
+    """How each item fared in the logged searches before (``ranking.search.search_stats``): how often it was among
+    the results shown, how often a shopper then acted on it (aligned with the pipeline's item vocabulary)."""
+
+    shown: np.ndarray  # float32: logged searches that showed it
+    picked: np.ndarray  # float32: ... and whose shopper viewed, carted or bought it next
+
+    def padded(self, n: int) -> "SearchStats":
+        return SearchStats(pad_rows(self.shown, n), pad_rows(self.picked, n))
+
+    def save(self, path: Path, prefix: str) -> None:
+        np.savez(path / f"{prefix}.npz", shown=self.shown, picked=self.picked)
+
+    @classmethod
+    def load(cls, path: Path, prefix: str) -> "SearchStats":
+        z = np.load(path / f"{prefix}.npz")
+        return cls(z["shown"], z["picked"])
 
 
 def _price_band(price: np.ndarray, category: np.ndarray) -> np.ndarray:
@@ -246,12 +271,15 @@ class FeatureContext:
     stats: ItemStats
     spec: FeatureSpec
     embeddings: dict[str, np.ndarray]
+    matcher: Any = None  # ``ranking.query.QueryMatcher`` over ``items`` (the search features' query match)
+    searches: SearchStats | None = None  # the search features' logged-search statistics
 
     @classmethod
-    def build(cls, items: ItemTable, stats: ItemStats, spec: FeatureSpec,
-              retrievers: dict[str, Retriever]) -> "FeatureContext":
+    def build(cls, items: ItemTable, stats: ItemStats, spec: FeatureSpec, retrievers: dict[str, Retriever],
+              matcher: Any = None, searches: SearchStats | None = None) -> "FeatureContext":
         emb = {s: e for s in spec.embeddings if (e := embedding_of(retrievers, s, len(items))) is not None}
-        return cls(items, stats.padded(len(items)), spec, emb)
+        return cls(items, stats.padded(len(items)), spec, emb, matcher,
+                   searches.padded(len(items)) if searches is not None else None)
 
 
 def compute_features(ctx: FeatureContext, requests: Sequence[RecRequest], queries: Sequence[Query],
@@ -374,5 +402,40 @@ def compute_features(ctx: FeatureContext, requests: Sequence[RecRequest], querie
     put(np.where(active, h - start, 0)[:, None])
     put(np.where(has, np.log1p(np.maximum(since, 0.0)), np.nan)[:, None])
     put(dev[:, None])
+
+    # ---- search (the search ranker): the shop's list and the query ------------------------------------
+    if spec.search:
+        valid = cand.valid
+        shop = cand.sources.get("shop")
+        shop = np.where(valid, shop, 0.0) if shop is not None else np.zeros((b, n), np.float32)
+        put(shop)
+        put(_ranks(shop))
+        put(np.log1p(valid.sum(axis=1))[:, None])
+        match = np.zeros((b, n), np.float32)
+        if ctx.matcher is not None:
+            for r, req in enumerate(requests):
+                if req.query:
+                    match[r] = ctx.matcher.match(req.query, np.where(valid[r], cand.items[r], -1))
+        put(match)
+        pop = np.where(valid, stats.pop_log[c], -1.0)
+        put(_ranks(pop + 1.0))  # items never seen (pop 0) share the last rank
+        put(pop - pop.max(axis=1, keepdims=True, initial=0.0))
+        hband = np.where(hv, stats.price_band[hs], np.nan)
+        hb_ok = np.isfinite(hband)
+        hb_mean = np.where(hb_ok.any(axis=1), np.where(hb_ok, hband, 0.0).sum(axis=1)
+                           / np.maximum(hb_ok.sum(axis=1), 1), np.nan)
+        put(stats.price_band[c] - hb_mean[:, None])
+        in_cat = cat_eq.sum(axis=2)  # the shopper's events in the candidate's category, of its brand among them
+        put(np.where(in_cat > 0, (cat_eq & brand_eq).sum(axis=2) / np.maximum(in_cat, 1), np.nan))
+        st = ctx.searches
+        if st is not None and len(st.shown) == len(items):
+            shown, picked = st.shown[c], st.picked[c]
+            put(np.log1p(shown))
+            put(np.log1p(picked))
+            put((picked + 0.05) / (shown + 1.0))
+        else:
+            put(np.nan)
+            put(np.nan)
+            put(np.nan)
     assert next(col, None) is None, "feature columns out of sync with feature_names"
     return np.ascontiguousarray(X.transpose(1, 2, 0))

@@ -95,10 +95,13 @@ class Point:
     positions: dict[str, int] = field(default_factory=dict)  # logged impressions: item id -> position shown
     shown: dict[str, float] = field(default_factory=dict)  # exploration slots: item id -> logged propensity (< 1)
     device: str | None = None
+    given: tuple[str, ...] | None = None  # a logged search: the results the shop showed (a rerank request's list)
+    query: str | None = None  # ... and its query
 
     def request(self, placement: str, k: int) -> RecRequest:
         return RecRequest(placement=placement, shopper=self.shopper, k=k, now=self.ts,
-                          state=ShopperState(list(self.history), set(self.purchased)), device=self.device)
+                          state=ShopperState(list(self.history), set(self.purchased)), device=self.device,
+                          given=self.given, query=self.query)
 
 
 def point_at(log: EventLog, lo: int, i: int, history_length: int = 50, ts: float | None = None) -> Point:

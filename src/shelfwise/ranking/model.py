@@ -23,12 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from shelfwise.items import ItemTable
-from shelfwise.ranking.features import FeatureContext, FeatureSpec, ItemStats, compute_features, feature_names
+from shelfwise.ranking.features import (FeatureContext, FeatureSpec, ItemStats, SearchStats, compute_features,
+                                        feature_names)
 from shelfwise.ranking.labels import RankRows
 from shelfwise.request import Candidates, Query, RecRequest
 from shelfwise.settings import RankerSettings, known_fields
 
-MODEL_FILE, META_FILE, STATS = "ranker.txt", "ranker.json", "ranker_stats"
+RANKER, SEARCH_RANKER = "ranker", "search_ranker"  # the names of a model version's boosters (their files' stem)
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +45,10 @@ def lgb_params(s: RankerSettings) -> dict[str, Any]:
 
 class Ranker:
     def __init__(self, settings: RankerSettings, spec: FeatureSpec, stats: ItemStats | None = None,
-                 booster: Any = None, report: dict[str, Any] | None = None) -> None:
+                 booster: Any = None, report: dict[str, Any] | None = None, name: str = RANKER) -> None:
+        """``name``: which of the model's boosters (``RANKER``, or ``SEARCH_RANKER``: its ``settings.placements``
+        are then the search placements), the stem of its files."""
+        self.name = name
         self.settings = settings
         self.spec = spec
         self.stats = stats
@@ -52,6 +56,7 @@ class Ranker:
         self.report: dict[str, Any] = report or {}
         self.feature_names = feature_names(spec)
         self.compiled: Any = None  # lleaves.Model once ``compile`` succeeded
+        self.searches: SearchStats | None = None  # the search ranker's: the logged searches' item statistics
 
     # ---- training -------------------------------------------------------------------------------------
     def fit(self, train: RankRows, valid: RankRows | None = None) -> "Ranker":
@@ -118,18 +123,18 @@ class Ranker:
             from llvmlite import binding
         except ImportError:
             return False
-        model_file = folder / MODEL_FILE
+        model_file = folder / f"{self.name}.txt"
         if not model_file.exists():
             self.booster.save_model(str(model_file))
         host = f"{binding.get_host_cpu_name()}|{binding.get_host_cpu_features().flatten()}|{_version('lleaves')}"
         tag = hashlib.blake2b(host.encode(), digest_size=6).hexdigest()
-        cache = folder / f"ranker-{tag}.native"
+        cache = folder / f"{self.name}-{tag}.native"
         try:
             compiled = lleaves.Model(model_file=str(model_file))
             if cache.exists():
                 compiled.compile(cache=str(cache))
             else:  # compile to a private file, then move it in place: concurrent loaders never read half a file
-                tmp = folder / f".ranker-{tag}.{os.getpid()}.tmp"
+                tmp = folder / f".{self.name}-{tag}.{os.getpid()}.tmp"
                 compiled.compile(cache=str(tmp))
                 try:
                     tmp.replace(cache)
@@ -151,29 +156,38 @@ class Ranker:
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         assert self.booster is not None and self.stats is not None
-        self.booster.save_model(str(path / MODEL_FILE))
+        self.booster.save_model(str(path / f"{self.name}.txt"))
         meta = {"feature_names": self.feature_names, "spec": {"sources": self.spec.sources,
-                "embeddings": self.spec.embeddings, "session_gap_s": self.spec.session_gap_s},
+                "embeddings": self.spec.embeddings, "session_gap_s": self.spec.session_gap_s,
+                "search": self.spec.search},
                 "settings": self.settings.model_dump(mode="json"), "report": self.report,
                 "importance_gain": self.importances("gain")}
-        (path / META_FILE).write_text(json.dumps(meta, indent=1))
-        self.stats.save(path, STATS)
+        (path / f"{self.name}.json").write_text(json.dumps(meta, indent=1))
+        self.stats.save(path, f"{self.name}_stats")
+        if self.searches is not None:
+            self.searches.save(path, f"{self.name}_searches")
 
     @classmethod
-    def load(cls, path: Path, settings: RankerSettings | None = None) -> "Ranker":
+    def load(cls, path: Path, settings: RankerSettings | None = None, name: str = RANKER) -> "Ranker":
+        """``settings``: the serving settings (a search ranker's placements are then ``search_placements``)."""
         import lightgbm as lgb
 
-        meta = json.loads((path / META_FILE).read_text())
+        meta = json.loads((path / f"{name}.json").read_text())
         spec = FeatureSpec(**meta["spec"])
-        obj = cls(settings or RankerSettings.model_validate(known_fields(RankerSettings, meta["settings"])), spec, ItemStats.load(path, STATS),
-                  lgb.Booster(model_file=str(path / MODEL_FILE)), meta.get("report"))
+        settings = settings or RankerSettings.model_validate(known_fields(RankerSettings, meta["settings"]))
+        if name == SEARCH_RANKER:
+            settings = settings.for_search()
+        obj = cls(settings, spec, ItemStats.load(path, f"{name}_stats"),
+                  lgb.Booster(model_file=str(path / f"{name}.txt")), meta.get("report"), name)
+        if (path / f"{name}_searches.npz").exists():
+            obj.searches = SearchStats.load(path, f"{name}_searches")
         if obj.feature_names != meta["feature_names"]:
             raise ValueError("saved ranker's feature list does not match this code's features")
         return obj
 
     @staticmethod
-    def exists(path: Path) -> bool:
-        return (path / META_FILE).exists() and (path / MODEL_FILE).exists()
+    def exists(path: Path, name: str = RANKER) -> bool:
+        return (path / f"{name}.json").exists() and (path / f"{name}.txt").exists()
 
 
 def _predict_fast(booster: Any, flat: np.ndarray) -> np.ndarray:

@@ -61,6 +61,7 @@ class Batch:
     # indices, penalty in units of the score spread) from ``stages.caps``, subtracted by the merchandise stage
     fatigue_scale: np.ndarray | None = None  # (B,) the score spread the penalties were scaled by
     candidates: Candidates | None = None
+    learned: str = ""  # which learned ranker scored the candidates (``Ranker.name``; "" none: the blend's order)
     base: dict[int, np.ndarray] = field(default_factory=dict)  # row -> scores before rules (shadow answers)
     local: list[LocalEffects | None] = field(default_factory=list)  # row -> its rules over its candidates
     pre: list[np.ndarray | None] = field(default_factory=list)  # row -> scores before rules' drops (pins)

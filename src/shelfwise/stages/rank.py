@@ -5,6 +5,10 @@ candidate follows in blend order below all of them, so pins and reserved slots c
 ``ranker = true`` (the rerank placements by default) is re-scored by the same ranker, every item of its list. A request that a
 new shoppers' source answered (a cohort centroid: no history, page or cart) keeps the blend's order: the ranker
 learned only from requests with a history (``ranking.labels.split_history``) and knows nothing of cohorts.
+
+The search placements (``ranker.search_placements``) are scored by the model's search ranker instead when it has
+one (``ranking/search.py``: trained on logged searches, the shop's order and the query among its features), every
+row: it learned from searches with and without a history. ``Batch.learned`` says which booster scored the list.
 """
 
 from __future__ import annotations
@@ -34,15 +38,23 @@ def ranked_scores(cand: Candidates, n: int, final: np.ndarray) -> np.ndarray:
 class RankStage:
     name = "rank"
 
-    def __init__(self, ranker: Ranker, ctx: FeatureContext, new_shoppers: tuple[str, ...] = ()) -> None:
-        """``new_shoppers``: the sources that score only a new shopper's request (whose rows keep blend order)."""
-        self.ranker, self.ctx, self.new_shoppers = ranker, ctx, new_shoppers
+    def __init__(self, ranker: Ranker | None, ctx: FeatureContext | None, new_shoppers: tuple[str, ...] = (),
+                 search: tuple[Ranker, FeatureContext] | None = None) -> None:
+        """``new_shoppers``: the sources that score only a new shopper's request (whose rows keep blend order).
+        ``search``: the search ranker and its feature context."""
+        self.ranker, self.ctx, self.new_shoppers, self.search = ranker, ctx, new_shoppers, search
 
     def run(self, batch: Batch) -> None:
-        applies = self.ranker.applies(batch.placement) or (batch.conf.ranker and self.ranker.applies(
-            self.ranker.settings.placements[0] if self.ranker.settings.placements else ""))
-        if not batch.use_ranker or not applies:
+        if not batch.use_ranker:
             return
+        if self.search is not None and batch.conf.kind == "rerank" and self.search[0].applies(batch.placement):
+            self._search(batch, *self.search)
+            return
+        ranker = self.ranker
+        if ranker is None or not (ranker.applies(batch.placement) or (batch.conf.ranker and ranker.applies(
+                ranker.settings.placements[0] if ranker.settings.placements else ""))):
+            return
+        assert self.ctx is not None
         cand = batch.candidates
         assert cand is not None
         cold = np.zeros(len(batch), bool)
@@ -54,9 +66,19 @@ class RankStage:
         # a rerank placement's candidates are the shop's list: every item of it is re-scored
         n = cand.shape[1] if batch.conf.kind == "rerank" else min(self.ranker.settings.candidates, cand.shape[1])
         head = cand.take(np.broadcast_to(np.arange(n), (len(batch), n)))
-        final = self.ranker.score(self.ctx, batch.requests, batch.queries, head)
+        final = ranker.score(self.ctx, batch.requests, batch.queries, head)
         blend = cand.score.copy() if cold.any() else None
         cand.score = ranked_scores(cand, n, final)
         if blend is not None:
             cand.score[cold] = blend[cold]
         batch.candidates = cand.sorted()
+        batch.learned = ranker.name
+
+    @staticmethod
+    def _search(batch: Batch, ranker: Ranker, ctx: FeatureContext) -> None:
+        cand = batch.candidates
+        assert cand is not None
+        final = ranker.score(ctx, batch.requests, batch.queries, cand)
+        cand.score = ranked_scores(cand, cand.shape[1], final)
+        batch.candidates = cand.sorted()
+        batch.learned = ranker.name

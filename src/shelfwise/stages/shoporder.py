@@ -12,7 +12,9 @@ the list's popularity order (the trending source's) by the placement's ``popular
 ``(1 − p) · ranker + p · popular``. With a search query and the placement's ``query_weight`` w, ``personal`` is
 ``(1 − w) ·`` that ``+ w ·`` the query-item text match (``ranking/query.py``). Ranks, not raw scores, are blended: the ranker's and the blend's scales mean nothing to the
 shop's order. ``impact`` is the request's ``personalization_impact``: 0 answers the shop's order (after stock,
-filters and rules), 1 the personal order alone. The merchandise and slot stages follow as on every rail (business
+filters and rules), 1 the personal order alone. When the search ranker scored the list (``Batch.learned``), its order
+is ``personal`` as it is: the shop's position, popularity and the query's match are among its features, weighed
+by what shoppers picked in logged searches. The merchandise and slot stages follow as on every rail (business
 score, stated preferences, rules, diversity).
 
 Other placements pass through at the cost of one comparison.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shelfwise.ranking.model import SEARCH_RANKER
 from shelfwise.ranking.query import QueryMatcher
 from shelfwise.stages.base import Batch
 
@@ -49,12 +52,13 @@ class ShopOrderStage:
         assert cand is not None
         valid = cand.valid & np.isfinite(cand.score)
         personal = rank_scores(cand.score, valid)
+        learned = batch.learned == SEARCH_RANKER
         pw = batch.conf.popularity_weight
-        if pw > 0 and "trending" in cand.sources:
+        if pw > 0 and "trending" in cand.sources and not learned:
             popular = rank_scores(cand.sources["trending"], valid)
             personal = (1 - pw) * personal + pw * popular
         w = batch.conf.query_weight
-        if w > 0 and self.matcher is not None and any(r.query for r in batch.requests):
+        if w > 0 and self.matcher is not None and any(r.query for r in batch.requests) and not learned:
             match = np.zeros(cand.shape, np.float32)
             for r, req in enumerate(batch.requests):
                 if req.query:

@@ -28,7 +28,7 @@ from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import (
     TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, WishlistEntry,
-    entry_contexts, fold_wishlist,
+    LoggedSearch, entry_contexts, fold_wishlist, logged_search,
 )
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -351,6 +351,15 @@ class PostgresStore:
                                 "AND type IN (%s, %s) ORDER BY ts, seq",
                                 (shopper, int(EventType.wishlist_added), int(EventType.wishlist_removed))).fetchall()
         return fold_wishlist(rows)
+
+    def searches(self, since: float | None = None) -> list[LoggedSearch]:
+        with self.pool.connection() as conn:
+            after = "" if since is None else " AND ts >= %s"
+            rows = conn.execute("SELECT shopper, session_id, ts, payload->'properties' FROM events WHERE type = %s"
+                                + after + " ORDER BY ts, seq",
+                                (int(EventType.search),) + (() if since is None else (since,))).fetchall()
+        got = (logged_search(*row) for row in rows)
+        return [g for g in got if g is not None]
 
     def entry_contexts(self) -> dict[str, EntryContext]:
         with self.pool.connection() as conn, conn.cursor(name="shelfwise_contexts") as cur:

@@ -109,6 +109,27 @@ def fold_wishlist(rows: Iterable[tuple[int, str, float, dict | None]]) -> dict[s
 
 
 @dataclass(frozen=True)
+class LoggedSearch:
+    """A ``search`` event that carried the results the shop showed (``properties.results``, best first): what the
+    search ranker learns from (``ranking/search.py``), with what the shopper did next in the event log."""
+
+    shopper: str
+    session: str  # "" when absent
+    ts: float
+    query: str
+    results: tuple[str, ...]
+
+
+def logged_search(shopper: str, session: str | None, ts: float, props: dict | None) -> LoggedSearch | None:
+    """A stored search event's row as a ``LoggedSearch``; None when it carried no results."""
+    props = props or {}
+    results, query = props.get("results"), props.get("query")
+    if not results or not isinstance(results, list) or not isinstance(query, str):
+        return None
+    return LoggedSearch(shopper, session or "", float(ts), query, tuple(str(x) for x in results))
+
+
+@dataclass(frozen=True)
 class EntryContext:
     """What a shopper's events said about their visits, each field as first said (events ``context``): the keys of
     the cohorts a new shopper like them is placed in."""
@@ -149,6 +170,9 @@ class EventStore(Protocol):
 
     def entry_contexts(self) -> dict[str, EntryContext]:
         """Every shopper's ``EntryContext`` (training places shoppers in cohorts by it)."""
+
+    def searches(self, since: float | None = None) -> list[LoggedSearch]:
+        """The search events (at or after ``since``) that carried their results, in time order."""
 
     def wishlist(self, shopper: str) -> dict[str, WishlistEntry]:
         """The items on a shopper's wishlist now (``wishlist_added`` not followed by ``wishlist_removed``)."""

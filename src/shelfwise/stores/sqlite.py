@@ -15,7 +15,7 @@ import orjson
 from shelfwise.domain import Event, EventType, Item
 from shelfwise.stores.protocols import (
     TOMBSTONE_S, AppendResult, CatalogChanges, EntryContext, EventLog, Interaction, ShopperState, WishlistEntry,
-    entry_contexts, fold_wishlist,
+    LoggedSearch, entry_contexts, fold_wishlist, logged_search,
 )
 
 SCHEMA = """
@@ -251,6 +251,14 @@ class SQLiteStore:
             quantity=np.array(cols[7], dtype=np.int32),
             price=np.array([np.nan if p is None else p for p in cols[8]], dtype=np.float64),
         )
+
+    def searches(self, since: float | None = None) -> list[LoggedSearch]:
+        after = "" if since is None else " AND ts >= ?"
+        rows = self._readers.get().execute(
+            f"SELECT shopper, session_id, ts, payload FROM events WHERE type = ?{after} ORDER BY ts, seq",
+            (int(EventType.search),) + (() if since is None else (since,))).fetchall()
+        got = (logged_search(sh, se, ts, orjson.loads(p).get("properties")) for sh, se, ts, p in rows)
+        return [g for g in got if g is not None]
 
     def wishlist(self, shopper: str) -> dict[str, WishlistEntry]:
         rows = self._readers.get().execute(
