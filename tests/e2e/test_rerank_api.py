@@ -38,6 +38,19 @@ def test_impact_zero_keeps_the_shop_order_and_one_personalises(client):
     assert any(r["reason"] == "evidence" for r in mine["items"])
 
 
+def test_a_request_without_impact_takes_its_placements(trained_settings):
+    """No personalization_impact: the placement's ``impact`` (search 1, category 0.75 by default) decides."""
+    shop = ["h1", "h0", "c2", "c3", "p3", "p1", "c1", "p2"]
+    settings = trained_settings.model_copy(deep=True)
+    assert settings.models.placements["search"].impact == 1.0
+    assert settings.models.placements["category"].impact == 0.75
+    settings.models.placements["search"].impact = 0.0
+    with api_client(settings) as c:
+        kept = c.post("/v1/rerank", json={"items": shop, "user_id": "u1"}).json()
+        mine = c.post("/v1/rerank", json={"items": shop, "user_id": "u1", "personalization_impact": 1.0}).json()
+    assert ids(kept) == shop and ids(mine) != shop
+
+
 def test_rerank_k_filters_and_query(client):
     shop = ["h1", "c3", "p2", "c0", "p0", "h0"]
     body = client.post("/v1/rerank", json={"items": shop, "k": 2, "user_id": "u2"}).json()

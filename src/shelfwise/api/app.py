@@ -641,7 +641,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                          k=body.k or conf.k or len(body.items), exclude=body.exclude, device=body.device,
                          segments=body.segments, request_id=current_request_id() or new_request_id(),
                          explain=body.explain, filters=body.filters.filters() if body.filters else None,
-                         given=body.items, query=body.query, impact=body.personalization_impact)
+                         given=body.items, query=body.query, impact=conf.impact if body.personalization_impact is None
+                         else body.personalization_impact)
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(body.placement).observe(time.perf_counter() - t0)
         metrics.served(req, answer, "known", req.shopper in engine.pipeline.shopper_index)

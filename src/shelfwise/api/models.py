@@ -321,10 +321,12 @@ class RerankRequest(BaseModel):
     session_id: Text | None = Field(None, min_length=1, max_length=256)
     query: Text | None = Field(None, max_length=1024, description="the shopper's search query (query-item text "
                                                                   "match; the placement's query_weight)")
-    personalization_impact: float = Field(
-        0.75, ge=0, le=1, allow_inf_nan=False,
+    personalization_impact: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False,
         description="how far the personal order moves the shop's: 0 keeps the shop's order (after stock, filters and "
-                    "rules), 1 is the personal order alone; in between, a blend of the two ranks")
+                    "rules), 1 is the personal order alone; in between, a blend of the two ranks (default: the "
+                    "placement's impact setting: 1 for search, whose ranker weighs the shop's position itself; 0.75 "
+                    "for category)")
     k: int | None = Field(None, ge=1, le=MAX_RERANK_ITEMS, description="answer the best k (default: the placement's k, "
                                                                       "else every item kept)")
     filters: CatalogFilters | None = None
