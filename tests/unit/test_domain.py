@@ -73,3 +73,26 @@ def test_item_margin_and_stock():
     assert it.created_at.tzinfo is not None
     with pytest.raises(ValidationError):
         Item(id="y", cost=3.0)  # cost without price
+
+
+def test_an_item_read_back_from_a_store_equals_the_validated_one():
+    """``Item.stored`` builds what a store holds without validating it again: the same item, field by field and type
+    by type, as validating the stored document would give (the synthetic storefront and awkward values)."""
+    import orjson
+
+    from shelfwise.synthetic import generate_storefront
+
+    items = list(generate_storefront(n_items=300, n_shoppers=5, n_events=10, seed=5).items)
+    items += [Item.model_validate(x) for x in (
+        {"id": "näive ☃", "title": "日本語のタイトル", "price": 30, "cost": 12, "created_at": "2026-01-02T03:04:05Z",
+         "attributes": {"size": ["M", "L"], "eco": {"rating": 4, "x": 1.5, "none": None}}, "tags": ["a", ""]},
+        {"id": "bare"},
+        {"id": "offset", "created_at": "2026-01-02T03:04:05+02:00", "available": False, "stock": 0})]
+    for it in items:
+        doc = orjson.loads(orjson.dumps(it.model_dump(mode="json")))
+        got, want = Item.stored(doc), Item.model_validate(doc)
+        assert got == want and got.model_dump() == want.model_dump()
+        assert [type(v) for v in got.model_dump().values()] == [type(v) for v in want.model_dump().values()]
+        assert got.margin == want.margin and got.in_stock == want.in_stock
+    pg_like = {"id": "p", "price": 30, "cost": 3}  # PostgreSQL's jsonb gives a whole number back as an integer
+    assert type(Item.stored(pg_like).price) is float and Item.stored(pg_like) == Item.model_validate(pg_like)

@@ -460,10 +460,10 @@ class ContentTower:
         obj = cls(base.model_copy(update=meta["layout"]), cache_dir, encoder)
         with np.load(path / ARRAYS, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        obj.ids = [str(x) for x in arrays["ids"]]
+        obj.ids = [str(x) for x in arrays["ids"].tolist()]  # tolist: Python strings in one call, not one by one
         obj.index = {i: r for r, i in enumerate(obj.ids)}
-        obj.content_hashes = [str(x) for x in arrays["content_hashes"]]
-        obj.text_hashes = [str(x) for x in arrays["text_hashes"]]
+        obj.content_hashes = [str(x) for x in arrays["content_hashes"].tolist()]
+        obj.text_hashes = [str(x) for x in arrays["text_hashes"].tolist()]
         n = len(obj.ids)
         obj._text = _Rows(TEXT_DIM, arrays["text"].reshape(n, TEXT_DIM))
         obj._reindex_texts()

@@ -394,7 +394,7 @@ class PostgresStore:
             return {}
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT id, doc FROM items WHERE id = ANY(%s)", (list(item_ids),)).fetchall()
-        return {i: Item.model_validate(doc) for i, doc in rows}
+        return {i: Item.stored(doc) for i, doc in rows}
 
     def delete(self, item_id: str) -> bool:
         with self.pool.connection() as conn, conn.transaction():
@@ -409,13 +409,13 @@ class PostgresStore:
     def all(self) -> list[Item]:
         with self.pool.connection() as conn:
             docs = conn.execute("SELECT doc FROM items ORDER BY id").fetchall()
-        return [Item.model_validate(d) for (d,) in docs]
+        return [Item.stored(d) for (d,) in docs]
 
     def changed_since(self, ts: float) -> list[Item]:
         with self.pool.connection() as conn:
             docs = conn.execute("SELECT doc FROM items WHERE updated >= to_timestamp(%s) ORDER BY id",
                                 (ts,)).fetchall()
-        return [Item.model_validate(d) for (d,) in docs]
+        return [Item.stored(d) for (d,) in docs]
 
     def changes(self, since: float) -> CatalogChanges:
         with self.pool.connection() as conn, conn.transaction():
@@ -425,7 +425,7 @@ class PostgresStore:
                                 (since,)).fetchall()
             gone = conn.execute("SELECT id FROM item_deletions WHERE deleted >= to_timestamp(%s) ORDER BY id",
                                 (since,)).fetchall()
-        return CatalogChanges([Item.model_validate(d) for (d,) in docs], [i for (i,) in gone], as_of)
+        return CatalogChanges([Item.stored(d) for (d,) in docs], [i for (i,) in gone], as_of)
 
     def ids(self) -> set[str]:
         with self.pool.connection() as conn:

@@ -329,7 +329,7 @@ class SQLiteStore:
             chunk = list(item_ids[start:start + 500])
             marks = ",".join("?" * len(chunk))
             for _id, doc in db.execute(f"SELECT id, doc FROM items WHERE id IN ({marks})", chunk).fetchall():
-                out[_id] = Item.model_validate(orjson.loads(doc))
+                out[_id] = Item.stored(orjson.loads(doc))
         return out
 
     def delete(self, item_id: str) -> bool:
@@ -352,12 +352,12 @@ class SQLiteStore:
     def all(self) -> list[Item]:
         db = self._readers.get()
         docs = db.execute("SELECT doc FROM items ORDER BY id").fetchall()
-        return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
+        return [Item.stored(orjson.loads(d)) for (d,) in docs]
 
     def changed_since(self, ts: float) -> list[Item]:
         db = self._readers.get()
         docs = db.execute("SELECT doc FROM items WHERE updated >= ? ORDER BY id", (ts,)).fetchall()
-        return [Item.model_validate(orjson.loads(d)) for (d,) in docs]
+        return [Item.stored(orjson.loads(d)) for (d,) in docs]
 
     def changes(self, since: float) -> CatalogChanges:
         db = self._readers.get()
@@ -368,7 +368,7 @@ class SQLiteStore:
             gone = db.execute("SELECT id FROM item_deletions WHERE deleted >= ? ORDER BY id", (since,)).fetchall()
         finally:
             db.execute("COMMIT")
-        return CatalogChanges([Item.model_validate(orjson.loads(d)) for (d,) in docs], [i for (i,) in gone], as_of)
+        return CatalogChanges([Item.stored(orjson.loads(d)) for (d,) in docs], [i for (i,) in gone], as_of)
 
     def ids(self) -> set[str]:
         db = self._readers.get()
