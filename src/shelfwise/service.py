@@ -50,6 +50,11 @@ from shelfwise.training import SCAN_FILE, fit_pipeline
 log = logging.getLogger(__name__)
 
 
+def shown_part(answer: Answer, depth: int | None) -> Answer:
+    """The slots of an answer that count as shown (its placement's ``shown``): all of them unless it has more."""
+    return answer if depth is None or len(answer.items) <= depth else replace(answer, items=answer.items[:depth])
+
+
 def propensities(answer: Answer, got: Assignments | None) -> list[float] | None:
     """Per slot, the probability it holds its item, for the exposure log (None: every slot ranked): an experiment's
     exploration slot's, else a new item's exploration slot's (``stages.explore``), else 1."""
@@ -57,7 +62,7 @@ def propensities(answer: Answer, got: Assignments | None) -> list[float] | None:
     theirs = got.propensities if got is not None else None
     if theirs is None:
         return own if any(p < 1.0 for p in own) else None
-    return [t if t < 1.0 else (own[i] if i < len(own) else 1.0) for i, t in enumerate(theirs)]
+    return [t if t < 1.0 else (own[i] if i < len(own) else 1.0) for i, t in enumerate(theirs[:len(own)])]
 
 
 class Shelfwise:
@@ -414,6 +419,10 @@ class Shelfwise:
             got.update(fresh)
         return {s: got[s] for s in shoppers}  # type: ignore[misc]
 
+    def _shown_depth(self, req: RecRequest) -> int | None:
+        conf = req.conf or self.settings.models.placements.get(req.placement)
+        return conf.shown if conf is not None else None
+
     def record_shown(self, reqs: Sequence[RecRequest], answers: Sequence[Answer]) -> None:
         """Count what each known shopper was shown (frequency caps; ``models.caps.record``): one online-state write
         for the batch, before the answers go out, so the shopper's next request sees it."""
@@ -424,7 +433,7 @@ class Shelfwise:
             if req.shopper is None or not ans.items:
                 continue
             shown.setdefault(req.now or time.time(), {}).setdefault(req.shopper, []).extend(
-                (r.item_id, req.placement) for r in ans.items)
+                (r.item_id, req.placement) for r in shown_part(ans, self._shown_depth(req)).items)
         for at, batch in shown.items():
             self.online.show(batch, at)
 
@@ -662,7 +671,8 @@ class Shelfwise:
             if not log:  # a simulation asks for rails whose exposures it logs itself
                 break
             # exposure log (queued, off the hot path), with the slots' propensities when the rail explored
-            self.merch.record(req, answer, propensities(answer, got))
+            seen = shown_part(answer, self._shown_depth(req))
+            self.merch.record(req, seen, propensities(seen, got))
             if got is not None:
                 self.experiments.record(got, req.request_id or "", req.placement, [r.item_id for r in answer.items],
                                         teams=got.teams, propensities=got.propensities,

@@ -251,6 +251,10 @@ class PlacementSettings(_Section):
                                                              "to the query-item text match when a query is sent "
                                                              "(title, category, brand; the rest is the ranker or "
                                                              "blend)")
+    shown: int | None = Field(None, ge=1, le=1000, description=(
+        "how many of an answer's first slots count as shown to the shopper (impressions for the caps, the "
+        "exposure log); unset: every slot (a rail shows them all). The shop's own lists default to 48, a page of "
+        "results: a 200-item re-rank is not 200 impressions, and logging them all took a fifth of the API's time"))
     impact: float = Field(0.75, ge=0, le=1, description="rerank placements: the personalization_impact of a "
                                                         "request that sends none (how far the personal order moves "
                                                         "the shop's)")
@@ -311,9 +315,9 @@ def _default_placements() -> dict[str, PlacementSettings]:
         # impact 1: the search ranker (trained on logged searches) weighs the shop's position itself, and without
         # one the personal order alone did as well (BENCHMARKS.md, Search re-ranking: +16.0 % at 1, +13.6 % at 0.75)
         "search": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
-                                    popularity_weight=0.8, query_weight=0.1, impact=1.0),
+                                    popularity_weight=0.8, query_weight=0.1, impact=1.0, shown=48),
         "category": PlacementSettings(kind="rerank", weights=dict(rerank), exclude_history="none", ranker=True,
-                                      popularity_weight=0.8),
+                                      popularity_weight=0.8, shown=48),
         # the weekly email (`shelfwise campaign run`): the homepage's sources, no exploration slots; its caps
         # (models.caps) keep it from repeating itself or what the shop showed lately
         "email_weekly": PlacementSettings(weights={"sequence": 1.0, "covisit": 1.0, "als": 0.3, "cohort": 1.0,

@@ -148,3 +148,38 @@ def test_custom_placements_by_name(trained_settings, tmp_path):
                                        "query": "Phone CASES", "personalization_impact": 1.0})
         got = ids(r.json())
         assert set(got[:2]) == {"c3", "c0"} and set(got[2:4]) == {"p2", "p0"} and set(got[4:]) == {"h0", "h1"}
+
+
+def test_only_the_first_shown_slots_of_a_long_list_count_as_impressions_and_exposures(trained_settings):
+    """A re-ranked list of many items is not that many impressions: its placement's ``shown`` first slots are
+    (48 for the shop's lists by default), in the caps' online state and in the exposure log."""
+    import sqlite3
+
+    from shelfwise.rules.admin import rules_db_path
+
+    shop = ["h1", "h0", "c2", "c3", "p3", "p1", "c1", "p2"]
+    settings = trained_settings.model_copy(deep=True)
+    assert settings.models.placements["search"].shown == 48 and settings.models.placements["homepage"].shown is None
+    settings.models.placements["search"].shown = 3
+    from shelfwise.service import Shelfwise
+
+    engine = Shelfwise(settings)
+    try:
+        with api_client(settings, engine=engine) as c:
+            body = c.post("/v1/rerank", json={"items": shop, "user_id": "u7"}).json()
+            assert len(body["items"]) == len(shop)  # the whole list is answered
+            rail = c.get("/v1/recommendations/homepage", params={"user_id": "u8", "k": 5}).json()
+        first = ids(body)[:3]
+        assert set(engine.shopper_state("u7").seen) == set(first)  # the caps count these impressions only
+        assert len(engine.shopper_state("u8").seen) == 5
+    finally:
+        engine.close()
+    db = sqlite3.connect(rules_db_path(settings))
+    try:
+        logged = [r[0] for r in db.execute("SELECT item_id FROM exposures WHERE request_id = ? ORDER BY position",
+                                           (body["request_id"],))]
+        rail_logged = db.execute("SELECT count(*) FROM exposures WHERE request_id = ?",
+                                 (rail["request_id"],)).fetchone()[0]
+    finally:
+        db.close()
+    assert logged == first and rail_logged == len(rail["items"]) == 5
