@@ -421,12 +421,16 @@ def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], 
     # MMR on every placement: a settings file the server reads (a dict of placements is replaced, not merged)
     ms = ModelSettings()
     lines = []
-    for name, conf in ms.placements.items():
-        lines.append(f"[models.placements.{name}]\nexclude_history = \"{conf.exclude_history}\"\nkind = \"{conf.kind}\"\n"
-                     f"ranker = {str(conf.ranker).lower()}\nquery_weight = {conf.query_weight}")
-        lines.append(f"[models.placements.{name}.weights]\n" + "\n".join(f"{k} = {v}" for k, v in conf.weights.items()))
+    for name, conf in ms.placements.items():  # every setting of the placement as configured, then MMR
+        doc = conf.model_dump(mode="json", exclude_none=True)
         if conf.kind != "rerank":  # the shop's lists keep their configured order (no MMR by default)
-            lines.append(f"[models.placements.{name}.diversity]\nmmr_lambda = {args.mmr_lambda}")
+            doc["diversity"]["mmr_lambda"] = args.mmr_lambda
+        lines.append(f"[models.placements.{name}]\n" + "\n".join(
+            f"{k} = {json.dumps(v)}" for k, v in doc.items() if not isinstance(v, dict)))
+        for table, values in doc.items():
+            if isinstance(values, dict):
+                lines.append(f"[models.placements.{name}.{table}]\n" + "\n".join(
+                    f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items()))
     (data / "shelfwise.toml").write_text("\n".join(lines) + "\n")
     with sqlite3.connect(data / "shelfwise.db") as db:
         users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL LIMIT 50000")]
