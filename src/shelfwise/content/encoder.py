@@ -7,8 +7,12 @@ mean pooling + normalisation) is what torch runs and what is exported to ONNX, o
 (``settings.content_cache_dir``), under a name carrying the fingerprint of the weights and of the export code;
 the export is written to a temporary file and renamed into place, so concurrent processes never read half a file.
 
-Texts are encoded in batches sorted by length (less padding), in the caller's order on return, with a progress
-callback ``progress(done, total)`` after every batch. Heavy modules (torch, transformers, onnxruntime) are
+Texts are tokenised first, each distinct text once, then encoded in batches of texts of similar token counts,
+each batch padded only to its own longest text (no padding beyond it), in the caller's order on return, with a
+progress callback ``progress(done, total)`` (in texts asked for) after every batch. ONNX Runtime's intra-op
+threads do not spin while waiting for work (``session.intra_op.allow_spinning = 0``): on a machine shared with
+other jobs, spinning threads fight them for the cores (BENCHMARKS.md, Content tower: 1.3-2x faster bulk encoding
+and a third of the single-text latency at load 9 on 2 cores). Heavy modules (torch, transformers, onnxruntime) are
 imported when an encoder is first used, never at import time of this module.
 """
 
@@ -118,7 +122,7 @@ class TextEncoder:
 
             tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
             tok.enable_truncation(max_length=self.max_tokens)
-            tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of the batch
+            tok.no_padding()  # ``tokenize`` pads each batch to its own longest text
             self._tokenizer = tok
         return self._tokenizer
 
@@ -152,16 +156,29 @@ class TextEncoder:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # module docstring
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return self._session
 
     # -- encoding -----------------------------------------------------------------------------------------------
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Word-piece ids of each text (first ``max_chars`` characters, at most ``max_tokens`` pieces), unpadded."""
+        return [e.ids for e in self.tokenizer.encode_batch([t[: self.max_chars] for t in texts])]
+
+    @staticmethod
+    def pad(pieces: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(input ids, attention mask), int64, padded with 0 to the longest of ``pieces``."""
+        width = max((len(p) for p in pieces), default=0)
+        ids = np.zeros((len(pieces), width), np.int64)
+        mask = np.zeros((len(pieces), width), np.int64)
+        for r, p in enumerate(pieces):
+            ids[r, :len(p)] = p
+            mask[r, :len(p)] = 1
+        return ids, mask
+
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input ids, attention mask), int64, padded to the longest text."""
-        enc = self.tokenizer.encode_batch([t[: self.max_chars] for t in texts])
-        ids = np.array([e.ids for e in enc], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-        return ids, mask
+        return self.pad(self.token_ids(texts))
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.backend == "onnx":
@@ -189,16 +206,22 @@ class TextEncoder:
             return out
         bs = batch_size or self.batch_size
         texts = [t if isinstance(t, str) else str(t) for t in texts]
-        order = np.argsort([-min(len(t), self.max_chars) for t in texts], kind="stable")  # longest first
+        first: dict[str, int] = {}  # each distinct text is encoded once
+        which = np.array([first.setdefault(t, len(first)) for t in texts], np.int64)
+        distinct = list(first)
+        copies = np.bincount(which, minlength=len(distinct))  # texts asked for per distinct text (progress)
+        vecs = np.zeros((len(distinct), DIM), np.float32)
         done = 0
         with self._lock:
-            for start in range(0, n, bs):
+            pieces = self.token_ids(distinct)
+            order = np.argsort([-len(p) for p in pieces], kind="stable")  # longest first: similar lengths batch
+            for start in range(0, len(distinct), bs):
                 rows = order[start:start + bs]
-                ids, mask = self.tokenize([texts[i] for i in rows])
-                out[rows] = self._run(ids, mask)
-                done += len(rows)
+                vecs[rows] = self._run(*self.pad([pieces[i] for i in rows]))
+                done += int(copies[rows].sum())
                 if progress is not None:
                     progress(done, n)
+        out[:] = vecs[which]
         return out
 
 

@@ -10,9 +10,10 @@ vector and its projected vector. ``encode_changed`` re-encodes an item only when
 runs MiniLM only when its text changed (a price change recomputes the cheap blocks, not the text); identical
 texts within a batch are encoded once. MiniLM runs outside the tower's lock, so readers never wait for it.
 
-Two spaces: ``projected`` (the collaborative space the projection was fitted into; cosine, unit vectors) for
-candidate retrieval next to the collaborative vectors, and ``content`` (the unit-normalised content vector) for
-the content-similarity-to-history ranker feature.
+Three spaces: ``projected`` (the collaborative space the projection was fitted into; cosine, unit vectors) for
+candidate retrieval next to the collaborative vectors, ``content`` (the unit-normalised content vector) for
+the content-similarity-to-history ranker feature, and ``blend`` (both, weighted by ``blend_weight``, which
+``fit_blend`` chooses on the warm items' next interactions: ``content/blend.py``) for the content source.
 
 Encoding never runs on the API's start-up path: ``ContentTower.load`` reads arrays only (the encoder is loaded at
 the first encode), and ``BackgroundEncoder`` runs ``encode_changed`` on a worker thread and hands the result to a
@@ -39,11 +40,12 @@ from shelfwise.content.encoder import DIM as TEXT_DIM
 from shelfwise.content.encoder import ProgressFn, TextEncoder
 from shelfwise.content.features import (FeatureLayout, content_hash, content_vectors, has_text, item_text,
                                         text_block, text_hash)
+from shelfwise.content.blend import BlendChoice, blend_vectors, choose_blend_weight
 from shelfwise.content.projection import Projection, fit_projection, unit_rows
 from shelfwise.domain import Item
 
 log = logging.getLogger(__name__)
-Space = Literal["projected", "content"]
+Space = Literal["projected", "content", "blend"]
 FORMAT_VERSION = 1
 ARRAYS, META = "content_tower.npz", "content_tower.json"
 
@@ -188,6 +190,15 @@ class ContentTower:
             raise RuntimeError("the content tower is not fitted: call fit() or load()")
         return self.projection.out_dim
 
+    def space_dim(self, space: Space) -> int:
+        """Dimension of the vectors of ``space``."""
+        return {"projected": self.dim, "content": self.layout.dim, "blend": self.dim + self.layout.dim}[space]
+
+    @property
+    def blend_weight(self) -> float:
+        """w of the ``blend`` space (``content/blend.py``): 1 = the projection alone (before ``fit_blend``)."""
+        return float(self.meta.get("blend_weight", 1.0))
+
     def changed(self, items: Iterable[Item]) -> list[Item]:
         """The items that are new or whose content changed since they were last encoded (last version of an id)."""
         latest = {it.id: it for it in items}
@@ -313,13 +324,32 @@ class ContentTower:
                          "fit_s": round(time.perf_counter() - t1, 2), "fitted_at": time.time()}
         return self
 
+    def fit_blend(self, items: Sequence[Item], embeddings: np.ndarray, warm: np.ndarray, user: np.ndarray,
+                  item: np.ndarray, ts: np.ndarray, positive: np.ndarray) -> BlendChoice:
+        """After ``fit`` (same ``items``, ``embeddings``, ``warm``): choose ``blend_weight`` by how well each blend
+        of projected and content similarity predicts held-out warm items as shoppers' next items. Events are row
+        indices into ``items`` (``user``, ``item``, ``ts``; ``positive``: which count as interactions)."""
+        if self.projection is None:
+            raise RuntimeError("the content tower is not fitted: call fit() first")
+        embeddings = np.asarray(embeddings, np.float32)
+        ok = np.asarray(warm, bool) & np.isfinite(embeddings).all(axis=1) & (np.linalg.norm(embeddings, axis=1) > 0)
+        with self._lock:
+            x = self._content.view()[[self.index[it.id] for it in items]].copy()
+        t0 = time.perf_counter()
+        choice = choose_blend_weight(x, embeddings, ok, self.projection, np.asarray(user), np.asarray(item),
+                                     np.asarray(ts), np.asarray(positive, bool), self.settings)
+        with self._lock:
+            self.meta["blend_weight"] = choice.weight
+            self.meta["blend"] = {**choice.report(), "fit_s": round(time.perf_counter() - t0, 2)}
+        return choice
+
     def encode_changed(self, items: Iterable[Item], progress: ProgressFn | None = None,
                        space: Space = "projected") -> tuple[list[str], np.ndarray]:
         """Encode the new or changed items among ``items``; (their ids, their vectors in ``space``).
 
         The hook for catalog upserts: call it off the request path (``BackgroundEncoder``) and add the result to
         the vector index. Unchanged items are skipped (empty answer when nothing changed)."""
-        if space == "projected" and self.projection is None:
+        if space != "content" and self.projection is None:
             raise RuntimeError("the content tower is not fitted: call fit() or load()")
         items = list(items)
         todo = self._update(items, progress)
@@ -329,23 +359,27 @@ class ContentTower:
     def encode(self, items: Sequence[Item], progress: ProgressFn | None = None,
                space: Space = "projected") -> np.ndarray:
         """Vectors of ``items`` in order (``(len(items), d)``), encoding only those new or changed."""
-        if space == "projected" and self.projection is None:
+        if space != "content" and self.projection is None:
             raise RuntimeError("the content tower is not fitted: call fit() or load()")
         items = list(items)
         self._update(items, progress)
         return self.vectors([it.id for it in items], space)
 
     def vectors(self, ids: Sequence[str], space: Space = "projected") -> np.ndarray:
-        """Stored vectors of known ids (KeyError for an unknown one): projected (unit) or content (unit)."""
+        """Stored vectors of known ids (KeyError for an unknown one): projected (unit), content (unit) or blend
+        (``[√w · projected ‖ √(1−w) · content]``, w = ``blend_weight``)."""
         with self._lock:
             rows = np.array([self.index[i] for i in ids], np.int64)
-            if space == "projected":
+            if space in ("projected", "blend"):
                 if self._projected is None:
                     raise RuntimeError("the content tower is not fitted: call fit() or load()")
-                return self._projected.view()[rows].copy()
+                projected = self._projected.view()[rows].copy()
+                if space == "projected":
+                    return projected
+                return blend_vectors(projected, self._content.view()[rows], self.blend_weight)
             if space == "content":
                 return unit_rows(self._content.view()[rows])
-        raise ValueError(f"unknown space {space!r} (projected or content)")
+        raise ValueError(f"unknown space {space!r} (projected, content or blend)")
 
     @property
     def target_norm(self) -> float:
@@ -360,7 +394,7 @@ class ContentTower:
         with self._lock:
             rows = np.array([self.index.get(str(i), -1) for i in ids], np.int64)
             known = rows >= 0
-            dim = self.dim if space == "projected" else self.layout.dim
+            dim = self.space_dim(space)
             out = np.zeros((len(ids), dim), np.float32)
             if known.any():
                 out[known] = self.vectors([self.ids[r] for r in rows[known]], space)

@@ -6,8 +6,10 @@ without retraining, and a brand-new item's page has neighbours.
 
 Fitted from the catalog at training time: the tower encodes every catalog item (incrementally: texts encoded by
 the model version serving now are reused, ``resume``) and, with ``content.space = "projected"`` and an ALS source
-fitted before it (``link``), projects the content vectors into the ALS item space, fitted on the warm items;
-otherwise (no ALS, fewer than two warm items) it uses the content vectors themselves. A product page or cart
+fitted before it (``link``), projects the content vectors into the ALS item space, fitted on the warm items, and
+blends projected and content similarity by the weight that best predicts held-out warm items as shoppers' next
+items (``content/blend.py``: projected alone, content alone, or both, the ``blend`` space); otherwise (no ALS,
+fewer than two warm items) it uses the content vectors themselves. A product page or cart
 scores items by the cosine of their vector with the mean of the anchors' vectors; a shopper by the cosine with
 the recency-weighted mean of their last ``content.history`` items' vectors. Items without a vector (seen in
 events but not in the catalog, or not encoded yet) have no evidence. Vectors are searched through ``ItemVectors``
@@ -71,17 +73,31 @@ class ContentRetriever(Retriever):
             warm &= np.linalg.norm(emb[rows], axis=1) > 0
             if warm.sum() >= 2:  # what the projection needs
                 tower.fit(items, emb[rows], warm, embedding="als")
-                self.space = "projected"
+                self.space = self._blend(tower, items, emb[rows], warm, rows, data)
         if self.space == "content":
             tower.encode(items, space="content")
         self.tower = tower
-        dim = tower.dim if self.space == "projected" else tower.layout.dim
+        dim = tower.space_dim(self.space)
         vectors = np.zeros((data.n_items, dim), np.float32)
         if len(rows):
             vectors[rows] = tower.vectors([it.id for it in items], self.space)
         self.vectors = ItemVectors("content", vectors, self.vectors.search_settings)
         self._collaborative = None
         return self
+
+    @staticmethod
+    def _blend(tower: ContentTower, items: list, emb: np.ndarray, warm: np.ndarray, rows: np.ndarray,
+               data: TrainData) -> Space:
+        """The space the fitted tower serves in: the blend of projected and content similarity whose weight
+        predicts held-out warm items best as next items (``content/blend.py``); ``projected`` when that weight
+        is 1, ``content`` when it is 0."""
+        at = np.full(data.n_items, -1, np.int64)
+        at[rows] = np.arange(len(rows))
+        item = at[data.item]
+        keep = item >= 0
+        w = tower.fit_blend(items, emb, warm, data.user[keep], item[keep], data.ts[keep],
+                            data.weight[keep] > 0).weight
+        return "projected" if w >= 1.0 else "content" if w <= 0.0 else "blend"
 
     # ---- serving -------------------------------------------------------------------------------------
     @property
