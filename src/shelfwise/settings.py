@@ -489,7 +489,8 @@ class ContentSettings(_Section):
                                                       "affordable")
     space: Literal["projected", "content"] = Field(
         "projected", description="the source's item vectors: projected into the ALS space (needs the als source; "
-                                 "falls back to content without it) or the content vectors themselves")
+                                 "falls back to content without it; blended with the content vectors by the "
+                                 "weight blend_weights chooses) or the content vectors themselves")
     blend_weights: list[float] = Field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
         description="weights w tried for the source's item similarity w · projected cosine + (1 − w) · content "

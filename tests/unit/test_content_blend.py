@@ -91,7 +91,11 @@ def test_tower_blend_space_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     items = [Item(id=f"i{r}", category=[f"c{r // 10}"], brand=f"b{r // 10}", price=float(5 + r % 7),
                   attributes={"x": int(rng.integers(3))}) for r in range(len(content))]
-    tower = ContentTower(SETTINGS).fit(items, emb, np.ones(len(items), bool))
+    tower = ContentTower(SETTINGS)
+    assert tower.space_dim("content") == tower.layout.dim  # known before any fit
+    with pytest.raises(RuntimeError):
+        tower.space_dim("blend")
+    tower.fit(items, emb, np.ones(len(items), bool))
     assert tower.blend_weight == 1.0
     choice = tower.fit_blend(items, emb, np.ones(len(items), bool), user, item, ts, np.ones(len(user), bool))
     assert tower.blend_weight == choice.weight and tower.meta["blend"]["queries"] == choice.queries

@@ -6,6 +6,8 @@
   and tags], deterministic; ``content_hash`` / ``text_hash`` identify what changed.
 * ``projection`` — ridge or 2-layer MLP from content vectors into a collaborative item embedding (ALS item
   factors, sequence-model item vectors), fitted on warm items; ``neighbour_recall`` measures it.
+* ``blend`` — how much of the projection to trust: ``w · projected cosine + (1 − w) · content cosine``, w chosen on
+  held-out warm items' next interactions (``ContentTower.fit_blend``; the content source's ``blend`` space).
 * ``tower.ContentTower`` — all three, incremental (``encode_changed``), saved as npz + json into a model version
   directory; ``tower.BackgroundEncoder`` runs encoding on a worker thread for catalog upserts.
 

@@ -192,7 +192,11 @@ class ContentTower:
 
     def space_dim(self, space: Space) -> int:
         """Dimension of the vectors of ``space``."""
-        return {"projected": self.dim, "content": self.layout.dim, "blend": self.dim + self.layout.dim}[space]
+        if space == "content":
+            return self.layout.dim
+        if space not in ("projected", "blend"):
+            raise ValueError(f"unknown space {space!r} (projected, content or blend)")
+        return self.dim + (self.layout.dim if space == "blend" else 0)
 
     @property
     def blend_weight(self) -> float:
