@@ -196,7 +196,8 @@ def load_average() -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="12000x500000,12000x2000000,12000x5000000,1000000x2000000")
+    ap.add_argument("--sizes", default="12000x500000,12000x2000000,12000x5000000,1000000x2000000",
+                    help="ITEMSxEVENTS,... (empty: no training, only --plot of the --include files)")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / ".work" / "training_cost")
     ap.add_argument("--env", action="append", default=[], metavar="SHELFWISE_KEY=VALUE")
     ap.add_argument("--json", type=Path)
@@ -216,7 +217,7 @@ def main() -> None:
     doc = {"command": " ".join(["python", *sys.argv]), "env": args.env, "cpu_count": os.cpu_count(),
            "commit": commit, "results": []}
     rows = doc["results"]
-    for size in args.sizes.split(","):
+    for size in filter(None, args.sizes.split(",")):  # none: only the plot of the --include files
         items, events = (int(x) for x in size.split("x"))
         data = args.work / f"{items}x{events}"
         env = {**base, "SHELFWISE_DATA_DIR": str(data), "SHELFWISE_SECURITY__AUTH": "off"}
