@@ -249,8 +249,9 @@ def main() -> None:
         if args.json:  # after every size: a long run's finished sizes are kept
             args.json.write_text(json.dumps(doc, indent=1) + "\n")
     if args.plot:
-        earlier = [r for f in args.include for r in json.loads(f.read_text())["results"]]
-        plot(earlier + rows, args.plot)
+        earlier = [{**r, "run_env": d["env"]} for d in map(json.loads, map(Path.read_text, args.include))
+                   for r in d["results"]]
+        plot(earlier + [{**r, "run_env": args.env} for r in rows], args.plot)
 
 
 # ---- the plot ------------------------------------------------------------------------------------------------------
@@ -300,6 +301,15 @@ def catalog(n: int) -> str:
     return f"{n / 1000:g}k" if n < 1_000_000 else f"{n / 1e6:g}M"
 
 
+def sequence_cap(row: dict) -> str:
+    """The transformer's time cap of a run, in minutes (the setting, else the --env it ran with, else the default)."""
+    got = row.get("settings", {}).get("sequence_max_train_minutes")
+    for kv in row.get("run_env", []):
+        if got is None and kv.startswith("SHELFWISE_MODELS__SEQUENCE__MAX_TRAIN_MINUTES="):
+            got = float(kv.split("=", 1)[1])
+    return f"{15.0 if got is None else got:g}"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -307,26 +317,29 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if "error" not in r]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.5]})
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     catalogs = sorted({r["items"] for r in ok})
     for n in catalogs:
         runs = sorted((r for r in ok if r["items"] == n), key=lambda r: r["events"])
         x = [r["events"] / 1e6 for r in runs]
         style = dict(marker="o", label=f"{catalog(n)} items")
-        a.plot(x, [r["wall_s"] / 60 for r in runs], **style)
+        line = a.plot(x, [r["wall_s"] / 60 for r in runs], **style)
+        a.plot(x, [r["cpu_s"] / 60 for r in runs], marker="o", mfc="none", ls="--", color=line[0].get_color(),
+               label=f"{catalog(n)} items, CPU")
         b.plot(x, [r["peak_rss_mb"] / 1024 for r in runs], **style)
         for r in runs:
             a.annotate(f"{r['wall_s'] / 60:.0f} min", (r["events"] / 1e6, r["wall_s"] / 60), fontsize=7,
                        xytext=(4, -10), textcoords="offset points")
             b.annotate(f"{r['peak_rss_mb'] / 1024:.1f} GB", (r["events"] / 1e6, r["peak_rss_mb"] / 1024),
                        fontsize=7, xytext=(4, -10), textcoords="offset points")
-    a.set(xlabel="events (millions)", ylabel="minutes (wall)", title="training time", xlim=(0, None), ylim=(0, None))
+    a.set(xlabel="events (millions)", ylabel="minutes", title="training time (wall; dashed: CPU of all threads)", xlim=(0, None), ylim=(0, None))
     b.set(xlabel="events (millions)", ylabel="GB", title="peak memory of the training process", xlim=(0, None),
           ylim=(0, None))
     a.legend(fontsize=8)
     b.legend(fontsize=8)
     ordered = sorted(ok, key=lambda r: (r["items"], r["events"]))
-    labels = [f"{catalog(r['items'])} items\n{r['events'] / 1e6:.2g}M events" for r in ordered]
+    labels = [f"{catalog(r['items'])} items\n{r['events'] / 1e6:.2g}M events\ncap {sequence_cap(r)} min"
+              for r in ordered]
     split = [where_time_went(r) for r in ordered]
     bottom = [0.0] * len(ordered)
     cmap = plt.get_cmap("tab10")
@@ -337,7 +350,7 @@ def plot(rows: list[dict], path: Path) -> None:
             bottom = [x + y for x, y in zip(bottom, vals)]
     c.set(ylabel="minutes (wall)", title="where the time goes")
     c.tick_params(axis="x", labelsize=7)
-    c.legend(fontsize=7, loc="upper left")
+    c.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("shelfwise train, the default pipeline, 2-core AMD EPYC", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
