@@ -806,6 +806,12 @@ class SecuritySettings(_Section):
     burst_per_client: int = Field(600, ge=1, description="burst per client address")
     rate_limiter_max_entries: int = Field(100_000, ge=100, description="in-process limiter: buckets kept (least "
                                                                        "recently used dropped): bounds its memory")
+    rate_limiter_lease: int = Field(16, ge=1, le=1000, description="Redis limiter: requests of one busy key and "
+                                                                  "client a process may let through per call to "
+                                                                  "Redis (a lease of at most 0.25 s; 1 = a call per "
+                                                                  "request). Redis counts every one: replicas never "
+                                                                  "exceed a limit, a client at its limit may be "
+                                                                  "refused up to lease - 1 requests early")
     rate_limiter: Literal["auto", "memory", "redis"] = Field(
         "auto", description="where rate-limit buckets live: auto = Redis when stores.online is redis:// (shared by "
                             "every API replica), else in process")

@@ -126,7 +126,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                                                 and settings.stores.online.startswith(("redis://", "rediss://")))
     if sec.rate_limiter == "redis" and not use_redis:
         raise ValueError("security.rate_limiter = redis needs stores.online = redis://…")
-    limiter = open_rate_limiter(settings.stores.online if use_redis else "memory://", sec.rate_limiter_max_entries)
+    limiter = open_rate_limiter(settings.stores.online if use_redis else "memory://", sec.rate_limiter_max_entries,
+                                sec.rate_limiter_lease)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -86,8 +86,9 @@ def open_model_registry(dsn: str) -> ModelRegistry:
     return _sql_role(dsn, "model registry", "registry.SQLiteModelRegistry", "registry.PostgresModelRegistry")
 
 
-def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:
-    """``memory://`` (one process) or ``redis://…`` (shared by every replica)."""
+def open_rate_limiter(dsn: str, max_entries: int = 100_000, max_lease: int = 16) -> RateLimiter:
+    """``memory://`` (one process) or ``redis://…`` (shared by every replica; ``max_lease``: cells a process may
+    take from Redis at once, ``stores/ratelimit.py``)."""
     scheme = _scheme(dsn)
     if scheme == "memory":
         from shelfwise.stores.ratelimit import MemoryRateLimiter
@@ -96,7 +97,7 @@ def open_rate_limiter(dsn: str, max_entries: int = 100_000) -> RateLimiter:
     if scheme in ("redis", "rediss"):
         from shelfwise.stores.ratelimit import RedisRateLimiter
 
-        return RedisRateLimiter(dsn)
+        return RedisRateLimiter(dsn, max_lease=max_lease, max_entries=max_entries)
     raise UnsupportedDSN(f"no rate limiter backend for {dsn!r} (supported: memory://, redis://…)")
 
 
