@@ -496,6 +496,10 @@ class ContentSettings(_Section):
         description="weights w tried for the source's item similarity w · projected cosine + (1 − w) · content "
                     "cosine; the best at predicting held-out warm items as a shopper's next item is kept "
                     "(content/blend.py); [1.0] = the projection alone")
+    blend_dim: int = Field(128, ge=0, description="the blend's content half reduced to this many dimensions "
+                                                  "(truncated SVD fitted on the catalog: content/blend.py), so "
+                                                  "scoring it costs a tenth of the ~1,300-float raw vectors; "
+                                                  "0 = the raw vectors")
     history: int = Field(20, ge=1, description="a shopper's most recent items forming their content profile")
     recency_decay: float = Field(0.8, gt=0, le=1, description="weight of each older item of the profile")
 
@@ -690,6 +694,10 @@ class APISettings(_Section):
         if self.recommend_workers is not None:
             return self.recommend_workers
         return 1 if online_dsn.startswith("memory:") else 2
+    switch_interval_ms: float = Field(5.0, gt=0, le=100, description=(
+        "how long a thread may hold the interpreter lock before another waiting thread gets it (Python's "
+        "sys.setswitchinterval; its own default is 5 ms): the event loop waits up to this long behind a pipeline "
+        "call to read a request or send an answer"))
     cache_ttl_s: float = Field(30.0, ge=0, description="computed answers are reused this long (0 = no cache); a "
                                                        "shopper's event, a catalog change, a new model or rule "
                                                        "version makes a new answer at once (src/shelfwise/cache.py)")
