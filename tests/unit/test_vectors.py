@@ -100,3 +100,35 @@ def test_hnsw_search_that_finds_fewer_neighbours_than_asked_pads_instead_of_fail
     for row_k, row_s in zip(keys, scores):
         found = row_k[row_k >= 0]
         assert 1 <= len(found) <= 3 and set(found) <= {0, 1, 2} and np.isneginf(row_s[len(found):]).all()
+
+
+def test_wide_sparse_item_vectors_are_scored_as_dense_plus_sparse_blocks():
+    """The content source's raw vectors (dense text beside mostly-zero hashed columns) are multiplied as a dense
+    block plus a CSR matrix: the same scores, searches and dense rows as the plain product."""
+    from shelfwise.request import Exclusions
+    from shelfwise.retrieval.embedding import ItemVectors, SplitProduct, vector_scores
+
+    rng = np.random.default_rng(0)
+    n = 600
+    dense = rng.normal(size=(n, 40))
+    hashed = np.zeros((n, 300))
+    hashed[np.arange(n)[:, None], rng.integers(0, 300, size=(n, 4))] = rng.uniform(0.2, 1.0, size=(n, 4))
+    x = np.hstack([dense, hashed]).astype(np.float32)
+    space = ItemVectors("content", x)
+    split = space._split
+    assert isinstance(split, SplitProduct) and len(split.dense_cols) == 40 and len(split.sparse_cols) == 300
+    q = x[rng.integers(0, n, 7)] + 0.1 * rng.normal(size=(7, 340)).astype(np.float32)
+    np.testing.assert_allclose(space.product(q), q @ x.T, rtol=1e-5, atol=1e-4)
+    keys, scores = space.search(q, 10)
+    want = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :10]
+    assert (keys == want).mean() > 0.99  # float sums in another order: at most a near-tie swaps
+    present = np.array([True, False, True, True, False, True, True])
+    got = vector_scores(space, q, present).dense()
+    plain = np.maximum(q @ x.T, 0.0)
+    plain[~present] = 0.0
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-4)
+    assert not got[~present].any()
+    assert ItemVectors("als", dense.astype(np.float32))._split is None  # narrow: multiplied as it is
+    assert ItemVectors("dense", rng.normal(size=(n, 300)).astype(np.float32))._split is None  # no sparse columns
+    top, _ = vector_scores(space, q, present).top(5, Exclusions.none(n, len(q)))
+    assert (top[~present] < 0).all() and (top[present] >= 0).all()

@@ -6,6 +6,10 @@ through the ``VectorIndex`` attached to it (``stores.vectors``: in-process HNSW,
 every replica). ``VectorScores`` turns query vectors into a source's ``SourceScores`` either way, so the
 cost of a request does not grow with the catalog once it is searched through an index.
 
+An item matrix that is wide and mostly zeros in most of its columns (the content source's raw vectors: 384 dense
+text floats beside ~900 hashed catalog columns of which an item uses ~30) is scored as a dense block plus a
+sparse one (``SplitProduct``): the same inner products, a third of the memory read per request.
+
 Vectors change without retraining through ``updated`` (the content source: items added or changed after
 training): a new ``ItemVectors`` sharing the index, whose rows appended since the index was built are searched
 exactly beside it, until the next model version builds a new index.
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 from shelfwise.request import Exclusions, take_rows
 from shelfwise.retrieval.base import SourceScores, segment_top, top_k, without_zeros
@@ -24,6 +29,41 @@ from shelfwise.stores.protocols import VectorIndex
 
 # (name, vectors) -> a built index over keys 0..n-1; provided by the assembler from settings.stores.vectors
 IndexFactory = Callable[[str, np.ndarray], VectorIndex]
+
+
+def products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``queries @ vectors.T`` as a C-ordered (B, n) array, computed as ``(vectors @ queries.T).T``: OpenBLAS's
+    sgemm with a few query rows on the left is slow here (2-8 queries against 12k items: 0.43-0.51 ms at 64
+    dimensions against 0.15-0.28 ms the other way round, 1.6 ms against 0.55 ms at 128; one query: the same)."""
+    return np.ascontiguousarray((vectors @ queries.T).T)
+
+
+SPLIT_MIN_DIM = 256  # narrower item matrices are always multiplied as they are
+SPLIT_DENSITY = 0.1  # a column is sparse when at most this share of the items have a non-zero in it
+SPLIT_MIN_SHARE = 0.5  # split only when the sparse columns are at least this share of the width
+
+
+class SplitProduct:
+    """``queries @ vectors.T`` as a dense block of the dense columns plus a CSR matrix of the sparse ones."""
+
+    def __init__(self, vectors: np.ndarray, sparse: np.ndarray) -> None:
+        self.dense_cols, self.sparse_cols = np.flatnonzero(~sparse), np.flatnonzero(sparse)
+        self.head = np.ascontiguousarray(vectors[:, self.dense_cols])
+        self.tail = sp.csr_matrix(vectors[:, self.sparse_cols])
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> "SplitProduct | None":
+        """The split of ``vectors`` when it pays (wide, mostly sparse columns), else None."""
+        n, d = vectors.shape
+        if d < SPLIT_MIN_DIM or n == 0:
+            return None
+        sparse = np.count_nonzero(vectors, axis=0) <= SPLIT_DENSITY * n
+        return cls(vectors, sparse) if sparse.sum() >= SPLIT_MIN_SHARE * d else None
+
+    def __call__(self, queries: np.ndarray) -> np.ndarray:
+        out = products(queries[:, self.dense_cols], self.head)
+        out += (self.tail @ np.ascontiguousarray(queries[:, self.sparse_cols]).T).T
+        return out
 
 
 class ItemVectors:
@@ -35,6 +75,7 @@ class ItemVectors:
         self.search_settings = search or CandidateSettings()
         self.index: VectorIndex | None = None
         self.indexed = 0  # rows the index holds (the first ones); later rows are searched exactly
+        self._split = SplitProduct.of(self.vectors)  # built here: off the request path (load, live-item thread)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -58,6 +99,10 @@ class ItemVectors:
         out.index, out.indexed = self.index, self.indexed
         return out
 
+    def product(self, queries: np.ndarray) -> np.ndarray:
+        """(B, n) inner products of each query with every item."""
+        return products(queries, self.vectors) if self._split is None else self._split(queries)
+
     def exact_for(self, batch: int) -> bool:
         s = self.search_settings
         return self.index is None or not self.needs_index or batch > s.ann_max_batch
@@ -67,7 +112,7 @@ class ItemVectors:
         in no particular order (cheaper for an exact search)."""
         k = max(1, min(k, len(self.vectors)))
         if self.exact_for(len(queries)):
-            scores = queries @ self.vectors.T
+            scores = self.product(queries)
             if ordered or k >= scores.shape[1]:
                 return top_k(scores, k)
             idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -76,7 +121,7 @@ class ItemVectors:
         keys, scores = self.index.search(queries, k)
         if len(self.vectors) <= self.indexed:
             return keys, scores
-        more, more_scores = top_k(queries @ self.vectors[self.indexed:].T, k)
+        more, more_scores = top_k(products(queries, self.vectors[self.indexed:]), k)
         keys = np.concatenate([keys, more + self.indexed], axis=1)
         scores = np.concatenate([scores, more_scores], axis=1)
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -143,7 +188,13 @@ class VectorScores(SourceScores):
 
     def dense(self) -> np.ndarray:
         if self._dense is None:  # kept: the exact path asks for it and for the peak, one product serves both
-            out = self.q @ self.space.vectors.T
+            rows = np.flatnonzero(self.present)
+            if len(rows) == len(self.q):
+                out = self.space.product(self.q)
+            else:  # queries without evidence score nothing: not multiplied
+                out = np.zeros((len(self.q), len(self.space)), np.float32)
+                if len(rows):
+                    out[rows] = self.space.product(self.q[rows])
             if self.clip:
                 np.maximum(out, 0.0, out=out)
             out[~self.present] = 0.0
