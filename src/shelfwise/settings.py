@@ -696,10 +696,6 @@ class APISettings(_Section):
         if self.recommend_workers is not None:
             return self.recommend_workers
         return 1 if online_dsn.startswith("memory:") else 2
-    switch_interval_ms: float = Field(5.0, gt=0, le=100, description=(
-        "how long a thread may hold the interpreter lock before another waiting thread gets it (Python's "
-        "sys.setswitchinterval; its own default is 5 ms): the event loop waits up to this long behind a pipeline "
-        "call to read a request or send an answer"))
     cache_ttl_s: float = Field(30.0, ge=0, description="computed answers are reused this long (0 = no cache); a "
                                                        "shopper's event, a catalog change, a new model or rule "
                                                        "version makes a new answer at once (src/shelfwise/cache.py)")

@@ -135,7 +135,6 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         # (measured: 0.06 ms with one thread vs ~12 ms with two on a loaded 2-core machine). Scale with
         # processes (`shelfwise serve --workers N`), not threads.
         app.state.blas_limit = threadpool_limits(limits=1)
-        sys.setswitchinterval(settings.api.switch_interval_ms / 1000)
         state["engine"] = engine or Shelfwise(settings)
         state["engine"].watch_models()  # new model versions are loaded beside serving, then swapped in
         verifier.store = state["engine"].privacy_store
