@@ -706,6 +706,10 @@ class APISettings(_Section):
                                  "collector's reach (gc.freeze), so its full passes stop walking the model, the "
                                  "online state and the answer cache and stop stalling requests (BENCHMARKS.md "
                                  "Serving); 0 = off")
+    gc_young_threshold: int = Field(20_000, ge=100, description="allocations between the garbage collector's "
+                                    "young passes in an API process (Python's default: 700); each pass stalls "
+                                    "every request for as long as it walks the young objects, so a lower value "
+                                    "means shorter, more frequent stalls")
     catalog_sync_s: float = Field(1.0, ge=0, description="how often each API process applies catalog changes made "
                                                          "through other replicas or the CLI (prices, stock, "
                                                          "availability, new and deleted items; its cached answers "

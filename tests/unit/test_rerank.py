@@ -168,3 +168,70 @@ def test_ranked_scores_keep_the_rankers_order_then_the_blend():
     order = [int(items[0, j]) for j in np.argsort(-rows[0], kind="stable") if np.isfinite(rows[0][j])]
     assert order == [13, 12, 11, 10, 14, 15] and not np.isfinite(rows[0][6])
     assert rows[0, 4] < final.min() - 1 + 1e-6 and rows[0, 4] > rows[0, 5]
+
+
+# ---- the rerank body's one-pass validation and the answer's slots (the hot path of POST /v1/rerank) -------------
+def _outcome(validate, payload):
+    from pydantic import ValidationError
+
+    try:
+        return validate(payload).model_dump()
+    except ValidationError as exc:
+        return [(e["loc"], e["msg"]) for e in exc.errors()]
+
+
+@pytest.mark.parametrize("payload", [
+    {"items": [f"i{n}" for n in range(200)], "user_id": "u1", "query": "case", "personalization_impact": 0.5},
+    {"items": ["p0"]},
+    {"items": [f"x{n}" for n in range(1000)], "k": 3},
+    {"items": []},
+    {"items": [f"x{n}" for n in range(1001)]},
+    {"items": ["p0", "p1", "p0"]},
+    {"items": ["p0", ""]},
+    {"items": ["p0", "x" * 257]},
+    {"items": ["p0", "x" * 256]},
+    {"items": ["p0", "a\x00b"]},
+    {"items": ["p0", "\ud800"]},
+    {"items": ["p0", 7]},
+    {"items": "p0"},
+    {"items": ["p0"], "personalization_impact": 1.5},
+    {"items": ["p0"], "user_id": "u1", "session_id": "s1"},
+    {"items": ["p0"], "colour": "x"},
+    {"user_id": "u1"},
+    ["p0"],
+    None,
+])
+def test_rerank_body_one_pass_validation_is_the_models(payload):
+    """``RerankRequest.from_payload`` (plain checks of the id list, the model for the rest) accepts and refuses
+    exactly what ``model_validate`` does, with the same errors."""
+    from shelfwise.api.models import RerankRequest
+
+    assert _outcome(RerankRequest.from_payload, payload) == _outcome(RerankRequest.model_validate, payload)
+
+
+def test_answer_slots_name_their_sources_reason_and_fallback():
+    """``SlotStage._slots`` (one source list per distinct pattern of contributions): strongest source first, only
+    positive contributions, evidence vs fallback sources, stated preferences, and a rule's slot keeps its reason."""
+    from shelfwise.rerank.slots import Placed
+    from shelfwise.stages.slots import SlotStage
+
+    class Table:
+        ids = np.array(["a", "b", "c", "d", "e"], dtype=object)
+
+    stage = SlotStage.__new__(SlotStage)
+    stage.items, stage.fallbacks = Table(), {"trending": "popular", "cohort": "cohort"}
+    names = ["als", "trending", "cohort"]
+    contrib = np.array([[0.5, 0.9, 0.0], [0.0, 0.4, 0.0], [0.0, 0.0, 0.3], [0.0, 0.0, 0.0], [0.2, 0.2, -1]],
+                       np.float32)
+    items = np.array([4, 3, 2, 1, 0])  # candidate column -> item index
+    slate = [Placed(0, 1.0, "ranked"), Placed(1, 0.9, "ranked"), Placed(2, 0.8, "ranked"), Placed(3, 0.7, "ranked"),
+             Placed(4, 0.6, "pinned", "r1")]
+    stated = np.array([0, 0, 0, 1, 0], np.float32)  # item "d" (column 1) matches the stated preferences
+    recs = stage._slots(slate, items, contrib, names, stated)
+    got = [(r.item_id, r.sources, r.reason, r.fallback) for r in recs]
+    assert got == [("e", ["trending", "als"], "evidence", False),
+                   ("d", ["trending", "preferences"], "preference", False),
+                   ("c", ["cohort"], "cohort", True),
+                   ("b", ["fallback"], "popular", True),
+                   ("a", ["als", "trending"], "pinned", False)]
+    assert recs[0].sources is not recs[4].sources  # each slot its own list

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -508,9 +509,16 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                      "no such placement (models.placements)", known=known)
 
     def answer_body(req: RecRequest, answer: Any) -> dict[str, Any]:
-        items = [{"item_id": r.item_id, "score": round(r.score, 6), "sources": r.sources, "reason": r.reason,
-                  "fallback": r.fallback}
-                 | ({"explanation": r.explanation} if req.explain else {}) for r in answer.items]
+        recs = answer.items
+        # the scores rounded to 6 decimals in one numpy pass (the same values as round(score, 6) on these float32
+        # scores; Python's round per slot was half the cost of a 200-item answer's dicts)
+        scores = np.round(np.fromiter((r.score for r in recs), np.float64, len(recs)), 6).tolist()
+        if req.explain:
+            items = [{"item_id": r.item_id, "score": s, "sources": r.sources, "reason": r.reason,
+                      "fallback": r.fallback, "explanation": r.explanation} for r, s in zip(recs, scores)]
+        else:
+            items = [{"item_id": r.item_id, "score": s, "sources": r.sources, "reason": r.reason,
+                      "fallback": r.fallback} for r, s in zip(recs, scores)]
         body = {
             "request_id": req.request_id,
             "placement": req.placement,
@@ -625,7 +633,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         t0 = time.perf_counter()
         payload = await m.read_json(request)
         try:
-            body = m.RerankRequest.model_validate(payload)
+            body = m.RerankRequest.from_payload(payload)
         except ValidationError as exc:
             return ORJSONResponse({"detail": "invalid rerank request", "errors": _errors(exc, whole="body")},
                                   status_code=422)

@@ -164,11 +164,13 @@ class _Caps:
                 return False
         return True
 
-    def add(self, j: int) -> list[tuple[int, int]]:
-        """Count a placed item; returns the (cap, group) pairs that just became full."""
+    def add(self, j: int, p: "_Pool | None" = None, b: int = -1) -> list[tuple[int, int]]:
+        """Count a placed item (``j``; at position ``b`` of pool ``p`` when it came from one: its groups are read
+        from the pool's lists); returns the (cap, group) pairs that just became full."""
         full = []
+        lists = self.lists(p) if p is not None else None
         for i, cap in enumerate(self.caps):
-            g = int(self.groups[i][j])
+            g = lists[i][b] if lists is not None else int(self.groups[i][j])
             if g >= 0:
                 n = self.counts[i].get(g, 0) + 1
                 self.counts[i][g] = n
@@ -203,10 +205,13 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
     notes: list[str] = []
     diverse = sim is not None and lam < 1.0
     claims = _claims(row, k, c, pre, notes)
-    taken = np.zeros(len(row), bool)
+    taken = np.zeros(len(row), bool) if diverse else None  # the diverse pick's mask of placed and pinned items
+    used: set[int] = set()  # the same, for the plain pick's one-at-a-time lookups
     for v in claims.values():
         if v[0] == "pin":
-            taken[v[1]] = True
+            used.add(v[1])
+            if taken is not None:
+                taken[v[1]] = True
     caps = _Caps(c.caps)
     size = max(pool, 4 * k)
     organic = _Pool(row, size)
@@ -230,18 +235,21 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
             else:
                 ids, n = p.ids, len(p.ids)
                 while p.cursor < n:
-                    if not taken[ids[p.cursor]] and (not c.caps or caps.ok_at(p, p.cursor)):
+                    if ids[p.cursor] not in used and (not c.caps or caps.ok_at(p, p.cursor)):
                         return p.cursor, 0.0
                     p.cursor += 1
             if not p.grow(chosen, sim if diverse else None, caps):
                 return None
 
-    def place(j: int, score: float, reason: str, rule: str | None, penalty: float) -> None:
+    def place(j: int, score: float, reason: str, rule: str | None, penalty: float, p: _Pool | None = None,
+              b: int = -1) -> None:
         placed.append(Placed(j, score, reason, rule, penalty))
         chosen.append(j)
-        taken[j] = True
+        used.add(j)
+        if taken is not None:
+            taken[j] = True
         if c.caps:
-            full = caps.add(j)
+            full = caps.add(j, p, b)
             if full and diverse:
                 for p in pools:
                     caps.mark(p, full)
@@ -279,7 +287,7 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
             got = pick(sp)
             if got is not None:
                 b, pen = got
-                place(int(sp.idx[b]), float(sp.score[b]), spec.reason, spec.rule, pen)
+                place(sp.ids[b], float(sp.score[b]), spec.reason, spec.rule, pen, sp, b)
                 continue
             notes.append(f"slot {spec.rule}: no eligible matching item left for position {pos}; filled by rank")
         got = pick(organic)
@@ -291,7 +299,7 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
                              f"position {pos} on: no other eligible item left")
         if got is not None:
             b, pen = got
-            place(int(organic.idx[b]), float(organic.score[b]), "ranked", None, pen)
+            place(organic.ids[b], float(organic.score[b]), "ranked", None, pen, organic, b)
             continue
         # nothing left to rank: later pins move up; otherwise the rail is shorter than k
         later = sorted((p, v) for p, v in claims.items() if v[0] == "pin")

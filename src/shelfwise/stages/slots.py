@@ -146,20 +146,50 @@ class SlotStage:
         exploration slot's item was proposed by its content match (evidence when the request had a profile and
         the item a vector), with the propensity of its draw."""
         ids = self.items.ids
-        cols = [p.item for p in slate]
-        c = contrib[cols] if contrib is not None else np.zeros((len(cols), 0), np.float32)  # (slots, sources)
-        order = np.argsort(-c, axis=1, kind="stable").tolist()
-        positive = (c > 0).tolist()  # plain lists: indexing numpy scalars per slot and source is the slow part
+        if not slate:
+            return []
+        cols = np.fromiter((p.item for p in slate), np.int64, len(slate))
+        rows = items[cols]
+        id_list = [x if type(x) is str else str(x) for x in ids[rows].tolist()]
+        n_src = len(names)
+        if contrib is not None and n_src:
+            c = contrib[cols]  # (slots, sources)
+            order = np.argsort(-c, axis=1, kind="stable")
+            # each slot's proposing sources, strongest first, as one code (sources with a positive contribution
+            # sort first): slots sharing a code share their source list, built once
+            digits = np.where(np.take_along_axis(c, order, axis=1) > 0, order + 1, 0)
+            codes = (digits * (n_src + 1) ** np.arange(n_src, dtype=np.int64)).sum(axis=1).tolist()
+            firsts: dict[int, int] = {}
+            for pos, code in enumerate(codes):
+                firsts.setdefault(code, pos)
+            kinds = {code: [names[s] for s in digits[pos] - 1 if s >= 0] for code, pos in firsts.items()}
+        else:
+            codes = [0] * len(slate)
+            kinds = {0: []}
+        # per source list: (sources, evidence, the reason and fallback of a ranked slot with no preference match)
+        plain: dict[int, tuple[list[str], list[str], str, bool]] = {}
+        for code, src in kinds.items():
+            evidence = [s for s in src if s not in self.fallbacks]
+            if evidence:
+                reason = "evidence"
+            else:
+                reason = "cohort" if "cohort" in {self.fallbacks[s] for s in src} else "popular"
+            plain[code] = (src, evidence, reason, not evidence)
+        liked = (stated[rows] > 0).tolist() if stated is not None else None
         recs = []
         for pos, p in enumerate(slate):
-            src = [names[s] for s in order[pos] if positive[pos][s]]
-            evidence = [s for s in src if s not in self.fallbacks]
-            if stated is not None and stated[items[p.item]] > 0:
+            src, evidence, reason, fallback = plain[codes[pos]]
+            if p.reason == "ranked" and not (liked and liked[pos]):  # the usual slot: as its sources say
+                recs.append(Recommendation(id_list[pos], p.score, list(src) if src else ["fallback"], None, reason,
+                                           fallback))
+                continue
+            src, evidence = list(src), list(evidence)
+            if liked and liked[pos]:
                 src.append("preferences")
                 evidence.append("preferences")
             propensity = 1.0
             if p.reason == "exploration" and explored is not None:
-                e = explored[int(items[p.item])]
+                e = explored[int(rows[pos])]
                 propensity = e.propensity
                 if e.evidence:
                     src = ["content"] + [s for s in src if s != "content"]
@@ -170,7 +200,7 @@ class SlotStage:
                 reason = "evidence" if evidence[0] != "preferences" else "preference"
             else:
                 reason = "cohort" if "cohort" in {self.fallbacks[s] for s in src} else "popular"
-            recs.append(Recommendation(str(ids[items[p.item]]), p.score, src or ["fallback"], reason=reason,
+            recs.append(Recommendation(id_list[pos], p.score, src or ["fallback"], reason=reason,
                                        fallback=not evidence, propensity=propensity))
         return recs
 
