@@ -103,3 +103,22 @@ def test_wishlist_rail_lists_items_back_in_stock_or_cheaper(trained_settings):
         assert ids(eng.recommend(RecRequest("wishlist_alerts", shopper="u8", k=5, now=NOW))) == []
     finally:
         eng.close()
+
+
+def test_the_in_process_impressions_leave_the_garbage_collectors_reach():
+    """A shopper's impressions are kept as plain tuples (GC-untracked after a collection: the API's periodic
+    collections do not walk them) and read back as ``SeenItem``s."""
+    import gc
+
+    from shelfwise.stores.memory import MemoryOnlineState
+
+    online = MemoryOnlineState()
+    online.show({"u": [("a", "homepage"), ("b", "pdp_similar")]}, at=100.0)
+    online.show({"u": [("a", "cart_upsell")]}, at=101.0)
+    for _ in range(3):  # a pass untracks tuples whose items are untracked, then dicts of untracked values
+        gc.collect()
+    rows = online._seen["u"]
+    assert not gc.is_tracked(rows) and not any(gc.is_tracked(v) for v in rows.values())
+    seen = online.read(["u"])[1]["u"]
+    assert isinstance(seen["a"], SeenItem) and seen["a"].shown == ((100.0, "homepage"), (101.0, "cart_upsell"))
+    assert seen["b"] == SeenItem(0.0, ((100.0, "pdp_similar"),))

@@ -14,35 +14,38 @@ from typing import Iterable, Sequence
 from shelfwise.stores.protocols import Interaction, Seen, SeenItem, ShopperState
 
 
-def add_shown(seen: Seen, pairs: Iterable[tuple[str, str]], at: float, keep_s: float, max_items: int,
-              max_shown: int) -> Seen:
+SeenRows = dict[str, tuple[float, tuple[tuple[float, str], ...]]]  # item -> (reset, shown): a plain tuple per item
+
+
+def add_shown(seen: SeenRows, pairs: Iterable[tuple[str, str]], at: float, keep_s: float, max_items: int,
+              max_shown: int) -> SeenRows:
     """``seen`` with impressions of (item, placement) at ``at`` added, older than ``keep_s`` dropped, at most
     ``max_shown`` per item and ``max_items`` items (the least recently shown go first). Items in insertion order =
-    least recently shown first."""
+    least recently shown first. Plain tuples only (``SeenItem``: the garbage collector stops tracking them)."""
     out = dict(seen)
     for item, placement in pairs:
         old = out.pop(item, None)
-        shown = (old.shown if old is not None else ()) + ((at, placement),)
+        shown = (old[1] if old is not None else ()) + ((at, placement),)
         if len(shown) > 1 and shown[-2][0] > at:  # a request answered late: keep them in time order
             shown = tuple(sorted(shown, key=lambda x: x[0]))
-        out[item] = SeenItem(old.reset if old is not None else 0.0, shown[-max_shown:])
+        out[item] = (old[0] if old is not None else 0.0, shown[-max_shown:])
     cutoff = at - keep_s
-    for item in [i for i, s in out.items() if not s.shown or s.shown[-1][0] <= cutoff]:
+    for item in [i for i, s in out.items() if not s[1] or s[1][-1][0] <= cutoff]:
         del out[item]
     if len(out) > max_items:
-        ranked = sorted(out, key=lambda i: out[i].shown[-1][0])
+        ranked = sorted(out, key=lambda i: out[i][1][-1][0])
         for item in ranked[:len(out) - max_items]:
             del out[item]
     return out
 
 
-def reset_seen(seen: Seen, resets: dict[str, float]) -> Seen:
+def reset_seen(seen: SeenRows, resets: dict[str, float]) -> SeenRows:
     """``seen`` with each reset item's impressions up to its time dropped (the time kept for late arrivals)."""
     out = dict(seen)
     for item, ts in resets.items():
         old = out.get(item)
-        if old is not None and ts > old.reset:
-            out[item] = SeenItem(ts, tuple(x for x in old.shown if x[0] > ts))
+        if old is not None and ts > old[0]:
+            out[item] = (ts, tuple(x for x in old[1] if x[0] > ts))
     return out
 
 
@@ -78,7 +81,7 @@ class MemoryOnlineState:
         self.max_purchased = max_purchased
         self.reset_kinds = frozenset(int(k) for k in reset_kinds)
         self.seen_keep_s, self.seen_max_items, self.seen_max_shown = seen_keep_s, seen_max_items, seen_max_shown
-        self._seen: OrderedDict[str, Seen] = OrderedDict()  # shopper -> impressions (not read through: kept apart)
+        self._seen: OrderedDict[str, SeenRows] = OrderedDict()  # shopper -> impressions (not read through: kept apart)
         self._states: OrderedDict[str, tuple[list[Interaction], list[str], int]] = OrderedDict()
         self._loading: OrderedDict[str, str] = OrderedDict()  # shopper -> stamp of a read-through load
         self._tokens = itertools.count(1)
@@ -93,7 +96,7 @@ class MemoryOnlineState:
             seen: dict[str, Seen] = {}
             for s in shoppers:
                 got = self._seen.get(s)
-                seen[s] = dict(got) if got else {}
+                seen[s] = {i: SeenItem._make(t) for i, t in got.items()} if got else {}
                 st = self._states.get(s)
                 if st is None:
                     out[s] = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -55,9 +55,13 @@ class Interaction:
     ts: float
 
 
-@dataclass(frozen=True)
-class SeenItem:
-    """What a shopper was shown of one item (online state): impressions after the shopper last engaged with it."""
+class SeenItem(NamedTuple):
+    """What a shopper was shown of one item (online state): impressions after the shopper last engaged with it.
+
+    A named tuple, so that a store can keep its shoppers' impressions as plain ``(reset, shown)`` tuples of floats
+    and strings, which the garbage collector stops tracking, and hand out this view of them (``SeenItem._make``)
+    per read: tracked long-lived objects made the API's collections walk ~24,000 of them every 2 s at 200
+    requests/s (BENCHMARKS.md, rerank)."""
 
     reset: float  # unix time of the shopper's last click / cart / purchase of the item (0: none): earlier shows
     # no longer count
