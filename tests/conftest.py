@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,11 +21,18 @@ def content_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("content-cache")
 
 
+def clear_settings_env(mp: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Unset every ``SHELFWISE_*`` variable (the ``SHELFWISE_TEST_*`` switches kept) for ``mp``'s lifetime: tests
+    read their settings from their own data dir, never from the caller's environment."""
+    for key in list(os.environ):
+        if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
+            mp.delenv(key, raising=False)
+    return mp
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content_cache: Path) -> Settings:
-    for key in list(__import__("os").environ):
-        if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
-            monkeypatch.delenv(key, raising=False)
+    clear_settings_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
     return load_settings(data_dir=tmp_path / "data", models={"content": {"cache_dir": str(content_cache)}})
 

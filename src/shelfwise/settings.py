@@ -496,12 +496,6 @@ class ContentSettings(_Section):
         description="weights w tried for the source's item similarity w · projected cosine + (1 − w) · content "
                     "cosine; the best at predicting held-out warm items as a shopper's next item is kept "
                     "(content/blend.py); [1.0] = the projection alone")
-    blend_dim: int = Field(0, ge=0, description="the blend's content half reduced to this many dimensions "
-                                                "(truncated SVD fitted on the catalog: content/blend.py) instead "
-                                                "of the ~1,300-float raw vectors; 0 = the raw vectors. Off by "
-                                                "default: 128 lost the blend's gain on the Complete Journey "
-                                                "(BENCHMARKS.md, Cold start); scoring the raw vectors is kept "
-                                                "cheap by their sparse blocks (retrieval/embedding.py)")
     history: int = Field(20, ge=1, description="a shopper's most recent items forming their content profile")
     recency_decay: float = Field(0.8, gt=0, le=1, description="weight of each older item of the profile")
 

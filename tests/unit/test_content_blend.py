@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shelfwise.content.blend import (blend_vectors, choose_blend_weight, fit_basis, gain, reduce_rows,
-                                     validation_queries)
+from shelfwise.content.blend import blend_vectors, choose_blend_weight, gain, validation_queries
 from shelfwise.content.projection import fit_projection, unit_rows
 from shelfwise.content.tower import ContentTower
 from shelfwise.domain import Item
@@ -102,10 +101,8 @@ def test_tower_blend_space_round_trip(tmp_path: Path) -> None:
     assert tower.blend_weight == choice.weight and tower.meta["blend"]["queries"] == choice.queries
     ids = [it.id for it in items[:5]]
     v = tower.vectors(ids, "blend")
-    half = tower.layout.dim if tower.blend_basis is None else SETTINGS.blend_dim
-    assert v.shape == (5, tower.space_dim("blend")) == (5, tower.dim + half)
-    np.testing.assert_allclose(v, blend_vectors(tower.vectors(ids, "projected"),
-                                                reduce_rows(tower.vectors(ids, "content"), tower.blend_basis),
+    assert v.shape == (5, tower.space_dim("blend")) == (5, tower.dim + tower.layout.dim)
+    np.testing.assert_allclose(v, blend_vectors(tower.vectors(ids, "projected"), tower.vectors(ids, "content"),
                                                 choice.weight), atol=1e-6)
     tower.save(tmp_path)
     again = ContentTower.load(tmp_path, SETTINGS)
@@ -114,40 +111,3 @@ def test_tower_blend_space_round_trip(tmp_path: Path) -> None:
     new = Item(id="new", category=["c3"], brand="b3", price=6.0, attributes={"x": 1})
     got_ids, got = again.encode_changed([new], space="blend")
     assert got_ids == ["new"] and got.shape == (1, tower.space_dim("blend"))
-
-
-def test_the_reduced_content_half_keeps_inner_products() -> None:
-    rng = np.random.default_rng(0)
-    low = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 200))  # rank 12 in 200 dimensions
-    basis = fit_basis(low, 12)
-    assert basis is not None and basis.shape == (200, 12)
-    np.testing.assert_allclose(basis.T @ basis, np.eye(12), atol=1e-5)
-    u, r = unit_rows(low), reduce_rows(low, basis)
-    np.testing.assert_allclose(r @ r.T, u @ u.T, atol=1e-4)  # nothing lost where the rank fits
-    assert fit_basis(low, 0) is None and fit_basis(low, 200) is None  # nothing to reduce
-    noisy = low + 0.5 * rng.normal(size=low.shape)
-    r = reduce_rows(noisy, fit_basis(noisy, 12))
-    assert np.corrcoef((r @ r.T).ravel(), (unit_rows(noisy) @ unit_rows(noisy).T).ravel())[0, 1] > 0.9
-    assert np.allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)  # still cosines
-
-
-def test_tower_serves_and_saves_the_reduced_blend(tmp_path: Path) -> None:
-    content, emb, user, item, ts = _shop(True)
-    items = [Item(id=f"i{r}", category=[f"c{r // 10}"], brand=f"b{r // 10}", price=float(5 + r % 7))
-             for r in range(len(content))]
-    half = SETTINGS.model_copy(update={"blend_weights": [0.5], "blend_dim": 16})
-    tower = ContentTower(half)
-    tower.fit(items, emb, np.ones(len(items), bool))
-    assert tower.fit_blend(items, emb, np.ones(len(items), bool), user, item, ts, np.ones(len(user), bool)).weight == 0.5
-    assert tower.blend_basis is not None and tower.blend_basis.shape == (tower.layout.dim, 16)
-    assert tower.space_dim("blend") == tower.dim + 16 and tower.meta["blend"]["content_dim"] == 16
-    ids = [it.id for it in items[:8]]
-    v = tower.vectors(ids, "blend")
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
-    tower.save(tmp_path)
-    again = ContentTower.load(tmp_path, half)
-    np.testing.assert_allclose(again.vectors(ids, "blend"), v, atol=1e-6)
-    new = Item(id="new", category=["c3"], brand="b3", price=6.0)  # a live item: the same basis
-    assert again.encode_changed([new], space="blend")[1].shape == (1, tower.dim + 16)
-    tower.fit(items, emb, np.ones(len(items), bool))  # a new fit forgets the old choice until fit_blend
-    assert tower.blend_basis is None and tower.space_dim("blend") == tower.dim + tower.layout.dim

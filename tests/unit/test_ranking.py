@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -125,10 +124,9 @@ def shop(tmp_path_factory):
     from shelfwise.service import Shelfwise
     from shelfwise.synthetic import generate_storefront
 
-    mp = pytest.MonkeyPatch()
-    for key in list(os.environ):
-        if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
-            mp.delenv(key, raising=False)
+    from tests.conftest import clear_settings_env
+
+    mp = clear_settings_env(pytest.MonkeyPatch())
     data = tmp_path_factory.mktemp("rank")
     settings = load_settings(data_dir=data)
     models = settings.models

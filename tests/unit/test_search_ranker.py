@@ -1,6 +1,5 @@
 """The search ranker's training requests (logged searches → labelled points) and its feature list."""
 
-import os
 
 import numpy as np
 import pytest
@@ -58,10 +57,9 @@ def shop(tmp_path_factory):
     from shelfwise.training import fit_pipeline
     from tests.unit.test_ranking import FAST, SOURCES
 
-    mp = pytest.MonkeyPatch()
-    for key in list(os.environ):
-        if key.startswith("SHELFWISE_") and not key.startswith("SHELFWISE_TEST_"):
-            mp.delenv(key, raising=False)
+    from tests.conftest import clear_settings_env
+
+    mp = clear_settings_env(pytest.MonkeyPatch())
     settings = load_settings(data_dir=tmp_path_factory.mktemp("search"))
     models = settings.models.model_copy(update={"ranker": RankerSettings(**FAST)})
     settings = settings.model_copy(update={"models": models})

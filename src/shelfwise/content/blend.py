@@ -26,16 +26,6 @@ data, never by dataset:
 
 ``w = 1`` is the projected space alone (what the source served before this blend existed), ``w = 0`` the content
 vectors alone.
-
-**The content half can be reduced** (``reduce_rows``, ``ContentSettings.blend_dim``; off by default): the raw
-content vector is ~1,300 floats (384 of text beside the hashed catalog blocks). ``fit_basis`` fits, on the
-training catalog, the subspace that keeps the inner products of the unit content rows best (uncentred truncated
-SVD, through the eigenvectors of the Gram matrix of a row sample); each row is projected onto it and normalised
-again, so the blend still mixes two cosines, and the weight is chosen on the reduced vectors, as served. At 128
-dimensions it lost what the blend gains on the Complete Journey (validation NDCG@50 at w = 0.25: 0.0078 raw,
-0.0048 reduced; w = 1 was kept): the hashed catalog facts that help there are many and exact, not low-rank.
-Serving the raw vectors stays cheap instead by scoring their sparse blocks as a sparse matrix
-(``retrieval/embedding.py``, ``ItemVectors``).
 """
 
 from __future__ import annotations
@@ -53,26 +43,6 @@ MAX_QUERIES = 5000  # shoppers scored (a random sample above it)
 MAX_RANKED = 50_000  # items ranked per query (a random sample, always with the targets, above it)
 K = 50  # the validation's cut-off: deeper than the served 10, for resolution on sparse data (CJ: 0.2 % of
 # targets in a top 10) -- a source proposes candidates to a blend, so reaching its top 50 matters too
-
-
-def fit_basis(content: np.ndarray, dim: int, seed: int = 0, max_rows: int = 20_000) -> np.ndarray | None:
-    """An orthonormal basis ``(d, dim)`` of the subspace keeping the inner products of the unit rows of
-    ``content`` best (the top right singular vectors; rows sampled above ``max_rows``); None when ``dim`` is 0 or
-    not below ``d`` (nothing to reduce)."""
-    x = np.asarray(content, np.float32)
-    if dim <= 0 or dim >= x.shape[1] or not len(x):
-        return None
-    if len(x) > max_rows:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))]
-    x = unit_rows(x).astype(np.float64)
-    values, vectors = np.linalg.eigh(x.T @ x)  # ascending
-    return np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
-
-
-def reduce_rows(content: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
-    """Unit content rows projected onto ``basis`` and normalised again (unchanged unit rows without one)."""
-    x = unit_rows(np.asarray(content, np.float32))
-    return x if basis is None else unit_rows(x @ basis).astype(np.float32)
 
 
 def blend_vectors(projected: np.ndarray, content: np.ndarray, weight: float) -> np.ndarray:
@@ -169,11 +139,10 @@ def ranks_by_weight(projected: np.ndarray, content: np.ndarray, hists: Sequence[
 
 def choose_blend_weight(content_vectors: np.ndarray, embeddings: np.ndarray, warm: np.ndarray,
                         projection: Projection, user: np.ndarray, item: np.ndarray, ts: np.ndarray,
-                        positive: np.ndarray, settings: Any, blend_content: np.ndarray | None = None) -> BlendChoice:
+                        positive: np.ndarray, settings: Any) -> BlendChoice:
     """The blend weight for items whose rows are ``content_vectors[i]`` (raw content vectors, as fitted),
     ``embeddings[i]`` (collaborative) and ``warm[i]``; events as row indices into them (``user``, ``item``, ``ts``,
-    ``positive``: which events are interactions). ``settings``: a ``ContentSettings`` section. ``blend_content``:
-    the content half of the blend as served (``reduce_rows``), default the raw vectors."""
+    ``positive``: which events are interactions). ``settings``: a ``ContentSettings`` section."""
     weights = sorted({float(w) for w in settings.blend_weights})
     if weights == [1.0] or not weights:
         return BlendChoice(1.0, reason="one weight configured")
@@ -197,8 +166,8 @@ def choose_blend_weight(content_vectors: np.ndarray, embeddings: np.ndarray, war
     if len(content_vectors) > MAX_RANKED:
         others = np.setdiff1d(np.arange(len(content_vectors)), targets)
         ranked = np.union1d(rng.choice(others, MAX_RANKED - len(np.unique(targets)), replace=False), targets)
-    ranks = ranks_by_weight(projected, content_vectors if blend_content is None else blend_content, hists, targets,
-                           excludes, weights, settings.recency_decay, ranked)
+    ranks = ranks_by_weight(projected, content_vectors, hists, targets, excludes, weights, settings.recency_decay,
+                           ranked)
     gains = {w: gain(r) for w, r in ranks.items()}
     scores = {w: float(g.mean()) for w, g in gains.items()}
     best = max(sorted(scores, reverse=True), key=lambda w: scores[w])

@@ -40,7 +40,7 @@ from shelfwise.content.encoder import DIM as TEXT_DIM
 from shelfwise.content.encoder import ProgressFn, TextEncoder
 from shelfwise.content.features import (FeatureLayout, content_hash, content_vectors, has_text, item_text,
                                         text_block, text_hash)
-from shelfwise.content.blend import BlendChoice, blend_vectors, choose_blend_weight, fit_basis, reduce_rows
+from shelfwise.content.blend import BlendChoice, blend_vectors, choose_blend_weight
 from shelfwise.content.projection import Projection, fit_projection, unit_rows
 from shelfwise.domain import Item
 
@@ -136,7 +136,6 @@ class ContentTower:
         self._content = _Rows(self.layout.dim)
         self._projected: _Rows | None = None
         self.projection: Projection | None = None
-        self.blend_basis: np.ndarray | None = None  # the blend space's content half, reduced (content/blend.py)
         self.meta: dict[str, Any] = {}
         self._by_text: dict[str, int] = {}  # text hash -> a row whose text vector it is
         self._encoder_checked = True  # False after load until the saved encoder is compared with the installed one
@@ -197,9 +196,7 @@ class ContentTower:
             return self.layout.dim
         if space not in ("projected", "blend"):
             raise ValueError(f"unknown space {space!r} (projected, content or blend)")
-        if space == "projected":
-            return self.dim
-        return self.dim + (self.layout.dim if self.blend_basis is None else self.blend_basis.shape[1])
+        return self.dim + (self.layout.dim if space == "blend" else 0)
 
     @property
     def blend_weight(self) -> float:
@@ -324,7 +321,6 @@ class ContentTower:
             self.projection = projection
             self._projected = _Rows(projection.out_dim, projection.transform(self._content.view()))
             norms = np.linalg.norm(embeddings[ok], axis=1)
-            self.blend_basis = None  # chosen again by fit_blend
             self.meta = {"embedding": embedding, "embedding_dim": int(embeddings.shape[1]),
                          "target_norm_median": float(np.median(norms)),
                          "warm_items": int(ok.sum()), "items": len(self.ids), "projection": projection.kind,
@@ -344,15 +340,11 @@ class ContentTower:
         with self._lock:
             x = self._content.view()[[self.index[it.id] for it in items]].copy()
         t0 = time.perf_counter()
-        basis = fit_basis(x, self.settings.blend_dim, self.settings.seed)
         choice = choose_blend_weight(x, embeddings, ok, self.projection, np.asarray(user), np.asarray(item),
-                                     np.asarray(ts), np.asarray(positive, bool), self.settings,
-                                     blend_content=reduce_rows(x, basis) if basis is not None else None)
+                                     np.asarray(ts), np.asarray(positive, bool), self.settings)
         with self._lock:
-            self.blend_basis = basis if choice.weight < 1.0 else None
             self.meta["blend_weight"] = choice.weight
-            self.meta["blend"] = {**choice.report(), "fit_s": round(time.perf_counter() - t0, 2),
-                                  "content_dim": int(x.shape[1] if basis is None else basis.shape[1])}
+            self.meta["blend"] = {**choice.report(), "fit_s": round(time.perf_counter() - t0, 2)}
         return choice
 
     def encode_changed(self, items: Iterable[Item], progress: ProgressFn | None = None,
@@ -388,8 +380,7 @@ class ContentTower:
                 projected = self._projected.view()[rows].copy()
                 if space == "projected":
                     return projected
-                return blend_vectors(projected, reduce_rows(self._content.view()[rows], self.blend_basis),
-                                     self.blend_weight)
+                return blend_vectors(projected, self._content.view()[rows], self.blend_weight)
             if space == "content":
                 return unit_rows(self._content.view()[rows])
         raise ValueError(f"unknown space {space!r} (projected, content or blend)")
@@ -476,8 +467,6 @@ class ContentTower:
             if self._projected is not None and self.projection is not None:
                 arrays["projected"] = self._projected.view().copy()
                 arrays.update(self.projection.arrays())
-            if self.blend_basis is not None:
-                arrays["blend_basis"] = self.blend_basis
             meta = {"format": FORMAT_VERSION, "layout": self.layout.to_json(),
                     "encoder": self._saved_encoder or self.encoder.describe(),
                     "projection": self.projection.kind if self.projection else None,
@@ -525,7 +514,6 @@ class ContentTower:
         if meta.get("projection"):
             obj.projection = Projection.from_arrays(meta["projection"], arrays, meta.get("projection_report"))
             obj._projected = _Rows(obj.projection.out_dim, arrays["projected"].reshape(n, -1))
-        obj.blend_basis = arrays.get("blend_basis")
         obj.meta = {k: v for k, v in meta.items() if k not in ("format", "layout", "encoder", "settings")}
         obj._saved_encoder = meta.get("encoder", {})
         obj._encoder_checked = False

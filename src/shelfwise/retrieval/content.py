@@ -90,14 +90,14 @@ class ContentRetriever(Retriever):
                data: TrainData) -> Space:
         """The space the fitted tower serves in: the blend of projected and content similarity whose weight
         predicts held-out warm items best as next items (``content/blend.py``); ``projected`` when that weight
-        is 1."""
+        is 1, ``content`` when it is 0."""
         at = np.full(data.n_items, -1, np.int64)
         at[rows] = np.arange(len(rows))
         item = at[data.item]
         keep = item >= 0
         w = tower.fit_blend(items, emb, warm, data.user[keep], item[keep], data.ts[keep],
                             data.weight[keep] > 0).weight
-        return "projected" if w >= 1.0 else "blend"  # w = 0: the content half alone (reduced, as validated)
+        return "projected" if w >= 1.0 else "content" if w <= 0.0 else "blend"
 
     # ---- serving -------------------------------------------------------------------------------------
     @property
