@@ -497,6 +497,14 @@ class ContentSettings(_Section):
                     "cosine; the best at predicting held-out warm items as a shopper's next item is kept "
                     "(content/blend.py); [1.0] = the projection alone")
     history: int = Field(20, ge=1, description="a shopper's most recent items forming their content profile")
+    neighbours: int = Field(300, ge=0, description="each item's top neighbours kept as a list (product pages and "
+                                                    "carts are scored from their items' lists instead of a product "
+                                                    "with every item; 0 = no lists)")
+    neighbours_max_items: int = Field(30_000, ge=0, description="catalogs up to this size keep neighbour lists "
+                                                                "(built with every model version: 12k items about "
+                                                                "5 s); larger ones search the vector index")
+    relist_share: float = Field(0.1, gt=0, le=1, description="the lists are rebuilt (on the live-item thread) when "
+                                                             "this share of the items was added or changed since")
     recency_decay: float = Field(0.8, gt=0, le=1, description="weight of each older item of the profile")
 
     @model_validator(mode="after")

@@ -91,7 +91,7 @@ def test_item_vectors_take_new_rows_beside_their_index():
     space = ItemVectors("t", x, CandidateSettings(exact_max_items=10))
     space.attach(exact)
     assert space.index is not None and space.indexed == 50 and not space.exact_for(1)
-    grown = space.updated(np.vstack([x, 3 * x[:2]]))  # rows 50, 51: the best matches of queries like rows 0, 1
+    grown = space.updated(np.vstack([x, 3 * x[:2]]), np.array([50, 51]))  # rows 50, 51: the best matches of queries like rows 0, 1
     q = x[:4]
     keys, scores = grown.search(q, 5)
     full = q @ grown.vectors.T

@@ -267,6 +267,17 @@ def scores_over(source: "Retriever", queries: Sequence[Query], n_items: int) -> 
     return ResizedScores(source.scores([q.within(m) for q in queries]), m, n_items)
 
 
+def list_entries(lists: sp.csr_matrix, owner: np.ndarray, items: np.ndarray, weights: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The neighbour lists (rows of ``lists``) of ``items``, each weighted, as flat (query row, item, score) entries:
+    ``owner[j]`` is the query row ``items[j]`` belongs to. Duplicates are left to ``SparseScores`` to sum."""
+    items = np.asarray(items, np.int64)
+    start, count = lists.indptr[items], lists.indptr[items + 1] - lists.indptr[items]
+    total = int(count.sum())
+    at = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+    return np.repeat(owner, count), lists.indices[at], lists.data[at] * np.repeat(weights, count)
+
+
 def stack_rows(n_rows: int, parts: Sequence[tuple[np.ndarray, SourceScores]]) -> SourceScores:
     return RowStack(n_rows, [(r, p) for r, p in parts if len(r)])
 

@@ -14,6 +14,13 @@ scores items by the cosine of their vector with the mean of the anchors' vectors
 the recency-weighted mean of their last ``content.history`` items' vectors. Items without a vector (seen in
 events but not in the catalog, or not encoded yet) have no evidence. Vectors are searched through ``ItemVectors``
 (exact below ``exact_max_items``, else the vector index).
+
+Catalogs up to ``neighbours_max_items`` keep each item's top ``neighbours`` as a list, built with the model
+(saved beside it) and rebuilt on the live-item thread once ``relist_share`` of the items changed since: a product
+page (or a cart of one item) is scored from its item's list (an item not in it has no evidence from this source)
+plus the items added or changed since, exactly. That takes a product with every item off the request (12k items:
+12,000 × 1,360 floats per product page). A cart of several items keeps the product: the best matches of a mean of
+unlike items are often in none of their lists.
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from shelfwise.content.features import FeatureLayout
 from shelfwise.content.tower import ARRAYS, META, ContentTower, Space, interaction_counts, warm_mask
 from shelfwise.items import pad_rows
 from shelfwise.request import Query
-from shelfwise.retrieval.base import Retriever, SourceScores, TrainData, recency_weights
+from shelfwise.retrieval.base import Retriever, SourceScores, TrainData, recency_weights, stack_rows
 from shelfwise.retrieval.embedding import IndexFactory, ItemVectors, vector_scores
 from shelfwise.settings import CandidateSettings, ContentSettings, known_fields
+
+
+LISTS = "content_lists.npz"  # the neighbour lists saved beside the vectors
 
 
 class ContentRetriever(Retriever):
@@ -81,9 +92,20 @@ class ContentRetriever(Retriever):
         vectors = np.zeros((data.n_items, dim), np.float32)
         if len(rows):
             vectors[rows] = tower.vectors([it.id for it in items], self.space)
-        self.vectors = ItemVectors("content", vectors, self.vectors.search_settings)
+        self.vectors = self._listed(ItemVectors("content", vectors, self.vectors.search_settings))
         self._collaborative = None
         return self
+
+    def _listed(self, space: ItemVectors, lists: sp.csr_matrix | None = None) -> ItemVectors:
+        """``space`` with its neighbour lists (``lists`` when they are of this catalog, else built) when the catalog
+        is small enough to keep them."""
+        n, s = len(space), self.settings
+        if s.neighbours and 0 < n <= s.neighbours_max_items:
+            if lists is not None and lists.shape == (n, n):
+                space._set_lists(lists.tocsr(), np.ones(n, bool))
+            else:
+                space.build_lists(s.neighbours)
+        return space
 
     @staticmethod
     def _blend(tower: ContentTower, items: list, emb: np.ndarray, warm: np.ndarray, rows: np.ndarray,
@@ -118,7 +140,10 @@ class ContentRetriever(Retriever):
             grown = pad_rows(old.vectors, int(rows.max()) + 1)
             grown = grown.copy() if grown is old.vectors else grown
             grown[rows] = vectors
-            self.vectors = old.updated(grown)
+            space = old.updated(grown, rows)
+            if space.lists is not None and space.unlisted_share > self.settings.relist_share:
+                space = self._listed(space)  # on the live-item thread: requests keep the vectors they started with
+            self.vectors = space
 
     def add_encoded(self, index: dict[str, int], ids: Sequence[str], vectors: np.ndarray) -> int:
         """``add`` by item id: the vectors of the ids the serving item table (``index``: id → row) holds; ids it
@@ -145,11 +170,26 @@ class ContentRetriever(Retriever):
         q = np.zeros((len(queries), space.vectors.shape[1]), np.float32)
         for r, query in enumerate(queries):
             q[r] = self.profile(space.vectors, query)
-        return vector_scores(space, q, np.abs(q).sum(axis=1) > 0)
+        present = np.abs(q).sum(axis=1) > 0
+        # a product page (or a one-item cart) from its item's list: q = v / |v|
+        listed = [r for r, query in enumerate(queries) if present[r] and len(query.anchors) == 1
+                  and query.anchors[0] < len(space) and space.can_combine(query.anchors.astype(np.int64))]
+        if not listed:
+            return vector_scores(space, q, present)
+        anchors = np.array([queries[r].anchors[0] for r in listed], np.int64)
+        weights = (1.0 / np.linalg.norm(space.vectors[anchors], axis=1)).astype(np.float32)
+        from_lists = space.combined(q[listed], np.arange(len(listed)), anchors, weights)
+        rest = np.setdiff1d(np.arange(len(queries)), listed)
+        parts = [(np.array(listed, np.int64), from_lists)]
+        if len(rest):
+            parts.append((rest, vector_scores(space, q[rest], present[rest])))
+        return stack_rows(len(queries), parts)
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         np.savez(path / "content.npz", vectors=self.vectors.vectors)
+        if self.vectors.lists is not None and self.vectors.unlisted_share == 0:
+            sp.save_npz(path / LISTS, self.vectors.lists)
         (path / "content.json").write_text(json.dumps({"space": self.space,
                                                        "settings": self.settings.model_dump(mode="json")}))
         if self.tower is not None:
@@ -160,7 +200,8 @@ class ContentRetriever(Retriever):
         meta = json.loads((path / "content.json").read_text())
         obj = cls(ContentSettings.model_validate(known_fields(ContentSettings, meta["settings"])))
         obj.space = meta["space"]
-        obj.vectors = ItemVectors("content", np.load(path / "content.npz")["vectors"])
+        lists = sp.load_npz(path / LISTS) if (path / LISTS).is_file() else None
+        obj.vectors = obj._listed(ItemVectors("content", np.load(path / "content.npz")["vectors"]), lists)
         if (path / META).is_file():
             obj.tower = ContentTower.load(path, obj.settings, obj.settings.cache_dir or None)
         return obj

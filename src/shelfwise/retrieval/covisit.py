@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from shelfwise.domain import EventType
 from shelfwise.request import Query
-from shelfwise.retrieval.base import Retriever, SparseScores, TrainData, recency_weights
+from shelfwise.retrieval.base import Retriever, SparseScores, TrainData, list_entries, recency_weights
 from shelfwise.settings import CovisitSettings
 
 _BASKET = (EventType.add_to_cart, EventType.purchase_completed)
@@ -106,11 +106,7 @@ class CovisitRetriever(Retriever):
         items = np.concatenate([a for a, _ in anchors]).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
         weights = np.concatenate([w for _, w in anchors]) if lens.sum() else np.zeros(0, np.float32)
         owner = np.repeat(np.arange(len(queries)), lens)
-        start, count = m.indptr[items], m.indptr[items + 1] - m.indptr[items]
-        total = int(count.sum())
-        at = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
-        return SparseScores(len(queries), m.shape[0], np.repeat(owner, count), m.indices[at],
-                            m.data[at] * np.repeat(weights, count))
+        return SparseScores(len(queries), m.shape[0], *list_entries(m, owner, items, weights))
 
     def save(self, path: Path) -> None:
         sp.save_npz(path / f"{self.name}.npz", self.matrix)
