@@ -17,10 +17,9 @@ events but not in the catalog, or not encoded yet) have no evidence. Vectors are
 
 Catalogs up to ``neighbours_max_items`` keep each item's top ``neighbours`` as a list, built with the model
 (saved beside it) and rebuilt on the live-item thread once ``relist_share`` of the items changed since: a product
-page (or a cart of one item) is scored from its item's list (an item not in it has no evidence from this source)
-plus the items added or changed since, exactly. That takes a product with every item off the request (12k items:
-12,000 × 1,360 floats per product page). A cart of several items keeps the product: the best matches of a mean of
-unlike items are often in none of their lists.
+page is scored from its item's list, a cart of several items exactly on the union of their lists (an item in
+none of them has no evidence from this source), plus the items added or changed since, exactly. That takes a
+product with every item off the request (12k items: 12,000 × 1,360 floats per product page or cart).
 """
 
 from __future__ import annotations
@@ -171,14 +170,16 @@ class ContentRetriever(Retriever):
         for r, query in enumerate(queries):
             q[r] = self.profile(space.vectors, query)
         present = np.abs(q).sum(axis=1) > 0
-        # a product page (or a one-item cart) from its item's list: q = v / |v|
-        listed = [r for r, query in enumerate(queries) if present[r] and len(query.anchors) == 1
-                  and query.anchors[0] < len(space) and space.can_combine(query.anchors.astype(np.int64))]
+        # product pages and carts from their items' lists: q = Σ anchors' vectors / |Σ anchors' vectors|
+        listed = [r for r, query in enumerate(queries)
+                  if present[r] and space.can_combine(query.anchors[query.anchors < len(space)].astype(np.int64))]
         if not listed:
             return vector_scores(space, q, present)
-        anchors = np.array([queries[r].anchors[0] for r in listed], np.int64)
-        weights = (1.0 / np.linalg.norm(space.vectors[anchors], axis=1)).astype(np.float32)
-        from_lists = space.combined(q[listed], np.arange(len(listed)), anchors, weights)
+        anchors = [queries[r].anchors[queries[r].anchors < len(space)].astype(np.int64) for r in listed]
+        sizes = [len(a) for a in anchors]
+        norms = np.array([np.linalg.norm(space.vectors[a].sum(axis=0)) for a in anchors], np.float32)
+        from_lists = space.combined(q[listed], np.repeat(np.arange(len(listed)), sizes), np.concatenate(anchors),
+                                    np.repeat(1.0 / norms, sizes).astype(np.float32))
         rest = np.setdiff1d(np.arange(len(queries)), listed)
         parts = [(np.array(listed, np.int64), from_lists)]
         if len(rest):
