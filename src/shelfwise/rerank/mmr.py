@@ -41,19 +41,23 @@ class Similarity:
         self.category, self.band, self.vectors = category, band, vectors
 
     def between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(len(a), len(b)) similarities."""
-        wc, wb, we = self.w
-        out = np.zeros((len(a), len(b)), np.float32)
-        if wc:
-            ca, cb = self.category[a], self.category[b]
-            out += wc * ((ca[:, None] == cb[None, :]) & (ca[:, None] >= 0))
-        if wb:
-            ba, bb = self.band[a], self.band[b]
-            out += wb * ((ba[:, None] == bb[None, :]) & (ba[:, None] >= 0))
+        """(len(a), len(b)) similarities (float32; one request's pool against itself: one gather per item)."""
+        wc, wb, we = (np.float32(w) for w in self.w)
         if we:
-            out += we * np.maximum(self.vectors[a] @ self.vectors[b].T, 0.0)
+            va = self.vectors[a]
+            out = va @ (va if b is a else self.vectors[b]).T
+            np.maximum(out, 0.0, out=out)
+            out *= we
+        else:
+            out = np.zeros((len(a), len(b)), np.float32)
+        for w, codes in ((wc, self.category), (wb, self.band)):
+            if w:
+                ca, cb = codes[a], codes[b]
+                same = ca[:, None] == cb[None, :]
+                if (ca < 0).any():  # unknown (-1) is no match, not a shared value
+                    same &= (ca >= 0)[:, None]
+                out += w * same
         return out
-
 
     @classmethod
     def build(cls, items: ItemTable, diversity: DiversitySettings, signals: BusinessSignals,
