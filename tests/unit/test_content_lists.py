@@ -130,3 +130,4 @@ def test_live_items_are_scored_at_once_and_relisted_past_the_share(tmp_path: Pat
     assert not (tmp_path / LISTS).is_file() and ContentRetriever.load(tmp_path).vectors.unlisted_share == 0
     big = retriever(x, neighbours=40, neighbours_max_items=399)
     assert big.vectors.lists is None and big.vectors.unlisted_share == 1.0
+

@@ -118,3 +118,22 @@ def test_items_seen_only_in_events_join_the_vocabulary(tmp_path):
     data = data_from(tmp_path, [view("a", "u1", "ghost", 0)], catalog=[Item(id="p0", price=1.0)])
     assert list(data.items.ids) == ["ghost", "p0"]
     assert data.items.category[data.items.index["ghost"]] == -1
+
+
+def test_trending_reads_only_as_much_of_its_order_as_a_filtered_request_needs():
+    """``first_kept`` (trending's top under a request's filter and rule masks) equals masking the whole order."""
+    from shelfwise.retrieval.trending import first_kept
+
+    rng = np.random.default_rng(3)
+    order = rng.permutation(5000)
+    for share in (0.9, 0.1, 0.002, 0.0):
+        allow = rng.random(5000) < share
+        drop = rng.random(5000) < 0.3
+        for a, d in ((allow, None), (None, drop), (allow, drop), (None, None)):
+            full = order
+            if a is not None:
+                full = full[a[full]]
+            if d is not None:
+                full = full[~d[full]]
+            for k in (1, 40, 700):
+                assert np.array_equal(first_kept(order, k, a, d), full[:k])

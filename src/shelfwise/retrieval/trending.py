@@ -106,6 +106,25 @@ class TrendingRetriever(Retriever):
         self._members = self._order = self._order_ok = self._boosted = None
 
 
+def first_kept(order: np.ndarray, k: int, allow: np.ndarray | None, drop: np.ndarray | None) -> np.ndarray:
+    """The first ``k`` items of ``order`` that ``allow`` (a mask, or None: all) allows and ``drop`` (a mask, or None)
+    does not drop, read in growing chunks: a request's filters never scan the whole catalog (at 1M items, masking the
+    whole order per request was a third of the request's time)."""
+    if allow is None and drop is None:
+        return order[:k]
+    got, have, start, step = [], 0, 0, max(2 * k, 256)
+    while have < k and start < len(order):
+        part = order[start:start + step]
+        start, step = start + step, step * 4
+        if allow is not None:
+            part = part[allow[part]]
+        if drop is not None:
+            part = part[~drop[part]]
+        got.append(part)
+        have += len(part)
+    return np.concatenate(got)[:k] if got else order[:0]
+
+
 class TrendingScores(SourceScores):
     def __init__(self, source: TrendingRetriever, focus: list[np.ndarray]) -> None:
         self.src, self.focus = source, focus
@@ -141,14 +160,9 @@ class TrendingScores(SourceScores):
         order = self.src.order(exclusions.banned)
         rows, idx = [], []
         for r, cats in enumerate(self.focus):
-            allow, rule = exclusions.allowed[r], exclusions.dropped[r]
-            head = order
-            if allow is not None:
-                head = head[allow[head]]
-            if rule is not None:
-                head = head[~rule[head]]
             depth = k + len(exclusions.rows[r])
-            parts = [head[:depth]] + [self.src.boosted(int(c))[0][:depth + 64] for c in cats]
+            head = first_kept(order, depth, exclusions.allowed[r], exclusions.dropped[r])
+            parts = [head] + [self.src.boosted(int(c))[0][:depth + 64] for c in cats]
             for p in parts:
                 rows.append(np.full(len(p), r))
                 idx.append(p)
