@@ -121,7 +121,8 @@ def test_items_seen_only_in_events_join_the_vocabulary(tmp_path):
 
 
 def test_trending_reads_only_as_much_of_its_order_as_a_filtered_request_needs():
-    """``first_kept`` (trending's top under a request's filter and rule masks) equals masking the whole order."""
+    """``first_kept`` (trending's top and the candidate stage's popular fill under a request's filter and rule masks
+    and excluded items) equals masking the whole order."""
     from shelfwise.retrieval.trending import first_kept
 
     rng = np.random.default_rng(3)
@@ -136,4 +137,7 @@ def test_trending_reads_only_as_much_of_its_order_as_a_filtered_request_needs():
             if d is not None:
                 full = full[~d[full]]
             for k in (1, 40, 700):
-                assert np.array_equal(first_kept(order, k, a, d), full[:k])
+                assert np.array_equal(first_kept(order, k, keep=[a], drop=[d]), full[:k])
+                gone = order[::7]
+                assert np.array_equal(first_kept(order, k, keep=[a], drop=[d], without=gone),
+                                      full[~np.isin(full, gone)][:k])

@@ -171,11 +171,11 @@ class ContentRetriever(Retriever):
             q[r] = self.profile(space.vectors, query)
         present = np.abs(q).sum(axis=1) > 0
         # product pages and carts from their items' lists: q = Σ anchors' vectors / |Σ anchors' vectors|
-        listed = [r for r, query in enumerate(queries)
-                  if present[r] and space.can_combine(query.anchors[query.anchors < len(space)].astype(np.int64))]
+        known = [query.anchors[query.anchors < len(space)].astype(np.int64) for query in queries]
+        listed = [r for r, a in enumerate(known) if present[r] and space.can_combine(a)]
         if not listed:
             return vector_scores(space, q, present)
-        anchors = [queries[r].anchors[queries[r].anchors < len(space)].astype(np.int64) for r in listed]
+        anchors = [known[r] for r in listed]
         sizes = [len(a) for a in anchors]
         norms = np.array([np.linalg.norm(space.vectors[a].sum(axis=0)) for a in anchors], np.float32)
         from_lists = space.combined(q[listed], np.repeat(np.arange(len(listed)), sizes), np.concatenate(anchors),

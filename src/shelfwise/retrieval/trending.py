@@ -106,20 +106,27 @@ class TrendingRetriever(Retriever):
         self._members = self._order = self._order_ok = self._boosted = None
 
 
-def first_kept(order: np.ndarray, k: int, allow: np.ndarray | None, drop: np.ndarray | None) -> np.ndarray:
-    """The first ``k`` items of ``order`` that ``allow`` (a mask, or None: all) allows and ``drop`` (a mask, or None)
-    does not drop, read in growing chunks: a request's filters never scan the whole catalog (at 1M items, masking the
-    whole order per request was a third of the request's time)."""
-    if allow is None and drop is None:
+def first_kept(order: np.ndarray, k: int, keep: Sequence[np.ndarray | None] = (),
+               drop: Sequence[np.ndarray | None] = (), without: np.ndarray | None = None) -> np.ndarray:
+    """The first ``k`` items of ``order`` that every ``keep`` mask allows, no ``drop`` mask marks and that are not in
+    ``without`` (item ids); None masks are no constraint. The order is read in growing chunks, so a request's
+    filters never scan the whole catalog (at 1M items, masking the whole order per request was a third of the
+    request's time)."""
+    keep = [m for m in keep if m is not None]
+    drop = [m for m in drop if m is not None]
+    if not keep and not drop and without is None:
         return order[:k]
-    got, have, start, step = [], 0, 0, max(2 * k, 256)
+    got, have, start = [], 0, 0
+    step = max(2 * k + (len(without) if without is not None else 0), 64)
     while have < k and start < len(order):
         part = order[start:start + step]
         start, step = start + step, step * 4
-        if allow is not None:
-            part = part[allow[part]]
-        if drop is not None:
-            part = part[~drop[part]]
+        if without is not None:
+            part = part[~np.isin(part, without)]
+        for m in keep:
+            part = part[m[part]]
+        for m in drop:
+            part = part[~m[part]]
         got.append(part)
         have += len(part)
     return np.concatenate(got)[:k] if got else order[:0]
@@ -161,7 +168,7 @@ class TrendingScores(SourceScores):
         rows, idx = [], []
         for r, cats in enumerate(self.focus):
             depth = k + len(exclusions.rows[r])
-            head = first_kept(order, depth, exclusions.allowed[r], exclusions.dropped[r])
+            head = first_kept(order, depth, keep=[exclusions.allowed[r]], drop=[exclusions.dropped[r]])
             parts = [head] + [self.src.boosted(int(c))[0][:depth + 64] for c in cats]
             for p in parts:
                 rows.append(np.full(len(p), r))

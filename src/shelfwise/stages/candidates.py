@@ -27,7 +27,7 @@ import numpy as np
 
 from shelfwise.request import Candidates, Exclusions, take_rows
 from shelfwise.retrieval.base import Retriever, SourceScores, scores_over, top_k
-from shelfwise.retrieval.trending import TrendingRetriever
+from shelfwise.retrieval.trending import TrendingRetriever, first_kept
 from shelfwise.settings import CandidateSettings
 from shelfwise.stages.base import Batch, padded
 
@@ -84,22 +84,8 @@ class CandidateStage:
         order = self.fallback_order(ex.banned) if want else None
         for r, k in want.items():
             drop = ex.rows[r] if have is None else np.union1d(ex.rows[r], have[r][have[r] >= 0])
-            allow, rule = ex.allowed[r], ex.dropped[r]
             wanted = match[r] if match is not None else None
-            got, start, step = [], 0, max(2 * k + len(drop), 64)
-            while sum(len(g) for g in got) < k and start < len(order):
-                part = order[start:start + step]
-                start += step
-                part = part[~np.isin(part, drop)]
-                if allow is not None:
-                    part = part[allow[part]]
-                if rule is not None:
-                    part = part[~rule[part]]
-                if wanted is not None:
-                    part = part[wanted[part]]
-                got.append(part)
-                step *= 4
-            rows[r] = np.concatenate(got)[:k] if got else np.zeros(0, np.int64)
+            rows[r] = first_kept(order, k, keep=[ex.allowed[r], wanted], drop=[ex.dropped[r]], without=drop)
         return padded(rows)
 
     def _fill(self, have: np.ndarray, need: int, ex: Exclusions) -> np.ndarray:
