@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from shelfwise.stores.protocols import VectorIndex
+from shelfwise.retrieval.embedding import ItemVectors
+from shelfwise.stores import vectors as V
 from shelfwise.stores.vectors import ExactIndex, HNSWIndex
 
 
@@ -35,6 +37,25 @@ def test_exact_index_is_brute_force_inner_product():
     assert np.array_equal(k, keys[np.argsort(-full, axis=1, kind="stable")[:, :10]])
     assert np.allclose(s, np.sort(full, axis=1)[:, ::-1][:, :10], rtol=1e-5)
     assert len(idx) == 500
+
+
+def test_exact_searches_in_chunks_of_queries_give_the_same_rows(monkeypatch):
+    x, q = vectors(500, 8)
+    idx = ExactIndex()
+    idx.build(np.arange(500), x)
+    space = ItemVectors("test", x)
+    whole = idx.search(q, 10), space.search(q, 10), space.search(q, 10, ordered=False)
+    sizes: list[int] = []
+    for obj, name in ((idx, "_search"), (space, "_exact")):
+        inner = getattr(obj, name)
+        monkeypatch.setattr(obj, name, lambda part, *a, inner=inner: sizes.append(len(part)) or inner(part, *a))
+    monkeypatch.setattr(V, "EXACT_CELLS", 7 * 500)  # 7 queries' scores at a time
+    chunked = idx.search(q, 10), space.search(q, 10), space.search(q, 10, ordered=False)
+    assert sizes == ([7] * 28 + [4]) * 3
+    for (k1, s1), (k2, s2) in zip(whole, chunked):
+        assert k2.shape == (200, 10) and np.array_equal(k1, k2) and np.array_equal(s1, s2)
+    monkeypatch.setattr(V, "EXACT_CELLS", 1)  # fewer cells than one query's scores: still one query at a time
+    assert np.array_equal(idx.search(q[:3], 4)[0], whole[0][0][:3, :4])
 
 
 def test_hnsw_recall_against_exact_on_random_vectors():

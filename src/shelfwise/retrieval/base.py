@@ -385,11 +385,62 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 1:  # the best alone (a source's peak): argmax keeps the lowest index of a tie
         idx = scores.argmax(axis=1)[:, None]
         return idx.astype(np.int64), take_rows(scores, idx)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
-    part_scores = take_rows(scores, part)
-    order = np.lexsort((part, -part_scores), axis=1)
-    idx = take_rows(part, order)
-    return idx, take_rows(scores, idx)
+    if n >= ABOVE_MIN_ITEMS and 8 * k <= n and len(scores) and scores.dtype.kind == "f":
+        return _top_k_above(scores, k)
+    return _top_k_partition(scores, k)
+
+
+ABOVE_MIN_ITEMS = 4096  # from here on ``top_k`` selects by a threshold (2-4x faster than a partition: BENCHMARKS.md)
+
+
+def _top_k_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k`` by each row's k-th best value (a partition): the scores above it, then those equal to it in
+    column order until k (so ties at the k-th place go to the lower index, as everywhere else in the list)."""
+    b, n = scores.shape
+    kth = np.partition(scores, n - k, axis=1)[:, n - k]
+    chosen = scores > kth[:, None]
+    tied = scores == kth[:, None]
+    need = k - np.count_nonzero(chosen, axis=1)
+    more = np.flatnonzero(np.count_nonzero(tied, axis=1) > need)  # more ties than places: the first ones
+    if len(more):
+        tied[more] &= np.cumsum(tied[more], axis=1) <= need[more, None]
+    cols = np.nonzero(chosen | tied)[1].reshape(b, k)  # each row's k columns, in column order
+    vals = take_rows(scores, cols)
+    order = np.argsort(-vals, axis=1, kind="stable")  # best first; equal scores keep the column order
+    return take_rows(cols, order), take_rows(vals, order)
+
+
+def _top_k_above(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k`` by a threshold: a row's (2k·m/n + 9)-th best of an evenly strided sample of m of its n columns lies
+    below its k-th best but for rare rows, so its top k are among the scores at or above it — one comparison per
+    score, then a sort of a few hundred — instead of a partition of the whole row. The same result exactly: rows
+    where fewer than k scores pass (or far more: ties at the threshold, or no finite threshold) take the partition."""
+    b, n = scores.shape
+    sample = scores[:, ::max(1, n // max(1024, 8 * k))]
+    m = sample.shape[1]
+    r = min(m - 1, -(-2 * k * m // n) + 8)  # the (r+1)-th best of the sample
+    thr = np.partition(sample, m - 1 - r, axis=1)[:, m - 1 - r]
+    mask = scores >= thr[:, None]
+    count = np.count_nonzero(mask, axis=1)
+    good = (count >= k) & (count <= 4 * k + n // 64) & np.isfinite(thr)
+    idx = np.empty((b, k), np.int64)
+    val = np.empty((b, k), scores.dtype)
+    rows_ok = np.flatnonzero(good)
+    if len(rows_ok):  # each row's passing scores, left-aligned in column order (-inf after), then partitioned
+        rows, cols = np.nonzero(mask if len(rows_ok) == b else mask[rows_ok])
+        cnt = count[rows_ok]
+        at = np.arange(len(rows)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        width = int(cnt.max())
+        packed = np.full((len(rows_ok), width), -np.inf, scores.dtype)
+        where = np.zeros((len(rows_ok), width), np.int64)
+        packed[rows, at] = scores[rows_ok[rows], cols]
+        where[rows, at] = cols
+        pos, val[rows_ok] = _top_k_partition(packed, k)
+        idx[rows_ok] = take_rows(where, pos)
+    rest = np.flatnonzero(~good)
+    if len(rest):
+        idx[rest], val[rest] = _top_k_partition(scores[rest], k)
+    return idx, val
 
 
 def recency_weights(n: int, decay: float) -> np.ndarray:

@@ -33,6 +33,7 @@ from shelfwise.request import Exclusions, take_rows
 from shelfwise.retrieval.base import SourceScores, SparseScores, list_entries, segment_top, top_k, without_zeros
 from shelfwise.settings import CandidateSettings
 from shelfwise.stores.protocols import VectorIndex
+from shelfwise.stores.vectors import by_row_chunks
 
 # (name, vectors) -> a built index over keys 0..n-1; provided by the assembler from settings.stores.vectors
 IndexFactory = Callable[[str, np.ndarray], VectorIndex]
@@ -198,11 +199,7 @@ class ItemVectors:
         in no particular order (cheaper for an exact search)."""
         k = max(1, min(k, len(self.vectors)))
         if self.exact_for(len(queries)):
-            scores = self.product(queries)
-            if ordered or k >= scores.shape[1]:
-                return top_k(scores, k)
-            idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            return idx.astype(np.int64), take_rows(scores, idx)
+            return by_row_chunks(lambda part: self._exact(part, k, ordered), queries, len(self.vectors))
         assert self.index is not None
         keys, scores = self.index.search(queries, k)
         if len(self.vectors) <= self.indexed:
@@ -212,6 +209,13 @@ class ItemVectors:
         scores = np.concatenate([scores, more_scores], axis=1)
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return take_rows(keys, best), take_rows(scores, best)
+
+    def _exact(self, queries: np.ndarray, k: int, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.product(queries)
+        if ordered or k >= scores.shape[1] or 8 * k <= scores.shape[1]:  # top_k's threshold beats a partition
+            return top_k(scores, k)
+        idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return idx.astype(np.int64), take_rows(scores, idx)
 
     def dot(self, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(B, M) inner products of each query with its items (-1 pads give 0)."""

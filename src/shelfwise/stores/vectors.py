@@ -8,6 +8,7 @@ hnswlib is imported lazily, so nothing pays for it unless an index is built or l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,6 +29,21 @@ def _as_queries(queries: np.ndarray) -> np.ndarray:
     return q[None, :] if q.ndim == 1 else q
 
 
+EXACT_CELLS = 1 << 24  # query × item scores an exact search holds at once (64 MB of float32)
+
+
+def by_row_chunks(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
+                  n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``search(queries)`` (an exact search of (keys, scores) rows) in chunks of queries whose dense scores hold at
+    most ``EXACT_CELLS`` values: the same rows, while 512 queries over 1M items would hold 2 GB of scores and
+    their 4 GB argpartition at once (the held-out metrics of a 1M-item training peaked at 18 GB)."""
+    step = max(1, EXACT_CELLS // max(n_items, 1))
+    if len(queries) <= step:
+        return search(queries)
+    parts = [search(queries[i:i + step]) for i in range(0, len(queries), step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 class ExactIndex:
     """Brute-force inner-product search (numpy matmul + partial sort): exact, O(n·dim) per query."""
 
@@ -42,9 +58,13 @@ class ExactIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _as_queries(queries)
         n = len(self.keys)
-        kk = min(k, n)
-        if kk == 0:
+        if min(k, n) == 0:
             return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
+        return by_row_chunks(lambda part: self._search(part, k), q, n)
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.keys)
+        kk = min(k, n)
         scores = q @ self.vectors.T
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (len(q), 1))
         ps = np.take_along_axis(scores, part, axis=1)
