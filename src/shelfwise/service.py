@@ -273,17 +273,20 @@ class Shelfwise:
         return True
 
     def settle_heap(self, everything: bool = True) -> None:
-        """Collect garbage, then freeze every surviving object out of the cyclic collector's reach.
+        """Freeze every surviving object out of the cyclic collector's reach (``gc.freeze``).
 
         The collector's full passes otherwise walk every long-lived object — the model, imported libraries, the
         online state's shopper histories, the answer cache — stalling a request each time (measured at 12k items:
-        p99 140 ms without this, 34-37 ms with it; BENCHMARKS.md, Serving). Frozen objects are still freed by reference counting; only a reference
-        cycle that dies while frozen waits for the next ``everything`` pass. The API calls this with
-        ``everything`` at start-up only, and without it after each model swap and every ``api.freeze_heap_s``
-        seconds (only what is new since the last pass is walked: the new model's objects after a swap, 65 ms of
-        CPU at 12k items against 235 ms for a full pass). A swapped-out model needs no full pass: nothing in it is
-        part of a reference cycle, so reference counting frees it, frozen or not
-        (``tests/unit/test_model_swap_memory.py`` keeps it so)."""
+        p99 140 ms without this, 34-37 ms with it; BENCHMARKS.md, Serving). Frozen objects are still freed by
+        reference counting; only a reference cycle that dies while frozen waits for the next ``everything`` pass.
+
+        ``everything`` (start-up, and every ``api.full_collect_s``): unfreeze, a full pass, freeze — 235 ms of CPU
+        at 12k items, every request waiting. Otherwise (after each model swap and every ``api.freeze_heap_s``): a
+        young pass (what is newer than the last young passes: 1-2 ms), then freeze. Only cycles that died after
+        outliving the young passes are frozen uncollected, and the request path leaves none
+        (``tests/unit/test_model_swap_memory.py``); its old full pass here walked the 30-60k objects the last 2 s
+        left (cached answers, shoppers' states) for nothing, 10-20 ms each time. A swapped-out model needs no full
+        pass either: nothing in it is part of a reference cycle, so reference counting frees it, frozen or not."""
         if self.settings.api.freeze_heap_s <= 0:
             return
         if everything:
@@ -291,15 +294,15 @@ class Shelfwise:
             # fewer young collections (each also ages survivors towards the full pass): api.gc_young_threshold
             # allocations between them instead of 700
             gc.set_threshold(self.settings.api.gc_young_threshold, 20, 20)
-        gc.collect()
+        gc.collect(2 if everything else 1)
         gc.freeze()
 
     def _watch_models(self, interval_s: float) -> None:
         """Every ``interval_s`` a look for a new model version; every ``api.freeze_heap_s`` (also when shorter than
-        that) the heap settled (``settle_heap``)."""
-        freeze = self.settings.api.freeze_heap_s
+        that) the heap settled (``settle_heap``), with a full pass every ``api.full_collect_s``."""
+        freeze, full = self.settings.api.freeze_heap_s, self.settings.api.full_collect_s
         tick = min(interval_s, freeze) if freeze > 0 else interval_s
-        settled = checked = time.monotonic()
+        settled = checked = collected = time.monotonic()
         while not self._stop.wait(tick):
             now = time.monotonic()
             if now - checked >= interval_s - tick / 2:
@@ -309,8 +312,11 @@ class Shelfwise:
                     settled = time.monotonic()
                     continue
             if freeze > 0 and time.monotonic() - settled >= freeze - tick / 2:
-                self.settle_heap(everything=False)
+                everything = full > 0 and time.monotonic() - collected >= full
+                self.settle_heap(everything=everything)
                 settled = time.monotonic()
+                if everything:
+                    collected = settled
 
     def _watch_catalog(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):

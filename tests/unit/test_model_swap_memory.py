@@ -65,3 +65,52 @@ def test_a_swapped_out_model_leaves_no_reference_cycle(trained_engine):
         gc.enable()
     gc.collect()
     assert ref() is None
+
+
+def test_requests_leave_no_cyclic_garbage(trained_engine):
+    """The API settles its heap every ``api.freeze_heap_s`` by freezing what is new after a young pass only
+    (``Shelfwise.settle_heap``): a reference cycle a request left behind and that outlived the young passes would
+    stay frozen until the next full pass (``api.full_collect_s``). The request path leaves none (the ranker's
+    predict, which this tiny shop does not train, is checked in ``test_ranking.py``)."""
+    eng = trained_engine
+    _serve(eng)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            _serve(eng)
+            eng.recommend(RecRequest("homepage", shopper="u1", k=3, given=["p1", "p2", "p3", "p4"]))  # a re-rank
+        gc.collect()
+        left = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
+
+
+def test_settling_freezes_after_a_young_pass_and_the_full_pass_frees_frozen_cycles(trained_engine):
+    class Node:
+        pass
+
+    eng = trained_engine
+    try:
+        eng.settle_heap(everything=True)
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a reference cycle
+        gone = weakref.ref(a)
+        eng.settle_heap(everything=False)  # alive: the young pass keeps it, then it is frozen
+        assert gc.get_freeze_count() > 0 and not any(o is a for o in gc.get_objects())
+        del a, b  # dies frozen
+        eng.settle_heap(everything=False)
+        assert gone() is not None  # a young pass never sees frozen objects
+        eng.settle_heap(everything=True)
+        assert gone() is None  # the full pass (every api.full_collect_s) frees it
+
+        c, d = Node(), Node()
+        c.other, d.other = d, c
+        young = weakref.ref(c)
+        del c, d  # dies young, before any settling
+        eng.settle_heap(everything=False)
+        assert young() is None  # collected by the young pass, not frozen
+    finally:
+        gc.unfreeze()

@@ -334,6 +334,35 @@ def test_fast_predict_matches_lightgbm_predict():
     np.testing.assert_array_equal(ranker.predict(X), ranker.booster.predict(X.reshape(60, -1)).reshape(3, 20))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_predict_leaves_no_cyclic_garbage(compiled, tmp_path):
+    """A request's predict left objects in reference cycles (numpy's ``ctypes.data_as`` casts, in our LightGBM call
+    and in lleaves' predict), which only the collector's full pass frees: the API's heap settling walked them every
+    2 s (the only cyclic garbage of the rails' requests). The compiled path gives lleaves' own scores."""
+    import gc
+
+    rng = np.random.default_rng(1)
+    spec = FeatureSpec(["covisit"], [])
+    names = feature_names(spec)
+    ranker = Ranker(RankerSettings(num_boost_round=5, min_data_in_leaf=5), spec)
+    ranker.fit(planted(rng, 100, 20, names, "pop_log"))
+    X = rng.normal(size=(3, 20, len(names))).astype(np.float32)
+    if compiled:
+        assert ranker.compile(tmp_path)
+        np.testing.assert_array_equal(ranker.predict(X).ravel(), ranker.compiled.predict(X.reshape(60, -1), n_jobs=1))
+    ranker.predict(X)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            ranker.predict(X)
+        gc.collect()
+        assert [type(o).__name__ for o in gc.garbage] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
 def test_too_little_history_trains_no_ranker_and_serves_the_blend(settings):
     from shelfwise.domain import Item
 

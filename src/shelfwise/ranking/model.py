@@ -104,7 +104,10 @@ class Ranker:
             return np.zeros((b, n))
         flat = np.ascontiguousarray(X.reshape(b * n, f), dtype=np.float32)
         if self.compiled is not None:
-            return np.asarray(self.compiled.predict(flat, n_jobs=1)).reshape(b, n)
+            try:
+                return _predict_compiled(self.compiled, flat).reshape(b, n)
+            except AttributeError:  # lleaves internals moved: its public call (which leaves cyclic garbage)
+                return np.asarray(self.compiled.predict(flat, n_jobs=1)).reshape(b, n)
         try:
             out = _predict_fast(self.booster, flat)
         except (AttributeError, ImportError, TypeError):  # LightGBM internals moved: the public (slower) call
@@ -193,7 +196,9 @@ class Ranker:
 def _predict_fast(booster: Any, flat: np.ndarray) -> np.ndarray:
     """``LGBM_BoosterPredictForMat`` on a C-contiguous float32 matrix, skipping the Python wrapper's per-call
     predictor construction and parameter parsing (about half of the predict time for 120 rows). Same C call and
-    result as ``booster.predict(flat, num_threads=1)`` (a test checks)."""
+    result as ``booster.predict(flat, num_threads=1)`` (a test checks). The arrays go in by address: numpy's
+    ``ctypes.data_as`` casts, and a ctypes cast is a reference cycle — two objects a request left for the garbage
+    collector's full pass, the only cyclic garbage of a rails request (tests/unit/test_ranker.py)."""
     import ctypes
 
     from lightgbm.basic import _C_API_DTYPE_FLOAT32, _C_API_IS_ROW_MAJOR, _C_API_PREDICT_NORMAL, _LIB, _safe_call
@@ -202,12 +207,28 @@ def _predict_fast(booster: Any, flat: np.ndarray) -> np.ndarray:
     out = np.empty(rows, np.float64)
     got = ctypes.c_int64(0)
     _safe_call(_LIB.LGBM_BoosterPredictForMat(
-        booster._handle, flat.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(_C_API_DTYPE_FLOAT32),
+        booster._handle, ctypes.c_void_p(flat.ctypes.data), ctypes.c_int(_C_API_DTYPE_FLOAT32),
         ctypes.c_int32(rows), ctypes.c_int32(cols), ctypes.c_int(_C_API_IS_ROW_MAJOR),
         ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_char_p(b"num_threads=1"),
-        ctypes.byref(got), out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+        ctypes.byref(got), ctypes.c_void_p(out.ctypes.data)))
     if got.value != rows:
         raise TypeError("unexpected prediction length")
+    return out
+
+
+def _predict_compiled(compiled: Any, flat: np.ndarray) -> np.ndarray:
+    """``compiled.predict(flat, n_jobs=1)`` (an lleaves model, one output per row): the same native call, with the
+    arrays' pointers cast from their addresses instead of through numpy's ``data_as`` (see ``_predict_fast``)."""
+    import ctypes
+
+    if not compiled.is_compiled or compiled._n_classes != 1 or flat.shape[1] != compiled.num_feature():
+        raise AttributeError("not a compiled one-output model of these features")
+    dtype, ctype = (np.float64, ctypes.c_double) if compiled.use_fp64 else (np.float32, ctypes.c_float)
+    data = np.ascontiguousarray(flat, dtype)
+    out = np.zeros(len(data), dtype)
+    pointer = ctypes.POINTER(ctype)
+    compiled._c_entry_func(ctypes.cast(data.ctypes.data, pointer), ctypes.cast(out.ctypes.data, pointer), 0,
+                           len(data))
     return out
 
 
