@@ -413,8 +413,9 @@ def _top_k_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 def _top_k_above(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``top_k`` by a threshold: a row's (2k·m/n + 9)-th best of an evenly strided sample of m of its n columns lies
     below its k-th best but for rare rows, so its top k are among the scores at or above it — one comparison per
-    score, then a sort of a few hundred — instead of a partition of the whole row. The same result exactly: rows
-    where fewer than k scores pass (or far more: ties at the threshold, or no finite threshold) take the partition."""
+    score, then a partition of those few hundred — instead of a partition of the whole row. The same result
+    exactly: rows where fewer than k scores pass (or far more: ties at the threshold, or no finite threshold) take
+    the whole row's partition."""
     b, n = scores.shape
     sample = scores[:, ::max(1, n // max(1024, 8 * k))]
     m = sample.shape[1]

@@ -40,12 +40,17 @@ IndexFactory = Callable[[str, np.ndarray], VectorIndex]
 
 
 def products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """``queries @ vectors.T`` as a C-ordered (B, n) array, computed as ``(vectors @ queries.T).T``: OpenBLAS's
-    sgemm with a few query rows on the left is slow here (2-8 queries against 12k items: 0.43-0.51 ms at 64
-    dimensions against 0.15-0.28 ms the other way round, 1.6 ms against 0.55 ms at 128; one query: the same)."""
+    """``queries @ vectors.T`` as a C-ordered (B, n) array. A few queries: computed as ``(vectors @ queries.T).T``,
+    since OpenBLAS's sgemm with a few query rows on the left is slow here (2-8 queries against 12k items: 0.43-0.51
+    ms at 64 dimensions against 0.15-0.28 ms the other way round, 1.6 ms against 0.55 ms at 128; one query: the
+    same). From ``PRODUCT_ROWS`` queries of at most 256 dimensions on, directly: the transposed copy then costs more
+    than the product (256 queries × 12k items: 4.8 against 17.4 ms; 64 × 1M: 182 against 747 ms; one thread)."""
+    if len(queries) >= PRODUCT_ROWS and vectors.shape[1] <= 256:
+        return queries @ vectors.T
     return np.ascontiguousarray((vectors @ queries.T).T)
 
 
+PRODUCT_ROWS = 32
 SPLIT_MIN_DIM = 256  # narrower item matrices are always multiplied as they are
 SPLIT_DENSITY = 0.1  # a column is sparse when at most this share of the items have a non-zero in it
 SPLIT_MIN_SHARE = 0.5  # split only when the sparse columns are at least this share of the width

@@ -29,7 +29,7 @@ def _as_queries(queries: np.ndarray) -> np.ndarray:
     return q[None, :] if q.ndim == 1 else q
 
 
-EXACT_CELLS = 1 << 24  # query × item scores an exact search holds at once (64 MB of float32)
+EXACT_CELLS = 1 << 26  # query × item scores an exact search holds at once (256 MB of float32)
 
 
 def by_row_chunks(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
