@@ -198,7 +198,7 @@ def _predict_fast(booster: Any, flat: np.ndarray) -> np.ndarray:
     predictor construction and parameter parsing (about half of the predict time for 120 rows). Same C call and
     result as ``booster.predict(flat, num_threads=1)`` (a test checks). The arrays go in by address: numpy's
     ``ctypes.data_as`` casts, and a ctypes cast is a reference cycle — two objects a request left for the garbage
-    collector's full pass, the only cyclic garbage of a rails request (tests/unit/test_ranker.py)."""
+    collector's full pass, the only cyclic garbage of a rails request (tests/unit/test_ranking.py)."""
     import ctypes
 
     from lightgbm.basic import _C_API_DTYPE_FLOAT32, _C_API_IS_ROW_MAJOR, _C_API_PREDICT_NORMAL, _LIB, _safe_call
