@@ -275,18 +275,21 @@ class Shelfwise:
     def settle_heap(self, everything: bool = True) -> None:
         """Freeze every surviving object out of the cyclic collector's reach (``gc.freeze``).
 
-        The collector's full passes otherwise walk every long-lived object — the model, imported libraries, the
-        online state's shopper histories, the answer cache — stalling a request each time (measured at 12k items:
-        p99 140 ms without this, 34-37 ms with it; BENCHMARKS.md, Serving). Frozen objects are still freed by
+        The collector's passes otherwise walk every long-lived object — the model, imported libraries, the online
+        state's shopper histories, the answer cache — stalling every request in flight each time (measured at 12k
+        items: p99 140 ms without this, 34-37 ms with it; BENCHMARKS.md, Serving). Frozen objects are still freed by
         reference counting; only a reference cycle that dies while frozen waits for the next ``everything`` pass.
 
-        ``everything`` (start-up, and every ``api.full_collect_s``): unfreeze, a full pass, freeze — 235 ms of CPU
-        at 12k items, every request waiting. Otherwise (after each model swap and every ``api.freeze_heap_s``): a
-        young pass (what is newer than the last young passes: 1-2 ms), then freeze. Only cycles that died after
-        outliving the young passes are frozen uncollected, and the request path leaves none
-        (``tests/unit/test_model_swap_memory.py``); its old full pass here walked the 30-60k objects the last 2 s
-        left (cached answers, shoppers' states) for nothing, 10-20 ms each time. A swapped-out model needs no full
-        pass either: nothing in it is part of a reference cycle, so reference counting frees it, frozen or not."""
+        ``everything`` (start-up, and every ``api.full_collect_s``): unfreeze, a full pass, freeze — 235 ms of CPU at
+        12k items, every request waiting. Otherwise (after each model swap and every ``api.freeze_heap_s``): only
+        the freeze, which walks nothing. What a request leaves behind is then frozen before a young pass (every
+        ``api.gc_young_threshold`` allocations that live on) comes round to walk it: under the rails' load no pass
+        at all runs between the full ones (BENCHMARKS.md, Serving, stop 27), where a full pass every 2 s used to
+        walk the 30-60k objects the last 2 s left (cached answers, shoppers' states), 10-20 ms each, and find no
+        garbage. The request path leaves no reference cycles (``tests/unit/test_model_swap_memory.py``); the few
+        other cycles (about 10 objects a second under the load benchmark, from ingestion and HTTP) wait frozen for
+        the full pass. A swapped-out model needs no full pass: nothing in it is part of a reference cycle, so
+        reference counting frees it, frozen or not."""
         if self.settings.api.freeze_heap_s <= 0:
             return
         if everything:
@@ -294,7 +297,7 @@ class Shelfwise:
             # fewer young collections (each also ages survivors towards the full pass): api.gc_young_threshold
             # allocations between them instead of 700
             gc.set_threshold(self.settings.api.gc_young_threshold, 20, 20)
-        gc.collect(2 if everything else 1)
+            gc.collect()
         gc.freeze()
 
     def _watch_models(self, interval_s: float) -> None:

@@ -703,16 +703,14 @@ class APISettings(_Section):
                                                        "version makes a new answer at once (src/shelfwise/cache.py)")
     cache_max_entries: int = Field(50_000, ge=0, description="answers kept per API process (least recently used "
                                                              "go first)")
-    freeze_heap_s: float = Field(2.0, ge=0, description="every this many seconds (and after start-up and each "
-                                 "model swap) the API collects the young generations and moves the surviving objects out of the "
-                                 "collector's reach (gc.freeze), so its full passes stop walking the model, the "
-                                 "online state and the answer cache and stop stalling requests (BENCHMARKS.md "
-                                 "Serving); 0 = off")
-    full_collect_s: float = Field(600.0, ge=0, description="every this many seconds one of those heap settlings is "
-                                  "a full garbage collection of everything, frozen or not (about 235 ms of CPU at "
-                                  "12k items, every request waiting), which frees reference cycles that died "
-                                  "frozen; the others collect only the young generations (1-2 ms). 0 = only at "
-                                  "start-up")
+    freeze_heap_s: float = Field(0.25, ge=0, description="every this many seconds (and after start-up and each "
+                                 "model swap) the API moves the objects created since out of the garbage "
+                                 "collector's reach (gc.freeze, which walks nothing), so that its passes stop "
+                                 "walking the model, the online state and the answer cache and stop stalling "
+                                 "requests (BENCHMARKS.md Serving); 0 = off")
+    full_collect_s: float = Field(600.0, ge=0, description="every this many seconds a full garbage collection of "
+                                  "everything, frozen or not (about 235 ms of CPU at 12k items, every request "
+                                  "waiting), frees the reference cycles that died frozen; 0 = only at start-up")
     gc_young_threshold: int = Field(20_000, ge=100, description="allocations between the garbage collector's "
                                     "young passes in an API process (Python's default: 700); each pass stalls "
                                     "every request for as long as it walks the young objects, so a lower value "

@@ -68,10 +68,10 @@ def test_a_swapped_out_model_leaves_no_reference_cycle(trained_engine):
 
 
 def test_requests_leave_no_cyclic_garbage(trained_engine):
-    """The API settles its heap every ``api.freeze_heap_s`` by freezing what is new after a young pass only
-    (``Shelfwise.settle_heap``): a reference cycle a request left behind and that outlived the young passes would
-    stay frozen until the next full pass (``api.full_collect_s``). The request path leaves none (the ranker's
-    predict, which this tiny shop does not train, is checked in ``test_ranking.py``)."""
+    """The API settles its heap every ``api.freeze_heap_s`` by freezing what is new without walking it
+    (``Shelfwise.settle_heap``): a reference cycle a request left behind would stay frozen until the next full pass
+    (``api.full_collect_s``). The request path leaves none (the ranker's predict, which this tiny shop does not
+    train, is checked in ``test_ranking.py``)."""
     eng = trained_engine
     _serve(eng)
     gc.collect()
@@ -88,29 +88,30 @@ def test_requests_leave_no_cyclic_garbage(trained_engine):
     assert left == []
 
 
-def test_settling_freezes_after_a_young_pass_and_the_full_pass_frees_frozen_cycles(trained_engine):
+def test_settling_freezes_without_a_pass_and_the_full_pass_frees_frozen_cycles(trained_engine):
     class Node:
         pass
 
     eng = trained_engine
     try:
         eng.settle_heap(everything=True)
+        assert gc.get_threshold()[0] == eng.settings.api.gc_young_threshold
         a, b = Node(), Node()
         a.other, b.other = b, a  # a reference cycle
-        gone = weakref.ref(a)
-        eng.settle_heap(everything=False)  # alive: the young pass keeps it, then it is frozen
-        assert gc.get_freeze_count() > 0 and not any(o is a for o in gc.get_objects())
-        del a, b  # dies frozen
-        eng.settle_heap(everything=False)
-        assert gone() is not None  # a young pass never sees frozen objects
-        eng.settle_heap(everything=True)
-        assert gone() is None  # the full pass (every api.full_collect_s) frees it
-
+        alive = weakref.ref(a)
         c, d = Node(), Node()
         c.other, d.other = d, c
-        young = weakref.ref(c)
+        dead = weakref.ref(c)
         del c, d  # dies young, before any settling
+        walked = gc.get_stats()[0]["collections"]
         eng.settle_heap(everything=False)
-        assert young() is None  # collected by the young pass, not frozen
+        assert gc.get_stats()[0]["collections"] == walked  # no pass: only the freeze
+        assert not any(o is a for o in gc.get_objects())  # frozen: the collector's passes no longer walk it
+        assert dead() is not None  # frozen too, dead
+        del a, b  # dies frozen
+        eng.settle_heap(everything=False)
+        assert alive() is not None and dead() is not None
+        eng.settle_heap(everything=True)
+        assert alive() is None and dead() is None  # the full pass (every api.full_collect_s) frees both
     finally:
         gc.unfreeze()
