@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from shelfwise.evaluation.report import machine
-from shelfwise.retrieval.base import _top_k_partition, top_k
+from shelfwise.retrieval.base import _top_k_partition, top_k_wide as top_k
 from shelfwise.retrieval.embedding import ItemVectors
 from shelfwise.stores import vectors as V
 

@@ -1,10 +1,10 @@
-"""``top_k``: its threshold selection (wide rows) gives exactly what a full partition gives, ties and all."""
+"""``top_k_wide``: its threshold selection (wide rows) gives exactly what a full sort gives, ties and all."""
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shelfwise.retrieval.base import ABOVE_MIN_ITEMS, _top_k_partition, top_k
+from shelfwise.retrieval.base import ABOVE_MIN_ITEMS, _top_k_partition, top_k_wide
 
 
 def reference(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +34,7 @@ def test_threshold_selection_equals_the_full_sort(seed, rows, extra, k, kind):
         s = np.sort(s, axis=1)[:, ::-1].copy() if seed % 2 else np.sort(s, axis=1)
     elif kind == "float64":
         s = s.astype(np.float64)
-    idx, val = top_k(s, k)
+    idx, val = top_k_wide(s, k)
     want_idx, want_val = reference(s, k)
     assert idx.dtype == np.int64 and val.dtype == s.dtype and idx.shape == (rows, k)
     assert np.array_equal(idx, want_idx)
@@ -53,7 +53,7 @@ def test_wide_rows_partition_only_their_passing_scores(monkeypatch):
     monkeypatch.setattr(base, "_top_k_partition", lambda s, k: widths.append(s.shape) or real(s, k))
     s = np.random.default_rng(3).normal(size=(6, 50_000)).astype(np.float32)
     s[5, 100:] = -np.inf
-    idx, val = top_k(s, 300)
+    idx, val = top_k_wide(s, 300)
     assert len(widths) == 2 and widths[0][0] == 5 and widths[0][1] < 2_000 and widths[1] == (1, 50_000)
     want_idx, want_val = reference(s, 300)
     assert np.array_equal(idx, want_idx) and np.array_equal(val, want_val)

@@ -377,7 +377,11 @@ class Retriever(ABC):
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k indices (ties broken by lower index) and their scores, best first."""
+    """Row-wise top-k indices (ties broken by lower index among the k chosen) and their scores, best first. Which of
+    several items tied at the k-th place is chosen is argpartition's choice: the candidate stage's blend scores tie
+    at 0 there, and the quality benchmarks were measured with the candidates this choice gives (``top_k_wide``
+    chooses the lower index; with it here, and a changed product, Beauty's NDCG@10 moved 0.0702 → 0.0681 through
+    the ranker's training candidates: BENCHMARKS.md, stop 27)."""
     n = scores.shape[1]
     k = min(k, n)
     if k <= 0:
@@ -385,9 +389,22 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 1:  # the best alone (a source's peak): argmax keeps the lowest index of a tie
         idx = scores.argmax(axis=1)[:, None]
         return idx.astype(np.int64), take_rows(scores, idx)
-    if n >= ABOVE_MIN_ITEMS and 8 * k <= n and len(scores) and scores.dtype.kind == "f":
-        return _top_k_above(scores, k)
-    return _top_k_partition(scores, k)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
+    part_scores = take_rows(scores, part)
+    order = np.lexsort((part, -part_scores), axis=1)
+    idx = take_rows(part, order)
+    return idx, take_rows(scores, idx)
+
+
+def top_k_wide(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k, best first, every tie (at the k-th place too) to the lower index: by a threshold on wide rows
+    of floats (2-4x faster than a partition: ``benchmarks/top_k.py``), for exact vector searches (``ItemVectors``),
+    whose continuous scores do not tie."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k <= 1 or not (n >= ABOVE_MIN_ITEMS and 8 * k <= n and len(scores) and scores.dtype.kind == "f"):
+        return top_k(scores, k) if k <= 1 else _top_k_partition(scores, k)
+    return _top_k_above(scores, k)
 
 
 ABOVE_MIN_ITEMS = 4096  # from here on ``top_k`` selects by a threshold (2-4x faster than a partition: BENCHMARKS.md)

@@ -30,7 +30,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from shelfwise.request import Exclusions, take_rows
-from shelfwise.retrieval.base import SourceScores, SparseScores, list_entries, segment_top, top_k, without_zeros
+from shelfwise.retrieval.base import (SourceScores, SparseScores, list_entries, segment_top, top_k, top_k_wide,
+                                      without_zeros)
 from shelfwise.settings import CandidateSettings
 from shelfwise.stores.protocols import VectorIndex
 from shelfwise.stores.vectors import by_row_chunks
@@ -43,14 +44,19 @@ def products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """``queries @ vectors.T`` as a C-ordered (B, n) array. A few queries: computed as ``(vectors @ queries.T).T``,
     since OpenBLAS's sgemm with a few query rows on the left is slow here (2-8 queries against 12k items: 0.43-0.51
     ms at 64 dimensions against 0.15-0.28 ms the other way round, 1.6 ms against 0.55 ms at 128; one query: the
-    same). From ``PRODUCT_ROWS`` queries of at most 256 dimensions on, directly: the transposed copy then costs more
-    than the product (256 queries × 12k items: 4.8 against 17.4 ms; 64 × 1M: 182 against 747 ms; one thread)."""
-    if len(queries) >= PRODUCT_ROWS and vectors.shape[1] <= 256:
+    same). From ``PRODUCT_ROWS`` queries of at most 256 dimensions on, over ``DIRECT_MIN_ITEMS`` items or more,
+    directly: the transposed copy then costs more than the product (64 queries × 1M items: 182 against 747 ms, one
+    thread). Smaller catalogs keep the product as the quality benchmarks measured it: a Beauty run with this
+    direct product at 12k items and ``top_k_wide`` in the candidate stage together gave NDCG@10 0.0681 against
+    0.0702 (BENCHMARKS.md, stop 27), through the ranker's training candidates; which of the two moved it is not
+    settled."""
+    if len(queries) >= PRODUCT_ROWS and vectors.shape[1] <= 256 and len(vectors) >= DIRECT_MIN_ITEMS:
         return queries @ vectors.T
     return np.ascontiguousarray((vectors @ queries.T).T)
 
 
 PRODUCT_ROWS = 32
+DIRECT_MIN_ITEMS = 30_000
 SPLIT_MIN_DIM = 256  # narrower item matrices are always multiplied as they are
 SPLIT_DENSITY = 0.1  # a column is sparse when at most this share of the items have a non-zero in it
 SPLIT_MIN_SHARE = 0.5  # split only when the sparse columns are at least this share of the width
@@ -217,8 +223,8 @@ class ItemVectors:
 
     def _exact(self, queries: np.ndarray, k: int, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
         scores = self.product(queries)
-        if ordered or k >= scores.shape[1] or 8 * k <= scores.shape[1]:  # top_k's threshold beats a partition
-            return top_k(scores, k)
+        if ordered or k >= scores.shape[1] or 8 * k <= scores.shape[1]:  # the threshold beats a partition
+            return top_k_wide(scores, k)
         idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         return idx.astype(np.int64), take_rows(scores, idx)
 
