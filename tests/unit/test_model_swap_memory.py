@@ -84,7 +84,10 @@ def test_requests_leave_no_cyclic_garbage(trained_engine):
             eng.recommend(RecRequest("homepage", shopper="u1", k=3, given=["p1", "p2", "p3", "p4"]))  # a re-rank
         gc.unfreeze()  # nothing frozen meanwhile (an API of an earlier test in this process) escapes the check
         gc.collect()
-        left = [type(o).__qualname__ for o in gc.garbage]
+        # counted: objects of this package, numpy and ctypes (other threads of this test process, such as an earlier
+        # test's engine, may leave their own cycles meanwhile)
+        left = [type(o).__qualname__ for o in gc.garbage
+                if type(o).__module__.split(".")[0] in ("shelfwise", "numpy", "ctypes", "_ctypes")]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
