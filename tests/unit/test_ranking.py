@@ -323,13 +323,18 @@ def test_exposure_log_requests_become_weighted_points(tmp_path, settings, explor
     assert set(rows_.weight[rows_.y == 0].tolist()) == {1.0}
 
 
-def test_fast_predict_matches_lightgbm_predict():
+def planted_ranker(rounds: int) -> tuple[Ranker, np.ndarray]:
+    """A ranker fit on planted rows of one source's features, and a (3, 20, F) batch to predict."""
     rng = np.random.default_rng(1)
     spec = FeatureSpec(["covisit"], [])
     names = feature_names(spec)
-    ranker = Ranker(RankerSettings(num_boost_round=20, min_data_in_leaf=5), spec)
+    ranker = Ranker(RankerSettings(num_boost_round=rounds, min_data_in_leaf=5), spec)
     ranker.fit(planted(rng, 100, 20, names, "pop_log"))
-    X = rng.normal(size=(3, 20, len(names))).astype(np.float32)
+    return ranker, rng.normal(size=(3, 20, len(names))).astype(np.float32)
+
+
+def test_fast_predict_matches_lightgbm_predict():
+    ranker, X = planted_ranker(20)
     X[0, 0, 5] = np.nan
     np.testing.assert_array_equal(ranker.predict(X), ranker.booster.predict(X.reshape(60, -1)).reshape(3, 20))
 
@@ -341,12 +346,7 @@ def test_predict_leaves_no_cyclic_garbage(compiled, tmp_path):
     2 s (the only cyclic garbage of the rails' requests). The compiled path gives lleaves' own scores."""
     import gc
 
-    rng = np.random.default_rng(1)
-    spec = FeatureSpec(["covisit"], [])
-    names = feature_names(spec)
-    ranker = Ranker(RankerSettings(num_boost_round=5, min_data_in_leaf=5), spec)
-    ranker.fit(planted(rng, 100, 20, names, "pop_log"))
-    X = rng.normal(size=(3, 20, len(names))).astype(np.float32)
+    ranker, X = planted_ranker(5)
     if compiled:
         assert ranker.compile(tmp_path)
         np.testing.assert_array_equal(ranker.predict(X).ravel(), ranker.compiled.predict(X.reshape(60, -1), n_jobs=1))

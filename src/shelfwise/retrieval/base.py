@@ -402,16 +402,18 @@ def top_k_wide(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     whose continuous scores do not tie."""
     n = scores.shape[1]
     k = min(k, n)
-    if k <= 1 or not (n >= ABOVE_MIN_ITEMS and 8 * k <= n and len(scores) and scores.dtype.kind == "f"):
-        return top_k(scores, k) if k <= 1 else _top_k_partition(scores, k)
-    return _top_k_above(scores, k)
+    if k <= 1:
+        return top_k(scores, k)
+    if n >= ABOVE_MIN_ITEMS and 8 * k <= n and len(scores) and scores.dtype.kind == "f":
+        return _top_k_above(scores, k)
+    return _top_k_partition(scores, k)
 
 
-ABOVE_MIN_ITEMS = 4096  # from here on ``top_k`` selects by a threshold (2-4x faster than a partition: BENCHMARKS.md)
+ABOVE_MIN_ITEMS = 4096  # from here on ``top_k_wide`` selects by a threshold
 
 
 def _top_k_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``top_k`` by each row's k-th best value (a partition): the scores above it, then those equal to it in
+    """``top_k_wide`` by each row's k-th best value (a partition): the scores above it, then those equal to it in
     column order until k (so ties at the k-th place go to the lower index, as everywhere else in the list)."""
     b, n = scores.shape
     kth = np.partition(scores, n - k, axis=1)[:, n - k]
@@ -428,7 +430,7 @@ def _top_k_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _top_k_above(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``top_k`` by a threshold: a row's (2k·m/n + 9)-th best of an evenly strided sample of m of its n columns lies
+    """``top_k_wide`` by a threshold: a row's (2k·m/n + 9)-th best of an evenly strided sample of m of its n columns lies
     below its k-th best but for rare rows, so its top k are among the scores at or above it — one comparison per
     score, then a partition of those few hundred — instead of a partition of the whole row. The same result
     exactly: rows where fewer than k scores pass (or far more: ties at the threshold, or no finite threshold) take

@@ -223,10 +223,11 @@ class ItemVectors:
 
     def _exact(self, queries: np.ndarray, k: int, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
         scores = self.product(queries)
-        if ordered or k >= scores.shape[1] or 8 * k <= scores.shape[1]:  # the threshold beats a partition
-            return top_k_wide(scores, k)
-        idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        return idx.astype(np.int64), take_rows(scores, idx)
+        n = scores.shape[1]
+        if not ordered and n / 8 < k < n:  # many of few items, in any order: one partition is the cheapest
+            idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            return idx.astype(np.int64), take_rows(scores, idx)
+        return top_k_wide(scores, k)
 
     def dot(self, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(B, M) inner products of each query with its items (-1 pads give 0)."""
