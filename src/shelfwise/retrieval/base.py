@@ -380,8 +380,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-k indices (ties broken by lower index among the k chosen) and their scores, best first. Which of
     several items tied at the k-th place is chosen is argpartition's choice: the candidate stage's blend scores tie
     at 0 there, and the quality benchmarks were measured with the candidates this choice gives (``top_k_wide``
-    chooses the lower index; with it here, and a changed product, Beauty's NDCG@10 moved 0.0702 → 0.0681 through
-    the ranker's training candidates: BENCHMARKS.md, stop 27)."""
+    chooses the lower index; with it here, and a changed product, Beauty's NDCG@10 moved 0.0686 → 0.0681 in quiet
+    runs, through the ranker's training candidates: BENCHMARKS.md, stop 27)."""
     n = scores.shape[1]
     k = min(k, n)
     if k <= 0:

@@ -48,8 +48,8 @@ def products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     directly: the transposed copy then costs more than the product (64 queries × 1M items: 182 against 747 ms, one
     thread). Smaller catalogs keep the product as the quality benchmarks measured it: a Beauty run with this
     direct product at 12k items and ``top_k_wide`` in the candidate stage together gave NDCG@10 0.0681 against
-    0.0702 (BENCHMARKS.md, stop 27), through the ranker's training candidates; which of the two moved it is not
-    settled."""
+    0.0686 (quiet runs; BENCHMARKS.md, stop 27), through the ranker's training candidates; which of the two moved
+    it is not settled."""
     if len(queries) >= PRODUCT_ROWS and vectors.shape[1] <= 256 and len(vectors) >= DIRECT_MIN_ITEMS:
         return queries @ vectors.T
     return np.ascontiguousarray((vectors @ queries.T).T)
