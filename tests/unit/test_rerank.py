@@ -6,11 +6,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shelfwise.request import RecRequest
 from shelfwise.rerank.business import BusinessScorer
 from shelfwise.rerank.mmr import Similarity, price_bands
-from shelfwise.rerank.slots import CapSpec, Constraints, PinSpec, fill
+from shelfwise.rerank.slots import CapSpec, Constraints, PinSpec, SlotSpec, fill
 from shelfwise.request import Candidates
 from shelfwise.retrieval.base import top_k
 from shelfwise.stages.base import Batch
@@ -157,6 +159,55 @@ def test_fill_with_pins_caps_and_diversity_on_a_plain_row():
     assert [p.item for p in placed] == [0, 3, 5]
     placed, _ = fill(np.array([1, -np.inf, 2], np.float32), 5)
     assert [p.item for p in placed] == [2, 0]  # a short rail, never an excluded item
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(5, 260), k=st.integers(2, 12), pool=st.sampled_from([3, 8, 100]),
+       lam=st.floats(0.05, 0.95), n_slots=st.integers(0, 3), pin=st.booleans())
+def test_every_diverse_pick_is_the_best_mmr_value_of_its_pool(seed, n, k, pool, lam, n_slots, pin):
+    """Each slot a diverse fill takes (ranked, or a reserved slot's) has the highest MMR value of the pool it was
+    picked from, recomputed here from scratch against every item placed above it; its penalty is that item's."""
+    rng = np.random.default_rng(seed)
+    row = rng.normal(size=n).astype(np.float32)
+    row[rng.random(n) < 0.1] = -np.inf
+    cat, band = rng.integers(-1, 4, n), rng.integers(-1, 3, n)
+    vec = rng.normal(size=(n, 5)).astype(np.float32)
+    sim = Similarity(cat, band, vec / np.linalg.norm(vec, axis=1)[:, None], 0.5, 0.2, 0.3)
+    slots = [SlotSpec(f"r/slot{s}", rng.random(n) < rng.uniform(0.05, 0.6), int(rng.integers(0, k)), 1 + s % 2, s, s)
+             for s in range(n_slots)]
+    pins = [PinSpec("r/pin", np.flatnonzero(np.isfinite(row))[:1], int(rng.integers(0, k)), 9, 9)] if pin else []
+    placed, _ = fill(row, k, Constraints(pins=pins, slots=slots), sim=sim, lam=lam, pool=pool)
+    size = max(pool, 4 * k)
+    finite = np.flatnonzero(np.isfinite(row))
+    top = finite[np.lexsort((finite, -row[finite]))]  # best first, ties to the lower index
+    lo, hi = (float(row[top[:size]].min()), float(row[top[:size]].max())) if len(top) else (0.0, 1.0)
+    span = hi - lo if hi > lo else 1.0
+    pinned = {p.item for p in placed if p.reason == "pinned"}
+
+    def pool_of(mask: np.ndarray | None, taken: set[int]) -> np.ndarray:
+        """The candidates a pick chose among: the best `size` items (a reserved slot's: the matching ones among
+        the organic pool's, else the best `size` matching), grown fourfold (at least 64) while all are taken."""
+        reach = top if mask is None else top[mask[top]]
+        start = top[:size] if mask is None else top[:size][mask[top[:size]]]
+        got, grown = (start, size if mask is None else 0) if len(start) else (reach[:size], size)
+        while all(int(x) in taken for x in got) and len(got) < len(reach):
+            grown = max(grown * 4, len(got) + 1, 64)
+            got = reach[:grown]
+        return np.array([x for x in got if int(x) not in taken], np.int64)
+
+    above: list[int] = []
+    for p in placed:
+        if p.reason != "pinned" and above:
+            masks = [sl.mask for sl in slots if p.reason == "reserved" and sl.mask[p.item]] or [None]
+            best = []
+            for mask in masks:
+                cands = pool_of(mask, set(above) | pinned)
+                value = lam * (row[cands] - lo) / span - (1 - lam) * sim.between(cands, np.array(above)).max(axis=1)
+                best.append(value.max())
+            own_sim = sim.between(np.array([p.item]), np.array(above)).max()
+            assert lam * (row[p.item] - lo) / span - (1 - lam) * own_sim >= min(best) - 1e-5
+            assert p.penalty == pytest.approx((1 - lam) * own_sim, abs=1e-5)
+        above.append(p.item)
 
 
 def test_ranked_scores_keep_the_rankers_order_then_the_blend():

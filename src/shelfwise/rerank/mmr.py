@@ -39,24 +39,26 @@ class Similarity:
         total = w_category + w_band + w_embedding
         self.w = (w_category / total, w_band / total, w_embedding / total) if total > 0 else (0.0, 0.0, 0.0)
         self.category, self.band, self.vectors = category, band, vectors
+        self._w32 = tuple(np.float32(w) for w in self.w)
 
     def between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(len(a), len(b)) similarities (float32; one request's pool against itself: one gather per item)."""
-        wc, wb, we = (np.float32(w) for w in self.w)
+        wc, wb, we = self._w32
+        square = b is a
         if we:
             va = self.vectors[a]
-            out = va @ (va if b is a else self.vectors[b]).T
+            out = va @ (va if square else self.vectors[b]).T
             np.maximum(out, 0.0, out=out)
             out *= we
         else:
             out = np.zeros((len(a), len(b)), np.float32)
         for w, codes in ((wc, self.category), (wb, self.band)):
             if w:
-                ca, cb = codes[a], codes[b]
-                same = ca[:, None] == cb[None, :]
+                ca = codes[a]
+                same = np.equal.outer(ca, ca if square else codes[b])
                 if (ca < 0).any():  # unknown (-1) is no match, not a shared value
                     same &= (ca >= 0)[:, None]
-                out += w * same
+                np.add(out, w, out=out, where=same)  # the same sums as out += w * same, without the product
         return out
 
     @classmethod

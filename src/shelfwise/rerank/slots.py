@@ -87,6 +87,8 @@ class _Pool:
     def __init__(self, row: np.ndarray, size: int, members: np.ndarray | None = None,
                  start: np.ndarray | None = None):
         self.row, self.members = row, members
+        self.builds = -1  # how often ``idx`` was set (a grown pool's candidates are new ones)
+        self.within: tuple[np.ndarray, int] | None = None  # a slot pool's positions in the organic pool (``fill``)
         if start is None:
             self.build(size)
         else:  # the matching part of a bigger pool: its best items are the best overall (no rebuild needed)
@@ -104,6 +106,8 @@ class _Pool:
         self.cap_groups: list[list[int]] | None = None
         self.sim_matrix: np.ndarray | None = None  # pool × pool similarities (diversity), built on first use
         self.position: dict[int, int] | None = None
+        self.relevance: np.ndarray | None = None  # the MMR's relevance term of each candidate (``fill``)
+        self.builds += 1
 
     def note_placed(self, j: int, sim: Similarity) -> None:
         """Raise every candidate's max similarity to the items placed so far by item j."""
@@ -225,13 +229,16 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
     def pick(p: _Pool) -> tuple[int, float] | None:
         while True:
             if diverse:
-                elig = ~(taken[p.idx] | p.capped)
-                if elig.any():
+                blocked = taken[p.idx] | p.capped
+                if not blocked.all():
                     if chosen:
-                        value = np.where(elig, lam * (p.score - lo) / span - (1 - lam) * p.maxsim, -np.inf)
+                        if p.relevance is None:
+                            p.relevance = lam * (p.score - lo) / span
+                        value = p.relevance - (1 - lam) * p.maxsim
+                        value[blocked] = -np.inf
                         b = int(np.argmax(value))
                         return b, float((1 - lam) * p.maxsim[b])
-                    return int(np.argmax(elig)), 0.0
+                    return int(np.argmin(blocked)), 0.0
             else:
                 ids, n = p.ids, len(p.ids)
                 while p.cursor < n:
@@ -277,13 +284,18 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
             spec: SlotSpec = claim[1]
             sp = slot_pools.get(id(spec))
             if sp is None:
-                start = organic.idx[spec.mask[organic.idx]]
-                sp = slot_pools[id(spec)] = _Pool(row, size, _members(spec), start if len(start) else None)
+                at = np.flatnonzero(spec.mask[organic.idx])
+                sp = slot_pools[id(spec)] = _Pool(row, size, _members(spec), organic.idx[at] if len(at) else None)
+                sp.within = (at, organic.builds) if len(at) else None
                 pools.append(sp)
                 if c.caps:
                     caps.mark(sp)
             if diverse and chosen and len(sp.idx):
-                sp.maxsim = sim.between(sp.idx, np.array(chosen)).max(axis=1)
+                if sp.builds == 0 and sp.within is not None and sp.within[1] == organic.builds:
+                    # its items are still organic candidates, whose max similarity to the placed items is current
+                    sp.maxsim = organic.maxsim[sp.within[0]]
+                else:
+                    sp.maxsim = sim.between(sp.idx, np.array(chosen)).max(axis=1)
             got = pick(sp)
             if got is not None:
                 b, pen = got
