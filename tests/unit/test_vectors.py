@@ -53,7 +53,9 @@ def test_exact_searches_in_chunks_of_queries_give_the_same_rows(monkeypatch):
     chunked = idx.search(q, 10), space.search(q, 10), space.search(q, 10, ordered=False)
     assert sizes == ([7] * 28 + [4]) * 3
     for (k1, s1), (k2, s2) in zip(whole, chunked):
-        assert k2.shape == (200, 10) and np.array_equal(k1, k2) and np.array_equal(s1, s2)
+        # the same rows; the scores to float32 rounding: BLAS may round a product of a few queries differently from
+        # one of many (on an AMD EPYC with one BLAS thread, as the full suite runs after the API limits it: 1 ulp)
+        assert k2.shape == (200, 10) and np.array_equal(k1, k2) and np.allclose(s1, s2, rtol=1e-6, atol=0)
     monkeypatch.setattr(V, "EXACT_CELLS", 1)  # fewer cells than one query's scores: still one query at a time
     assert np.array_equal(idx.search(q[:3], 4)[0], whole[0][0][:3, :4])
 
