@@ -1,7 +1,7 @@
 """CPU per request of each request-path stage, in process, on a shop that ``serve_load.py --setup-only`` built.
 
     PYTHONPATH=<source tree>/src .venv/bin/python benchmarks/stage_cost.py --data-dir <dir> [--requests 1500]
-        [--batch 4] [--replays 5] [--json out.json]
+        [--batch 4] [--replays 5] [--rerank N] [--json out.json]
 
 The serving mix of ``serve_load.py`` (homepage 50 %, pdp_similar 25 %, pdp_fbt 15 %, cart_upsell 10 %; 80 % known
 shoppers, 20 % new ones), with the shop's settings (its 50-rule set and MMR on every placement), is answered by
