@@ -87,8 +87,6 @@ class _Pool:
     def __init__(self, row: np.ndarray, size: int, members: np.ndarray | None = None,
                  start: np.ndarray | None = None):
         self.row, self.members = row, members
-        self.builds = -1  # how often ``idx`` was set (a grown pool's candidates are new ones)
-        self.within: tuple[np.ndarray, int] | None = None  # a slot pool's positions in the organic pool (``fill``)
         if start is None:
             self.build(size)
         else:  # the matching part of a bigger pool: its best items are the best overall (no rebuild needed)
@@ -107,7 +105,6 @@ class _Pool:
         self.sim_matrix: np.ndarray | None = None  # pool × pool similarities (diversity), built on first use
         self.position: dict[int, int] | None = None
         self.relevance: np.ndarray | None = None  # the MMR's relevance term of each candidate (``fill``)
-        self.builds += 1
 
     def note_placed(self, j: int, sim: Similarity) -> None:
         """Raise every candidate's max similarity to the items placed so far by item j."""
@@ -221,6 +218,8 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
     organic = _Pool(row, size)
     pools = [organic]
     slot_pools: dict[int, _Pool] = {}
+    # a slot pool taken from the organic one: its items' positions there, and both pools' candidates at the time
+    within: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     lo, hi = (float(organic.score.min()), float(organic.score.max())) if len(organic.idx) else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
     placed: list[Placed] = []
@@ -286,14 +285,15 @@ def fill(row: np.ndarray, k: int, c: Constraints | None = None, pre: np.ndarray 
             if sp is None:
                 at = np.flatnonzero(spec.mask[organic.idx])
                 sp = slot_pools[id(spec)] = _Pool(row, size, _members(spec), organic.idx[at] if len(at) else None)
-                sp.within = (at, organic.builds) if len(at) else None
+                if len(at):
+                    within[id(spec)] = (at, organic.idx, sp.idx)
                 pools.append(sp)
                 if c.caps:
                     caps.mark(sp)
             if diverse and chosen and len(sp.idx):
-                if sp.builds == 0 and sp.within is not None and sp.within[1] == organic.builds:
-                    # its items are still organic candidates, whose max similarity to the placed items is current
-                    sp.maxsim = organic.maxsim[sp.within[0]]
+                at, base, own = within.get(id(spec), (None, None, None))
+                if base is organic.idx and own is sp.idx:  # neither grew since: its items are organic candidates,
+                    sp.maxsim = organic.maxsim[at]  # whose max similarity to the placed items is kept current
                 else:
                     sp.maxsim = sim.between(sp.idx, np.array(chosen)).max(axis=1)
             got = pick(sp)
