@@ -213,3 +213,49 @@ def test_shadow_records_round_trip_and_erasure_removes_a_shopper(open_log):
     assert b.erase("u1") == (0, 0)
     assert a.request("r1") == [] and a.request("r2") == [(0, "p1")]
     assert [r.shopper for r in a.shadow_records("main")] == ["u2"]
+
+
+def test_a_log_of_one_row_per_slot_becomes_one_row_per_answer(open_log, rules_settings):
+    """Logs written before one row per answer (a row per shown slot) are migrated when the log is opened: the same
+    slots in the same order, propensities only where a slot explored, the same erasure."""
+    from shelfwise.ranking.exposures import read_exposures
+
+    where = admin.rules_dsn(rules_settings)
+    t = time.time() - 100  # within the log's retention
+    slots = [("r1", t, "u1", "homepage", 1, "p2", 0.5, "m1", "main@1", 0.25),
+             ("r1", t, "u1", "homepage", 0, "p1", 0.9, "m1", "main@1", None),
+             ("r2", t + 1, None, "homepage", 0, "p3", 0.7, "m1", "main@1", None),
+             ("r3", t + 2, "u2", "pdp_fbt", 0, "p4", 0.6, "m1", "", 1.0)]
+    old = ("CREATE TABLE exposures (request_id TEXT NOT NULL, ts REAL NOT NULL, shopper TEXT, placement TEXT NOT "
+           "NULL, position INTEGER NOT NULL, item_id TEXT NOT NULL, score REAL, model_version TEXT, rules TEXT, "
+           "propensity REAL)")
+    if where.startswith("postgres"):
+        import psycopg
+
+        from shelfwise.rules.pg import MIGRATIONS, _MIGRATION_LOCK
+        from shelfwise.stores.postgres import apply_migrations
+
+        with psycopg.connect(where.split("?")[0], autocommit=True) as conn:
+            apply_migrations(conn, MIGRATIONS[:2], "shelfwise_rules_migrations", _MIGRATION_LOCK, "rules schema")
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO exposures VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", slots)
+    else:
+        import sqlite3
+
+        where = str(admin.rules_db_path(rules_settings))
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(where) as db:
+            db.execute(old)
+            db.executemany("INSERT INTO exposures VALUES (?,?,?,?,?,?,?,?,?,?)", slots)
+        db.close()
+        before = read_exposures(where, "homepage")  # the old layout is read as it is, before any migration
+        assert list(before.item) == ["p1", "p2", "p3"] and list(before.propensity) == [1.0, 0.25, 1.0]
+    lg = open_log()
+    assert lg.request("r1") == [(0, "p1"), (1, "p2")] and lg.request("r3") == [(0, "p4")]
+    got = read_exposures(where, "homepage")
+    assert list(got.request_id) == ["r1", "r1", "r2"] and list(got.position) == [0, 1, 0]
+    assert list(got.item) == ["p1", "p2", "p3"] and list(got.propensity) == [1.0, 0.25, 1.0]
+    assert list(got.shopper) == ["u1", "u1", ""]
+    lg.record([exposure("r9", "u1", ["p5", "p6"], t + 3)])  # new answers beside the migrated ones
+    lg.flush()
+    assert lg.erase("u1") == (2, 0) and lg.request("r1") == [] and lg.request("r2") == [(0, "p3")]

@@ -155,6 +155,8 @@ def test_only_the_first_shown_slots_of_a_long_list_count_as_impressions_and_expo
     (48 for the shop's lists by default), in the caps' online state and in the exposure log."""
     import sqlite3
 
+    import orjson
+
     from shelfwise.rules.admin import rules_db_path
 
     shop = ["h1", "h0", "c2", "c3", "p3", "p1", "c1", "p2"]
@@ -176,10 +178,10 @@ def test_only_the_first_shown_slots_of_a_long_list_count_as_impressions_and_expo
         engine.close()
     db = sqlite3.connect(rules_db_path(settings))
     try:
-        logged = [r[0] for r in db.execute("SELECT item_id FROM exposures WHERE request_id = ? ORDER BY position",
-                                           (body["request_id"],))]
-        rail_logged = db.execute("SELECT count(*) FROM exposures WHERE request_id = ?",
-                                 (rail["request_id"],)).fetchone()[0]
+        (logged,) = [orjson.loads(r[0]) for r in db.execute("SELECT items FROM exposures WHERE request_id = ?",
+                                                             (body["request_id"],))]
+        (rail_logged,) = [len(orjson.loads(r[0])) for r in db.execute("SELECT items FROM exposures WHERE request_id = ?",
+                                                                      (rail["request_id"],))]
     finally:
         db.close()
     assert logged == first and rail_logged == len(rail["items"]) == 5

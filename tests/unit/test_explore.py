@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 import pytest
 
 from shelfwise.domain import Item
@@ -183,8 +184,8 @@ def test_slots_are_marked_with_their_propensity_and_logged(engine):
     assert all(r.propensity == 1.0 for r in a.items if r.reason != "exploration")
     engine.merch.log.flush()
     db = sqlite3.connect(rules_db_path(engine.settings))
-    rows = db.execute("SELECT position, item_id, propensity FROM exposures WHERE request_id = 'marked' "
-                      "ORDER BY position").fetchall()
+    (answer,) = db.execute("SELECT items, propensities FROM exposures WHERE request_id = 'marked'").fetchall()
+    rows = list(zip(range(len(ids(a))), orjson.loads(answer[0]), orjson.loads(answer[1])))
     db.close()
     assert [r[1] for r in rows] == ids(a)
     assert [r[2] for r in rows] == [r.propensity if r.reason == "exploration" else None for r in a.items]

@@ -1,8 +1,10 @@
 """What a drift report reads for one window: a sample of the exposure log, the events, and ranker feature rows.
 
-* **Exposures** (``rules/log.py``: one row per shown slot, with its score): a uniform sample of at most
-  ``sample_rows`` rows (random row ids within the window, found through the ``ts`` index, so a busy window costs
-  no more than a quiet one), then one row per request, so the values of a check are independent draws.
+* **Exposures** (``rules/log.py``: one row per answer, its shown slots and their scores): a uniform sample of
+  answers (random row ids within the window, found through the ``ts`` index, so a busy window costs no more than a
+  quiet one) whose slots make at most ``sample_rows`` slot rows; each answer's slots are equally likely to be
+  sampled, so the slot rows are a uniform sample of the slots shown. Drift checks take one random slot per answer,
+  so the values of a check are independent draws.
 * **Events** (``EventStore.scan``): the whole window, or evenly spaced slices of it adding up to ``scan_hours``.
 * **Ranker features**: for a sample of the logged requests of the ranker's placements, the request is rebuilt as
   it was (the shopper's events before it, at its time) and run through the live model's candidate stages and
@@ -25,12 +27,12 @@ import numpy as np
 from shelfwise.domain import EventType
 from shelfwise.ranking.features import FeatureContext, compute_features, feature_names
 from shelfwise.request import RecRequest
+from shelfwise.rules.log import slot_rows
 from shelfwise.stores.protocols import EventLog, EventStore, Interaction, ShopperState
 
 from shelfwise.monitor.windows import Window
 
 UNMONITORED = {"device"}  # not in the exposure log, so a rebuilt request cannot know it
-_COLUMNS = ("request_id", "ts", "shopper", "placement", "position", "item_id", "score")
 
 
 @dataclass
@@ -55,25 +57,14 @@ def empty_exposures() -> Exposures:
 
 
 def read_exposures(path: Path | str, window: Window, limit: int, rng: np.random.Generator) -> Exposures:
-    """A uniform sample of the window's exposure rows (at most ``limit``), reduced to one row per request."""
-    path = Path(path)
-    if not path.is_file():
-        return empty_exposures()
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows, total = _sample_rows(db, window, limit, rng)
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
-            return empty_exposures()
-        raise
-    finally:
-        db.close()
+    """A uniform sample of the window's answers (their slots at most ``limit`` rows), one random slot of each."""
+    rows, total = sample_rows(path, window, limit, rng)
     if not rows:
         return empty_exposures()
     rows = [rows[i] for i in rng.permutation(len(rows))]
     seen: set[str] = set()
     one = []
-    for r in rows:  # the first (random) row of each request
+    for r in rows:  # the first (random) slot of each request
         if r[0] not in seen:
             seen.add(r[0])
             one.append(r)
@@ -85,25 +76,32 @@ def read_exposures(path: Path | str, window: Window, limit: int, rng: np.random.
 
 
 def sample_rows(path: Path | str, window: Window, limit: int, rng: np.random.Generator) -> tuple[list[tuple], int]:
-    """A uniform sample of the window's exposure rows (at most ``limit``; each ``request_id, ts, shopper,
-    placement, position, item_id, score``) and about how many rows the window holds."""
+    """A uniform sample of the window's shown slots (at most ``limit``; each ``request_id, ts, shopper,
+    placement, position, item_id, score``: the slots of randomly drawn answers) and about how many slots the
+    window holds."""
     path = Path(path)
     if not path.is_file():
         return [], 0
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return _sample_rows(db, window, limit, rng)
+        answers, in_window = _sample_answers(db, window, limit, rng)
     except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
+        if "no such table" in str(e) or "no such column" in str(e):  # no log, or one not migrated yet
             return [], 0
         raise
     finally:
         db.close()
+    rows = [r[:7] for a in answers for r in slot_rows(*a)]
+    per_answer = len(rows) / max(len(answers), 1)
+    if len(rows) > limit:  # whole answers drawn, then slots: every slot equally likely
+        rows = [rows[i] for i in np.sort(rng.choice(len(rows), limit, replace=False))]
+    return rows, int(round(in_window * per_answer))
 
 
-def _sample_rows(db: sqlite3.Connection, window: Window, limit: int,
-                 rng: np.random.Generator) -> tuple[list[tuple], int]:
-    select = f"SELECT {', '.join(_COLUMNS)} FROM exposures"
+def _sample_answers(db: sqlite3.Connection, window: Window, limit: int,
+                    rng: np.random.Generator) -> tuple[list[tuple], int]:
+    """At most ``limit`` answer rows drawn uniformly from the window, and about how many it holds."""
+    select = "SELECT request_id, ts, shopper, placement, items, scores, NULL FROM exposures"
     span = (window.start, window.end)
     lo = db.execute("SELECT rowid FROM exposures WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1", span).fetchone()
     hi = db.execute("SELECT rowid FROM exposures WHERE ts >= ? AND ts < ? ORDER BY ts DESC LIMIT 1",
@@ -113,7 +111,8 @@ def _sample_rows(db: sqlite3.Connection, window: Window, limit: int,
     a, b = min(lo[0], hi[0]), max(lo[0], hi[0])  # rows are written in about time order
     if b - a + 1 <= 2 * limit:
         rows = db.execute(f"{select} WHERE ts >= ? AND ts < ?", span).fetchall()
-        return (rows if len(rows) <= limit else [rows[i] for i in rng.choice(len(rows), limit, replace=False)],
+        return (rows if len(rows) <= limit else [rows[i] for i in np.sort(rng.choice(len(rows), limit,
+                                                                                     replace=False))],
                 len(rows))
     ids = np.sort(rng.choice(np.arange(a, b + 1), limit, replace=False))
     rows = []

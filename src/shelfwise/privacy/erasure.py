@@ -151,7 +151,7 @@ def erase(engine: Engine, shopper: str, subject: str, keep_consent: bool = False
 
     exposures, shadows = engine.merch.log.erase(shopper)
     log_backend = _backend(settings.rules.dsn or settings.events_dsn)  # where the exposure log lives
-    places.append(Place("exposure log", log_backend, exposures))
+    places.append(Place("exposure log", log_backend, exposures, "the answers shown to the shopper (a row each)"))
     places.append(Place("shadow log", log_backend, shadows))
 
     if keep_consent:

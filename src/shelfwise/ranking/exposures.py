@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfwise.ranking.labels import Point, grade_of, point_at
+from shelfwise.rules.log import slot_rows
 from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import EventLog
 
@@ -51,15 +52,22 @@ def read_exposures(path: Path | str, placement: str, since: float = float("-inf"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
-        propensity = "COALESCE(propensity, 1.0)" if "propensity" in columns else "1.0"  # a log from before it
-        rows = db.execute(f"SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, {propensity} "
-                          "FROM exposures WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id, "
-                          "position", bounds).fetchall()
+        if "position" in columns:  # one row per slot: a log not migrated yet (the exposure log does when opened)
+            propensity = "COALESCE(propensity, 1.0)" if "propensity" in columns else "1.0"
+            slots = db.execute(f"SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, {propensity} "
+                               "FROM exposures WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id, "
+                               "position", bounds).fetchall()
+            return _columns(slots)
+        rows = db.execute(_SELECT, bounds).fetchall()
     except sqlite3.OperationalError:  # no exposures table yet
         return _empty()
     finally:
         db.close()
     return _rows(rows)
+
+
+_SELECT = ("SELECT request_id, ts, COALESCE(shopper, ''), placement, items, NULL, propensities FROM exposures "
+           "WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id")
 
 
 def _read_postgres(dsn: str, bounds: tuple[str, float, float]) -> list[tuple]:
@@ -70,12 +78,17 @@ def _read_postgres(dsn: str, bounds: tuple[str, float, float]) -> list[tuple]:
     with psycopg.connect(conninfo, connect_timeout=5) as conn:
         if conn.execute("SELECT to_regclass('exposures')").fetchone()[0] is None:
             return []  # no exposure log in this database yet
-        return conn.execute("SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, "
-                            "COALESCE(propensity, 1.0) FROM exposures WHERE placement = %s AND ts >= %s AND ts < %s "
-                            "ORDER BY ts, request_id, position", bounds).fetchall()
+        return conn.execute(_SELECT.replace("?", "%s"), bounds).fetchall()
 
 
-def _rows(rows: list[tuple]) -> ExposureRows:
+def _rows(answers: list[tuple]) -> ExposureRows:
+    """Answer rows (``rules/log.py``) as one row per shown slot."""
+    return _columns([(r[0], r[1], r[2], r[4], r[5], 1.0 if r[7] is None else r[7])
+                     for a in answers for r in slot_rows(*a)])
+
+
+def _columns(rows: list[tuple]) -> ExposureRows:
+    """(request_id, ts, shopper, position, item_id, propensity) rows as columns."""
     if not rows:
         return _empty()
     cols = list(zip(*rows))

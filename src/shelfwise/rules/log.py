@@ -4,8 +4,10 @@
 batch (up to 2,000 requests; ``flush`` cuts it short), so serving never waits on the disk and the writer makes a
 few large transactions instead of one per request (it competed with requests for the CPU: 13 % of the API's
 samples at 650 requests/s). A full queue drops rows and counts them (``dropped``) rather than slow
-requests down. One row per shown slot (request_id, time, shopper, placement, position, item, score, model and
-rule versions), plus a per-item summary (last shown, impressions) that the zero-impression report reads.
+requests down. One row per answer (request_id, time, shopper, placement, the shown items, their scores and
+propensities as JSON arrays, model and rule versions: a row per shown slot cost 3x the writer's CPU for a rail and
+10x for a 48-slot re-rank, ``benchmarks/exposure_rows.py``), plus a per-item summary (last shown, impressions)
+that the zero-impression report reads. ``slot_rows`` turns answer rows back into one row per shown slot.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ CREATE TABLE IF NOT EXISTS exposures (
     ts            REAL NOT NULL,
     shopper       TEXT,
     placement     TEXT NOT NULL,
-    position      INTEGER NOT NULL,
-    item_id       TEXT NOT NULL,
-    score         REAL,
+    items         TEXT NOT NULL,  -- JSON array of the shown item ids, slot by slot
+    scores        TEXT,           -- JSON array of their scores
     model_version TEXT,
     rules         TEXT,
-    propensity    REAL  -- an exploration slot's probability of holding this item; NULL for ranked slots
+    propensities  TEXT  -- JSON array: an exploration slot's probability of holding its item (null: a ranked
+                        -- slot), NULL when no slot explored
 );
 CREATE INDEX IF NOT EXISTS exposures_ts ON exposures (ts);
 CREATE INDEX IF NOT EXISTS exposures_request ON exposures (request_id);
@@ -196,8 +198,8 @@ class ExposureLog(Protocol):
     def close(self) -> None: ...
 
 
-_INSERT_EXPOSURE = ("INSERT INTO exposures (request_id, ts, shopper, placement, position, item_id, score, "
-                    "model_version, rules, propensity) VALUES (?,?,?,?,?,?,?,?,?,?)")
+_INSERT_EXPOSURE = ("INSERT INTO exposures (request_id, ts, shopper, placement, items, scores, model_version, rules, "
+                    "propensities) VALUES (?,?,?,?,?,?,?,?,?)")
 _INSERT_SHADOW = ("INSERT INTO shadow_log (ts, request_id, shopper, placement, ruleset_id, live_version, "
                   "shadow_version, record) VALUES (?,?,?,?,?,?,?,?)")
 _UPSERT_IMPRESSIONS = ("INSERT INTO item_impressions (item_id, first_ts, last_ts, impressions) VALUES (?,?,?,?) "
@@ -220,12 +222,26 @@ class Batch:
 
 
 def _exposure_rows(shown: list[Any]) -> Iterator[tuple]:
-    """The exposure table's rows of a batch's exposures, position by position."""
+    """The exposure table's rows of a batch's exposures, one per answer (its slots as JSON arrays)."""
     for x in shown:
+        n = min(len(x.items), len(x.scores))
         props = x.propensities or []
-        for pos, (iid, sc) in enumerate(zip(x.items, x.scores)):
-            p = props[pos] if pos < len(props) and props[pos] < 1.0 else None
-            yield (x.request_id, x.ts, x.shopper, x.placement, pos, iid, sc, x.model_version, x.rules, p)
+        explored = [p if p < 1.0 else None for p in props[:n]]
+        yield (x.request_id, x.ts, x.shopper, x.placement, orjson.dumps(x.items[:n]).decode(),
+               orjson.dumps([float(v) for v in x.scores[:n]]).decode(), x.model_version, x.rules,
+               orjson.dumps(explored).decode() if any(p is not None for p in explored) else None)
+
+
+def slot_rows(request_id: Any, ts: Any, shopper: Any, placement: Any, items: str, scores: str | None,
+              propensities: str | None) -> Iterator[tuple]:
+    """One answer row's slots: (request_id, ts, shopper, placement, position, item_id, score, propensity) each,
+    ``score`` and ``propensity`` None where not logged (a propensity only for an exploration slot)."""
+    ids = orjson.loads(items)
+    sc = orjson.loads(scores) if scores else []
+    props = orjson.loads(propensities) if propensities else []
+    for pos, iid in enumerate(ids):
+        yield (request_id, ts, shopper, placement, pos, iid, sc[pos] if pos < len(sc) else None,
+               props[pos] if pos < len(props) else None)
 
 
 class QueuedExposureLog:
@@ -397,9 +413,10 @@ class QueuedExposureLog:
         return row[0] if row else None
 
     def request(self, request_id: str) -> list[tuple[int, str]]:
+        """(position, item id) of each slot a request showed."""
         with self._reading() as x:
-            return [tuple(r) for r in x.all("SELECT position, item_id FROM exposures WHERE request_id = ? "
-                                            "ORDER BY position", (request_id,))]
+            rows = x.all("SELECT items FROM exposures WHERE request_id = ? ORDER BY ts", (request_id,))
+        return [(pos, iid) for (items,) in rows for pos, iid in enumerate(orjson.loads(items))]
 
     def shadow_records(self, ruleset_id: str, version: int | None = None, since: float | None = None,
                        limit: int = 100_000) -> list[ShadowRecord]:
@@ -449,9 +466,8 @@ class SQLiteExposureLog(QueuedExposureLog):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._read_lock = threading.Lock()
         self._read = self._connect()
+        _migrate_slot_rows(self._read)
         self._read.executescript(SCHEMA)
-        if "propensity" not in {r[1] for r in self._read.execute("PRAGMA table_info(exposures)")}:
-            self._read.execute("ALTER TABLE exposures ADD COLUMN propensity REAL")  # a log from before the column
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
@@ -502,3 +518,58 @@ class SQLiteExposureLog(QueuedExposureLog):
     def _close_readers(self) -> None:
         with self._read_lock:
             self._read.close()
+
+
+def _migrate_slot_rows(db: sqlite3.Connection) -> None:
+    """A log written one row per shown slot (before one row per answer) becomes one row per answer, in one
+    transaction (the slots of a request in position order; a log from before the propensity column too)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
+    if "position" not in columns:
+        return
+    propensity = "propensity" if "propensity" in columns else "NULL"
+    started = time.perf_counter()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE exposures RENAME TO exposures_slots")
+        for name in ("exposures_ts", "exposures_request", "exposures_shopper"):
+            db.execute(f"DROP INDEX IF EXISTS {name}")
+        for statement in SCHEMA.split(";"):
+            if "exposures" in statement and "shadow" not in statement and "meta" not in statement:
+                db.execute(statement)
+        rows = db.execute(f"SELECT request_id, ts, shopper, placement, item_id, score, model_version, rules, "
+                          f"{propensity} FROM exposures_slots ORDER BY request_id, ts, placement, position")
+        db.executemany(_INSERT_EXPOSURE, _answers_of_slots(rows))
+        n = db.execute("SELECT count(*) FROM exposures").fetchone()[0]
+        db.execute("DROP TABLE exposures_slots")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("exposure log: %d answers migrated from one row per slot to one row per answer in %.1f s", n,
+             time.perf_counter() - started)
+
+
+def _answers_of_slots(rows: Iterable[tuple]) -> Iterator[tuple]:
+    """Slot rows sorted by (request, time, placement, position) grouped into answer rows."""
+    key = None
+    head: tuple = ()
+    items: list[str] = []
+    scores: list[float | None] = []
+    props: list[float | None] = []
+
+    def answer() -> tuple:
+        return (*head[:4], orjson.dumps(items).decode(), orjson.dumps(scores).decode(), head[4], head[5],
+                orjson.dumps(props).decode() if any(p is not None for p in props) else None)
+
+    for rid, ts, shopper, placement, item, score, model_version, rules, propensity in rows:
+        if (rid, ts, placement) != key:
+            if key is not None:
+                yield answer()
+            key = (rid, ts, placement)
+            head = (rid, ts, shopper, placement, model_version, rules)
+            items, scores, props = [], [], []
+        items.append(item)
+        scores.append(score)
+        props.append(propensity if propensity is not None and propensity < 1.0 else None)
+    if key is not None:
+        yield answer()

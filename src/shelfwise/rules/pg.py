@@ -98,6 +98,30 @@ CREATE INDEX shadow_log_ruleset ON shadow_log (ruleset_id, shadow_version, ts);
 CREATE INDEX shadow_log_shopper ON shadow_log (shopper) WHERE shopper IS NOT NULL;
 CREATE TABLE exposure_meta (key text PRIMARY KEY, value double precision NOT NULL);
 """),
+    (3, "exposure log: one row per answer", """
+CREATE TABLE exposure_answers (
+    request_id    text COLLATE "C" NOT NULL,
+    ts            double precision NOT NULL,
+    shopper       text COLLATE "C",
+    placement     text NOT NULL,
+    items         text NOT NULL,
+    scores        text,
+    model_version text,
+    rules         text,
+    propensities  text
+);
+INSERT INTO exposure_answers
+SELECT request_id, ts, min(shopper), placement, json_agg(item_id ORDER BY position)::text,
+       json_agg(score ORDER BY position)::text, min(model_version), min(rules),
+       CASE WHEN bool_or(propensity < 1.0) THEN
+           json_agg(CASE WHEN propensity < 1.0 THEN propensity END ORDER BY position)::text END
+FROM exposures GROUP BY request_id, ts, placement;
+DROP TABLE exposures;
+ALTER TABLE exposure_answers RENAME TO exposures;
+CREATE INDEX exposures_ts ON exposures (ts);
+CREATE INDEX exposures_request ON exposures (request_id);
+CREATE INDEX exposures_shopper ON exposures (shopper) WHERE shopper IS NOT NULL;
+"""),
 ]
 TABLES = ("shadow_log", "item_impressions", "exposures", "exposure_meta", "ruleset_audit", "ruleset_versions",
           "rulesets", "rules_meta", "shelfwise_rules_migrations")
