@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import orjson
 
 from shelfwise.domain import EventType
 from shelfwise.ranking.features import FeatureContext, compute_features, feature_names
@@ -93,15 +94,15 @@ def sample_rows(path: Path | str, window: Window, limit: int, rng: np.random.Gen
         db.close()
     rows = [r[:7] for a in answers for r in slot_rows(*a)]
     per_answer = len(rows) / max(len(answers), 1)
-    if len(rows) > limit:  # whole answers drawn, then slots: every slot equally likely
+    if len(rows) > limit:  # whole answers drawn, then slots: every slot about equally likely
         rows = [rows[i] for i in np.sort(rng.choice(len(rows), limit, replace=False))]
     return rows, int(round(in_window * per_answer))
 
 
 def _sample_answers(db: sqlite3.Connection, window: Window, limit: int,
                     rng: np.random.Generator) -> tuple[list[tuple], int]:
-    """At most ``limit`` answer rows drawn uniformly from the window, and about how many it holds."""
-    select = "SELECT request_id, ts, shopper, placement, items, scores, NULL FROM exposures"
+    """Answer rows of the window drawn uniformly at random (by row id) until their slots number ``limit``, and
+    about how many answers the window holds."""
     span = (window.start, window.end)
     lo = db.execute("SELECT rowid FROM exposures WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1", span).fetchone()
     hi = db.execute("SELECT rowid FROM exposures WHERE ts >= ? AND ts < ? ORDER BY ts DESC LIMIT 1",
@@ -109,18 +110,18 @@ def _sample_answers(db: sqlite3.Connection, window: Window, limit: int,
     if lo is None or hi is None:
         return [], 0
     a, b = min(lo[0], hi[0]), max(lo[0], hi[0])  # rows are written in about time order
-    if b - a + 1 <= 2 * limit:
-        rows = db.execute(f"{select} WHERE ts >= ? AND ts < ?", span).fetchall()
-        return (rows if len(rows) <= limit else [rows[i] for i in np.sort(rng.choice(len(rows), limit,
-                                                                                     replace=False))],
-                len(rows))
-    ids = np.sort(rng.choice(np.arange(a, b + 1), limit, replace=False))
-    rows = []
-    for start in range(0, len(ids), 900):
-        chunk = ids[start:start + 900].tolist()
-        rows += db.execute(f"{select} WHERE rowid IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?",
-                           (*chunk, *span)).fetchall()
-    return rows, b - a + 1
+    order = a + rng.permutation(b - a + 1)
+    answers: list[tuple] = []
+    slots = 0
+    for start in range(0, len(order), 900):
+        chunk = order[start:start + 900].tolist()
+        got = db.execute("SELECT request_id, ts, shopper, placement, items, scores, NULL FROM exposures WHERE rowid "
+                         f"IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?", (*chunk, *span)).fetchall()
+        answers += got
+        slots += sum(len(orjson.loads(r[4])) for r in got)
+        if slots >= limit:
+            break
+    return answers, b - a + 1
 
 
 def first_shown(path: Path | str, item_ids: Sequence[str]) -> dict[str, float]:
