@@ -225,7 +225,8 @@ def test_a_log_of_one_row_per_slot_becomes_one_row_per_answer(open_log, rules_se
     slots = [("r1", t, "u1", "homepage", 1, "p2", 0.5, "m1", "main@1", 0.25),
              ("r1", t, "u1", "homepage", 0, "p1", 0.9, "m1", "main@1", None),
              ("r2", t + 1, None, "homepage", 0, "p3", 0.7, "m1", "main@1", None),
-             ("r3", t + 2, "u2", "pdp_fbt", 0, "p4", 0.6, "m1", "", 1.0)]
+             ("r3", t + 2, "u2", "pdp_fbt", 0, "p4", 0.6, "m1", "", 1.0),
+             ("a0", t + 3, "u2", "pdp_fbt", 0, "p5", 0.6, "m1", "", None)]
     old = ("CREATE TABLE exposures (request_id TEXT NOT NULL, ts REAL NOT NULL, shopper TEXT, placement TEXT NOT "
            "NULL, position INTEGER NOT NULL, item_id TEXT NOT NULL, score REAL, model_version TEXT, rules TEXT, "
            "propensity REAL)")
@@ -252,6 +253,11 @@ def test_a_log_of_one_row_per_slot_becomes_one_row_per_answer(open_log, rules_se
         assert list(before.item) == ["p1", "p2", "p3"] and list(before.propensity) == [1.0, 0.25, 1.0]
     lg = open_log()
     assert lg.request("r1") == [(0, "p1"), (1, "p2")] and lg.request("r3") == [(0, "p4")]
+    if not where.startswith("postgres"):  # answers stored in time order, as the writer stores them (row ids)
+        with sqlite3.connect(where) as db:
+            assert [r[0] for r in db.execute("SELECT request_id FROM exposures ORDER BY rowid")] == \
+                ["r1", "r2", "r3", "a0"]
+        db.close()
     got = read_exposures(where, "homepage")
     assert list(got.request_id) == ["r1", "r1", "r2"] and list(got.position) == [0, 1, 0]
     assert list(got.item) == ["p1", "p2", "p3"] and list(got.propensity) == [1.0, 0.25, 1.0]

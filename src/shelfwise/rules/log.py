@@ -522,7 +522,8 @@ class SQLiteExposureLog(QueuedExposureLog):
 
 def _migrate_slot_rows(db: sqlite3.Connection) -> None:
     """A log written one row per shown slot (before one row per answer) becomes one row per answer, in one
-    transaction (the slots of a request in position order; a log from before the propensity column too)."""
+    transaction (the slots of a request in position order; a log from before the propensity column too). Answers
+    are written in time order, as the writer writes them: the drift samples find a window's rows by row id."""
     columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
     if "position" not in columns:
         return
@@ -537,7 +538,7 @@ def _migrate_slot_rows(db: sqlite3.Connection) -> None:
             if "exposures" in statement and "shadow" not in statement and "meta" not in statement:
                 db.execute(statement)
         rows = db.execute(f"SELECT request_id, ts, shopper, placement, item_id, score, model_version, rules, "
-                          f"{propensity} FROM exposures_slots ORDER BY request_id, ts, placement, position")
+                          f"{propensity} FROM exposures_slots ORDER BY ts, request_id, placement, position")
         db.executemany(_INSERT_EXPOSURE, _answers_of_slots(rows))
         n = db.execute("SELECT count(*) FROM exposures").fetchone()[0]
         db.execute("DROP TABLE exposures_slots")
@@ -550,7 +551,7 @@ def _migrate_slot_rows(db: sqlite3.Connection) -> None:
 
 
 def _answers_of_slots(rows: Iterable[tuple]) -> Iterator[tuple]:
-    """Slot rows sorted by (request, time, placement, position) grouped into answer rows."""
+    """Slot rows sorted by (time, request, placement, position) grouped into answer rows."""
     key = None
     head: tuple = ()
     items: list[str] = []
