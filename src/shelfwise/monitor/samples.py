@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import orjson
 
 from shelfwise.domain import EventType
 from shelfwise.ranking.features import FeatureContext, compute_features, feature_names
@@ -85,43 +84,42 @@ def sample_rows(path: Path | str, window: Window, limit: int, rng: np.random.Gen
         return [], 0
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        answers, in_window = _sample_answers(db, window, limit, rng)
+        rows, answers, in_window = _sample_slots(db, window, limit, rng)
     except sqlite3.OperationalError as e:
         if "no such table" in str(e) or "no such column" in str(e):  # no log, or one not migrated yet
             return [], 0
         raise
     finally:
         db.close()
-    rows = [r[:7] for a in answers for r in slot_rows(*a)]
-    per_answer = len(rows) / max(len(answers), 1)
+    per_answer = len(rows) / max(answers, 1)
     if len(rows) > limit:  # whole answers drawn, then slots: every slot about equally likely
         rows = [rows[i] for i in np.sort(rng.choice(len(rows), limit, replace=False))]
     return rows, int(round(in_window * per_answer))
 
 
-def _sample_answers(db: sqlite3.Connection, window: Window, limit: int,
-                    rng: np.random.Generator) -> tuple[list[tuple], int]:
-    """Answer rows of the window drawn uniformly at random (by row id) until their slots number ``limit``, and
-    about how many answers the window holds."""
+def _sample_slots(db: sqlite3.Connection, window: Window, limit: int,
+                  rng: np.random.Generator) -> tuple[list[tuple], int, int]:
+    """The slots of answers of the window drawn uniformly at random (by row id) until they number ``limit``, how
+    many answers they came from, and about how many answers the window holds."""
     span = (window.start, window.end)
     lo = db.execute("SELECT rowid FROM exposures WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1", span).fetchone()
     hi = db.execute("SELECT rowid FROM exposures WHERE ts >= ? AND ts < ? ORDER BY ts DESC LIMIT 1",
                     span).fetchone()
     if lo is None or hi is None:
-        return [], 0
+        return [], 0, 0
     a, b = min(lo[0], hi[0]), max(lo[0], hi[0])  # rows are written in about time order
     order = a + rng.permutation(b - a + 1)
-    answers: list[tuple] = []
-    slots = 0
+    slots: list[tuple] = []
+    answers = 0
     for start in range(0, len(order), 900):
         chunk = order[start:start + 900].tolist()
         got = db.execute("SELECT request_id, ts, shopper, placement, items, scores, NULL FROM exposures WHERE rowid "
                          f"IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?", (*chunk, *span)).fetchall()
-        answers += got
-        slots += sum(len(orjson.loads(r[4])) for r in got)
-        if slots >= limit:
+        answers += len(got)
+        slots += [r[:7] for a in got for r in slot_rows(*a)]
+        if len(slots) >= limit:
             break
-    return answers, b - a + 1
+    return slots, answers, b - a + 1
 
 
 def first_shown(path: Path | str, item_ids: Sequence[str]) -> dict[str, float]:
