@@ -24,7 +24,11 @@
 Reports requests/s, latency p50/p95/p99/max, errors (non-2xx and socket errors), events posted and failed, the
 API processes' resident memory at the end, and their CPU time per request over the window
 (``server_cpu_ms_per_request``, events ingested meanwhile included): the cost measure that other jobs on a shared
-machine disturb least, for comparing two versions of the code.
+machine disturb least, for comparing two versions of the code. ``server_thread_cpu_ms_per_request`` splits it by
+thread (the API's ``shelfwise_thread_cpu_seconds_total``, read before and after the window): the event loop
+(``MainThread``), the pipeline (``shelfwise-batch``), the logs' writers, the event store's appends (``AnyIO worker
+thread``). With several processes the ones not scraped lag by up to 2 s (their counts reach the shared files every
+2 s), a few per cent of a 20 s window.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -343,6 +348,39 @@ def prime(url: str, some: list[str], key: str) -> None:
             http.get(path)
 
 
+def machine_ticks() -> list[int]:
+    """The machine's CPU time so far by state (``/proc/stat``: user, nice, system, idle, iowait, irq, softirq,
+    steal), [] without /proc."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of the machine's CPU time between two ``machine_ticks`` that the hypervisor gave to other virtual
+    machines (steal): on a shared host it swings, and a run's speed with it."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after)]
+    return round(100 * spent[7] / max(sum(spent), 1), 1)
+
+
+_THREAD_CPU = re.compile(r'^shelfwise_thread_cpu_seconds_total\{thread="([^"]*)"\} (\S+)$', re.M)
+
+
+def thread_cpu(url: str, key: str) -> dict[str, float]:
+    """The API's CPU seconds by thread so far (its ``/metrics``; every process's threads added up), {} when it has
+    none (the ceiling app, a machine without /proc)."""
+    import httpx
+
+    try:
+        text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    return {name: float(v) for name, v in _THREAD_CPU.findall(text)}
+
+
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -365,7 +403,7 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
             poster = EventPoster(url, shoppers, items, args.events_per_s, key) if events else None
             if poster:
                 poster.start()
-            cpu0 = cpu_s(proc.pid)
+            cpu0, threads0, ticks0 = cpu_s(proc.pid), thread_cpu(url, args.metrics_key), machine_ticks()
             if args.rate:
                 bodies = rerank_bodies(shoppers, items, args.rerank) if args.rerank and kind == "shelfwise" else None
                 res = fixed_rate(url, paths(shoppers, items), key, args.rate, args.seconds, bodies=bodies)
@@ -377,9 +415,14 @@ def measure(name: str, kind: str, processes: int, cmd: list[str], env: dict[str,
                 res.update(events_posted=poster.sent, events_failed=poster.failed,
                            events_per_s=round(poster.sent / res["seconds"], 1))
             used = cpu_s(proc.pid) - cpu0  # the server's CPU over the window, the events it ingested included
+            threads = {n: v - threads0.get(n, 0.0) for n, v in thread_cpu(url, args.metrics_key).items()}
+            if threads:  # where it went: the event loop (MainThread), the pipeline (shelfwise-batch), the logs...
+                res["server_thread_cpu_ms_per_request"] = {
+                    n: round(1000 * v / max(res["requests"], 1), 3)
+                    for n, v in sorted(threads.items(), key=lambda x: -x[1]) if v >= 0.005}
             res.update(setup=name, kind=kind, processes=processes, connections=c, rss_mb=rss_mb(proc.pid),
                        server_cpu_ms_per_request=round(1000 * used / max(res["requests"], 1), 3),
-                       load_average_1m=round(os.getloadavg()[0], 2))
+                       load_average_1m=round(os.getloadavg()[0], 2), steal_pct=steal_share(ticks0, machine_ticks()))
             print(json.dumps(res), flush=True)
             rows.append(res)
     finally:
@@ -435,6 +478,12 @@ def setup(args, env: dict[str, str], data: Path, log: Path) -> tuple[list[str], 
     with sqlite3.connect(data / "shelfwise.db") as db:
         users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL LIMIT 50000")]
         items = [r[0] for r in db.execute("SELECT id FROM items LIMIT 50000")]
+    scrape = data / "metrics_key.txt"
+    if not scrape.exists():  # the monitoring's key (admin scope: /metrics), as the Prometheus scraping the API has
+        with scrape.open("w") as fh:
+            subprocess.run(CLI + ["keys", "create", "--scope", "admin", "--name", "metrics", "--quiet"], env=env,
+                           stdout=fh, check=True, cwd=env["PWD_FOR_BENCH"])
+    args.metrics_key = scrape.read_text().strip()
     return users, items, (data / "bench_key.txt").read_text().strip()
 
 

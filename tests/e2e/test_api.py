@@ -1,5 +1,7 @@
 """The HTTP API through a real test client, on the embedded default."""
 
+import sys
+
 import pytest
 
 from tests.conftest import api_client
@@ -145,6 +147,9 @@ def test_metrics_count_what_was_served(client):
     assert metric(after, 'shelfwise_recommendation_seconds_count{placement="pdp_fbt"}') >= 1
     stored = 'shelfwise_events_total{outcome="stored"}'
     assert metric(after, stored) - metric(before, stored) == 2
+    if sys.platform.startswith("linux"):  # CPU by thread (/proc): the pipeline ran on the micro-batcher's thread
+        batch = 'shelfwise_thread_cpu_seconds_total{thread="shelfwise-batch"}'
+        assert metric(after, batch) > metric(before, batch)
 
 
 def test_answers_name_their_model_and_rules_and_product_pages_are_edge_cacheable(client):

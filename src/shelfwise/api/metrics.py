@@ -3,7 +3,7 @@
 Counted where they happen: HTTP requests, recommendation latency per placement, each stage's time per pipeline
 call, micro-batch sizes, served slots by reason and fallback answers by cause, events by outcome. Copied from the
 engine's own counters (``Metrics.sync``): answer-cache lookups and entries, the exposure and experiment logs' queue
-depth and dropped rows. Read when scraped (``EngineCollector``): the model and rule set versions being served (info
+depth and dropped rows, and the CPU time of the process's threads by name (``observability/threads.py``). Read when scraped (``EngineCollector``): the model and rule set versions being served (info
 metrics) and the event bus's backlog — waiting and pending entries, the oldest entry's age, dead letters — read
 from Redis or Kafka at most once a second, so scrapes cost the bus one round trip and requests nothing.
 
@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shelfwise.observability.threads import ThreadCPU
 from shelfwise.request import Answer, RecRequest
 
 log = logging.getLogger("shelfwise.api")
@@ -129,6 +130,12 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.log_dropped = Counter("shelfwise_log_dropped_rows_total", "rows a log lost: its queue was full or a "
                                                                        "write failed", ["log"], registry=r)
+        self.thread_cpu = Counter("shelfwise_thread_cpu_seconds_total", "CPU time of the API process's threads by "
+                                  "name (Linux): MainThread is the event loop (HTTP, validation, answers' JSON), "
+                                  "shelfwise-batch the pipeline calls, shelfwise-exposure-log and "
+                                  "shelfwise-experiment-log the logs' writers, AnyIO worker thread the event "
+                                  "store's appends (observability/threads.py)", ["thread"], registry=r)
+        self._threads = ThreadCPU()
         self._stages: dict[tuple[str, str], Any] = {}
         self._seen: dict[tuple[str, str], int] = {}
         self._sync_lock = threading.Lock()
@@ -157,6 +164,8 @@ class Metrics:
     def sync(self, engine: Any) -> None:
         """Bring the engine's cumulative counts (answer cache, logs) into the metrics."""
         with self._sync_lock:
+            for name, seconds in self._threads.delta().items():
+                self.thread_cpu.labels(name).inc(seconds)
             self._add(self.cache.labels("hit"), ("cache", "hit"), engine.cache.hits)
             self._add(self.cache.labels("miss"), ("cache", "miss"), engine.cache.misses)
             self.cache_entries.set(len(engine.cache))
