@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -34,6 +33,7 @@ from shelfwise.api.email import build_router as email_router
 from shelfwise.api.console import build_router as console_router
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.metrics import EngineCollector, Metrics, multiprocess_dir
+from shelfwise.api.render import RenderedAnswers
 from shelfwise.api.monitor import build_router as monitor_router
 from shelfwise.api.registry import build_router as registry_router
 from shelfwise.api.rules import build_router as rules_router
@@ -508,28 +508,21 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         return error(404, f"unknown placement {m.short(placement, 64)!r}; known: {', '.join(known)}", "placement",
                      "no such placement (models.placements)", known=known)
 
+    rendered = RenderedAnswers()  # each answer's slots as JSON, made once (api/render.py)
+
     def answer_body(req: RecRequest, answer: Any) -> dict[str, Any]:
-        recs = answer.items
-        # the scores rounded to 6 decimals in one numpy pass (the same values as round(score, 6) on these float32
-        # scores; Python's round per slot was half the cost of a 200-item answer's dicts)
-        scores = np.round(np.fromiter((r.score for r in recs), np.float64, len(recs)), 6).tolist()
-        if req.explain:
-            items = [{"item_id": r.item_id, "score": s, "sources": r.sources, "reason": r.reason,
-                      "fallback": r.fallback, "explanation": r.explanation} for r, s in zip(recs, scores)]
-        else:
-            items = [{"item_id": r.item_id, "score": s, "sources": r.sources, "reason": r.reason,
-                      "fallback": r.fallback} for r, s in zip(recs, scores)]
+        items = rendered.items(answer, req.explain)
         body = {
             "request_id": req.request_id,
             "placement": req.placement,
             "model_version": answer.model_version,
             "rulesets": answer.rulesets,
             "experiments": answer.experiments,
-            "fallback": answer.fallback,
+            "fallback": rendered.of(answer).fallback,
             "degraded": answer.degraded,
             "items": items,
         }
-        if req.filters and not items:
+        if req.filters and not answer.items:
             body["detail"] = "no servable item matches the filters"
         if req.explain:
             body["explanation"] = answer.explanation
@@ -605,7 +598,8 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         personal = req.shopper is not None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
-        metrics.served(req, answer, anchor, req.shopper in engine.pipeline.shopper_index)
+        metrics.served(req, answer, anchor, req.shopper in engine.pipeline.shopper_index,
+                       rendered.of(answer))
         body = answer_body(req, answer)
         items = body["items"]
         if personal:  # never kept by a shared cache
@@ -613,7 +607,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         # not personal (a product page or cart without a shopper): an edge cache or CDN may keep it; the ETag is
         # the answer's content, the same on every replica serving the same model, rule sets and catalog (unless an
         # exploration slot drew a new item: each replica draws its own)
-        tag = '"' + hashlib.blake2b(orjson.dumps([answer.model_version, answer.rulesets, answer.fallback, items]),
+        tag = '"' + hashlib.blake2b(orjson.dumps([answer.model_version, answer.rulesets, body["fallback"], items]),
                                     digest_size=12).hexdigest() + '"'
         headers = {"ETag": tag, "Cache-Control": f"public, max-age={settings.api.edge_ttl_s}"}
         if tag in [t.strip() for t in if_none_match.split(",")]:
@@ -654,9 +648,10 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
                          else body.personalization_impact)
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(body.placement).observe(time.perf_counter() - t0)
-        metrics.served(req, answer, "known", req.shopper in engine.pipeline.shopper_index)
+        metrics.served(req, answer, "known", req.shopper in engine.pipeline.shopper_index,
+                       rendered.of(answer))
         out = answer_body(req, answer)
-        shown = {r.item_id for r in answer.items}
+        shown = rendered.of(answer).shown
         skip = set(unknown)
         out["unknown_items"] = unknown
         out["removed"] = [x for x in body.items if x not in shown and x not in skip][:MAX_REMOVED] \

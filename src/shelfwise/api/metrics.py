@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shelfwise.api.render import Rendered
 from shelfwise.observability.threads import ThreadCPU
 from shelfwise.request import Answer, RecRequest
 
@@ -137,6 +138,7 @@ class Metrics:
                                   "store's appends (observability/threads.py)", ["thread"], registry=r)
         self._threads = ThreadCPU()
         self._stages: dict[tuple[str, str], Any] = {}
+        self._slots: dict[tuple[str, str], Any] = {}
         self._seen: dict[tuple[str, str], int] = {}
         self._sync_lock = threading.Lock()
         self.collector: EngineCollector | None = None
@@ -148,14 +150,15 @@ class Metrics:
             child = self._stages.setdefault((placement, stage), self.stage.labels(placement, stage))
         child.observe(seconds)
 
-    def served(self, req: RecRequest, answer: Answer, anchor: str, known_shopper: bool) -> None:
-        """Slots by reason, the answer's fallback cause if it is one, and what it was degraded by."""
-        reasons: dict[str, int] = {}
-        for r in answer.items:
-            reasons[r.reason] = reasons.get(r.reason, 0) + 1
-        for reason, n in reasons.items():
-            self.slots.labels(req.placement, reason).inc(n)
-        if answer.fallback:
+    def served(self, req: RecRequest, answer: Answer, anchor: str, known_shopper: bool, slots: Rendered) -> None:
+        """Slots by reason, the answer's fallback cause if it is one, and what it was degraded by (``slots``: what
+        the API made of the answer's slots)."""
+        for reason, n in slots.reasons.items():
+            child = self._slots.get((req.placement, reason))
+            if child is None:
+                child = self._slots.setdefault((req.placement, reason), self.slots.labels(req.placement, reason))
+            child.inc(n)
+        if slots.fallback:
             self.fallbacks.labels(req.placement, fallback_cause(req, answer, anchor, known_shopper)).inc()
         for cause in {degraded_cause(note) for note in answer.degraded}:
             self.degraded.labels(req.placement, cause).inc()

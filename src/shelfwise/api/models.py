@@ -9,8 +9,10 @@ each ``field`` (or, for rule sets, the JSON ``path``), the batch ``index`` when 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -43,11 +45,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
 
 
+_LONG_NUMBER = re.compile(rb"\d{19}")  # orjson turns integers beyond 64 bits into floats: those go to json
+
+
 async def read_json(request: Request) -> Any:
-    """The body as JSON, exactly (integers are not rounded; NaN/Infinity are refused)."""
+    """The body as JSON, exactly (integers are not rounded; NaN/Infinity are refused). Parsed by orjson (several
+    times faster: a re-rank's 200 ids), unless a run of 19 digits could be an integer it would round; whatever it
+    refuses (NaN, ``1e400``, a lone surrogate, UTF-16...) the standard parser decides, as before."""
     raw = await request.body()
     if not raw.strip():
         raise BadBody("a JSON body is required")
+    if not _LONG_NUMBER.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
