@@ -274,6 +274,9 @@ class Answer:
     experiments: list[dict[str, str]] = field(default_factory=list)  # [{"experiment", "variant"}] it served
     degraded: list[str] = field(default_factory=list)  # what was left out of it (a source, the ranker, the
     # shopper's state, the model) and why; empty for a full answer (README "Graceful degradation")
+    # what the API made of its slots, made once however often the answer cache serves it (api/render.py); a copy
+    # made with dataclasses.replace starts without it
+    rendered: object | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def fallback(self) -> bool:

@@ -2,12 +2,13 @@
 
 import asyncio
 import json
+from dataclasses import replace
 
 import orjson
 import pytest
 
 from shelfwise.api.models import BadBody, read_json
-from shelfwise.api.render import RenderedAnswers, slot_dicts
+from shelfwise.api.render import rendered, slot_dicts, slots_json
 from shelfwise.request import Answer, Recommendation
 
 
@@ -53,30 +54,25 @@ def answer(n: int, reasons=("evidence", "popular")) -> Answer:
 
 
 def test_an_answer_renders_as_its_slot_dicts_once():
-    r = RenderedAnswers(size=2)
     a = answer(200)
-    body = orjson.dumps({"items": r.items(a, False)})
+    body = orjson.dumps({"items": slots_json(a, False)})
     assert orjson.loads(body)["items"] == slot_dicts(a, False)
-    assert orjson.loads(body)["items"][1] == {"item_id": "i1", "score": round(1.0 / 4, 6), "sources": ["als", "sequence"],
-                                              "reason": "popular", "fallback": False}
-    assert r.items(a, False) is r.items(a, False)  # made once
-    assert orjson.loads(orjson.dumps(r.items(a, True))) == slot_dicts(a, True)  # explain: with each explanation
-    got = r.of(a)
+    assert orjson.loads(body)["items"][1] == {"item_id": "i1", "score": round(1.0 / 4, 6),
+                                              "sources": ["als", "sequence"], "reason": "popular", "fallback": False}
+    assert slots_json(a, False) is slots_json(a, False)  # made once
+    assert orjson.loads(orjson.dumps(slots_json(a, True))) == slot_dicts(a, True)  # explain: each explanation too
+    got = rendered(a)
     assert got.reasons == {"evidence": 100, "popular": 100}
     assert got.shown == {f"i{i}" for i in range(200)} and got.fallback is False
-    assert r.of(answer(3, reasons=("popular",))).fallback is False  # slot 1 is no fallback
+    assert rendered(answer(3, reasons=("popular",))).fallback is False  # slot 1 is no fallback
     empty = Answer([], "search")
-    assert r.of(empty).fallback is True and orjson.dumps(r.items(empty, False)) == b"[]"
+    assert rendered(empty).fallback is True and orjson.dumps(slots_json(empty, False)) == b"[]"
 
 
-def test_entries_belong_to_their_answer_and_the_oldest_go_first():
-    r = RenderedAnswers(size=2)
-    first, second, third = answer(5), answer(6), answer(7)
-    one = r.items(first, False)
-    r.items(second, False)
-    r.items(first, False)  # used again: now the newest
-    r.items(third, False)  # the oldest (second) goes
-    assert len(r._entries) == 2 and id(second) not in r._entries and r.items(first, False) is one
-    # an answer made later at a freed address is rendered afresh, never given another answer's slots
-    other = answer(4)
-    assert orjson.loads(orjson.dumps(r.items(other, False))) == slot_dicts(other, False)
+def test_a_copy_of_an_answer_renders_its_own_slots():
+    a = answer(50)
+    slots_json(a, False)
+    first = replace(a, items=a.items[:5])  # what the service does to log an answer's shown part
+    assert first.rendered is None and rendered(first).shown == {f"i{i}" for i in range(5)}
+    assert orjson.loads(orjson.dumps(slots_json(first, False))) == slot_dicts(a, False)[:5]
+    assert a == replace(a, degraded=[]) and rendered(a).shown == {f"i{i}" for i in range(50)}  # not compared

@@ -33,7 +33,7 @@ from shelfwise.api.email import build_router as email_router
 from shelfwise.api.console import build_router as console_router
 from shelfwise.api.experiments import build_router as experiments_router, service_of as experiments_of
 from shelfwise.api.metrics import EngineCollector, Metrics, multiprocess_dir
-from shelfwise.api.render import RenderedAnswers
+from shelfwise.api.render import rendered, slots_json
 from shelfwise.api.monitor import build_router as monitor_router
 from shelfwise.api.registry import build_router as registry_router
 from shelfwise.api.rules import build_router as rules_router
@@ -508,17 +508,15 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         return error(404, f"unknown placement {m.short(placement, 64)!r}; known: {', '.join(known)}", "placement",
                      "no such placement (models.placements)", known=known)
 
-    rendered = RenderedAnswers()  # each answer's slots as JSON, made once (api/render.py)
-
     def answer_body(req: RecRequest, answer: Any) -> dict[str, Any]:
-        items = rendered.items(answer, req.explain)
+        items = slots_json(answer, req.explain)  # made once per answer (api/render.py)
         body = {
             "request_id": req.request_id,
             "placement": req.placement,
             "model_version": answer.model_version,
             "rulesets": answer.rulesets,
             "experiments": answer.experiments,
-            "fallback": rendered.of(answer).fallback,
+            "fallback": rendered(answer).fallback,
             "degraded": answer.degraded,
             "items": items,
         }
@@ -599,7 +597,7 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(placement).observe(time.perf_counter() - t0)
         metrics.served(req, answer, anchor, req.shopper in engine.pipeline.shopper_index,
-                       rendered.of(answer))
+                       rendered(answer))
         body = answer_body(req, answer)
         items = body["items"]
         if personal:  # never kept by a shared cache
@@ -649,9 +647,9 @@ def create_app(settings: Settings | None = None, engine: Shelfwise | None = None
         answer = await state["batcher"].submit(req)
         metrics.latency.labels(body.placement).observe(time.perf_counter() - t0)
         metrics.served(req, answer, "known", req.shopper in engine.pipeline.shopper_index,
-                       rendered.of(answer))
+                       rendered(answer))
         out = answer_body(req, answer)
-        shown = rendered.of(answer).shown
+        shown = rendered(answer).shown
         skip = set(unknown)
         out["unknown_items"] = unknown
         out["removed"] = [x for x in body.items if x not in shown and x not in skip][:MAX_REMOVED] \

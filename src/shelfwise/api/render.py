@@ -3,19 +3,15 @@
 The answer cache hands the same ``Answer`` object to every request it serves until the shopper's next event, a
 catalog change, a new model or rule set. What the event loop makes of its slots — their JSON (every slot a dict,
 the scores rounded), the slots counted by reason for the metrics, the set of shown ids, whether every slot is a
-fallback — depends on the answer
-alone, so it is made once and kept beside the answer while the answer is in use. On a 200-item re-rank served from
-the cache this was a quarter of the request's work on the event loop (BENCHMARKS.md, "Stop 30").
-
-Entries are keyed by the answer object's identity and hold the answer itself, so an id is never reused while its
-entry lives; the least recently used go first. Only the event loop calls this (a lock keeps it safe anyway).
+fallback — depends on the answer alone, so it is made once and kept on the answer (``Answer.rendered``: it lives
+as long as the answer, and a copy of the answer made with ``dataclasses.replace`` starts without it). On a 200-item
+re-rank served from the cache this was a quarter of the request's work on the event loop (BENCHMARKS.md,
+"Stop 30"). Two threads rendering one answer at once make the same thing twice; either is kept.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -25,11 +21,10 @@ from shelfwise.request import Answer
 
 @dataclass
 class Rendered:
-    answer: Answer  # held: the key (its id) stays this answer's while the entry lives
     reasons: dict[str, int]  # slots by reason (``Recommendation.reason``)
     shown: frozenset[str]  # the answer's item ids
     fallback: bool  # ``Answer.fallback``: no slot had evidence
-    items: dict[bool, orjson.Fragment]  # the slots' JSON array, without / with each slot's explanation
+    items: dict[bool, orjson.Fragment] = field(default_factory=dict)  # the slots' JSON, without / with explanations
 
 
 def slot_dicts(answer: Answer, explain: bool) -> list[dict]:
@@ -44,34 +39,24 @@ def slot_dicts(answer: Answer, explain: bool) -> list[dict]:
              "fallback": r.fallback} for r, s in zip(recs, scores)]
 
 
-class RenderedAnswers:
-    def __init__(self, size: int = 1024) -> None:
-        self.size = size
-        self._entries: OrderedDict[int, Rendered] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def of(self, answer: Answer) -> Rendered:
-        key = id(answer)
-        with self._lock:
-            got = self._entries.get(key)
-            if got is not None and got.answer is answer:
-                self._entries.move_to_end(key)
-                return got
-        reasons: dict[str, int] = {}
-        for r in answer.items:
-            reasons[r.reason] = reasons.get(r.reason, 0) + 1
-        got = Rendered(answer, reasons, frozenset(r.item_id for r in answer.items), answer.fallback, {})
-        with self._lock:
-            self._entries[key] = got
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+def rendered(answer: Answer) -> Rendered:
+    """What the API makes of the answer's slots, made on first use."""
+    got = answer.rendered
+    if isinstance(got, Rendered):
         return got
+    reasons: dict[str, int] = {}
+    for r in answer.items:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    got = Rendered(reasons, frozenset(r.item_id for r in answer.items), answer.fallback)
+    answer.rendered = got
+    return got
 
-    def items(self, answer: Answer, explain: bool) -> orjson.Fragment:
-        """The slots' JSON array, to place in a response body as it is."""
-        got = self.of(answer)
-        out = got.items.get(explain)
-        if out is None:
-            out = got.items[explain] = orjson.Fragment(orjson.dumps(slot_dicts(answer, explain),
-                                                                   option=orjson.OPT_SERIALIZE_NUMPY))
-        return out
+
+def slots_json(answer: Answer, explain: bool) -> orjson.Fragment:
+    """The slots' JSON array, to place in a response body as it is."""
+    got = rendered(answer)
+    out = got.items.get(explain)
+    if out is None:
+        out = got.items[explain] = orjson.Fragment(orjson.dumps(slot_dicts(answer, explain),
+                                                                option=orjson.OPT_SERIALIZE_NUMPY))
+    return out
