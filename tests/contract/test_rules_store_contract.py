@@ -249,7 +249,7 @@ def test_a_log_of_one_row_per_slot_becomes_one_row_per_answer(open_log, rules_se
             db.execute(old)
             db.executemany("INSERT INTO exposures VALUES (?,?,?,?,?,?,?,?,?,?)", slots)
         db.close()
-        before = read_exposures(where, "homepage")  # the old layout is read as it is, before any migration
+        before = read_exposures(where, "homepage")  # training reads an old log: migrated first, the same slots
         assert list(before.item) == ["p1", "p2", "p3"] and list(before.propensity) == [1.0, 0.25, 1.0]
     lg = open_log()
     assert lg.request("r1") == [(0, "p1"), (1, "p2")] and lg.request("r3") == [(0, "p4")]

@@ -3,9 +3,10 @@
 Counted where they happen: HTTP requests, recommendation latency per placement, each stage's time per pipeline
 call, micro-batch sizes, served slots by reason and fallback answers by cause, events by outcome. Copied from the
 engine's own counters (``Metrics.sync``): answer-cache lookups and entries, the exposure and experiment logs' queue
-depth and dropped rows, and the CPU time of the process's threads by name (``observability/threads.py``). Read when scraped (``EngineCollector``): the model and rule set versions being served (info
-metrics) and the event bus's backlog — waiting and pending entries, the oldest entry's age, dead letters — read
-from Redis or Kafka at most once a second, so scrapes cost the bus one round trip and requests nothing.
+depth and dropped rows, and the CPU time of the process's threads by name (``observability/threads.py``). Read
+when scraped (``EngineCollector``): the model and rule set versions being served (info metrics) and the event
+bus's backlog — waiting and pending entries, the oldest entry's age, dead letters — read from Redis or Kafka at
+most once a second, so scrapes cost the bus one round trip and requests nothing.
 
 Several API processes (``shelfwise serve --workers N`` share one port, so a scrape reaches one process at random):
 prometheus-client's multiprocess mode. ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the
@@ -144,20 +145,22 @@ class Metrics:
         self.collector: EngineCollector | None = None
 
     # ---- counted where it happens ------------------------------------------------------------------------
-    def observe_stage(self, placement: str, stage: str, seconds: float) -> None:
-        child = self._stages.get((placement, stage))
+    @staticmethod
+    def _child(children: dict[tuple[str, str], Any], metric: Any, labels: tuple[str, str]) -> Any:
+        """``metric.labels(*labels)``, looked up once (prometheus-client's lookup is a hot path's cost)."""
+        child = children.get(labels)
         if child is None:
-            child = self._stages.setdefault((placement, stage), self.stage.labels(placement, stage))
-        child.observe(seconds)
+            child = children.setdefault(labels, metric.labels(*labels))
+        return child
+
+    def observe_stage(self, placement: str, stage: str, seconds: float) -> None:
+        self._child(self._stages, self.stage, (placement, stage)).observe(seconds)
 
     def served(self, req: RecRequest, answer: Answer, anchor: str, known_shopper: bool, slots: Rendered) -> None:
         """Slots by reason, the answer's fallback cause if it is one, and what it was degraded by (``slots``: what
         the API made of the answer's slots)."""
         for reason, n in slots.reasons.items():
-            child = self._slots.get((req.placement, reason))
-            if child is None:
-                child = self._slots.setdefault((req.placement, reason), self.slots.labels(req.placement, reason))
-            child.inc(n)
+            self._child(self._slots, self.slots, (req.placement, reason)).inc(n)
         if slots.fallback:
             self.fallbacks.labels(req.placement, fallback_cause(req, answer, anchor, known_shopper)).inc()
         for cause in {degraded_cause(note) for note in answer.degraded}:

@@ -27,7 +27,7 @@ import numpy as np
 from shelfwise.domain import EventType
 from shelfwise.ranking.features import FeatureContext, compute_features, feature_names
 from shelfwise.request import RecRequest
-from shelfwise.rules.log import slot_rows
+from shelfwise.rules.log import migrated, slot_rows
 from shelfwise.stores.protocols import EventLog, EventStore, Interaction, ShopperState
 
 from shelfwise.monitor.windows import Window
@@ -82,11 +82,12 @@ def sample_rows(path: Path | str, window: Window, limit: int, rng: np.random.Gen
     path = Path(path)
     if not path.is_file():
         return [], 0
+    migrated(path)  # a log still one row per slot (not opened by the API since) becomes one row per answer
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows, answers, in_window = _sample_slots(db, window, limit, rng)
     except sqlite3.OperationalError as e:
-        if "no such table" in str(e) or "no such column" in str(e):  # no log, or one not migrated yet
+        if "no such table" in str(e):
             return [], 0
         raise
     finally:

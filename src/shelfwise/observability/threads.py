@@ -34,28 +34,24 @@ def _cpu_seconds(tid: int, tick: float) -> float | None:
 
 
 class ThreadCPU:
-    """Per-name CPU seconds of the live threads since the previous ``delta``."""
+    """Per-name CPU seconds of the live threads since the previous ``delta`` (callers serialise their calls:
+    ``Metrics.sync`` holds its lock)."""
 
     def __init__(self) -> None:
         self._tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._last: dict[int, float] = {}  # native thread id -> CPU seconds at the previous call
-        self._lock = threading.Lock()
 
     def delta(self) -> dict[str, float]:
-        with self._lock:
-            now: dict[int, float] = {}
-            out: dict[str, float] = {}
-            for t in threading.enumerate():
-                tid = t.native_id
-                if tid is None:
-                    continue
-                spent = _cpu_seconds(tid, self._tick)
-                if spent is None:
-                    continue
-                now[tid] = spent
-                used = spent - self._last.get(tid, 0.0)
-                if used > 0:
-                    name = thread_name(t.name)
-                    out[name] = out.get(name, 0.0) + used
-            self._last = now  # threads that ended are forgotten
-            return out
+        now: dict[int, float] = {}
+        out: dict[str, float] = {}
+        for t in threading.enumerate():
+            spent = _cpu_seconds(t.native_id, self._tick) if t.native_id is not None else None
+            if spent is None:
+                continue
+            now[t.native_id] = spent
+            used = spent - self._last.get(t.native_id, 0.0)
+            if used > 0:
+                name = thread_name(t.name)
+                out[name] = out.get(name, 0.0) + used
+        self._last = now  # threads that ended are forgotten
+        return out

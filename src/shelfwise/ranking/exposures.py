@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfwise.ranking.labels import Point, grade_of, point_at
-from shelfwise.rules.log import slot_rows
+from shelfwise.rules.log import migrated, slot_rows
 from shelfwise.stores._dsn import split_options, with_scheme
 from shelfwise.stores.protocols import EventLog
 
@@ -49,15 +49,9 @@ def read_exposures(path: Path | str, placement: str, since: float = float("-inf"
     path = Path(path)
     if not path.is_file():
         return _empty()
+    migrated(path)  # a log still one row per slot (not opened by the API since) becomes one row per answer
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
-        if "position" in columns:  # one row per slot: a log not migrated yet (the exposure log does when opened)
-            propensity = "COALESCE(propensity, 1.0)" if "propensity" in columns else "1.0"
-            slots = db.execute(f"SELECT request_id, ts, COALESCE(shopper, ''), position, item_id, {propensity} "
-                               "FROM exposures WHERE placement = ? AND ts >= ? AND ts < ? ORDER BY ts, request_id, "
-                               "position", bounds).fetchall()
-            return _columns(slots)
         rows = db.execute(_SELECT, bounds).fetchall()
     except sqlite3.OperationalError:  # no exposures table yet
         return _empty()
@@ -82,13 +76,8 @@ def _read_postgres(dsn: str, bounds: tuple[str, float, float]) -> list[tuple]:
 
 
 def _rows(answers: list[tuple]) -> ExposureRows:
-    """Answer rows (``rules/log.py``) as one row per shown slot."""
-    return _columns([(r[0], r[1], r[2], r[4], r[5], 1.0 if r[7] is None else r[7])
-                     for a in answers for r in slot_rows(*a)])
-
-
-def _columns(rows: list[tuple]) -> ExposureRows:
-    """(request_id, ts, shopper, position, item_id, propensity) rows as columns."""
+    """Answer rows (``rules/log.py``) as columns of one row per shown slot."""
+    rows = [(r[0], r[1], r[2], r[4], r[5], 1.0 if r[7] is None else r[7]) for a in answers for r in slot_rows(*a)]
     if not rows:
         return _empty()
     cols = list(zip(*rows))

@@ -520,17 +520,41 @@ class SQLiteExposureLog(QueuedExposureLog):
             self._read.close()
 
 
+def migrated(path: Path | str) -> None:
+    """Bring an SQLite exposure log at ``path`` (if there is one) to one row per answer before reading it: its
+    readers outside the API (training's exposure points, the drift report) may open a log the API has not opened
+    since it was written one row per slot."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    db = connect(path, synchronous="NORMAL")
+    try:
+        _migrate_slot_rows(db)
+    finally:
+        db.close()
+
+
+def _slot_columns(db: sqlite3.Connection) -> set[str] | None:
+    """The exposure table's columns when it holds a row per slot (None: per answer, or no table)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
+    return columns if "position" in columns else None
+
+
 def _migrate_slot_rows(db: sqlite3.Connection) -> None:
     """A log written one row per shown slot (before one row per answer) becomes one row per answer, in one
     transaction (the slots of a request in position order; a log from before the propensity column too). Answers
-    are written in time order, as the writer writes them: the drift samples find a window's rows by row id."""
-    columns = {r[1] for r in db.execute("PRAGMA table_info(exposures)")}
-    if "position" not in columns:
+    are written in time order, as the writer writes them: the drift samples find a window's rows by row id. The
+    layout is checked again inside the transaction: two processes opening one old log migrate it once."""
+    if _slot_columns(db) is None:
         return
-    propensity = "propensity" if "propensity" in columns else "NULL"
     started = time.perf_counter()
     db.execute("BEGIN IMMEDIATE")
     try:
+        columns = _slot_columns(db)
+        if columns is None:  # another process migrated it meanwhile
+            db.execute("COMMIT")
+            return
+        propensity = "propensity" if "propensity" in columns else "NULL"
         db.execute("ALTER TABLE exposures RENAME TO exposures_slots")
         for name in ("exposures_ts", "exposures_request", "exposures_shopper"):
             db.execute(f"DROP INDEX IF EXISTS {name}")
